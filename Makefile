@@ -1,0 +1,46 @@
+# fgd: `make run` starts the daemon on a local state dir; `make test` runs the suite.
+# Both install what they need first (Debian packages as root, then a venv in .venv/).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+STATE_DIR ?= $(CURDIR)/.fgd-state
+LISTEN ?= 127.0.0.1:8900
+# libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
+DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
+
+.PHONY: run test lint format bench system-packages clean
+
+system-packages:
+	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(DEB_PACKAGES)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@./scripts/run-banner "$(STATE_DIR)" "$(LISTEN)"
+	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/warm_invoke.py
+
+clean:
+	rm -rf $(VENV) .fgd-state .pytest_cache

@@ -1,0 +1,3 @@
+from fgd.cli import entry
+
+entry()

@@ -1,0 +1,239 @@
+"""The management API (Quart): functions, code, logs, runtimes.
+
+The invoke route does not come through here; see `fgd.front`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import msgspec
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from fgd import auth
+from fgd.errors import FgdError, InvalidParameter, MethodNotAllowed, NotFound, TooLarge
+from fgd.functions import Functions
+from fgd.model import FunctionRecord, check_project, parse_function_ref
+from fgd.store import Store
+
+log = logging.getLogger("fgd.api")
+
+BASE = "/v2/<project_id>/fgs"
+MAX_JSON_BODY = 16 * 1024 * 1024
+LIST_MAX_ITEMS = 400
+FOLLOW_POLL = 0.25
+FOLLOW_MAX_SECONDS = 3600
+
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(value: Any, status: int = 200) -> Response:
+    return Response(_encoder.encode(value), status=status, content_type="application/json")
+
+
+def error_response(error: FgdError) -> Response:
+    return json_response(error.body(), error.status)
+
+
+def create_app(functions: Functions, store: Store, logs_flush, token: str, health) -> QuartTrio:
+    app = QuartTrio("fgd")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+
+    @app.before_request
+    async def authenticate() -> None:
+        path = request.path
+        if path.startswith("/v2/") or path == "/metrics":
+            auth.check(token, request.headers.get("X-Auth-Token"), request.headers.get("Authorization"))
+
+    @app.errorhandler(FgdError)
+    async def on_platform_error(error: FgdError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    async def on_http_error(error: HTTPException) -> Response:
+        if error.code == 404:
+            return error_response(NotFound(f"no such resource: {request.method} {request.path}"))
+        if error.code == 405:
+            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+        if error.code == 413:
+            return error_response(
+                TooLarge(f"the request body is over {MAX_JSON_BODY // (1024 * 1024)} MB; send code as a raw zip")
+            )
+        return json_response({"error_code": f"FSS.0{error.code}", "error_msg": error.description}, error.code or 500)
+
+    @app.errorhandler(Exception)
+    async def on_unexpected(error: Exception) -> Response:
+        log.exception("unexpected error serving %s %s", request.method, request.path)
+        return json_response({"error_code": "FSS.0500", "error_msg": "internal error; see the daemon's log"}, 500)
+
+    async def body_json() -> Any:
+        data = await request.get_data()
+        if not data:
+            raise InvalidParameter("the request body must be a JSON object")
+        try:
+            return msgspec.json.decode(data)
+        except msgspec.DecodeError as exc:
+            raise InvalidParameter(f"the request body is not valid JSON: {exc}") from None
+
+    def lookup(project_id: str, urn: str) -> FunctionRecord:
+        check_project(project_id)
+        return functions.get(parse_function_ref(project_id, urn, functions.region))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        status = health()
+        return json_response(status, 200 if status["status"] == "ok" else 503)
+
+    @app.get(f"{BASE}/runtimes")
+    async def list_runtimes(project_id: str) -> Response:
+        return json_response({"runtimes": functions.runtimes})
+
+    @app.post(f"{BASE}/functions")
+    async def create_function(project_id: str) -> Response:
+        check_project(project_id)
+        record = await functions.create(project_id, await body_json())
+        return json_response(functions.config(record))
+
+    @app.get(f"{BASE}/functions")
+    async def list_functions(project_id: str) -> Response:
+        check_project(project_id)
+        marker = _int_arg("marker", 0, 0, 1 << 31)
+        maxitems = _int_arg("maxitems", LIST_MAX_ITEMS, 1, LIST_MAX_ITEMS)
+        records = store.list(project_id)
+        page = records[marker : marker + maxitems]
+        next_marker = marker + len(page)
+        return json_response(
+            {
+                "functions": [functions.config(r) for r in page],
+                "next_marker": next_marker if next_marker < len(records) else 0,
+                "count": len(records),
+            }
+        )
+
+    @app.get(f"{BASE}/functions/<urn>/config")
+    async def get_config(project_id: str, urn: str) -> Response:
+        return json_response(functions.config(lookup(project_id, urn)))
+
+    @app.put(f"{BASE}/functions/<urn>/config")
+    async def update_config(project_id: str, urn: str) -> Response:
+        record = await functions.update_config(lookup(project_id, urn), await body_json())
+        return json_response(functions.config(record))
+
+    @app.get(f"{BASE}/functions/<urn>/code")
+    async def get_code(project_id: str, urn: str) -> Response:
+        record = lookup(project_id, urn)
+        config = functions.config(record)
+        return json_response(
+            {
+                "func_urn": config.func_urn,
+                "func_name": record.func_name,
+                "runtime": record.runtime,
+                "code_type": record.code_type,
+                "code_filename": record.code_filename,
+                "code_size": record.code.size,
+                "digest": record.code.sha512,
+                "last_modified": config.last_modified,
+            }
+        )
+
+    @app.put(f"{BASE}/functions/<urn>/code")
+    async def update_code(project_id: str, urn: str) -> Response:
+        record = await functions.update_code(lookup(project_id, urn), await body_json())
+        return json_response(functions.config(record))
+
+    @app.delete(f"{BASE}/functions/<urn>")
+    async def delete_function(project_id: str, urn: str) -> Response:
+        await functions.delete(lookup(project_id, urn))
+        return Response(b"", status=204)
+
+    @app.get(f"{BASE}/functions/<urn>/export")
+    async def export_function(project_id: str, urn: str) -> Response:
+        record = lookup(project_id, urn)
+        code = _bool_arg("code", True)
+        config = _bool_arg("config", False)
+        if not (code or config):
+            raise InvalidParameter("export needs code=true, config=true or both")
+        data = await store.run(functions.export, record, code=code, config=config)
+        filename = f"{record.func_name}.zip"
+        return Response(
+            data,
+            content_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
+    @app.get(f"{BASE}/functions/<urn>/logs")
+    async def function_logs(project_id: str, urn: str) -> Response:
+        record = lookup(project_id, urn)
+        request_id = request.args.get("request_id") or None
+        since = _float_arg("since")
+        limit = _int_arg("limit", 100, 1, 10000)
+        follow = _bool_arg("follow", False)
+
+        async def read(after_id: int, count: int) -> list:
+            await logs_flush()
+            return await store.run(
+                functools.partial(
+                    store.read_logs, record.key, request_id=request_id, since=since, after_id=after_id, limit=count
+                )
+            )
+
+        rows = await read(0, limit)
+        if not follow:
+            return json_response({"logs": [line for _, line in rows], "count": len(rows)})
+
+        async def stream():
+            last = rows[-1][0] if rows else 0
+            for _, line in rows:
+                yield _encoder.encode(line) + b"\n"
+            with trio.move_on_after(FOLLOW_MAX_SECONDS):
+                while True:
+                    await trio.sleep(FOLLOW_POLL)
+                    for row_id, line in await read(last, 10000):
+                        last = row_id
+                        yield _encoder.encode(line) + b"\n"
+
+        response = Response(stream(), content_type="application/x-ndjson")
+        response.timeout = None
+        return response
+
+    return app
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise InvalidParameter(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _float_arg(name: str) -> float | None:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise InvalidParameter(f"{name} must be a Unix timestamp in seconds") from None
+
+
+def _bool_arg(name: str, default: bool) -> bool:
+    raw = request.args.get(name)
+    if raw in (None, ""):
+        return default
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise InvalidParameter(f"{name} must be true or false")

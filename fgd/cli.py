@@ -1,0 +1,296 @@
+"""The `fgd` command: `fgd serve` runs the daemon; the rest talk to its API."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import logging
+import os
+import sys
+import zipfile
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from fgd.client import Client, ClientError, Response, quote, resolve_token
+
+SKIP_DIRS = {"__pycache__", ".git", ".venv", "node_modules"}
+
+
+def fail(message: str) -> int:
+    print(f"fgd: error: {message}", file=sys.stderr)
+    return 1
+
+
+# serve ------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from fgd import config as config_module
+    from fgd.daemon import StartupError, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        config = config_module.load(args.config, listen=args.listen, state_dir=args.state_dir)
+        config_module.split_host_port(config.server.listen)
+    except config_module.ConfigError as exc:
+        return fail(str(exc))
+    try:
+        trio.run(serve, config)
+    except StartupError as exc:
+        return fail(str(exc))
+    except BaseExceptionGroup as group:
+        startup = group.subgroup(StartupError)
+        if startup is None:
+            raise
+        return fail(str(_first(startup)))
+    return 0
+
+
+def _first(group: BaseException) -> BaseException:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group
+
+
+# client commands ----------------------------------------------------------
+
+
+def client_of(args: argparse.Namespace) -> Client:
+    return Client(args.endpoint, resolve_token(args.token, args.state_dir), args.project)
+
+
+def zip_directory(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+            for name in sorted(files):
+                full = Path(root) / name
+                archive.write(full, full.relative_to(path).as_posix())
+    return buffer.getvalue()
+
+
+def read_package(source: str) -> bytes:
+    path = Path(source)
+    if path.is_dir():
+        return zip_directory(path)
+    if path.is_file():
+        data = path.read_bytes()
+        if not zipfile.is_zipfile(io.BytesIO(data)):
+            raise ClientError(f"{source} is not a zip file or a directory")
+        return data
+    raise ClientError(f"{source}: no such file or directory")
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--env {pair!r} must be KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    code = base64.b64encode(read_package(args.source)).decode()
+    settings: dict = {"handler": args.handler}
+    if args.memory is not None:
+        settings["memory_size"] = args.memory
+    if args.timeout is not None:
+        settings["timeout"] = args.timeout
+    if args.env:
+        settings["user_data"] = parse_env(args.env)
+    if args.initializer:
+        settings["initializer_handler"] = args.initializer
+    name = f"{args.package}:{args.name}"
+    try:
+        existing = client.json("GET", f"/functions/{quote(name)}/config")
+    except ClientError as exc:
+        if getattr(exc, "status", None) != 404:
+            raise
+        existing = None
+    if existing is None:
+        if not args.runtime:
+            raise ClientError("--runtime is required to create a function (see GET /runtimes)")
+        body = {
+            "func_name": args.name,
+            "package": args.package,
+            "runtime": args.runtime,
+            "code_type": "zip",
+            "func_code": {"file": code},
+            **settings,
+        }
+        config = client.json("POST", "/functions", body)
+        verb = "created"
+    else:
+        if args.runtime and args.runtime != existing["runtime"]:
+            raise ClientError(
+                f"{args.name} exists with runtime {existing['runtime']}; the runtime cannot change (fgd rm it first)"
+            )
+        client.json("PUT", f"/functions/{quote(name)}/code", {"code_type": "zip", "func_code": {"file": code}})
+        config = client.json("PUT", f"/functions/{quote(name)}/config", settings)
+        verb = "updated"
+    print(f"{verb} {config['func_urn']}")
+    print(
+        f"  runtime {config['runtime']}, handler {config['handler']}, memory {config['memory_size']} MB, "
+        f"timeout {config['timeout']} s, code {config['code_size']} bytes"
+    )
+    return 0
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    data = args.data
+    if data.startswith("@"):
+        try:
+            data = Path(data[1:]).read_text()
+        except OSError as exc:
+            raise ClientError(f"cannot read {data[1:]}: {exc.strerror}") from None
+    try:
+        json.loads(data)
+    except ValueError as exc:
+        raise ClientError(f"--data is not valid JSON: {exc}") from None
+    headers = {"X-Cff-Log-Type": "tail"} if args.log else {}
+    response = client.request("POST", f"/functions/{quote(args.name)}/invocations", data.encode(), headers)
+    assert isinstance(response, Response)
+    if args.log and response.headers.get("x-cff-function-log"):
+        sys.stderr.write(base64.b64decode(response.headers["x-cff-function-log"]).decode(errors="replace"))
+    sys.stdout.write(response.body.decode(errors="replace") + "\n")
+    if args.verbose:
+        print(
+            f"request {response.headers.get('x-cff-request-id')}: {response.headers.get('x-cff-invoke-summary')}",
+            file=sys.stderr,
+        )
+    if response.headers.get("x-is-func-err") == "true":
+        print(f"fgd: the function failed ({response.headers.get('x-func-err-code')})", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    rows = []
+    marker = 0
+    while True:
+        page = client.json("GET", f"/functions?marker={marker}&maxitems=400")
+        rows += page["functions"]
+        marker = page["next_marker"]
+        if not marker:
+            break
+    if not rows:
+        print("no functions; deploy one with: fgd deploy DIR --name NAME --runtime RUNTIME --handler index.handler")
+        return 0
+    table = [("NAME", "RUNTIME", "MEMORY", "TIMEOUT", "HANDLER", "MODIFIED")]
+    for f in rows:
+        name = f["func_name"] if f["package"] == "default" else f"{f['package']}:{f['func_name']}"
+        table.append(
+            (name, f["runtime"], f"{f['memory_size']} MB", f"{f['timeout']} s", f["handler"], f["last_modified"])
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    client.request("DELETE", f"/functions/{quote(args.name)}")
+    print(f"deleted {args.name}")
+    return 0
+
+
+def format_log(line: dict) -> str:
+    stamp = datetime.fromtimestamp(line["time"]).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    request = line["request_id"] or "-"
+    return f"{stamp} {request} {line['stream']:<8} {line['message']}"
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    query = f"?limit={args.limit}"
+    if args.request_id:
+        query += f"&request_id={quote(args.request_id)}"
+    path = f"/functions/{quote(args.name)}/logs{query}"
+    if args.follow:
+        for raw in client.request("GET", path + "&follow=true", stream=True):
+            if raw.strip():
+                print(format_log(json.loads(raw)), flush=True)
+        return 0
+    for line in client.json("GET", path)["logs"]:
+        print(format_log(line))
+    return 0
+
+
+# parser -----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fgd", description="A single-node serverless function runtime.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument("--listen", help="HOST:PORT for the API (default 127.0.0.1:8900)")
+    serve.add_argument("--state-dir", help="state directory (default /var/lib/fgd)")
+    serve.add_argument("--config", help="TOML config file; every option has a default")
+    serve.set_defaults(func=cmd_serve)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint", help="API endpoint (default $FGD_ENDPOINT or http://127.0.0.1:8900)")
+    common.add_argument("--token", help="admin token (default $FGD_TOKEN or <state-dir>/admin.token)")
+    common.add_argument("--state-dir", help="where to find admin.token (default $FGD_STATE_DIR or /var/lib/fgd)")
+    common.add_argument("--project", default="default", help="project id (default: default)")
+
+    deploy = sub.add_parser("deploy", parents=[common], help="create or update a function from a directory or zip")
+    deploy.add_argument("source", help="directory or zip with the function's code")
+    deploy.add_argument("--name", required=True)
+    deploy.add_argument("--package", default="default")
+    deploy.add_argument("--runtime", help="e.g. Python3.11 (required when creating)")
+    deploy.add_argument("--handler", default="index.handler")
+    deploy.add_argument("--initializer", help="initializer handler, e.g. index.init")
+    deploy.add_argument("--memory", type=int, help="memory size in MB (64-10240)")
+    deploy.add_argument("--timeout", type=int, help="timeout in seconds")
+    deploy.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
+    deploy.set_defaults(func=cmd_deploy)
+
+    invoke = sub.add_parser("invoke", parents=[common], help="invoke a function synchronously")
+    invoke.add_argument("name")
+    invoke.add_argument("--data", default="{}", help="event as JSON, or @file")
+    invoke.add_argument("--log", action="store_true", help="print the invocation's log tail on stderr")
+    invoke.add_argument("-v", "--verbose", action="store_true", help="print the request id and summary")
+    invoke.set_defaults(func=cmd_invoke)
+
+    ls = sub.add_parser("ls", parents=[common], help="list functions")
+    ls.set_defaults(func=cmd_ls)
+
+    rm = sub.add_parser("rm", parents=[common], help="delete a function")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_rm)
+
+    logs = sub.add_parser("logs", parents=[common], help="show a function's logs")
+    logs.add_argument("name")
+    logs.add_argument("--request-id")
+    logs.add_argument("--limit", type=int, default=100)
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.set_defaults(func=cmd_logs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ClientError as exc:
+        return fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""Daemon configuration: TOML decoded into Structs, every field with a default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+
+class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    listen: str = "127.0.0.1:8900"
+    region: str = "local"
+    # Seconds SIGTERM waits for in-flight requests before instances are killed.
+    shutdown_grace: float = 10.0
+
+
+class InstanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Seconds an on-demand instance may stay idle before it is reaped.
+    idle_keepalive: float = 300.0
+    # Seconds a cold start may take to fork and hand over the instance.
+    spawn_timeout: float = 10.0
+
+
+class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    retention_days: float = 7.0
+    # Largest number of log lines kept per invocation; the rest is summarised.
+    max_lines_per_invocation: int = 10_000
+
+
+class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    state_dir: str = "/var/lib/fgd"
+    server: ServerConfig = ServerConfig()
+    instances: InstanceConfig = InstanceConfig()
+    logs: LogConfig = LogConfig()
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message says why."""
+
+
+def load(path: str | None, *, listen: str | None = None, state_dir: str | None = None) -> Config:
+    """Load the embedded defaults, then the file if given, then the flags."""
+    config = Config()
+    if path:
+        try:
+            config = msgspec.toml.decode(Path(path).read_bytes(), type=Config)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except msgspec.ValidationError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    if listen:
+        config = msgspec.structs.replace(config, server=msgspec.structs.replace(config.server, listen=listen))
+    if state_dir:
+        config = msgspec.structs.replace(config, state_dir=state_dir)
+    return config
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"listen address {listen!r} must be HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)

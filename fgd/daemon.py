@@ -1,0 +1,113 @@
+"""`fgd serve`: wire the store, the runtimes, the invoker and HTTP together.
+
+Every long-lived task belongs to one nursery here. SIGTERM or SIGINT starts a
+graceful shutdown: the listener stops accepting, in-flight requests get up to
+`server.shutdown_grace` seconds, then the nursery is cancelled, which kills
+every instance and zygote and flushes the logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from pathlib import Path
+
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from fgd import __version__
+from fgd.api import create_app
+from fgd.auth import load_or_create_token
+from fgd.codestore import CodeStore
+from fgd.config import Config, split_host_port
+from fgd.front import build_front
+from fgd.functions import Functions
+from fgd.invoker import Invoker
+from fgd.logs import LogSink
+from fgd.store import Store
+from fgd.zygote import python_zygote
+
+log = logging.getLogger("fgd")
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message says what to fix."""
+
+
+def prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise StartupError(f"cannot use state directory {path}: {exc.strerror}") from None
+
+
+async def serve(config: Config) -> None:
+    state_dir = Path(config.state_dir).resolve()
+    prepare_state_dir(state_dir)
+    host, port = split_host_port(config.server.listen)
+    token = load_or_create_token(state_dir)
+    store = Store(state_dir / "fgd.db")
+    code = CodeStore(state_dir)
+    logs = LogSink(store, config.logs.retention_days)
+    zygote = python_zygote()
+    zygotes = {zygote.runtime: zygote}
+    invoker = Invoker(config, zygotes, logs, store, code)
+    functions = Functions(store, code, invoker, config.server.region, sorted(zygotes))
+
+    def health() -> dict:
+        missing = [name for name, z in zygotes.items() if not z.ready.is_set()]
+        return {
+            "status": "starting" if missing else "ok",
+            "version": __version__,
+            "runtimes": {name: ("restarting" if name in missing else "ready") for name in zygotes},
+            "instances": invoker.count(),
+            "functions": len(store.functions),
+        }
+
+    app = create_app(functions, store, logs.flush, token, health)
+    front = build_front(app, functions, invoker, token)
+
+    hconfig = hypercorn.config.Config()
+    hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hconfig.graceful_timeout = config.server.shutdown_grace
+    hconfig.accesslog = None
+    hconfig.errorlog = logging.getLogger("hypercorn.error")
+    hconfig.keep_alive_timeout = 75
+    shutdown = trio.Event()
+
+    try:
+        async with trio.open_nursery() as services:
+            services.start_soon(_watch_signals, shutdown)
+            services.start_soon(logs.run)
+            for runtime in zygotes.values():
+                await services.start(runtime.run)
+            await services.start(invoker.run)
+            # This block ends when hypercorn returns: after the shutdown trigger
+            # and the drain of in-flight requests (graceful_timeout).
+            async with trio.open_nursery() as http:
+                try:
+                    binds = await http.start(
+                        lambda task_status: hypercorn.trio.serve(
+                            front, hconfig, shutdown_trigger=shutdown.wait, task_status=task_status
+                        )
+                    )
+                except OSError as exc:
+                    raise StartupError(f"cannot listen on {config.server.listen}: {exc.strerror or exc}") from None
+                log.info("fgd %s serving on %s; state in %s", __version__, ", ".join(binds), state_dir)
+                log.info("admin token: %s", state_dir / "admin.token")
+            services.cancel_scope.cancel()
+    finally:
+        invoker.kill_all()
+        store.close()
+    log.info("fgd stopped")
+
+
+async def _watch_signals(shutdown: trio.Event) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s; shutting down", signal.Signals(signum).name)
+            shutdown.set()
+            return

@@ -1,0 +1,76 @@
+"""Platform errors: each carries its HTTP status and FunctionGraph error code.
+
+Callers raise the most specific class; the HTTP layer turns any of them into
+`{"error_code": ..., "error_msg": ...}`. The codes are listed in docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class ErrorBody(msgspec.Struct, frozen=True):
+    error_code: str
+    error_msg: str
+
+
+class FgdError(Exception):
+    status = 500
+    code = "FSS.0500"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> ErrorBody:
+        return ErrorBody(self.code, self.message)
+
+
+class InvalidParameter(FgdError):
+    status = 400
+    code = "FSS.0400"
+
+
+class Unauthorized(FgdError):
+    status = 401
+    code = "FSS.0401"
+
+
+class Forbidden(FgdError):
+    status = 403
+    code = "FSS.0403"
+
+
+class NotFound(FgdError):
+    status = 404
+    code = "FSS.0404"
+
+
+class MethodNotAllowed(FgdError):
+    status = 405
+    code = "FSS.0405"
+
+
+class Conflict(FgdError):
+    status = 409
+    code = "FSS.0409"
+
+
+class TooLarge(FgdError):
+    status = 413
+    code = "FSS.0413"
+
+
+class Throttled(FgdError):
+    status = 429
+    code = "FSS.0429"
+
+
+class InternalError(FgdError):
+    status = 500
+    code = "FSS.0500"
+
+
+class Unavailable(FgdError):
+    status = 503
+    code = "FSS.0503"

@@ -1,0 +1,177 @@
+"""Function operations behind the API: create, update, replace code, delete, export."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import time
+import zipfile
+from datetime import UTC, datetime
+
+import msgspec
+
+from fgd.codestore import CodeStore, inline_zip
+from fgd.errors import Conflict, InvalidParameter, NotFound, TooLarge
+from fgd.invoker import Invoker
+from fgd.model import (
+    CodeRef,
+    CreateFunction,
+    FunctionConfig,
+    FunctionRecord,
+    FunctionRef,
+    FunctionSettings,
+    UpdateCode,
+    convert,
+    cpu_millicores,
+    function_urn,
+    normalise_settings,
+    settings_of,
+)
+from fgd.store import Store
+
+# Zips sent base64 inside JSON; larger ones go as a raw application/zip body.
+MAX_INLINE_ZIP = 10 * 1024 * 1024
+IMMUTABLE_FIELDS = ("func_name", "runtime", "package")
+
+
+class Functions:
+    def __init__(self, store: Store, code: CodeStore, invoker: Invoker, region: str, runtimes: list[str]) -> None:
+        self._store = store
+        self._code = code
+        self._invoker = invoker
+        self.region = region
+        self.runtimes = runtimes
+
+    def get(self, ref: FunctionRef) -> FunctionRecord:
+        if ref.qualifier != "latest":
+            raise NotFound(f"version {ref.qualifier!r} of function {ref.package}:{ref.func_name} does not exist")
+        record = self._store.get(ref.key)
+        if record is None:
+            raise NotFound(f"function {ref.package}:{ref.func_name} does not exist in project {ref.project_id}")
+        return record
+
+    def config(self, record: FunctionRecord) -> FunctionConfig:
+        s = record.settings
+        return FunctionConfig(
+            func_urn=function_urn(self.region, record),
+            func_name=record.func_name,
+            package=record.package,
+            project_id=record.project_id,
+            runtime=record.runtime,
+            handler=s.handler,
+            memory_size=s.memory_size,
+            cpu=cpu_millicores(s.memory_size),
+            timeout=s.timeout,
+            code_type=record.code_type,
+            code_filename=record.code_filename,
+            code_size=record.code.size,
+            digest=record.code.sha512,
+            user_data=dict(s.user_data),
+            # Values of encrypted variables are never returned.
+            encrypted_user_data={key: "" for key in s.encrypted_user_data},
+            initializer_handler=s.initializer_handler,
+            initializer_timeout=s.initializer_timeout,
+            description=s.description,
+            strategy_config=s.strategy_config,
+            depend_version_list=list(s.depend_version_list),
+            ephemeral_storage=s.ephemeral_storage,
+            version="latest",
+            last_modified=_timestamp(record.last_modified),
+        )
+
+    def _check_runtime(self, runtime: str) -> None:
+        if runtime not in self.runtimes:
+            raise InvalidParameter(
+                f"runtime {runtime!r} is not available on this node; available: {', '.join(self.runtimes)}"
+            )
+
+    def _store_code(self, code_type: str, file_b64: str, handler: str) -> CodeRef:
+        if len(file_b64) > MAX_INLINE_ZIP * 4 // 3 + 4:
+            raise TooLarge(
+                f"func_code.file holds more than {MAX_INLINE_ZIP // (1024 * 1024)} MB; "
+                "upload larger packages as a raw zip: PUT .../code with Content-Type: application/zip"
+            )
+        try:
+            data = base64.b64decode(file_b64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidParameter("func_code.file must be base64") from None
+        if code_type == "inline":
+            data = inline_zip(data, handler)
+        return self._code.put(data)
+
+    async def create(self, project_id: str, body: object) -> FunctionRecord:
+        request: CreateFunction = convert(body, CreateFunction, "the function definition")
+        self._check_runtime(request.runtime)
+        settings = normalise_settings(settings_of(request))
+        key = (project_id, request.package, request.func_name)
+        if self._store.get(key) is not None:
+            raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
+        code = await self._store.run(self._store_code, request.code_type, request.func_code.file, settings.handler)
+        now = time.time()
+        record = FunctionRecord(
+            project_id=project_id,
+            package=request.package,
+            func_name=request.func_name,
+            runtime=request.runtime,
+            settings=settings,
+            code=code,
+            code_type=request.code_type,
+            code_filename=request.code_filename,
+            revision=1,
+            created=now,
+            last_modified=now,
+        )
+        if self._store.get(key) is not None:
+            raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
+        await self._store.put(record)
+        return record
+
+    async def update_config(self, record: FunctionRecord, body: object) -> FunctionRecord:
+        if not isinstance(body, dict):
+            raise InvalidParameter("the function config must be a JSON object")
+        for field in IMMUTABLE_FIELDS:
+            if field in body and body[field] != getattr(record, field):
+                raise InvalidParameter(f"{field} cannot be changed; create a new function instead")
+        changes = {k: v for k, v in body.items() if k not in IMMUTABLE_FIELDS}
+        current = msgspec.to_builtins(record.settings)
+        settings = normalise_settings(convert({**current, **changes}, FunctionSettings, "the function config"))
+        return await self._replace(record, settings=settings)
+
+    async def update_code(self, record: FunctionRecord, body: object) -> FunctionRecord:
+        request: UpdateCode = convert(body, UpdateCode, "the code update")
+        code = await self._store.run(
+            self._store_code, request.code_type, request.func_code.file, record.settings.handler
+        )
+        return await self._replace(
+            record, code=code, code_type=request.code_type, code_filename=request.code_filename or record.code_filename
+        )
+
+    async def _replace(self, record: FunctionRecord, **changes: object) -> FunctionRecord:
+        current = self._store.get(record.key) or record
+        updated = msgspec.structs.replace(current, revision=current.revision + 1, last_modified=time.time(), **changes)
+        await self._store.put(updated)
+        self._invoker.retire(updated.key)
+        return updated
+
+    async def delete(self, record: FunctionRecord) -> None:
+        await self._store.delete(record.key)
+        self._invoker.retire(record.key)
+        if record.code.sha256 not in self._store.code_in_use():
+            await self._store.run(self._code.remove, record.code.sha256)
+
+    def export(self, record: FunctionRecord, *, code: bool, config: bool) -> bytes:
+        """The original code zip, or a zip of `config.json` (and `code.zip`) when config is asked for."""
+        if code and not config:
+            return self._code.read(record.code)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            if config:
+                archive.writestr("config.json", msgspec.json.format(msgspec.json.encode(self.config(record))))
+            if code:
+                archive.writestr("code.zip", self._code.read(record.code))
+        return buffer.getvalue()
+
+
+def _timestamp(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

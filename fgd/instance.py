@@ -1,0 +1,220 @@
+"""Daemon side of one function instance: its socket, its output pipes, its life.
+
+An instance is forked by a zygote, specialised once for one function revision,
+then serves invocations one at a time. Its stdout and stderr are pipes read by
+the daemon, so output of any process it starts is attributed to the request
+that was running when the bytes arrived.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import signal
+import socket
+import time
+import uuid
+
+import trio
+
+from fgd.store import LogLine
+from fgd.zygote import Zygote
+from runtimes import protocol
+
+READ_CHUNK = 1 << 16
+# How long to wait for the zygote's exit report after the socket closed.
+EXIT_REPORT_WAIT = 0.5
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DEAD = "dead"
+
+
+class InstanceGone(Exception):
+    """The instance closed its socket or sent garbage; it is no longer usable."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class OutputPipe:
+    """Non-blocking reader of one of the instance's output pipes, split into lines."""
+
+    def __init__(self, fd: int, stream: str) -> None:
+        self.fd = fd
+        self.stream = stream
+        self._partial = b""
+        self.closed = False
+
+    def drain(self) -> list[tuple[str, str]]:
+        """Read what is there now; return complete lines as (stream, text)."""
+        chunks = []
+        while not self.closed:
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                break
+            if not data:
+                self.closed = True
+                break
+            chunks.append(data)
+        if not chunks:
+            return []
+        data = self._partial + b"".join(chunks)
+        *complete, self._partial = data.split(b"\n")
+        return [(self.stream, line.decode(errors="replace")) for line in complete]
+
+    def flush_partial(self) -> list[tuple[str, str]]:
+        if not self._partial:
+            return []
+        text, self._partial = self._partial.decode(errors="replace"), b""
+        return [(self.stream, text)]
+
+
+class Instance:
+    def __init__(self, zygote: Zygote, max_lines: int) -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.zygote = zygote
+        self.zygote_generation = zygote.generation
+        self.pid = 0
+        self.state = State.STARTING
+        self.revision = -1
+        self.init_ms: float | None = None
+        self.last_used = time.monotonic()
+        self.request_id = ""
+        self.lines: list[LogLine] = []
+        self.dropped_lines = 0
+        self._max_lines = max_lines
+        self._stream: trio.SocketStream | None = None
+        self._buffer = protocol.FrameBuffer()
+        self._frames: list[protocol.Frame] = []
+        self._pipes: list[OutputPipe] = []
+
+    # Life cycle ------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Fork from the zygote with a fresh socketpair and output pipes."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)
+        self._pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
+        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        try:
+            self.pid = await self.zygote.fork(self.id, [theirs.fileno(), out_w, err_w])
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(out_w)
+            os.close(err_w)
+
+    async def pump_output(self) -> None:
+        """Read the output pipes until both are closed (run in the pool's nursery)."""
+        async with trio.open_nursery() as nursery:
+            for pipe in self._pipes:
+                nursery.start_soon(self._pump, pipe)
+
+    async def _pump(self, pipe: OutputPipe) -> None:
+        while not pipe.closed:
+            try:
+                await trio.lowlevel.wait_readable(pipe.fd)
+            except (trio.ClosedResourceError, OSError):
+                return
+            self._collect(pipe.drain())
+
+    def collect_output(self) -> None:
+        """Take in what the pipes hold right now (called when a request ends)."""
+        for pipe in self._pipes:
+            if not pipe.closed:
+                self._collect(pipe.drain())
+            self._collect(pipe.flush_partial())
+
+    def _collect(self, lines: list[tuple[str, str]]) -> None:
+        for stream, text in lines:
+            self.add_line(stream, text)
+
+    def add_line(self, stream: str, text: str) -> None:
+        if len(self.lines) >= self._max_lines:
+            self.dropped_lines += 1
+            return
+        self.lines.append(LogLine(time.time(), self.request_id, self.id, stream, text))
+
+    def take_lines(self) -> list[LogLine]:
+        lines, self.lines = self.lines, []
+        if self.dropped_lines:
+            lines.append(
+                LogLine(time.time(), self.request_id, self.id, "platform", f"{self.dropped_lines} log lines dropped")
+            )
+            self.dropped_lines = 0
+        return lines
+
+    def kill(self) -> None:
+        """Kill the instance and every process in its group; idempotent."""
+        if self.pid and self.state is not State.DEAD:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                os.kill(self.pid, signal.SIGKILL)
+        self.state = State.DEAD
+
+    def close(self) -> None:
+        self.kill()
+        if self._stream is not None:
+            self._stream.socket.close()
+        for pipe in self._pipes:
+            if pipe.fd >= 0:
+                # Wake a pump blocked on this fd before closing it.
+                trio.lowlevel.notify_closing(pipe.fd)
+                os.close(pipe.fd)
+                pipe.fd = -1
+                pipe.closed = True
+
+    async def exit_reason(self) -> str:
+        """A sentence saying how the process ended, from the zygote's report."""
+        if self.zygote.generation != self.zygote_generation or not self.zygote.ready.is_set():
+            return "the runtime's zygote exited and took the instance with it"
+        code = await self.zygote.wait_exit(self.pid, EXIT_REPORT_WAIT)
+        if code is None:
+            return "the function's process ended unexpectedly"
+        if code < 0:
+            return f"the function's process was killed by signal {signal.Signals(-code).name}"
+        return f"the function's process exited with status {code}"
+
+    # Frames ------------------------------------------------------------------
+
+    async def send(self, frame: protocol.Frame) -> None:
+        assert self._stream is not None
+        try:
+            await self._stream.send_all(protocol.encode(frame))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            raise InstanceGone(f"cannot write to the instance: {exc}") from None
+
+    async def receive(self) -> protocol.Frame:
+        """Next frame that is not a Log; Log frames are collected as log lines."""
+        assert self._stream is not None
+        while True:
+            while self._frames:
+                frame = self._frames.pop(0)
+                if isinstance(frame, protocol.Log):
+                    self.add_line("logger", f"[{frame.level}] {frame.message}")
+                    continue
+                return frame
+            try:
+                data = await self._stream.receive_some(READ_CHUNK)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = b""
+            if not data:
+                raise InstanceGone(await self.exit_reason())
+            try:
+                self._frames.extend(self._buffer.feed(data))
+            except protocol.ProtocolError as exc:
+                raise InstanceGone(f"the instance broke the protocol: {exc}") from None

@@ -1,0 +1,168 @@
+"""SQLite state: functions and logs, in WAL mode, always off the trio thread.
+
+One connection, used by one worker thread at a time (a CapacityLimiter of 1),
+so SQLite's own locking never has to arbitrate between our threads. Functions
+are also cached in memory: the daemon is the only writer, and the invoke path
+must not touch the database.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+import trio
+
+from fgd.model import FunctionRecord
+
+T = TypeVar("T")
+
+# Each entry upgrades the schema by one version; never edit a released one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE functions (
+        project_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        func_name TEXT NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (project_id, package, func_name)
+    );
+    CREATE TABLE logs (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        project_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        func_name TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX logs_by_function ON logs (project_id, package, func_name, id);
+    CREATE INDEX logs_by_request ON logs (request_id);
+    CREATE INDEX logs_by_time ON logs (time);
+    """,
+]
+
+
+class LogLine(msgspec.Struct, frozen=True):
+    time: float
+    request_id: str
+    instance_id: str
+    stream: str
+    message: str
+
+
+class LogRow(msgspec.Struct, frozen=True):
+    """A log line with the function it belongs to, as queued for writing."""
+
+    key: tuple[str, str, str]
+    line: LogLine
+
+
+_record_decoder = msgspec.json.Decoder(FunctionRecord)
+_encoder = msgspec.json.Encoder()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._limiter = trio.CapacityLimiter(1)
+        self._migrate()
+        self.functions: dict[tuple[str, str, str], FunctionRecord] = {
+            (r.project_id, r.package, r.func_name): r
+            for r in (_record_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM functions"))
+        }
+
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
+
+    @property
+    def schema_version(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # Functions -----------------------------------------------------------
+
+    def get(self, key: tuple[str, str, str]) -> FunctionRecord | None:
+        return self.functions.get(key)
+
+    def list(self, project_id: str) -> list[FunctionRecord]:
+        return sorted((r for r in self.functions.values() if r.project_id == project_id), key=lambda r: r.key)
+
+    async def put(self, record: FunctionRecord) -> None:
+        blob = _encoder.encode(record)
+        await self.run(self._put, record, blob)
+        self.functions[record.key] = record
+
+    def _put(self, record: FunctionRecord, blob: bytes) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO functions (project_id, package, func_name, record) VALUES (?, ?, ?, ?)",
+                (*record.key, blob),
+            )
+
+    async def delete(self, key: tuple[str, str, str]) -> None:
+        await self.run(self._delete, key)
+        self.functions.pop(key, None)
+
+    def _delete(self, key: tuple[str, str, str]) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM functions WHERE project_id=? AND package=? AND func_name=?", key)
+            self._db.execute("DELETE FROM logs WHERE project_id=? AND package=? AND func_name=?", key)
+
+    def code_in_use(self) -> set[str]:
+        return {r.code.sha256 for r in self.functions.values()}
+
+    # Logs ------------------------------------------------------------------
+
+    def write_logs(self, rows: Iterable[LogRow]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO logs (time, project_id, package, func_name, request_id, instance_id, stream, message)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.line.time, *r.key, r.line.request_id, r.line.instance_id, r.line.stream, r.line.message)
+                    for r in rows
+                ],
+            )
+
+    def read_logs(
+        self,
+        key: tuple[str, str, str],
+        *,
+        request_id: str | None,
+        since: float | None,
+        after_id: int,
+        limit: int,
+    ) -> list[tuple[int, LogLine]]:
+        query = "SELECT id, time, request_id, instance_id, stream, message FROM logs"
+        query += " WHERE project_id=? AND package=? AND func_name=? AND id>?"
+        params: list[object] = [*key, after_id]
+        if request_id:
+            query += " AND request_id=?"
+            params.append(request_id)
+        if since is not None:
+            query += " AND time>=?"
+            params.append(since)
+        # The newest `limit` lines, returned oldest first.
+        query = f"SELECT * FROM ({query} ORDER BY id DESC LIMIT ?) ORDER BY id"
+        params.append(limit)
+        return [(row[0], LogLine(*row[1:])) for row in self._db.execute(query, params)]
+
+    def expire_logs(self, older_than: float) -> int:
+        with self._db:
+            return self._db.execute("DELETE FROM logs WHERE time<?", (older_than,)).rowcount

@@ -1,0 +1,185 @@
+"""The instance loop: specialise once, then serve invocations over the socket.
+
+Runs in a process forked from the zygote. Blocking I/O on purpose: one request
+at a time for now, so the simplest loop is also the fastest one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import resource
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from runtimes import protocol
+from runtimes.protocol import FunctionError, Invoke, Result, Shutdown, Specialize
+from runtimes.python.context import Context
+
+MAX_RESPONSE = 6 * 1024 * 1024
+
+
+class Connection:
+    """Blocking framed connection to the daemon; send is thread-safe."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = protocol.FrameBuffer()
+        self._pending: list[protocol.Frame] = []
+        self._send_lock = threading.Lock()
+
+    def send(self, frame: protocol.Frame) -> None:
+        data = protocol.encode(frame)
+        with self._send_lock:
+            self._sock.sendall(data)
+
+    def receive(self) -> protocol.Frame:
+        while not self._pending:
+            chunk = self._sock.recv(1 << 16)
+            if not chunk:
+                # The daemon closed our socket: nobody is left to serve.
+                os._exit(0)
+            self._pending.extend(self._buffer.feed(chunk))
+        return self._pending.pop(0)
+
+
+class LoadError(Exception):
+    def __init__(self, error_type: str, message: str, stack: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.error = FunctionError(error_type, message, stack or [])
+
+
+def error_from_exception(exc: BaseException) -> FunctionError:
+    stack = traceback.format_tb(exc.__traceback__)
+    # Drop the runtime's own frame so the trace starts in user code.
+    return FunctionError(type(exc).__name__, str(exc), [line.rstrip("\n") for line in stack[1:]])
+
+
+def resolve(code_dir: str, handler: str, role: str) -> Callable[..., Any]:
+    """Import `dir/file.func` from the code directory and return `func`."""
+    module_path, _, func_name = handler.rpartition(".")
+    if not module_path or not func_name:
+        raise LoadError("Runtime.HandlerNotFound", f"{role} {handler!r} is not of the form file.function")
+    module_name = module_path.replace("/", ".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            message = f"no module {module_name!r} in {code_dir} for {role} {handler!r}"
+        else:
+            message = f"{module_name}: {exc}"
+        raise LoadError("Runtime.ImportModuleError", message, _trace(exc)) from None
+    except BaseException as exc:  # noqa: BLE001 - user code may raise anything on import
+        raise LoadError(
+            "Runtime.ImportModuleError", f"importing {module_name!r} failed: {type(exc).__name__}: {exc}", _trace(exc)
+        ) from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise LoadError(
+            "Runtime.HandlerNotFound", f"{module_name}.py has no function {func_name!r} ({role} {handler!r})"
+        )
+    return func
+
+
+def _trace(exc: BaseException) -> list[str]:
+    return [line.rstrip("\n") for line in traceback.format_exception(exc)]
+
+
+def apply_environment(spec: Specialize) -> None:
+    os.environ.clear()
+    os.environ.update(spec.environ)
+    os.chdir(os.path.dirname(spec.code_dir.rstrip("/")) or "/")
+    sys.path[:0] = [spec.code_dir, *spec.dependency_dirs]
+    importlib.invalidate_caches()
+
+
+def encode_result(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    return json.dumps(value).encode()
+
+
+class Instance:
+    def __init__(self, conn: Connection, spec: Specialize, handler: Callable[..., Any]) -> None:
+        self._conn = conn
+        self._spec = spec
+        self._handler = handler
+
+    def emit_log(self, request_id: str, level: str, message: str) -> None:
+        self._conn.send(protocol.Log(request_id, level, message))
+
+    def invoke(self, frame: Invoke) -> Result:
+        context = Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log)
+        try:
+            event = json.loads(frame.event) if frame.event else {}
+            value = self._handler(event, context)
+        except Exception as exc:  # noqa: BLE001 - the function's failure is reported, not raised
+            return Result(frame.request_id, error=error_from_exception(exc), max_rss_kb=_max_rss_kb())
+        try:
+            body = encode_result(value)
+        except (TypeError, ValueError) as exc:
+            error = FunctionError("Runtime.InvalidResponse", f"the handler returned a value that is not JSON: {exc}")
+            return Result(frame.request_id, error=error, max_rss_kb=_max_rss_kb())
+        if len(body) > MAX_RESPONSE:
+            error = FunctionError(
+                "Runtime.ResponseTooLarge",
+                f"the response is {len(body)} bytes; the limit is {MAX_RESPONSE}",
+            )
+            return Result(frame.request_id, error=error, max_rss_kb=_max_rss_kb())
+        return Result(frame.request_id, body=body, max_rss_kb=_max_rss_kb())
+
+
+def _max_rss_kb() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run_initializer(spec: Specialize, instance: Instance) -> None:
+    init = resolve(spec.code_dir, spec.initializer, "initializer")
+    deadline = time.time() + spec.initializer_timeout
+    context = Context(spec.identity, "initializer", deadline, instance.emit_log)
+    try:
+        init(context)
+    except Exception as exc:  # noqa: BLE001
+        error = error_from_exception(exc)
+        raise LoadError(
+            "Runtime.InitError",
+            f"initializer {spec.initializer!r} failed: {error.error_type}: {exc}",
+            error.stack_trace,
+        ) from None
+
+
+def serve(sock: socket.socket) -> NoReturn:
+    """Entry point of a freshly forked instance; never returns."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=True)
+    conn = Connection(sock)
+    spec = conn.receive()
+    if not isinstance(spec, Specialize):
+        os._exit(2)
+    started = time.monotonic()
+    apply_environment(spec)
+    try:
+        handler = resolve(spec.code_dir, spec.handler, "handler")
+        instance = Instance(conn, spec, handler)
+        if spec.initializer:
+            run_initializer(spec, instance)
+    except LoadError as exc:
+        conn.send(protocol.InitError(exc.error))
+        os._exit(0)
+    conn.send(protocol.Ready((time.monotonic() - started) * 1000))
+    while True:
+        frame = conn.receive()
+        if isinstance(frame, Invoke):
+            conn.send(instance.invoke(frame))
+        elif isinstance(frame, Shutdown):
+            os._exit(0)
+        else:
+            os._exit(2)

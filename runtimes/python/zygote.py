@@ -1,0 +1,132 @@
+"""The Python zygote: a single-threaded process that forks instances.
+
+The daemon is multi-threaded and holds secrets, so it never forks user code.
+This process imports only the runtime shim, freezes the GC so forked children
+share its pages, and forks one instance per `Fork` request. The request
+carries three descriptors by SCM_RIGHTS: the instance's end of its socketpair,
+and the write ends of its stdout and stderr pipes.
+
+Usage: python -m runtimes.python.zygote CONTROL_FD DAEMON_PID
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import traceback
+
+import prctl
+
+from runtimes import protocol
+from runtimes.python import instance
+
+MAX_FDS = 3
+
+
+def receive_fork(control: socket.socket) -> tuple[protocol.Frame, list[int]] | None:
+    fds = array.array("i")
+    msg, ancdata, _flags, _addr = control.recvmsg(4096, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    if not msg:
+        return None
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+    return protocol.decode(msg), list(fds)
+
+
+def become_instance(control: socket.socket, wakeup_r: int, fds: list[int]) -> None:
+    """In the child: wire up descriptors and run the instance loop."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    control.close()
+    os.close(wakeup_r)
+    sock_fd, out_fd, err_fd = fds
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    os.close(out_fd)
+    os.close(err_fd)
+    os.setpgid(0, 0)
+    prctl.set_pdeathsig(signal.SIGKILL)
+    gc.enable()
+    instance.serve(socket.socket(fileno=sock_fd))
+
+
+def run_child(control: socket.socket, wakeup_r: int, fds: list[int]) -> int:
+    """The forked child's whole life; returns its exit status (it never returns to the loop)."""
+    try:
+        become_instance(control, wakeup_r, fds)
+    except SystemExit as exc:
+        # sys.exit() in user code: exit with the status it asked for.
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except BaseException:  # noqa: BLE001 - whatever happens, the child must not return to the loop
+        traceback.print_exc()
+        return 70
+    return 0
+
+
+def reap(control: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        control.send(protocol.encode_packet(protocol.Exited(pid, code)))
+
+
+def main() -> None:
+    control = socket.socket(fileno=int(sys.argv[1]))
+    daemon_pid = int(sys.argv[2])
+    # If the daemon dies, so do we, and (through their own pdeathsig) our instances.
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != daemon_pid:
+        sys.exit(1)
+    # Orphaned grandchildren (a handler's background subprocess) come back to us to be reaped.
+    prctl.set_child_subreaper(True)
+    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wakeup_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    while True:
+        readable, _, _ = select.select([control, wakeup_r], [], [])
+        if wakeup_r in readable:
+            os.read(wakeup_r, 4096)
+            reap(control)
+        if control not in readable:
+            continue
+        received = receive_fork(control)
+        if received is None:
+            return
+        frame, fds = received
+        if not isinstance(frame, protocol.Fork) or len(fds) != MAX_FDS:
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            os._exit(run_child(control, wakeup_r, fds))
+        for fd in fds:
+            os.close(fd)
+        # The child does it too; whichever runs first wins the race harmlessly.
+        with contextlib.suppress(OSError):
+            os.setpgid(pid, pid)
+        control.send(protocol.encode_packet(protocol.Forked(frame.instance_id, pid)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Shared fixtures: a real `fgd serve` process on a free port with its own state dir."""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+RUNTIME = f"Python{sys.version_info.major}.{sys.version_info.minor}"
+_names = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    """One `fgd serve` process; restartable on the same state dir and port."""
+
+    def __init__(self, state_dir: Path, config: str | None = None) -> None:
+        self.state_dir = state_dir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = state_dir.parent / f"{state_dir.name}.log"
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = state_dir.parent / f"{state_dir.name}.toml"
+            self.config_path.write_text(textwrap.dedent(config))
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "fgd", "serve", "--state-dir", str(self.state_dir)]
+        argv += ["--listen", f"127.0.0.1:{self.port}"]
+        if self.config_path:
+            argv += ["--config", str(self.config_path)]
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"fgd serve exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"fgd serve did not become healthy:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    @property
+    def token(self) -> str:
+        return (self.state_dir / "admin.token").read_text().strip()
+
+    def client(self, timeout: float = 30) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/v2/default/fgs", headers={"X-Auth-Token": self.token}, timeout=timeout
+        )
+
+
+def make_zip(files: dict[str, str | bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            archive.writestr(name, content)
+    return buffer.getvalue()
+
+
+def b64(data: bytes | str) -> str:
+    return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def unique_name(prefix: str = "fn") -> str:
+    return f"{prefix}{next(_names)}x{os.getpid()}"
+
+
+class Api:
+    """The daemon's HTTP API with helpers the tests share."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.http = daemon.client()
+
+    def deploy(self, source: str, *, name: str | None = None, files: dict | None = None, **settings) -> dict:
+        """Create a function whose index.py is `source` (dedented), or from `files`."""
+        body = {
+            "func_name": name or unique_name(),
+            "runtime": RUNTIME,
+            "handler": "index.handler",
+            "code_type": "zip",
+            "func_code": {"file": b64(make_zip(files or {"index.py": textwrap.dedent(source)}))},
+            **settings,
+        }
+        response = self.http.post("/functions", json=body)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def invoke(self, name: str, event: object = None, headers: dict | None = None) -> httpx.Response:
+        return self.http.post(
+            f"/functions/{name}/invocations", json=event if event is not None else {}, headers=headers
+        )
+
+
+@pytest.fixture(scope="session")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    config = """
+        [instances]
+        idle_keepalive = 30.0
+    """
+    d = Daemon(tmp_path_factory.mktemp("fgd") / "state", config)
+    d.start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def api(daemon: Daemon) -> Api:
+    return Api(daemon)
+
+
+@pytest.fixture
+def fresh_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon of the test's own, for tests that restart or kill it."""
+    d = Daemon(tmp_path / "state")
+    yield d
+    if d.process is not None and d.process.poll() is None:
+        d.stop(signal.SIGKILL)
