@@ -5,7 +5,6 @@ The invoke route does not come through here; see `fgd.front`.
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Any
 
@@ -178,9 +177,7 @@ def create_app(functions: Functions, store: Store, logs_flush, token: str, healt
         async def read(after_id: int, count: int) -> list:
             await logs_flush()
             return await store.run(
-                functools.partial(
-                    store.read_logs, record.key, request_id=request_id, since=since, after_id=after_id, limit=count
-                )
+                store.read_logs, record.key, request_id=request_id, since=since, after_id=after_id, limit=count
             )
 
         rows = await read(0, limit)

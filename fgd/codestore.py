@@ -40,15 +40,20 @@ def inline_zip(source: bytes, handler: str) -> bytes:
     return buffer.getvalue()
 
 
+def show(name: str) -> str:
+    """An entry name quoted for a message, with control characters made visible."""
+    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) + "'"
+
+
 def check_entry_name(name: str) -> PurePosixPath:
     """Refuse names that would land outside the package's directory."""
     if "\\" in name:
-        raise PackageRejected(f"package entry {name!r}: backslashes are not allowed in file names")
+        raise PackageRejected(f"package entry {show(name)}: backslashes are not allowed in file names")
     if name.startswith("/"):
-        raise PackageRejected(f"package entry {name!r}: absolute paths are not allowed")
+        raise PackageRejected(f"package entry {show(name)}: absolute paths are not allowed")
     path = PurePosixPath(name)
     if ".." in path.parts:
-        raise PackageRejected(f"package entry {name!r}: '..' components are not allowed")
+        raise PackageRejected(f"package entry {show(name)}: '..' components are not allowed")
     return path
 
 
@@ -107,7 +112,7 @@ class CodeStore:
         try:
             for path, info in members:
                 if stat.S_ISLNK(info.external_attr >> 16):
-                    raise PackageRejected(f"package entry {info.filename!r}: symbolic links are not allowed yet")
+                    raise PackageRejected(f"package entry {show(info.filename)}: symbolic links are not allowed yet")
                 target = staging.joinpath(*path.parts)
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 from pathlib import Path
 
 import hypercorn.config
@@ -22,7 +23,7 @@ from fgd.api import create_app
 from fgd.auth import load_or_create_token
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
-from fgd.front import build_front
+from fgd.front import Inflight, build_front
 from fgd.functions import Functions
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
@@ -42,6 +43,15 @@ def prepare_state_dir(path: Path) -> None:
         os.chmod(path, 0o700)
     except OSError as exc:
         raise StartupError(f"cannot use state directory {path}: {exc.strerror}") from None
+
+
+def open_listener(host: str, port: int, listen: str) -> socket.socket:
+    """Bind the API socket ourselves, so a busy port is one clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
 async def serve(config: Config) -> None:
@@ -68,10 +78,13 @@ async def serve(config: Config) -> None:
         }
 
     app = create_app(functions, store, logs.flush, token, health)
-    front = build_front(app, functions, invoker, token)
+    inflight = Inflight()
+    front = build_front(app, functions, invoker, token, inflight)
 
     hconfig = hypercorn.config.Config()
-    hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    listener = open_listener(host, port, config.server.listen)
+    # hypercorn takes the descriptor over (and closes it when it stops).
+    hconfig.bind = [f"fd://{listener.detach()}"]
     hconfig.graceful_timeout = config.server.shutdown_grace
     hconfig.accesslog = None
     hconfig.errorlog = logging.getLogger("hypercorn.error")
@@ -85,19 +98,24 @@ async def serve(config: Config) -> None:
             for runtime in zygotes.values():
                 await services.start(runtime.run)
             await services.start(invoker.run)
-            # This block ends when hypercorn returns: after the shutdown trigger
-            # and the drain of in-flight requests (graceful_timeout).
             async with trio.open_nursery() as http:
-                try:
-                    binds = await http.start(
-                        lambda task_status: hypercorn.trio.serve(
-                            front, hconfig, shutdown_trigger=shutdown.wait, task_status=task_status
-                        )
+                binds = await http.start(
+                    lambda task_status: hypercorn.trio.serve(
+                        front, hconfig, shutdown_trigger=shutdown.wait, task_status=task_status
                     )
-                except OSError as exc:
-                    raise StartupError(f"cannot listen on {config.server.listen}: {exc.strerror or exc}") from None
+                )
                 log.info("fgd %s serving on %s; state in %s", __version__, ", ".join(binds), state_dir)
                 log.info("admin token: %s", state_dir / "admin.token")
+                await shutdown.wait()
+                # hypercorn has stopped accepting; let in-flight requests finish. Its own
+                # graceful wait also waits on idle keep-alive connections, so we end it.
+                with trio.move_on_after(config.server.shutdown_grace):
+                    await inflight.drained()
+                if inflight.count:
+                    log.warning(
+                        "%d requests still running after %.0f s; stopping", inflight.count, config.server.shutdown_grace
+                    )
+                http.cancel_scope.cancel()
             services.cancel_scope.cancel()
     finally:
         invoker.kill_all()

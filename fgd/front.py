@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import trio
 
 from fgd import auth
 from fgd.errors import FgdError, InternalError, TooLarge
@@ -120,7 +121,29 @@ def _outcome_body(outcome: Outcome, version: bytes) -> bytes:
     )
 
 
-def build_front(api: ASGIApp, functions: Functions, invoker: Invoker, token: str) -> ASGIApp:
+class Inflight:
+    """Counts HTTP requests being served, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        if self.count == 1:
+            self._idle = trio.Event()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+
+def build_front(api: ASGIApp, functions: Functions, invoker: Invoker, token: str, inflight: Inflight) -> ASGIApp:
     async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         headers = _headers(scope)
         try:
@@ -146,11 +169,15 @@ def build_front(api: ASGIApp, functions: Functions, invoker: Invoker, token: str
         await _respond(send, 200, _outcome_headers(outcome, log_tail), _outcome_body(outcome, version))
 
     async def front(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = INVOKE_PATH.match(scope["path"])
-            if match:
-                await invoke(scope, receive, send, match[1], match[2])
-                return
-        await api(scope, receive, send)
+        if scope["type"] != "http":
+            await api(scope, receive, send)
+            return
+        with inflight:
+            if scope["method"] == "POST":
+                match = INVOKE_PATH.match(scope["path"])
+                if match:
+                    await invoke(scope, receive, send, match[1], match[2])
+                    return
+            await api(scope, receive, send)
 
     return front

@@ -8,6 +8,7 @@ must not touch the database.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -89,8 +90,9 @@ class Store:
     def schema_version(self) -> int:
         return self._db.execute("PRAGMA user_version").fetchone()[0]
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+    async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """Run `fn` in the store's worker thread (one at a time)."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
 
     def close(self) -> None:
         self._db.close()

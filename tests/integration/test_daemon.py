@@ -1,0 +1,187 @@
+"""The daemon process: authentication, health, restart, shutdown, zygote supervision."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import Api, Daemon, free_port
+from tests.integration.test_timeout import wait_gone
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v2/default/fgs/functions"),
+        ("POST", "/v2/default/fgs/functions"),
+        ("GET", "/v2/default/fgs/functions/x/config"),
+        ("DELETE", "/v2/default/fgs/functions/x"),
+        ("POST", "/v2/default/fgs/functions/x/invocations"),
+        ("GET", "/v2/default/fgs/runtimes"),
+        ("GET", "/v2/other/fgs/nothing"),
+    ],
+)
+def test_every_v2_route_needs_the_token(daemon: Daemon, method: str, path: str) -> None:
+    for headers in ({}, {"X-Auth-Token": "wrong"}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic x"}):
+        response = httpx.request(method, daemon.url + path, headers=headers)
+        assert response.status_code == 401, (headers, response.text)
+        assert response.json()["error_code"] == "FSS.0401"
+
+
+def test_bearer_token_is_accepted(daemon: Daemon) -> None:
+    response = httpx.get(f"{daemon.url}/v2/default/fgs/functions", headers={"Authorization": f"Bearer {daemon.token}"})
+    assert response.status_code == 200
+
+
+def test_healthz_needs_no_token_and_reports_runtimes(daemon: Daemon) -> None:
+    response = httpx.get(f"{daemon.url}/healthz")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "ok"
+    assert body["runtimes"] == {f"Python{sys.version_info.major}.{sys.version_info.minor}": "ready"}
+
+
+def test_token_file_is_private(daemon: Daemon) -> None:
+    mode = stat.S_IMODE(os.stat(daemon.state_dir / "admin.token").st_mode)
+    assert mode == 0o600
+    assert len(daemon.token) >= 32
+
+
+def test_database_is_sqlite_in_wal_mode_with_a_schema_version(daemon: Daemon) -> None:
+    db = sqlite3.connect(daemon.state_dir / "fgd.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def test_functions_survive_a_restart(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    name = api.deploy("def handler(e, c):\n    return 'still here'\n", memory_size=256)["func_name"]
+    token = fresh_daemon.token
+    assert fresh_daemon.stop() == 0
+    fresh_daemon.start()
+    assert fresh_daemon.token == token
+    api = Api(fresh_daemon)
+    assert api.http.get(f"/functions/{name}/config").json()["memory_size"] == 256
+    assert api.invoke(name).content == b"still here"
+
+
+def test_sigterm_lets_inflight_invocations_finish_then_kills_instances(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    source = "import os, time\ndef handler(e, c):\n    time.sleep(e['s'])\n    return os.getpid()\n"
+    name = api.deploy(source, timeout=10)["func_name"]
+    idle_pid = api.invoke(name, {"s": 0}).json()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lambda: fresh_daemon.client().post(f"/functions/{name}/invocations", json={"s": 1}))
+        time.sleep(0.3)
+        fresh_daemon.process.send_signal(signal.SIGTERM)
+        response = slow.result(timeout=10)
+    assert response.status_code == 200
+    assert response.headers["x-is-func-err"] == "false"
+    assert fresh_daemon.process.wait(10) == 0
+    assert wait_gone(idle_pid)
+    assert wait_gone(response.json())
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{fresh_daemon.url}/healthz")
+
+
+def test_killed_zygote_is_restarted_and_invocations_work_again(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    name = api.deploy("import os\ndef handler(e, c):\n    return os.getppid()\n")["func_name"]
+    zygote_pid = api.invoke(name).json()
+    os.kill(zygote_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    new_parent = zygote_pid
+    while time.monotonic() < deadline:
+        response = api.invoke(name)
+        if response.headers.get("x-is-func-err") == "false":
+            new_parent = response.json()
+            break
+        time.sleep(0.1)
+    assert new_parent != zygote_pid
+    assert httpx.get(f"{fresh_daemon.url}/healthz").json()["status"] == "ok"
+
+
+def test_zygote_death_fails_inflight_invocation_clearly(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    source = "import os, time\ndef handler(e, c):\n    if e.get('s'):\n        time.sleep(5)\n    return os.getppid()\n"
+    name = api.deploy(source, timeout=10)["func_name"]
+    zygote_pid = api.invoke(name).json()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lambda: fresh_daemon.client().post(f"/functions/{name}/invocations", json={"s": 1}))
+        time.sleep(0.3)
+        os.kill(zygote_pid, signal.SIGKILL)
+        response = slow.result(timeout=10)
+    body = response.json()
+    assert response.headers["x-is-func-err"] == "true"
+    assert body["errorType"] == "Runtime.ExitError"
+    assert "zygote" in body["errorMessage"]
+
+
+def test_port_in_use_is_one_clear_line(tmp_path) -> None:
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "fgd", "serve", "--state-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("[server]\nlisten = 5\n", ["server.listen", "str"]),
+        ("[nonsense]\n", ["nonsense"]),
+        ("not toml [", ["TOML"]),
+    ],
+)
+def test_bad_config_file_is_one_clear_line(tmp_path, content: str, words: list[str]) -> None:
+    config = tmp_path / "fgd.toml"
+    config.write_text(content)
+    result = subprocess.run(
+        [sys.executable, "-m", "fgd", "serve", "--state-dir", str(tmp_path / "s"), "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("fgd: error: ")
+    for word in words:
+        assert word in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_idle_instances_are_reaped_after_keepalive(tmp_path) -> None:
+    daemon = Daemon(tmp_path / "state", "[instances]\nidle_keepalive = 0.5\n")
+    daemon.start()
+    try:
+        api = Api(daemon)
+        name = api.deploy("import os\ndef handler(e, c):\n    return os.getpid()\n")["func_name"]
+        pid = api.invoke(name).json()
+        assert wait_gone(pid, within=4)
+        assert httpx.get(f"{daemon.url}/healthz").json()["instances"] == 0
+        summary = json.loads(api.invoke(name).headers["x-cff-invoke-summary"])
+        assert summary["coldStart"] is True
+    finally:
+        daemon.stop()
