@@ -65,7 +65,7 @@ async def serve(config: Config) -> None:
     zygote = python_zygote()
     zygotes = {zygote.runtime: zygote}
     invoker = Invoker(config, zygotes, logs, store, code)
-    functions = Functions(store, code, invoker, config.server.region, sorted(zygotes))
+    functions = Functions(store, code, invoker, logs, config.server.region, sorted(zygotes))
 
     def health() -> dict:
         missing = [name for name, z in zygotes.items() if not z.ready.is_set()]

@@ -14,6 +14,7 @@ import msgspec
 from fgd.codestore import CodeStore, inline_zip
 from fgd.errors import Conflict, InvalidParameter, NotFound, TooLarge
 from fgd.invoker import Invoker
+from fgd.logs import LogSink
 from fgd.model import (
     CodeRef,
     CreateFunction,
@@ -36,8 +37,11 @@ IMMUTABLE_FIELDS = ("func_name", "runtime", "package")
 
 
 class Functions:
-    def __init__(self, store: Store, code: CodeStore, invoker: Invoker, region: str, runtimes: list[str]) -> None:
+    def __init__(
+        self, store: Store, code: CodeStore, invoker: Invoker, logs: LogSink, region: str, runtimes: list[str]
+    ) -> None:
         self._store = store
+        self._logs = logs
         self._code = code
         self._invoker = invoker
         self.region = region
@@ -155,8 +159,9 @@ class Functions:
         return updated
 
     async def delete(self, record: FunctionRecord) -> None:
-        await self._store.delete(record.key)
         self._invoker.retire(record.key)
+        self._logs.discard(record.key)
+        await self._store.delete(record.key)
         if record.code.sha256 not in self._store.code_in_use():
             await self._store.run(self._code.remove, record.code.sha256)
 

@@ -264,8 +264,10 @@ class Invoker:
         )
         outcome.logs = instance.take_lines()
         instance.request_id = ""
-        self._logs.add(record.key, outcome.logs)
         current = self._store.get(record.key)
+        if current is not None:
+            # A function deleted while this request ran keeps no logs.
+            self._logs.add(record.key, outcome.logs)
         if healthy and current is not None and instance.revision == current.revision:
             instance.state = State.IDLE
             instance.last_used = time.monotonic()

@@ -31,6 +31,10 @@ class LogSink:
         if len(self._pending) >= FLUSH_BATCH:
             self._wakeup.set()
 
+    def discard(self, key: tuple[str, str, str]) -> None:
+        """Forget pending lines of a function that is being deleted."""
+        self._pending = [row for row in self._pending if row.key != key]
+
     async def flush(self) -> None:
         async with self._flush_lock:
             rows, self._pending = self._pending, []
