@@ -89,7 +89,7 @@ class Instance:
         self.lines: list[LogLine] = []
         self.dropped_lines = 0
         self._max_lines = max_lines
-        self._stream: trio.SocketStream | None = None
+        self._socket: trio.socket.SocketType | None = None
         self._buffer = protocol.FrameBuffer()
         self._frames: list[protocol.Frame] = []
         self._pipes: list[OutputPipe] = []
@@ -104,7 +104,7 @@ class Instance:
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
         self._pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
-        self._stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+        self._socket = trio.socket.from_stdlib_socket(ours)
         try:
             self.pid = await self.zygote.fork(self.id, [theirs.fileno(), out_w, err_w])
         except BaseException:
@@ -168,8 +168,8 @@ class Instance:
 
     def close(self) -> None:
         self.kill()
-        if self._stream is not None:
-            self._stream.socket.close()
+        if self._socket is not None:
+            self._socket.close()
         for pipe in self._pipes:
             if pipe.fd >= 0:
                 # Wake a pump blocked on this fd before closing it.
@@ -192,15 +192,20 @@ class Instance:
     # Frames ------------------------------------------------------------------
 
     async def send(self, frame: protocol.Frame) -> None:
-        assert self._stream is not None
+        # Raw socket calls: one request at a time per instance, so SocketStream's
+        # conflict detection would only add cost on the hot path.
+        assert self._socket is not None
+        data = memoryview(protocol.encode(frame))
         try:
-            await self._stream.send_all(protocol.encode(frame))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            while data:
+                sent = await self._socket.send(data)
+                data = data[sent:]
+        except OSError as exc:
             raise InstanceGone(f"cannot write to the instance: {exc}") from None
 
     async def receive(self) -> protocol.Frame:
         """Next frame that is not a Log; Log frames are collected as log lines."""
-        assert self._stream is not None
+        assert self._socket is not None
         while True:
             while self._frames:
                 frame = self._frames.pop(0)
@@ -209,8 +214,8 @@ class Instance:
                     continue
                 return frame
             try:
-                data = await self._stream.receive_some(READ_CHUNK)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                data = await self._socket.recv(READ_CHUNK)
+            except OSError:
                 data = b""
             if not data:
                 raise InstanceGone(await self.exit_reason())

@@ -27,13 +27,17 @@ class LogSink:
         self._flush_lock = trio.Lock()
 
     def add(self, key: tuple[str, str, str], lines: list[LogLine]) -> None:
-        self._pending.extend(LogRow(key, line) for line in lines)
+        project_id, package, func_name = key
+        self._pending.extend(
+            (line.time, project_id, package, func_name, line.request_id, line.instance_id, line.stream, line.message)
+            for line in lines
+        )
         if len(self._pending) >= FLUSH_BATCH:
             self._wakeup.set()
 
     def discard(self, key: tuple[str, str, str]) -> None:
         """Forget pending lines of a function that is being deleted."""
-        self._pending = [row for row in self._pending if row.key != key]
+        self._pending = [row for row in self._pending if row[1:4] != key]
 
     async def flush(self) -> None:
         async with self._flush_lock:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from fgd.model import CodeRef, FunctionRecord, FunctionSettings
-from fgd.store import MIGRATIONS, LogLine, LogRow, Store
+from fgd.store import MIGRATIONS, Store
 
 
 def record(name: str) -> FunctionRecord:
@@ -47,7 +47,7 @@ async def test_functions_persist_across_reopen(tmp_path) -> None:
 async def test_logs_filter_and_expire(tmp_path) -> None:
     store = Store(tmp_path / "fgd.db")
     key = ("p", "default", "f")
-    rows = [LogRow(key, LogLine(float(i), f"r{i % 2}", "i", "stdout", f"m{i}")) for i in range(10)]
+    rows = [(float(i), *key, f"r{i % 2}", "i", "stdout", f"m{i}") for i in range(10)]
     await store.run(store.write_logs, rows)
     odd = store.read_logs(key, request_id="r1", since=None, after_id=0, limit=100)
     assert [line.message for _, line in odd] == ["m1", "m3", "m5", "m7", "m9"]

@@ -1,0 +1,132 @@
+"""Helpers shared by the benchmarks: a daemon, a port, wrk with JSON output."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = "{}"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Auth-Token"] = os.getenv("FGD_TOKEN") or ""
+done = function(summary, latency, requests)
+  io.write(string.format(
+    '{"requests": %d, "seconds": %.6f, "errors": %d, "non_2xx": %d, "p50_ms": %.4f, "p90_ms": %.4f, "p99_ms": %.4f}\\n',
+    summary.requests, summary.duration / 1e6,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def wrk(url: str, connections: int, seconds: float, token: str = "") -> dict:
+    if not shutil.which("wrk"):
+        sys.exit("bench needs wrk: apt-get install wrk (make bench installs it)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(WRK_SCRIPT)
+    try:
+        result = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "-s", script.name, url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "FGD_TOKEN": token},
+            check=True,
+        )
+    finally:
+        os.unlink(script.name)
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    figures["req_per_s"] = round(figures["requests"] / figures["seconds"], 1)
+    return figures
+
+
+class Daemon:
+    def __init__(self, config: str = "") -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="fgd-bench-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        (self.dir / "fgd.toml").write_text(config)
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fgd",
+                "serve",
+                "--state-dir",
+                str(self.dir / "state"),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--config",
+                str(self.dir / "fgd.toml"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "fgd.log", "wb"),  # noqa: SIM115
+        )
+        wait_http(f"{self.url}/healthz")
+        self.token = (self.dir / "state" / "admin.token").read_text().strip()
+
+    def request(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"{self.url}/v2/default/fgs{path}",
+            data=data,
+            method=method,
+            headers={"X-Auth-Token": self.token, "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req) as response:
+            raw = response.read()
+            return {"headers": dict(response.headers), "body": json.loads(raw) if raw else None}
+
+    def deploy(self, name: str, source: str, **settings) -> None:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr("index.py", source)
+        self.request(
+            "POST",
+            "/functions",
+            {
+                "func_name": name,
+                "runtime": f"Python{sys.version_info.major}.{sys.version_info.minor}",
+                "handler": "index.handler",
+                "code_type": "zip",
+                "func_code": {"file": base64.b64encode(buffer.getvalue()).decode()},
+                **settings,
+            },
+        )
+
+    def invoke_url(self, name: str) -> str:
+        return f"{self.url}/v2/default/fgs/functions/{name}/invocations"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+        shutil.rmtree(self.dir, ignore_errors=True)

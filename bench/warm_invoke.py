@@ -1,0 +1,59 @@
+"""Warm invocation throughput and latency through the whole path, against bare ASGI.
+
+Starts a daemon, deploys a no-op Python function, and drives it with wrk over
+keep-alive connections; in the same run, a bare ASGI echo app on hypercorn
+is driven the same way as the baseline. Prints JSON: req/s, p50, p99 per
+concurrency level, and fgd's ratio to the baseline.
+
+Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import Daemon, free_port, wait_http, wrk
+
+NOOP = "def handler(event, context):\n    return {}\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--concurrency", default="1,16")
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    port = free_port()
+    baseline = subprocess.Popen([sys.executable, str(Path(__file__).parent / "baseline_app.py"), str(port)])
+    wait_http(f"http://127.0.0.1:{port}/")
+    daemon = Daemon()
+    results: dict = {"benchmark": "warm_invoke", "seconds": args.seconds, "levels": {}}
+    try:
+        # Enough warm instances for the highest level (one request per instance for now).
+        daemon.deploy("noop", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
+        for level in levels:
+            wrk(daemon.invoke_url("noop"), level, 1, daemon.token)  # warm up instances
+            base = wrk(f"http://127.0.0.1:{port}/", level, args.seconds)
+            fgd = wrk(daemon.invoke_url("noop"), level, args.seconds, daemon.token)
+            results["levels"][str(level)] = {
+                "fgd": fgd,
+                "baseline": base,
+                "ratio_req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3),
+                "ratio_p50": round(fgd["p50_ms"] / base["p50_ms"], 3),
+            }
+    finally:
+        daemon.stop()
+        baseline.terminate()
+        baseline.wait()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
