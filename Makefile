@@ -40,6 +40,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 bench: $(STAMP)
+	@PYTHON=$(PYTHON) ./scripts/install-system-packages wrk
 	$(BIN)/python bench/warm_invoke.py
 
 clean:

@@ -50,7 +50,11 @@ class Zygote:
         while True:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             argv = [*self._argv, str(child.fileno()), str(os.getpid())]
-            process = await trio.lowlevel.open_process(argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
+            # Its own session: a terminal's Ctrl-C or a group-wide SIGTERM is for the
+            # daemon, which decides when zygotes and instances stop.
+            process = await trio.lowlevel.open_process(
+                argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True
+            )
             child.close()
             self.pid = process.pid
             self.generation += 1
