@@ -27,11 +27,25 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_lines_per_invocation: int = 10_000
 
 
+class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Run even if the host lacks a protection (not root, no cgroups, no seccomp);
+    # each missing one is named at start, in /healthz and by `fgd doctor`.
+    allow_degraded: bool = False
+    # The unprivileged user function code runs as; created if missing.
+    user: str = "fgd-fn"
+    # Generic instances kept forked and contained per runtime, ready for a cold start.
+    pool_size: int = 2
+    pids_max: int = 1024
+    # Only cgroup hierarchies mounted under this path are used (default: any).
+    cgroup_root: str | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state_dir: str = "/var/lib/fgd"
     server: ServerConfig = ServerConfig()
     instances: InstanceConfig = InstanceConfig()
     logs: LogConfig = LogConfig()
+    sandbox: SandboxConfig = SandboxConfig()
 
 
 class ConfigError(Exception):

@@ -27,6 +27,7 @@ from fgd.front import Inflight, build_front
 from fgd.functions import Functions
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
+from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.zygote import python_zygote
 
@@ -54,6 +55,25 @@ def open_listener(host: str, port: int, listen: str) -> socket.socket:
         raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
+def build_sandbox(config: Config, state_dir: Path) -> Sandbox:
+    """Probe the host; refuse to start without a protection unless degraded mode is allowed."""
+    facts = probe(config.sandbox)
+    sandbox = Sandbox(config.sandbox, facts, state_dir)
+    if sandbox.degraded:
+        if not config.sandbox.allow_degraded:
+            raise StartupError(
+                "this host lacks protections fgd needs: "
+                + "; ".join(sandbox.degraded)
+                + ". Fix them (run as root on a kernel with namespaces, cgroups and seccomp), or set "
+                "[sandbox] allow_degraded = true to run without them; `fgd doctor` shows every check"
+            )
+        for missing in sandbox.degraded:
+            log.warning("DEGRADED: running without %s", missing)
+    else:
+        log.info("sandbox: %s", "; ".join(c.detail for c in facts.checks if c.name == "cgroups"))
+    return sandbox
+
+
 async def serve(config: Config) -> None:
     state_dir = Path(config.state_dir).resolve()
     prepare_state_dir(state_dir)
@@ -62,15 +82,17 @@ async def serve(config: Config) -> None:
     store = Store(state_dir / "fgd.db")
     code = CodeStore(state_dir)
     logs = LogSink(store, config.logs.retention_days)
-    zygote = python_zygote()
+    sandbox = build_sandbox(config, state_dir)
+    zygote = python_zygote(seccomp=sandbox.protections.seccomp)
     zygotes = {zygote.runtime: zygote}
-    invoker = Invoker(config, zygotes, logs, store, code)
+    invoker = Invoker(config, zygotes, logs, store, code, sandbox)
     functions = Functions(store, code, invoker, logs, config.server.region, sorted(zygotes))
 
     def health() -> dict:
         missing = [name for name, z in zygotes.items() if not z.ready.is_set()]
         return {
             "status": "starting" if missing else "ok",
+            "degraded": sandbox.degraded,
             "version": __version__,
             "runtimes": {name: ("restarting" if name in missing else "ready") for name in zygotes},
             "instances": invoker.count(),

@@ -17,9 +17,11 @@ import uuid
 
 import trio
 
+from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
 from runtimes import protocol
+from sandbox.cgroups import CgroupError, Limits
 
 READ_CHUNK = 1 << 16
 # How long to wait for the zygote's exit report after the socket closed.
@@ -39,6 +41,12 @@ class InstanceGone(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+
+def _create_and_place(cgroups, name: str, pid: int, limits: Limits) -> None:
+    cgroups.create(name)
+    cgroups.set_limits(name, limits)
+    cgroups.place(name, pid)
 
 
 class OutputPipe:
@@ -76,8 +84,11 @@ class OutputPipe:
 
 
 class Instance:
-    def __init__(self, zygote: Zygote, max_lines: int) -> None:
+    def __init__(self, zygote: Zygote, max_lines: int, sandbox: Sandbox | None = None) -> None:
         self.id = uuid.uuid4().hex[:16]
+        self.sandbox = sandbox
+        # One cgroup per instance, named so a restarted daemon can tell its own from stale ones.
+        self.cgroup = f"{os.getpid()}-{self.id}" if sandbox is not None and sandbox.cgroups is not None else None
         self.zygote = zygote
         self.zygote_generation = zygote.generation
         self.pid = 0
@@ -114,6 +125,60 @@ class Instance:
             theirs.close()
             os.close(out_w)
             os.close(err_w)
+
+    async def contain(self) -> None:
+        """Step 1 (cgroup placement) here, then the generic sandbox steps in the instance."""
+        sandbox = self.sandbox
+        if sandbox is None:
+            return
+        try:
+            if self.cgroup is not None and sandbox.cgroups is not None:
+                cgroups, name, pid = sandbox.cgroups, self.cgroup, self.pid
+                # A v1 cgroup move can stall for milliseconds: keep it off the event loop.
+                await trio.to_thread.run_sync(_create_and_place, cgroups, name, pid, sandbox.limits(None))
+        except CgroupError as exc:
+            raise InstanceGone(f"cannot put the instance into its cgroup: {exc}") from None
+        if not sandbox.protections.namespaces:
+            return
+        await self.send(protocol.Contain(sandbox.contain_policy))
+        frame = await self.receive()
+        if isinstance(frame, protocol.ContainError):
+            raise InstanceGone(f"the sandbox could not be built: {frame.message}")
+        if not isinstance(frame, protocol.Contained):
+            raise InstanceGone(f"unexpected {type(frame).__name__} while building the sandbox")
+
+    def set_limits(self, limits: Limits) -> None:
+        if self.cgroup is not None and self.sandbox is not None and self.sandbox.cgroups is not None:
+            try:
+                self.sandbox.cgroups.set_limits(self.cgroup, limits)
+            except CgroupError as exc:
+                raise InstanceGone(f"cannot set the instance's limits: {exc}") from None
+
+    def oom_killed(self) -> bool:
+        """Whether the kernel's OOM killer acted in this instance (from the cgroup counter)."""
+        if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
+            return False
+        try:
+            return self.sandbox.cgroups.oom_kills(self.cgroup) > 0
+        except CgroupError:
+            return False
+
+    def memory_peak_mb(self) -> float | None:
+        if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
+            return None
+        try:
+            return self.sandbox.cgroups.memory_peak(self.cgroup) / (1024 * 1024)
+        except (CgroupError, ValueError):
+            return None
+
+    def release(self) -> bool:
+        """Remove the instance's cgroup once its processes are gone; False while some remain."""
+        if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
+            return True
+        try:
+            return self.sandbox.cgroups.remove(self.cgroup)
+        except CgroupError:
+            return True
 
     async def pump_output(self) -> None:
         """Read the output pipes until both are closed (run in the pool's nursery)."""
@@ -156,15 +221,23 @@ class Instance:
         return lines
 
     def kill(self) -> None:
-        """Kill the instance and every process in its group; idempotent."""
-        if self.pid and self.state is not State.DEAD:
+        """Kill every process of the instance (its whole cgroup); idempotent."""
+        if self.state is State.DEAD:
+            return
+        self.state = State.DEAD
+        if self.cgroup is not None and self.sandbox is not None and self.sandbox.cgroups is not None:
+            try:
+                self.sandbox.cgroups.kill(self.cgroup)
+                return
+            except CgroupError:
+                pass  # not created or already gone: fall back to the process group
+        if self.pid:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             except PermissionError:
                 os.kill(self.pid, signal.SIGKILL)
-        self.state = State.DEAD
 
     def close(self) -> None:
         self.kill()

@@ -9,6 +9,7 @@ zygote and specialises it.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 
@@ -21,12 +22,15 @@ from fgd.errors import InvalidParameter, Throttled, Unavailable
 from fgd.instance import Instance, InstanceGone, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, FunctionRecord, cpu_millicores
+from fgd.sandboxing import CODE_DIR, WORKDIR, Sandbox
 from fgd.store import LogLine, Store
 from fgd.zygote import Zygote, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
 
 REAP_INTERVAL = 1.0
+
+log = logging.getLogger("fgd.invoker")
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -68,9 +72,10 @@ def function_environment(record: FunctionRecord, code_dir: str) -> dict[str, str
         "RUNTIME_MAX_RESP_BODY_SIZE": str(MAX_RESPONSE_BYTES),
         "RUNTIME_INITIALIZER_HANDLER": settings.initializer_handler,
         "RUNTIME_INITIALIZER_TIMEOUT": str(settings.initializer_timeout),
-        "RUNTIME_ROOT": code_dir.rsplit("/", 1)[0],
+        "RUNTIME_ROOT": WORKDIR if code_dir == CODE_DIR else code_dir.rsplit("/", 1)[0],
         "RUNTIME_CODE_ROOT": code_dir,
         "RUNTIME_LOG_DIR": "/tmp",
+        "TMPDIR": "/tmp",
     }
 
 
@@ -99,14 +104,25 @@ def specialize_frame(record: FunctionRecord, code_dir: str) -> protocol.Speciali
 
 class Invoker:
     def __init__(
-        self, config: Config, zygotes: dict[str, Zygote], logs: LogSink, store: Store, code: CodeStore
+        self,
+        config: Config,
+        zygotes: dict[str, Zygote],
+        logs: LogSink,
+        store: Store,
+        code: CodeStore,
+        sandbox: Sandbox | None,
     ) -> None:
         self._config = config
         self.zygotes = zygotes
         self._logs = logs
         self._store = store
         self._code = code
+        self.sandbox = sandbox
         self.instances: dict[tuple[str, str, str], list[Instance]] = {}
+        # Per runtime: generic instances already forked and contained, waiting for a function.
+        self.pools: dict[str, list[Instance]] = {runtime: [] for runtime in zygotes}
+        self._pool_wanted = {runtime: trio.Event() for runtime in zygotes}
+        self._releasing: list[Instance] = []
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -114,6 +130,9 @@ class Invoker:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                for runtime in self.zygotes:
+                    nursery.start_soon(self._fill_pool, runtime)
+                nursery.start_soon(self._release_cgroups)
                 task_status.started()
                 while True:
                     await trio.sleep(REAP_INTERVAL)
@@ -121,6 +140,81 @@ class Invoker:
         finally:
             self._nursery = None
             self.kill_all()
+            # Give the killed processes a moment to exit so their cgroups can go too.
+            with trio.move_on_after(2), trio.CancelScope(shield=True):
+                while self._releasing:
+                    self._releasing = [i for i in self._releasing if not i.release()]
+                    await trio.sleep(0.02)
+
+    # The pre-warmed pool ------------------------------------------------------
+
+    async def _fill_pool(self, runtime: str) -> None:
+        """Keep `sandbox.pool_size` contained generic instances ready for cold starts."""
+        zygote = self.zygotes[runtime]
+        pool = self.pools[runtime]
+        failures = 0
+        while True:
+            # Instances of a zygote that died went with it.
+            for instance in [i for i in pool if i.zygote_generation != zygote.generation or i.state is State.DEAD]:
+                pool.remove(instance)
+                self._retire_instance(instance)
+            if len(pool) >= self._config.sandbox.pool_size:
+                self._pool_wanted[runtime] = trio.Event()
+                with trio.move_on_after(1.0):
+                    await self._pool_wanted[runtime].wait()
+                continue
+            await zygote.ready.wait()
+            try:
+                instance = await self._new_instance(zygote)
+            except (Unavailable, InstanceGone) as exc:
+                failures += 1
+                log.warning("cannot fill the %s pool: %s", runtime, getattr(exc, "message", exc))
+                await trio.sleep(min(5.0, 0.1 * 2**failures))
+                continue
+            failures = 0
+            instance.state = State.IDLE
+            pool.append(instance)
+
+    def _take_pooled(self, runtime: str) -> Instance | None:
+        pool = self.pools.get(runtime, [])
+        zygote = self.zygotes[runtime]
+        while pool:
+            instance = pool.pop(0)
+            self._pool_wanted[runtime].set()
+            if instance.state is State.IDLE and instance.zygote_generation == zygote.generation:
+                return instance
+            self._retire_instance(instance)
+        return None
+
+    async def _new_instance(self, zygote: Zygote) -> Instance:
+        """Fork a generic instance and contain it (cgroup, namespaces, mounts)."""
+        instance = Instance(zygote, self._config.logs.max_lines_per_invocation, self.sandbox)
+        try:
+            with trio.fail_after(self._config.instances.spawn_timeout):
+                await instance.start()
+                assert self._nursery is not None
+                self._nursery.start_soon(instance.pump_output)
+                await instance.contain()
+        except ZygoteUnavailable as exc:
+            self._retire_instance(instance)
+            raise Unavailable(f"cannot start an instance: {exc}") from None
+        except trio.TooSlowError:
+            self._retire_instance(instance)
+            raise Unavailable("cannot start an instance: the runtime did not answer in time") from None
+        except InstanceGone:
+            self._retire_instance(instance)
+            raise
+        return instance
+
+    def _retire_instance(self, instance: Instance) -> None:
+        """Kill an instance and queue its cgroup for removal."""
+        instance.close()
+        self._releasing.append(instance)
+
+    async def _release_cgroups(self) -> None:
+        while True:
+            await trio.sleep(0.1)
+            self._releasing = [i for i in self._releasing if not i.release()]
 
     # Instance bookkeeping --------------------------------------------------
 
@@ -140,9 +234,13 @@ class Invoker:
         for key, instances in list(self.instances.items()):
             for instance in list(instances):
                 self._discard(key, instance)
+        for pool in self.pools.values():
+            for instance in pool:
+                self._retire_instance(instance)
+            pool.clear()
 
     def _discard(self, key: tuple[str, str, str], instance: Instance) -> None:
-        instance.close()
+        self._retire_instance(instance)
         lines = instance.take_lines()
         if lines:
             self._logs.add(key, lines)
@@ -200,10 +298,10 @@ class Invoker:
                 if not isinstance(result, protocol.Result) or result.request_id != request_id:
                     raise InstanceGone(f"the instance answered with an unexpected {type(result).__name__} frame")
                 outcome.body, outcome.error = result.body, result.error
-                outcome.max_memory_mb = result.max_rss_kb / 1024
+                outcome.max_memory_mb = instance.memory_peak_mb() or result.max_rss_kb / 1024
             except InstanceGone as gone:
                 healthy = False
-                outcome.error = FunctionError("Runtime.ExitError", gone.message)
+                outcome.error = self._gone_error(instance, gone, settings.memory_size)
         if scope.cancelled_caught:
             healthy = False
             outcome.error = FunctionError(
@@ -213,36 +311,46 @@ class Invoker:
         self._finish(record, instance, outcome, healthy=healthy)
         return outcome
 
+    @staticmethod
+    def _gone_error(instance: Instance, gone: InstanceGone, memory_size: int) -> FunctionError:
+        if instance.oom_killed():
+            return FunctionError(
+                "Runtime.OutOfMemory", f"the function ran out of memory: it used more than its {memory_size} MB"
+            )
+        return FunctionError("Runtime.ExitError", gone.message)
+
     async def _cold_start(self, record: FunctionRecord, request_id: str) -> tuple[Instance, ColdStartFailure | None]:
         zygote = self.zygotes.get(record.runtime)
         if zygote is None:
             raise Unavailable(f"runtime {record.runtime} is not available on this node")
-        instance = Instance(zygote, self._config.logs.max_lines_per_invocation)
+        started = trio.current_time()
+        instance = self._take_pooled(record.runtime)
+        if instance is None:
+            try:
+                instance = await self._new_instance(zygote)
+            except InstanceGone as gone:
+                raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
         instance.request_id = request_id
         instance.revision = record.revision
-        started = trio.current_time()
         settings = record.settings
         limit = settings.initializer_timeout if settings.initializer_handler else self._config.instances.spawn_timeout
-        try:
-            with trio.fail_after(self._config.instances.spawn_timeout):
-                await instance.start()
-        except (ZygoteUnavailable, trio.TooSlowError) as exc:
-            raise Unavailable(f"cannot start an instance of {record.func_name}: {exc or 'zygote too slow'}") from None
         self.instances.setdefault(record.key, []).append(instance)
         instance.state = State.BUSY
-        assert self._nursery is not None
-        self._nursery.start_soon(instance.pump_output)
         failure: FunctionError | None = None
         with trio.move_on_at(started + limit) as scope:
             try:
-                await instance.send(specialize_frame(record, str(self._code.tree_path(record.code.sha256))))
+                if self.sandbox is not None:
+                    instance.set_limits(self.sandbox.limits(record))
+                await instance.send(self._specialize_frame(record))
                 frame = await instance.receive()
                 if isinstance(frame, protocol.InitError):
                     failure = frame.error
                 elif not isinstance(frame, protocol.Ready):
                     failure = FunctionError("Runtime.InitError", f"unexpected {type(frame).__name__} during start")
             except InstanceGone as gone:
-                failure = FunctionError("Runtime.InitError", f"the instance failed to start: {gone.message}")
+                failure = self._gone_error(instance, gone, settings.memory_size)
+                if failure.error_type == "Runtime.ExitError":
+                    failure = FunctionError("Runtime.InitError", f"the instance failed to start: {gone.message}")
         init_ms = (trio.current_time() - started) * 1000
         if scope.cancelled_caught:
             what = f"initializer {settings.initializer_handler!r}" if settings.initializer_handler else "loading"
@@ -251,6 +359,13 @@ class Invoker:
         if failure is not None:
             return instance, ColdStartFailure(failure, init_ms)
         return instance, None
+
+    def _specialize_frame(self, record: FunctionRecord) -> protocol.Specialize:
+        tree = self._code.tree_path(record.code.sha256)
+        if self.sandbox is None or not self.sandbox.protections.mounts:
+            return specialize_frame(record, str(tree))
+        frame = specialize_frame(record, CODE_DIR)
+        return msgspec.structs.replace(frame, sandbox=self.sandbox.enter_policy(record, tree))
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
         if not healthy:

@@ -147,5 +147,6 @@ def python_runtime_name() -> str:
     return f"Python{sys.version_info.major}.{sys.version_info.minor}"
 
 
-def python_zygote() -> Zygote:
-    return Zygote(python_runtime_name(), [sys.executable, "-m", "runtimes.python.zygote"])
+def python_zygote(*, seccomp: bool) -> Zygote:
+    argv = [sys.executable, "-m", "runtimes.python.zygote"]
+    return Zygote(python_runtime_name(), [*argv, "--seccomp"] if seccomp else argv)

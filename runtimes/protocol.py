@@ -2,8 +2,8 @@
 
 Every frame is a 4-byte big-endian length followed by a msgpack body; the body
 is a tagged union so either side can decode any frame with one decoder.
-Down (daemon -> instance): Specialize, Invoke, Shutdown.
-Up (instance -> daemon): Ready, InitError, Result, Log.
+Down (daemon -> instance): Contain, Specialize, Invoke, Shutdown.
+Up (instance -> daemon): Contained, ContainError, Ready, InitError, Result, Log.
 Zygote control: Fork down (with fds passed by SCM_RIGHTS); Forked and Exited up.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 
 import msgspec
+
+from sandbox.policy import ContainPolicy, EnterPolicy
 
 HEADER = struct.Struct(">I")
 MAX_FRAME = 64 * 1024 * 1024
@@ -40,6 +42,20 @@ class FunctionIdentity(msgspec.Struct, frozen=True):
     credentials: dict[str, str] = {}
 
 
+class Contain(msgspec.Struct, tag=True, frozen=True):
+    """Sent once the daemon has put the instance into its cgroup: apply the generic sandbox."""
+
+    policy: ContainPolicy
+
+
+class Contained(msgspec.Struct, tag=True, frozen=True):
+    pass
+
+
+class ContainError(msgspec.Struct, tag=True, frozen=True):
+    message: str
+
+
 class Specialize(msgspec.Struct, tag=True, frozen=True):
     code_dir: str
     handler: str
@@ -48,6 +64,7 @@ class Specialize(msgspec.Struct, tag=True, frozen=True):
     environ: dict[str, str]
     identity: FunctionIdentity
     dependency_dirs: list[str] = []
+    sandbox: EnterPolicy | None = None
 
 
 class Invoke(msgspec.Struct, tag=True, frozen=True):
@@ -97,7 +114,21 @@ class Exited(msgspec.Struct, tag=True, frozen=True):
     exit_code: int
 
 
-Frame = Specialize | Invoke | Shutdown | Ready | InitError | Result | Log | Fork | Forked | Exited
+Frame = (
+    Contain
+    | Contained
+    | ContainError
+    | Specialize
+    | Invoke
+    | Shutdown
+    | Ready
+    | InitError
+    | Result
+    | Log
+    | Fork
+    | Forked
+    | Exited
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

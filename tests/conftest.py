@@ -12,11 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 RUNTIME = f"Python{sys.version_info.major}.{sys.version_info.minor}"
@@ -93,6 +95,73 @@ def make_zip(files: dict[str, str | bytes]) -> bytes:
 
 def b64(data: bytes | str) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+# A module-level token: the same for every request one instance serves, new in each instance.
+INSTANCE_TOKEN = "import os\nINSTANCE = os.urandom(8).hex()\n"
+
+
+# Module code that leaves a `sleep` running in the instance. The process was
+# exec'd with the function's environment, so its FGD_TEST_MARK (in user_data)
+# shows in /proc/<pid>/environ: the host can tell whether the instance's
+# processes are still there (the worker's own environ is its zygote's).
+BACKGROUND_SLEEP = "import subprocess\nsubprocess.Popen(['sleep', '1000'])\n"
+
+
+def marker() -> str:
+    """A unique value to put in a function's environment, to find its processes on the host."""
+    return f"m{uuid.uuid4().hex}"
+
+
+def pids_with(mark: str) -> list[int]:
+    """Host pids of exec'd processes whose environment holds FGD_TEST_MARK=<mark>."""
+    needle = f"FGD_TEST_MARK={mark}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle in handle.read().split(b"\0"):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+def wait_none_with(mark: str, within: float = 2.0) -> bool:
+    """True once no process carries `mark` (zombies count as gone)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids_with(mark) if not _zombie(pid)]
+        if not alive:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def zygote_of(daemon: Daemon) -> int:
+    """Host pid of the daemon's Python zygote."""
+    for child in psutil.Process(daemon.process.pid).children():
+        if "runtimes.python.zygote" in " ".join(child.cmdline()):
+            return child.pid
+    raise AssertionError("the daemon has no zygote")
+
+
+def instance_cgroups(daemon_pid: int) -> list[str]:
+    """The instance cgroups (any hierarchy) a daemon with this pid has left behind."""
+    found = []
+    for cgroup_fgd in Path("/sys/fs/cgroup").glob("**/fgd"):
+        found += [str(p) for p in cgroup_fgd.glob(f"{daemon_pid}-*")]
+    return found
 
 
 def unique_name(prefix: str = "fn") -> str:

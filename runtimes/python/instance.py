@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from runtimes import protocol
-from runtimes.protocol import FunctionError, Invoke, Result, Shutdown, Specialize
+from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, Specialize
 from runtimes.python.context import Context
+from sandbox.contain import ContainmentFailed, contain, enter
 
 MAX_RESPONSE = 6 * 1024 * 1024
 
@@ -94,8 +95,15 @@ def _trace(exc: BaseException) -> list[str]:
 def apply_environment(spec: Specialize) -> None:
     os.environ.clear()
     os.environ.update(spec.environ)
-    os.chdir(os.path.dirname(spec.code_dir.rstrip("/")) or "/")
-    sys.path[:0] = [spec.code_dir, *spec.dependency_dirs]
+    if spec.sandbox is None:
+        os.chdir(os.path.dirname(spec.code_dir.rstrip("/")) or "/")
+        sys.path[:0] = [spec.code_dir, *spec.dependency_dirs]
+    else:
+        # Inside the sandbox only the interpreter's own library is mounted, not the
+        # daemon's environment: the import path is the code, its dependencies, the stdlib.
+        stdlib = [p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p]
+        sys.path[:] = [spec.code_dir, *spec.dependency_dirs, *stdlib]
+        sys.executable = os.path.realpath(sys.executable)
     importlib.invalidate_caches()
 
 
@@ -156,15 +164,30 @@ def run_initializer(spec: Specialize, instance: Instance) -> None:
         ) from None
 
 
-def serve(sock: socket.socket) -> NoReturn:
+def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
     """Entry point of a freshly forked instance; never returns."""
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True, write_through=True)
     conn = Connection(sock)
     spec = conn.receive()
+    if isinstance(spec, Contain):
+        try:
+            contain(spec.policy)
+        except ContainmentFailed as exc:
+            conn.send(protocol.ContainError(str(exc)))
+            os._exit(71)
+        # From here on we are the worker inside the sandbox.
+        conn.send(protocol.Contained())
+        spec = conn.receive()
     if not isinstance(spec, Specialize):
         os._exit(2)
     started = time.monotonic()
+    if spec.sandbox is not None:
+        try:
+            enter(spec.sandbox, {sock.fileno()}, seccomp_programs.get(spec.sandbox.seccomp_profile))
+        except ContainmentFailed as exc:
+            conn.send(protocol.InitError(FunctionError("Runtime.InitError", f"sandbox: {exc}")))
+            os._exit(71)
     apply_environment(spec)
     try:
         handler = resolve(spec.code_dir, spec.handler, "handler")

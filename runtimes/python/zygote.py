@@ -6,7 +6,7 @@ share its pages, and forks one instance per `Fork` request. The request
 carries three descriptors by SCM_RIGHTS: the instance's end of its socketpair,
 and the write ends of its stdout and stderr pipes.
 
-Usage: python -m runtimes.python.zygote CONTROL_FD DAEMON_PID
+Usage: python -m runtimes.python.zygote CONTROL_FD DAEMON_PID [--seccomp]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import prctl
 
 from runtimes import protocol
 from runtimes.python import instance
+from sandbox import seccomp
 
 MAX_FDS = 3
 
@@ -40,7 +41,7 @@ def receive_fork(control: socket.socket) -> tuple[protocol.Frame, list[int]] | N
     return protocol.decode(msg), list(fds)
 
 
-def become_instance(control: socket.socket, wakeup_r: int, fds: list[int]) -> None:
+def become_instance(control: socket.socket, wakeup_r: int, fds: list[int], programs: dict[str, bytes]) -> None:
     """In the child: wire up descriptors and run the instance loop."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -54,13 +55,13 @@ def become_instance(control: socket.socket, wakeup_r: int, fds: list[int]) -> No
     os.setpgid(0, 0)
     prctl.set_pdeathsig(signal.SIGKILL)
     gc.enable()
-    instance.serve(socket.socket(fileno=sock_fd))
+    instance.serve(socket.socket(fileno=sock_fd), programs)
 
 
-def run_child(control: socket.socket, wakeup_r: int, fds: list[int]) -> int:
+def run_child(control: socket.socket, wakeup_r: int, fds: list[int], programs: dict[str, bytes]) -> int:
     """The forked child's whole life; returns its exit status (it never returns to the loop)."""
     try:
-        become_instance(control, wakeup_r, fds)
+        become_instance(control, wakeup_r, fds, programs)
     except SystemExit as exc:
         # sys.exit() in user code: exit with the status it asked for.
         if exc.code is None or isinstance(exc.code, int):
@@ -86,14 +87,17 @@ def reap(control: socket.socket) -> None:
 
 
 def main() -> None:
-    control = socket.socket(fileno=int(sys.argv[1]))
-    daemon_pid = int(sys.argv[2])
+    positional = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
+    control = socket.socket(fileno=int(positional[0]))
+    daemon_pid = int(positional[1])
     # If the daemon dies, so do we, and (through their own pdeathsig) our instances.
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != daemon_pid:
         sys.exit(1)
     # Orphaned grandchildren (a handler's background subprocess) come back to us to be reaped.
     prctl.set_child_subreaper(True)
+    # Built once here, loaded by each instance as its last containment step.
+    programs = {profile: seccomp.build(profile) for profile in seccomp.PROFILES} if "--seccomp" in sys.argv else {}
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -119,7 +123,7 @@ def main() -> None:
             continue
         pid = os.fork()
         if pid == 0:
-            os._exit(run_child(control, wakeup_r, fds))
+            os._exit(run_child(control, wakeup_r, fds, programs))
         for fd in fds:
             os.close(fd)
         # The child does it too; whichever runs first wins the race harmlessly.

@@ -16,8 +16,17 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import Api, Daemon, free_port
-from tests.integration.test_timeout import wait_gone
+from tests.conftest import (
+    BACKGROUND_SLEEP,
+    Api,
+    Daemon,
+    free_port,
+    instance_cgroups,
+    marker,
+    pids_with,
+    wait_none_with,
+    zygote_of,
+)
 
 
 @pytest.mark.parametrize(
@@ -80,9 +89,10 @@ def test_functions_survive_a_restart(fresh_daemon: Daemon) -> None:
 def test_sigterm_lets_inflight_invocations_finish_then_kills_instances(fresh_daemon: Daemon) -> None:
     fresh_daemon.start()
     api = Api(fresh_daemon)
-    source = "import os, time\ndef handler(e, c):\n    time.sleep(e['s'])\n    return os.getpid()\n"
-    name = api.deploy(source, timeout=10)["func_name"]
-    idle_pid = api.invoke(name, {"s": 0}).json()
+    source = BACKGROUND_SLEEP + "import time\ndef handler(e, c):\n    time.sleep(e['s'])\n    return 'slept'\n"
+    mark = marker()
+    name = api.deploy(source, timeout=10, user_data={"FGD_TEST_MARK": mark})["func_name"]
+    api.invoke(name, {"s": 0})
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(lambda: fresh_daemon.client().post(f"/functions/{name}/invocations", json={"s": 1}))
         time.sleep(0.3)
@@ -91,8 +101,9 @@ def test_sigterm_lets_inflight_invocations_finish_then_kills_instances(fresh_dae
     assert response.status_code == 200
     assert response.headers["x-is-func-err"] == "false"
     assert fresh_daemon.process.wait(10) == 0
-    assert wait_gone(idle_pid)
-    assert wait_gone(response.json())
+    assert response.content == b"slept"
+    assert wait_none_with(mark)
+    assert instance_cgroups(fresh_daemon.process.pid) == []
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{fresh_daemon.url}/healthz")
 
@@ -100,27 +111,28 @@ def test_sigterm_lets_inflight_invocations_finish_then_kills_instances(fresh_dae
 def test_killed_zygote_is_restarted_and_invocations_work_again(fresh_daemon: Daemon) -> None:
     fresh_daemon.start()
     api = Api(fresh_daemon)
-    name = api.deploy("import os\ndef handler(e, c):\n    return os.getppid()\n")["func_name"]
-    zygote_pid = api.invoke(name).json()
+    name = api.deploy("def handler(e, c):\n    return 'ok'\n")["func_name"]
+    assert api.invoke(name).content == b"ok"
+    zygote_pid = zygote_of(fresh_daemon)
     os.kill(zygote_pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    new_parent = zygote_pid
     while time.monotonic() < deadline:
         response = api.invoke(name)
         if response.headers.get("x-is-func-err") == "false":
-            new_parent = response.json()
             break
         time.sleep(0.1)
-    assert new_parent != zygote_pid
+    assert response.content == b"ok"
+    assert zygote_of(fresh_daemon) != zygote_pid
     assert httpx.get(f"{fresh_daemon.url}/healthz").json()["status"] == "ok"
 
 
 def test_zygote_death_fails_inflight_invocation_clearly(fresh_daemon: Daemon) -> None:
     fresh_daemon.start()
     api = Api(fresh_daemon)
-    source = "import os, time\ndef handler(e, c):\n    if e.get('s'):\n        time.sleep(5)\n    return os.getppid()\n"
+    source = "import time\ndef handler(e, c):\n    if e.get('s'):\n        time.sleep(5)\n    return 1\n"
     name = api.deploy(source, timeout=10)["func_name"]
-    zygote_pid = api.invoke(name).json()
+    api.invoke(name)
+    zygote_pid = zygote_of(fresh_daemon)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         slow = pool.submit(lambda: fresh_daemon.client().post(f"/functions/{name}/invocations", json={"s": 1}))
         time.sleep(0.3)
@@ -177,9 +189,12 @@ def test_idle_instances_are_reaped_after_keepalive(tmp_path) -> None:
     daemon.start()
     try:
         api = Api(daemon)
-        name = api.deploy("import os\ndef handler(e, c):\n    return os.getpid()\n")["func_name"]
-        pid = api.invoke(name).json()
-        assert wait_gone(pid, within=4)
+        mark = marker()
+        source = BACKGROUND_SLEEP + "def handler(e, c):\n    return 1\n"
+        name = api.deploy(source, user_data={"FGD_TEST_MARK": mark})["func_name"]
+        api.invoke(name)
+        assert pids_with(mark)
+        assert wait_none_with(mark, within=4)
         assert httpx.get(f"{daemon.url}/healthz").json()["instances"] == 0
         summary = json.loads(api.invoke(name).headers["x-cff-invoke-summary"])
         assert summary["coldStart"] is True

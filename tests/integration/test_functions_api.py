@@ -9,8 +9,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import RUNTIME, Api, b64, make_zip, unique_name
-from tests.integration.test_timeout import wait_gone
+from tests.conftest import BACKGROUND_SLEEP, RUNTIME, Api, b64, make_zip, marker, pids_with, unique_name, wait_none_with
 
 HELLO = "def handler(event, context):\n    return 'v1'\n"
 
@@ -220,12 +219,15 @@ def test_bad_code_update_keeps_the_old_code(api: Api) -> None:
 
 
 def test_delete_removes_the_function_and_its_instances(api: Api) -> None:
-    name = api.deploy("import os\ndef handler(e, c):\n    return os.getpid()\n")["func_name"]
-    pid = api.invoke(name).json()
+    mark = marker()
+    source = BACKGROUND_SLEEP + "def handler(e, c):\n    return 1\n"
+    name = api.deploy(source, user_data={"FGD_TEST_MARK": mark})["func_name"]
+    api.invoke(name)
+    assert pids_with(mark)
     assert api.http.delete(f"/functions/{name}").status_code == 204
     assert api.http.get(f"/functions/{name}/config").status_code == 404
     assert api.invoke(name).status_code == 404
-    assert wait_gone(pid)
+    assert wait_none_with(mark)
     assert api.http.delete(f"/functions/{name}").status_code == 404
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+import textwrap
 import time
 
-from tests.conftest import Api
+from tests.conftest import INSTANCE_TOKEN, Api
 
 CONTEXT_PROBE = """
     import os
@@ -104,9 +104,9 @@ def test_summary_header_reports_cold_then_warm(api: Api) -> None:
 
 
 def test_warm_instance_is_reused(api: Api) -> None:
-    name = api.deploy("import os\ndef handler(event, context):\n    return os.getpid()\n")["func_name"]
-    pids = {api.invoke(name).json() for _ in range(5)}
-    assert len(pids) == 1
+    name = api.deploy(INSTANCE_TOKEN + "def handler(event, context):\n    return INSTANCE\n")["func_name"]
+    tokens = {api.invoke(name).text for _ in range(5)}
+    assert len(tokens) == 1
 
 
 def test_string_result_is_sent_as_is(api: Api) -> None:
@@ -193,16 +193,14 @@ def test_oversized_result_is_runtime_response_too_large(api: Api) -> None:
 
 
 def test_crash_is_runtime_exit_error_and_instance_is_replaced(api: Api) -> None:
-    source = """
-        import os
-
+    source = INSTANCE_TOKEN + textwrap.dedent("""
         def handler(event, context):
             if event.get("crash"):
                 os._exit(3)
-            return os.getpid()
-    """
+            return INSTANCE
+    """)
     name = api.deploy(source)["func_name"]
-    first_pid = api.invoke(name).json()
+    first = api.invoke(name).text
     crashed = api.invoke(name, {"crash": True})
     assert crashed.headers["x-is-func-err"] == "true"
     body = crashed.json()
@@ -210,7 +208,7 @@ def test_crash_is_runtime_exit_error_and_instance_is_replaced(api: Api) -> None:
     assert "status 3" in body["errorMessage"]
     replacement = api.invoke(name)
     assert replacement.headers["x-is-func-err"] == "false"
-    assert replacement.json() != first_pid
+    assert replacement.text != first
     assert json.loads(replacement.headers["x-cff-invoke-summary"])["coldStart"] is True
 
 
@@ -356,12 +354,12 @@ def test_disabled_function_is_throttled_with_429(api: Api) -> None:
 def test_several_instances_serve_one_function_side_by_side(api: Api) -> None:
     import concurrent.futures
 
-    name = api.deploy("import os, time\ndef handler(e, c):\n    time.sleep(0.5)\n    return os.getpid()\n")["func_name"]
+    source = INSTANCE_TOKEN + "import time\ndef handler(e, c):\n    time.sleep(0.5)\n    return INSTANCE\n"
+    name = api.deploy(source)["func_name"]
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         pids = list(
-            pool.map(lambda _: api.daemon.client().post(f"/functions/{name}/invocations", json={}).json(), range(4))
+            pool.map(lambda _: api.daemon.client().post(f"/functions/{name}/invocations", json={}).text, range(4))
         )
     assert time.monotonic() - started < 1.8
     assert len(set(pids)) == 4
-    assert all(isinstance(pid, int) and pid != os.getpid() for pid in pids)

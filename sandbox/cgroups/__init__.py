@@ -1,0 +1,80 @@
+"""cgroups: one cgroup per instance, in an `fgd` subtree beneath the daemon's own.
+
+Two backends with one interface: `V2` (the unified hierarchy; primary) and
+`V1` (legacy or hybrid hosts: memory, pids, cpu and freezer hierarchies).
+`detect()` reads /proc/self/cgroup and /proc/self/mountinfo to pick one and
+to find the daemon's own cgroup in each hierarchy; nothing is ever created
+outside that cgroup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from sandbox.cgroups._base import CgroupError, Limits
+from sandbox.cgroups.v1 import V1
+from sandbox.cgroups.v2 import V2
+
+__all__ = ["V1", "V2", "CgroupError", "Limits", "detect", "parse_mountinfo", "parse_proc_cgroup"]
+
+V1_CONTROLLERS = ("memory", "pids", "cpu", "freezer")
+
+
+class CgroupMount(msgspec.Struct, frozen=True):
+    path: str
+    version: int
+    controllers: frozenset[str]
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    """Map each controller (and "" for the unified hierarchy) to the process's cgroup path."""
+    paths: dict[str, str] = {}
+    for line in text.splitlines():
+        _id, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not controllers:
+            paths[""] = path
+        for controller in controllers.split(","):
+            if controller:
+                paths[controller.removeprefix("name=")] = path
+    return paths
+
+
+def parse_mountinfo(text: str) -> list[CgroupMount]:
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if " - " not in line:
+            continue
+        separator = fields.index("-")
+        fstype, options = fields[separator + 1], fields[separator + 3]
+        if fstype == "cgroup2":
+            mounts.append(CgroupMount(fields[4], 2, frozenset()))
+        elif fstype == "cgroup":
+            mounts.append(CgroupMount(fields[4], 1, frozenset(options.split(","))))
+    return mounts
+
+
+def detect(
+    proc_cgroup: str | None = None, mountinfo: str | None = None, root_override: str | None = None
+) -> V1 | V2 | None:
+    """The backend for this host, or None if it has no usable cgroup hierarchy."""
+    proc_cgroup = proc_cgroup if proc_cgroup is not None else Path("/proc/self/cgroup").read_text()
+    mountinfo = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    own = parse_proc_cgroup(proc_cgroup)
+    mounts = parse_mountinfo(mountinfo)
+    if root_override is not None:
+        mounts = [m for m in mounts if m.path.startswith(root_override)]
+    unified = [m for m in mounts if m.version == 2]
+    v1 = {c: m for m in mounts if m.version == 1 for c in m.controllers if c in V1_CONTROLLERS}
+    if unified and "" in own:
+        root = Path(unified[0].path)
+        controllers_file = root / own[""].lstrip("/") / "cgroup.controllers"
+        # On a hybrid host the unified hierarchy has no controllers: use v1 there.
+        if controllers_file.exists() and {"memory", "pids"} <= set(controllers_file.read_text().split()):
+            return V2(root, own[""])
+    if all(c in v1 for c in V1_CONTROLLERS):
+        return V1({c: (Path(v1[c].path), own.get(c, "/")) for c in V1_CONTROLLERS})
+    return None

@@ -1,0 +1,111 @@
+"""cgroup v2: one directory per instance under <own>/fgd; the daemon in <own>/supervisor.
+
+The "no internal processes" rule means a cgroup that delegates controllers to
+children may not hold processes itself, so the daemon first moves itself (and
+anything else in its cgroup) into a `supervisor` leaf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+
+from sandbox.cgroups._base import (
+    CPU_PERIOD_US,
+    FGD_SUBTREE,
+    CgroupError,
+    Limits,
+    check_name,
+    key_value,
+    procs,
+    read,
+    remove_dir,
+    write,
+)
+
+CONTROLLERS = ("memory", "pids", "cpu")
+SUPERVISOR = "supervisor"
+
+
+class V2:
+    version = 2
+
+    def __init__(self, mount: Path, own: str) -> None:
+        self.own = mount / own.lstrip("/")
+        self.base = self.own / FGD_SUBTREE
+        self.controllers: list[str] = []
+
+    def describe(self) -> str:
+        return f"cgroup v2 at {self.base}"
+
+    def setup(self) -> None:
+        available = read(self.own / "cgroup.controllers").split()
+        self.controllers = [c for c in CONTROLLERS if c in available]
+        missing = {"memory", "pids"} - set(self.controllers)
+        if missing:
+            raise CgroupError(
+                f"controllers {', '.join(sorted(missing))} are not delegated to {self.own} "
+                "(under systemd: Delegate=yes)"
+            )
+        supervisor = self.own / SUPERVISOR
+        supervisor.mkdir(exist_ok=True)
+        for pid in procs(self.own):
+            write(supervisor / "cgroup.procs", str(pid))
+        enable = " ".join(f"+{c}" for c in self.controllers)
+        write(self.own / "cgroup.subtree_control", enable)
+        self.base.mkdir(exist_ok=True)
+        write(self.base / "cgroup.subtree_control", enable)
+
+    def path(self, name: str) -> Path:
+        check_name(name)
+        return self.base / name
+
+    def create(self, name: str) -> None:
+        try:
+            self.path(name).mkdir()
+        except OSError as exc:
+            raise CgroupError(f"cannot create {self.path(name)}: {exc.strerror}") from None
+
+    def place(self, name: str, pid: int) -> None:
+        write(self.path(name) / "cgroup.procs", str(pid))
+
+    def set_limits(self, name: str, limits: Limits) -> None:
+        path = self.path(name)
+        write(path / "memory.max", str(limits.memory_bytes))
+        if (path / "memory.swap.max").exists():
+            write(path / "memory.swap.max", "0")
+        # The OOM killer takes the whole instance, never half of it.
+        write(path / "memory.oom.group", "1")
+        write(path / "pids.max", str(limits.pids))
+        if "cpu" in self.controllers:
+            quota = "max" if limits.cpu_millicores is None else str(limits.cpu_millicores * CPU_PERIOD_US // 1000)
+            write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
+
+    def oom_kills(self, name: str) -> int:
+        return key_value(self.path(name) / "memory.events", "oom_kill")
+
+    def memory_peak(self, name: str) -> int:
+        peak = self.path(name) / "memory.peak"
+        if peak.exists():
+            return int(read(peak))
+        return int(read(self.path(name) / "memory.current"))
+
+    def pids(self, name: str) -> list[int]:
+        return procs(self.path(name))
+
+    def kill(self, name: str) -> None:
+        path = self.path(name)
+        if (path / "cgroup.kill").exists():
+            write(path / "cgroup.kill", "1")
+            return
+        # Kernels before 5.14: freeze, kill each, thaw.
+        write(path / "cgroup.freeze", "1")
+        for pid in procs(path):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        write(path / "cgroup.freeze", "0")
+
+    def remove(self, name: str) -> bool:
+        return remove_dir(self.path(name))

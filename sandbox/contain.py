@@ -1,0 +1,78 @@
+"""Containment of one instance, in order. The order is the documentation.
+
+`contain` is the generic half, run when a pooled instance is made: it returns
+only in the worker, PID 2 of a new pid namespace; the process that called it
+waits for the sandbox and exits with its status, and PID 1 stays as a reaper.
+`enter` is the specific half, run in the worker when it is given a workload.
+Either raises `ContainmentFailed` in whichever process a step failed.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sandbox import capabilities, credentials, fds, mounts, namespaces, network, rlimits, seccomp
+from sandbox.policy import ContainPolicy, EnterPolicy
+from sandbox.reaper import become_reaper, wait_and_exit_like
+
+
+class ContainmentFailed(Exception):
+    """A containment step failed; the message names it."""
+
+
+def _step(name: str, action, *args) -> None:
+    try:
+        action(*args)
+    except OSError as exc:
+        raise ContainmentFailed(f"{name}: {exc}") from None
+
+
+def contain(policy: ContainPolicy) -> None:
+    """Steps 2-4. Called after the parent has put this process into its cgroup (step 1)."""
+    enabled = policy.protections
+    if not enabled.namespaces:
+        return
+    # 2. New mount, pid, net, ipc, uts and cgroup namespaces; fork into the pid namespace.
+    _step("namespaces", namespaces.enter_new_namespaces)
+    reaper = os.fork()
+    if reaper:
+        fds.close_all_but({0, 1, 2})
+        wait_and_exit_like(reaper)
+    # Our parent is outside the new pid namespace, so getppid() reads 0 here.
+    capabilities.die_with_parent(0)
+    # 3. A new root on tmpfs with read-only binds of the runtime's host directories.
+    if enabled.mounts:
+        _step("mounts", mounts.build_root, policy.new_root, policy.root_mounts, policy.symlinks, policy.etc_files)
+    # 4. Hostname and loopback (network mode "none").
+    _step("hostname", namespaces.set_hostname, policy.hostname)
+    _step("loopback", network.loopback_up)
+    worker = os.fork()
+    if worker:
+        # PID 1 of the sandbox: holds nothing, reaps orphans, exits with the worker.
+        fds.close_all_but({0, 1, 2})
+        become_reaper(worker)
+    capabilities.die_with_parent(1)
+
+
+def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:
+    """Steps 3 (workload mounts and pivot_root) and 5-9, in the worker."""
+    enabled = policy.protections
+    if enabled.mounts and enabled.namespaces:
+        _step("mounts", mounts.enter_root, policy.binds, policy.tmp_size_mb, policy.workdir)
+    if enabled.credentials:
+        parent = os.getppid()
+        # The bounding set can only be emptied while we still hold CAP_SETPCAP.
+        _step("capabilities", capabilities.drop_bounding)
+        # 5. The unprivileged function user, no supplementary groups.
+        _step("credentials", credentials.drop_to, policy.uid, policy.gid)
+        # 6. no_new_privs, no capabilities left, die with the parent (setuid cleared pdeathsig).
+        _step("no_new_privs", capabilities.no_new_privs)
+        _step("capabilities", capabilities.drop_remaining)
+        capabilities.die_with_parent(parent)
+    # 7. Resource limits (processes are bounded by the pids cgroup).
+    _step("rlimits", rlimits.apply, policy.nofile)
+    # 8. Nothing inherited but the protocol socket and stdio.
+    fds.close_all_but({0, 1, 2, *keep})
+    # 9. seccomp last: everything above needed system calls it denies.
+    if enabled.seccomp and seccomp_program is not None:
+        _step("seccomp", seccomp.load, seccomp_program)

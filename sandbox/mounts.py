@@ -1,0 +1,122 @@
+"""The instance's filesystem view: a tmpfs root holding only what it is given.
+
+`build_root` runs once per sandbox, before it knows its workload: it makes the
+inherited mounts private, builds a new root on tmpfs with read-only binds of
+the host's runtime directories, a minimal /dev and /proc. `enter_root` binds
+the workload's code and dependencies read-only, mounts /tmp, then
+`pivot_root`s into the new root and detaches the old one.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sandbox._libc import mount, pivot_root, umount2
+from sandbox.policy import Mount
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MNT_DETACH = 0x2
+
+# The new root is assembled on a tmpfs mounted (in the sandbox's private mount
+# namespace only) over an empty host directory the caller names; the host sees
+# nothing of it, and no host path is hidden from the binds.
+OLD_ROOT = ".old-root"
+
+DEVICES = ["null", "zero", "full", "random", "urandom"]
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+
+
+class _Root:
+    path = ""
+
+
+def _inside(path: str) -> str:
+    return _Root.path + "/" + path.lstrip("/")
+
+
+def _mkdirs(path: str, mode: int = 0o755) -> None:
+    os.makedirs(path, mode=mode, exist_ok=True)
+
+
+def bind_readonly(source: str, target: str) -> None:
+    """Bind `source` at `target` (created as needed), read-only, nosuid, nodev."""
+    if os.path.isdir(source):
+        _mkdirs(target)
+    else:
+        _mkdirs(os.path.dirname(target))
+        if not os.path.exists(target):
+            open(target, "w").close()
+    mount(source, target, None, MS_BIND | MS_REC)
+    # A bind mount takes its flags only on a remount.
+    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def build_root(
+    new_root: str, root_mounts: list[Mount], symlinks: list[tuple[str, str]], etc_files: dict[str, str]
+) -> None:
+    # Nothing we mount from here on may propagate back to the host.
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _Root.path = new_root
+    mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    for item in root_mounts:
+        if os.path.exists(item.source):
+            bind_readonly(item.source, _inside(item.target))
+    for path, target in symlinks:
+        if not os.path.lexists(_inside(path)):
+            _mkdirs(os.path.dirname(_inside(path)))
+            os.symlink(target, _inside(path))
+    _mkdirs(_inside("/etc"))
+    for name, content in etc_files.items():
+        with open(_inside(f"/etc/{name}"), "w") as handle:
+            handle.write(content)
+    _build_dev()
+    _mkdirs(_inside("/proc"))
+    # We are PID 1 of the new pid namespace: this /proc shows only the sandbox.
+    mount("proc", _inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for directory in ("/tmp", "/opt/function/code", "/opt/function/dependency"):
+        _mkdirs(_inside(directory))
+
+
+def _build_dev() -> None:
+    dev = _inside("/dev")
+    _mkdirs(dev)
+    mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
+    for name in DEVICES:
+        target = f"{dev}/{name}"
+        open(target, "w").close()
+        mount(f"/dev/{name}", target, None, MS_BIND)
+        mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NOEXEC)
+    for name, target in DEV_LINKS.items():
+        os.symlink(target, f"{dev}/{name}")
+    # POSIX semaphores (multiprocessing) live in /dev/shm.
+    _mkdirs(f"{dev}/shm")
+    mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64m,mode=1777")
+
+
+def enter_root(binds: list[Mount], tmp_size_mb: int, workdir: str) -> None:
+    for item in binds:
+        bind_readonly(item.source, _inside(item.target))
+    mount("tmpfs", _inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_size_mb}m,mode=1777")
+    # The root itself becomes read-only: only /tmp (and /dev/shm) stay writable.
+    old = _inside(OLD_ROOT)
+    _mkdirs(old)
+    os.chdir(_Root.path)
+    pivot_root(".", OLD_ROOT)
+    os.chdir("/")
+    umount2(OLD_ROOT, MNT_DETACH)
+    os.rmdir(OLD_ROOT)
+    mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    os.chdir(workdir)

@@ -1,0 +1,49 @@
+"""What a sandbox is told to do. Pure data; nothing here touches the kernel."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class Mount(msgspec.Struct, frozen=True):
+    """A host path bound read-only (nosuid, nodev) at `target` inside the sandbox."""
+
+    source: str
+    target: str
+
+
+class Protections(msgspec.Struct, frozen=True):
+    """Which facilities are applied; all on except on a host that lacks them (degraded mode)."""
+
+    namespaces: bool = True
+    mounts: bool = True
+    credentials: bool = True
+    seccomp: bool = True
+
+
+class ContainPolicy(msgspec.Struct, frozen=True):
+    """The generic part, applied before the sandbox knows what it will run."""
+
+    # An empty host directory the new root is mounted over (privately).
+    new_root: str
+    root_mounts: list[Mount]
+    # Paths that are symlinks on the host (usr-merged /bin, /lib ...): (path, link target).
+    symlinks: list[tuple[str, str]]
+    # Files written into the sandbox's /etc: name -> content.
+    etc_files: dict[str, str]
+    hostname: str = "localhost"
+    protections: Protections = Protections()
+
+
+class EnterPolicy(msgspec.Struct, frozen=True):
+    """The specific part, applied when the sandbox is given its workload."""
+
+    # (host path, path inside) bound read-only; e.g. the code and dependencies.
+    binds: list[Mount]
+    workdir: str
+    tmp_size_mb: int
+    uid: int
+    gid: int
+    nofile: int = 2048
+    seccomp_profile: str = "event"
+    protections: Protections = Protections()
