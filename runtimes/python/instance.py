@@ -24,6 +24,8 @@ from runtimes.python.context import Context
 from sandbox.contain import ContainmentFailed, contain, enter
 
 MAX_RESPONSE = 6 * 1024 * 1024
+# Resolved while the host filesystem is still visible (the sandbox has no venv symlinks).
+REAL_EXECUTABLE = os.path.realpath(sys.executable)
 
 
 class Connection:
@@ -103,7 +105,7 @@ def apply_environment(spec: Specialize) -> None:
         # daemon's environment: the import path is the code, its dependencies, the stdlib.
         stdlib = [p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p]
         sys.path[:] = [spec.code_dir, *spec.dependency_dirs, *stdlib]
-        sys.executable = os.path.realpath(sys.executable)
+        sys.executable = REAL_EXECUTABLE
     importlib.invalidate_caches()
 
 
