@@ -57,6 +57,39 @@ def _first(group: BaseException) -> BaseException:
     return group
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """One line per protection; non-zero exit if `fgd serve` would refuse to start."""
+    import psutil
+
+    from fgd import config as config_module
+    from fgd.sandboxing import probe
+
+    try:
+        config = config_module.load(args.config)
+    except config_module.ConfigError as exc:
+        return fail(str(exc))
+    facts = probe(config.sandbox, check_only=True)
+    for check in facts.checks:
+        # User namespaces are reported, but fgd running as root does not need them.
+        status = "ok" if check.ok else ("info" if check.name == "user namespaces" else "missing")
+        print(f"{status:<8} {check.name:<18} {check.detail}")
+    memory = psutil.virtual_memory()
+    print(f"{'ok':<8} {'memory':<18} {memory.available // 2**20} MB free of {memory.total // 2**20} MB")
+    print(f"{'ok':<8} {'instance pool':<18} {config.sandbox.pool_size} pre-contained instances per runtime")
+    refused = [c.name for c in facts.missing() if c.name != "user namespaces"]
+    if refused and not config.sandbox.allow_degraded:
+        print(
+            f"fgd serve would refuse to start: missing {', '.join(refused)} "
+            "(set [sandbox] allow_degraded = true to run without them)"
+        )
+        return 1
+    if refused:
+        print(f"fgd serve would run DEGRADED without: {', '.join(refused)}")
+    else:
+        print("fgd serve can start with every protection")
+    return 0
+
+
 # client commands ----------------------------------------------------------
 
 
@@ -240,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--state-dir", help="state directory (default /var/lib/fgd)")
     serve.add_argument("--config", help="TOML config file; every option has a default")
     serve.set_defaults(func=cmd_serve)
+
+    doctor = sub.add_parser("doctor", help="check what this host offers the sandbox")
+    doctor.add_argument("--config", help="TOML config file")
+    doctor.set_defaults(func=cmd_doctor)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--endpoint", help="API endpoint (default $FGD_ENDPOINT or http://127.0.0.1:8900)")

@@ -71,6 +71,9 @@ def build_sandbox(config: Config, state_dir: Path) -> Sandbox:
             log.warning("DEGRADED: running without %s", missing)
     else:
         log.info("sandbox: %s", "; ".join(c.detail for c in facts.checks if c.name == "cgroups"))
+    stale = sandbox.remove_stale_cgroups()
+    if stale:
+        log.info("removed %d instance cgroups left by a previous run", stale)
     return sandbox
 
 
@@ -96,6 +99,7 @@ async def serve(config: Config) -> None:
             "version": __version__,
             "runtimes": {name: ("restarting" if name in missing else "ready") for name in zygotes},
             "instances": invoker.count(),
+            "pool": {name: len(pool) for name, pool in invoker.pools.items()},
             "functions": len(store.functions),
         }
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import msgspec
@@ -52,7 +55,8 @@ class HostFacts(msgspec.Struct):
         return [c for c in self.checks if not c.ok]
 
 
-def probe(config: SandboxConfig, *, create_user: bool = True) -> HostFacts:
+def probe(config: SandboxConfig, *, check_only: bool = False) -> HostFacts:
+    """What this host offers. With `check_only` nothing is created or moved (for `fgd doctor`)."""
     checks: list[Check] = []
     root = os.geteuid() == 0
     checks.append(Check("root", root, "running as root" if root else "not root: cannot build sandboxes"))
@@ -73,7 +77,7 @@ def probe(config: SandboxConfig, *, create_user: bool = True) -> HostFacts:
         )
     else:
         try:
-            if root:
+            if root and not check_only:
                 cgroups.setup()
             checks.append(Check("cgroups", root, cgroups.describe() if root else "cannot write cgroups without root"))
         except CgroupError as exc:
@@ -82,14 +86,26 @@ def probe(config: SandboxConfig, *, create_user: bool = True) -> HostFacts:
     checks.append(Check("seccomp", seccomp.available(), "filters supported" if seccomp.available() else "unsupported"))
     uid = gid = 0
     try:
-        if root and create_user:
+        if not root:
+            checks.append(Check("function user", False, f"{config.user}: cannot switch users without root"))
+        elif check_only:
+            checks.append(user_check(config.user))
+        else:
             uid, gid = ensure_user(config.user)
             checks.append(Check("function user", True, f"{config.user} (uid {uid}, gid {gid})"))
-        else:
-            checks.append(Check("function user", False, f"{config.user}: cannot switch users without root"))
     except UserUnavailable as exc:
         checks.append(Check("function user", False, str(exc)))
     return HostFacts(checks, cgroups if root else None, uid, gid)
+
+
+def user_check(name: str) -> Check:
+    try:
+        entry = pwd.getpwnam(name)
+        return Check("function user", entry.pw_uid != 0, f"{name} (uid {entry.pw_uid}, gid {entry.pw_gid})")
+    except KeyError:
+        creatable = shutil.which("useradd") is not None
+        detail = f"{name} does not exist; fgd serve will create it" if creatable else f"{name} missing, no useradd"
+        return Check("function user", creatable, detail)
 
 
 def protections_for(facts: HostFacts) -> Protections:
@@ -143,6 +159,29 @@ class Sandbox:
         new_root.mkdir(mode=0o700, exist_ok=True)
         self.contain_policy = ContainPolicy(str(new_root), mounts, links, etc, "localhost", self.protections)
         self.cpu_cap = (psutil.cpu_count() or 1) * 1000
+
+    def remove_stale_cgroups(self) -> int:
+        """Kill and remove instance cgroups left by a daemon that is gone (crash, SIGKILL).
+
+        Names start with the owning daemon's pid; another live fgd on this host keeps its own.
+        """
+        if self.cgroups is None:
+            return 0
+        removed = 0
+        for name in self.cgroups.names():
+            owner, _, _ = name.partition("-")
+            if owner.isdigit() and int(owner) != os.getpid() and psutil.pid_exists(int(owner)):
+                continue
+            try:
+                self.cgroups.kill(name)
+                for _ in range(100):
+                    if self.cgroups.remove(name):
+                        removed += 1
+                        break
+                    time.sleep(0.01)
+            except CgroupError as exc:
+                log.warning("cannot remove stale cgroup %s: %s", name, exc)
+        return removed
 
     @property
     def degraded(self) -> list[str]:

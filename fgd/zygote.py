@@ -80,7 +80,10 @@ class Zygote:
     async def _read_control(self) -> None:
         assert self._control is not None
         while True:
-            packet = await self._control.recv(4096)
+            try:
+                packet = await self._control.recv(4096)
+            except OSError:
+                return  # ECONNRESET when it died with our packets unread: same as EOF
             if not packet:
                 return
             try:

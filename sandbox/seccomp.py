@@ -440,6 +440,8 @@ def allow_all_but(excluded: list[int], width: int = 32) -> list[tuple[int, int]]
     full = (1 << width) - 1
     common = [bit for bit in range(width) if len({(e >> bit) & 1 for e in excluded}) == 1]
     differing = [bit for bit in range(width) if bit not in common]
+    if len(differing) > 8:
+        raise ValueError("the excluded values differ in too many bits for an exact rule set")
     rules = []
     # Any value that differs from the excluded ones on a bit they all share.
     for bit in common:

@@ -148,12 +148,15 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def zygote_of(daemon: Daemon) -> int:
-    """Host pid of the daemon's Python zygote."""
+def zygote_of(daemon: Daemon) -> int | None:
+    """Host pid of the daemon's Python zygote (None while it is being restarted)."""
     for child in psutil.Process(daemon.process.pid).children():
-        if "runtimes.python.zygote" in " ".join(child.cmdline()):
-            return child.pid
-    raise AssertionError("the daemon has no zygote")
+        try:
+            if "runtimes.python.zygote" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.NoSuchProcess:
+            continue
+    return None
 
 
 def instance_cgroups(daemon_pid: int) -> list[str]:

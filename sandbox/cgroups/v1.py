@@ -103,5 +103,13 @@ class V1:
                 os.kill(pid, signal.SIGKILL)
         write(freezer / "freezer.state", "THAWED")
 
+    def names(self) -> list[str]:
+        """Instance cgroups present in any hierarchy's subtree."""
+        found: set[str] = set()
+        for base in self.bases.values():
+            if base.is_dir():
+                found.update(p.name for p in base.iterdir() if p.is_dir())
+        return sorted(found)
+
     def remove(self, name: str) -> bool:
         return all([remove_dir(path) for path in self._paths(name).values()])

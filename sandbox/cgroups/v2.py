@@ -107,5 +107,9 @@ class V2:
                 os.kill(pid, signal.SIGKILL)
         write(path / "cgroup.freeze", "0")
 
+    def names(self) -> list[str]:
+        """Instance cgroups present in the subtree."""
+        return sorted(p.name for p in self.base.iterdir() if p.is_dir()) if self.base.is_dir() else []
+
     def remove(self, name: str) -> bool:
         return remove_dir(self.path(name))

@@ -122,7 +122,7 @@ def test_killed_zygote_is_restarted_and_invocations_work_again(fresh_daemon: Dae
             break
         time.sleep(0.1)
     assert response.content == b"ok"
-    assert zygote_of(fresh_daemon) != zygote_pid
+    assert zygote_of(fresh_daemon) not in (None, zygote_pid)
     assert httpx.get(f"{fresh_daemon.url}/healthz").json()["status"] == "ok"
 
 

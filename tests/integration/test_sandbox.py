@@ -1,0 +1,114 @@
+"""The sandbox as the daemon runs it: host checks, degraded mode, the pool, the cgroup limits."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import BACKGROUND_SLEEP, RUNTIME, Api, Daemon, instance_cgroups, marker, wait_none_with, zygote_of
+
+NO_CGROUPS = '[sandbox]\ncgroup_root = "/nonexistent"\n'
+
+
+def run_fgd(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fgd", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate, within: float = 10.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_serve_refuses_a_host_without_cgroups_and_names_the_switch(tmp_path: Path) -> None:
+    (tmp_path / "fgd.toml").write_text(NO_CGROUPS)
+    result = run_fgd("serve", "--state-dir", str(tmp_path / "s"), "--config", str(tmp_path / "fgd.toml"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("fgd: error: this host lacks protections fgd needs: cgroups")
+    assert "allow_degraded = true" in lines[-1]
+    assert "fgd doctor" in lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+def test_degraded_mode_runs_warns_and_still_kills_on_timeout(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", NO_CGROUPS + "allow_degraded = true\n")
+    daemon.start()
+    try:
+        health = httpx.get(f"{daemon.url}/healthz").json()
+        assert health["status"] == "ok"
+        assert any(item.startswith("cgroups:") for item in health["degraded"])
+        assert "DEGRADED: running without cgroups" in daemon.log()
+        api = Api(daemon)
+        mark = marker()
+        source = BACKGROUND_SLEEP + "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 0))\n    return 'ok'\n"
+        name = api.deploy(source, timeout=1, user_data={"FGD_TEST_MARK": mark})["func_name"]
+        assert api.invoke(name).content == b"ok"
+        assert api.invoke(name, {"s": 5}).json()["errorType"] == "Runtime.Timeout"
+        assert wait_none_with(mark)
+        assert instance_cgroups(daemon.process.pid) == []
+    finally:
+        daemon.stop()
+
+
+def test_doctor_reports_each_protection_and_exit_status(tmp_path: Path) -> None:
+    good = run_fgd("doctor")
+    assert good.returncode == 0
+    names = [line.split()[1] for line in good.stdout.splitlines()[:-1]]
+    for name in ("root", "namespace", "cgroups", "seccomp", "function", "memory", "instance"):
+        assert name in names
+    assert good.stdout.strip().endswith("fgd serve can start with every protection")
+    (tmp_path / "fgd.toml").write_text(NO_CGROUPS)
+    bad = run_fgd("doctor", "--config", str(tmp_path / "fgd.toml"))
+    assert bad.returncode == 1
+    assert any(line.startswith("missing  cgroups") for line in bad.stdout.splitlines())
+    assert "would refuse to start" in bad.stdout
+
+
+def test_pool_is_filled_and_refilled_after_a_cold_start(daemon: Daemon, api: Api) -> None:
+    def pool() -> int:
+        return httpx.get(f"{daemon.url}/healthz").json()["pool"][RUNTIME]
+
+    assert wait_for(lambda: pool() == 2)
+    name = api.deploy("def handler(e, c):\n    return 1\n")["func_name"]
+    assert api.invoke(name).status_code == 200
+    assert wait_for(lambda: pool() == 2)
+
+
+def test_pool_comes_back_after_the_zygote_is_killed(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    old = zygote_of(fresh_daemon)
+    os.kill(old, signal.SIGKILL)
+    assert wait_for(lambda: zygote_of(fresh_daemon) not in (None, old))
+    assert wait_for(lambda: httpx.get(f"{fresh_daemon.url}/healthz").json()["pool"][RUNTIME] == 2)
+    api = Api(fresh_daemon)
+    assert api.invoke(api.deploy("def handler(e, c):\n    return 'back'\n")["func_name"]).content == b"back"
+
+
+def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -> None:
+    # A memory size no other test uses, to find this instance's cgroup.
+    name = api.deploy("def handler(e, c):\n    return 1\n", memory_size=328)["func_name"]
+    api.invoke(name)
+    limits = []
+    for path in instance_cgroups(daemon.process.pid):
+        memory = Path(path) / "memory.limit_in_bytes"
+        if memory.exists() and int(memory.read_text()) == 328 * 1024 * 1024:
+            limits.append(path)
+    assert len(limits) == 1
+    base = Path(limits[0]).name
+    cgroup = Path("/sys/fs/cgroup")
+    pids = next(cgroup.glob(f"pids/**/fgd/{base}"))
+    cpu = next(cgroup.glob(f"cpu/**/fgd/{base}"))
+    assert (pids / "pids.max").read_text().strip() == "1024"
+    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 100)
+    assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+    assert len((pids / "cgroup.procs").read_text().split()) == 3  # waiter, PID 1, worker
