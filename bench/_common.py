@@ -104,7 +104,8 @@ class Daemon:
         )
         with urllib.request.urlopen(req) as response:
             raw = response.read()
-            return {"headers": dict(response.headers), "body": json.loads(raw) if raw else None}
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            return {"headers": headers, "body": json.loads(raw) if raw else None}
 
     def deploy(self, name: str, source: str, **settings) -> None:
         buffer = io.BytesIO()

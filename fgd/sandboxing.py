@@ -157,7 +157,10 @@ class Sandbox:
         }
         new_root = state_dir / "sandbox-root"
         new_root.mkdir(mode=0o700, exist_ok=True)
-        self.contain_policy = ContainPolicy(str(new_root), mounts, links, etc, "localhost", self.protections)
+        self.state_dir = state_dir
+        self.contain_policy = ContainPolicy(
+            str(new_root), str(state_dir), mounts, links, etc, "localhost", self.protections
+        )
         self.cpu_cap = (psutil.cpu_count() or 1) * 1000
 
     def remove_stale_cgroups(self) -> int:
@@ -189,7 +192,7 @@ class Sandbox:
 
     def enter_policy(self, record: FunctionRecord, code_tree: Path, profile: str = "event") -> EnterPolicy:
         return EnterPolicy(
-            binds=[Mount(str(code_tree), CODE_DIR)],
+            binds=[Mount(str(code_tree.relative_to(self.state_dir)), CODE_DIR)],
             workdir=WORKDIR,
             tmp_size_mb=record.settings.ephemeral_storage,
             uid=self.facts.uid,

@@ -50,11 +50,15 @@ class Zygote:
         while True:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             argv = [*self._argv, str(child.fileno()), str(os.getpid())]
+            # Spawned from this (the main) thread on purpose: the zygote's pdeathsig
+            # fires when the *thread* that forked it exits, and trio's open_process
+            # forks from a worker thread that is retired after idling for a while.
             # Its own session: a terminal's Ctrl-C or a group-wide SIGTERM is for the
             # daemon, which decides when zygotes and instances stop.
-            process = await trio.lowlevel.open_process(
+            process = subprocess.Popen(
                 argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True
             )
+            pidfd = os.pidfd_open(process.pid)
             child.close()
             self.pid = process.pid
             self.generation += 1
@@ -71,9 +75,11 @@ class Zygote:
                 self.ready = trio.Event()
                 self._fail_pending_forks()
                 with trio.CancelScope(shield=True):
-                    if process.returncode is None:
+                    if process.poll() is None:
                         process.kill()
-                    await process.wait()
+                    await trio.lowlevel.wait_readable(pidfd)
+                    process.wait()
+                    os.close(pidfd)
             log.warning("zygote %s (pid %s) exited with %s; restarting", self.runtime, process.pid, process.returncode)
             await trio.sleep(RESTART_DELAY)
 

@@ -42,10 +42,21 @@ def contain(policy: ContainPolicy) -> None:
     capabilities.die_with_parent(0)
     # 3. A new root on tmpfs with read-only binds of the runtime's host directories.
     if enabled.mounts:
-        _step("mounts", mounts.build_root, policy.new_root, policy.root_mounts, policy.symlinks, policy.etc_files)
+        _step(
+            "mounts",
+            mounts.build_root,
+            policy.new_root,
+            policy.root_mounts,
+            policy.symlinks,
+            policy.etc_files,
+            policy.sources,
+        )
     # 4. Hostname and loopback (network mode "none").
     _step("hostname", namespaces.set_hostname, policy.hostname)
     _step("loopback", network.loopback_up)
+    # Early, while nothing depends on it: the bounding set only limits what could be gained later.
+    if enabled.credentials:
+        _step("capabilities", capabilities.drop_bounding)
     worker = os.fork()
     if worker:
         # PID 1 of the sandbox: holds nothing, reaps orphans, exits with the worker.
@@ -55,14 +66,12 @@ def contain(policy: ContainPolicy) -> None:
 
 
 def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:
-    """Steps 3 (workload mounts and pivot_root) and 5-9, in the worker."""
+    """Steps 3 (the workload's read-only binds) and 5-9, in the worker."""
     enabled = policy.protections
     if enabled.mounts and enabled.namespaces:
         _step("mounts", mounts.enter_root, policy.binds, policy.tmp_size_mb, policy.workdir)
     if enabled.credentials:
         parent = os.getppid()
-        # The bounding set can only be emptied while we still hold CAP_SETPCAP.
-        _step("capabilities", capabilities.drop_bounding)
         # 5. The unprivileged function user, no supplementary groups.
         _step("credentials", credentials.drop_to, policy.uid, policy.gid)
         # 6. no_new_privs, no capabilities left, die with the parent (setuid cleared pdeathsig).

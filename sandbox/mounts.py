@@ -2,9 +2,13 @@
 
 `build_root` runs once per sandbox, before it knows its workload: it makes the
 inherited mounts private, builds a new root on tmpfs with read-only binds of
-the host's runtime directories, a minimal /dev and /proc. `enter_root` binds
-the workload's code and dependencies read-only, mounts /tmp, then
-`pivot_root`s into the new root and detaches the old one.
+the host's runtime directories, a minimal /dev, /proc and /tmp, then
+`pivot_root`s into it, detaches the old root and makes the root read-only.
+Before the old root goes it binds the host directory that workload binds
+will come from at a hidden place in the new root; `enter_root` binds the
+workload's code and dependencies from there, then unmounts and removes it,
+and sizes /tmp. Doing the pivot ahead of time keeps it (and the detach of
+the host's whole mount tree) off the cold-start path.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
-MS_SLAVE = 0x80000
 MNT_DETACH = 0x2
 
 # The new root is assembled on a tmpfs mounted (in the sandbox's private mount
 # namespace only) over an empty host directory the caller names; the host sees
 # nothing of it, and no host path is hidden from the binds.
 OLD_ROOT = ".old-root"
+DEPENDENCY_MOUNT = "/opt/function/dependency"
+# Inside the dependency tmpfs, which stays writable until the workload is bound.
+SOURCES = DEPENDENCY_MOUNT + "/.sources"
+DEFAULT_TMP_MB = 512
 
 DEVICES = ["null", "zero", "full", "random", "urandom"]
 DEV_LINKS = {
@@ -37,14 +44,6 @@ DEV_LINKS = {
     "stdout": "/proc/self/fd/1",
     "stderr": "/proc/self/fd/2",
 }
-
-
-class _Root:
-    path = ""
-
-
-def _inside(path: str) -> str:
-    return _Root.path + "/" + path.lstrip("/")
 
 
 def _mkdirs(path: str, mode: int = 0o755) -> None:
@@ -65,33 +64,53 @@ def bind_readonly(source: str, target: str) -> None:
 
 
 def build_root(
-    new_root: str, root_mounts: list[Mount], symlinks: list[tuple[str, str]], etc_files: dict[str, str]
+    new_root: str,
+    root_mounts: list[Mount],
+    symlinks: list[tuple[str, str]],
+    etc_files: dict[str, str],
+    sources: str,
 ) -> None:
     # Nothing we mount from here on may propagate back to the host.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _Root.path = new_root
+
+    def inside(path: str) -> str:
+        return new_root + "/" + path.lstrip("/")
+
     mount("tmpfs", new_root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
     for item in root_mounts:
         if os.path.exists(item.source):
-            bind_readonly(item.source, _inside(item.target))
+            bind_readonly(item.source, inside(item.target))
     for path, target in symlinks:
-        if not os.path.lexists(_inside(path)):
-            _mkdirs(os.path.dirname(_inside(path)))
-            os.symlink(target, _inside(path))
-    _mkdirs(_inside("/etc"))
+        if not os.path.lexists(inside(path)):
+            _mkdirs(os.path.dirname(inside(path)))
+            os.symlink(target, inside(path))
+    _mkdirs(inside("/etc"))
     for name, content in etc_files.items():
-        with open(_inside(f"/etc/{name}"), "w") as handle:
+        with open(inside(f"/etc/{name}"), "w") as handle:
             handle.write(content)
-    _build_dev()
-    _mkdirs(_inside("/proc"))
+    _build_dev(inside("/dev"))
+    _mkdirs(inside("/proc"))
     # We are PID 1 of the new pid namespace: this /proc shows only the sandbox.
-    mount("proc", _inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for directory in ("/tmp", "/opt/function/code", "/opt/function/dependency"):
-        _mkdirs(_inside(directory))
+    mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _mkdirs(inside("/tmp"))
+    mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={DEFAULT_TMP_MB}m,mode=1777")
+    _mkdirs(inside("/opt/function/code"))
+    # Its own tmpfs, so per-dependency mount points can be made after the root is read-only.
+    _mkdirs(inside(DEPENDENCY_MOUNT))
+    mount("tmpfs", inside(DEPENDENCY_MOUNT), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    _mkdirs(inside(SOURCES), 0o700)
+    mount(sources, inside(SOURCES), None, MS_BIND | MS_REC)
+    _mkdirs(inside(OLD_ROOT))
+    os.chdir(new_root)
+    pivot_root(".", OLD_ROOT)
+    os.chdir("/")
+    umount2(OLD_ROOT, MNT_DETACH)
+    os.rmdir(OLD_ROOT)
+    # Only /tmp and /dev/shm stay writable.
+    mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _build_dev() -> None:
-    dev = _inside("/dev")
+def _build_dev(dev: str) -> None:
     _mkdirs(dev)
     mount("tmpfs", dev, "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
     for name in DEVICES:
@@ -107,16 +126,12 @@ def _build_dev() -> None:
 
 
 def enter_root(binds: list[Mount], tmp_size_mb: int, workdir: str) -> None:
+    """Bind the workload (sources relative to build_root's `sources`), drop the rest, size /tmp."""
     for item in binds:
-        bind_readonly(item.source, _inside(item.target))
-    mount("tmpfs", _inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={tmp_size_mb}m,mode=1777")
-    # The root itself becomes read-only: only /tmp (and /dev/shm) stay writable.
-    old = _inside(OLD_ROOT)
-    _mkdirs(old)
-    os.chdir(_Root.path)
-    pivot_root(".", OLD_ROOT)
-    os.chdir("/")
-    umount2(OLD_ROOT, MNT_DETACH)
-    os.rmdir(OLD_ROOT)
-    mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        bind_readonly(f"{SOURCES}/{item.source.lstrip('/')}", item.target)
+    umount2(SOURCES, MNT_DETACH)
+    os.rmdir(SOURCES)
+    mount(None, DEPENDENCY_MOUNT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    if tmp_size_mb != DEFAULT_TMP_MB:
+        mount(None, "/tmp", None, MS_REMOUNT | MS_NOSUID | MS_NODEV, f"size={tmp_size_mb}m,mode=1777")
     os.chdir(workdir)

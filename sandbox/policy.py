@@ -26,6 +26,8 @@ class ContainPolicy(msgspec.Struct, frozen=True):
 
     # An empty host directory the new root is mounted over (privately).
     new_root: str
+    # The host directory workload binds (EnterPolicy.binds sources) are relative to.
+    sources: str
     root_mounts: list[Mount]
     # Paths that are symlinks on the host (usr-merged /bin, /lib ...): (path, link target).
     symlinks: list[tuple[str, str]]
@@ -38,7 +40,7 @@ class ContainPolicy(msgspec.Struct, frozen=True):
 class EnterPolicy(msgspec.Struct, frozen=True):
     """The specific part, applied when the sandbox is given its workload."""
 
-    # (host path, path inside) bound read-only; e.g. the code and dependencies.
+    # Bound read-only: source relative to ContainPolicy.sources, target inside; e.g. code, dependencies.
     binds: list[Mount]
     workdir: str
     tmp_size_mb: int

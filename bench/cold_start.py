@@ -1,0 +1,131 @@
+"""Cold-start latency over HTTP, from the pre-warmed pool and with no pool, against a baseline.
+
+Each measured invocation gets a fresh instance: between invocations the
+function's config is touched (which retires its idle instance) and, for the
+pool case, we wait until the pool is full again. The baseline, measured in the
+same run, spawns a fresh `python3` per invocation under `unshare` (new mount,
+pid, net, ipc and uts namespaces) that imports and runs the same handler.
+Also reports the memory (USS) an idle specialised instance costs.
+
+Usage: python bench/cold_start.py [--count 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _common import Daemon
+
+NOOP = "def handler(event, context):\n    return {}\n"
+
+
+def percentiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered), 3),
+        "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+        "mean_ms": round(statistics.fmean(ordered), 3),
+        "count": len(ordered),
+    }
+
+
+def pool_size(daemon: Daemon) -> int:
+    with urllib.request.urlopen(f"{daemon.url}/healthz") as response:
+        return sum(json.loads(response.read())["pool"].values())
+
+
+def cold_invocations(daemon: Daemon, count: int, wait_for_pool: int) -> tuple[list[float], list[float]]:
+    daemon.deploy("noop", NOOP)
+    wall, init = [], []
+    for i in range(count):
+        daemon.request("PUT", "/functions/noop/config", {"description": f"round {i}"})
+        deadline = time.monotonic() + 10
+        while wait_for_pool and pool_size(daemon) < wait_for_pool and time.monotonic() < deadline:
+            time.sleep(0.005)
+        started = time.perf_counter()
+        answer = daemon.request("POST", "/functions/noop/invocations", {})
+        wall.append((time.perf_counter() - started) * 1000)
+        summary = json.loads(answer["headers"]["x-cff-invoke-summary"])
+        assert summary["coldStart"], summary
+        init.append(summary["initDuration"])
+    return wall, init
+
+
+def idle_instance_uss(daemon: Daemon) -> dict:
+    """USS of each process of one idle, specialised instance (found through its cgroup)."""
+    daemon.request("PUT", "/functions/noop/config", {"description": "uss"})
+    daemon.request("POST", "/functions/noop/invocations", {})
+    time.sleep(0.5)
+    daemon_pid = daemon.process.pid
+    for procs in Path("/sys/fs/cgroup").glob(f"pids/**/fgd/{daemon_pid}-*/cgroup.procs"):
+        pids = [int(p) for p in procs.read_text().split()]
+        # Pooled (generic) instances are there too; only the specialised one has code mounted.
+        if not any(Path(f"/proc/{p}/root/opt/function/code/index.py").exists() for p in pids):
+            continue
+        pids_uss = {p: psutil.Process(p).memory_full_info().uss for p in pids}
+        return {
+            "processes": len(pids),
+            "uss_total_kib": sum(pids_uss.values()) // 1024,
+            "uss_per_process_kib": sorted(v // 1024 for v in pids_uss.values()),
+        }
+    return {}
+
+
+def baseline(count: int) -> list[float]:
+    code = Path(tempfile.mkdtemp()) / "index.py"
+    code.write_text(NOOP)
+    script = (
+        f"import sys, json; sys.path.insert(0, {str(code.parent)!r}); import index; "
+        "print(json.dumps(index.handler({}, None)))"
+    )
+    argv = ["unshare", "--mount", "--pid", "--net", "--ipc", "--uts", "--fork", sys.executable, "-S", "-c", script]
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=100)
+    args = parser.parse_args()
+    results: dict = {"benchmark": "cold_start", "count": args.count}
+
+    daemon = Daemon()
+    try:
+        wall, init = cold_invocations(daemon, args.count, wait_for_pool=2)
+        results["from_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
+        results["idle_instance"] = idle_instance_uss(daemon)
+    finally:
+        daemon.stop()
+
+    daemon = Daemon("[sandbox]\npool_size = 0\n")
+    try:
+        wall, init = cold_invocations(daemon, args.count, wait_for_pool=0)
+        results["no_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
+    finally:
+        daemon.stop()
+
+    base = percentiles(baseline(args.count))
+    results["baseline_fresh_python_under_unshare"] = base
+    results["ratio_p50_from_pool_vs_baseline"] = round(results["from_pool"]["http"]["p50_ms"] / base["p50_ms"], 3)
+    results["ratio_p50_no_pool_vs_baseline"] = round(results["no_pool"]["http"]["p50_ms"] / base["p50_ms"], 3)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
