@@ -95,6 +95,7 @@ class Instance:
         self.state = State.STARTING
         self.revision = -1
         self.init_ms: float | None = None
+        self._peak_fd = -1
         self.last_used = time.monotonic()
         self.request_id = ""
         self.lines: list[LogLine] = []
@@ -164,11 +165,14 @@ class Instance:
             return False
 
     def memory_peak_mb(self) -> float | None:
+        """Peak memory charged to the instance's cgroup; read on every invocation, so kept open."""
         if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
             return None
         try:
-            return self.sandbox.cgroups.memory_peak(self.cgroup) / (1024 * 1024)
-        except (CgroupError, ValueError):
+            if self._peak_fd < 0:
+                self._peak_fd = os.open(self.sandbox.cgroups.memory_peak_path(self.cgroup), os.O_RDONLY | os.O_CLOEXEC)
+            return int(os.pread(self._peak_fd, 32, 0)) / (1024 * 1024)
+        except (OSError, ValueError):
             return None
 
     def release(self) -> bool:
@@ -241,6 +245,9 @@ class Instance:
 
     def close(self) -> None:
         self.kill()
+        if self._peak_fd >= 0:
+            os.close(self._peak_fd)
+            self._peak_fd = -1
         if self._socket is not None:
             self._socket.close()
         for pipe in self._pipes:

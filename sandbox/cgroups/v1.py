@@ -85,8 +85,11 @@ class V1:
     def oom_kills(self, name: str) -> int:
         return key_value(self._paths(name)["memory"] / "memory.oom_control", "oom_kill")
 
+    def memory_peak_path(self, name: str) -> Path:
+        return self._paths(name)["memory"] / "memory.max_usage_in_bytes"
+
     def memory_peak(self, name: str) -> int:
-        return int(read(self._paths(name)["memory"] / "memory.max_usage_in_bytes"))
+        return int(read(self.memory_peak_path(name)))
 
     def pids(self, name: str) -> list[int]:
         return procs(self._paths(name)["freezer"])

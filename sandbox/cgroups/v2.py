@@ -86,11 +86,13 @@ class V2:
     def oom_kills(self, name: str) -> int:
         return key_value(self.path(name) / "memory.events", "oom_kill")
 
-    def memory_peak(self, name: str) -> int:
+    def memory_peak_path(self, name: str) -> Path:
         peak = self.path(name) / "memory.peak"
-        if peak.exists():
-            return int(read(peak))
-        return int(read(self.path(name) / "memory.current"))
+        # memory.peak is new in 5.19; before it, the current usage is the best we have.
+        return peak if peak.exists() else self.path(name) / "memory.current"
+
+    def memory_peak(self, name: str) -> int:
+        return int(read(self.memory_peak_path(name)))
 
     def pids(self, name: str) -> list[int]:
         return procs(self.path(name))
