@@ -6,6 +6,7 @@ The invoke route does not come through here; see `fgd.front`.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,6 +20,7 @@ from fgd.errors import FgdError, InvalidParameter, MethodNotAllowed, NotFound, T
 from fgd.functions import Functions
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
+from fgd.uploads import is_raw_zip, raw_limit, receive_to_file
 
 log = logging.getLogger("fgd.api")
 
@@ -27,6 +29,8 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 LIST_MAX_ITEMS = 400
 FOLLOW_POLL = 0.25
 FOLLOW_MAX_SECONDS = 3600
+# A 300 MB package over a slow link: the body may take a while.
+RAW_UPLOAD_TIMEOUT = 1800
 
 _encoder = msgspec.json.Encoder()
 
@@ -40,6 +44,7 @@ def error_response(error: FgdError) -> Response:
 
 
 def create_app(functions: Functions, store: Store, logs_flush, token: str, health) -> QuartTrio:
+    code = functions.packager.code
     app = QuartTrio("fgd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -143,8 +148,20 @@ def create_app(functions: Functions, store: Store, logs_flush, token: str, healt
 
     @app.put(f"{BASE}/functions/<urn>/code")
     async def update_code(project_id: str, urn: str) -> Response:
-        record = await functions.update_code(lookup(project_id, urn), await body_json())
+        record = lookup(project_id, urn)
+        if is_raw_zip(request.content_type):
+            path = await receive_zip()
+            filename = request.args.get("code_filename", "")
+            record = await functions.update_code_file(record, path, filename)
+        else:
+            record = await functions.update_code(record, await body_json())
         return json_response(functions.config(record))
+
+    async def receive_zip() -> Path:
+        """Stream a raw application/zip body to a staging file (flat memory)."""
+        request.max_content_length = raw_limit(code)
+        request.body_timeout = RAW_UPLOAD_TIMEOUT
+        return await receive_to_file(request.body, code)
 
     @app.delete(f"{BASE}/functions/<urn>")
     async def delete_function(project_id: str, urn: str) -> Response:

@@ -1,32 +1,42 @@
-"""Content-addressed code packages: zips under blobs/, extracted trees under code/.
+"""Content-addressed packages: zips under blobs/, extracted trees under code/.
 
 A zip is stored once by its sha256 and extracted once into a read-only tree
-that every instance of every function using it shares. Writes go to a
-temporary name first and are renamed into place, so a crash never leaves a
-half-written blob or tree under its final name.
+that every instance using it shares (code and dependencies alike). Every zip
+is judged by the package rules (`fgd.packages`) before and while it is
+extracted into a staging directory; only a package that passed is renamed
+into place, so a refused or interrupted upload leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import lzma
 import os
 import shutil
-import stat
 import tempfile
 import zipfile
-from pathlib import Path, PurePosixPath
+import zlib
+from pathlib import Path
 
-from fgd.errors import InvalidParameter
 from fgd.model import CodeRef
+from fgd.packages import (
+    Entry,
+    InflateBudget,
+    PackageLimits,
+    PackageRejected,
+    check_entries,
+    check_symlink_target,
+    show,
+)
 
 # A fixed timestamp makes inline code zips reproducible, so identical source
 # gets an identical digest.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+CHUNK = 1 << 20
+MAX_LINK_TARGET = 4096
 
-
-class PackageRejected(InvalidParameter):
-    """A code package broke a package rule; the message names the entry."""
+__all__ = ["CodeStore", "PackageRejected", "inline_zip"]
 
 
 def inline_zip(source: bytes, handler: str) -> bytes:
@@ -40,29 +50,24 @@ def inline_zip(source: bytes, handler: str) -> bytes:
     return buffer.getvalue()
 
 
-def show(name: str) -> str:
-    """An entry name quoted for a message, with control characters made visible."""
-    return "'" + "".join(c if c.isprintable() else repr(c)[1:-1] for c in name) + "'"
-
-
-def check_entry_name(name: str) -> PurePosixPath:
-    """Refuse names that would land outside the package's directory."""
-    if "\\" in name:
-        raise PackageRejected(f"package entry {show(name)}: backslashes are not allowed in file names")
-    if name.startswith("/"):
-        raise PackageRejected(f"package entry {show(name)}: absolute paths are not allowed")
-    path = PurePosixPath(name)
-    if ".." in path.parts:
-        raise PackageRejected(f"package entry {show(name)}: '..' components are not allowed")
-    return path
+def _digests(path: Path) -> CodeRef:
+    sha256, sha512 = hashlib.sha256(), hashlib.sha512()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            sha256.update(chunk)
+            sha512.update(chunk)
+            size += len(chunk)
+    return CodeRef(sha256.hexdigest(), sha512.hexdigest(), size)
 
 
 class CodeStore:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, limits: PackageLimits | None = None) -> None:
+        self.limits = limits or PackageLimits()
         self._blobs = state_dir / "blobs" / "sha256"
         self._trees = state_dir / "code"
-        self._tmp = state_dir / "tmp"
-        for directory in (self._blobs, self._trees, self._tmp):
+        self.tmp = state_dir / "tmp"
+        for directory in (self._blobs, self._trees, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
 
     def blob_path(self, sha256: str) -> Path:
@@ -71,57 +76,69 @@ class CodeStore:
     def tree_path(self, sha256: str) -> Path:
         return self._trees / sha256
 
+    def temp_file(self) -> tuple[int, Path]:
+        """A new file in the store's staging area (same filesystem, so it can be renamed in)."""
+        fd, name = tempfile.mkstemp(dir=self.tmp, prefix="upload-")
+        return fd, Path(name)
+
     def put(self, data: bytes) -> CodeRef:
-        """Validate, store and extract a zip; idempotent for identical bytes."""
-        ref = CodeRef(hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest(), len(data))
+        """Validate, store and extract a zip held in memory."""
+        fd, path = self.temp_file()
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            return self.put_file(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    def put_file(self, path: Path) -> CodeRef:
+        """Validate, store and extract the zip at `path` (consumed: moved into the store or left to the caller)."""
+        ref = _digests(path)
         blob = self.blob_path(ref.sha256)
         tree = self.tree_path(ref.sha256)
         if blob.exists() and tree.exists():
             return ref
         try:
-            archive = zipfile.ZipFile(io.BytesIO(data))
-        except zipfile.BadZipFile as exc:
-            raise PackageRejected(f"the code package is not a valid zip file: {exc}") from None
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise PackageRejected(f"the package is not a valid zip file (truncated or corrupt?): {exc}") from None
         with archive:
-            members = [(check_entry_name(info.filename), info) for info in archive.infolist()]
+            entries = check_entries(archive.infolist(), self.limits)
             if not tree.exists():
-                self._extract(archive, members, tree)
+                self._extract(archive, entries, tree)
         if not blob.exists():
             blob.parent.mkdir(exist_ok=True)
-            self._write_atomically(blob, data)
+            os.chmod(path, 0o444)
+            os.replace(path, blob)
         return ref
 
     def read(self, ref: CodeRef) -> bytes:
         return self.blob_path(ref.sha256).read_bytes()
 
-    def _write_atomically(self, target: Path, data: bytes) -> None:
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp)
+    def _extract(self, archive: zipfile.ZipFile, entries: list[Entry], tree: Path) -> None:
+        staging = Path(tempfile.mkdtemp(dir=self.tmp, prefix="tree-"))
+        budget = InflateBudget(self.limits)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp_name, 0o444)
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-
-    def _extract(self, archive: zipfile.ZipFile, members: list, tree: Path) -> None:
-        staging = Path(tempfile.mkdtemp(dir=self._tmp, prefix="tree-"))
-        try:
-            for path, info in members:
-                if stat.S_ISLNK(info.external_attr >> 16):
-                    raise PackageRejected(f"package entry {show(info.filename)}: symbolic links are not allowed yet")
-                target = staging.joinpath(*path.parts)
-                if info.is_dir():
+            for entry, info in zip(entries, archive.infolist(), strict=True):
+                target = staging.joinpath(*entry.parts)
+                if entry.kind == "dir":
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as source, open(target, "wb") as sink:
-                    shutil.copyfileobj(source, sink, 1 << 20)
-                mode = (info.external_attr >> 16) & 0o777
-                os.chmod(target, 0o555 if mode & 0o111 else 0o444)
+                if entry.kind == "symlink":
+                    self._link(archive, info, entry, target)
+                    continue
+                try:
+                    with archive.open(info) as source, open(target, "wb") as sink:
+                        written = 0
+                        while chunk := source.read(CHUNK):
+                            budget.take(entry, written, len(chunk))
+                            sink.write(chunk)
+                            written += len(chunk)
+                except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+                    raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
+                budget.finish(entry, written)
+                os.chmod(target, 0o555 if entry.mode & 0o111 else 0o444)
             for directory, _dirs, _files in os.walk(staging):
                 os.chmod(directory, 0o555)
             os.rename(staging, tree)
@@ -129,9 +146,23 @@ class CodeStore:
             _remove_tree(staging)
             raise
 
+    def _link(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: Entry, target: Path) -> None:
+        if info.file_size > MAX_LINK_TARGET:
+            raise PackageRejected(f"package entry {show(entry.name)}: symbolic link target is too long")
+        link = archive.read(info).decode(errors="replace")
+        check_symlink_target(entry.name, entry.parts, link)
+        os.symlink(link, target)
+
     def remove(self, sha256: str) -> None:
         self.blob_path(sha256).unlink(missing_ok=True)
         _remove_tree(self.tree_path(sha256))
+
+    def stored(self) -> set[str]:
+        """The sha256 of every stored blob or tree."""
+        found = {p.name for p in self._trees.iterdir()}
+        for bucket in self._blobs.iterdir():
+            found.update(p.name for p in bucket.iterdir())
+        return found
 
 
 def _remove_tree(path: Path) -> None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import msgspec
 
+from fgd.packages import PackageLimits
+
 
 class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     listen: str = "127.0.0.1:8900"
@@ -46,6 +48,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     instances: InstanceConfig = InstanceConfig()
     logs: LogConfig = LogConfig()
     sandbox: SandboxConfig = SandboxConfig()
+    packages: PackageLimits = PackageLimits()
+    # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
+    # <name>-<version>.zip files in this directory, registered at start.
+    public_dependencies: str | None = None
 
 
 class ConfigError(Exception):

@@ -83,7 +83,7 @@ async def serve(config: Config) -> None:
     host, port = split_host_port(config.server.listen)
     token = load_or_create_token(state_dir)
     store = Store(state_dir / "fgd.db")
-    code = CodeStore(state_dir)
+    code = CodeStore(state_dir, config.packages)
     logs = LogSink(store, config.logs.retention_days)
     sandbox = build_sandbox(config, state_dir)
     zygote = python_zygote(seccomp=sandbox.protections.seccomp)

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import time
 import zipfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 
 from fgd.codestore import CodeStore, inline_zip
-from fgd.errors import Conflict, InvalidParameter, NotFound, TooLarge
+from fgd.errors import Conflict, InvalidParameter, NotFound
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.model import (
@@ -30,9 +29,8 @@ from fgd.model import (
     settings_of,
 )
 from fgd.store import Store
+from fgd.uploads import Packager, decode_inline
 
-# Zips sent base64 inside JSON; larger ones go as a raw application/zip body.
-MAX_INLINE_ZIP = 10 * 1024 * 1024
 IMMUTABLE_FIELDS = ("func_name", "runtime", "package")
 
 
@@ -42,6 +40,7 @@ class Functions:
     ) -> None:
         self._store = store
         self._logs = logs
+        self.packager = Packager(code)
         self._code = code
         self._invoker = invoker
         self.region = region
@@ -90,19 +89,11 @@ class Functions:
                 f"runtime {runtime!r} is not available on this node; available: {', '.join(self.runtimes)}"
             )
 
-    def _store_code(self, code_type: str, file_b64: str, handler: str) -> CodeRef:
-        if len(file_b64) > MAX_INLINE_ZIP * 4 // 3 + 4:
-            raise TooLarge(
-                f"func_code.file holds more than {MAX_INLINE_ZIP // (1024 * 1024)} MB; "
-                "upload larger packages as a raw zip: PUT .../code with Content-Type: application/zip"
-            )
-        try:
-            data = base64.b64decode(file_b64, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidParameter("func_code.file must be base64") from None
+    async def _store_code(self, code_type: str, file_b64: str, handler: str) -> CodeRef:
+        data = decode_inline("func_code.file", file_b64, self._code)
         if code_type == "inline":
             data = inline_zip(data, handler)
-        return self._code.put(data)
+        return await self.packager.store_bytes(data)
 
     async def create(self, project_id: str, body: object) -> FunctionRecord:
         request: CreateFunction = convert(body, CreateFunction, "the function definition")
@@ -111,7 +102,7 @@ class Functions:
         key = (project_id, request.package, request.func_name)
         if self._store.get(key) is not None:
             raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
-        code = await self._store.run(self._store_code, request.code_type, request.func_code.file, settings.handler)
+        code = await self._store_code(request.code_type, request.func_code.file, settings.handler)
         now = time.time()
         record = FunctionRecord(
             project_id=project_id,
@@ -144,11 +135,16 @@ class Functions:
 
     async def update_code(self, record: FunctionRecord, body: object) -> FunctionRecord:
         request: UpdateCode = convert(body, UpdateCode, "the code update")
-        code = await self._store.run(
-            self._store_code, request.code_type, request.func_code.file, record.settings.handler
-        )
+        code = await self._store_code(request.code_type, request.func_code.file, record.settings.handler)
         return await self._replace(
             record, code=code, code_type=request.code_type, code_filename=request.code_filename or record.code_filename
+        )
+
+    async def update_code_file(self, record: FunctionRecord, path: Path, code_filename: str) -> FunctionRecord:
+        """Replace the code with a zip streamed to `path` (consumed)."""
+        code = await self.packager.store_file(path)
+        return await self._replace(
+            record, code=code, code_type="zip", code_filename=code_filename or record.code_filename
         )
 
     async def _replace(self, record: FunctionRecord, **changes: object) -> FunctionRecord:
