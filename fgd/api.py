@@ -6,7 +6,6 @@ The invoke route does not come through here; see `fgd.front`.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -16,11 +15,11 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from fgd import auth
+from fgd.dependencies import Dependencies
 from fgd.errors import FgdError, InvalidParameter, MethodNotAllowed, NotFound, TooLarge
 from fgd.functions import Functions
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
-from fgd.uploads import is_raw_zip, raw_limit, receive_to_file
 
 log = logging.getLogger("fgd.api")
 
@@ -29,8 +28,6 @@ MAX_JSON_BODY = 16 * 1024 * 1024
 LIST_MAX_ITEMS = 400
 FOLLOW_POLL = 0.25
 FOLLOW_MAX_SECONDS = 3600
-# A 300 MB package over a slow link: the body may take a while.
-RAW_UPLOAD_TIMEOUT = 1800
 
 _encoder = msgspec.json.Encoder()
 
@@ -43,8 +40,9 @@ def error_response(error: FgdError) -> Response:
     return json_response(error.body(), error.status)
 
 
-def create_app(functions: Functions, store: Store, logs_flush, token: str, health) -> QuartTrio:
-    code = functions.packager.code
+def create_app(
+    functions: Functions, dependencies: Dependencies, store: Store, logs_flush, token: str, health
+) -> QuartTrio:
     app = QuartTrio("fgd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
@@ -148,20 +146,9 @@ def create_app(functions: Functions, store: Store, logs_flush, token: str, healt
 
     @app.put(f"{BASE}/functions/<urn>/code")
     async def update_code(project_id: str, urn: str) -> Response:
-        record = lookup(project_id, urn)
-        if is_raw_zip(request.content_type):
-            path = await receive_zip()
-            filename = request.args.get("code_filename", "")
-            record = await functions.update_code_file(record, path, filename)
-        else:
-            record = await functions.update_code(record, await body_json())
+        # Raw application/zip bodies are streamed by the front (fgd.front) and never get here.
+        record = await functions.update_code(lookup(project_id, urn), await body_json())
         return json_response(functions.config(record))
-
-    async def receive_zip() -> Path:
-        """Stream a raw application/zip body to a staging file (flat memory)."""
-        request.max_content_length = raw_limit(code)
-        request.body_timeout = RAW_UPLOAD_TIMEOUT
-        return await receive_to_file(request.body, code)
 
     @app.delete(f"{BASE}/functions/<urn>")
     async def delete_function(project_id: str, urn: str) -> Response:
@@ -182,6 +169,44 @@ def create_app(functions: Functions, store: Store, logs_flush, token: str, healt
             content_type="application/zip",
             headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
+
+    @app.post(f"{BASE}/dependencies/version")
+    async def create_dependency(project_id: str) -> Response:
+        check_project(project_id)
+        dependency = await dependencies.create(project_id, await body_json())
+        return json_response(dependency)
+
+    @app.get(f"{BASE}/dependencies")
+    async def list_dependencies(project_id: str) -> Response:
+        check_project(project_id)
+        found = dependencies.visible(project_id)
+        for name in ("name", "runtime", "owner"):
+            if request.args.get(name):
+                found = [d for d in found if getattr(d, name) == request.args[name]]
+        marker = _int_arg("marker", 0, 0, 1 << 31)
+        maxitems = _int_arg("maxitems", LIST_MAX_ITEMS, 1, LIST_MAX_ITEMS)
+        page = found[marker : marker + maxitems]
+        next_marker = marker + len(page)
+        return json_response(
+            {"dependencies": page, "next_marker": next_marker if next_marker < len(found) else 0, "count": len(found)}
+        )
+
+    @app.get(f"{BASE}/dependencies/<dep_id>/version")
+    async def list_dependency_versions(project_id: str, dep_id: str) -> Response:
+        check_project(project_id)
+        versions = dependencies.versions(project_id, dep_id)
+        return json_response({"dependencies": versions, "count": len(versions)})
+
+    @app.get(f"{BASE}/dependencies/<dep_id>/version/<int:number>")
+    async def get_dependency_version(project_id: str, dep_id: str, number: int) -> Response:
+        check_project(project_id)
+        return json_response(dependencies.version(project_id, dep_id, number))
+
+    @app.delete(f"{BASE}/dependencies/<dep_id>/version/<int:number>")
+    async def delete_dependency_version(project_id: str, dep_id: str, number: int) -> Response:
+        check_project(project_id)
+        await dependencies.delete(project_id, dep_id, number)
+        return Response(b"", status=204)
 
     @app.get(f"{BASE}/functions/<urn>/logs")
     async def function_logs(project_id: str, urn: str) -> Response:

@@ -112,6 +112,16 @@ class CodeStore:
             os.replace(path, blob)
         return ref
 
+    def put_file_copy(self, source: Path) -> CodeRef:
+        """Validate, store and extract a zip the caller keeps (e.g. an operator's file)."""
+        fd, path = self.temp_file()
+        try:
+            with open(source, "rb") as reader, os.fdopen(fd, "wb") as writer:
+                shutil.copyfileobj(reader, writer, CHUNK)
+            return self.put_file(path)
+        finally:
+            path.unlink(missing_ok=True)
+
     def read(self, ref: CodeRef) -> bytes:
         return self.blob_path(ref.sha256).read_bytes()
 
@@ -135,7 +145,13 @@ class CodeStore:
                             budget.take(entry, written, len(chunk))
                             sink.write(chunk)
                             written += len(chunk)
-                except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+                except zipfile.BadZipFile as exc:
+                    # zipfile stops at the declared size, so a header that understates it shows as a bad CRC.
+                    raise PackageRejected(
+                        f"package entry {show(entry.name)}: its data does not match its header "
+                        f"(a wrong declared size, or corrupt data: {exc})"
+                    ) from None
+                except (EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
                     raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
                 budget.finish(entry, written)
                 os.chmod(target, 0o555 if entry.mode & 0o111 else 0o444)

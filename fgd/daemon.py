@@ -23,12 +23,14 @@ from fgd.api import create_app
 from fgd.auth import load_or_create_token
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
+from fgd.dependencies import Dependencies
 from fgd.front import Inflight, build_front
 from fgd.functions import Functions
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
+from fgd.uploads import Packager
 from fgd.zygote import python_zygote
 
 log = logging.getLogger("fgd")
@@ -88,8 +90,10 @@ async def serve(config: Config) -> None:
     sandbox = build_sandbox(config, state_dir)
     zygote = python_zygote(seccomp=sandbox.protections.seccomp)
     zygotes = {zygote.runtime: zygote}
-    invoker = Invoker(config, zygotes, logs, store, code, sandbox)
-    functions = Functions(store, code, invoker, logs, config.server.region, sorted(zygotes))
+    packager = Packager(code)
+    dependencies = Dependencies(store, packager, sorted(zygotes))
+    invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies)
+    functions = Functions(store, code, invoker, logs, dependencies, config.server.region, sorted(zygotes))
 
     def health() -> dict:
         missing = [name for name, z in zygotes.items() if not z.ready.is_set()]
@@ -103,9 +107,9 @@ async def serve(config: Config) -> None:
             "functions": len(store.functions),
         }
 
-    app = create_app(functions, store, logs.flush, token, health)
+    app = create_app(functions, dependencies, store, logs.flush, token, health)
     inflight = Inflight()
-    front = build_front(app, functions, invoker, token, inflight)
+    front = build_front(app, functions, dependencies, invoker, token, inflight)
 
     hconfig = hypercorn.config.Config()
     listener = open_listener(host, port, config.server.listen)
@@ -124,6 +128,7 @@ async def serve(config: Config) -> None:
             for runtime in zygotes.values():
                 await services.start(runtime.run)
             await services.start(invoker.run)
+            await dependencies.load_public(config.public_dependencies)
             async with trio.open_nursery() as http:
                 binds = await http.start(
                     lambda task_status: hypercorn.trio.serve(

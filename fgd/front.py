@@ -9,24 +9,29 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 import trio
 
 from fgd import auth
-from fgd.errors import FgdError, InternalError, TooLarge
+from fgd.dependencies import Dependencies
+from fgd.errors import FgdError, InternalError, InvalidParameter, TooLarge
 from fgd.functions import Functions
 from fgd.invoker import Invoker, Outcome, new_request_id
 from fgd.logs import billed_ms, tail
 from fgd.model import check_project, parse_function_ref
+from fgd.uploads import is_raw_zip, raw_limit, receive_to_file
 
 log = logging.getLogger("fgd.front")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 INVOKE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/invocations$")
+CODE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/code$")
+DEPENDENCY_PATH = re.compile(r"^/v2/([^/]+)/fgs/dependencies/version$")
 MAX_EVENT_BYTES = 6 * 1024 * 1024
 JSON = b"application/json"
 
@@ -143,15 +148,62 @@ class Inflight:
         await self._idle.wait()
 
 
-def build_front(api: ASGIApp, functions: Functions, invoker: Invoker, token: str, inflight: Inflight) -> ASGIApp:
+async def _body_chunks(receive: Callable[[], Awaitable[dict]]) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidParameter("the client went away before the upload finished")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
+
+
+def build_front(
+    api: ASGIApp,
+    functions: Functions,
+    dependencies: Dependencies,
+    invoker: Invoker,
+    token: str,
+    inflight: Inflight,
+) -> ASGIApp:
+    code = functions.packager.code
+
+    def authenticate(headers: dict[bytes, bytes]) -> None:
+        auth.check(
+            token,
+            (headers.get(b"x-auth-token") or b"").decode(errors="replace") or None,
+            (headers.get(b"authorization") or b"").decode(errors="replace") or None,
+        )
+
+    async def upload(scope: dict, receive: Callable, send: Callable, match: re.Match) -> None:
+        """A raw application/zip body, streamed to disk (Quart would hold it all in memory)."""
+        headers = _headers(scope)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(scope.get("query_string", b"").decode()).items()}
+        try:
+            authenticate(headers)
+            project_id = match[1]
+            check_project(project_id)
+            declared = headers.get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > raw_limit(code):
+                raise TooLarge(f"the zip is {int(declared):,} bytes; the limit is {raw_limit(code):,}")
+            if match.re is CODE_PATH:
+                record = functions.get(parse_function_ref(project_id, match[2], functions.region))
+                path = await receive_to_file(_body_chunks(receive), code)
+                record = await functions.update_code_file(record, path, query.get("code_filename", ""))
+                answer: Any = functions.config(record)
+            else:
+                fields = {k: query[k] for k in ("name", "runtime", "description") if k in query}
+                path = await receive_to_file(_body_chunks(receive), code)
+                answer = await dependencies.create(project_id, fields, path)
+        except FgdError as error:
+            await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
+            return
+        await _respond(send, 200, [(b"content-type", JSON)], _encoder.encode(answer))
+
     async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         headers = _headers(scope)
         try:
-            auth.check(
-                token,
-                (headers.get(b"x-auth-token") or b"").decode(errors="replace") or None,
-                (headers.get(b"authorization") or b"").decode(errors="replace") or None,
-            )
+            authenticate(headers)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             event = await _read_body(receive, headers.get(b"content-length"))
@@ -173,10 +225,16 @@ def build_front(api: ASGIApp, functions: Functions, invoker: Invoker, token: str
             await api(scope, receive, send)
             return
         with inflight:
-            if scope["method"] == "POST":
-                match = INVOKE_PATH.match(scope["path"])
+            path, method = scope["path"], scope["method"]
+            if method == "POST":
+                match = INVOKE_PATH.match(path)
                 if match:
                     await invoke(scope, receive, send, match[1], match[2])
+                    return
+            if method in ("PUT", "POST") and is_raw_zip(_headers(scope).get(b"content-type", b"").decode()):
+                match = (CODE_PATH if method == "PUT" else DEPENDENCY_PATH).match(path)
+                if match:
+                    await upload(scope, receive, send, match)
                     return
             await api(scope, receive, send)
 

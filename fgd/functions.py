@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 
 from fgd.codestore import CodeStore, inline_zip
+from fgd.dependencies import Dependencies
 from fgd.errors import Conflict, InvalidParameter, NotFound
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
@@ -29,18 +30,26 @@ from fgd.model import (
     settings_of,
 )
 from fgd.store import Store
-from fgd.uploads import Packager, decode_inline
+from fgd.uploads import decode_inline
 
 IMMUTABLE_FIELDS = ("func_name", "runtime", "package")
 
 
 class Functions:
     def __init__(
-        self, store: Store, code: CodeStore, invoker: Invoker, logs: LogSink, region: str, runtimes: list[str]
+        self,
+        store: Store,
+        code: CodeStore,
+        invoker: Invoker,
+        logs: LogSink,
+        dependencies: Dependencies,
+        region: str,
+        runtimes: list[str],
     ) -> None:
+        self._dependencies = dependencies
         self._store = store
         self._logs = logs
-        self.packager = Packager(code)
+        self.packager = dependencies.packager
         self._code = code
         self._invoker = invoker
         self.region = region
@@ -99,6 +108,7 @@ class Functions:
         request: CreateFunction = convert(body, CreateFunction, "the function definition")
         self._check_runtime(request.runtime)
         settings = normalise_settings(settings_of(request))
+        self._dependencies.resolve(project_id, request.runtime, settings.depend_version_list)
         key = (project_id, request.package, request.func_name)
         if self._store.get(key) is not None:
             raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
@@ -131,6 +141,7 @@ class Functions:
         changes = {k: v for k, v in body.items() if k not in IMMUTABLE_FIELDS}
         current = msgspec.to_builtins(record.settings)
         settings = normalise_settings(convert({**current, **changes}, FunctionSettings, "the function config"))
+        self._dependencies.resolve(record.project_id, record.runtime, settings.depend_version_list)
         return await self._replace(record, settings=settings)
 
     async def update_code(self, record: FunctionRecord, body: object) -> FunctionRecord:

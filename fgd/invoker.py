@@ -18,11 +18,12 @@ import trio
 
 from fgd.codestore import CodeStore
 from fgd.config import Config
+from fgd.dependencies import Dependencies
 from fgd.errors import InvalidParameter, Throttled, Unavailable
 from fgd.instance import Instance, InstanceGone, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, FunctionRecord, cpu_millicores
-from fgd.sandboxing import CODE_DIR, WORKDIR, Sandbox
+from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.store import LogLine, Store
 from fgd.zygote import Zygote, ZygoteUnavailable
 from runtimes import protocol
@@ -111,7 +112,9 @@ class Invoker:
         store: Store,
         code: CodeStore,
         sandbox: Sandbox | None,
+        dependencies: Dependencies,
     ) -> None:
+        self._dependencies = dependencies
         self._config = config
         self.zygotes = zygotes
         self._logs = logs
@@ -362,10 +365,19 @@ class Invoker:
 
     def _specialize_frame(self, record: FunctionRecord) -> protocol.Specialize:
         tree = self._code.tree_path(record.code.sha256)
+        deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         if self.sandbox is None or not self.sandbox.protections.mounts:
-            return specialize_frame(record, str(tree))
+            frame = specialize_frame(record, str(tree))
+            return msgspec.structs.replace(
+                frame, dependency_dirs=[str(self._code.tree_path(d.code.sha256)) for d in deps]
+            )
         frame = specialize_frame(record, CODE_DIR)
-        return msgspec.structs.replace(frame, sandbox=self.sandbox.enter_policy(record, tree))
+        trees = [(f"{DEPENDENCY_DIR}/{d.name}/{d.version}", self._code.tree_path(d.code.sha256)) for d in deps]
+        return msgspec.structs.replace(
+            frame,
+            dependency_dirs=[inside for inside, _ in trees],
+            sandbox=self.sandbox.enter_policy(record, tree, trees),
+        )
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
         if not healthy:

@@ -83,6 +83,37 @@ class CodeRef(msgspec.Struct, frozen=True):
     size: int
 
 
+DependencyName = Annotated[str, Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")]
+
+
+class CreateDependency(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Body of `POST /dependencies/version` (JSON form; the raw form takes these as query parameters)."""
+
+    name: DependencyName
+    runtime: str
+    description: Description = ""
+    depend_type: Literal["zip"] = "zip"
+    depend_file: str = ""
+
+
+class DependencyVersion(msgspec.Struct, kw_only=True, frozen=True):
+    """One version of a dependency package, as stored and as the API answers it."""
+
+    id: str
+    dep_id: str
+    project_id: str
+    name: str
+    version: int
+    runtime: str
+    description: str
+    owner: Literal["private", "public"]
+    size: int
+    etag: str
+    depend_type: str = "zip"
+    created: str
+    code: CodeRef
+
+
 class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
     """What the store keeps for one function (its latest version)."""
 

@@ -124,7 +124,8 @@ def check_entries(infos: list[zipfile.ZipInfo], limits: PackageLimits) -> list[E
     declared = 0
     entries = []
     for info in infos:
-        name = info.filename
+        # zipfile cuts a name at its first NUL; judge the name as it is in the archive.
+        name = info.orig_filename
         parts = check_name(name, limits)
         key = unicodedata.normalize("NFC", "/".join(parts)).casefold()
         if key in seen:

@@ -190,9 +190,17 @@ class Sandbox:
     def degraded(self) -> list[str]:
         return [f"{c.name}: {c.detail}" for c in self.facts.missing() if c.name != "user namespaces"]
 
-    def enter_policy(self, record: FunctionRecord, code_tree: Path, profile: str = "event") -> EnterPolicy:
+    def enter_policy(
+        self,
+        record: FunctionRecord,
+        code_tree: Path,
+        dependency_trees: list[tuple[str, Path]],
+        profile: str = "event",
+    ) -> EnterPolicy:
+        binds = [Mount(str(code_tree.relative_to(self.state_dir)), CODE_DIR)]
+        binds += [Mount(str(tree.relative_to(self.state_dir)), inside) for inside, tree in dependency_trees]
         return EnterPolicy(
-            binds=[Mount(str(code_tree.relative_to(self.state_dir)), CODE_DIR)],
+            binds=binds,
             workdir=WORKDIR,
             tmp_size_mb=record.settings.ephemeral_storage,
             uid=self.facts.uid,

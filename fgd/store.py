@@ -17,7 +17,7 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from fgd.model import FunctionRecord
+from fgd.model import DependencyVersion, FunctionRecord
 
 T = TypeVar("T")
 
@@ -45,6 +45,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX logs_by_function ON logs (project_id, package, func_name, id);
     CREATE INDEX logs_by_request ON logs (request_id);
     """,
+    """
+    CREATE TABLE dependency_versions (
+        id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        record BLOB NOT NULL,
+        UNIQUE (project_id, name, version)
+    );
+    """,
 ]
 
 
@@ -63,6 +73,7 @@ LogRow = tuple[float, str, str, str, str, str, str, str]
 
 
 _record_decoder = msgspec.json.Decoder(FunctionRecord)
+_dependency_decoder = msgspec.json.Decoder(DependencyVersion)
 _encoder = msgspec.json.Encoder()
 
 
@@ -77,6 +88,14 @@ class Store:
         self.functions: dict[tuple[str, str, str], FunctionRecord] = {
             (r.project_id, r.package, r.func_name): r
             for r in (_record_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM functions"))
+        }
+        # Private dependency versions by id (public ones are registered at start, not stored).
+        self.dependencies: dict[str, DependencyVersion] = {
+            d.id: d
+            for d in (
+                _dependency_decoder.decode(blob)
+                for (blob,) in self._db.execute("SELECT record FROM dependency_versions")
+            )
         }
 
     def _migrate(self) -> None:
@@ -125,7 +144,29 @@ class Store:
             self._db.execute("DELETE FROM logs WHERE project_id=? AND package=? AND func_name=?", key)
 
     def code_in_use(self) -> set[str]:
-        return {r.code.sha256 for r in self.functions.values()}
+        return {r.code.sha256 for r in self.functions.values()} | {d.code.sha256 for d in self.dependencies.values()}
+
+    # Dependencies ------------------------------------------------------------
+
+    async def put_dependency(self, dependency: DependencyVersion) -> None:
+        blob = _encoder.encode(dependency)
+        await self.run(self._put_dependency, dependency, blob)
+        self.dependencies[dependency.id] = dependency
+
+    def _put_dependency(self, dependency: DependencyVersion, blob: bytes) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO dependency_versions (id, project_id, name, version, record) VALUES (?, ?, ?, ?, ?)",
+                (dependency.id, dependency.project_id, dependency.name, dependency.version, blob),
+            )
+
+    async def delete_dependency(self, dependency_id: str) -> None:
+        await self.run(self._delete_dependency, dependency_id)
+        self.dependencies.pop(dependency_id, None)
+
+    def _delete_dependency(self, dependency_id: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM dependency_versions WHERE id=?", (dependency_id,))
 
     # Logs ------------------------------------------------------------------
 

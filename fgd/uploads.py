@@ -35,15 +35,16 @@ def raw_limit(code: CodeStore) -> int:
 
 def decode_inline(field: str, value: str, code: CodeStore) -> bytes:
     limit = code.limits.max_inline_zip
-    if len(value) > limit * 4 // 3 + 4:
-        raise TooLarge(
-            f"{field} holds more than {limit // (1024 * 1024)} MB of zip; upload larger packages as a raw "
-            "body with Content-Type: application/zip"
-        )
     try:
-        return base64.b64decode(value, validate=True)
+        data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidParameter(f"{field} must be base64") from None
+    if len(data) > limit:
+        raise TooLarge(
+            f"{field} holds {len(data):,} bytes of zip, over the {limit:,} allowed inline; upload larger "
+            "packages as a raw body with Content-Type: application/zip"
+        )
+    return data
 
 
 async def receive_to_file(chunks: AsyncIterable[bytes], code: CodeStore) -> Path:

@@ -122,6 +122,9 @@ def test_killed_zygote_is_restarted_and_invocations_work_again(fresh_daemon: Dae
             break
         time.sleep(0.1)
     assert response.content == b"ok"
+    deadline = time.monotonic() + 5
+    while zygote_of(fresh_daemon) in (None, zygote_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert zygote_of(fresh_daemon) not in (None, zygote_pid)
     assert httpx.get(f"{fresh_daemon.url}/healthz").json()["status"] == "ok"
 
