@@ -14,9 +14,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from fgd.client import Client, ClientError, Response, quote, resolve_token
+from fgd.client import Client, ClientError, ProgressReader, Response, quote, resolve_token
 
 SKIP_DIRS = {"__pycache__", ".git", ".venv", "node_modules"}
+# Zips up to this size go base64 inside JSON; larger ones as a raw body, with a progress line.
+INLINE_UPLOAD_MAX = 8 * 1024 * 1024
+PLACEHOLDER = "def handler(event, context):\n    raise RuntimeError('code upload in progress')\n"
 
 
 def fail(message: str) -> int:
@@ -130,10 +133,42 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def upload_raw(client: Client, path: str, data: bytes, label: str) -> dict:
+    body = ProgressReader(data, label, sys.stderr)
+    response = client.request(
+        "PUT" if "/functions/" in path else "POST",
+        path,
+        body,  # type: ignore[arg-type]
+        headers={"Content-Type": "application/zip", "Content-Length": str(len(data))},
+    )
+    assert isinstance(response, Response)
+    return response.json()
+
+
+def resolve_dependencies(client: Client, specs: Sequence[str]) -> list[str]:
+    """NAME or NAME:VERSION (default: the newest) to dependency version ids."""
+    ids = []
+    for spec in specs:
+        name, _, version = spec.partition(":")
+        versions = client.json("GET", f"/dependencies?name={quote(name)}")["dependencies"]
+        if version:
+            if not version.isdigit():
+                raise ClientError(f"--dep {spec!r}: the version must be a number")
+            versions = [v for v in versions if v["version"] == int(version)]
+        if not versions:
+            raise ClientError(f"--dep {spec!r}: no such dependency (see `fgd dep ls`)")
+        ids.append(max(versions, key=lambda v: v["version"])["id"])
+    return ids
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     client = client_of(args)
-    code = base64.b64encode(read_package(args.source)).decode()
+    package = read_package(args.source)
+    large = len(package) > INLINE_UPLOAD_MAX
+    code = base64.b64encode(package).decode() if not large else ""
     settings: dict = {"handler": args.handler}
+    if args.dep:
+        settings["depend_version_list"] = resolve_dependencies(client, args.dep)
     if args.memory is not None:
         settings["memory_size"] = args.memory
     if args.timeout is not None:
@@ -152,22 +187,28 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if existing is None:
         if not args.runtime:
             raise ClientError("--runtime is required to create a function (see GET /runtimes)")
+        # A large package cannot go inside the JSON: create with a placeholder, then stream the zip.
         body = {
             "func_name": args.name,
             "package": args.package,
             "runtime": args.runtime,
-            "code_type": "zip",
-            "func_code": {"file": code},
+            "code_type": "inline" if large else "zip",
+            "func_code": {"file": base64.b64encode(PLACEHOLDER.encode()).decode() if large else code},
             **settings,
         }
         config = client.json("POST", "/functions", body)
+        if large:
+            config = upload_raw(client, f"/functions/{quote(name)}/code", package, f"uploading {args.source}")
         verb = "created"
     else:
         if args.runtime and args.runtime != existing["runtime"]:
             raise ClientError(
                 f"{args.name} exists with runtime {existing['runtime']}; the runtime cannot change (fgd rm it first)"
             )
-        client.json("PUT", f"/functions/{quote(name)}/code", {"code_type": "zip", "func_code": {"file": code}})
+        if large:
+            upload_raw(client, f"/functions/{quote(name)}/code", package, f"uploading {args.source}")
+        else:
+            client.json("PUT", f"/functions/{quote(name)}/code", {"code_type": "zip", "func_code": {"file": code}})
         config = client.json("PUT", f"/functions/{quote(name)}/config", settings)
         verb = "updated"
     print(f"{verb} {config['func_urn']}")
@@ -261,6 +302,58 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dep_add(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    package = read_package(args.zip)
+    if len(package) > INLINE_UPLOAD_MAX:
+        query = f"?name={quote(args.name)}&runtime={quote(args.runtime)}&description={quote(args.description)}"
+        dependency = upload_raw(client, f"/dependencies/version{query}", package, f"uploading {args.zip}")
+    else:
+        dependency = client.json(
+            "POST",
+            "/dependencies/version",
+            {
+                "name": args.name,
+                "runtime": args.runtime,
+                "description": args.description,
+                "depend_type": "zip",
+                "depend_file": base64.b64encode(package).decode(),
+            },
+        )
+    print(
+        f"added {dependency['name']} version {dependency['version']} ({dependency['size']} bytes), "
+        f"id {dependency['id']}"
+    )
+    return 0
+
+
+def cmd_dep_ls(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    rows = client.json("GET", "/dependencies")["dependencies"]
+    if not rows:
+        print("no dependencies; add one with: fgd dep add NAME ZIP --runtime RUNTIME")
+        return 0
+    table = [("NAME", "VERSION", "RUNTIME", "OWNER", "SIZE", "ID")]
+    table += [(d["name"], str(d["version"]), d["runtime"], d["owner"], str(d["size"]), d["id"]) for d in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_dep_rm(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    name, _, version = args.spec.partition(":")
+    versions = client.json("GET", f"/dependencies?name={quote(name)}")["dependencies"]
+    targets = [v for v in versions if not version or str(v["version"]) == version]
+    if not targets:
+        raise ClientError(f"no dependency {args.spec!r} (see `fgd dep ls`)")
+    for dependency in targets:
+        client.request("DELETE", f"/dependencies/{dependency['dep_id']}/version/{dependency['version']}")
+        print(f"deleted {dependency['name']} version {dependency['version']}")
+    return 0
+
+
 # parser -----------------------------------------------------------------------
 
 
@@ -294,7 +387,23 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--memory", type=int, help="memory size in MB (64-10240)")
     deploy.add_argument("--timeout", type=int, help="timeout in seconds")
     deploy.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable (repeatable)")
+    deploy.add_argument(
+        "--dep", action="append", default=[], metavar="NAME[:VERSION]", help="dependency to attach (repeatable)"
+    )
     deploy.set_defaults(func=cmd_deploy)
+
+    dep = sub.add_parser("dep", help="dependency packages").add_subparsers(dest="dep_command", required=True)
+    dep_add = dep.add_parser("add", parents=[common], help="upload a new version of a dependency")
+    dep_add.add_argument("name")
+    dep_add.add_argument("zip", help="zip (or directory) with the dependency's files at its root")
+    dep_add.add_argument("--runtime", required=True)
+    dep_add.add_argument("--description", default="")
+    dep_add.set_defaults(func=cmd_dep_add)
+    dep_ls = dep.add_parser("ls", parents=[common], help="list dependency versions")
+    dep_ls.set_defaults(func=cmd_dep_ls)
+    dep_rm = dep.add_parser("rm", parents=[common], help="delete a dependency version (NAME:VERSION) or all of NAME")
+    dep_rm.add_argument("spec", metavar="NAME[:VERSION]")
+    dep_rm.set_defaults(func=cmd_dep_rm)
 
     invoke = sub.add_parser("invoke", parents=[common], help="invoke a function synchronously")
     invoke.add_argument("name")

@@ -102,6 +102,34 @@ class Client:
         return response.json() if response.body else None
 
 
+class ProgressReader:
+    """A file-like body that reports upload progress on stderr (for packages over a few MB)."""
+
+    def __init__(self, data: bytes, label: str, stream) -> None:
+        self._data = memoryview(data)
+        self._sent = 0
+        self._label = label
+        self._stream = stream
+        self._last = -1
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        size = len(self._data) - self._sent if size < 0 else size
+        chunk = self._data[self._sent : self._sent + min(size, 1 << 20)]
+        self._sent += len(chunk)
+        percent = self._sent * 100 // max(len(self._data), 1)
+        if percent != self._last:
+            self._last = percent
+            end = "\n" if self._sent >= len(self._data) else ""
+            self._stream.write(
+                f"\r{self._label}: {self._sent / 2**20:.1f} / {len(self._data) / 2**20:.1f} MB ({percent}%){end}"
+            )
+            self._stream.flush()
+        return bytes(chunk)
+
+
 def _lines(raw: http.client.HTTPResponse, conn: http.client.HTTPConnection) -> Iterator[bytes]:
     try:
         while line := raw.readline():

@@ -9,6 +9,7 @@ into place, so a refused or interrupted upload leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import lzma
@@ -173,12 +174,23 @@ class CodeStore:
         self.blob_path(sha256).unlink(missing_ok=True)
         _remove_tree(self.tree_path(sha256))
 
-    def stored(self) -> set[str]:
-        """The sha256 of every stored blob or tree."""
-        found = {p.name for p in self._trees.iterdir()}
+    def stored(self) -> dict[str, float]:
+        """Every stored blob or tree by sha256, with its newest modification time."""
+        found: dict[str, float] = {}
+        paths = list(self._trees.iterdir())
         for bucket in self._blobs.iterdir():
-            found.update(p.name for p in bucket.iterdir())
+            paths += bucket.iterdir()
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                found[path.name] = max(found.get(path.name, 0.0), path.lstat().st_mtime)
         return found
+
+    def collect(self, in_use: set[str], older_than: float) -> list[str]:
+        """Remove every blob and tree not in `in_use` and last changed before `older_than`."""
+        removed = [sha for sha, mtime in self.stored().items() if sha not in in_use and mtime < older_than]
+        for sha in removed:
+            self.remove(sha)
+        return removed
 
 
 def _remove_tree(path: Path) -> None:

@@ -42,6 +42,13 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cgroup_root: str | None = None
 
 
+class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # How often unreferenced packages (blobs and extracted trees) are removed, and how old
+    # one must be first (an upload in progress is not referenced yet).
+    gc_interval: float = 300.0
+    gc_grace: float = 600.0
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state_dir: str = "/var/lib/fgd"
     server: ServerConfig = ServerConfig()
@@ -49,6 +56,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     logs: LogConfig = LogConfig()
     sandbox: SandboxConfig = SandboxConfig()
     packages: PackageLimits = PackageLimits()
+    storage: StorageConfig = StorageConfig()
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
     # <name>-<version>.zip files in this directory, registered at start.
     public_dependencies: str | None = None

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 import hypercorn.config
@@ -129,6 +130,7 @@ async def serve(config: Config) -> None:
                 await services.start(runtime.run)
             await services.start(invoker.run)
             await dependencies.load_public(config.public_dependencies)
+            services.start_soon(_collect_packages, config, store, code, dependencies, invoker)
             async with trio.open_nursery() as http:
                 binds = await http.start(
                     lambda task_status: hypercorn.trio.serve(
@@ -152,6 +154,18 @@ async def serve(config: Config) -> None:
         invoker.kill_all()
         store.close()
     log.info("fgd stopped")
+
+
+async def _collect_packages(
+    config: Config, store: Store, code: CodeStore, dependencies: Dependencies, invoker: Invoker
+) -> None:
+    """Remove packages nothing refers to: no function, dependency version or live instance."""
+    while True:
+        await trio.sleep(config.storage.gc_interval)
+        in_use = store.code_in_use() | {d.code.sha256 for d in dependencies.public.values()} | invoker.code_in_use()
+        removed = await store.run(code.collect, in_use, time.time() - config.storage.gc_grace)
+        if removed:
+            log.info("removed %d unreferenced packages", len(removed))
 
 
 async def _watch_signals(shutdown: trio.Event) -> None:

@@ -168,9 +168,8 @@ class Functions:
     async def delete(self, record: FunctionRecord) -> None:
         self._invoker.retire(record.key)
         self._logs.discard(record.key)
+        # Its code stays until the collector finds nothing uses it (a busy instance may still).
         await self._store.delete(record.key)
-        if record.code.sha256 not in self._store.code_in_use():
-            await self._store.run(self._code.remove, record.code.sha256)
 
     def export(self, record: FunctionRecord, *, code: bool, config: bool) -> bytes:
         """The original code zip, or a zip of `config.json` (and `code.zip`) when config is asked for."""

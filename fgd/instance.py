@@ -95,6 +95,8 @@ class Instance:
         self.state = State.STARTING
         self.revision = -1
         self.init_ms: float | None = None
+        # sha256 of the code and dependency trees this instance mounts.
+        self.packages: set[str] = set()
         self._peak_fd = -1
         self.last_used = time.monotonic()
         self.request_id = ""

@@ -253,6 +253,10 @@ class Invoker:
             if not instances:
                 del self.instances[key]
 
+    def code_in_use(self) -> set[str]:
+        """Packages (code and dependencies) mounted by a live instance, which must not be collected."""
+        return {sha for instances in self.instances.values() for i in instances for sha in i.packages}
+
     def count(self, key: tuple[str, str, str] | None = None) -> int:
         if key is None:
             return sum(len(v) for v in self.instances.values())
@@ -335,6 +339,10 @@ class Invoker:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
         instance.request_id = request_id
         instance.revision = record.revision
+        instance.packages = {record.code.sha256} | {
+            d.code.sha256
+            for d in self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
+        }
         settings = record.settings
         limit = settings.initializer_timeout if settings.initializer_handler else self._config.instances.spawn_timeout
         self.instances.setdefault(record.key, []).append(instance)

@@ -131,3 +131,40 @@ def test_errors_are_one_line_without_traceback(daemon: Daemon, tmp_path: Path) -
         assert len(lines) == 1, result.stderr
         assert lines[0].startswith("fgd: error: ") and words in lines[0], lines[0]
         assert "Traceback" not in result.stderr
+
+
+def test_dependencies_from_the_cli(daemon: Daemon, tmp_path: Path) -> None:
+    dep_name = unique_name("clidep")
+    dep_dir = tmp_path / "dep"
+    dep_dir.mkdir()
+    (dep_dir / "clilib.py").write_text("def value():\n    return 'from cli dep'\n")
+    added = fgd(daemon, "dep", "add", dep_name, str(dep_dir), "--runtime", RUNTIME)
+    assert added.returncode == 0, added.stderr
+    assert f"added {dep_name} version 1" in added.stdout
+    assert fgd(daemon, "dep", "add", dep_name, str(dep_dir), "--runtime", RUNTIME).returncode == 0
+    listed = fgd(daemon, "dep", "ls")
+    assert listed.stdout.splitlines()[0].split() == ["NAME", "VERSION", "RUNTIME", "OWNER", "SIZE", "ID"]
+    assert sum(1 for row in listed.stdout.splitlines() if row.split()[0] == dep_name) == 2
+
+    name = unique_name("cli")
+    source = write_function(tmp_path / "fn", "import clilib\ndef handler(e, c):\n    return clilib.value()\n")
+    deployed = fgd(daemon, "deploy", str(source), "--name", name, "--runtime", RUNTIME, "--dep", f"{dep_name}:1")
+    assert deployed.returncode == 0, deployed.stderr
+    assert fgd(daemon, "invoke", name).stdout.strip() == "from cli dep"
+
+    in_use = fgd(daemon, "dep", "rm", f"{dep_name}:1")
+    assert in_use.returncode == 1 and name in in_use.stderr
+    removed = fgd(daemon, "dep", "rm", f"{dep_name}:2")
+    assert removed.returncode == 0 and f"deleted {dep_name} version 2" in removed.stdout
+    assert fgd(daemon, "deploy", str(source), "--name", name, "--dep", "nonexistent-dep").returncode == 1
+
+
+def test_large_package_is_streamed_with_progress(daemon: Daemon, tmp_path: Path) -> None:
+    name = unique_name("big")
+    source = write_function(tmp_path / "fn", "def handler(e, c):\n    return 'big'\n")
+    (source / "blob.bin").write_bytes(os.urandom(9 * 1024 * 1024))
+    deployed = fgd(daemon, "deploy", str(source), "--name", name, "--runtime", RUNTIME)
+    assert deployed.returncode == 0, deployed.stderr
+    assert "uploading" in deployed.stderr and "(100%)" in deployed.stderr
+    assert int(deployed.stdout.split("code ")[1].split()[0]) > 9 * 1024 * 1024
+    assert fgd(daemon, "invoke", name).stdout.strip() == "big"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -140,5 +141,31 @@ def test_public_dependencies_are_listed_attachable_and_not_deletable(tmp_path: P
         daemon.stop()
         daemon.start()
         assert Api(daemon).invoke(name).content == b"public toolkit"
+    finally:
+        daemon.stop()
+
+
+def test_unreferenced_packages_are_collected(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", "[storage]\ngc_interval = 0.2\ngc_grace = 0.0\n")
+    daemon.start()
+    try:
+        api = Api(daemon)
+        kept = api.deploy("def handler(e, c):\n    return 'kept'\n")
+        gone = api.deploy("def handler(e, c):\n    return 'gone'\n")
+        dep = add_dependency(api, unique_name("dep"), {"d.py": "x = 1\n"})
+        code = daemon.state_dir / "code"
+        trees_before = {p.name for p in code.iterdir()}
+        assert len(trees_before) == 3
+        api.invoke(kept["func_name"])
+        api.http.delete(f"/functions/{gone['func_name']}")
+        api.http.delete(f"/dependencies/{dep['dep_id']}/version/1")
+        deadline = time.monotonic() + 5
+        while len(list(code.iterdir())) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        remaining = list(code.iterdir())
+        assert len(remaining) == 1
+        blobs = [p for bucket in (daemon.state_dir / "blobs" / "sha256").iterdir() for p in bucket.iterdir()]
+        assert [p.name for p in blobs] == [remaining[0].name]
+        assert api.invoke(kept["func_name"]).content == b"kept"
     finally:
         daemon.stop()
