@@ -105,7 +105,11 @@ class Daemon:
         with urllib.request.urlopen(req) as response:
             raw = response.read()
             headers = {k.lower(): v for k, v in response.headers.items()}
-            return {"headers": headers, "body": json.loads(raw) if raw else None}
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode(errors="replace")  # a function's plain string result
+            return {"headers": headers, "body": body}
 
     def deploy(self, name: str, source: str, **settings) -> None:
         buffer = io.BytesIO()
