@@ -42,6 +42,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages wrk
 	$(BIN)/python bench/warm_invoke.py
+	$(BIN)/python bench/cold_start.py
+	$(BIN)/python bench/packages.py
 
 clean:
 	rm -rf $(VENV) .fgd-state .pytest_cache
