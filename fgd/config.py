@@ -42,6 +42,15 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     cgroup_root: str | None = None
 
 
+class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Requests that may wait per function when every allowed instance is busy, and for how long.
+    queue_length: int = 50
+    max_wait: float = 10.0
+    # Total memory_size of live instances; default: memory_budget_fraction of the host's memory.
+    memory_budget_mb: int | None = None
+    memory_budget_fraction: float = 0.8
+
+
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # How often unreferenced packages (blobs and extracted trees) are removed, and how old
     # one must be first (an upload in progress is not referenced yet).
@@ -57,6 +66,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     sandbox: SandboxConfig = SandboxConfig()
     packages: PackageLimits = PackageLimits()
     storage: StorageConfig = StorageConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
     # <name>-<version>.zip files in this directory, registered at start.
     public_dependencies: str | None = None

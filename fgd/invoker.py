@@ -14,6 +14,7 @@ import time
 import uuid
 
 import msgspec
+import psutil
 import trio
 
 from fgd.codestore import CodeStore
@@ -24,6 +25,7 @@ from fgd.instance import Instance, InstanceGone, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, FunctionRecord, cpu_millicores
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
+from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
 from fgd.zygote import Zygote, ZygoteUnavailable
 from runtimes import protocol
@@ -127,6 +129,13 @@ class Invoker:
         self._pool_wanted = {runtime: trio.Event() for runtime in zygotes}
         self._releasing: list[Instance] = []
         self._nursery: trio.Nursery | None = None
+        scheduling = config.scheduler
+        budget = scheduling.memory_budget_mb or int(
+            psutil.virtual_memory().total / 2**20 * scheduling.memory_budget_fraction
+        )
+        self.scheduler = Scheduler(time.monotonic, budget)
+        self._by_id: dict[str, Instance] = {}
+        self._waiters: dict[str, _Waiter] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every instance's background task; reap idle ones. Kills all on exit."""
@@ -222,16 +231,18 @@ class Invoker:
     # Instance bookkeeping --------------------------------------------------
 
     def reap_idle(self, idle_since: float) -> None:
-        for key, instances in list(self.instances.items()):
-            for instance in list(instances):
-                if instance.state is State.IDLE and instance.last_used < idle_since:
-                    self._discard(key, instance)
+        for token in self.scheduler.idle_since(idle_since):
+            instance = self._by_id.get(token)
+            if instance is not None:
+                self._discard(instance.key, instance)
 
     def retire(self, key: tuple[str, str, str]) -> None:
         """The function changed or was deleted: idle instances go now, busy ones after their request."""
         for instance in list(self.instances.get(key, [])):
             if instance.state is State.IDLE:
                 self._discard(key, instance)
+            else:
+                self.scheduler.set_busy(instance.id)
 
     def kill_all(self) -> None:
         for key, instances in list(self.instances.items()):
@@ -243,6 +254,9 @@ class Invoker:
             pool.clear()
 
     def _discard(self, key: tuple[str, str, str], instance: Instance) -> None:
+        self.scheduler.gone(instance.id)
+        self._by_id.pop(instance.id, None)
+        self._wake(self.scheduler.waiting_with_nothing_coming(key), None)
         self._retire_instance(instance)
         lines = instance.take_lines()
         if lines:
@@ -262,15 +276,82 @@ class Invoker:
             return sum(len(v) for v in self.instances.values())
         return len(self.instances.get(key, ()))
 
-    def _take_warm(self, record: FunctionRecord) -> Instance | None:
-        best: Instance | None = None
-        for instance in self.instances.get(record.key, ()):
-            usable = instance.state is State.IDLE and instance.revision == record.revision
-            if usable and (best is None or instance.last_used > best.last_used):
-                best = instance
-        if best is not None:
-            best.state = State.BUSY
-        return best
+    # Scheduling ----------------------------------------------------------------
+
+    def _limits(self, record: FunctionRecord) -> Limits:
+        return Limits(
+            max_instances=record.settings.strategy_config.concurrency,
+            # One request at a time per instance until instances serve several (concurrent_num).
+            slots=1,
+            memory_mb=record.settings.memory_size,
+            queue_length=self._config.scheduler.queue_length,
+        )
+
+    async def _acquire(self, record: FunctionRecord, request_id: str) -> Instance | None:
+        """A warm instance with a slot taken for this request, or None: start one (the slot is its first)."""
+        limits = self._limits(record)
+        deadline = trio.current_time() + self._config.scheduler.max_wait
+        while True:
+            decision = self.scheduler.acquire(record.key, limits, request_id)
+            if isinstance(decision, Assign):
+                instance = self._by_id[decision.instance]
+                instance.state = State.BUSY
+                return instance
+            if isinstance(decision, Start):
+                for token in decision.evict:
+                    evicted = self._by_id.get(token)
+                    if evicted is not None:
+                        self._discard(evicted.key, evicted)
+                return None
+            if isinstance(decision, Reject):
+                if decision.kind == "capacity":
+                    raise Unavailable(f"the node cannot run {record.func_name} now: {decision.reason}")
+                raise Throttled(f"function {record.func_name} is throttled: {decision.reason}")
+            instance = await self._wait_for_slot(record, request_id, deadline)
+            if instance is not None:
+                return instance
+
+    async def _wait_for_slot(self, record: FunctionRecord, request_id: str, deadline: float) -> Instance | None:
+        """Queued: the instance we are handed, or None to ask again (what we waited for went away)."""
+        waiter = self._waiters[request_id] = _Waiter()
+        try:
+            with trio.move_on_at(deadline):
+                await waiter.event.wait()
+        except BaseException:
+            # Cancelled (the client went away, shutdown): give back what we were handed, or leave the queue.
+            self._waiters.pop(request_id, None)
+            if waiter.instance is not None:
+                self._release(waiter.instance)
+            elif not waiter.event.is_set():
+                self.scheduler.cancel(record.key, request_id)
+            raise
+        self._waiters.pop(request_id, None)
+        if waiter.event.is_set():
+            return waiter.instance
+        self.scheduler.cancel(record.key, request_id)
+        raise Throttled(
+            f"function {record.func_name} is throttled: waited {self._config.scheduler.max_wait:g} s and all its "
+            f"instances (strategy_config.concurrency = {record.settings.strategy_config.concurrency}) stayed busy"
+        )
+
+    def _wake(self, tokens: list, instance: Instance | None) -> None:
+        for token in tokens:
+            waiter = self._waiters.get(token)
+            if waiter is None:
+                if instance is not None:
+                    self._release(instance)  # its requester is gone: pass the slot on
+                continue
+            waiter.instance = instance
+            waiter.event.set()
+
+    def _release(self, instance: Instance) -> None:
+        handed = self.scheduler.release(instance.id)
+        if handed:
+            instance.state = State.BUSY
+            self._wake(handed, instance)
+        else:
+            instance.state = State.IDLE
+            instance.last_used = time.monotonic()
 
     # Invocation ---------------------------------------------------------------
 
@@ -284,16 +365,35 @@ class Invoker:
             msgspec.json.decode(event or b"{}")
         except msgspec.DecodeError:
             raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
+        instance = await self._acquire(record, request_id)
+        try:
+            return await self._run(record, event, request_id, instance)
+        except BaseException:
+            # Cancelled mid-request (client gone, shutdown): the instance's state is unknown; retire it.
+            if instance is not None and instance.state is not State.DEAD:
+                self._discard(record.key, instance)
+            raise
+
+    async def _run(self, record: FunctionRecord, event: bytes, request_id: str, instance: Instance | None) -> Outcome:
+        settings = record.settings
         outcome = Outcome(request_id=request_id, memory_size=settings.memory_size)
-        instance = self._take_warm(record)
         if instance is None:
             outcome.cold = True
-            instance, failure = await self._cold_start(record, request_id)
+            try:
+                instance, failure = await self._cold_start(record, request_id)
+            except BaseException:
+                self.scheduler.start_failed(record.key)
+                self._wake(self.scheduler.waiting_with_nothing_coming(record.key), None)
+                raise
             if failure is not None:
+                self.scheduler.start_failed(record.key)
+                self._wake(self.scheduler.waiting_with_nothing_coming(record.key), None)
                 outcome.error = failure.error
                 outcome.init_ms = failure.init_ms
                 self._finish(record, instance, outcome, healthy=False)
                 return outcome
+            self._by_id[instance.id] = instance
+            self._wake(self.scheduler.started(record.key, instance.id), instance)
             outcome.init_ms = instance.init_ms
         instance.request_id = request_id
         started = trio.current_time()
@@ -339,6 +439,7 @@ class Invoker:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
         instance.request_id = request_id
         instance.revision = record.revision
+        instance.key = record.key
         instance.packages = {record.code.sha256} | {
             d.code.sha256
             for d in self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
@@ -404,10 +505,17 @@ class Invoker:
             # A function deleted while this request ran keeps no logs.
             self._logs.add(record.key, outcome.logs)
         if healthy and current is not None and instance.revision == current.revision:
-            instance.state = State.IDLE
-            instance.last_used = time.monotonic()
+            self._release(instance)
         else:
             self._discard(record.key, instance)
+
+
+class _Waiter:
+    """A queued request: woken with the instance whose slot it was handed, or None to ask again."""
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.instance: Instance | None = None
 
 
 class ColdStartFailure(msgspec.Struct):

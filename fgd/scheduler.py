@@ -1,0 +1,243 @@
+"""Which instance serves a request: a pure state machine with an injected clock.
+
+The I/O side (`fgd.invoker`) asks and obeys; nothing here sleeps, forks or
+reads a socket, so the tests drive thousands of random sequences through it
+in milliseconds and check the invariants after every step:
+
+- an instance never has more busy slots than its capacity (`concurrent_num`);
+- a function never has more instances (running or starting) than its maximum;
+- no request waits in a queue while a slot it could use is free;
+- the memory of live and starting instances never exceeds the node's budget.
+
+Requests and instances are named by opaque hashable tokens the caller picks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the function's config allows: -1 instances means unlimited."""
+
+    max_instances: int
+    slots: int
+    memory_mb: int
+    queue_length: int
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Run the request on this instance (a slot is now taken for it)."""
+
+    instance: Hashable
+
+
+@dataclass(frozen=True)
+class Start:
+    """Start a new instance for this request; first evict these idle instances to make room."""
+
+    evict: tuple[Hashable, ...] = ()
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Queued: the request is handed a slot by a later `release` or `started`."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Refuse: `kind` is "disabled", "throttled" (429) or "capacity" (503)."""
+
+    kind: str
+    reason: str
+
+
+Decision = Assign | Start | Wait | Reject
+
+
+@dataclass
+class _Instance:
+    key: Key
+    capacity: int
+    memory_mb: int
+    busy: int = 0
+    last_used: float = 0.0
+    reserved: bool = False
+
+
+@dataclass
+class _Function:
+    limits: Limits
+    instances: dict[Hashable, _Instance] = field(default_factory=dict)
+    starting: int = 0
+    queue: deque[Hashable] = field(default_factory=deque)
+
+
+class Scheduler:
+    def __init__(self, clock: Callable[[], float], memory_budget_mb: int) -> None:
+        self._clock = clock
+        self.memory_budget_mb = memory_budget_mb
+        self._functions: dict[Key, _Function] = {}
+        self._starting_memory = 0
+        self._owner: dict[Hashable, Key] = {}
+
+    # Queries ------------------------------------------------------------------
+
+    @property
+    def memory_used_mb(self) -> int:
+        live = sum(i.memory_mb for f in self._functions.values() for i in f.instances.values())
+        return live + self._starting_memory
+
+    def instances(self, key: Key) -> int:
+        function = self._functions.get(key)
+        return len(function.instances) if function else 0
+
+    def queued(self, key: Key) -> int:
+        function = self._functions.get(key)
+        return len(function.queue) if function else 0
+
+    def busy_slots(self, instance: Hashable) -> int:
+        key = self._owner.get(instance)
+        return self._functions[key].instances[instance].busy if key else 0
+
+    # Decisions ----------------------------------------------------------------
+
+    def acquire(self, key: Key, limits: Limits, request: Hashable) -> Decision:
+        function = self._functions.setdefault(key, _Function(limits))
+        function.limits = limits
+        if limits.max_instances == 0:
+            return Reject("disabled", "the function is disabled: its maximum number of instances is 0")
+        free = [i for i in function.instances.items() if i[1].busy < i[1].capacity]
+        if free:
+            # Most recently used first, so the others can go idle and be reaped.
+            token, instance = max(free, key=lambda item: (item[1].busy > 0, item[1].last_used))
+            instance.busy += 1
+            instance.last_used = self._clock()
+            return Assign(token)
+        total = len(function.instances) + function.starting
+        if limits.max_instances < 0 or total < limits.max_instances:
+            evict = self._make_room(limits.memory_mb)
+            if evict is not None:
+                function.starting += 1
+                self._starting_memory += limits.memory_mb
+                return Start(evict)
+            if not function.instances and not function.starting:
+                return Reject(
+                    "capacity",
+                    f"the node's memory budget ({self.memory_budget_mb} MB) is taken by busy instances; "
+                    "try again shortly",
+                )
+        if len(function.queue) < limits.queue_length:
+            function.queue.append(request)
+            return Wait()
+        if limits.max_instances > 0 and total >= limits.max_instances:
+            return Reject(
+                "throttled",
+                f"all {limits.max_instances} instances of the function (strategy_config.concurrency) are busy "
+                f"and its queue of {limits.queue_length} is full",
+            )
+        return Reject("capacity", f"the node's memory budget ({self.memory_budget_mb} MB) is full and its queue too")
+
+    def _make_room(self, memory_mb: int) -> tuple[Hashable, ...] | None:
+        """Idle instances (least recently used first) to evict so `memory_mb` fits; None if it cannot."""
+        free = self.memory_budget_mb - self.memory_used_mb
+        if free >= memory_mb:
+            return ()
+        idle = sorted(
+            (i.last_used, token, i)
+            for f in self._functions.values()
+            for token, i in f.instances.items()
+            if i.busy == 0 and not i.reserved
+        )
+        evict = []
+        for _last, token, instance in idle:
+            if free >= memory_mb:
+                break
+            evict.append(token)
+            free += instance.memory_mb
+        if free < memory_mb:
+            return None
+        for token in evict:
+            self.gone(token)
+        return tuple(evict)
+
+    def started(self, key: Key, instance: Hashable, *, reserved: bool = False, for_request: bool = True) -> list:
+        """A started instance joins; its first slot is the starter's. Returns queued requests it now serves."""
+        function = self._functions[key]
+        function.starting -= 1
+        self._starting_memory -= function.limits.memory_mb
+        record = _Instance(key, function.limits.slots, function.limits.memory_mb, reserved=reserved)
+        record.busy = 1 if for_request else 0
+        record.last_used = self._clock()
+        function.instances[instance] = record
+        self._owner[instance] = key
+        return self._hand_out(function, instance)
+
+    def start_failed(self, key: Key) -> None:
+        function = self._functions[key]
+        function.starting -= 1
+        self._starting_memory -= function.limits.memory_mb
+
+    def release(self, instance: Hashable) -> list:
+        """A request finished on `instance`; returns the queued requests now given its slot."""
+        key = self._owner.get(instance)
+        if key is None:
+            return []
+        function = self._functions[key]
+        record = function.instances[instance]
+        record.busy -= 1
+        record.last_used = self._clock()
+        return self._hand_out(function, instance)
+
+    def _hand_out(self, function: _Function, instance: Hashable) -> list:
+        record = function.instances[instance]
+        handed = []
+        while function.queue and record.busy < record.capacity:
+            handed.append(function.queue.popleft())
+            record.busy += 1
+        return handed
+
+    def cancel(self, key: Key, request: Hashable) -> bool:
+        """A queued request gave up waiting; False if it was already handed a slot."""
+        function = self._functions.get(key)
+        if function is None or request not in function.queue:
+            return False
+        function.queue.remove(request)
+        return True
+
+    def gone(self, instance: Hashable) -> None:
+        """The instance died or was retired; its slots are gone with it."""
+        key = self._owner.pop(instance, None)
+        if key is not None:
+            self._functions[key].instances.pop(instance, None)
+
+    def set_busy(self, instance: Hashable) -> None:
+        """Take every slot of an instance that must take no more work (it is being retired)."""
+        key = self._owner.get(instance)
+        if key is not None:
+            record = self._functions[key].instances[instance]
+            record.busy = max(record.busy, record.capacity)
+
+    def idle_since(self, before: float) -> list[Hashable]:
+        """Idle on-demand instances last used before `before` (for the reaper)."""
+        return [
+            token
+            for f in self._functions.values()
+            for token, i in f.instances.items()
+            if i.busy == 0 and not i.reserved and i.last_used < before
+        ]
+
+    def waiting_with_nothing_coming(self, key: Key) -> list:
+        """Queued requests of a function that has no instance and none starting (they must retry)."""
+        function = self._functions.get(key)
+        if function is None or function.instances or function.starting:
+            return []
+        waiting = list(function.queue)
+        function.queue.clear()
+        return waiting

@@ -1,0 +1,188 @@
+"""The sans-IO scheduler: targeted cases, then thousands of random sequences against its invariants."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start, Wait
+
+F1 = ("p", "default", "f1")
+F2 = ("p", "default", "f2")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        self.now += 0.001
+        return self.now
+
+
+def limits(max_instances: int = 2, slots: int = 1, memory: int = 128, queue: int = 2) -> Limits:
+    return Limits(max_instances, slots, memory, queue)
+
+
+def test_first_request_starts_then_reuses() -> None:
+    s = Scheduler(Clock(), 1024)
+    assert s.acquire(F1, limits(), "r1") == Start()
+    assert s.started(F1, "i1") == []
+    assert s.release("i1") == []
+    assert s.acquire(F1, limits(), "r2") == Assign("i1")
+
+
+def test_slots_are_shared_up_to_concurrent_num() -> None:
+    s = Scheduler(Clock(), 1024)
+    assert s.acquire(F1, limits(slots=4), "r0") == Start()
+    s.started(F1, "i1")
+    assert [s.acquire(F1, limits(slots=4), f"r{n}") for n in range(1, 4)] == [Assign("i1")] * 3
+    assert s.busy_slots("i1") == 4
+    assert s.acquire(F1, limits(slots=4), "r4") == Start()
+
+
+def test_max_instances_then_queue_then_429() -> None:
+    s = Scheduler(Clock(), 1024)
+    lim = limits(max_instances=1, queue=1)
+    assert s.acquire(F1, lim, "r1") == Start()
+    assert s.acquire(F1, lim, "r2") == Wait()
+    decision = s.acquire(F1, lim, "r3")
+    assert isinstance(decision, Reject) and decision.kind == "throttled"
+    assert "all 1 instances" in decision.reason and "queue of 1" in decision.reason
+    # The starter's instance comes up busy; when it is released, the queued request gets it.
+    assert s.started(F1, "i1") == []
+    assert s.release("i1") == ["r2"]
+
+
+def test_queued_requests_get_extra_slots_of_a_new_instance() -> None:
+    s = Scheduler(Clock(), 1024)
+    lim = limits(max_instances=1, slots=3, queue=5)
+    assert s.acquire(F1, lim, "r1") == Start()
+    assert s.acquire(F1, lim, "r2") == Wait()
+    assert s.acquire(F1, lim, "r3") == Wait()
+    assert s.started(F1, "i1") == ["r2", "r3"]
+    assert s.busy_slots("i1") == 3
+
+
+def test_disabled_function_is_rejected() -> None:
+    decision = Scheduler(Clock(), 1024).acquire(F1, limits(max_instances=0), "r")
+    assert isinstance(decision, Reject) and decision.kind == "disabled"
+
+
+def test_memory_budget_evicts_least_recently_used_idle_instance() -> None:
+    s = Scheduler(Clock(), 256)
+    s.acquire(F1, limits(), "a")
+    s.started(F1, "old")
+    s.release("old")
+    s.acquire(F2, limits(), "b")
+    s.started(F2, "newer")
+    s.release("newer")
+    assert s.acquire(("p", "default", "f3"), limits(), "c") == Start(evict=("old",))
+    assert s.memory_used_mb == 256
+
+
+def test_memory_budget_full_of_busy_instances_is_503() -> None:
+    s = Scheduler(Clock(), 128)
+    s.acquire(F1, limits(), "a")
+    s.started(F1, "busy")
+    decision = s.acquire(F2, limits(), "b")
+    assert isinstance(decision, Reject) and decision.kind == "capacity"
+    assert "128 MB" in decision.reason
+
+
+def test_reserved_instances_are_never_reaped_or_evicted() -> None:
+    clock = Clock()
+    s = Scheduler(clock, 128)
+    s.acquire(F1, limits(), "a")
+    s.started(F1, "kept", reserved=True, for_request=False)
+    assert s.idle_since(clock.now + 100) == []
+    decision = s.acquire(F2, limits(), "b")
+    assert isinstance(decision, Reject)
+
+
+def test_reaper_sees_only_idle_instances_past_keepalive() -> None:
+    clock = Clock()
+    s = Scheduler(clock, 1024)
+    s.acquire(F1, limits(), "a")
+    s.started(F1, "idle")
+    s.release("idle")
+    s.acquire(F1, limits(), "b")  # takes "idle" again
+    assert s.idle_since(clock.now + 1) == []
+    s.release("idle")
+    assert s.idle_since(clock.now + 1) == ["idle"]
+
+
+def test_cancelled_waiter_leaves_the_queue() -> None:
+    s = Scheduler(Clock(), 1024)
+    lim = limits(max_instances=1, queue=3)
+    s.acquire(F1, lim, "r1")
+    s.acquire(F1, lim, "r2")
+    assert s.cancel(F1, "r2") is True
+    assert s.cancel(F1, "r2") is False
+    s.started(F1, "i1")
+    assert s.release("i1") == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_sequences_keep_the_invariants(seed: int) -> None:
+    rng = random.Random(seed)
+    clock = Clock()
+    budget = rng.choice([256, 512, 2048])
+    s = Scheduler(clock, budget)
+    keys = [("p", "d", f"f{n}") for n in range(3)]
+    lims = {k: Limits(rng.choice([-1, 1, 2, 4]), rng.choice([1, 2, 3]), rng.choice([64, 128, 256]), 3) for k in keys}
+    running: dict[str, str] = {}  # request -> instance
+    waiting: dict[str, tuple] = {}  # request -> key
+    starting: list[tuple[tuple, str]] = []
+    instances: dict[str, tuple] = {}
+    ids = itertools.count()
+    for _ in range(300):
+        action = rng.random()
+        if action < 0.45:
+            key = rng.choice(keys)
+            request = f"r{next(ids)}"
+            decision = s.acquire(key, lims[key], request)
+            if isinstance(decision, Assign):
+                running[request] = decision.instance
+            elif isinstance(decision, Start):
+                for evicted in decision.evict:
+                    instances.pop(evicted)
+                starting.append((key, request))
+            elif isinstance(decision, Wait):
+                waiting[request] = key
+        elif action < 0.65 and starting:
+            key, request = starting.pop(rng.randrange(len(starting)))
+            if rng.random() < 0.1:
+                s.start_failed(key)
+                for retry in s.waiting_with_nothing_coming(key):
+                    waiting.pop(retry)
+                continue
+            instance = f"i{next(ids)}"
+            instances[instance] = key
+            running[request] = instance
+            for handed in s.started(key, instance):
+                assert waiting.pop(handed) == key
+                running[handed] = instance
+        elif action < 0.9 and running:
+            request = rng.choice(list(running))
+            instance = running.pop(request)
+            for handed in s.release(instance):
+                assert waiting.pop(handed) == instances[instance]
+                running[handed] = instance
+        elif waiting:
+            request = rng.choice(list(waiting))
+            if s.cancel(waiting[request], request):
+                waiting.pop(request)
+        # Invariants, after every step.
+        for instance, key in instances.items():
+            busy = sum(1 for i in running.values() if i == instance)
+            assert s.busy_slots(instance) == busy <= lims[key].slots
+            if busy < lims[key].slots:
+                assert not any(k == key for k in waiting.values()), "a request waits while a slot is free"
+        for key in keys:
+            total = s.instances(key) + sum(1 for k, _ in starting if k == key)
+            if lims[key].max_instances > 0:
+                assert total <= lims[key].max_instances
+        assert s.memory_used_mb <= budget
