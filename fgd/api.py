@@ -18,6 +18,7 @@ from fgd import auth
 from fgd.dependencies import Dependencies
 from fgd.errors import FgdError, InvalidParameter, MethodNotAllowed, NotFound, TooLarge
 from fgd.functions import Functions
+from fgd.metrics import Metrics
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
 
@@ -41,7 +42,7 @@ def error_response(error: FgdError) -> Response:
 
 
 def create_app(
-    functions: Functions, dependencies: Dependencies, store: Store, logs_flush, token: str, health
+    functions: Functions, dependencies: Dependencies, store: Store, logs_flush, token: str, health, metrics: Metrics
 ) -> QuartTrio:
     app = QuartTrio("fgd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
@@ -86,6 +87,10 @@ def create_app(
     def lookup(project_id: str, urn: str) -> FunctionRecord:
         check_project(project_id)
         return functions.get(parse_function_ref(project_id, urn, functions.region))
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz")
     async def healthz() -> Response:

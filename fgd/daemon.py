@@ -29,6 +29,7 @@ from fgd.front import Inflight, build_front
 from fgd.functions import Functions
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
+from fgd.metrics import Metrics
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.uploads import Packager
@@ -108,9 +109,28 @@ async def serve(config: Config) -> None:
             "functions": len(store.functions),
         }
 
-    app = create_app(functions, dependencies, store, logs.flush, token, health)
+    def gauges() -> dict[str, dict[str, float]]:
+        states = {"idle": 0, "busy": 0}
+        for instances in invoker.instances.values():
+            for instance in instances:
+                if instance.state.value in states:
+                    states[instance.state.value] += 1
+        states["pool"] = sum(len(pool) for pool in invoker.pools.values())
+        return {
+            "fgd_instances Function instances by state (pool: contained, not yet given a function).": {
+                f'state="{state}"': count for state, count in states.items()
+            },
+            "fgd_queued_requests Requests waiting for a free instance.": {"": invoker.queued()},
+            "fgd_memory_budget_megabytes The node's memory budget for instances, and the part in use.": {
+                'kind="total"': invoker.scheduler.memory_budget_mb,
+                'kind="used"': invoker.scheduler.memory_used_mb,
+            },
+        }
+
+    metrics = Metrics(gauges)
+    app = create_app(functions, dependencies, store, logs.flush, token, health, metrics)
     inflight = Inflight()
-    front = build_front(app, functions, dependencies, invoker, token, inflight)
+    front = build_front(app, functions, dependencies, invoker, token, inflight, metrics)
 
     hconfig = hypercorn.config.Config()
     listener = open_listener(host, port, config.server.listen)

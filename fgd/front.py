@@ -18,10 +18,11 @@ import trio
 
 from fgd import auth
 from fgd.dependencies import Dependencies
-from fgd.errors import FgdError, InternalError, InvalidParameter, TooLarge
+from fgd.errors import FgdError, InternalError, InvalidParameter, Throttled, TooLarge, Unavailable
 from fgd.functions import Functions
 from fgd.invoker import Invoker, Outcome, new_request_id
 from fgd.logs import billed_ms, tail
+from fgd.metrics import Metrics
 from fgd.model import check_project, parse_function_ref
 from fgd.uploads import is_raw_zip, raw_limit, receive_to_file
 
@@ -165,6 +166,7 @@ def build_front(
     invoker: Invoker,
     token: str,
     inflight: Inflight,
+    metrics: Metrics,
 ) -> ASGIApp:
     code = functions.packager.code
 
@@ -207,7 +209,12 @@ def build_front(
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             event = await _read_body(receive, headers.get(b"content-length"))
-            outcome = await invoker.invoke(record, event, new_request_id())
+            try:
+                outcome = await invoker.invoke(record, event, new_request_id())
+            except (Throttled, Unavailable) as refusal:
+                metrics.refused(record.key, "capacity" if isinstance(refusal, Unavailable) else "throttled")
+                raise
+            metrics.invoked(record.key, outcome)
         except FgdError as error:
             await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
             return

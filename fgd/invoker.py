@@ -267,6 +267,9 @@ class Invoker:
             if not instances:
                 del self.instances[key]
 
+    def queued(self) -> int:
+        return len(self._waiters)
+
     def code_in_use(self) -> set[str]:
         """Packages (code and dependencies) mounted by a live instance, which must not be collected."""
         return {sha for instances in self.instances.values() for i in instances for sha in i.packages}

@@ -1,0 +1,119 @@
+"""Prometheus text metrics, kept as plain counters (cheap on the invoke path).
+
+Exposed at GET /metrics (authenticated like /v2). Function labels are
+`<project>/<package>:<name>`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from collections.abc import Callable
+
+from fgd.invoker import Outcome
+
+Key = tuple[str, str, str]
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+OUTCOMES = {
+    "Runtime.Timeout": "timeout",
+    "Runtime.OutOfMemory": "out_of_memory",
+    "Runtime.ExitError": "crash",
+    "Runtime.InitError": "init_error",
+    "Runtime.ImportModuleError": "init_error",
+    "Runtime.HandlerNotFound": "init_error",
+}
+
+
+def _label(key: Key) -> str:
+    project, package, name = key
+    # Names and packages are restricted to [A-Za-z0-9_-]: nothing to escape.
+    return f"{project}/{package}:{name}"
+
+
+class Histogram:
+    def __init__(self) -> None:
+        self.counts = [0] * (len(DURATION_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+        self.total += seconds
+
+    def render(self, name: str, labels: str) -> list[str]:
+        lines = []
+        cumulative = 0
+        for bound, count in zip(DURATION_BUCKETS, self.counts, strict=False):
+            cumulative += count
+            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {cumulative}')
+        cumulative += self.counts[-1]
+        lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {cumulative}')
+        lines.append(f"{name}_sum{{{labels}}} {self.total:.6f}")
+        lines.append(f"{name}_count{{{labels}}} {cumulative}")
+        return lines
+
+
+class Metrics:
+    def __init__(self, gauges: Callable[[], dict[str, dict[str, float]]]) -> None:
+        self.invocations: dict[tuple[Key, str], int] = defaultdict(int)
+        self.cold_starts: dict[Key, int] = defaultdict(int)
+        self.throttles: dict[tuple[Key, str], int] = defaultdict(int)
+        self.durations: dict[Key, Histogram] = defaultdict(Histogram)
+        self.init_durations: dict[Key, Histogram] = defaultdict(Histogram)
+        self._gauges = gauges
+
+    def invoked(self, key: Key, outcome: Outcome) -> None:
+        kind = "success" if outcome.error is None else OUTCOMES.get(outcome.error.error_type, "function_error")
+        self.invocations[key, kind] += 1
+        self.durations[key].observe(outcome.duration_ms / 1000)
+        if outcome.cold:
+            self.cold_starts[key] += 1
+            if outcome.init_ms is not None:
+                self.init_durations[key].observe(outcome.init_ms / 1000)
+
+    def refused(self, key: Key, reason: str) -> None:
+        self.throttles[key, reason] += 1
+
+    def render(self) -> str:
+        out = [
+            "# HELP fgd_invocations_total Invocations by function and outcome.",
+            "# TYPE fgd_invocations_total counter",
+        ]
+        for (key, kind), count in sorted(self.invocations.items()):
+            out.append(f'fgd_invocations_total{{function="{_label(key)}",outcome="{kind}"}} {count}')
+        for metric, source, help_text in (
+            ("fgd_timeouts_total", "timeout", "Invocations killed at their timeout."),
+            ("fgd_oom_kills_total", "out_of_memory", "Invocations whose instance ran out of memory."),
+        ):
+            out += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+            for (key, kind), count in sorted(self.invocations.items()):
+                if kind == source:
+                    out.append(f'{metric}{{function="{_label(key)}"}} {count}')
+        out += [
+            "# HELP fgd_cold_starts_total Invocations that started an instance.",
+            "# TYPE fgd_cold_starts_total counter",
+        ]
+        out += [f'fgd_cold_starts_total{{function="{_label(k)}"}} {v}' for k, v in sorted(self.cold_starts.items())]
+        out += [
+            "# HELP fgd_throttles_total Requests refused for capacity (429 throttled or disabled, 503 node full).",
+            "# TYPE fgd_throttles_total counter",
+        ]
+        for (key, reason), count in sorted(self.throttles.items()):
+            out.append(f'fgd_throttles_total{{function="{_label(key)}",reason="{reason}"}} {count}')
+        out += [
+            "# HELP fgd_invocation_duration_seconds Handler run time.",
+            "# TYPE fgd_invocation_duration_seconds histogram",
+        ]
+        for key, histogram in sorted(self.durations.items()):
+            out += histogram.render("fgd_invocation_duration_seconds", f'function="{_label(key)}"')
+        out += [
+            "# HELP fgd_init_duration_seconds Cold start: instance start, handler import and initializer.",
+            "# TYPE fgd_init_duration_seconds histogram",
+        ]
+        for key, histogram in sorted(self.init_durations.items()):
+            out += histogram.render("fgd_init_duration_seconds", f'function="{_label(key)}"')
+        for name, series in self._gauges().items():
+            metric, _, help_text = name.partition(" ")
+            out += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+            for labels, value in series.items():
+                out.append(f"{metric}{{{labels}}} {value}" if labels else f"{metric} {value}")
+        return "\n".join(out) + "\n"
