@@ -100,9 +100,17 @@ class Instance:
         self.packages: set[str] = set()
         self._peak_fd = -1
         self.last_used = time.monotonic()
-        self.request_id = ""
-        self.lines: list[LogLine] = []
-        self.dropped_lines = 0
+        # Requests running on the instance now; output from its pipes goes to the one
+        # running (to none when several run: their prints come tagged as Log frames).
+        self.active: list[str] = []
+        self.lines: dict[str, list[LogLine]] = {}
+        self.dropped_lines: dict[str, int] = {}
+        self.kill_reason = ""
+        self._results: dict[str, protocol.Frame] = {}
+        self._waiting: dict[str, trio.Event] = {}
+        self._reading = False
+        self._gone: str | None = None
+        self._send_lock = trio.Lock()
         self._max_lines = max_lines
         self._socket: trio.socket.SocketType | None = None
         self._buffer = protocol.FrameBuffer()
@@ -212,20 +220,28 @@ class Instance:
         for stream, text in lines:
             self.add_line(stream, text)
 
-    def add_line(self, stream: str, text: str) -> None:
-        if len(self.lines) >= self._max_lines:
-            self.dropped_lines += 1
-            return
-        self.lines.append(LogLine(time.time(), self.request_id, self.id, stream, text))
+    @property
+    def request_id(self) -> str:
+        """The request untagged output belongs to: the only one running, else none."""
+        return self.active[0] if len(self.active) == 1 else ""
 
-    def take_lines(self) -> list[LogLine]:
-        lines, self.lines = self.lines, []
-        if self.dropped_lines:
-            lines.append(
-                LogLine(time.time(), self.request_id, self.id, "platform", f"{self.dropped_lines} log lines dropped")
-            )
-            self.dropped_lines = 0
+    def add_line(self, stream: str, text: str, request_id: str | None = None) -> None:
+        owner = self.request_id if request_id is None else request_id
+        lines = self.lines.setdefault(owner, [])
+        if len(lines) >= self._max_lines:
+            self.dropped_lines[owner] = self.dropped_lines.get(owner, 0) + 1
+            return
+        lines.append(LogLine(time.time(), owner, self.id, stream, text))
+
+    def take_lines(self, request_id: str = "") -> list[LogLine]:
+        lines = self.lines.pop(request_id, [])
+        dropped = self.dropped_lines.pop(request_id, 0)
+        if dropped:
+            lines.append(LogLine(time.time(), request_id, self.id, "platform", f"{dropped} log lines dropped"))
         return lines
+
+    def take_all_lines(self) -> list[LogLine]:
+        return [line for owner in list(self.lines) for line in self.take_lines(owner)]
 
     def kill(self) -> None:
         """Kill every process of the instance (its whole cgroup); idempotent."""
@@ -275,16 +291,61 @@ class Instance:
     # Frames ------------------------------------------------------------------
 
     async def send(self, frame: protocol.Frame) -> None:
-        # Raw socket calls: one request at a time per instance, so SocketStream's
-        # conflict detection would only add cost on the hot path.
         assert self._socket is not None
         data = memoryview(protocol.encode(frame))
         try:
-            while data:
-                sent = await self._socket.send(data)
-                data = data[sent:]
+            # Concurrent requests must not interleave their frames.
+            async with self._send_lock:
+                while data:
+                    sent = await self._socket.send(data)
+                    data = data[sent:]
         except OSError as exc:
             raise InstanceGone(f"cannot write to the instance: {exc}") from None
+
+    async def result(self, request_id: str) -> protocol.Frame:
+        """The answer to `request_id`. Whoever waits and finds no one reading reads for everyone."""
+        while True:
+            if request_id in self._results:
+                return self._results.pop(request_id)
+            if self._gone is not None:
+                raise InstanceGone(self._gone)
+            if self._reading:
+                event = self._waiting[request_id] = trio.Event()
+                try:
+                    await event.wait()
+                except BaseException:
+                    if self._waiting.get(request_id) is event:
+                        del self._waiting[request_id]
+                    elif not self._reading:
+                        self._hand_over()  # we were handed the reading and are leaving: pass it on
+                    raise
+                continue
+            self._reading = True
+            try:
+                frame = await self.receive()
+                if not isinstance(frame, protocol.Result):
+                    raise InstanceGone(f"the instance answered with an unexpected {type(frame).__name__} frame")
+                if frame.request_id == request_id:
+                    return frame
+                self._results[frame.request_id] = frame
+                waiter = self._waiting.pop(frame.request_id, None)
+                if waiter is not None:
+                    waiter.set()
+            except InstanceGone as gone:
+                self._gone = self.kill_reason or gone.message
+                raise InstanceGone(self._gone) from None
+            finally:
+                self._reading = False
+                self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Wake one waiter to read next (or all of them, if the instance is gone)."""
+        if self._gone is not None:
+            for waiter in self._waiting.values():
+                waiter.set()
+            self._waiting.clear()
+        elif self._waiting:
+            self._waiting.pop(next(iter(self._waiting))).set()
 
     async def receive(self) -> protocol.Frame:
         """Next frame that is not a Log; Log frames are collected as log lines."""
@@ -293,7 +354,10 @@ class Instance:
             while self._frames:
                 frame = self._frames.pop(0)
                 if isinstance(frame, protocol.Log):
-                    self.add_line("logger", f"[{frame.level}] {frame.message}")
+                    if frame.level in ("stdout", "stderr"):
+                        self.add_line(frame.level, frame.message, frame.request_id)
+                    else:
+                        self.add_line("logger", f"[{frame.level}] {frame.message}", frame.request_id)
                     continue
                 return frame
             try:

@@ -102,6 +102,7 @@ def specialize_frame(record: FunctionRecord, code_dir: str) -> protocol.Speciali
         initializer_timeout=settings.initializer_timeout,
         environ=function_environment(record, code_dir),
         identity=identity,
+        concurrency=settings.strategy_config.concurrent_num,
     )
 
 
@@ -258,7 +259,7 @@ class Invoker:
         self._by_id.pop(instance.id, None)
         self._wake(self.scheduler.waiting_with_nothing_coming(key), None)
         self._retire_instance(instance)
-        lines = instance.take_lines()
+        lines = instance.take_all_lines()
         if lines:
             self._logs.add(key, lines)
         instances = self.instances.get(key)
@@ -284,8 +285,7 @@ class Invoker:
     def _limits(self, record: FunctionRecord) -> Limits:
         return Limits(
             max_instances=record.settings.strategy_config.concurrency,
-            # One request at a time per instance until instances serve several (concurrent_num).
-            slots=1,
+            slots=record.settings.strategy_config.concurrent_num,
             memory_mb=record.settings.memory_size,
             queue_length=self._config.scheduler.queue_length,
         )
@@ -349,9 +349,9 @@ class Invoker:
 
     def _release(self, instance: Instance) -> None:
         handed = self.scheduler.release(instance.id)
-        if handed:
+        self._wake(handed, instance)
+        if self.scheduler.busy_slots(instance.id):
             instance.state = State.BUSY
-            self._wake(handed, instance)
         else:
             instance.state = State.IDLE
             instance.last_used = time.monotonic()
@@ -398,15 +398,15 @@ class Invoker:
             self._by_id[instance.id] = instance
             self._wake(self.scheduler.started(record.key, instance.id), instance)
             outcome.init_ms = instance.init_ms
-        instance.request_id = request_id
+        if request_id not in instance.active:
+            instance.active.append(request_id)
         started = trio.current_time()
         healthy = True
         with trio.move_on_at(started + settings.timeout) as scope:
             try:
                 await instance.send(protocol.Invoke(request_id, event, time.time() + settings.timeout))
-                result = await instance.receive()
-                if not isinstance(result, protocol.Result) or result.request_id != request_id:
-                    raise InstanceGone(f"the instance answered with an unexpected {type(result).__name__} frame")
+                result = await instance.result(request_id)
+                assert isinstance(result, protocol.Result)
                 outcome.body, outcome.error = result.body, result.error
                 outcome.max_memory_mb = instance.memory_peak_mb() or result.max_rss_kb / 1024
             except InstanceGone as gone:
@@ -414,6 +414,8 @@ class Invoker:
                 outcome.error = self._gone_error(instance, gone, settings.memory_size)
         if scope.cancelled_caught:
             healthy = False
+            # The whole instance goes: requests sharing it learn why.
+            instance.kill_reason = f"the instance was recycled because request {request_id} on it timed out"
             outcome.error = FunctionError(
                 "Runtime.Timeout", f"the function did not finish within its timeout of {settings.timeout} s"
             )
@@ -440,7 +442,7 @@ class Invoker:
                 instance = await self._new_instance(zygote)
             except InstanceGone as gone:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
-        instance.request_id = request_id
+        instance.active.append(request_id)
         instance.revision = record.revision
         instance.key = record.key
         instance.packages = {record.code.sha256} | {
@@ -500,9 +502,11 @@ class Invoker:
             summary_line(
                 outcome.request_id, outcome.duration_ms, outcome.memory_size, outcome.max_memory_mb, outcome.init_ms
             ),
+            outcome.request_id,
         )
-        outcome.logs = instance.take_lines()
-        instance.request_id = ""
+        if outcome.request_id in instance.active:
+            instance.active.remove(outcome.request_id)
+        outcome.logs = instance.take_lines(outcome.request_id)
         current = self._store.get(record.key)
         if current is not None:
             # A function deleted while this request ran keeps no logs.

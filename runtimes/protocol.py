@@ -65,6 +65,8 @@ class Specialize(msgspec.Struct, tag=True, frozen=True):
     identity: FunctionIdentity
     dependency_dirs: list[str] = []
     sandbox: EnterPolicy | None = None
+    # Requests served at once (FunctionGraph's concurrent_num).
+    concurrency: int = 1
 
 
 class Invoke(msgspec.Struct, tag=True, frozen=True):

@@ -7,6 +7,7 @@ at a time for now, so the simplest loop is also the fastest one.
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import resource
@@ -20,6 +21,7 @@ from typing import Any, NoReturn
 
 from runtimes import protocol
 from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, Specialize
+from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
 from sandbox.contain import ContainmentFailed, contain, enter
 
@@ -133,6 +135,19 @@ class Instance:
             value = self._handler(event, context)
         except Exception as exc:  # noqa: BLE001 - the function's failure is reported, not raised
             return Result(frame.request_id, error=error_from_exception(exc), max_rss_kb=_max_rss_kb())
+        return self.result(frame, value)
+
+    async def invoke_async(self, frame: Invoke) -> Result:
+        """The same for an `async def handler`, on the instance's event loop."""
+        context = Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log)
+        try:
+            event = json.loads(frame.event) if frame.event else {}
+            value = await self._handler(event, context)
+        except Exception as exc:  # noqa: BLE001
+            return Result(frame.request_id, error=error_from_exception(exc), max_rss_kb=_max_rss_kb())
+        return self.result(frame, value)
+
+    def result(self, frame: Invoke, value: Any) -> Result:
         try:
             body = encode_result(value)
         except (TypeError, ValueError) as exc:
@@ -200,6 +215,8 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         conn.send(protocol.InitError(exc.error))
         os._exit(0)
     conn.send(protocol.Ready((time.monotonic() - started) * 1000))
+    if spec.concurrency > 1 or inspect.iscoroutinefunction(handler):
+        serve_concurrently(conn, instance, spec.concurrency, inspect.iscoroutinefunction(handler))
     while True:
         frame = conn.receive()
         if isinstance(frame, Invoke):

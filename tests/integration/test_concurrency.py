@@ -1,0 +1,102 @@
+"""strategy_config.concurrent_num: several requests share one instance, and their logs stay apart."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+from tests.conftest import INSTANCE_TOKEN, Api
+
+SLEEPY = (
+    INSTANCE_TOKEN
+    + """
+import time
+CALLS = []
+
+def handler(event, context):
+    CALLS.append(context.getRequestID())
+    for i in range(event.get("lines", 0)):
+        print(f"line {i} of {context.getRequestID()}")
+        context.getLogger().info("logger %d of %s", i, context.getRequestID())
+        time.sleep(0.001)
+    time.sleep(event.get("s", 0))
+    return {"instance": INSTANCE, "calls": len(CALLS)}
+"""
+)
+
+
+def fire(api: Api, name: str, count: int, event: dict) -> tuple[list, float]:
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        responses = list(
+            pool.map(lambda _: api.daemon.client().post(f"/functions/{name}/invocations", json=event), range(count))
+        )
+    return responses, time.monotonic() - started
+
+
+def test_four_requests_share_one_instance_at_once(api: Api) -> None:
+    name = api.deploy(SLEEPY, strategy_config={"concurrency": 1, "concurrent_num": 4}, timeout=10)["func_name"]
+    api.invoke(name)  # warm: the instance exists
+    responses, elapsed = fire(api, name, 4, {"s": 0.5})
+    bodies = [r.json() for r in responses]
+    assert all(r.headers["x-is-func-err"] == "false" for r in responses)
+    assert len({b["instance"] for b in bodies}) == 1
+    assert elapsed < 0.9  # together, not one after another (2 s)
+    assert max(b["calls"] for b in bodies) == 5  # module globals are shared by the requests
+
+
+def test_eight_requests_two_instances_of_four_finish_in_about_one_sleep(api: Api) -> None:
+    name = api.deploy(SLEEPY, strategy_config={"concurrency": 2, "concurrent_num": 4}, timeout=10)["func_name"]
+    responses, elapsed = fire(api, name, 8, {"s": 0.5})
+    assert all(r.status_code == 200 and r.headers["x-is-func-err"] == "false" for r in responses)
+    assert len({r.json()["instance"] for r in responses}) == 2
+    assert elapsed < 1.3
+
+
+def test_async_handlers_run_concurrently_on_one_event_loop(api: Api) -> None:
+    source = (
+        INSTANCE_TOKEN
+        + """
+import asyncio, threading
+
+async def handler(event, context):
+    await asyncio.sleep(0.5)
+    print("async done", context.getRequestID())
+    return [INSTANCE, threading.current_thread().name]
+"""
+    )
+    name = api.deploy(source, strategy_config={"concurrency": 1, "concurrent_num": 5}, timeout=10)["func_name"]
+    api.invoke(name)
+    responses, elapsed = fire(api, name, 5, {})
+    bodies = [r.json() for r in responses]
+    assert len({b[0] for b in bodies}) == 1
+    assert {b[1] for b in bodies} == {"handler-loop"}
+    assert elapsed < 1.0
+
+
+def test_logs_of_concurrent_requests_never_mix(api: Api) -> None:
+    name = api.deploy(SLEEPY, strategy_config={"concurrency": 1, "concurrent_num": 4}, timeout=10)["func_name"]
+    responses, _ = fire(api, name, 4, {"lines": 20})
+    for response in responses:
+        request_id = response.headers["x-cff-request-id"]
+        logs = api.http.get(f"/functions/{name}/logs", params={"request_id": request_id, "limit": 1000}).json()["logs"]
+        prints = [line["message"] for line in logs if line["stream"] == "stdout"]
+        logged = [line["message"] for line in logs if line["stream"] == "logger"]
+        assert prints == [f"line {i} of {request_id}" for i in range(20)]
+        assert logged == [f"[INFO] logger {i} of {request_id}" for i in range(20)]
+        assert sum(1 for line in logs if line["stream"] == "platform") == 1
+
+
+def test_a_timeout_recycles_the_shared_instance_and_says_why(api: Api) -> None:
+    name = api.deploy(SLEEPY, strategy_config={"concurrency": 1, "concurrent_num": 2}, timeout=1)["func_name"]
+    api.invoke(name)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(lambda: api.daemon.client().post(f"/functions/{name}/invocations", json={"s": 5}))
+        time.sleep(0.2)
+        quick = pool.submit(lambda: api.daemon.client().post(f"/functions/{name}/invocations", json={"s": 0.9}))
+        assert slow.result().json()["errorType"] == "Runtime.Timeout"
+        other = quick.result()
+    # The other request either finished first or was taken down with the instance, told why.
+    if other.headers["x-is-func-err"] == "true":
+        assert "timed out" in other.json()["errorMessage"]
+    assert api.invoke(name).headers["x-is-func-err"] == "false"
