@@ -155,6 +155,32 @@ def create_app(
         record = await functions.update_code(lookup(project_id, urn), await body_json())
         return json_response(functions.config(record))
 
+    @app.put(f"{BASE}/functions/<urn>/reservedinstances")
+    async def put_reserved(project_id: str, urn: str) -> Response:
+        record = await functions.set_reserved(lookup(project_id, urn), await body_json())
+        return json_response({"func_urn": functions.config(record).func_urn, "count": record.reserved})
+
+    @app.get(f"{BASE}/functions/reservedinstances")
+    async def list_reserved(project_id: str) -> Response:
+        check_project(project_id)
+        rows = [
+            {
+                "func_urn": functions.config(r).func_urn,
+                "qualifier_type": "version",
+                "qualifier_name": "latest",
+                "min_count": r.reserved,
+                "running": functions.reserved_running(r),
+            }
+            for r in store.list(project_id)
+            if r.reserved
+        ]
+        return json_response({"reservedinstances": rows, "count": len(rows)})
+
+    @app.put(f"{BASE}/functions/<urn>/config-max-instance")
+    async def put_max_instances(project_id: str, urn: str) -> Response:
+        record = await functions.set_max_instances(lookup(project_id, urn), await body_json())
+        return json_response(functions.config(record))
+
     @app.delete(f"{BASE}/functions/<urn>")
     async def delete_function(project_id: str, urn: str) -> Response:
         await functions.delete(lookup(project_id, urn))

@@ -90,6 +90,7 @@ class Functions:
             ephemeral_storage=s.ephemeral_storage,
             version="latest",
             last_modified=_timestamp(record.last_modified),
+            reserved_instances=record.reserved,
         )
 
     def _check_runtime(self, runtime: str) -> None:
@@ -150,6 +151,33 @@ class Functions:
         return await self._replace(
             record, code=code, code_type=request.code_type, code_filename=request.code_filename or record.code_filename
         )
+
+    def reserved_running(self, record: FunctionRecord) -> int:
+        return self._invoker.reserved_count(record)
+
+    async def set_reserved(self, record: FunctionRecord, body: object) -> FunctionRecord:
+        """PUT .../reservedinstances {"count": n}: keep n instances started and warm."""
+        if not isinstance(body, dict) or not isinstance(body.get("count"), int) or isinstance(body["count"], bool):
+            raise InvalidParameter('the body must be {"count": <number of reserved instances>}')
+        count = body["count"]
+        cap = record.settings.strategy_config.concurrency
+        if not 0 <= count <= 1000 or (cap >= 0 and count > cap):
+            raise InvalidParameter(
+                f"count must be 0-1000 and at most the function's max instances "
+                f"(strategy_config.concurrency = {cap}); got {count}"
+            )
+        current = self._store.get(record.key) or record
+        updated = msgspec.structs.replace(current, reserved=count, last_modified=time.time())
+        await self._store.put(updated)
+        self._invoker.reserved_changed()
+        return updated
+
+    async def set_max_instances(self, record: FunctionRecord, body: object) -> FunctionRecord:
+        """PUT .../config-max-instance {"max_instance_num": n} (FunctionGraph's shortcut)."""
+        if not isinstance(body, dict) or "max_instance_num" not in body:
+            raise InvalidParameter('the body must be {"max_instance_num": <-1, 0 or 1-1000>}')
+        strategy = msgspec.to_builtins(record.settings.strategy_config) | {"concurrency": body["max_instance_num"]}
+        return await self.update_config(record, {"strategy_config": strategy})
 
     async def update_code_file(self, record: FunctionRecord, path: Path, code_filename: str) -> FunctionRecord:
         """Replace the code with a zip streamed to `path` (consumed)."""

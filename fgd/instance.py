@@ -106,6 +106,8 @@ class Instance:
         self.lines: dict[str, list[LogLine]] = {}
         self.dropped_lines: dict[str, int] = {}
         self.kill_reason = ""
+        # Kept started and warm for the function (reserved instances), never reaped.
+        self.reserved = False
         self._results: dict[str, protocol.Frame] = {}
         self._waiting: dict[str, trio.Event] = {}
         self._reading = False

@@ -32,6 +32,7 @@ from runtimes import protocol
 from runtimes.protocol import FunctionError
 
 REAP_INTERVAL = 1.0
+RESERVE_CHECK = 0.5
 
 log = logging.getLogger("fgd.invoker")
 
@@ -137,6 +138,7 @@ class Invoker:
         self.scheduler = Scheduler(time.monotonic, budget)
         self._by_id: dict[str, Instance] = {}
         self._waiters: dict[str, _Waiter] = {}
+        self._reserved_changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Own every instance's background task; reap idle ones. Kills all on exit."""
@@ -146,6 +148,7 @@ class Invoker:
                 for runtime in self.zygotes:
                     nursery.start_soon(self._fill_pool, runtime)
                 nursery.start_soon(self._release_cgroups)
+                nursery.start_soon(self._keep_reserved)
                 task_status.started()
                 while True:
                     await trio.sleep(REAP_INTERVAL)
@@ -237,8 +240,78 @@ class Invoker:
             if instance is not None:
                 self._discard(instance.key, instance)
 
+    # Reserved instances ----------------------------------------------------------
+
+    def reserved_changed(self) -> None:
+        self._reserved_changed.set()
+
+    def reserved_count(self, record: FunctionRecord) -> int:
+        return sum(
+            1
+            for i in self.instances.get(record.key, [])
+            if i.reserved and i.revision == record.revision and i.state is not State.DEAD
+        )
+
+    def _exited(self, instance: Instance) -> bool:
+        zygote = instance.zygote
+        return instance.zygote_generation != zygote.generation or instance.pid in zygote.exit_codes
+
+    async def _keep_reserved(self) -> None:
+        """Start each function's reserved instances, replace those that die, retire the surplus."""
+        while True:
+            with trio.move_on_after(RESERVE_CHECK):
+                await self._reserved_changed.wait()
+            self._reserved_changed = trio.Event()
+            for record in list(self._store.functions.values()):
+                reserved = [i for i in self.instances.get(record.key, []) if i.reserved]
+                for instance in reserved:
+                    if instance.state is State.IDLE and self._exited(instance):
+                        self._discard(record.key, instance)
+                live = [i for i in reserved if i.state is not State.DEAD and i.revision == record.revision]
+                for instance in live[record.reserved :]:
+                    if instance.state is State.IDLE:
+                        self._discard(record.key, instance)
+                for _ in range(record.reserved - len(live)):
+                    if not await self._start_reserved(record):
+                        break
+
+    async def _start_reserved(self, record: FunctionRecord) -> bool:
+        decision = self.scheduler.reserve(record.key, self._limits(record))
+        if isinstance(decision, Reject):
+            log.warning("cannot keep reserved instances of %s: %s", record.func_name, decision.reason)
+            return False
+        for token in decision.evict:
+            evicted = self._by_id.get(token)
+            if evicted is not None:
+                self._discard(evicted.key, evicted)
+        token = f"reserved-{uuid.uuid4().hex[:8]}"
+        try:
+            instance, failure = await self._cold_start(record, token)
+        except Unavailable as exc:
+            self.scheduler.start_failed(record.key)
+            log.warning("cannot start a reserved instance of %s: %s", record.func_name, exc.message)
+            return False
+        instance.active.remove(token)
+        lines = instance.take_lines(token)
+        if failure is not None:
+            self.scheduler.start_failed(record.key)
+            self._logs.add(record.key, lines)
+            self._discard(record.key, instance)
+            log.warning("reserved instance of %s failed to start: %s", record.func_name, failure.error.error_message)
+            return False
+        self._logs.add(record.key, lines)
+        instance.reserved = True
+        self._by_id[instance.id] = instance
+        instance.state = State.IDLE
+        handed = self.scheduler.started(record.key, instance.id, reserved=True, for_request=False)
+        if handed:
+            instance.state = State.BUSY
+            self._wake(handed, instance)
+        return True
+
     def retire(self, key: tuple[str, str, str]) -> None:
         """The function changed or was deleted: idle instances go now, busy ones after their request."""
+        self.reserved_changed()
         for instance in list(self.instances.get(key, [])):
             if instance.state is State.IDLE:
                 self._discard(key, instance)

@@ -127,6 +127,8 @@ class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
     code_filename: str
     # Bumped by every change; instances specialised for an older revision retire.
     revision: int
+    # Instances kept started and warm, never reaped (PUT .../reservedinstances).
+    reserved: int = 0
     created: float
     last_modified: float
 
@@ -161,6 +163,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
     ephemeral_storage: int
     version: str
     last_modified: str
+    reserved_instances: int = 0
 
 
 def cpu_millicores(memory_size: int) -> int:

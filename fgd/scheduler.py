@@ -115,8 +115,8 @@ class Scheduler:
             return Reject("disabled", "the function is disabled: its maximum number of instances is 0")
         free = [i for i in function.instances.items() if i[1].busy < i[1].capacity]
         if free:
-            # Most recently used first, so the others can go idle and be reaped.
-            token, instance = max(free, key=lambda item: (item[1].busy > 0, item[1].last_used))
+            # Reserved instances first, then most recently used, so on-demand ones can go idle and be reaped.
+            token, instance = max(free, key=lambda item: (item[1].reserved, item[1].busy > 0, item[1].last_used))
             instance.busy += 1
             instance.last_used = self._clock()
             return Assign(token)
@@ -143,6 +143,20 @@ class Scheduler:
                 f"and its queue of {limits.queue_length} is full",
             )
         return Reject("capacity", f"the node's memory budget ({self.memory_budget_mb} MB) is full and its queue too")
+
+    def reserve(self, key: Key, limits: Limits) -> Start | Reject:
+        """May one more reserved instance start now (within max instances and the memory budget)?"""
+        function = self._functions.setdefault(key, _Function(limits))
+        function.limits = limits
+        total = len(function.instances) + function.starting
+        if limits.max_instances == 0 or (limits.max_instances > 0 and total >= limits.max_instances):
+            return Reject("throttled", f"reserved instances are capped by max instances ({limits.max_instances})")
+        evict = self._make_room(limits.memory_mb)
+        if evict is None:
+            return Reject("capacity", f"the node's memory budget ({self.memory_budget_mb} MB) is full")
+        function.starting += 1
+        self._starting_memory += limits.memory_mb
+        return Start(evict)
 
     def _make_room(self, memory_mb: int) -> tuple[Hashable, ...] | None:
         """Idle instances (least recently used first) to evict so `memory_mb` fits; None if it cannot."""
