@@ -31,6 +31,12 @@ class InvalidParameter(FgdError):
     code = "FSS.0400"
 
 
+class InvalidInstanceMemory(InvalidParameter):
+    """X-Cff-Instance-Memory is not usable (FunctionGraph's FSS.0406)."""
+
+    code = "FSS.0406"
+
+
 class Unauthorized(FgdError):
     status = 401
     code = "FSS.0401"

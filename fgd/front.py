@@ -18,7 +18,15 @@ import trio
 
 from fgd import auth
 from fgd.dependencies import Dependencies
-from fgd.errors import FgdError, InternalError, InvalidParameter, Throttled, TooLarge, Unavailable
+from fgd.errors import (
+    FgdError,
+    InternalError,
+    InvalidInstanceMemory,
+    InvalidParameter,
+    Throttled,
+    TooLarge,
+    Unavailable,
+)
 from fgd.functions import Functions
 from fgd.invoker import Invoker, Outcome, new_request_id
 from fgd.logs import billed_ms, tail
@@ -127,6 +135,20 @@ def _outcome_body(outcome: Outcome, version: bytes) -> bytes:
     )
 
 
+def instance_memory(header: bytes | None, enabled: bool) -> int | None:
+    """The memory size a request asks for with X-Cff-Instance-Memory, checked."""
+    if header is None:
+        return None
+    if not enabled:
+        raise InvalidInstanceMemory(
+            "X-Cff-Instance-Memory needs dynamic memory: set enable_dynamic_memory in the function's config"
+        )
+    text = header.decode(errors="replace").strip()
+    if not text.isdigit() or not 64 <= int(text) <= 10240:
+        raise InvalidInstanceMemory(f"X-Cff-Instance-Memory must be a memory size in MB from 64 to 10240, not {text!r}")
+    return int(text)
+
+
 class Inflight:
     """Counts HTTP requests being served, so shutdown can wait for them to finish."""
 
@@ -209,8 +231,9 @@ def build_front(
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             event = await _read_body(receive, headers.get(b"content-length"))
+            memory = instance_memory(headers.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
             try:
-                outcome = await invoker.invoke(record, event, new_request_id())
+                outcome = await invoker.invoke(record, event, new_request_id(), memory)
             except (Throttled, Unavailable) as refusal:
                 metrics.refused(record.key, "capacity" if isinstance(refusal, Unavailable) else "throttled")
                 raise

@@ -88,6 +88,7 @@ class Functions:
             strategy_config=s.strategy_config,
             depend_version_list=list(s.depend_version_list),
             ephemeral_storage=s.ephemeral_storage,
+            enable_dynamic_memory=s.enable_dynamic_memory,
             version="latest",
             last_modified=_timestamp(record.last_modified),
             reserved_instances=record.reserved,

@@ -95,6 +95,7 @@ class Instance:
         self.state = State.STARTING
         self.revision = -1
         self.key: tuple[str, str, str] = ("", "", "")
+        self.pool_key: tuple = ()
         self.init_ms: float | None = None
         # sha256 of the code and dependency trees this instance mounts.
         self.packages: set[str] = set()

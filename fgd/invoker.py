@@ -51,6 +51,11 @@ class Outcome(msgspec.Struct, kw_only=True):
     logs: list[LogLine] = []
 
 
+def pool_key(record: FunctionRecord) -> tuple:
+    """Instances are interchangeable only within one function and one memory size (dynamic memory)."""
+    return (*record.key, record.settings.memory_size)
+
+
 def new_request_id() -> str:
     return str(uuid.uuid4())
 
@@ -276,7 +281,7 @@ class Invoker:
                         break
 
     async def _start_reserved(self, record: FunctionRecord) -> bool:
-        decision = self.scheduler.reserve(record.key, self._limits(record))
+        decision = self.scheduler.reserve(pool_key(record), self._limits(record))
         if isinstance(decision, Reject):
             log.warning("cannot keep reserved instances of %s: %s", record.func_name, decision.reason)
             return False
@@ -288,13 +293,13 @@ class Invoker:
         try:
             instance, failure = await self._cold_start(record, token)
         except Unavailable as exc:
-            self.scheduler.start_failed(record.key)
+            self.scheduler.start_failed(pool_key(record))
             log.warning("cannot start a reserved instance of %s: %s", record.func_name, exc.message)
             return False
         instance.active.remove(token)
         lines = instance.take_lines(token)
         if failure is not None:
-            self.scheduler.start_failed(record.key)
+            self.scheduler.start_failed(pool_key(record))
             self._logs.add(record.key, lines)
             self._discard(record.key, instance)
             log.warning("reserved instance of %s failed to start: %s", record.func_name, failure.error.error_message)
@@ -303,7 +308,7 @@ class Invoker:
         instance.reserved = True
         self._by_id[instance.id] = instance
         instance.state = State.IDLE
-        handed = self.scheduler.started(record.key, instance.id, reserved=True, for_request=False)
+        handed = self.scheduler.started(pool_key(record), instance.id, reserved=True, for_request=False)
         if handed:
             instance.state = State.BUSY
             self._wake(handed, instance)
@@ -330,7 +335,7 @@ class Invoker:
     def _discard(self, key: tuple[str, str, str], instance: Instance) -> None:
         self.scheduler.gone(instance.id)
         self._by_id.pop(instance.id, None)
-        self._wake(self.scheduler.waiting_with_nothing_coming(key), None)
+        self._wake(self.scheduler.waiting_with_nothing_coming(instance.pool_key), None)
         self._retire_instance(instance)
         lines = instance.take_all_lines()
         if lines:
@@ -368,7 +373,7 @@ class Invoker:
         limits = self._limits(record)
         deadline = trio.current_time() + self._config.scheduler.max_wait
         while True:
-            decision = self.scheduler.acquire(record.key, limits, request_id)
+            decision = self.scheduler.acquire(pool_key(record), limits, request_id)
             if isinstance(decision, Assign):
                 instance = self._by_id[decision.instance]
                 instance.state = State.BUSY
@@ -399,12 +404,12 @@ class Invoker:
             if waiter.instance is not None:
                 self._release(waiter.instance)
             elif not waiter.event.is_set():
-                self.scheduler.cancel(record.key, request_id)
+                self.scheduler.cancel(pool_key(record), request_id)
             raise
         self._waiters.pop(request_id, None)
         if waiter.event.is_set():
             return waiter.instance
-        self.scheduler.cancel(record.key, request_id)
+        self.scheduler.cancel(pool_key(record), request_id)
         raise Throttled(
             f"function {record.func_name} is throttled: waited {self._config.scheduler.max_wait:g} s and all its "
             f"instances (strategy_config.concurrency = {record.settings.strategy_config.concurrency}) stayed busy"
@@ -431,7 +436,14 @@ class Invoker:
 
     # Invocation ---------------------------------------------------------------
 
-    async def invoke(self, record: FunctionRecord, event: bytes, request_id: str) -> Outcome:
+    async def invoke(
+        self, record: FunctionRecord, event: bytes, request_id: str, memory_size: int | None = None
+    ) -> Outcome:
+        if memory_size is not None and memory_size != record.settings.memory_size:
+            # Dynamic memory: this request runs on an instance of the size it asked for.
+            record = msgspec.structs.replace(
+                record, settings=msgspec.structs.replace(record.settings, memory_size=memory_size)
+            )
         settings = record.settings
         if settings.strategy_config.concurrency == 0:
             raise Throttled(
@@ -458,18 +470,18 @@ class Invoker:
             try:
                 instance, failure = await self._cold_start(record, request_id)
             except BaseException:
-                self.scheduler.start_failed(record.key)
-                self._wake(self.scheduler.waiting_with_nothing_coming(record.key), None)
+                self.scheduler.start_failed(pool_key(record))
+                self._wake(self.scheduler.waiting_with_nothing_coming(pool_key(record)), None)
                 raise
             if failure is not None:
-                self.scheduler.start_failed(record.key)
-                self._wake(self.scheduler.waiting_with_nothing_coming(record.key), None)
+                self.scheduler.start_failed(pool_key(record))
+                self._wake(self.scheduler.waiting_with_nothing_coming(pool_key(record)), None)
                 outcome.error = failure.error
                 outcome.init_ms = failure.init_ms
                 self._finish(record, instance, outcome, healthy=False)
                 return outcome
             self._by_id[instance.id] = instance
-            self._wake(self.scheduler.started(record.key, instance.id), instance)
+            self._wake(self.scheduler.started(pool_key(record), instance.id), instance)
             outcome.init_ms = instance.init_ms
         if request_id not in instance.active:
             instance.active.append(request_id)
@@ -518,6 +530,7 @@ class Invoker:
         instance.active.append(request_id)
         instance.revision = record.revision
         instance.key = record.key
+        instance.pool_key = pool_key(record)
         instance.packages = {record.code.sha256} | {
             d.code.sha256
             for d in self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)

@@ -54,6 +54,8 @@ class FunctionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     strategy_config: StrategyConfig = StrategyConfig()
     depend_version_list: Annotated[list[str], Meta(max_length=20)] = []
     ephemeral_storage: EphemeralStorage = 512
+    # Let callers pick the instance's memory per request (X-Cff-Instance-Memory).
+    enable_dynamic_memory: bool = False
 
 
 class CreateFunction(FunctionSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -161,6 +163,7 @@ class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
     strategy_config: StrategyConfig
     depend_version_list: list[str]
     ephemeral_storage: int
+    enable_dynamic_memory: bool
     version: str
     last_modified: str
     reserved_instances: int = 0

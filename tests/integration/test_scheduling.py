@@ -93,3 +93,26 @@ def test_budget_full_of_busy_instances_is_503(tight: Api) -> None:
     assert response.status_code == 503
     assert response.json()["error_code"] == "FSS.0503"
     assert "memory budget (256 MB)" in response.json()["error_msg"]
+
+
+def test_dynamic_memory_picks_the_instance_size_per_request(api: Api) -> None:
+    source = INSTANCE_TOKEN + "def handler(e, c):\n    return [INSTANCE, c.getMemorySize()]\n"
+    name = api.deploy(source, enable_dynamic_memory=True)["func_name"]
+    small = api.invoke(name).json()
+    large = api.invoke(name, headers={"X-Cff-Instance-Memory": "512"})
+    assert large.json()[1] == 512 and small[1] == 128
+    assert large.json()[0] != small[0]
+    assert json.loads(large.headers["x-cff-invoke-summary"])["memorySize"] == 512
+    assert api.invoke(name, headers={"X-Cff-Instance-Memory": "512"}).json()[0] == large.json()[0]
+    for bad in ("63", "10241", "lots", ""):
+        response = api.invoke(name, headers={"X-Cff-Instance-Memory": bad})
+        assert response.status_code == 400, bad
+        assert response.json()["error_code"] == "FSS.0406"
+
+
+def test_instance_memory_header_needs_dynamic_memory(api: Api) -> None:
+    name = api.deploy(SLEEPER)["func_name"]
+    response = api.invoke(name, headers={"X-Cff-Instance-Memory": "256"})
+    assert response.status_code == 400
+    assert response.json()["error_code"] == "FSS.0406"
+    assert "enable_dynamic_memory" in response.json()["error_msg"]
