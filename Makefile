@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/warm_invoke.py
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/packages.py
+	$(BIN)/python bench/density.py
 
 clean:
 	rm -rf $(VENV) .fgd-state .pytest_cache

@@ -5,7 +5,10 @@ keep-alive connections; in the same run, a bare ASGI echo app on hypercorn
 is driven the same way as the baseline. Prints JSON: req/s, p50, p99 per
 concurrency level, and fgd's ratio to the baseline.
 
-Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16]
+Each level is run twice: against a function whose instances take one request at a time
+(`concurrent_num` 1, as many instances as connections) and one whose instances take 16.
+
+Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64]
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ NOOP = "def handler(event, context):\n    return {}\n"
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--concurrency", default="1,16,64")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -36,18 +39,20 @@ def main() -> None:
     daemon = Daemon()
     results: dict = {"benchmark": "warm_invoke", "seconds": args.seconds, "levels": {}}
     try:
-        # Enough warm instances for the highest level (one request per instance for now).
-        daemon.deploy("noop", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
+        daemon.deploy("noop1", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
+        daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
         for level in levels:
-            wrk(daemon.invoke_url("noop"), level, 1, daemon.token)  # warm up instances
             base = wrk(f"http://127.0.0.1:{port}/", level, args.seconds)
-            fgd = wrk(daemon.invoke_url("noop"), level, args.seconds, daemon.token)
-            results["levels"][str(level)] = {
-                "fgd": fgd,
-                "baseline": base,
-                "ratio_req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3),
-                "ratio_p50": round(fgd["p50_ms"] / base["p50_ms"], 3),
-            }
+            entry: dict = {"baseline": base}
+            for name in ("noop1", "noop16"):
+                wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
+                fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
+                entry[f"concurrent_num_{name[4:]}"] = {
+                    **fgd,
+                    "ratio_req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3),
+                    "ratio_p50": round(fgd["p50_ms"] / base["p50_ms"], 3),
+                }
+            results["levels"][str(level)] = entry
     finally:
         daemon.stop()
         baseline.terminate()

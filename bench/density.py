@@ -1,0 +1,102 @@
+"""How many idle warm instances a node holds, and what they cost.
+
+Starts N warm instances of a no-op function (as reserved instances, so they
+stay), then reports the USS of one instance's processes (mean over all), the
+daemon's RSS, and the scheduler's decision time with N instances (the pure
+scheduler, timed in this process). The baseline, measured in the same run,
+is the USS of a bare `python3 -c 'import time; time.sleep(60)'` process.
+
+Usage: python bench/density.py [--instances 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+
+from _common import Daemon
+
+from fgd.scheduler import Limits, Scheduler
+
+
+def reserved_running(daemon: Daemon) -> int:
+    answer = daemon.request("GET", "/functions/reservedinstances")
+    return sum(row["running"] for row in answer["body"]["reservedinstances"])
+
+
+def scheduler_decision_us(instances: int) -> dict:
+    clock = iter(range(10**9)).__next__
+    scheduler = Scheduler(lambda: float(clock()), 10**9)
+    key = ("p", "default", "f")
+    limits = Limits(-1, 1, 128, 10)
+    for n in range(instances):
+        scheduler.acquire(key, limits, f"s{n}")
+        scheduler.started(key, f"i{n}")
+    for n in range(instances):
+        scheduler.release(f"i{n}")
+    samples = []
+    for n in range(2000):
+        started = time.perf_counter()
+        decision = scheduler.acquire(key, limits, f"r{n}")
+        scheduler.release(decision.instance)
+        samples.append((time.perf_counter() - started) * 1e6)
+    return {"p50_us": round(statistics.median(samples), 2), "max_us": round(max(samples), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=500)
+    args = parser.parse_args()
+    count = args.instances
+    results: dict = {"benchmark": "density", "instances": count}
+    daemon = Daemon(f"[scheduler]\nmemory_budget_mb = {count * 128 + 1024}\n")
+    try:
+        daemon.deploy("idle", "def handler(event, context):\n    return {}\n", strategy_config={"concurrency": count})
+        rss_before = psutil.Process(daemon.process.pid).memory_info().rss
+        started = time.monotonic()
+        daemon.request("PUT", "/functions/idle/reservedinstances", {"count": count})
+        while reserved_running(daemon) < count and time.monotonic() - started < 600:
+            time.sleep(0.5)
+        results["seconds_to_start_all"] = round(time.monotonic() - started, 1)
+        results["running"] = reserved_running(daemon)
+        time.sleep(2)
+        uss = []
+        for procs in Path("/sys/fs/cgroup").glob(f"pids/**/fgd/{daemon.process.pid}-*/cgroup.procs"):
+            pids = [int(p) for p in procs.read_text().split()]
+            if pids:
+                uss.append(sum(psutil.Process(p).memory_full_info().uss for p in pids))
+        results["instance_uss_mean_kib"] = round(statistics.fmean(uss) / 1024) if uss else None
+        results["daemon_rss_mb"] = round(psutil.Process(daemon.process.pid).memory_info().rss / 2**20, 1)
+        results["daemon_rss_growth_mb"] = round(
+            (psutil.Process(daemon.process.pid).memory_info().rss - rss_before) / 2**20, 1
+        )
+        with urllib.request.urlopen(f"{daemon.url}/healthz") as response:
+            results["healthz_instances"] = json.loads(response.read())["instances"]
+    finally:
+        daemon.stop()
+    results["scheduler_decision"] = scheduler_decision_us(count)
+    bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    time.sleep(1)
+    results["baseline_bare_python_uss_kib"] = psutil.Process(bare.pid).memory_full_info().uss // 1024
+    bare.kill()
+    results["ratio_instance_to_bare_python"] = (
+        round(results["instance_uss_mean_kib"] / results["baseline_bare_python_uss_kib"], 3)
+        if results["instance_uss_mean_kib"]
+        else None
+    )
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
