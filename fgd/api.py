@@ -6,6 +6,8 @@ The invoke route does not come through here; see `fgd.front`.
 from __future__ import annotations
 
 import logging
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -15,9 +17,13 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from fgd import auth
+from fgd.asyncqueue import AsyncEvent
+from fgd.config import AsyncConfig
 from fgd.dependencies import Dependencies
-from fgd.errors import FgdError, InvalidParameter, MethodNotAllowed, NotFound, TooLarge
+from fgd.dispatch import Dispatcher
+from fgd.errors import Conflict, FgdError, InvalidParameter, MethodNotAllowed, NotFound, TooLarge
 from fgd.functions import Functions
+from fgd.invoker import new_request_id
 from fgd.metrics import Metrics
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
@@ -42,7 +48,15 @@ def error_response(error: FgdError) -> Response:
 
 
 def create_app(
-    functions: Functions, dependencies: Dependencies, store: Store, logs_flush, token: str, health, metrics: Metrics
+    functions: Functions,
+    dependencies: Dependencies,
+    store: Store,
+    logs_flush,
+    token: str,
+    health,
+    metrics: Metrics,
+    dispatcher: Dispatcher,
+    async_config: AsyncConfig,
 ) -> QuartTrio:
     app = QuartTrio("fgd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
@@ -154,6 +168,81 @@ def create_app(
         # Raw application/zip bodies are streamed by the front (fgd.front) and never get here.
         record = await functions.update_code(lookup(project_id, urn), await body_json())
         return json_response(functions.config(record))
+
+    @app.post(f"{BASE}/functions/<urn>/invocations-async")
+    async def invoke_async(project_id: str, urn: str) -> Response:
+        record = lookup(project_id, urn)
+        data = await request.get_data()
+        if len(data) > async_config.max_payload:
+            raise TooLarge(
+                f"the event is {len(data):,} bytes; asynchronous events may be {async_config.max_payload:,} at most"
+            )
+        try:
+            msgspec.json.decode(data or b"{}")
+        except msgspec.DecodeError:
+            raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
+        now = time.time()
+        event = AsyncEvent(
+            request_id=new_request_id(),
+            project_id=record.project_id,
+            package=record.package,
+            func_name=record.func_name,
+            payload=data or b"{}",
+            created=now,
+            not_before=now,
+        )
+        # Durable before we answer: 202 means it will run (at least once).
+        await store.run(store.queue.enqueue, event)
+        dispatcher.notify()
+        return json_response({"request_id": event.request_id}, 202)
+
+    @app.get(f"{BASE}/functions/<urn>/async-invocations")
+    async def list_async(project_id: str, urn: str) -> Response:
+        record = lookup(project_id, urn)
+        status = request.args.get("status") or None
+        if status is not None and status not in ("WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"):
+            raise InvalidParameter("status must be one of WAIT, RUNNING, SUCCESS, FAIL, DISCARD")
+        limit = _int_arg("limit", 100, 1, 1000)
+        events = await store.run(store.queue.find, record.key, request.args.get("request_id") or None, status, limit)
+        rows = [
+            {
+                "request_id": e.request_id,
+                "status": e.status,
+                "error_code": e.error_code,
+                "error_message": e.error_message,
+                "start_time": _iso(e.start_time),
+                "end_time": _iso(e.end_time),
+                "attempts": e.attempts,
+            }
+            for e in events
+        ]
+        return json_response({"invocations": rows, "count": len(rows)})
+
+    @app.post(f"{BASE}/functions/<urn>/cancel")
+    async def cancel_async(project_id: str, urn: str) -> Response:
+        record = lookup(project_id, urn)
+        body = await body_json()
+        request_id = body.get("request_id") if isinstance(body, dict) else None
+        if not isinstance(request_id, str) or not request_id:
+            raise InvalidParameter('the body must be {"request_id": "<id of a waiting asynchronous invocation>"}')
+        if await store.run(store.queue.cancel, record.key, request_id, time.time()):
+            return json_response({"request_id": request_id, "status": "DISCARD"})
+        found = await store.run(store.queue.find, record.key, request_id, None, 1)
+        if not found:
+            raise NotFound(f"no asynchronous invocation {request_id} of {record.func_name}")
+        raise Conflict(f"invocation {request_id} is {found[0].status}; only a waiting one (WAIT) can be cancelled")
+
+    @app.route(f"{BASE}/functions/<urn>/async-invoke-config", methods=["GET", "PUT", "DELETE"])
+    async def async_invoke_config(project_id: str, urn: str) -> Response:
+        record = lookup(project_id, urn)
+        if request.method == "PUT":
+            record = await functions.set_async_config(record, await body_json())
+        elif request.method == "DELETE":
+            record = await functions.set_async_config(record, {})
+            return Response(b"", status=204)
+        return json_response(
+            {"func_urn": functions.config(record).func_urn, **msgspec.to_builtins(record.async_config)}
+        )
 
     @app.put(f"{BASE}/functions/<urn>/reservedinstances")
     async def put_reserved(project_id: str, urn: str) -> Response:
@@ -273,6 +362,12 @@ def create_app(
         return response
 
     return app
+
+
+def _iso(epoch: float) -> str:
+    if not epoch:
+        return ""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

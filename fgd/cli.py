@@ -231,6 +231,10 @@ def cmd_invoke(args: argparse.Namespace) -> int:
         json.loads(data)
     except ValueError as exc:
         raise ClientError(f"--data is not valid JSON: {exc}") from None
+    if args.async_:
+        answer = client.json("POST", f"/functions/{quote(args.name)}/invocations-async", json.loads(data))
+        print(f"queued {answer['request_id']} (follow it with: fgd async ls {args.name})")
+        return 0
     headers = {"X-Cff-Log-Type": "tail"} if args.log else {}
     response = client.request("POST", f"/functions/{quote(args.name)}/invocations", data.encode(), headers)
     assert isinstance(response, Response)
@@ -245,6 +249,23 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     if response.headers.get("x-is-func-err") == "true":
         print(f"fgd: the function failed ({response.headers.get('x-func-err-code')})", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_async_ls(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    query = f"?limit={args.limit}" + (f"&status={quote(args.status)}" if args.status else "")
+    rows = client.json("GET", f"/functions/{quote(args.name)}/async-invocations{query}")["invocations"]
+    if not rows:
+        print(f"no asynchronous invocations of {args.name}")
+        return 0
+    table = [("REQUEST ID", "STATUS", "ATTEMPTS", "STARTED", "ENDED", "ERROR")]
+    for r in rows:
+        error = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else ""
+        table.append((r["request_id"], r["status"], str(r["attempts"]), r["start_time"], r["end_time"], error))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -410,7 +431,17 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--data", default="{}", help="event as JSON, or @file")
     invoke.add_argument("--log", action="store_true", help="print the invocation's log tail on stderr")
     invoke.add_argument("-v", "--verbose", action="store_true", help="print the request id and summary")
+    invoke.add_argument("--async", dest="async_", action="store_true", help="queue it and print the request id")
     invoke.set_defaults(func=cmd_invoke)
+
+    async_ = sub.add_parser("async", help="asynchronous invocations").add_subparsers(
+        dest="async_command", required=True
+    )
+    async_ls = async_.add_parser("ls", parents=[common], help="status of a function's asynchronous invocations")
+    async_ls.add_argument("name")
+    async_ls.add_argument("--status", choices=["WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"])
+    async_ls.add_argument("--limit", type=int, default=20)
+    async_ls.set_defaults(func=cmd_async_ls)
 
     ls = sub.add_parser("ls", parents=[common], help="list functions")
     ls.set_defaults(func=cmd_ls)

@@ -51,6 +51,15 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     memory_budget_fraction: float = 0.8
 
 
+class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # Asynchronous invocations running at once: the share of capacity they may take, so they
+    # never starve synchronous traffic.
+    concurrency: int = 8
+    # Retry n waits about retry_base * 2**(n-1) seconds (with jitter); a throttled one retry_base.
+    retry_base: float = 1.0
+    max_payload: int = 256 * 1024
+
+
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # How often unreferenced packages (blobs and extracted trees) are removed, and how old
     # one must be first (an upload in progress is not referenced yet).
@@ -67,6 +76,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     packages: PackageLimits = PackageLimits()
     storage: StorageConfig = StorageConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    async_invoke: AsyncConfig = AsyncConfig()
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
     # <name>-<version>.zip files in this directory, registered at start.
     public_dependencies: str | None = None

@@ -25,6 +25,7 @@ from fgd.auth import load_or_create_token
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
 from fgd.dependencies import Dependencies
+from fgd.dispatch import Dispatcher
 from fgd.front import Inflight, build_front
 from fgd.functions import Functions
 from fgd.invoker import Invoker
@@ -121,14 +122,20 @@ async def serve(config: Config) -> None:
                 f'state="{state}"': count for state, count in states.items()
             },
             "fgd_queued_requests Requests waiting for a free instance.": {"": invoker.queued()},
+            "fgd_async_queue_depth Asynchronous invocations waiting or running.": {"": async_depth[0]},
             "fgd_memory_budget_megabytes The node's memory budget for instances, and the part in use.": {
                 'kind="total"': invoker.scheduler.memory_budget_mb,
                 'kind="used"': invoker.scheduler.memory_used_mb,
             },
         }
 
+    # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.
+    async_depth = [0]
     metrics = Metrics(gauges)
-    app = create_app(functions, dependencies, store, logs.flush, token, health, metrics)
+    dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth)
+    app = create_app(
+        functions, dependencies, store, logs.flush, token, health, metrics, dispatcher, config.async_invoke
+    )
     inflight = Inflight()
     front = build_front(app, functions, dependencies, invoker, token, inflight, metrics)
 
@@ -151,6 +158,7 @@ async def serve(config: Config) -> None:
             await services.start(invoker.run)
             await dependencies.load_public(config.public_dependencies)
             services.start_soon(_collect_packages, config, store, code, dependencies, invoker)
+            services.start_soon(dispatcher.run)
             async with trio.open_nursery() as http:
                 binds = await http.start(
                     lambda task_status: hypercorn.trio.serve(

@@ -16,6 +16,7 @@ from fgd.errors import Conflict, InvalidParameter, NotFound
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.model import (
+    AsyncInvokeConfig,
     CodeRef,
     CreateFunction,
     FunctionConfig,
@@ -171,6 +172,15 @@ class Functions:
         updated = msgspec.structs.replace(current, reserved=count, last_modified=time.time())
         await self._store.put(updated)
         self._invoker.reserved_changed()
+        return updated
+
+    async def set_async_config(self, record: FunctionRecord, body: object) -> FunctionRecord:
+        config = convert(body, AsyncInvokeConfig, "the async invoke config")
+        if config.destination_config:
+            raise InvalidParameter("destination_config is not available on this node yet; leave it out")
+        current = self._store.get(record.key) or record
+        updated = msgspec.structs.replace(current, async_config=config)
+        await self._store.put(updated)
         return updated
 
     async def set_max_instances(self, record: FunctionRecord, body: object) -> FunctionRecord:

@@ -77,6 +77,14 @@ class UpdateCode(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     code_filename: Annotated[str, Meta(max_length=128)] = ""
 
 
+class AsyncInvokeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """`PUT .../async-invoke-config`: how asynchronous invocations are retried and aged out."""
+
+    max_async_event_age_in_seconds: Annotated[int, Meta(ge=1, le=86400)] = 3600
+    max_async_retry_attempts: Annotated[int, Meta(ge=0, le=8)] = 1
+    destination_config: dict[str, Any] = {}
+
+
 class CodeRef(msgspec.Struct, frozen=True):
     """A stored code zip: content-addressed by sha256; digest is its sha512."""
 
@@ -131,6 +139,7 @@ class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
     revision: int
     # Instances kept started and warm, never reaped (PUT .../reservedinstances).
     reserved: int = 0
+    async_config: AsyncInvokeConfig = AsyncInvokeConfig()
     created: float
     last_modified: float
 

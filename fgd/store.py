@@ -17,6 +17,7 @@ from typing import TypeVar
 import msgspec
 import trio
 
+from fgd.asyncqueue import SCHEMA, SqliteQueue
 from fgd.model import DependencyVersion, FunctionRecord
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ MIGRATIONS: list[str] = [
         UNIQUE (project_id, name, version)
     );
     """,
+    SCHEMA,
 ]
 
 
@@ -85,6 +87,7 @@ class Store:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._limiter = trio.CapacityLimiter(1)
         self._migrate()
+        self.queue = SqliteQueue(self._db)
         self.functions: dict[tuple[str, str, str], FunctionRecord] = {
             (r.project_id, r.package, r.func_name): r
             for r in (_record_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM functions"))

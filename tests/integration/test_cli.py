@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -168,3 +169,20 @@ def test_large_package_is_streamed_with_progress(daemon: Daemon, tmp_path: Path)
     assert "uploading" in deployed.stderr and "(100%)" in deployed.stderr
     assert int(deployed.stdout.split("code ")[1].split()[0]) > 9 * 1024 * 1024
     assert fgd(daemon, "invoke", name).stdout.strip() == "big"
+
+
+def test_async_invoke_and_status_from_the_cli(daemon: Daemon, tmp_path: Path) -> None:
+    name = unique_name("cliasync")
+    source = write_function(tmp_path / "fn", "def handler(e, c):\n    return e\n")
+    fgd(daemon, "deploy", str(source), "--name", name, "--runtime", RUNTIME)
+    queued = fgd(daemon, "invoke", name, "--async", "--data", '{"k": 1}')
+    assert queued.returncode == 0, queued.stderr
+    request_id = queued.stdout.split()[1]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listed = fgd(daemon, "async", "ls", name)
+        row = next(line for line in listed.stdout.splitlines() if line.startswith(request_id))
+        if "SUCCESS" in row:
+            break
+        time.sleep(0.2)
+    assert row.split()[:3] == [request_id, "SUCCESS", "1"]

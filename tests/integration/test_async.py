@@ -1,0 +1,153 @@
+"""Asynchronous invocation: durable queue, retries, age limit, cancel, status, and kill -9 recovery."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Api, Daemon
+
+FLAKY = """
+import json, os
+
+def handler(event, context):
+    if event.get("fail"):
+        raise RuntimeError("failed on purpose")
+    if event.get("sleep"):
+        import time
+        time.sleep(event["sleep"])
+    return {"ok": event.get("n")}
+"""
+
+
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    daemon = Daemon(tmp_path_factory.mktemp("async") / "state", "[async_invoke]\nretry_base = 0.05\nconcurrency = 4\n")
+    daemon.start()
+    yield Api(daemon)
+    daemon.stop()
+
+
+def submit(api: Api, name: str, event: dict) -> str:
+    response = api.http.post(f"/functions/{name}/invocations-async", json=event)
+    assert response.status_code == 202, response.text
+    return response.json()["request_id"]
+
+
+def status(api: Api, name: str, request_id: str) -> dict:
+    rows = api.http.get(f"/functions/{name}/async-invocations", params={"request_id": request_id}).json()
+    return rows["invocations"][0]
+
+
+def wait_final(api: Api, name: str, request_id: str, within: float = 15) -> dict:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        row = status(api, name, request_id)
+        if row["status"] in ("SUCCESS", "FAIL", "DISCARD"):
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"{request_id} still {row['status']}")
+
+
+def test_accepted_event_runs_to_success(fast: Api) -> None:
+    name = fast.deploy(FLAKY)["func_name"]
+    request_id = submit(fast, name, {"n": 1})
+    row = wait_final(fast, name, request_id)
+    assert row["status"] == "SUCCESS" and row["attempts"] == 1
+    assert row["start_time"] and row["end_time"] and row["error_code"] == ""
+    logs = fast.http.get(f"/functions/{name}/logs", params={"request_id": request_id}).json()["logs"]
+    assert any("Finish Invoke" in line["message"] for line in logs)
+
+
+def test_function_errors_are_retried_then_fail(fast: Api) -> None:
+    name = fast.deploy(FLAKY)["func_name"]
+    fast.http.put(f"/functions/{name}/async-invoke-config", json={"max_async_retry_attempts": 3})
+    row = wait_final(fast, name, submit(fast, name, {"fail": True}))
+    assert row["status"] == "FAIL"
+    assert row["attempts"] == 4  # the first try and 3 retries
+    assert row["error_code"] == "RuntimeError" and "on purpose" in row["error_message"]
+
+
+def test_zero_retries(fast: Api) -> None:
+    name = fast.deploy(FLAKY)["func_name"]
+    fast.http.put(f"/functions/{name}/async-invoke-config", json={"max_async_retry_attempts": 0})
+    assert wait_final(fast, name, submit(fast, name, {"fail": True}))["attempts"] == 1
+
+
+def test_events_past_their_age_are_discarded(fast: Api) -> None:
+    name = fast.deploy(FLAKY, strategy_config={"concurrency": 1})["func_name"]
+    fast.http.put(
+        f"/functions/{name}/async-invoke-config",
+        json={"max_async_event_age_in_seconds": 1, "max_async_retry_attempts": 8},
+    )
+    row = wait_final(fast, name, submit(fast, name, {"fail": True}), within=20)
+    assert row["status"] == "DISCARD"
+    assert "max_async_event_age_in_seconds" in row["error_message"]
+
+
+def test_cancel_a_waiting_event(fast: Api) -> None:
+    name = fast.deploy(FLAKY, strategy_config={"concurrency": 0})["func_name"]  # disabled: it waits, throttled
+    request_id = submit(fast, name, {"n": 2})
+    # It goes back and forth between WAIT and a throttled attempt; cancel lands on a WAIT.
+    deadline = time.monotonic() + 5
+    while True:
+        response = fast.http.post(f"/functions/{name}/cancel", json={"request_id": request_id})
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        assert response.status_code == 409
+    assert response.status_code == 200 and response.json()["status"] == "DISCARD"
+    time.sleep(0.3)
+    row = status(fast, name, request_id)
+    assert row["status"] == "DISCARD" and row["error_message"] == "cancelled"
+    assert row["attempts"] == 0  # throttling never used up an attempt
+    assert fast.http.post(f"/functions/{name}/cancel", json={"request_id": request_id}).status_code == 409
+    assert fast.http.post(f"/functions/{name}/cancel", json={"request_id": "nope"}).status_code == 404
+
+
+def test_payload_limit_and_validation(fast: Api) -> None:
+    name = fast.deploy(FLAKY)["func_name"]
+    big = fast.http.post(f"/functions/{name}/invocations-async", json={"x": "y" * 300_000})
+    assert big.status_code == 413 and big.json()["error_code"] == "FSS.0413"
+    bad = fast.http.post(f"/functions/{name}/invocations-async", content=b"{nope")
+    assert bad.status_code == 400
+    for body in ({"max_async_retry_attempts": 9}, {"max_async_event_age_in_seconds": 0}, {"what": 1}):
+        assert fast.http.put(f"/functions/{name}/async-invoke-config", json=body).status_code == 400
+    config = fast.http.get(f"/functions/{name}/async-invoke-config").json()
+    assert config["max_async_retry_attempts"] == 1 and config["max_async_event_age_in_seconds"] == 3600
+
+
+def test_hundreds_of_events_all_succeed(fast: Api) -> None:
+    name = fast.deploy(FLAKY, strategy_config={"concurrency": 4, "concurrent_num": 4})["func_name"]
+    ids = [submit(fast, name, {"n": n}) for n in range(300)]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = fast.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["invocations"]
+        if sum(r["status"] == "SUCCESS" for r in rows) == len(ids):
+            break
+        time.sleep(0.2)
+    assert {r["request_id"] for r in rows if r["status"] == "SUCCESS"} == set(ids)
+
+
+def test_kill_9_loses_nothing(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", "[async_invoke]\nretry_base = 0.05\nconcurrency = 2\n")
+    daemon.start()
+    api = Api(daemon)
+    name = api.deploy(FLAKY, timeout=10)["func_name"]
+    ids = [submit(api, name, {"n": n, "sleep": 0.05}) for n in range(100)]
+    time.sleep(0.3)  # some have run, some are running, most are waiting
+    daemon.stop(signal.SIGKILL)
+    daemon.start()
+    api = Api(daemon)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = api.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["invocations"]
+        if all(r["status"] == "SUCCESS" for r in rows) and len(rows) == len(ids):
+            break
+        time.sleep(0.2)
+    assert sorted(r["request_id"] for r in rows) == sorted(ids)
+    assert all(r["status"] == "SUCCESS" for r in rows)
+    daemon.stop()
