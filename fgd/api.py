@@ -27,6 +27,7 @@ from fgd.invoker import new_request_id
 from fgd.metrics import Metrics
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
+from fgd.triggers import Triggers
 
 log = logging.getLogger("fgd.api")
 
@@ -57,6 +58,7 @@ def create_app(
     metrics: Metrics,
     dispatcher: Dispatcher,
     async_config: AsyncConfig,
+    triggers: Triggers,
 ) -> QuartTrio:
     app = QuartTrio("fgd")
     app.config["MAX_CONTENT_LENGTH"] = MAX_JSON_BODY
@@ -243,6 +245,25 @@ def create_app(
         return json_response(
             {"func_urn": functions.config(record).func_urn, **msgspec.to_builtins(record.async_config)}
         )
+
+    @app.post(f"{BASE}/triggers/<urn>")
+    async def create_trigger(project_id: str, urn: str) -> Response:
+        trigger = await triggers.create(lookup(project_id, urn), await body_json())
+        return json_response(trigger, 201)
+
+    @app.get(f"{BASE}/triggers/<urn>")
+    async def list_triggers(project_id: str, urn: str) -> Response:
+        return json_response(triggers.list(lookup(project_id, urn)))
+
+    @app.route(f"{BASE}/triggers/<urn>/<kind>/<trigger_id>", methods=["GET", "PUT", "DELETE"])
+    async def one_trigger(project_id: str, urn: str, kind: str, trigger_id: str) -> Response:
+        trigger = triggers.get(lookup(project_id, urn), kind, trigger_id)
+        if request.method == "PUT":
+            trigger = await triggers.update(trigger, await body_json())
+        elif request.method == "DELETE":
+            await triggers.delete(trigger)
+            return Response(b"", status=204)
+        return json_response(trigger)
 
     @app.put(f"{BASE}/functions/<urn>/reservedinstances")
     async def put_reserved(project_id: str, urn: str) -> Response:

@@ -33,6 +33,7 @@ from fgd.logs import LogSink
 from fgd.metrics import Metrics
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
+from fgd.triggers import Triggers
 from fgd.uploads import Packager
 from fgd.zygote import python_zygote
 
@@ -133,8 +134,10 @@ async def serve(config: Config) -> None:
     async_depth = [0]
     metrics = Metrics(gauges)
     dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth)
+    triggers = Triggers(store, dispatcher.notify)
+    functions.triggers = triggers
     app = create_app(
-        functions, dependencies, store, logs.flush, token, health, metrics, dispatcher, config.async_invoke
+        functions, dependencies, store, logs.flush, token, health, metrics, dispatcher, config.async_invoke, triggers
     )
     inflight = Inflight()
     front = build_front(app, functions, dependencies, invoker, token, inflight, metrics)
@@ -159,6 +162,7 @@ async def serve(config: Config) -> None:
             await dependencies.load_public(config.public_dependencies)
             services.start_soon(_collect_packages, config, store, code, dependencies, invoker)
             services.start_soon(dispatcher.run)
+            services.start_soon(triggers.run_timers)
             async with trio.open_nursery() as http:
                 binds = await http.start(
                     lambda task_status: hypercorn.trio.serve(

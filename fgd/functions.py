@@ -48,6 +48,8 @@ class Functions:
         runtimes: list[str],
     ) -> None:
         self._dependencies = dependencies
+        # Set by the daemon once triggers exist (they need the dispatcher, which needs the invoker).
+        self.triggers = None
         self._store = store
         self._logs = logs
         self.packager = dependencies.packager
@@ -205,6 +207,8 @@ class Functions:
         return updated
 
     async def delete(self, record: FunctionRecord) -> None:
+        if self.triggers is not None:
+            await self.triggers.delete_all(record)
         self._invoker.retire(record.key)
         self._logs.discard(record.key)
         # Its code stays until the collector finds nothing uses it (a busy instance may still).

@@ -124,6 +124,43 @@ class DependencyVersion(msgspec.Struct, kw_only=True, frozen=True):
     code: CodeRef
 
 
+TriggerName = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+
+
+class TimerEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    name: TriggerName
+    schedule_type: Literal["Rate", "Cron"]
+    schedule: Annotated[str, Meta(min_length=1, max_length=256)]
+    user_event: Annotated[str, Meta(max_length=4096)] = ""
+
+
+class CreateTrigger(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Body of `POST /triggers/{urn}`."""
+
+    trigger_type_code: Literal["TIMER"]
+    trigger_status: Literal["ACTIVE", "DISABLED"] = "ACTIVE"
+    event_type_code: str = ""
+    event_data: dict[str, Any]
+
+
+class Trigger(msgspec.Struct, kw_only=True, frozen=True):
+    """A trigger as stored and as the API answers it."""
+
+    trigger_id: str
+    trigger_type_code: str
+    trigger_status: str
+    event_data: dict[str, Any]
+    project_id: str
+    package: str
+    func_name: str
+    created_time: str
+    last_updated_time: str
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.project_id, self.package, self.func_name)
+
+
 class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
     """What the store keeps for one function (its latest version)."""
 

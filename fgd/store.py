@@ -18,7 +18,7 @@ import msgspec
 import trio
 
 from fgd.asyncqueue import SCHEMA, SqliteQueue
-from fgd.model import DependencyVersion, FunctionRecord
+from fgd.model import DependencyVersion, FunctionRecord, Trigger
 
 T = TypeVar("T")
 
@@ -57,6 +57,15 @@ MIGRATIONS: list[str] = [
     );
     """,
     SCHEMA,
+    """
+    CREATE TABLE triggers (
+        trigger_id TEXT PRIMARY KEY,
+        project_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        func_name TEXT NOT NULL,
+        record BLOB NOT NULL
+    );
+    """,
 ]
 
 
@@ -76,6 +85,7 @@ LogRow = tuple[float, str, str, str, str, str, str, str]
 
 _record_decoder = msgspec.json.Decoder(FunctionRecord)
 _dependency_decoder = msgspec.json.Decoder(DependencyVersion)
+_trigger_decoder = msgspec.json.Decoder(Trigger)
 _encoder = msgspec.json.Encoder()
 
 
@@ -88,6 +98,10 @@ class Store:
         self._limiter = trio.CapacityLimiter(1)
         self._migrate()
         self.queue = SqliteQueue(self._db)
+        self.triggers: dict[str, Trigger] = {
+            t.trigger_id: t
+            for t in (_trigger_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM triggers"))
+        }
         self.functions: dict[tuple[str, str, str], FunctionRecord] = {
             (r.project_id, r.package, r.func_name): r
             for r in (_record_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM functions"))
@@ -148,6 +162,29 @@ class Store:
 
     def code_in_use(self) -> set[str]:
         return {r.code.sha256 for r in self.functions.values()} | {d.code.sha256 for d in self.dependencies.values()}
+
+    # Triggers ------------------------------------------------------------------
+
+    async def put_trigger(self, trigger: Trigger) -> None:
+        blob = _encoder.encode(trigger)
+        await self.run(self._put_trigger, trigger, blob)
+        self.triggers[trigger.trigger_id] = trigger
+
+    def _put_trigger(self, trigger: Trigger, blob: bytes) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO triggers (trigger_id, project_id, package, func_name, record)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (trigger.trigger_id, *trigger.key, blob),
+            )
+
+    async def delete_trigger(self, trigger_id: str) -> None:
+        await self.run(self._delete_trigger, trigger_id)
+        self.triggers.pop(trigger_id, None)
+
+    def _delete_trigger(self, trigger_id: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM triggers WHERE trigger_id=?", (trigger_id,))
 
     # Dependencies ------------------------------------------------------------
 
