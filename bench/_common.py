@@ -74,7 +74,7 @@ class Daemon:
         self.dir = Path(tempfile.mkdtemp(prefix="fgd-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        (self.dir / "fgd.toml").write_text(config)
+        (self.dir / "fgd.toml").write_text(config + f'\n[gateway]\nlisten = "127.0.0.1:{free_port()}"\n')
         self.process = subprocess.Popen(
             [
                 sys.executable,

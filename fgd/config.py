@@ -16,6 +16,11 @@ class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     shutdown_grace: float = 10.0
 
 
+class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # The listener for APIG trigger routes; "" turns it off.
+    listen: str = "127.0.0.1:8901"
+
+
 class InstanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Seconds an on-demand instance may stay idle before it is reaped.
     idle_keepalive: float = 300.0
@@ -70,6 +75,7 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state_dir: str = "/var/lib/fgd"
     server: ServerConfig = ServerConfig()
+    gateway: GatewayConfig = GatewayConfig()
     instances: InstanceConfig = InstanceConfig()
     logs: LogConfig = LogConfig()
     sandbox: SandboxConfig = SandboxConfig()

@@ -28,6 +28,7 @@ from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.front import Inflight, build_front
 from fgd.functions import Functions
+from fgd.gateway import build_gateway
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.metrics import Metrics
@@ -151,6 +152,15 @@ async def serve(config: Config) -> None:
     hconfig.errorlog = logging.getLogger("hypercorn.error")
     hconfig.keep_alive_timeout = 75
     shutdown = trio.Event()
+    servers = [(front, hconfig)]
+    if config.gateway.listen:
+        ghost, gport = split_host_port(config.gateway.listen)
+        gconfig = hypercorn.config.Config()
+        gconfig.bind = [f"fd://{open_listener(ghost, gport, config.gateway.listen).detach()}"]
+        gconfig.graceful_timeout = config.server.shutdown_grace
+        gconfig.accesslog = None
+        gconfig.errorlog = logging.getLogger("hypercorn.error")
+        servers.append((inflight.wrap(build_gateway(store, invoker, token, metrics)), gconfig))
 
     try:
         async with trio.open_nursery() as services:
@@ -164,11 +174,13 @@ async def serve(config: Config) -> None:
             services.start_soon(dispatcher.run)
             services.start_soon(triggers.run_timers)
             async with trio.open_nursery() as http:
-                binds = await http.start(
-                    lambda task_status: hypercorn.trio.serve(
-                        front, hconfig, shutdown_trigger=shutdown.wait, task_status=task_status
+                binds = []
+                for app_, server_config in servers:
+                    binds += await http.start(
+                        lambda task_status, a=app_, c=server_config: hypercorn.trio.serve(
+                            a, c, shutdown_trigger=shutdown.wait, task_status=task_status
+                        )
                     )
-                )
                 log.info("fgd %s serving on %s; state in %s", __version__, ", ".join(binds), state_dir)
                 log.info("admin token: %s", state_dir / "admin.token")
                 await shutdown.wait()

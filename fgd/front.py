@@ -170,6 +170,18 @@ class Inflight:
     async def drained(self) -> None:
         await self._idle.wait()
 
+    def wrap(self, app: ASGIApp) -> ASGIApp:
+        """Count the requests of another app too (the gateway), so shutdown waits for them."""
+
+        async def counted(scope: dict, receive: Callable, send: Callable) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            with self:
+                await app(scope, receive, send)
+
+        return counted
+
 
 async def _body_chunks(receive: Callable[[], Awaitable[dict]]) -> AsyncIterator[bytes]:
     while True:

@@ -134,10 +134,18 @@ class TimerEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
     user_event: Annotated[str, Meta(max_length=4096)] = ""
 
 
+class ApigEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    name: TriggerName
+    path: Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./~%-]*$", max_length=512)]
+    req_method: Literal["ANY", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] = "ANY"
+    auth: Literal["NONE", "TOKEN"] = "NONE"
+    match_mode: Literal["SWA", "NORMAL"] = "SWA"
+
+
 class CreateTrigger(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Body of `POST /triggers/{urn}`."""
 
-    trigger_type_code: Literal["TIMER"]
+    trigger_type_code: Literal["TIMER", "APIG"]
     trigger_status: Literal["ACTIVE", "DISABLED"] = "ACTIVE"
     event_type_code: str = ""
     event_data: dict[str, Any]

@@ -17,9 +17,9 @@ import msgspec
 import trio
 
 from fgd.asyncqueue import AsyncEvent
-from fgd.errors import InvalidParameter, NotFound
+from fgd.errors import Conflict, InvalidParameter, NotFound
 from fgd.invoker import new_request_id
-from fgd.model import CreateTrigger, FunctionRecord, TimerEventData, Trigger, convert
+from fgd.model import ApigEventData, CreateTrigger, FunctionRecord, TimerEventData, Trigger, convert
 from fgd.schedules import Schedule, parse
 from fgd.store import Store
 
@@ -45,11 +45,21 @@ class Triggers:
             raise NotFound(f"no {kind} trigger {trigger_id} on function {record.func_name}")
         return trigger
 
-    def _check(self, kind: str, event_data: dict) -> dict:
+    def _check(self, kind: str, event_data: dict, trigger_id: str = "") -> dict:
         if kind == "TIMER":
             data: TimerEventData = convert(event_data, TimerEventData, "event_data")
             parse(data.schedule_type, data.schedule)
             return msgspec.to_builtins(data)
+        if kind == "APIG":
+            route: ApigEventData = convert(event_data, ApigEventData, "event_data")
+            for other in self._store.triggers.values():
+                same = other.event_data.get("path") == route.path and other.trigger_id != trigger_id
+                methods = {other.event_data.get("req_method"), route.req_method}
+                if other.trigger_type_code == "APIG" and same and ("ANY" in methods or len(methods) == 1):
+                    raise Conflict(
+                        f"route {route.req_method} {route.path} is already taken by trigger {other.trigger_id}"
+                    )
+            return msgspec.to_builtins(route)
         raise InvalidParameter(f"trigger_type_code {kind!r} is not supported")
 
     async def create(self, record: FunctionRecord, body: object) -> Trigger:
@@ -85,7 +95,9 @@ class Triggers:
             raise InvalidParameter("trigger_status must be ACTIVE or DISABLED")
         event_data = trigger.event_data
         if "event_data" in body:
-            event_data = self._check(trigger.trigger_type_code, {**trigger.event_data, **body["event_data"]})
+            event_data = self._check(
+                trigger.trigger_type_code, {**trigger.event_data, **body["event_data"]}, trigger.trigger_id
+            )
         updated = msgspec.structs.replace(
             trigger, trigger_status=status, event_data=event_data, last_updated_time=_now_iso()
         )

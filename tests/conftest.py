@@ -39,10 +39,14 @@ class Daemon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
-        self.config_path: Path | None = None
-        if config is not None:
-            self.config_path = state_dir.parent / f"{state_dir.name}.toml"
-            self.config_path.write_text(textwrap.dedent(config))
+        # Every daemon gets its own gateway port, so several can run side by side.
+        self.gateway_port = free_port()
+        self.gateway_url = f"http://127.0.0.1:{self.gateway_port}"
+        text = textwrap.dedent(config or "")
+        if "[gateway]" not in text:
+            text += f'\n[gateway]\nlisten = "127.0.0.1:{self.gateway_port}"\n'
+        self.config_path: Path | None = state_dir.parent / f"{state_dir.name}.toml"
+        self.config_path.write_text(text)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:

@@ -1,0 +1,164 @@
+"""APIG triggers: HTTP routes to functions, on their own listener (default 127.0.0.1:8901).
+
+The admin API can stay private while routes are public. A request matching
+an ACTIVE route (NORMAL: the exact path; SWA: the path or anything below it;
+the longest path wins) becomes FunctionGraph's APIG event, and the
+function's `{statusCode, headers, body, isBase64Encoded}` result becomes the
+HTTP response. A result of another shape, or a failed function, is a 502
+with a message saying what was wrong.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from fgd import auth
+from fgd.errors import FgdError, NotFound, TooLarge
+from fgd.invoker import Invoker, new_request_id
+from fgd.metrics import Metrics
+from fgd.model import Trigger
+from fgd.store import Store
+
+log = logging.getLogger("fgd.gateway")
+
+MAX_BODY = 4 * 1024 * 1024
+JSON = b"application/json"
+_encoder = msgspec.json.Encoder()
+
+
+class ApigResponse(msgspec.Struct, forbid_unknown_fields=False):
+    statusCode: int  # noqa: N815 - FunctionGraph's field names
+    body: str = ""
+    headers: dict[str, str | list[str]] = {}
+    isBase64Encoded: bool = False  # noqa: N815
+
+
+def matches(trigger: Trigger, path: str, method: str) -> bool:
+    data = trigger.event_data
+    if data.get("req_method", "ANY") not in ("ANY", method):
+        return False
+    route = data["path"]
+    if data.get("match_mode", "SWA") == "NORMAL":
+        return path == route
+    return path == route or path.startswith(route.rstrip("/") + "/")
+
+
+def route_for(store: Store, path: str, method: str) -> Trigger | None:
+    candidates = [
+        t
+        for t in store.triggers.values()
+        if t.trigger_type_code == "APIG" and t.trigger_status == "ACTIVE" and matches(t, path, method)
+    ]
+    return max(candidates, key=lambda t: len(t.event_data["path"]), default=None)
+
+
+def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str) -> dict[str, Any]:
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+    query = {k: v[-1] for k, v in urllib.parse.parse_qs(scope.get("query_string", b"").decode()).items()}
+    return {
+        "body": base64.b64encode(body).decode(),
+        "isBase64Encoded": True,
+        "httpMethod": scope["method"],
+        "path": scope["path"],
+        "headers": headers,
+        "queryStringParameters": query,
+        "pathParameters": {},
+        "requestContext": {"apiId": trigger.trigger_id, "requestId": request_id, "stage": "RELEASE"},
+    }
+
+
+def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """The function's APIG response as HTTP, or ValueError saying why it is not one."""
+    try:
+        answer = msgspec.json.decode(result or b"null", type=ApigResponse)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ValueError(
+            f"the function's result is not an APIG response ({{statusCode, headers, body}}): {exc}"
+        ) from None
+    if not 100 <= answer.statusCode <= 599:
+        raise ValueError(f"the function's statusCode {answer.statusCode} is not an HTTP status")
+    try:
+        body = base64.b64decode(answer.body, validate=True) if answer.isBase64Encoded else answer.body.encode()
+    except (binascii.Error, ValueError):
+        raise ValueError("the function said isBase64Encoded but its body is not base64") from None
+    headers = []
+    for name, value in answer.headers.items():
+        for item in value if isinstance(value, list) else [value]:
+            headers.append((name.lower().encode("latin-1", "replace"), str(item).encode("latin-1", "replace")))
+    return answer.statusCode, headers, body
+
+
+def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) -> Callable:
+    async def respond(send: Callable, status: int, headers: list, body: bytes) -> None:
+        if not any(name == b"content-length" for name, _ in headers):
+            headers = [*headers, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def error(send: Callable, status: int, code: str, message: str) -> None:
+        await respond(
+            send, status, [(b"content-type", JSON)], _encoder.encode({"error_code": code, "error_msg": message})
+        )
+
+    async def gateway(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        trigger = route_for(store, scope["path"], scope["method"])
+        try:
+            if trigger is None:
+                raise NotFound(f"no route for {scope['method']} {scope['path']}")
+            record = store.get(trigger.key)
+            if record is None:
+                raise NotFound(f"the function behind {scope['path']} no longer exists")
+            if trigger.event_data.get("auth", "NONE") == "TOKEN":
+                headers = dict(scope["headers"])
+                auth.check(
+                    token,
+                    (headers.get(b"x-auth-token") or b"").decode(errors="replace") or None,
+                    (headers.get(b"authorization") or b"").decode(errors="replace") or None,
+                )
+            chunks, size = [], 0
+            while True:
+                message = await receive()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > MAX_BODY:
+                    raise TooLarge(f"the request body is over {MAX_BODY:,} bytes, the limit for HTTP triggers")
+                chunks.append(chunk)
+                if not message.get("more_body"):
+                    break
+            request_id = new_request_id()
+            event = _encoder.encode(apig_event(scope, b"".join(chunks), trigger, request_id))
+            outcome = await invoker.invoke(record, event, request_id)
+            metrics.invoked(record.key, outcome)
+        except FgdError as refusal:
+            await error(send, refusal.status, refusal.code, refusal.message)
+            return
+        if outcome.error is not None:
+            await error(
+                send, 502, "FSS.0502", f"the function failed: {outcome.error.error_type}: {outcome.error.error_message}"
+            )
+            return
+        try:
+            status, headers, body = to_http(outcome.body)
+        except ValueError as exc:
+            await error(send, 502, "FSS.0502", str(exc))
+            return
+        await respond(send, status, [*headers, (b"x-cff-request-id", request_id.encode())], body)
+
+    return gateway
