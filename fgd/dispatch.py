@@ -18,8 +18,9 @@ import trio
 
 from fgd.asyncqueue import AsyncEvent
 from fgd.config import AsyncConfig
+from fgd.destinations import Destinations
 from fgd.errors import FgdError, Throttled, Unavailable
-from fgd.invoker import Invoker
+from fgd.invoker import Invoker, Outcome
 from fgd.store import Store
 
 log = logging.getLogger("fgd.dispatch")
@@ -29,8 +30,9 @@ LEASE_MARGIN = 60.0
 
 
 class Dispatcher:
-    def __init__(self, store: Store, invoker: Invoker, config: AsyncConfig, depth: list[int]) -> None:
+    def __init__(self, store: Store, invoker: Invoker, config: AsyncConfig, depth: list[int], region: str) -> None:
         self._depth = depth
+        self.destinations = Destinations(store, region, self.notify)
         self._store = store
         self._invoker = invoker
         self._config = config
@@ -63,18 +65,22 @@ class Dispatcher:
 
     async def _deliver(self, event: AsyncEvent) -> None:
         try:
-            await self._attempt(event)
+            outcome = await self._attempt(event)
             await self._store.run(self._store.queue.settle, event)
+            record = self._store.get(event.key)
+            if record is not None and event.status in ("SUCCESS", "FAIL", "DISCARD"):
+                condition = {"SUCCESS": "", "FAIL": "RetriesExhausted", "DISCARD": "EventAgeExceeded"}[event.status]
+                await self.destinations.deliver(record, event, outcome, event.status == "SUCCESS", condition)
         finally:
             self._running -= 1
             self._wakeup.set()
 
-    async def _attempt(self, event: AsyncEvent) -> None:
+    async def _attempt(self, event: AsyncEvent) -> Outcome | None:
         record = self._store.get(event.key)
         now = time.time()
         if record is None:
             self._final(event, "DISCARD", "FSS.0404", "the function was deleted")
-            return
+            return None
         policy = record.async_config
         if now - event.created > policy.max_async_event_age_in_seconds:
             self._final(
@@ -91,10 +97,10 @@ class Dispatcher:
             event.status = "WAIT"
             event.not_before = time.time() + self._config.retry_base
             event.error_code, event.error_message = refusal.code, refusal.message
-            return
+            return None
         except FgdError as error:
             self._final(event, "FAIL", error.code, error.message)
-            return
+            return None
         event.attempts += 1
         if outcome.error is None:
             self._final(event, "SUCCESS", "", "")
@@ -105,6 +111,7 @@ class Dispatcher:
             event.error_code, event.error_message = outcome.error.error_type, outcome.error.error_message
         else:
             self._final(event, "FAIL", outcome.error.error_type, outcome.error.error_message)
+        return outcome
 
     @staticmethod
     def _final(event: AsyncEvent, status: str, code: str, message: str) -> None:

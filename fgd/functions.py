@@ -12,6 +12,7 @@ import msgspec
 
 from fgd.codestore import CodeStore, inline_zip
 from fgd.dependencies import Dependencies
+from fgd.destinations import check_no_cycle, targets
 from fgd.errors import Conflict, InvalidParameter, NotFound
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
@@ -178,8 +179,8 @@ class Functions:
 
     async def set_async_config(self, record: FunctionRecord, body: object) -> FunctionRecord:
         config = convert(body, AsyncInvokeConfig, "the async invoke config")
-        if config.destination_config:
-            raise InvalidParameter("destination_config is not available on this node yet; leave it out")
+        checked = targets(self._store, record, config.destination_config, self.region)
+        check_no_cycle(self._store, record, checked, self.region)
         current = self._store.get(record.key) or record
         updated = msgspec.structs.replace(current, async_config=config)
         await self._store.put(updated)

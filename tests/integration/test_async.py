@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Api, Daemon
@@ -151,3 +155,92 @@ def test_kill_9_loses_nothing(tmp_path: Path) -> None:
     assert sorted(r["request_id"] for r in rows) == sorted(ids)
     assert all(r["status"] == "SUCCESS" for r in rows)
     daemon.stop()
+
+
+PRINTER = "import json\ndef handler(event, context):\n    print('GOT ' + json.dumps(event))\n    return 'noted'\n"
+NOTIFICATION_KEYS = {"timestamp", "request_context", "request_payload", "response_context", "response_payload"}
+
+
+def test_on_success_destination_function_gets_the_notification(fast: Api) -> None:
+    target = fast.deploy(PRINTER)
+    source = fast.deploy(FLAKY)["func_name"]
+    config = {
+        "destination_config": {
+            "on_success": {"destination": "FunctionGraph", "param": {"func_urn": target["func_urn"]}}
+        }
+    }
+    assert fast.http.put(f"/functions/{source}/async-invoke-config", json=config).status_code == 200
+    request_id = submit(fast, source, {"n": 7})
+    wait_final(fast, source, request_id)
+    deadline = time.monotonic() + 10
+    got: list = []
+    while not got and time.monotonic() < deadline:
+        logs = fast.http.get(f"/functions/{target['func_name']}/logs").json()["logs"]
+        got = [json.loads(line["message"][4:]) for line in logs if line["message"].startswith("GOT ")]
+        time.sleep(0.1)
+    (note,) = got
+    assert set(note) == NOTIFICATION_KEYS
+    assert note["request_context"]["request_id"] == request_id
+    assert note["request_context"]["function_urn"].endswith(f":{source}:latest")
+    assert note["request_context"]["condition"] == ""
+    assert note["request_context"]["approximate_invoke_count"] == 1
+    assert json.loads(note["request_payload"]) == {"n": 7}
+    assert note["response_context"] == {"status_code": 200, "function_error": ""}
+    assert json.loads(note["response_payload"]) == {"ok": 7}
+
+
+def test_on_failure_webhook_gets_the_notification(fast: Api) -> None:
+    received: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        name = fast.deploy(FLAKY)["func_name"]
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        config = {
+            "max_async_retry_attempts": 1,
+            "destination_config": {"on_failure": {"destination": "WEBHOOK", "param": {"url": url}}},
+        }
+        assert fast.http.put(f"/functions/{name}/async-invoke-config", json=config).status_code == 200
+        request_id = submit(fast, name, {"fail": True})
+        wait_final(fast, name, request_id)
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (note,) = received
+        assert set(note) == NOTIFICATION_KEYS
+        assert note["request_context"]["condition"] == "RetriesExhausted"
+        assert note["request_context"]["approximate_invoke_count"] == 2
+        assert note["response_context"]["function_error"] == "RuntimeError"
+        assert json.loads(note["response_payload"])["errorMessage"] == "failed on purpose"
+    finally:
+        server.shutdown()
+
+
+def test_destination_cycles_and_unknown_targets_are_refused(fast: Api) -> None:
+    a = fast.deploy(PRINTER)
+    b = fast.deploy(PRINTER)
+
+    def point(source: dict, target_urn: str) -> httpx.Response:
+        config = {
+            "destination_config": {"on_success": {"destination": "FunctionGraph", "param": {"func_urn": target_urn}}}
+        }
+        return fast.http.put(f"/functions/{source['func_name']}/async-invoke-config", json=config)
+
+    assert point(a, b["func_urn"]).status_code == 200
+    cycle = point(b, a["func_urn"])
+    assert cycle.status_code == 400 and "cycle" in cycle.json()["error_msg"]
+    assert point(a, a["func_urn"]).status_code == 400
+    missing = point(b, a["func_urn"].replace(a["func_name"], "nosuchfn"))
+    assert missing.status_code == 400 and "does not exist" in missing.json()["error_msg"]
+    bad = {"destination_config": {"on_success": {"destination": "WEBHOOK", "param": {"url": "ftp://x"}}}}
+    assert fast.http.put(f"/functions/{b['func_name']}/async-invoke-config", json=bad).status_code == 400
