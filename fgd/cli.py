@@ -269,6 +269,64 @@ def cmd_async_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trigger_add(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    if bool(args.timer) == bool(args.http):
+        raise ClientError("give exactly one of --timer SCHEDULE or --http PATH")
+    if args.timer:
+        kind = "TIMER"
+        data = {
+            "name": args.trigger_name or "timer",
+            "schedule_type": "Rate" if args.rate else "Cron",
+            "schedule": args.timer,
+            "user_event": args.user_event,
+        }
+    else:
+        kind = "APIG"
+        data = {
+            "name": args.trigger_name or "http",
+            "path": args.http,
+            "req_method": args.method,
+            "auth": args.auth,
+            "match_mode": args.match,
+        }
+    body = {"trigger_type_code": kind, "trigger_status": "ACTIVE", "event_data": data}
+    trigger = client.json("POST", f"/triggers/{quote(args.name)}", body)
+    print(f"added {kind} trigger {trigger['trigger_id']} to {args.name}")
+    return 0
+
+
+def cmd_trigger_ls(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    rows = client.json("GET", f"/triggers/{quote(args.name)}")
+    if not rows:
+        print(f"{args.name} has no triggers")
+        return 0
+    table = [("ID", "TYPE", "STATUS", "NAME", "WHAT")]
+    for t in rows:
+        data = t["event_data"]
+        what = (
+            f"{data['schedule_type']} {data['schedule']}"
+            if t["trigger_type_code"] == "TIMER"
+            else f"{data['req_method']} {data['path']} ({data['match_mode']}, auth {data['auth']})"
+        )
+        table.append((t["trigger_id"], t["trigger_type_code"], t["trigger_status"], data["name"], what))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_trigger_rm(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    for trigger in client.json("GET", f"/triggers/{quote(args.name)}"):
+        if trigger["trigger_id"] == args.trigger_id:
+            client.request("DELETE", f"/triggers/{quote(args.name)}/{trigger['trigger_type_code']}/{args.trigger_id}")
+            print(f"deleted trigger {args.trigger_id}")
+            return 0
+    raise ClientError(f"{args.name} has no trigger {args.trigger_id} (see `fgd trigger ls {args.name}`)")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     client = client_of(args)
     rows = []
@@ -442,6 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
     async_ls.add_argument("--status", choices=["WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"])
     async_ls.add_argument("--limit", type=int, default=20)
     async_ls.set_defaults(func=cmd_async_ls)
+
+    trigger = sub.add_parser("trigger", help="timer and HTTP triggers").add_subparsers(
+        dest="trigger_command", required=True
+    )
+    trigger_add = trigger.add_parser("add", parents=[common], help="add a TIMER (--timer) or APIG (--http) trigger")
+    trigger_add.add_argument("name", help="function")
+    trigger_add.add_argument("--timer", metavar="SCHEDULE", help="cron (6 fields, seconds first), @every 1m, ...")
+    trigger_add.add_argument("--rate", action="store_true", help="SCHEDULE is a rate: 3m, 1h, 2d")
+    trigger_add.add_argument("--user-event", default="", help="passed to the function as user_event")
+    trigger_add.add_argument("--http", metavar="PATH", help="route on the gateway listener, e.g. /hello")
+    trigger_add.add_argument("--method", default="ANY")
+    trigger_add.add_argument("--auth", choices=["NONE", "TOKEN"], default="NONE")
+    trigger_add.add_argument("--match", choices=["SWA", "NORMAL"], default="SWA", help="prefix (SWA) or exact")
+    trigger_add.add_argument("--trigger-name", help="the trigger's name")
+    trigger_add.set_defaults(func=cmd_trigger_add)
+    trigger_ls = trigger.add_parser("ls", parents=[common], help="list a function's triggers")
+    trigger_ls.add_argument("name")
+    trigger_ls.set_defaults(func=cmd_trigger_ls)
+    trigger_rm = trigger.add_parser("rm", parents=[common], help="delete a trigger")
+    trigger_rm.add_argument("name")
+    trigger_rm.add_argument("trigger_id")
+    trigger_rm.set_defaults(func=cmd_trigger_rm)
 
     ls = sub.add_parser("ls", parents=[common], help="list functions")
     ls.set_defaults(func=cmd_ls)

@@ -10,6 +10,8 @@ import time
 import zipfile
 from pathlib import Path
 
+import httpx
+
 from tests.conftest import RUNTIME, Daemon, unique_name
 
 
@@ -186,3 +188,23 @@ def test_async_invoke_and_status_from_the_cli(daemon: Daemon, tmp_path: Path) ->
             break
         time.sleep(0.2)
     assert row.split()[:3] == [request_id, "SUCCESS", "1"]
+
+
+def test_triggers_from_the_cli(daemon: Daemon, tmp_path: Path) -> None:
+    name = unique_name("clitrig")
+    source = write_function(tmp_path / "fn", "def handler(e, c):\n    return {'statusCode': 200, 'body': 'hi'}\n")
+    fgd(daemon, "deploy", str(source), "--name", name, "--runtime", RUNTIME)
+    timer = fgd(daemon, "trigger", "add", name, "--timer", "1h", "--rate", "--trigger-name", "hourly")
+    assert timer.returncode == 0, timer.stderr
+    route = fgd(daemon, "trigger", "add", name, "--http", f"/cli-{name}", "--method", "GET")
+    assert route.returncode == 0, route.stderr
+    listed = fgd(daemon, "trigger", "ls", name).stdout.splitlines()
+    assert listed[0].split() == ["ID", "TYPE", "STATUS", "NAME", "WHAT"]
+    assert any("TIMER" in row and "Rate 1h" in row for row in listed)
+    assert any("APIG" in row and f"GET /cli-{name}" in row for row in listed)
+    assert httpx.get(f"{daemon.gateway_url}/cli-{name}").text == "hi"
+    trigger_id = timer.stdout.split()[3]
+    assert fgd(daemon, "trigger", "rm", name, trigger_id).returncode == 0
+    assert fgd(daemon, "trigger", "rm", name, trigger_id).returncode == 1
+    bad = fgd(daemon, "trigger", "add", name, "--timer", "0 99 * * * *")
+    assert bad.returncode == 1 and "not valid" in bad.stderr
