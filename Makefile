@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cold_start.py
 	$(BIN)/python bench/packages.py
 	$(BIN)/python bench/density.py
+	$(BIN)/python bench/async_queue.py
 
 clean:
 	rm -rf $(VENV) .fgd-state .pytest_cache

@@ -75,6 +75,9 @@ class Daemon:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (self.dir / "fgd.toml").write_text(config + f'\n[gateway]\nlisten = "127.0.0.1:{free_port()}"\n')
+        self.restart()
+
+    def restart(self) -> None:
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -89,7 +92,7 @@ class Daemon:
                 str(self.dir / "fgd.toml"),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "fgd.log", "wb"),  # noqa: SIM115
+            stderr=open(self.dir / "fgd.log", "ab"),  # noqa: SIM115
         )
         wait_http(f"{self.url}/healthz")
         self.token = (self.dir / "state" / "admin.token").read_text().strip()
