@@ -66,11 +66,13 @@ class Dispatcher:
     async def _deliver(self, event: AsyncEvent) -> None:
         try:
             outcome = await self._attempt(event)
-            await self._store.run(self._store.queue.settle, event)
             record = self._store.get(event.key)
             if record is not None and event.status in ("SUCCESS", "FAIL", "DISCARD"):
+                # Destination first, settle after: a crash in between re-runs the event and
+                # notifies again (at least once), never settles it with no notification.
                 condition = {"SUCCESS": "", "FAIL": "RetriesExhausted", "DISCARD": "EventAgeExceeded"}[event.status]
                 await self.destinations.deliver(record, event, outcome, event.status == "SUCCESS", condition)
+            await self._store.run(self._store.queue.settle, event)
         finally:
             self._running -= 1
             self._wakeup.set()

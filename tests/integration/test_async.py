@@ -124,9 +124,9 @@ def test_payload_limit_and_validation(fast: Api) -> None:
     assert config["max_async_retry_attempts"] == 1 and config["max_async_event_age_in_seconds"] == 3600
 
 
-def test_hundreds_of_events_all_succeed(fast: Api) -> None:
+def test_a_thousand_events_all_succeed(fast: Api) -> None:
     name = fast.deploy(FLAKY, strategy_config={"concurrency": 4, "concurrent_num": 4})["func_name"]
-    ids = [submit(fast, name, {"n": n}) for n in range(300)]
+    ids = [submit(fast, name, {"n": n}) for n in range(1000)]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         rows = fast.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["invocations"]
@@ -137,24 +137,46 @@ def test_hundreds_of_events_all_succeed(fast: Api) -> None:
 
 
 def test_kill_9_loses_nothing(tmp_path: Path) -> None:
-    daemon = Daemon(tmp_path / "state", "[async_invoke]\nretry_base = 0.05\nconcurrency = 2\n")
+    received: set[str] = set()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            note = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.add(note["request_context"]["request_id"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    daemon = Daemon(tmp_path / "state", "[async_invoke]\nretry_base = 0.05\nconcurrency = 4\n")
     daemon.start()
-    api = Api(daemon)
-    name = api.deploy(FLAKY, timeout=10)["func_name"]
-    ids = [submit(api, name, {"n": n, "sleep": 0.05}) for n in range(100)]
-    time.sleep(0.3)  # some have run, some are running, most are waiting
-    daemon.stop(signal.SIGKILL)
-    daemon.start()
-    api = Api(daemon)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        rows = api.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["invocations"]
-        if all(r["status"] == "SUCCESS" for r in rows) and len(rows) == len(ids):
-            break
-        time.sleep(0.2)
-    assert sorted(r["request_id"] for r in rows) == sorted(ids)
-    assert all(r["status"] == "SUCCESS" for r in rows)
-    daemon.stop()
+    try:
+        api = Api(daemon)
+        name = api.deploy(FLAKY, timeout=10, strategy_config={"concurrency": 4, "concurrent_num": 2})["func_name"]
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        hook = {"destination_config": {"on_success": {"destination": "WEBHOOK", "param": {"url": url}}}}
+        api.http.put(f"/functions/{name}/async-invoke-config", json=hook)
+        ids = [submit(api, name, {"n": n, "sleep": 0.02}) for n in range(300)]
+        time.sleep(0.5)  # some have run, some are running, most are waiting
+        daemon.stop(signal.SIGKILL)
+        assert 0 < len(received) < len(ids)
+        daemon.start()
+        api = Api(daemon)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            rows = api.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["invocations"]
+            if len(received) == len(ids) and all(r["status"] == "SUCCESS" for r in rows):
+                break
+            time.sleep(0.2)
+        assert sorted(r["request_id"] for r in rows) == sorted(ids)
+        assert all(r["status"] == "SUCCESS" for r in rows)
+        assert received == set(ids)  # every one reached its destination (at least once)
+    finally:
+        daemon.stop()
+        server.shutdown()
 
 
 PRINTER = "import json\ndef handler(event, context):\n    print('GOT ' + json.dumps(event))\n    return 'noted'\n"
