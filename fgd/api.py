@@ -183,16 +183,7 @@ def create_app(
             msgspec.json.decode(data or b"{}")
         except msgspec.DecodeError:
             raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
-        now = time.time()
-        event = AsyncEvent(
-            request_id=new_request_id(),
-            project_id=record.project_id,
-            package=record.package,
-            func_name=record.func_name,
-            payload=data or b"{}",
-            created=now,
-            not_before=now,
-        )
+        event = AsyncEvent.new(record.key, new_request_id(), data or b"{}")
         # Durable before we answer: 202 means it will run (at least once).
         await store.run(store.queue.enqueue, event)
         dispatcher.notify()

@@ -11,6 +11,7 @@ can deduplicate.
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Literal, Protocol
 
 import msgspec
@@ -38,6 +39,21 @@ class AsyncEvent(msgspec.Struct, kw_only=True):
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.project_id, self.package, self.func_name)
+
+    @classmethod
+    def new(cls, key: tuple[str, str, str], request_id: str, payload: bytes) -> AsyncEvent:
+        """A fresh event for the function `key`, due now."""
+        now = time.time()
+        project_id, package, func_name = key
+        return cls(
+            request_id=request_id,
+            project_id=project_id,
+            package=package,
+            func_name=func_name,
+            payload=payload,
+            created=now,
+            not_before=now,
+        )
 
 
 class AsyncQueue(Protocol):

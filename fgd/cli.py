@@ -22,6 +22,13 @@ INLINE_UPLOAD_MAX = 8 * 1024 * 1024
 PLACEHOLDER = "def handler(event, context):\n    raise RuntimeError('code upload in progress')\n"
 
 
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Columns aligned to their widest cell; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
 def fail(message: str) -> int:
     print(f"fgd: error: {message}", file=sys.stderr)
     return 1
@@ -263,9 +270,7 @@ def cmd_async_ls(args: argparse.Namespace) -> int:
     for r in rows:
         error = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else ""
         table.append((r["request_id"], r["status"], str(r["attempts"]), r["start_time"], r["end_time"], error))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -311,9 +316,7 @@ def cmd_trigger_ls(args: argparse.Namespace) -> int:
             else f"{data['req_method']} {data['path']} ({data['match_mode']}, auth {data['auth']})"
         )
         table.append((t["trigger_id"], t["trigger_type_code"], t["trigger_status"], data["name"], what))
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -346,9 +349,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         table.append(
             (name, f["runtime"], f"{f['memory_size']} MB", f"{f['timeout']} s", f["handler"], f["last_modified"])
         )
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
     return 0
 
 
@@ -414,9 +415,7 @@ def cmd_dep_ls(args: argparse.Namespace) -> int:
         return 0
     table = [("NAME", "VERSION", "RUNTIME", "OWNER", "SIZE", "ID")]
     table += [(d["name"], str(d["version"]), d["runtime"], d["owner"], str(d["size"]), d["id"]) for d in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print_table(table)
     return 0
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
 from datetime import UTC, datetime
@@ -116,16 +115,7 @@ class Destinations:
             if target is None:
                 log.warning("destination %s of %s no longer exists", param["func_urn"], record.func_name)
                 return
-            now = time.time()
-            queued = AsyncEvent(
-                request_id=new_request_id(),
-                project_id=target.project_id,
-                package=target.package,
-                func_name=target.func_name,
-                payload=payload,
-                created=now,
-                not_before=now,
-            )
+            queued = AsyncEvent.new(target.key, new_request_id(), payload)
             await self._store.run(self._store.queue.enqueue, queued)
             self._notify()
         else:

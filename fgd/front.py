@@ -73,17 +73,23 @@ def _headers(scope: dict) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
-async def _read_body(receive: Callable[[], Awaitable[dict]], declared: bytes | None) -> bytes:
-    if declared is not None and declared.isdigit() and int(declared) > MAX_EVENT_BYTES:
-        raise TooLarge(f"the event is {int(declared)} bytes; the limit for synchronous invocation is {MAX_EVENT_BYTES}")
+async def read_body(
+    receive: Callable[[], Awaitable[dict]],
+    declared: bytes | None,
+    limit: int = MAX_EVENT_BYTES,
+    what: str = "the event",
+) -> bytes:
+    """The whole request body, refusing (413) anything over `limit` as soon as it shows."""
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"{what} is {int(declared):,} bytes; the limit is {limit:,}")
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_EVENT_BYTES:
-            raise TooLarge(f"the event is over {MAX_EVENT_BYTES} bytes, the limit for synchronous invocation")
+        if size > limit:
+            raise TooLarge(f"{what} is over {limit:,} bytes, the limit")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -242,7 +248,7 @@ def build_front(
             authenticate(headers)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
-            event = await _read_body(receive, headers.get(b"content-length"))
+            event = await read_body(receive, headers.get(b"content-length"))
             memory = instance_memory(headers.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
             try:
                 outcome = await invoker.invoke(record, event, new_request_id(), memory)

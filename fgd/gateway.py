@@ -20,7 +20,8 @@ from typing import Any
 import msgspec
 
 from fgd import auth
-from fgd.errors import FgdError, NotFound, TooLarge
+from fgd.errors import FgdError, NotFound
+from fgd.front import read_body
 from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
 from fgd.model import Trigger
@@ -132,18 +133,9 @@ def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) 
                     (headers.get(b"x-auth-token") or b"").decode(errors="replace") or None,
                     (headers.get(b"authorization") or b"").decode(errors="replace") or None,
                 )
-            chunks, size = [], 0
-            while True:
-                message = await receive()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > MAX_BODY:
-                    raise TooLarge(f"the request body is over {MAX_BODY:,} bytes, the limit for HTTP triggers")
-                chunks.append(chunk)
-                if not message.get("more_body"):
-                    break
+            body = await read_body(receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body")
             request_id = new_request_id()
-            event = _encoder.encode(apig_event(scope, b"".join(chunks), trigger, request_id))
+            event = _encoder.encode(apig_event(scope, body, trigger, request_id))
             outcome = await invoker.invoke(record, event, request_id)
             metrics.invoked(record.key, outcome)
         except FgdError as refusal:

@@ -160,15 +160,6 @@ class Triggers:
             "trigger_name": trigger.event_data["name"],
             "user_event": trigger.event_data.get("user_event", ""),
         }
-        now = time.time()
-        queued = AsyncEvent(
-            request_id=new_request_id(),
-            project_id=record.project_id,
-            package=record.package,
-            func_name=record.func_name,
-            payload=msgspec.json.encode(event),
-            created=now,
-            not_before=now,
-        )
+        queued = AsyncEvent.new(record.key, new_request_id(), msgspec.json.encode(event))
         await self._store.run(self._store.queue.enqueue, queued)
         self._notify()

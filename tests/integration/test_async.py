@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import signal
@@ -34,6 +35,28 @@ def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     daemon.start()
     yield Api(daemon)
     daemon.stop()
+
+
+@contextlib.contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """A local HTTP endpoint collecting the JSON bodies POSTed to it."""
+    received: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
 
 
 def submit(api: Api, name: str, event: dict) -> str:
@@ -137,38 +160,29 @@ def test_a_thousand_events_all_succeed(fast: Api) -> None:
 
 
 def test_kill_9_loses_nothing(tmp_path: Path) -> None:
-    received: set[str] = set()
+    with webhook_receiver() as (url, notes):
+        _kill_9_loses_nothing(tmp_path, url, notes)
 
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            note = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received.add(note["request_context"]["request_id"])
-            self.send_response(204)
-            self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def _kill_9_loses_nothing(tmp_path: Path, url: str, notes: list[dict]) -> None:
     daemon = Daemon(tmp_path / "state", "[async_invoke]\nretry_base = 0.05\nconcurrency = 4\n")
     daemon.start()
     try:
         api = Api(daemon)
         name = api.deploy(FLAKY, timeout=10, strategy_config={"concurrency": 4, "concurrent_num": 2})["func_name"]
-        url = f"http://127.0.0.1:{server.server_address[1]}/"
         hook = {"destination_config": {"on_success": {"destination": "WEBHOOK", "param": {"url": url}}}}
         api.http.put(f"/functions/{name}/async-invoke-config", json=hook)
         ids = [submit(api, name, {"n": n, "sleep": 0.02}) for n in range(300)]
         time.sleep(0.5)  # some have run, some are running, most are waiting
         daemon.stop(signal.SIGKILL)
-        assert 0 < len(received) < len(ids)
+        assert 0 < len(notes) < len(ids)
         daemon.start()
         api = Api(daemon)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             rows = api.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["invocations"]
-            if len(received) == len(ids) and all(r["status"] == "SUCCESS" for r in rows):
+            received = {note["request_context"]["request_id"] for note in notes}
+            if received == set(ids) and all(r["status"] == "SUCCESS" for r in rows):
                 break
             time.sleep(0.2)
         assert sorted(r["request_id"] for r in rows) == sorted(ids)
@@ -176,7 +190,6 @@ def test_kill_9_loses_nothing(tmp_path: Path) -> None:
         assert received == set(ids)  # every one reached its destination (at least once)
     finally:
         daemon.stop()
-        server.shutdown()
 
 
 PRINTER = "import json\ndef handler(event, context):\n    print('GOT ' + json.dumps(event))\n    return 'noted'\n"
@@ -212,26 +225,10 @@ def test_on_success_destination_function_gets_the_notification(fast: Api) -> Non
 
 
 def test_on_failure_webhook_gets_the_notification(fast: Api) -> None:
-    received: list[dict] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with webhook_receiver() as (url, received):
         name = fast.deploy(FLAKY)["func_name"]
-        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-        config = {
-            "max_async_retry_attempts": 1,
-            "destination_config": {"on_failure": {"destination": "WEBHOOK", "param": {"url": url}}},
-        }
+        hook = {"destination": "WEBHOOK", "param": {"url": url}}
+        config = {"max_async_retry_attempts": 1, "destination_config": {"on_failure": hook}}
         assert fast.http.put(f"/functions/{name}/async-invoke-config", json=config).status_code == 200
         request_id = submit(fast, name, {"fail": True})
         wait_final(fast, name, request_id)
@@ -240,12 +237,11 @@ def test_on_failure_webhook_gets_the_notification(fast: Api) -> None:
             time.sleep(0.1)
         (note,) = received
         assert set(note) == NOTIFICATION_KEYS
+        assert note["request_context"]["request_id"] == request_id
         assert note["request_context"]["condition"] == "RetriesExhausted"
         assert note["request_context"]["approximate_invoke_count"] == 2
         assert note["response_context"]["function_error"] == "RuntimeError"
         assert json.loads(note["response_payload"])["errorMessage"] == "failed on purpose"
-    finally:
-        server.shutdown()
 
 
 def test_destination_cycles_and_unknown_targets_are_refused(fast: Api) -> None:
