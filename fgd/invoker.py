@@ -540,20 +540,26 @@ class Invoker:
         self.instances.setdefault(record.key, []).append(instance)
         instance.state = State.BUSY
         failure: FunctionError | None = None
-        with trio.move_on_at(started + limit) as scope:
-            try:
-                if self.sandbox is not None:
-                    instance.set_limits(self.sandbox.limits(record))
-                await instance.send(self._specialize_frame(record))
-                frame = await instance.receive()
-                if isinstance(frame, protocol.InitError):
-                    failure = frame.error
-                elif not isinstance(frame, protocol.Ready):
-                    failure = FunctionError("Runtime.InitError", f"unexpected {type(frame).__name__} during start")
-            except InstanceGone as gone:
-                failure = self._gone_error(instance, gone, settings.memory_size)
-                if failure.error_type == "Runtime.ExitError":
-                    failure = FunctionError("Runtime.InitError", f"the instance failed to start: {gone.message}")
+        try:
+            with trio.move_on_at(started + limit) as scope:
+                try:
+                    if self.sandbox is not None:
+                        instance.set_limits(self.sandbox.limits(record))
+                    await instance.send(self._specialize_frame(record))
+                    frame = await instance.receive()
+                    if isinstance(frame, protocol.InitError):
+                        failure = frame.error
+                    elif not isinstance(frame, protocol.Ready):
+                        failure = FunctionError("Runtime.InitError", f"unexpected {type(frame).__name__} during start")
+                except InstanceGone as gone:
+                    failure = self._gone_error(instance, gone, settings.memory_size)
+                    if failure.error_type == "Runtime.ExitError":
+                        failure = FunctionError("Runtime.InitError", f"the instance failed to start: {gone.message}")
+        except BaseException:
+            # Cancelled from outside mid-start (shutdown, the caller went away): the half-started
+            # instance goes. (Our own deadline is absorbed by move_on_at above.)
+            self._discard(record.key, instance)
+            raise
         init_ms = (trio.current_time() - started) * 1000
         if scope.cancelled_caught:
             what = f"initializer {settings.initializer_handler!r}" if settings.initializer_handler else "loading"
