@@ -23,7 +23,7 @@ from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.errors import Conflict, FgdError, InvalidParameter, MethodNotAllowed, NotFound, TooLarge
 from fgd.functions import Functions
-from fgd.invoker import new_request_id
+from fgd.invoker import check_event, new_request_id
 from fgd.metrics import Metrics
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
@@ -179,11 +179,7 @@ def create_app(
             raise TooLarge(
                 f"the event is {len(data):,} bytes; asynchronous events may be {async_config.max_payload:,} at most"
             )
-        try:
-            msgspec.json.decode(data or b"{}")
-        except msgspec.DecodeError:
-            raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
-        event = AsyncEvent.new(record.key, new_request_id(), data or b"{}")
+        event = AsyncEvent.new(record.key, new_request_id(), check_event(data))
         # Durable before we answer: 202 means it will run (at least once).
         await store.run(store.queue.enqueue, event)
         dispatcher.notify()

@@ -23,7 +23,7 @@ from fgd.dependencies import Dependencies
 from fgd.errors import InvalidParameter, Throttled, Unavailable
 from fgd.instance import Instance, InstanceGone, State
 from fgd.logs import LogSink, summary_line
-from fgd.model import MAX_RESPONSE_BYTES, FunctionRecord, cpu_millicores
+from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
@@ -49,6 +49,15 @@ class Outcome(msgspec.Struct, kw_only=True):
     max_memory_mb: float = 0.0
     memory_size: int = 0
     logs: list[LogLine] = []
+
+
+def check_event(event: bytes) -> bytes:
+    """The event as the function will get it: a JSON document (an empty body is `{}`)."""
+    try:
+        msgspec.json.decode(event or b"{}")
+    except msgspec.DecodeError:
+        raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
+    return event or b"{}"
 
 
 def pool_key(record: FunctionRecord) -> tuple:
@@ -444,15 +453,8 @@ class Invoker:
             record = msgspec.structs.replace(
                 record, settings=msgspec.structs.replace(record.settings, memory_size=memory_size)
             )
-        settings = record.settings
-        if settings.strategy_config.concurrency == 0:
-            raise Throttled(
-                f"function {record.func_name} is disabled: its strategy_config.concurrency (max instances) is 0"
-            )
-        try:
-            msgspec.json.decode(event or b"{}")
-        except msgspec.DecodeError:
-            raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
+        # A disabled function (max instances 0) is refused by the scheduler, like every other limit.
+        check_event(event)
         instance = await self._acquire(record, request_id)
         try:
             return await self._run(record, event, request_id, instance)
@@ -531,10 +533,8 @@ class Invoker:
         instance.revision = record.revision
         instance.key = record.key
         instance.pool_key = pool_key(record)
-        instance.packages = {record.code.sha256} | {
-            d.code.sha256
-            for d in self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
-        }
+        deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
+        instance.packages = {record.code.sha256} | {d.code.sha256 for d in deps}
         settings = record.settings
         limit = settings.initializer_timeout if settings.initializer_handler else self._config.instances.spawn_timeout
         self.instances.setdefault(record.key, []).append(instance)
@@ -545,7 +545,7 @@ class Invoker:
                 try:
                     if self.sandbox is not None:
                         instance.set_limits(self.sandbox.limits(record))
-                    await instance.send(self._specialize_frame(record))
+                    await instance.send(self._specialize_frame(record, deps))
                     frame = await instance.receive()
                     if isinstance(frame, protocol.InitError):
                         failure = frame.error
@@ -569,9 +569,8 @@ class Invoker:
             return instance, ColdStartFailure(failure, init_ms)
         return instance, None
 
-    def _specialize_frame(self, record: FunctionRecord) -> protocol.Specialize:
+    def _specialize_frame(self, record: FunctionRecord, deps: list[DependencyVersion]) -> protocol.Specialize:
         tree = self._code.tree_path(record.code.sha256)
-        deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         if self.sandbox is None or not self.sandbox.protections.mounts:
             frame = specialize_frame(record, str(tree))
             return msgspec.structs.replace(
