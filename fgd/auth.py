@@ -43,3 +43,12 @@ def check(expected: str, x_auth_token: str | None, authorization: str | None) ->
         raise Unauthorized("authentication required: send X-Auth-Token: <token> or Authorization: Bearer <token>")
     if not hmac.compare_digest(token.encode(), expected.encode()):
         raise Unauthorized("the token is not valid for this node")
+
+
+def check_asgi(expected: str, headers: dict[bytes, bytes]) -> None:
+    """`check` for an ASGI request's headers (lower-case byte names)."""
+    check(
+        expected,
+        (headers.get(b"x-auth-token") or b"").decode(errors="replace") or None,
+        (headers.get(b"authorization") or b"").decode(errors="replace") or None,
+    )

@@ -210,19 +210,12 @@ def build_front(
 ) -> ASGIApp:
     code = functions.packager.code
 
-    def authenticate(headers: dict[bytes, bytes]) -> None:
-        auth.check(
-            token,
-            (headers.get(b"x-auth-token") or b"").decode(errors="replace") or None,
-            (headers.get(b"authorization") or b"").decode(errors="replace") or None,
-        )
-
     async def upload(scope: dict, receive: Callable, send: Callable, match: re.Match) -> None:
         """A raw application/zip body, streamed to disk (Quart would hold it all in memory)."""
         headers = _headers(scope)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(scope.get("query_string", b"").decode()).items()}
         try:
-            authenticate(headers)
+            auth.check_asgi(token, headers)
             project_id = match[1]
             check_project(project_id)
             declared = headers.get(b"content-length")
@@ -245,7 +238,7 @@ def build_front(
     async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         headers = _headers(scope)
         try:
-            authenticate(headers)
+            auth.check_asgi(token, headers)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             event = await read_body(receive, headers.get(b"content-length"))

@@ -127,12 +127,7 @@ def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) 
             if record is None:
                 raise NotFound(f"the function behind {scope['path']} no longer exists")
             if trigger.event_data.get("auth", "NONE") == "TOKEN":
-                headers = dict(scope["headers"])
-                auth.check(
-                    token,
-                    (headers.get(b"x-auth-token") or b"").decode(errors="replace") or None,
-                    (headers.get(b"authorization") or b"").decode(errors="replace") or None,
-                )
+                auth.check_asgi(token, dict(scope["headers"]))
             body = await read_body(receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body")
             request_id = new_request_id()
             event = _encoder.encode(apig_event(scope, body, trigger, request_id))
