@@ -30,8 +30,9 @@ class InstanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     retention_days: float = 7.0
-    # Largest number of log lines kept per invocation; the rest is summarised.
+    # Largest number of log lines, and characters, kept per invocation; the rest is counted.
     max_lines_per_invocation: int = 10_000
+    max_bytes_per_invocation: int = 1024 * 1024
 
 
 class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -54,6 +55,8 @@ class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Total memory_size of live instances; default: memory_budget_fraction of the host's memory.
     memory_budget_mb: int | None = None
     memory_budget_fraction: float = 0.8
+    # The share of that budget one function's instances may hold (its first instance always may).
+    function_memory_share: float = 0.5
 
 
 class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

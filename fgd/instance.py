@@ -8,15 +8,19 @@ that was running when the bytes arrived.
 
 from __future__ import annotations
 
+import collections
 import enum
 import os
 import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 
+import msgspec
 import trio
 
+from fgd.output import OutputPipe, Transcript, cut_line
 from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
@@ -24,6 +28,10 @@ from runtimes import protocol
 from sandbox.cgroups import CgroupError, Limits
 
 READ_CHUNK = 1 << 16
+# Request ids an instance finished lately: a Log frame for one of them is late, not forged.
+RECENT_REQUESTS = 256
+# The request id the runtime gives its initializer's context.
+INITIALIZER = "initializer"
 # How long to wait for the zygote's exit report after the socket closed.
 EXIT_REPORT_WAIT = 0.5
 
@@ -43,48 +51,21 @@ class InstanceGone(Exception):
         self.message = message
 
 
+class LogLimits(msgspec.Struct, frozen=True):
+    """What one invocation's transcript may hold, and what a function may print between requests."""
+
+    max_lines: int
+    max_bytes: int
+
+
 def _create_and_place(cgroups, name: str, pid: int, limits: Limits) -> None:
     cgroups.create(name)
     cgroups.set_limits(name, limits)
     cgroups.place(name, pid)
 
 
-class OutputPipe:
-    """Non-blocking reader of one of the instance's output pipes, split into lines."""
-
-    def __init__(self, fd: int, stream: str) -> None:
-        self.fd = fd
-        self.stream = stream
-        self._partial = b""
-        self.closed = False
-
-    def drain(self) -> list[tuple[str, str]]:
-        """Read what is there now; return complete lines as (stream, text)."""
-        chunks = []
-        while not self.closed:
-            try:
-                data = os.read(self.fd, READ_CHUNK)
-            except BlockingIOError:
-                break
-            if not data:
-                self.closed = True
-                break
-            chunks.append(data)
-        if not chunks:
-            return []
-        data = self._partial + b"".join(chunks)
-        *complete, self._partial = data.split(b"\n")
-        return [(self.stream, line.decode(errors="replace")) for line in complete]
-
-    def flush_partial(self) -> list[tuple[str, str]]:
-        if not self._partial:
-            return []
-        text, self._partial = self._partial.decode(errors="replace"), b""
-        return [(self.stream, text)]
-
-
 class Instance:
-    def __init__(self, zygote: Zygote, max_lines: int, sandbox: Sandbox | None = None) -> None:
+    def __init__(self, zygote: Zygote, log_limits: LogLimits, sandbox: Sandbox | None = None) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.sandbox = sandbox
         # One cgroup per instance, named so a restarted daemon can tell its own from stale ones.
@@ -100,12 +81,20 @@ class Instance:
         # sha256 of the code and dependency trees this instance mounts.
         self.packages: set[str] = set()
         self._peak_fd = -1
+        self._oom_baseline = 0
         self.last_used = time.monotonic()
         # Requests running on the instance now; output from its pipes goes to the one
         # running (to none when several run: their prints come tagged as Log frames).
         self.active: list[str] = []
-        self.lines: dict[str, list[LogLine]] = {}
-        self.dropped_lines: dict[str, int] = {}
+        self._transcripts: dict[str, Transcript] = {}
+        # Requests finished lately, oldest first (a dict as an ordered set).
+        self._finished: dict[str, None] = {}
+        # Output that belongs to no running request (printed after its request ended, or by
+        # concurrent requests without a tag) goes straight to the function's log through
+        # `on_late`, at most `log_limits.max_lines` lines between two requests; the rest is counted.
+        self.on_late: Callable[[list[LogLine]], None] | None = None
+        self._late_budget = log_limits.max_lines
+        self._late_dropped = 0
         self.kill_reason = ""
         # Kept started and warm for the function (reserved instances), never reaped.
         self.reserved = False
@@ -114,10 +103,10 @@ class Instance:
         self._reading = False
         self._gone: str | None = None
         self._send_lock = trio.Lock()
-        self._max_lines = max_lines
+        self._log_limits = log_limits
         self._socket: trio.socket.SocketType | None = None
-        self._buffer = protocol.FrameBuffer()
-        self._frames: list[protocol.Frame] = []
+        self._buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME)
+        self._frames: collections.deque[protocol.Frame] = collections.deque()
         self._pipes: list[OutputPipe] = []
 
     # Life cycle ------------------------------------------------------------
@@ -131,6 +120,7 @@ class Instance:
             os.set_blocking(fd, False)
         self._pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
         self._socket = trio.socket.from_stdlib_socket(ours)
+        self.zygote_generation = self.zygote.generation
         try:
             self.pid = await self.zygote.fork(self.id, [theirs.fileno(), out_w, err_w])
         except BaseException:
@@ -169,14 +159,18 @@ class Instance:
             except CgroupError as exc:
                 raise InstanceGone(f"cannot set the instance's limits: {exc}") from None
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel's OOM killer acted in this instance (from the cgroup counter)."""
+    def oom_kills(self) -> int:
+        """The kernel's count of OOM kills in this instance's cgroup (0 without one)."""
         if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
-            return False
+            return 0
         try:
-            return self.sandbox.cgroups.oom_kills(self.cgroup) > 0
+            return self.sandbox.cgroups.oom_kills(self.cgroup)
         except CgroupError:
-            return False
+            return 0
+
+    def oom_killed(self) -> bool:
+        """Whether the OOM killer acted here since the current requests began (not in an earlier one)."""
+        return self.oom_kills() > self._oom_baseline
 
     def memory_peak_mb(self) -> float | None:
         """Peak memory charged to the instance's cgroup; read on every invocation, so kept open."""
@@ -210,17 +204,17 @@ class Instance:
                 await trio.lowlevel.wait_readable(pipe.fd)
             except (trio.ClosedResourceError, OSError):
                 return
-            self._collect(pipe.drain())
+            self._collect(pipe.stream, pipe.drain())
 
     def collect_output(self) -> None:
         """Take in what the pipes hold right now (called when a request ends)."""
         for pipe in self._pipes:
             if not pipe.closed:
-                self._collect(pipe.drain())
-            self._collect(pipe.flush_partial())
+                self._collect(pipe.stream, pipe.drain())
+            self._collect(pipe.stream, pipe.flush_partial())
 
-    def _collect(self, lines: list[tuple[str, str]]) -> None:
-        for stream, text in lines:
+    def _collect(self, stream: str, lines: list[str]) -> None:
+        for text in lines:
             self.add_line(stream, text)
 
     @property
@@ -228,23 +222,49 @@ class Instance:
         """The request untagged output belongs to: the only one running, else none."""
         return self.active[0] if len(self.active) == 1 else ""
 
+    def begin(self, request_id: str) -> None:
+        """`request_id` starts running here: its output is kept from now on."""
+        if not self.active:
+            # A child killed for memory in an earlier request must not make a later crash an OOM.
+            self._oom_baseline = self.oom_kills()
+        if request_id not in self.active:
+            self.active.append(request_id)
+        self._late_budget = self._log_limits.max_lines
+        if self._late_dropped and self.on_late is not None:
+            note = f"{self._late_dropped:,} log lines printed outside any request were dropped"
+            self.on_late([LogLine(time.time(), "", self.id, "platform", note)])
+            self._late_dropped = 0
+
+    def end(self, request_id: str) -> list[LogLine]:
+        """`request_id` finished: its transcript; later output for it counts as late."""
+        if request_id in self.active:
+            self.active.remove(request_id)
+        self._finished[request_id] = None
+        if len(self._finished) > RECENT_REQUESTS:
+            del self._finished[next(iter(self._finished))]
+        return self.take_lines(request_id)
+
     def add_line(self, stream: str, text: str, request_id: str | None = None) -> None:
-        owner = self.request_id if request_id is None else request_id
-        lines = self.lines.setdefault(owner, [])
-        if len(lines) >= self._max_lines:
-            self.dropped_lines[owner] = self.dropped_lines.get(owner, 0) + 1
-            return
-        lines.append(LogLine(time.time(), owner, self.id, stream, text))
+        # The initializer runs for the request that caused the cold start: its lines are that request's.
+        owner = self.request_id if request_id is None or request_id == INITIALIZER else request_id
+        line = LogLine(time.time(), owner, self.id, stream, cut_line(text))
+        if owner in self.active:
+            transcript = self._transcripts.get(owner)
+            if transcript is None:
+                transcript = self._transcripts[owner] = Transcript()
+            transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes)
+        elif self.on_late is not None and self._late_budget > 0:
+            self._late_budget -= 1
+            self.on_late([line])
+        else:
+            self._late_dropped += 1
 
     def take_lines(self, request_id: str = "") -> list[LogLine]:
-        lines = self.lines.pop(request_id, [])
-        dropped = self.dropped_lines.pop(request_id, 0)
-        if dropped:
-            lines.append(LogLine(time.time(), request_id, self.id, "platform", f"{dropped} log lines dropped"))
-        return lines
+        transcript = self._transcripts.pop(request_id, None)
+        return transcript.finish(request_id, self.id) if transcript is not None else []
 
     def take_all_lines(self) -> list[LogLine]:
-        return [line for owner in list(self.lines) for line in self.take_lines(owner)]
+        return [line for owner in list(self._transcripts) for line in self.take_lines(owner)]
 
     def kill(self) -> None:
         """Kill every process of the instance (its whole cgroup); idempotent."""
@@ -302,8 +322,9 @@ class Instance:
                 while data:
                     sent = await self._socket.send(data)
                     data = data[sent:]
-        except OSError as exc:
-            raise InstanceGone(f"cannot write to the instance: {exc}") from None
+        except (OSError, trio.ClosedResourceError) as exc:
+            # Closed under us (another request's timeout recycled the instance) or the process is gone.
+            raise InstanceGone(self.kill_reason or f"cannot write to the instance: {exc}") from None
 
     async def result(self, request_id: str) -> protocol.Frame:
         """The answer to `request_id`. Whoever waits and finds no one reading reads for everyone."""
@@ -328,6 +349,11 @@ class Instance:
                 frame = await self.receive()
                 if not isinstance(frame, protocol.Result):
                     raise InstanceGone(f"the instance answered with an unexpected {type(frame).__name__} frame")
+                if frame.request_id not in self.active or frame.request_id in self._results:
+                    raise InstanceGone(
+                        f"the instance broke the protocol: it answered request {frame.request_id[:64]!r}, "
+                        "which it was not given (or answered it twice)"
+                    )
                 if frame.request_id == request_id:
                     return frame
                 self._results[frame.request_id] = frame
@@ -355,21 +381,32 @@ class Instance:
         assert self._socket is not None
         while True:
             while self._frames:
-                frame = self._frames.pop(0)
+                frame = self._frames.popleft()
                 if isinstance(frame, protocol.Log):
-                    if frame.level in ("stdout", "stderr"):
-                        self.add_line(frame.level, frame.message, frame.request_id)
-                    else:
-                        self.add_line("logger", f"[{frame.level}] {frame.message}", frame.request_id)
+                    self._log_frame(frame)
                     continue
                 return frame
             try:
                 data = await self._socket.recv(READ_CHUNK)
+            except trio.ClosedResourceError:
+                raise InstanceGone(self.kill_reason or "the instance was closed") from None
             except OSError:
                 data = b""
             if not data:
-                raise InstanceGone(await self.exit_reason())
+                raise InstanceGone(self.kill_reason or await self.exit_reason())
             try:
                 self._frames.extend(self._buffer.feed(data))
             except protocol.ProtocolError as exc:
                 raise InstanceGone(f"the instance broke the protocol: {exc}") from None
+
+    def _log_frame(self, frame: protocol.Log) -> None:
+        owner = frame.request_id
+        if owner and owner != INITIALIZER and owner not in self.active and owner not in self._finished:
+            raise InstanceGone(
+                f"the instance broke the protocol: it sent a log line for request {owner[:64]!r}, "
+                "which it was not given"
+            )
+        if frame.level in ("stdout", "stderr"):
+            self.add_line(frame.level, frame.message, owner)
+        else:
+            self.add_line("logger", f"[{frame.level[:16]}] {frame.message}", owner)

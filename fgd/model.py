@@ -10,6 +10,7 @@ import msgspec
 from msgspec import Meta
 
 from fgd.errors import InvalidParameter
+from runtimes import protocol
 
 FUNC_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?$"
 PACKAGE_RE = r"^[A-Za-z0-9_-]{1,64}$"
@@ -17,7 +18,7 @@ PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 USER_DATA_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 HANDLER_RE = re.compile(r"^(?!/)(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+\.[A-Za-z_][A-Za-z0-9_]*$")
 USER_DATA_MAX = 4096
-MAX_RESPONSE_BYTES = 6 * 1024 * 1024
+MAX_RESPONSE_BYTES = protocol.MAX_RESPONSE
 
 FuncName = Annotated[str, Meta(min_length=1, max_length=60, pattern=FUNC_NAME_RE)]
 Package = Annotated[str, Meta(pattern=PACKAGE_RE)]

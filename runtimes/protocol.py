@@ -16,10 +16,21 @@ import msgspec
 from sandbox.policy import ContainPolicy, EnterPolicy
 
 HEADER = struct.Struct(">I")
+# Frames down (events, policies) may be large; frames up come from user code and are held to
+# what a legitimate answer needs: the response limit plus room for an error report.
 MAX_FRAME = 64 * 1024 * 1024
+# FunctionGraph's limit on a synchronous response body (RUNTIME_MAX_RESP_BODY_SIZE).
+MAX_RESPONSE = 6 * 1024 * 1024
+MAX_UP_FRAME = MAX_RESPONSE + 1024 * 1024
+# One log line (bytes of UTF-8); longer lines are cut with a marker, on both sides.
+MAX_LOG_LINE = 64 * 1024
+# What an error report may carry: a type name, a message and a few stack lines.
+MAX_ERROR_TYPE = 128
+MAX_ERROR_MESSAGE = 64 * 1024
+MAX_STACK_LINES = 200
 
 
-class FunctionError(msgspec.Struct, frozen=True):
+class FunctionError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What the function side reports when user code fails."""
 
     error_type: str
@@ -27,7 +38,7 @@ class FunctionError(msgspec.Struct, frozen=True):
     stack_trace: list[str] = []
 
 
-class FunctionIdentity(msgspec.Struct, frozen=True):
+class FunctionIdentity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Facts about the function that the `context` object exposes."""
 
     project_id: str
@@ -42,21 +53,21 @@ class FunctionIdentity(msgspec.Struct, frozen=True):
     credentials: dict[str, str] = {}
 
 
-class Contain(msgspec.Struct, tag=True, frozen=True):
+class Contain(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     """Sent once the daemon has put the instance into its cgroup: apply the generic sandbox."""
 
     policy: ContainPolicy
 
 
-class Contained(msgspec.Struct, tag=True, frozen=True):
+class Contained(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class ContainError(msgspec.Struct, tag=True, frozen=True):
+class ContainError(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     message: str
 
 
-class Specialize(msgspec.Struct, tag=True, frozen=True):
+class Specialize(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     code_dir: str
     handler: str
     initializer: str
@@ -69,48 +80,55 @@ class Specialize(msgspec.Struct, tag=True, frozen=True):
     concurrency: int = 1
 
 
-class Invoke(msgspec.Struct, tag=True, frozen=True):
+class Invoke(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     request_id: str
     event: bytes
     # Absolute wall-clock deadline (time.time() seconds) for getRemainingTime.
     deadline: float
 
 
-class Shutdown(msgspec.Struct, tag=True, frozen=True):
+class Shutdown(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class Ready(msgspec.Struct, tag=True, frozen=True):
+class Ready(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     init_ms: float
 
 
-class InitError(msgspec.Struct, tag=True, frozen=True):
+class InitError(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     error: FunctionError
 
 
-class Result(msgspec.Struct, tag=True, frozen=True):
+class Result(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     request_id: str
     body: bytes | None = None
     error: FunctionError | None = None
     max_rss_kb: int = 0
 
 
-class Log(msgspec.Struct, tag=True, frozen=True):
+class Log(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     request_id: str
     level: str
     message: str
 
 
-class Fork(msgspec.Struct, tag=True, frozen=True):
+def log_line(request_id: str, level: str, message: str) -> Log:
+    """A Log frame whose message fits the daemon's line limit (it cuts longer ones; this keeps the frame small)."""
+    if len(message) > MAX_LOG_LINE:
+        message = message[:MAX_LOG_LINE] + f" [... {len(message) - MAX_LOG_LINE:,} more characters cut]"
+    return Log(request_id, level, message)
+
+
+class Fork(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     instance_id: str
 
 
-class Forked(msgspec.Struct, tag=True, frozen=True):
+class Forked(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     instance_id: str
     pid: int
 
 
-class Exited(msgspec.Struct, tag=True, frozen=True):
+class Exited(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     pid: int
     # os.waitstatus_to_exitcode: >= 0 exit code, < 0 killed by that signal.
     exit_code: int
@@ -140,6 +158,15 @@ class ProtocolError(Exception):
     """The peer sent bytes that are not a valid frame."""
 
 
+class FrameTooLarge(ProtocolError):
+    """A frame's header announces more bytes than the receiver accepts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a frame of {size:,} bytes exceeds the limit of {limit:,}")
+        self.size = size
+        self.limit = limit
+
+
 def encode(frame: Frame) -> bytes:
     body = _encoder.encode(frame)
     return HEADER.pack(len(body)) + body
@@ -150,21 +177,25 @@ def decode(body: bytes | memoryview) -> Frame:
         return _decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"undecodable frame: {exc}") from None
+    except RecursionError:
+        # Unknown fields are refused, but a value is still parsed before its field is judged.
+        raise ProtocolError("undecodable frame: nested too deeply") from None
 
 
 class FrameBuffer:
     """Sans-IO reassembly of frames from arbitrary chunks of bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
+        self._max_frame = max_frame
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
         frames: list[Frame] = []
         while len(self._buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self._buf)
-            if size > MAX_FRAME:
-                raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME}")
+            if size > self._max_frame:
+                raise FrameTooLarge(size, self._max_frame)
             end = HEADER.size + size
             if len(self._buf) < end:
                 break

@@ -48,17 +48,19 @@ class RequestStream(io.TextIOBase):
         with self._lock:
             pending = self._partial.pop(request_id, "") + text
             *lines, rest = pending.split("\n")
-            if rest:
+            if len(rest) > protocol.MAX_LOG_LINE:
+                lines.append(rest)  # a line without end: sent (and cut) now rather than kept growing
+            elif rest:
                 self._partial[request_id] = rest
         for line in lines:
-            self._conn.send(protocol.Log(request_id, self._name, line))
+            self._conn.send(protocol.log_line(request_id, self._name, line))
         return len(text)
 
     def finish(self, request_id: str) -> None:
         with self._lock:
             rest = self._partial.pop(request_id, "")
         if rest:
-            self._conn.send(protocol.Log(request_id, self._name, rest))
+            self._conn.send(protocol.log_line(request_id, self._name, rest))
 
     def flush(self) -> None:
         self._fallback.flush()

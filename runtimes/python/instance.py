@@ -25,7 +25,7 @@ from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
 from sandbox.contain import ContainmentFailed, contain, enter
 
-MAX_RESPONSE = 6 * 1024 * 1024
+MAX_RESPONSE = protocol.MAX_RESPONSE
 # Resolved while the host filesystem is still visible (the sandbox has no venv symlinks).
 REAL_EXECUTABLE = os.path.realpath(sys.executable)
 
@@ -61,9 +61,19 @@ class LoadError(Exception):
 
 
 def error_from_exception(exc: BaseException) -> FunctionError:
-    stack = traceback.format_tb(exc.__traceback__)
+    stack = traceback.format_tb(exc.__traceback__, limit=-protocol.MAX_STACK_LINES)
+    try:
+        message = str(exc)
+    except Exception as failure:  # noqa: BLE001 - a user exception's __str__ may fail too
+        message = f"<the exception's message could not be read: {type(failure).__name__}>"
+    # Bounded so the report always fits in a frame; the daemon cuts again on its side.
+    message = message[: protocol.MAX_ERROR_MESSAGE]
     # Drop the runtime's own frame so the trace starts in user code.
-    return FunctionError(type(exc).__name__, str(exc), [line.rstrip("\n") for line in stack[1:]])
+    return FunctionError(
+        type(exc).__name__[: protocol.MAX_ERROR_TYPE],
+        message,
+        [line.rstrip("\n")[: protocol.MAX_LOG_LINE] for line in stack[1:]],
+    )
 
 
 def resolve(code_dir: str, handler: str, role: str) -> Callable[..., Any]:
@@ -126,7 +136,7 @@ class Instance:
         self._handler = handler
 
     def emit_log(self, request_id: str, level: str, message: str) -> None:
-        self._conn.send(protocol.Log(request_id, level, message))
+        self._conn.send(protocol.log_line(request_id, level, message))
 
     def invoke(self, frame: Invoke) -> Result:
         context = Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log)

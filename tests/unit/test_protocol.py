@@ -49,3 +49,44 @@ def test_oversized_frame_header_is_refused_before_buffering() -> None:
 def test_packets_need_no_header() -> None:
     frame = protocol.Forked("abc", 42)
     assert protocol.decode(protocol.encode_packet(frame)) == frame
+
+
+def _log_with_extra_field(value: bytes) -> bytes:
+    """A Log frame body with one more field whose raw msgpack value is `value`."""
+    body = bytearray(b"\x84")
+    for text in ("type", "Log", "request_id", "r1", "level", "stdout", "extra"):
+        body += bytes([0xA0 | len(text)]) + text.encode()
+    return bytes(body) + value
+
+
+def test_deeply_nested_frame_is_a_protocol_error_not_a_recursion_error() -> None:
+    # The tag comes last, so the decoder must step over the nested value before it can refuse it.
+    body = b"\x82\xa5extra" + b"\x91" * 200_000 + b"\xc0" + b"\xa4type\xa3Log"
+    with pytest.raises(protocol.ProtocolError, match="nested too deeply"):
+        protocol.decode(body)
+
+
+def test_unknown_field_is_refused() -> None:
+    with pytest.raises(protocol.ProtocolError, match="extra"):
+        protocol.decode(_log_with_extra_field(b"\xc0"))
+
+
+def test_unknown_tag_and_wrong_types_are_refused() -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(b"\x81\xa4type\xa5Bogus")
+    with pytest.raises(protocol.ProtocolError, match="request_id"):
+        protocol.decode(b"\x82\xa4type\xa6Result\xaarequest_id\x07")
+
+
+def test_frame_over_the_receivers_limit_is_refused_from_its_header() -> None:
+    buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME)
+    with pytest.raises(protocol.FrameTooLarge) as refused:
+        buffer.feed(protocol.HEADER.pack(1 << 30) + b"x")
+    assert refused.value.size == 1 << 30 and refused.value.limit == protocol.MAX_UP_FRAME
+
+
+def test_log_line_frame_cuts_long_messages() -> None:
+    frame = protocol.log_line("r1", "INFO", "x" * (protocol.MAX_LOG_LINE + 10))
+    assert frame.message.startswith("x" * protocol.MAX_LOG_LINE)
+    assert frame.message.endswith("[... 10 more characters cut]")
+    assert protocol.log_line("r1", "INFO", "short").message == "short"

@@ -1,0 +1,69 @@
+"""Instance output as log lines: every line and every invocation bounded, in linear time."""
+
+from __future__ import annotations
+
+import time
+
+from fgd.output import LineSplitter, Transcript, cut_line
+from fgd.store import LogLine
+from runtimes.protocol import MAX_LOG_LINE
+
+
+def test_lines_split_across_any_chunks() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"one\ntw") == ["one"]
+    assert splitter.feed(b"o\n\nthree") == ["two", ""]
+    assert splitter.flush() == ["three"]
+    assert splitter.flush() == []
+
+
+def test_a_line_without_end_is_kept_to_one_line_and_cut_with_a_count() -> None:
+    splitter = LineSplitter()
+    chunk = b"y" * 65536
+    for _ in range(64):  # 4 MiB without a newline
+        assert splitter.feed(chunk) == []
+    assert len(splitter._partial) == MAX_LOG_LINE
+    (line,) = splitter.feed(b"\nnext")
+    assert line.startswith("y" * MAX_LOG_LINE)
+    assert f"{64 * 65536 - MAX_LOG_LINE:,} more bytes cut" in line
+    assert splitter.flush() == ["next"]
+
+
+def test_endless_line_costs_linear_time() -> None:
+    splitter = LineSplitter()
+    chunk = b"z" * 65536
+    started = time.perf_counter()
+    for _ in range(4096):  # 256 MiB
+        splitter.feed(chunk)
+    # Re-copying the partial line on every read would take minutes; a linear pass takes well under a second.
+    assert time.perf_counter() - started < 3
+
+
+def test_invalid_utf8_is_replaced_not_raised() -> None:
+    assert LineSplitter().feed(b"\xff\xfe ok\n") == ["\ufffd\ufffd ok"]
+
+
+def test_cut_line_limits_bytes_not_characters() -> None:
+    assert cut_line("short") == "short"
+    text = "\u00e9" * MAX_LOG_LINE  # two bytes each
+    cut = cut_line(text)
+    assert len(cut.split(" [...")[0].encode()) <= MAX_LOG_LINE
+    assert f"{MAX_LOG_LINE:,} more bytes cut" in cut
+
+
+def test_transcript_keeps_first_lines_then_counts() -> None:
+    transcript = Transcript()
+    for n in range(10):
+        transcript.add(LogLine(0.0, "r", "i", "stdout", f"line {n}"), 5, 1000)
+    lines = transcript.finish("r", "i")
+    assert [line.message for line in lines[:5]] == [f"line {n}" for n in range(5)]
+    assert lines[5].stream == "platform" and lines[5].message.startswith("5 log lines")
+
+
+def test_transcript_bounds_bytes() -> None:
+    transcript = Transcript()
+    for _ in range(10):
+        transcript.add(LogLine(0.0, "r", "i", "stdout", "x" * 400), 100, 1000)
+    lines = transcript.finish("r", "i")
+    assert len(lines) == 3  # two lines of 400 fit in 1000 characters, then the count
+    assert "8 log lines (3,200 characters) dropped" in lines[-1].message
