@@ -7,7 +7,8 @@ in milliseconds and check the invariants after every step:
 - an instance never has more busy slots than its capacity (`concurrent_num`);
 - a function never has more instances (running or starting) than its maximum;
 - no request waits in a queue while a slot it could use is free;
-- the memory of live and starting instances never exceeds the node's budget.
+- the memory of live and starting instances never exceeds the node's budget;
+- one function's instances never take more than its share of that budget (beyond its first instance).
 
 Requests and instances are named by opaque hashable tokens the caller picks.
 """
@@ -80,9 +81,11 @@ class _Function:
 
 
 class Scheduler:
-    def __init__(self, clock: Callable[[], float], memory_budget_mb: int) -> None:
+    def __init__(self, clock: Callable[[], float], memory_budget_mb: int, function_share: float = 1.0) -> None:
         self._clock = clock
         self.memory_budget_mb = memory_budget_mb
+        # No function may hold more than this much of the budget, so one cannot starve the rest.
+        self.function_cap_mb = int(memory_budget_mb * function_share)
         self._functions: dict[Key, _Function] = {}
         self._starting_memory = 0
         self._owner: dict[Hashable, Key] = {}
@@ -121,7 +124,7 @@ class Scheduler:
             instance.last_used = self._clock()
             return Assign(token)
         total = len(function.instances) + function.starting
-        if limits.max_instances < 0 or total < limits.max_instances:
+        if (limits.max_instances < 0 or total < limits.max_instances) and self._within_share(total, limits):
             evict = self._make_room(limits.memory_mb)
             if evict is not None:
                 function.starting += 1
@@ -142,6 +145,13 @@ class Scheduler:
                 f"all {limits.max_instances} instances of the function (strategy_config.concurrency) are busy "
                 f"and its queue of {limits.queue_length} is full",
             )
+        if not self._within_share(total, limits):
+            return Reject(
+                "throttled",
+                f"the function's {total} busy instances hold its share of the node's memory "
+                f"({self.function_cap_mb} MB of {self.memory_budget_mb} MB) and its queue of "
+                f"{limits.queue_length} is full",
+            )
         return Reject("capacity", f"the node's memory budget ({self.memory_budget_mb} MB) is full and its queue too")
 
     def reserve(self, key: Key, limits: Limits) -> Start | Reject:
@@ -151,12 +161,21 @@ class Scheduler:
         total = len(function.instances) + function.starting
         if limits.max_instances == 0 or (limits.max_instances > 0 and total >= limits.max_instances):
             return Reject("throttled", f"reserved instances are capped by max instances ({limits.max_instances})")
+        if not self._within_share(total, limits):
+            return Reject(
+                "throttled",
+                f"reserved instances are capped by the function's share of memory ({self.function_cap_mb} MB)",
+            )
         evict = self._make_room(limits.memory_mb)
         if evict is None:
             return Reject("capacity", f"the node's memory budget ({self.memory_budget_mb} MB) is full")
         function.starting += 1
         self._starting_memory += limits.memory_mb
         return Start(evict)
+
+    def _within_share(self, total: int, limits: Limits) -> bool:
+        """May a function with `total` instances (running or starting) start one more? Its first always may."""
+        return total == 0 or (total + 1) * limits.memory_mb <= self.function_cap_mb
 
     def _make_room(self, memory_mb: int) -> tuple[Hashable, ...] | None:
         """Idle instances (least recently used first) to evict so `memory_mb` fits; None if it cannot."""

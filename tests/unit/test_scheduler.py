@@ -125,12 +125,36 @@ def test_cancelled_waiter_leaves_the_queue() -> None:
     assert s.release("i1") == []
 
 
+def test_one_function_cannot_take_more_than_its_share_of_memory() -> None:
+    s = Scheduler(Clock(), 1024, 0.5)
+    lim = limits(max_instances=-1, memory=256, queue=1)
+    assert s.acquire(F1, lim, "r1") == Start()
+    s.started(F1, "i1")
+    assert s.acquire(F1, lim, "r2") == Start()
+    s.started(F1, "i2")
+    # Two 256 MB instances are the function's 512 MB share: the third request waits, the fourth is refused.
+    assert s.acquire(F1, lim, "r3") == Wait()
+    refused = s.acquire(F1, lim, "r4")
+    assert isinstance(refused, Reject) and refused.kind == "throttled" and "share" in refused.reason
+    # Another function still gets the rest of the node.
+    assert s.acquire(F2, lim, "r5") == Start()
+
+
+def test_a_function_larger_than_its_share_still_gets_one_instance() -> None:
+    s = Scheduler(Clock(), 1024, 0.1)
+    lim = limits(max_instances=-1, memory=512, queue=1)
+    assert s.acquire(F1, lim, "r1") == Start()
+    s.started(F1, "i1")
+    assert s.acquire(F1, lim, "r2") == Wait()
+
+
 @pytest.mark.parametrize("seed", range(500))
 def test_random_sequences_keep_the_invariants(seed: int) -> None:
     rng = random.Random(seed)
     clock = Clock()
     budget = rng.choice([256, 512, 2048])
-    s = Scheduler(clock, budget)
+    share = rng.choice([1.0, 0.5, 0.25])
+    s = Scheduler(clock, budget, share)
     keys = [("p", "d", f"f{n}") for n in range(3)]
     lims = {k: Limits(rng.choice([-1, 1, 2, 4]), rng.choice([1, 2, 3]), rng.choice([64, 128, 256]), 3) for k in keys}
     running: dict[str, str] = {}  # request -> instance
@@ -185,4 +209,5 @@ def test_random_sequences_keep_the_invariants(seed: int) -> None:
             total = s.instances(key) + sum(1 for k, _ in starting if k == key)
             if lims[key].max_instances > 0:
                 assert total <= lims[key].max_instances
+            assert total <= 1 or total * lims[key].memory_mb <= budget * share, "a function took over its share"
         assert s.memory_used_mb <= budget
