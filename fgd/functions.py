@@ -171,9 +171,9 @@ class Functions:
                 f"count must be 0-1000 and at most the function's max instances "
                 f"(strategy_config.concurrency = {cap}); got {count}"
             )
-        current = self._store.get(record.key) or record
+        current = self._current(record)
         updated = msgspec.structs.replace(current, reserved=count, last_modified=time.time())
-        await self._store.put(updated)
+        await self._save(updated)
         self._invoker.reserved_changed()
         return updated
 
@@ -181,9 +181,9 @@ class Functions:
         config = convert(body, AsyncInvokeConfig, "the async invoke config")
         checked = targets(self._store, record, config.destination_config, self.region)
         check_no_cycle(self._store, record, checked, self.region)
-        current = self._store.get(record.key) or record
+        current = self._current(record)
         updated = msgspec.structs.replace(current, async_config=config)
-        await self._store.put(updated)
+        await self._save(updated)
         return updated
 
     async def set_max_instances(self, record: FunctionRecord, body: object) -> FunctionRecord:
@@ -200,17 +200,29 @@ class Functions:
             record, code=code, code_type="zip", code_filename=code_filename or record.code_filename
         )
 
+    def _current(self, record: FunctionRecord) -> FunctionRecord:
+        """The function as stored now: an update that took a while (an upload) must not bring back a
+        function deleted meanwhile."""
+        current = self._store.get(record.key)
+        if current is None:
+            raise NotFound(f"function {record.package}:{record.func_name} was deleted while it was being updated")
+        return current
+
+    async def _save(self, updated: FunctionRecord) -> None:
+        if not await self._store.replace(updated):
+            raise NotFound(f"function {updated.package}:{updated.func_name} was deleted while it was being updated")
+
     async def _replace(self, record: FunctionRecord, **changes: object) -> FunctionRecord:
-        current = self._store.get(record.key) or record
+        current = self._current(record)
         updated = msgspec.structs.replace(current, revision=current.revision + 1, last_modified=time.time(), **changes)
-        await self._store.put(updated)
+        await self._save(updated)
         self._invoker.retire(updated.key)
         return updated
 
     async def delete(self, record: FunctionRecord) -> None:
         if self.triggers is not None:
             await self.triggers.delete_all(record)
-        self._invoker.retire(record.key)
+        self._invoker.stop(record.key, f"function {record.package}:{record.func_name} was deleted while it ran")
         self._logs.discard(record.key)
         # Its code stays until the collector finds nothing uses it (a busy instance may still).
         await self._store.delete(record.key)

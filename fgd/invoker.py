@@ -8,6 +8,7 @@ zygote and specialises it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from fgd.codestore import CodeStore
 from fgd.config import Config
 from fgd.dependencies import Dependencies
 from fgd.errors import InvalidParameter, Throttled, Unavailable
-from fgd.instance import Instance, InstanceGone, State
+from fgd.instance import Instance, InstanceGone, LogLimits, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
@@ -31,8 +32,13 @@ from fgd.zygote import Zygote, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
 
+# An instance OOM-killed while using less than this share of its own limit was killed because
+# the node (the daemon's own cgroup) ran out, not for its own use.
+NODE_OOM_SHARE = 0.9
 REAP_INTERVAL = 1.0
 RESERVE_CHECK = 0.5
+# Seconds shutdown waits for killed instances to leave their cgroups, so none is left behind.
+SHUTDOWN_RELEASE_WAIT = 2.0
 
 log = logging.getLogger("fgd.invoker")
 
@@ -149,7 +155,7 @@ class Invoker:
         budget = scheduling.memory_budget_mb or int(
             psutil.virtual_memory().total / 2**20 * scheduling.memory_budget_fraction
         )
-        self.scheduler = Scheduler(time.monotonic, budget)
+        self.scheduler = Scheduler(time.monotonic, budget, scheduling.function_memory_share)
         self._by_id: dict[str, Instance] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._reserved_changed = trio.Event()
@@ -170,8 +176,9 @@ class Invoker:
         finally:
             self._nursery = None
             self.kill_all()
-            # Give the killed processes a moment to exit so their cgroups can go too.
-            with trio.move_on_after(2), trio.CancelScope(shield=True):
+            # Give the killed processes a moment to exit so their cgroups can go too. The shield
+            # is outside the deadline: inside it, the deadline could not end the wait.
+            with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_RELEASE_WAIT):
                 while self._releasing:
                     self._releasing = [i for i in self._releasing if not i.release()]
                     await trio.sleep(0.02)
@@ -218,9 +225,14 @@ class Invoker:
 
     async def _new_instance(self, zygote: Zygote) -> Instance:
         """Fork a generic instance and contain it (cgroup, namespaces, mounts)."""
-        instance = Instance(zygote, self._config.logs.max_lines_per_invocation, self.sandbox)
+        logs = self._config.logs
+        instance = Instance(
+            zygote, LogLimits(logs.max_lines_per_invocation, logs.max_bytes_per_invocation), self.sandbox
+        )
         try:
             with trio.fail_after(self._config.instances.spawn_timeout):
+                # A zygote being restarted is back within moments: wait for it rather than fail.
+                await zygote.ready.wait()
                 await instance.start()
                 assert self._nursery is not None
                 self._nursery.start_soon(instance.pump_output)
@@ -270,6 +282,10 @@ class Invoker:
         zygote = instance.zygote
         return instance.zygote_generation != zygote.generation or instance.pid in zygote.exit_codes
 
+    def _dead(self, instance: Instance) -> bool:
+        """Known to be unusable: killed, exited, or of a zygote that died (restarting or replaced)."""
+        return instance.state is State.DEAD or not instance.zygote.ready.is_set() or self._exited(instance)
+
     async def _keep_reserved(self) -> None:
         """Start each function's reserved instances, replace those that die, retire the surplus."""
         while True:
@@ -277,17 +293,24 @@ class Invoker:
                 await self._reserved_changed.wait()
             self._reserved_changed = trio.Event()
             for record in list(self._store.functions.values()):
-                reserved = [i for i in self.instances.get(record.key, []) if i.reserved]
-                for instance in reserved:
-                    if instance.state is State.IDLE and self._exited(instance):
-                        self._discard(record.key, instance)
-                live = [i for i in reserved if i.state is not State.DEAD and i.revision == record.revision]
-                for instance in live[record.reserved :]:
-                    if instance.state is State.IDLE:
-                        self._discard(record.key, instance)
-                for _ in range(record.reserved - len(live)):
-                    if not await self._start_reserved(record):
-                        break
+                try:
+                    await self._keep_reserved_of(record)
+                except Exception:
+                    # One function's trouble must not stop the others' reserved instances.
+                    log.exception("keeping the reserved instances of %s failed", record.func_name)
+
+    async def _keep_reserved_of(self, record: FunctionRecord) -> None:
+        reserved = [i for i in self.instances.get(record.key, []) if i.reserved]
+        for instance in reserved:
+            if instance.state is State.IDLE and self._exited(instance):
+                self._discard(record.key, instance)
+        live = [i for i in reserved if i.state is not State.DEAD and i.revision == record.revision]
+        for instance in live[record.reserved :]:
+            if instance.state is State.IDLE:
+                self._discard(record.key, instance)
+        for _ in range(record.reserved - len(live)):
+            if not await self._start_reserved(record):
+                break
 
     async def _start_reserved(self, record: FunctionRecord) -> bool:
         decision = self.scheduler.reserve(pool_key(record), self._limits(record))
@@ -305,8 +328,7 @@ class Invoker:
             self.scheduler.start_failed(pool_key(record))
             log.warning("cannot start a reserved instance of %s: %s", record.func_name, exc.message)
             return False
-        instance.active.remove(token)
-        lines = instance.take_lines(token)
+        lines = instance.end(token)
         if failure is not None:
             self.scheduler.start_failed(pool_key(record))
             self._logs.add(record.key, lines)
@@ -322,6 +344,23 @@ class Invoker:
             instance.state = State.BUSY
             self._wake(handed, instance)
         return True
+
+    def _late_lines(self, key: tuple[str, str, str], lines: list[LogLine]) -> None:
+        """Output printed outside any running request: kept in the function's log, if it still exists."""
+        if self._store.get(key) is not None:
+            self._logs.add(key, lines)
+
+    def stop(self, key: tuple[str, str, str], reason: str) -> None:
+        """The function is gone: every instance goes now, and requests running on them end with `reason`."""
+        self.reserved_changed()
+        for instance in list(self.instances.get(key, [])):
+            instance.kill_reason = reason
+            if instance.state is State.IDLE:
+                self._discard(key, instance)
+            else:
+                # Its requests see the instance close and finish it through the usual path.
+                self.scheduler.set_busy(instance.id)
+                instance.close()
 
     def retire(self, key: tuple[str, str, str]) -> None:
         """The function changed or was deleted: idle instances go now, busy ones after their request."""
@@ -385,6 +424,10 @@ class Invoker:
             decision = self.scheduler.acquire(pool_key(record), limits, request_id)
             if isinstance(decision, Assign):
                 instance = self._by_id[decision.instance]
+                if self._dead(instance):
+                    # Its zygote died and took it along (or it exited): drop it and ask again.
+                    self._discard(instance.key, instance)
+                    continue
                 instance.state = State.BUSY
                 return instance
             if isinstance(decision, Start):
@@ -485,8 +528,7 @@ class Invoker:
             self._by_id[instance.id] = instance
             self._wake(self.scheduler.started(pool_key(record), instance.id), instance)
             outcome.init_ms = instance.init_ms
-        if request_id not in instance.active:
-            instance.active.append(request_id)
+        instance.begin(request_id)
         started = trio.current_time()
         healthy = True
         with trio.move_on_at(started + settings.timeout) as scope:
@@ -494,8 +536,8 @@ class Invoker:
                 await instance.send(protocol.Invoke(request_id, event, time.time() + settings.timeout))
                 result = await instance.result(request_id)
                 assert isinstance(result, protocol.Result)
-                outcome.body, outcome.error = result.body, result.error
-                outcome.max_memory_mb = instance.memory_peak_mb() or result.max_rss_kb / 1024
+                outcome.body, outcome.error = checked_answer(result)
+                outcome.max_memory_mb = instance.memory_peak_mb() or max(result.max_rss_kb, 0) / 1024
             except InstanceGone as gone:
                 healthy = False
                 outcome.error = self._gone_error(instance, gone, settings.memory_size)
@@ -513,6 +555,14 @@ class Invoker:
     @staticmethod
     def _gone_error(instance: Instance, gone: InstanceGone, memory_size: int) -> FunctionError:
         if instance.oom_killed():
+            peak = instance.memory_peak_mb()
+            if peak is not None and peak < memory_size * NODE_OOM_SHARE:
+                # Killed below its own limit: the memory that ran out was the node's (the daemon's cgroup).
+                return FunctionError(
+                    "Runtime.OutOfMemory",
+                    f"the node ran out of memory while the function ran (it used {peak:.0f} MB of its "
+                    f"{memory_size} MB): the instance was killed; try again later",
+                )
             return FunctionError(
                 "Runtime.OutOfMemory", f"the function ran out of memory: it used more than its {memory_size} MB"
             )
@@ -522,6 +572,8 @@ class Invoker:
         zygote = self.zygotes.get(record.runtime)
         if zygote is None:
             raise Unavailable(f"runtime {record.runtime} is not available on this node")
+        # Resolved before an instance is taken, so a dependency that went away leaks nothing.
+        deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         started = trio.current_time()
         instance = self._take_pooled(record.runtime)
         if instance is None:
@@ -529,11 +581,11 @@ class Invoker:
                 instance = await self._new_instance(zygote)
             except InstanceGone as gone:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
-        instance.active.append(request_id)
         instance.revision = record.revision
         instance.key = record.key
         instance.pool_key = pool_key(record)
-        deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
+        instance.on_late = functools.partial(self._late_lines, record.key)
+        instance.begin(request_id)
         instance.packages = {record.code.sha256} | {d.code.sha256 for d in deps}
         settings = record.settings
         limit = settings.initializer_timeout if settings.initializer_handler else self._config.instances.spawn_timeout
@@ -548,7 +600,7 @@ class Invoker:
                     await instance.send(self._specialize_frame(record, deps))
                     frame = await instance.receive()
                     if isinstance(frame, protocol.InitError):
-                        failure = frame.error
+                        failure = clean_error(frame.error)
                     elif not isinstance(frame, protocol.Ready):
                         failure = FunctionError("Runtime.InitError", f"unexpected {type(frame).__name__} during start")
                 except InstanceGone as gone:
@@ -556,8 +608,8 @@ class Invoker:
                     if failure.error_type == "Runtime.ExitError":
                         failure = FunctionError("Runtime.InitError", f"the instance failed to start: {gone.message}")
         except BaseException:
-            # Cancelled from outside mid-start (shutdown, the caller went away): the half-started
-            # instance goes. (Our own deadline is absorbed by move_on_at above.)
+            # Cancelled from outside mid-start (shutdown, the caller went away) or anything
+            # unexpected: the half-started instance goes. (Our own deadline is absorbed above.)
             self._discard(record.key, instance)
             raise
         init_ms = (trio.current_time() - started) * 1000
@@ -595,9 +647,7 @@ class Invoker:
             ),
             outcome.request_id,
         )
-        if outcome.request_id in instance.active:
-            instance.active.remove(outcome.request_id)
-        outcome.logs = instance.take_lines(outcome.request_id)
+        outcome.logs = instance.end(outcome.request_id)
         current = self._store.get(record.key)
         if current is not None:
             # A function deleted while this request ran keeps no logs.
@@ -606,6 +656,30 @@ class Invoker:
             self._release(instance)
         else:
             self._discard(record.key, instance)
+
+
+def checked_answer(result: protocol.Result) -> tuple[bytes | None, FunctionError | None]:
+    """A Result frame's body and error as the daemon passes them on: within the limits, clean text."""
+    if result.error is not None:
+        return None, clean_error(result.error)
+    if result.body is not None and len(result.body) > MAX_RESPONSE_BYTES:
+        return None, FunctionError(
+            "Runtime.ResponseTooLarge",
+            f"the response is {len(result.body):,} bytes; the limit is {MAX_RESPONSE_BYTES:,}",
+        )
+    return result.body, None
+
+
+def clean_error(error: FunctionError) -> FunctionError:
+    """An error report from user code, bounded, with a type name fit for a header."""
+    error_type = "".join(c for c in error.error_type if c.isprintable())[: protocol.MAX_ERROR_TYPE] or "Error"
+    message = error.error_message
+    if len(message) > protocol.MAX_ERROR_MESSAGE:
+        message = message[: protocol.MAX_ERROR_MESSAGE] + " [... cut]"
+    stack = [line[: protocol.MAX_LOG_LINE] for line in error.stack_trace[: protocol.MAX_STACK_LINES]]
+    if (error_type, message, stack) == (error.error_type, error.error_message, error.stack_trace):
+        return error
+    return FunctionError(error_type, message, stack)
 
 
 class _Waiter:

@@ -151,6 +151,22 @@ class Store:
                 (*record.key, blob),
             )
 
+    async def replace(self, record: FunctionRecord) -> bool:
+        """Store a new state of an existing function; False (nothing written) if it was deleted meanwhile."""
+        blob = _encoder.encode(record)
+        if not await self.run(self._replace, record, blob):
+            return False
+        self.functions[record.key] = record
+        return True
+
+    def _replace(self, record: FunctionRecord, blob: bytes) -> bool:
+        with self._db:
+            cursor = self._db.execute(
+                "UPDATE functions SET record = ? WHERE project_id = ? AND package = ? AND func_name = ?",
+                (blob, *record.key),
+            )
+        return cursor.rowcount > 0
+
     async def delete(self, key: tuple[str, str, str]) -> None:
         await self.run(self._delete, key)
         self.functions.pop(key, None)
