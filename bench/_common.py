@@ -74,7 +74,8 @@ class Daemon:
         self.dir = Path(tempfile.mkdtemp(prefix="fgd-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        (self.dir / "fgd.toml").write_text(config + f'\n[gateway]\nlisten = "127.0.0.1:{free_port()}"\n')
+        self.gateway_port = free_port()
+        (self.dir / "fgd.toml").write_text(config + f'\n[gateway]\nlisten = "127.0.0.1:{self.gateway_port}"\n')
         self.restart()
 
     def restart(self) -> None:
