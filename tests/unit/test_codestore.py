@@ -9,8 +9,10 @@ import re
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -226,3 +228,144 @@ def test_following_the_most_links_a_package_may_hold_is_fast() -> None:
     started = time.process_time()
     plan.check_links()
     assert time.process_time() - started < 5  # about 0.6 s
+
+
+# Concurrent uploads and the collector ------------------------------------------------------
+
+
+def _run_all(functions: list) -> list:
+    """Run each function in its own thread at once; their results (the first error is raised)."""
+    with ThreadPoolExecutor(len(functions)) as pool:
+        futures = [pool.submit(function) for function in functions]
+        return [future.result(30) for future in futures]
+
+
+def _assert_one_valid_tree(store: CodeStore, tmp_path: Path, data: bytes) -> None:
+    sha = hashlib.sha256(data).hexdigest()
+    assert [p.name for p in (tmp_path / "code").iterdir()] == [sha]
+    assert (store.tree_path(sha) / "pkg" / "mod.py").read_text() == "y = 2\n"
+    assert store.blob_path(sha).read_bytes() == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_identical_uploads_racing_each_other_all_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every thread extracts before any installs: all but the first find the tree there."""
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    threads = 4
+    all_extracted = threading.Barrier(threads)
+    extract = store._validated_tree
+
+    def extract_then_wait(path: Path) -> Path:
+        staging = extract(path)
+        all_extracted.wait(10)
+        return staging
+
+    monkeypatch.setattr(store, "_validated_tree", extract_then_wait)
+    refs = _run_all([lambda: store.put(data)] * threads)
+    assert len(set(refs)) == 1
+    _assert_one_valid_tree(store, tmp_path, data)
+
+
+def test_identical_uploads_at_once_through_put_file(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n", "big.bin": os.urandom(1 << 20)})
+    start = threading.Barrier(8)
+
+    def upload() -> object:
+        fd, path = store.temp_file()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        start.wait(10)
+        try:
+            return store.put_file(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    assert len(set(_run_all([upload] * 8))) == 1
+    sha = hashlib.sha256(data).hexdigest()
+    assert [p.name for p in (tmp_path / "code").iterdir()] == [sha]
+    assert store.blob_path(sha).read_bytes() == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _age(store: CodeStore, sha: str, seconds: float) -> None:
+    then = time.time() - seconds
+    for path in (store.tree_path(sha), store.blob_path(sha)):
+        os.utime(path, (then, then))
+
+
+def test_reusing_an_old_package_restarts_its_grace_period(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    sha = store.put(data).sha256
+    _age(store, sha, 3600)  # uploaded an hour ago, since unreferenced
+    # The daemon's collector reads the cutoff (grace 600 s), then what is in use: nothing yet,
+    # since the function the re-upload is for has not been saved.
+    older_than = time.time() - 600
+    assert store.put(data).sha256 == sha
+    assert store.collect(set(), older_than) == []
+    assert store.stored()[sha] >= older_than + 600 - 1
+    _assert_one_valid_tree(store, tmp_path, data)
+    # Even with no grace at all, a package handed out after the cutoff was read is kept.
+    _age(store, sha, 3600)
+    older_than = time.time()
+    store.put(data)
+    assert store.collect(set(), older_than) == []
+    _assert_one_valid_tree(store, tmp_path, data)
+    # Once nothing uses it and it is old, it goes.
+    assert store.collect(set(), time.time() + 1) == [sha]
+    assert list((tmp_path / "code").iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_reupload_while_the_collector_removes_the_same_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload waits for the collector, then finds the package gone and extracts it again."""
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    sha = store.put(data).sha256
+    _age(store, sha, 3600)
+    collecting, resume = threading.Event(), threading.Event()
+    stored = store.stored
+
+    def paused_stored() -> dict[str, float]:
+        found = stored()
+        collecting.set()
+        assert resume.wait(10)
+        return found
+
+    monkeypatch.setattr(store, "stored", paused_stored)
+    collector = threading.Thread(target=lambda: removed.extend(store.collect(set(), time.time() - 600)))
+    removed: list[str] = []
+    refs: list = []
+    collector.start()
+    assert collecting.wait(10)
+    upload = threading.Thread(target=lambda: refs.append(store.put(data)))
+    upload.start()
+    upload.join(0.3)
+    waited = upload.is_alive()  # it cannot hand the package out while the collector decides
+    resume.set()
+    collector.join(10)
+    upload.join(10)
+    assert waited
+    assert removed == [sha]
+    assert [ref.sha256 for ref in refs] == [sha]
+    _assert_one_valid_tree(store, tmp_path, data)
+
+
+def test_collector_removes_nothing_being_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection in the middle of an extraction neither sees nor disturbs the staging tree."""
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    extract = store._validated_tree
+    removed: list[str] = []
+
+    def extract_then_collect(path: Path) -> Path:
+        staging = extract(path)
+        removed.extend(store.collect(set(), time.time() + 1))
+        return staging
+
+    monkeypatch.setattr(store, "_validated_tree", extract_then_collect)
+    store.put(data)
+    assert removed == []
+    _assert_one_valid_tree(store, tmp_path, data)
