@@ -253,7 +253,7 @@ LINK_CASES: dict[str, tuple[list, list[str]]] = {
 
 
 def listing(root: Path, skip: tuple[str, ...] = (), volatile: tuple[str, ...] = ()) -> dict[str, tuple]:
-    """Every path under `root` (relative) with its kind, size, mtime and content digest or link target.
+    """Every path under `root` (relative) with its kind, mode, size, mtime and content digest or link target.
 
     Paths under `skip` are left out; for names in `volatile` only their presence counts.
     """
@@ -272,6 +272,8 @@ def listing(root: Path, skip: tuple[str, ...] = (), volatile: tuple[str, ...] = 
             elif stat.S_ISDIR(info.st_mode):
                 found[relative] = ("dir", stat.S_IMODE(info.st_mode))
             else:
-                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+                # Small files by content too (an overwrite could keep size and restore the mtime);
+                # a big stored package by size and mtime, so a listing stays quick.
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if info.st_size < 1 << 20 else ""
                 found[relative] = ("file", info.st_size, info.st_mtime_ns, stat.S_IMODE(info.st_mode), digest)
     return found
