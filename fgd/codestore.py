@@ -231,8 +231,11 @@ class CodeStore:
             raise PackageRejected(
                 f"package entry {show(entry.name)}: symbolic link target is over {self.limits.max_name_bytes} bytes"
             )
-        with archive.open(info) as source:
-            link = source.read(self.limits.max_name_bytes + 1).decode(errors="replace")
+        try:
+            with archive.open(info) as source:
+                link = source.read(self.limits.max_name_bytes + 1).decode(errors="replace")
+        except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+            raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
         if len(link.encode()) > self.limits.max_name_bytes:
             raise PackageRejected(
                 f"package entry {show(entry.name)}: symbolic link target is over {self.limits.max_name_bytes} bytes"
@@ -250,6 +253,7 @@ class CodeStore:
         self.blob_path(sha256).unlink(missing_ok=True)
         trash = self.tmp / f"trash-{sha256}-{os.urandom(4).hex()}"
         with contextlib.suppress(FileNotFoundError):
+            os.chmod(self.tree_path(sha256), 0o755)  # a directory moves to a new parent only if writable
             os.rename(self.tree_path(sha256), trash)
         return trash
 
@@ -353,12 +357,15 @@ def _chmod_directories(fd: int, mode: int) -> None:
 def _remove_tree(path: Path) -> None:
     try:
         fd = os.open(path, _DIR_FLAGS)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return
-    try:
-        _chmod_directories(fd, 0o755)  # read-only trees: writable again so their entries can go
     except OSError:
-        pass  # remove what can be removed
-    finally:
-        os.close(fd)
+        fd = -1  # not a directory: rmtree removes what it can
+    if fd >= 0:
+        try:
+            _chmod_directories(fd, 0o755)  # read-only trees: writable again so their entries can go
+        except OSError:
+            pass  # remove what can be removed
+        finally:
+            os.close(fd)
     shutil.rmtree(path, ignore_errors=True)

@@ -369,3 +369,13 @@ def test_collector_removes_nothing_being_extracted(tmp_path: Path, monkeypatch: 
     store.put(data)
     assert removed == []
     _assert_one_valid_tree(store, tmp_path, data)
+
+
+def test_link_with_corrupt_data_is_refused(tmp_path: Path) -> None:
+    data = corpus.package([corpus.Link("alias", "index.py")])
+    # The link's target is stored as written: change it without fixing the CRC.
+    corrupt = data.replace(b"index.pyPK", b"indeX.pyPK", 1)
+    assert corrupt != data
+    with pytest.raises(PackageRejected, match="'alias': corrupt data"):
+        CodeStore(tmp_path).put(corrupt)
+    assert list((tmp_path / "tmp").iterdir()) == []
