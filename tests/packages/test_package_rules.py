@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
+import threading
 import time
 import unicodedata
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -327,3 +330,24 @@ def test_links_that_stay_inside_work_in_the_function(api: Api) -> None:
     )
     assert response.status_code == 200, response.text
     assert api.invoke(name).content == b"dd"
+
+
+def test_identical_uploads_at_once_through_the_api(api: Api) -> None:
+    names = [api.deploy(HANDLER.decode())["func_name"] for _ in range(6)]
+    data = make_zip({"index.py": "def handler(e, c):\n    return 'same'\n", "blob.bin": os.urandom(2 << 20)})
+    body = {"code_type": "zip", "func_code": {"file": b64(data)}}
+    start = threading.Barrier(len(names))
+
+    def upload(name: str) -> int:
+        with api.daemon.client() as client:
+            start.wait(10)
+            return client.put(f"/functions/{name}/code", json=body).status_code
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        assert list(pool.map(upload, names)) == [200] * len(names)
+    sha = hashlib.sha256(data).hexdigest()
+    tree = api.daemon.state_dir / "code" / sha
+    assert (tree / "blob.bin").stat().st_size == 2 << 20
+    assert not [p for p in (api.daemon.state_dir / "tmp").iterdir() if p.name.startswith("tree-")]
+    for name in names:
+        assert api.invoke(name).content == b"same"
