@@ -189,7 +189,7 @@ class _Node:
         self.target = target
         self.children: dict[str, _Node] = {}
         # For a link, once followed: where it leads (a node, plus how many missing components
-        # below it) and how many links that took; None while being followed (a loop).
+        # below it) and how many links that took (-1 while being followed: meeting it then is a loop).
         self.resolved: tuple[_Node, int] | None = None
         self.hops = 0
 
