@@ -10,12 +10,15 @@ into place, so a refused or interrupted upload leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import lzma
 import os
 import shutil
 import tempfile
+import threading
+import time
 import zipfile
 import zlib
 from pathlib import Path
@@ -26,6 +29,7 @@ from fgd.packages import (
     InflateBudget,
     PackageLimits,
     PackageRejected,
+    TreePlan,
     check_entries,
     check_symlink_target,
     show,
@@ -35,7 +39,6 @@ from fgd.packages import (
 # gets an identical digest.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 CHUNK = 1 << 20
-MAX_LINK_TARGET = 4096
 
 __all__ = ["CodeStore", "PackageRejected", "inline_zip"]
 
@@ -70,6 +73,12 @@ class CodeStore:
         self.tmp = state_dir / "tmp"
         for directory in (self._blobs, self._trees, self.tmp):
             directory.mkdir(parents=True, exist_ok=True)
+        # Installing a package (rename into code/, blob into blobs/, refreshing its time) and
+        # the collector's choice of what to remove exclude each other, so a package is never
+        # removed between being found and being handed out.
+        self._lock = threading.Lock()
+        for leftover in self.tmp.glob("trash-*"):
+            _remove_tree(leftover)
 
     def blob_path(self, sha256: str) -> Path:
         return self._blobs / sha256[:2] / sha256
@@ -93,25 +102,42 @@ class CodeStore:
             path.unlink(missing_ok=True)
 
     def put_file(self, path: Path) -> CodeRef:
-        """Validate, store and extract the zip at `path` (consumed: moved into the store or left to the caller)."""
+        """Validate, store and extract the zip at `path` (consumed: moved into the store or left to the caller).
+
+        Safe to call from several threads at once, with the same zip too, and while the
+        collector runs: extraction goes to a private staging tree; only the install is serialised.
+        """
         ref = _digests(path)
-        blob = self.blob_path(ref.sha256)
         tree = self.tree_path(ref.sha256)
-        if blob.exists() and tree.exists():
-            return ref
+        staging: Path | None = None
         try:
-            archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
-            raise PackageRejected(f"the package is not a valid zip file (truncated or corrupt?): {exc}") from None
-        with archive:
-            entries = check_entries(archive.infolist(), self.limits)
-            if not tree.exists():
-                self._extract(archive, entries, tree)
+            while True:
+                with self._lock:
+                    # The same sha256 is the same bytes: a tree already there was judged by the rules.
+                    if staging is not None or tree.exists():
+                        self._install(ref.sha256, path, staging)
+                        return ref
+                # Not there (or removed by the collector meanwhile): extract outside the lock.
+                staging = self._validated_tree(path)
+        finally:
+            if staging is not None and staging.exists():
+                _remove_tree(staging)
+
+    def _install(self, sha256: str, path: Path, staging: Path | None) -> None:
+        """Put the tree and blob in place (the lock is held) and restart their grace period."""
+        tree, blob = self.tree_path(sha256), self.blob_path(sha256)
+        if staging is not None and not tree.exists():
+            os.rename(staging, tree)
+        # Otherwise an identical upload got there first; the caller removes our staging copy.
         if not blob.exists():
             blob.parent.mkdir(exist_ok=True)
             os.chmod(path, 0o444)
             os.replace(path, blob)
-        return ref
+        # A reused package may be older than the grace period: its grace period starts again,
+        # so it stays until the function or dependency that asked for it is saved.
+        now = time.time()
+        for stored in (tree, blob):
+            os.utime(stored, (now, now), follow_symlinks=False)
 
     def put_file_copy(self, source: Path) -> CodeRef:
         """Validate, store and extract a zip the caller keeps (e.g. an operator's file)."""
@@ -126,53 +152,110 @@ class CodeStore:
     def read(self, ref: CodeRef) -> bytes:
         return self.blob_path(ref.sha256).read_bytes()
 
-    def _extract(self, archive: zipfile.ZipFile, entries: list[Entry], tree: Path) -> None:
-        staging = Path(tempfile.mkdtemp(dir=self.tmp, prefix="tree-"))
-        budget = InflateBudget(self.limits)
+    def _validated_tree(self, path: Path) -> Path:
+        """Judge the zip at `path` and extract it into a new staging tree (returned)."""
         try:
-            for entry, info in zip(entries, archive.infolist(), strict=True):
-                target = staging.joinpath(*entry.parts)
-                if entry.kind == "dir":
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if entry.kind == "symlink":
-                    self._link(archive, info, entry, target)
-                    continue
-                try:
-                    with archive.open(info) as source, open(target, "wb") as sink:
-                        written = 0
-                        while chunk := source.read(CHUNK):
-                            budget.take(entry, written, len(chunk))
-                            sink.write(chunk)
-                            written += len(chunk)
-                except zipfile.BadZipFile as exc:
-                    # zipfile stops at the declared size, so a header that understates it shows as a bad CRC.
-                    raise PackageRejected(
-                        f"package entry {show(entry.name)}: its data does not match its header "
-                        f"(a wrong declared size, or corrupt data: {exc})"
-                    ) from None
-                except (EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
-                    raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
-                budget.finish(entry, written)
-                os.chmod(target, 0o555 if entry.mode & 0o111 else 0o444)
-            for directory, _dirs, _files in os.walk(staging):
-                os.chmod(directory, 0o555)
-            os.rename(staging, tree)
-        except BaseException:
-            _remove_tree(staging)
-            raise
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise PackageRejected(f"the package is not a valid zip file (truncated or corrupt?): {exc}") from None
+        with archive:
+            entries = check_entries(archive.infolist(), self.limits)
+            staging = Path(tempfile.mkdtemp(dir=self.tmp, prefix="tree-"))
+            try:
+                self._extract(archive, entries, staging)
+            except BaseException:
+                _remove_tree(staging)
+                raise
+        return staging
 
-    def _link(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: Entry, target: Path) -> None:
-        if info.file_size > MAX_LINK_TARGET:
-            raise PackageRejected(f"package entry {show(entry.name)}: symbolic link target is too long")
-        link = archive.read(info).decode(errors="replace")
+    def _extract(self, archive: zipfile.ZipFile, entries: list[Entry], staging: Path) -> None:
+        """Write the entries under `staging` without ever following a link.
+
+        Every path component is opened relative to its parent's descriptor with O_NOFOLLOW
+        (a link or a file where a directory is expected fails), files are created with
+        O_EXCL (never opened if something is there), links with symlinkat: nothing an
+        entry made, nor anything outside the tree, can be written through. The plan
+        refuses the same packages earlier with a clearer message; this is the guarantee.
+        """
+        plan = TreePlan()
+        budget = InflateBudget(self.limits)
+        root = os.open(staging, _DIR_FLAGS)
+        try:
+            with _Directories(root) as directories:
+                for entry, info in zip(entries, archive.infolist(), strict=True):
+                    target = self._link_target(archive, info, entry) if entry.kind == "symlink" else ""
+                    plan.add(entry, target)
+                    if entry.kind == "dir":
+                        directories.open(entry, entry.parts)
+                        continue
+                    parent = directories.open(entry, entry.parts[:-1])
+                    try:
+                        if entry.kind == "symlink":
+                            os.symlink(target, entry.parts[-1], dir_fd=parent)
+                            continue
+                        fd = os.open(entry.parts[-1], _FILE_FLAGS, 0o600, dir_fd=parent)
+                    except OSError as exc:
+                        raise _unsafe(entry, exc) from None
+                    with os.fdopen(fd, "wb") as sink:
+                        self._inflate(archive, info, entry, sink, budget)
+                        os.fchmod(fd, 0o555 if entry.mode & 0o111 else 0o444)
+            plan.check_links()
+            _chmod_directories(root, 0o555)
+        finally:
+            os.close(root)
+
+    @staticmethod
+    def _inflate(
+        archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: Entry, sink: io.BufferedWriter, budget: InflateBudget
+    ) -> None:
+        try:
+            with archive.open(info) as source:
+                written = 0
+                while chunk := source.read(CHUNK):
+                    budget.take(entry, written, len(chunk))
+                    sink.write(chunk)
+                    written += len(chunk)
+        except zipfile.BadZipFile as exc:
+            # zipfile stops at the declared size, so a header that understates it shows as a bad CRC.
+            raise PackageRejected(
+                f"package entry {show(entry.name)}: its data does not match its header "
+                f"(a wrong declared size, or corrupt data: {exc})"
+            ) from None
+        except (EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+            raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
+        budget.finish(entry, written)
+
+    def _link_target(self, archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: Entry) -> str:
+        # A link's target is a name inside the package, so it has a name's length limit.
+        if info.file_size > self.limits.max_name_bytes:
+            raise PackageRejected(
+                f"package entry {show(entry.name)}: symbolic link target is over {self.limits.max_name_bytes} bytes"
+            )
+        try:
+            with archive.open(info) as source:
+                link = source.read(self.limits.max_name_bytes + 1).decode(errors="replace")
+        except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+            raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
+        if len(link.encode()) > self.limits.max_name_bytes:
+            raise PackageRejected(
+                f"package entry {show(entry.name)}: symbolic link target is over {self.limits.max_name_bytes} bytes"
+            )
         check_symlink_target(entry.name, entry.parts, link)
-        os.symlink(link, target)
+        return link
 
     def remove(self, sha256: str) -> None:
+        with self._lock:
+            doomed = self._detach(sha256)
+        _remove_tree(doomed)
+
+    def _detach(self, sha256: str) -> Path:
+        """Take a package out of the store (the lock is held); the returned trash is removed after."""
         self.blob_path(sha256).unlink(missing_ok=True)
-        _remove_tree(self.tree_path(sha256))
+        trash = self.tmp / f"trash-{sha256}-{os.urandom(4).hex()}"
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(self.tree_path(sha256), 0o755)  # a directory moves to a new parent only if writable
+            os.rename(self.tree_path(sha256), trash)
+        return trash
 
     def stored(self) -> dict[str, float]:
         """Every stored blob or tree by sha256, with its newest modification time."""
@@ -186,16 +269,103 @@ class CodeStore:
         return found
 
     def collect(self, in_use: set[str], older_than: float) -> list[str]:
-        """Remove every blob and tree not in `in_use` and last changed before `older_than`."""
-        removed = [sha for sha, mtime in self.stored().items() if sha not in in_use and mtime < older_than]
-        for sha in removed:
-            self.remove(sha)
+        """Remove every blob and tree not in `in_use` and last changed (or handed out) before `older_than`.
+
+        Read the clock for `older_than` before reading what is in use: a package handed out
+        after that (its function not saved yet) is then newer than the cutoff, and kept.
+        """
+        with self._lock:
+            removed = [sha for sha, mtime in self.stored().items() if sha not in in_use and mtime < older_than]
+            trash = [self._detach(sha) for sha in removed]
+        for path in trash:
+            _remove_tree(path)
         return removed
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _unsafe(entry: Entry, exc: OSError) -> PackageRejected:
+    """An entry the no-follow walk refused: something an earlier entry made is in its way."""
+    if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EEXIST):
+        return PackageRejected(
+            f"package entry {show(entry.name)}: its path runs into a symbolic link, a file or an earlier "
+            f"entry ({exc.strerror}); entries may not be placed through links"
+        )
+    return PackageRejected(f"package entry {show(entry.name)}: cannot be extracted ({exc.strerror})")
+
+
+class _Directories:
+    """Directories of the staging tree as descriptors, opened one component at a time, never through a link."""
+
+    def __init__(self, root: int) -> None:
+        self._root = root
+        # The directory last asked for: entries usually come grouped by directory.
+        self._parts: tuple[str, ...] = ()
+        self._fd = root
+
+    def __enter__(self) -> _Directories:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
+        if self._fd != self._root:
+            os.close(self._fd)
+        self._parts, self._fd = (), self._root
+
+    def open(self, entry: Entry, parts: tuple[str, ...]) -> int:
+        """The descriptor of the directory at `parts`, made where missing (owned here: do not close)."""
+        if parts == self._parts:
+            return self._fd
+        self._forget()
+        fd = self._root
+        try:
+            for part in parts:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=fd)  # mkdirat: never follows a link in the last component
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if fd != self._root:
+                    os.close(fd)
+                fd = child
+        except OSError as exc:
+            if fd != self._root:
+                os.close(fd)
+            raise _unsafe(entry, exc) from None
+        self._parts, self._fd = parts, fd
+        return fd
+
+
+def _chmod_directories(fd: int, mode: int) -> None:
+    """Set `mode` on the directory `fd` and every directory below it, reached through descriptors.
+
+    Links are never followed (nor even stat'ed through: a refused package's links may point anywhere).
+    """
+    os.fchmod(fd, mode)
+    with os.scandir(fd) as entries:
+        names = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+    for name in names:
+        child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        try:
+            _chmod_directories(child, mode)
+        finally:
+            os.close(child)
+
+
 def _remove_tree(path: Path) -> None:
-    if not path.exists():
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
         return
-    for directory, _dirs, _files in os.walk(path):
-        os.chmod(directory, 0o755)
+    except OSError:
+        fd = -1  # not a directory: rmtree removes what it can
+    if fd >= 0:
+        try:
+            _chmod_directories(fd, 0o755)  # read-only trees: writable again so their entries can go
+        except OSError:
+            pass  # remove what can be removed
+        finally:
+            os.close(fd)
     shutil.rmtree(path, ignore_errors=True)

@@ -206,8 +206,10 @@ async def _collect_packages(
     """Remove packages nothing refers to: no function, dependency version or live instance."""
     while True:
         await trio.sleep(config.storage.gc_interval)
+        # The cutoff is read before what is in use: a package handed out since is kept (see collect).
+        older_than = time.time() - config.storage.gc_grace
         in_use = store.code_in_use() | {d.code.sha256 for d in dependencies.public.values()} | invoker.code_in_use()
-        removed = await store.run(code.collect, in_use, time.time() - config.storage.gc_grace)
+        removed = await trio.to_thread.run_sync(code.collect, in_use, older_than)
         if removed:
             log.info("removed %d unreferenced packages", len(removed))
 

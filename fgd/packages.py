@@ -4,7 +4,9 @@
 flags, methods, ratios) before a byte is inflated; `InflateBudget` then
 follows the actual inflated bytes of each entry, so a header that lies about
 its size, or a bomb, is stopped as soon as it exceeds what it declared or
-what the limits allow. No I/O here: the caller feeds it what it reads.
+what the limits allow. `TreePlan` judges what the entries make together (links
+followed through other links, entries placed through links). No I/O here: the
+caller feeds it what it reads.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ class PackageLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     max_depth: int = 64
     max_name_bytes: int = 1024
     max_component_bytes: int = 255
+
+
+# Links followed in one path walk, nested ones included: the kernel's own limit (ELOOP).
+MAX_LINK_HOPS = 40
 
 
 class PackageRejected(InvalidParameter):
@@ -169,3 +175,109 @@ class InflateBudget:
     def finish(self, entry: Entry, written: int) -> None:
         if written != entry.size:
             raise _reject(entry.name, f"inflates to {written:,} bytes, not the {entry.size:,} its header declares")
+
+
+class _Node:
+    """One path of the planned tree: a directory (made by an entry or implied by one), file or link."""
+
+    __slots__ = ("children", "entry", "hops", "kind", "parent", "resolved", "target")
+
+    def __init__(self, kind: str, parent: _Node | None, entry: str = "", target: str = "") -> None:
+        self.kind = kind
+        self.parent = parent
+        self.entry = entry  # the archive entry that made it ("" for an implied directory)
+        self.target = target
+        self.children: dict[str, _Node] = {}
+        # For a link, once followed: where it leads (a node, plus how many missing components
+        # below it) and how many links that took (-1 while being followed: meeting it then is a loop).
+        self.resolved: tuple[_Node, int] | None = None
+        self.hops = 0
+
+
+class TreePlan:
+    """The tree an archive makes, entry by entry, judged as a whole.
+
+    The name rules look at one entry at a time; this looks at what entries do together,
+    as the kernel would resolve them. No entry may be placed through a link or under a
+    file, none may replace what an earlier entry made, and every link, followed through
+    the other links of the package (`check_links`, once all are known, since a later
+    entry can complete an earlier link's chain), must stay inside the package: instances
+    and the daemon use the stored tree, so a chain that leads out is refused even though
+    extraction itself never follows a link.
+    """
+
+    def __init__(self) -> None:
+        self._root = _Node("dir", None)
+        self._links: list[_Node] = []
+
+    def add(self, entry: Entry, target: str = "") -> None:
+        """Place `entry` (a link with its `target`) or refuse it, naming the rule."""
+        node = self._root
+        for depth, part in enumerate(entry.parts[:-1], 1):
+            child = node.children.get(part)
+            if child is None:
+                child = node.children[part] = _Node("dir", node)
+            elif child.kind == "symlink":
+                raise _reject(
+                    entry.name,
+                    f"is inside {show('/'.join(entry.parts[:depth]))}, a symbolic link; "
+                    "entries may not be placed through links",
+                )
+            elif child.kind == "file":
+                raise _reject(entry.name, f"is inside {show('/'.join(entry.parts[:depth]))}, which is a file")
+            node = child
+        name = entry.parts[-1]
+        existing = node.children.get(name)
+        if existing is not None:
+            if existing.kind == "dir" and entry.kind == "dir":
+                return  # the directory an earlier entry implied, now named itself
+            what = {"symlink": "symbolic link", "dir": "directory"}.get(existing.kind, existing.kind)
+            made_by = f" {show(existing.entry)}" if existing.entry else " implied by earlier entries"
+            raise _reject(entry.name, f"would replace the {what}{made_by} (an entry may not change what another made)")
+        child = node.children[name] = _Node(entry.kind, node, entry.name, target)
+        if entry.kind == "symlink":
+            self._links.append(child)
+
+    def check_links(self) -> None:
+        """Follow every link through the others; refuse one that leads out, loops or goes too deep."""
+        for link in self._links:
+            self._follow(link, link, 0)
+
+    def _follow(self, link: _Node, origin: _Node, depth: int) -> tuple[_Node, int]:
+        """Where `link` leads; refusals name `origin`, the link whose walk this is part of."""
+        if link.resolved is not None:
+            return link.resolved
+        if link.hops < 0:
+            raise _reject(origin.entry, "its symbolic links form a loop")
+        if depth > MAX_LINK_HOPS:
+            raise _reject(origin.entry, f"following it takes more than {MAX_LINK_HOPS} symbolic links")
+        link.hops = -1  # being followed
+        assert link.parent is not None
+        node, missing, hops = link.parent, 0, 1
+        for part in link.target.split("/"):
+            if part in ("", "."):
+                continue
+            if missing:
+                # Below a name that does not exist the kernel would stop; judging the rest
+                # lexically is stricter, never looser.
+                missing += 1 if part != ".." else -1
+            elif part == "..":
+                if node.parent is None:
+                    raise _reject(
+                        origin.entry,
+                        f"symbolic link to {show(origin.target)} leads outside the package "
+                        "(followed through the package's other links)",
+                    )
+                node = node.parent
+            elif (child := node.children.get(part)) is None:
+                missing = 1
+            elif child.kind == "symlink":
+                node, missing = self._follow(child, origin, depth + 1)
+                hops += child.hops
+            else:
+                node = child
+            if hops > MAX_LINK_HOPS:
+                raise _reject(origin.entry, f"following it takes more than {MAX_LINK_HOPS} symbolic links")
+        link.hops = hops
+        link.resolved = (node, missing)
+        return link.resolved

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -154,3 +156,124 @@ def sized(path: Path, total: int, files: int = 3) -> None:
                     n = min(len(seed), size - written)
                     sink.write(seed[: n // 2] + b"\0" * (n - n // 2))
                     written += n
+
+
+# Link chains ------------------------------------------------------------------------------
+#
+# A package is a list of items: (name, bytes) for a file, `Link(name, target)` for a symbolic
+# link, `Dir(name)` for an explicit directory entry, written in that order.
+
+
+class Link:
+    def __init__(self, name: str, target: str) -> None:
+        self.name, self.target = name, target
+
+
+class Dir:
+    def __init__(self, name: str) -> None:
+        self.name = name.rstrip("/") + "/"
+
+
+def package(items: list, handler: bytes = b"def handler(e, c):\n    return 'ok'\n") -> bytes:
+    """A zip with index.py first, then `items` in order (duplicates written as asked)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicates some cases are made of
+        archive.writestr("index.py", handler)
+        for item in items:
+            if isinstance(item, Link):
+                info = zipfile.ZipInfo(item.name)
+                info.create_system = 3
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+                archive.writestr(info, item.target)
+            elif isinstance(item, Dir):
+                info = zipfile.ZipInfo(item.name)
+                info.create_system = 3
+                info.external_attr = (stat.S_IFDIR | 0o755) << 16
+                archive.writestr(info, b"")
+            else:
+                archive.writestr(item[0], item[1])
+    return buffer.getvalue()
+
+
+# Deep enough that its links climb from any staging tree up to "/" (extra '..' stay at "/").
+CLIMB = 40
+
+
+def climb(directory: str, file_name: str, data: bytes = b"pwned\n") -> list:
+    """Items whose naive extraction writes `directory`/`file_name` (an absolute path) through links.
+
+    Every link passes the lexical check: `d/.../d/u -> ../...` is the package root, and
+    `w -> d/.../d/u/../.../<directory>` normalises to `d/<directory>`, yet the kernel takes
+    it from the root CLIMB levels up, to "/", then down to `directory`.
+    """
+    deep = "/".join(["d"] * CLIMB)
+    up = "/".join([".."] * CLIMB)
+    return [
+        Link(f"{deep}/u", up),
+        Link("w", f"{deep}/u/{up}/{directory.strip('/')}"),
+        (f"w/{file_name}", data),
+    ]
+
+
+# The exploit as found: `l` normalises to ".", the kernel takes it two levels above the
+# staging tree (the state dir, next to admin.token and fgd.db), and l/X is written there.
+EXPLOIT = [Link("s/u", ".."), Link("l", "s/u/../.."), ("l/X", b"pwned\n")]
+
+# Hostile packages by the rule they break: (items, words the refusal must contain).
+LINK_CASES: dict[str, tuple[list, list[str]]] = {
+    "exploit": (EXPLOIT, ["'l/X'", "symbolic link"]),
+    "exploit-link-alone": (EXPLOIT[:2], ["'l'", "leads outside the package"]),
+    "link-to-link": (
+        [Link("s/u", ".."), Link("s/v", "u"), Link("l", "s/v/../.."), ("l/X", b"x")],
+        ["'l/X'", "symbolic link"],
+    ),
+    "link-to-link-alone": ([Link("s/u", ".."), Link("s/v", "u"), Link("l", "s/v/../..")], ["'l'", "outside"]),
+    "chain-completed-later": ([Link("a/l", "d/../.."), Link("a/d", ".")], ["'a/l'", "outside"]),
+    "loop": ([Link("a", "b"), Link("b", "a")], ["'a'", "loop"]),
+    "too-many-hops": (
+        [Link(f"l{i}", f"l{i + 1}") for i in range(45)] + [("l45", b"x")],
+        ["'l0'", "more than 40 symbolic links"],
+    ),
+    "link-then-dir-of-same-name": ([Link("l", "real"), Dir("real"), Dir("l")], ["'l/'", "duplicate of 'l'"]),
+    "link-then-dir-inside-it": ([Dir("real"), Link("l", "real"), Dir("l/sub")], ["'l/sub/'", "symbolic link"]),
+    "file-under-a-link": ([Dir("real"), Link("l", "real"), ("l/f.py", b"x")], ["'l/f.py'", "symbolic link"]),
+    "file-under-a-file": ([("f", b"x"), ("f/g.py", b"x")], ["'f/g.py'", "is a file"]),
+    "duplicate-second-is-link": ([("x.py", b"x"), Link("x.py", "index.py")], ["'x.py'", "duplicate"]),
+    "link-replaces-implied-dir": ([("a/b.py", b"x"), Link("a", "index.py")], ["'a'", "would replace"]),
+    "link-at-file-later-written": (
+        [Link("s/u", ".."), Link("l", "s/u/../../victim"), ("l", b"truncated!\n")],
+        ["'l'", "duplicate"],
+    ),
+    "link-at-file-later-written-alone": (
+        [Link("s/u", ".."), Link("l", "s/u/../../victim"), ("victim", b"x")],
+        ["'l'", "outside"],
+    ),
+}
+
+
+def listing(root: Path, skip: tuple[str, ...] = (), volatile: tuple[str, ...] = ()) -> dict[str, tuple]:
+    """Every path under `root` (relative) with its kind, mode, size, mtime and content digest or link target.
+
+    Paths under `skip` are left out; for names in `volatile` only their presence counts.
+    """
+    found: dict[str, tuple] = {}
+    for directory, dirs, files in os.walk(root):
+        relative_dir = os.path.relpath(directory, root)
+        dirs[:] = [d for d in dirs if os.path.normpath(os.path.join(relative_dir, d)) not in skip]
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            relative = os.path.normpath(os.path.join(relative_dir, name))
+            info = os.lstat(path)
+            if name in volatile:
+                found[relative] = ("present",)
+            elif stat.S_ISLNK(info.st_mode):
+                found[relative] = ("link", os.readlink(path))
+            elif stat.S_ISDIR(info.st_mode):
+                found[relative] = ("dir", stat.S_IMODE(info.st_mode))
+            else:
+                # Small files by content too (an overwrite could keep size and restore the mtime);
+                # a big stored package by size and mtime, so a listing stays quick.
+                digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if info.st_size < 1 << 20 else ""
+                found[relative] = ("file", info.st_size, info.st_mtime_ns, stat.S_IMODE(info.st_mode), digest)
+    return found

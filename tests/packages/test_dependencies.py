@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -167,5 +168,34 @@ def test_unreferenced_packages_are_collected(tmp_path: Path) -> None:
         blobs = [p for bucket in (daemon.state_dir / "blobs" / "sha256").iterdir() for p in bucket.iterdir()]
         assert [p.name for p in blobs] == [remaining[0].name]
         assert api.invoke(kept["func_name"]).content == b"kept"
+    finally:
+        daemon.stop()
+
+
+def test_reuploads_racing_the_collector_never_lose_code(tmp_path: Path) -> None:
+    """Code switched between three zips while the collector runs every 20 ms: each zip is, in
+    turn, reused while fresh, reused after being collected, or reused as it is collected."""
+    daemon = Daemon(tmp_path / "state", "[storage]\ngc_interval = 0.02\ngc_grace = 0.3\n")
+    daemon.start()
+    try:
+        api = Api(daemon)
+        name = api.deploy("def handler(e, c):\n    return 'first'\n")["func_name"]
+        codes = [make_zip({"index.py": f"def handler(e, c):\n    return 'v{i}'\n"}) for i in range(3)]
+        for turn in range(15):
+            version = turn % 3
+            body = {"code_type": "zip", "func_code": {"file": b64(codes[version])}}
+            response = api.http.put(f"/functions/{name}/code", json=body)
+            assert response.status_code == 200, response.text
+            assert api.invoke(name).content == f"v{version}".encode()
+            time.sleep(0.05 * (turn % 4))
+        code = daemon.state_dir / "code"
+        deadline = time.monotonic() + 5
+        while len(list(code.iterdir())) > 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        current = hashlib.sha256(codes[14 % 3]).hexdigest()
+        assert [p.name for p in code.iterdir()] == [current]
+        assert list((daemon.state_dir / "tmp").iterdir()) == []
+        assert daemon.log().count("unreferenced packages") >= 3  # the collector did run in between
+        assert api.invoke(name).content == b"v2"
     finally:
         daemon.stop()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
+import threading
 import time
 import unicodedata
 import warnings
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -215,3 +218,136 @@ def test_raw_upload_replaces_code(api: Api, target: str, tmp_path: Path) -> None
     path.write_bytes(make_zip({"index.py": HANDLER.decode()}))
     assert upload_raw(api, target, path).status_code == 200
     assert api.invoke(target).content == b"ok"
+
+
+# Links: refused, and nothing outside the package store changes ---------------------------
+
+
+def surroundings(api: Api) -> dict[str, tuple]:
+    """Everything around the daemon's package store: the state dir (bar code/ and tmp/, whose
+    use assert_refused counts) and its parent, where the tests keep a sentinel directory.
+    The database and the daemon's log change on their own: only their presence counts."""
+    state = api.daemon.state_dir
+    return corpus.listing(
+        state.parent,
+        skip=(f"{state.name}/code", f"{state.name}/tmp"),
+        volatile=("fgd.db", "fgd.db-wal", "fgd.db-shm", api.daemon.log_path.name),
+    )
+
+
+@pytest.fixture
+def sentinel(api: Api) -> Path:
+    directory = api.daemon.state_dir.parent / "sentinel"
+    directory.mkdir(exist_ok=True)
+    (directory / "victim").write_text("precious\n")
+    return directory
+
+
+def assert_refused_in_place(api: Api, target: str, data: bytes, *words: str) -> None:
+    before = surroundings(api)
+    token = api.daemon.token
+    assert_refused(api, target, data, *words)
+    assert surroundings(api) == before
+    assert api.daemon.token == token
+    assert not (api.daemon.state_dir / "X").exists()
+
+
+@pytest.mark.parametrize("case", list(corpus.LINK_CASES))
+def test_link_rules(api: Api, target: str, sentinel: Path, case: str) -> None:
+    items, words = corpus.LINK_CASES[case]
+    assert_refused_in_place(api, target, corpus.package(items, HANDLER), *words)
+
+
+def test_link_chains_climbing_to_the_state_dir_and_beyond(api: Api, target: str, sentinel: Path) -> None:
+    state = str(api.daemon.state_dir)
+    climbs = [
+        (corpus.climb(state, "admin.token", b""), "'w/admin.token'"),  # truncate the node's token
+        (corpus.climb(state, "fgd.db", b"garbage"), "'w/fgd.db'"),
+        (corpus.climb(str(sentinel), "victim", b""), "'w/victim'"),
+        (corpus.climb(str(sentinel), "new-file"), "'w/new-file'"),
+        (corpus.climb(str(sentinel), "x")[:2], "'w'"),  # the link alone: it would lead out of the tree
+    ]
+    for items, word in climbs:
+        assert_refused_in_place(api, target, corpus.package(items, HANDLER), word)
+    assert (sentinel / "victim").read_text() == "precious\n"
+
+
+def test_hostile_links_through_every_upload_route(api: Api, target: str, sentinel: Path, tmp_path: Path) -> None:
+    """Create a function, raw upload, dependency: each refuses, and the daemon keeps serving."""
+    exploit = corpus.package([*corpus.EXPLOIT, *corpus.climb(str(sentinel), "victim", b"")], HANDLER)
+    before = surroundings(api)
+    usage = disk_usage(api.daemon.state_dir)
+    name = unique_name("linked")
+    response = api.http.post(
+        "/functions",
+        json={
+            "func_name": name,
+            "runtime": RUNTIME,
+            "handler": "index.handler",
+            "code_type": "zip",
+            "func_code": {"file": b64(exploit)},
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert "'l/X'" in response.json()["error_msg"]
+    assert api.http.get(f"/functions/{name}/config").status_code == 404
+    path = tmp_path / "exploit.zip"
+    path.write_bytes(exploit)
+    response = upload_raw(api, target, path)
+    assert response.status_code == 400, response.text
+    body = {"name": unique_name("dep"), "runtime": RUNTIME, "depend_type": "zip", "depend_file": b64(exploit)}
+    response = api.http.post("/dependencies/version", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "FSS.0400"
+    assert surroundings(api) == before
+    assert disk_usage(api.daemon.state_dir) == usage
+    assert not (api.daemon.state_dir / "X").exists()
+    assert api.daemon.process is not None and api.daemon.process.poll() is None
+    assert api.http.get("/functions").status_code == 200
+    assert api.invoke(target).content == b"ok"
+
+
+def test_links_that_stay_inside_work_in_the_function(api: Api) -> None:
+    handler = (
+        b"def handler(e, c):\n    return open('code/via/lib/up/data.txt').read() + open('code/alias.txt').read()\n"
+    )
+    items = [
+        corpus.Link("alias.txt", "data.txt"),  # a link to a file written later
+        ("data.txt", b"d"),
+        corpus.Link("via", "lib/up"),  # a link to a link to the root
+        corpus.Link("lib/up", ".."),
+    ]
+    name = unique_name("links")
+    response = api.http.post(
+        "/functions",
+        json={
+            "func_name": name,
+            "runtime": RUNTIME,
+            "handler": "index.handler",
+            "code_type": "zip",
+            "func_code": {"file": b64(corpus.package(items, handler))},
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert api.invoke(name).content == b"dd"
+
+
+def test_identical_uploads_at_once_through_the_api(api: Api) -> None:
+    names = [api.deploy(HANDLER.decode())["func_name"] for _ in range(6)]
+    data = make_zip({"index.py": "def handler(e, c):\n    return 'same'\n", "blob.bin": os.urandom(2 << 20)})
+    body = {"code_type": "zip", "func_code": {"file": b64(data)}}
+    start = threading.Barrier(len(names))
+
+    def upload(name: str) -> int:
+        with api.daemon.client() as client:
+            start.wait(10)
+            return client.put(f"/functions/{name}/code", json=body).status_code
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        assert list(pool.map(upload, names)) == [200] * len(names)
+    sha = hashlib.sha256(data).hexdigest()
+    tree = api.daemon.state_dir / "code" / sha
+    assert (tree / "blob.bin").stat().st_size == 2 << 20
+    assert not [p for p in (api.daemon.state_dir / "tmp").iterdir() if p.name.startswith("tree-")]
+    for name in names:
+        assert api.invoke(name).content == b"same"

@@ -5,13 +5,23 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import shutil
 import stat
+import tempfile
+import threading
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from fgd import codestore, packages
 from fgd.codestore import CodeStore, PackageRejected, inline_zip
+from fgd.packages import Entry, PackageLimits, TreePlan, check_name
 from tests.conftest import make_zip
+from tests.packages import corpus
 
 
 def test_put_stores_blob_and_read_only_tree(tmp_path) -> None:
@@ -67,3 +77,305 @@ def test_remove_deletes_blob_and_tree(tmp_path) -> None:
     store.remove(ref.sha256)
     assert not store.blob_path(ref.sha256).exists()
     assert not store.tree_path(ref.sha256).exists()
+
+
+# Links: nothing is written outside the tree, and the stored tree has no way out ----------------
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory next to the store with a file an escape would overwrite."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "victim").write_text("precious\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "victim").write_text("precious too\n")
+    return directory
+
+
+def hostile_cases(tmp_path: Path) -> dict[str, tuple[list, list[str]]]:
+    outside_dir = str(tmp_path / "outside")
+    return {
+        **corpus.LINK_CASES,
+        "climb-to-a-sibling-dir": (corpus.climb(outside_dir, "X"), ["'w/X'", "symbolic link"]),
+        "climb-and-truncate": (corpus.climb(outside_dir, "victim", b""), ["'w/victim'", "symbolic link"]),
+        "climb-alone": (corpus.climb(outside_dir, "X")[:2], ["'w'", "outside"]),
+        "climb-to-the-state-dir": (corpus.climb(str(tmp_path / "state"), "victim"), ["'w/victim'"]),
+    }
+
+
+CASE_NAMES = [
+    *corpus.LINK_CASES,
+    "climb-to-a-sibling-dir",
+    "climb-and-truncate",
+    "climb-alone",
+    "climb-to-the-state-dir",
+]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_hostile_links_are_refused_and_change_nothing_outside(tmp_path: Path, outside: Path, case: str) -> None:
+    items, words = hostile_cases(tmp_path)[case]
+    store = CodeStore(tmp_path / "state")
+    before = corpus.listing(tmp_path)
+    with pytest.raises(PackageRejected) as refused:
+        store.put(corpus.package(items))
+    for word in words:
+        assert word in str(refused.value)
+    assert corpus.listing(tmp_path) == before
+    assert list((tmp_path / "state" / "tmp").iterdir()) == []
+
+
+def test_climb_reaches_anywhere_yet_writes_nothing_in_tmp(outside: Path, tmp_path: Path) -> None:
+    """The longer chain aimed at a directory under /tmp (outside the test's own tree)."""
+    target = Path(tempfile.mkdtemp(prefix="fgd-sentinel-"))
+    try:
+        (target / "victim").write_text("precious\n")
+        store = CodeStore(tmp_path / "state")
+        before = corpus.listing(target)
+        with pytest.raises(PackageRejected, match="'w/victim'"):
+            store.put(corpus.package(corpus.climb(str(target), "victim", b"")))
+        with pytest.raises(PackageRejected, match="'w'"):
+            store.put(corpus.package(corpus.climb(str(target), "victim")[:2]))
+        assert corpus.listing(target) == before
+    finally:
+        shutil.rmtree(target)
+
+
+def _unchecked_entries(infos: list[zipfile.ZipInfo], limits: PackageLimits) -> list[Entry]:
+    """The entries as check_entries would give them, without its duplicate rule."""
+    return [
+        Entry(i.orig_filename, check_name(i.orig_filename, limits), packages._kind(i), i.file_size, i.compress_size, 0)
+        for i in infos
+    ]
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        corpus.EXPLOIT,
+        [corpus.Link("etc", "/"), ("etc/X", b"x")],
+        [corpus.Link("l", "/"), ("l", b"truncated!\n")],  # a duplicate: the file would be opened through it
+        [corpus.Link("d", ".."), corpus.Dir("d/made-outside")],
+        [corpus.Link("s/u", ".."), corpus.Link("w", "s/u/../../victim"), ("w", b"")],
+    ],
+    ids=["exploit", "absolute-link-dir", "duplicate-through-absolute-link", "dir-through-link", "truncate-via-chain"],
+)
+def test_extraction_itself_never_writes_through_a_link(
+    tmp_path: Path, outside: Path, monkeypatch: pytest.MonkeyPatch, items: list
+) -> None:
+    """With every rule about links switched off, the no-follow extraction alone still holds."""
+    monkeypatch.setattr(codestore.TreePlan, "add", lambda self, entry, target="": None)
+    monkeypatch.setattr(codestore.TreePlan, "check_links", lambda self: None)
+    monkeypatch.setattr(codestore, "check_symlink_target", lambda *args: None)
+    monkeypatch.setattr(codestore, "check_entries", _unchecked_entries)
+    store = CodeStore(tmp_path / "state")
+    before = corpus.listing(tmp_path, skip=("state/tmp",))
+    # Pointed at the real root too: "/" holds nothing this test could lose.
+    with pytest.raises(PackageRejected, match="runs into a symbolic link"):
+        store.put(corpus.package(items))
+    assert corpus.listing(tmp_path, skip=("state/tmp",)) == before
+    assert list((tmp_path / "state" / "tmp").iterdir()) == []
+    assert not Path("/X").exists() and not Path("/made-outside").exists()
+
+
+def test_links_inside_the_package_are_kept(tmp_path: Path) -> None:
+    items = [
+        corpus.Link("alias.py", "real.py"),  # a link to a file written later
+        ("real.py", b"x = 1\n"),
+        corpus.Link("a", "b"),  # a chain of links to a directory
+        corpus.Link("b", "lib/inner"),
+        ("lib/inner/mod.py", b"y = 2\n"),
+        corpus.Link("lib/up", ".."),  # back to the root, by a link inside it
+        corpus.Link("via", "lib/up/lib/up/real.py"),
+        corpus.Link("dangling", "missing.py"),
+    ]
+    store = CodeStore(tmp_path)
+    tree = store.tree_path(store.put(corpus.package(items)).sha256)
+    assert (tree / "alias.py").read_text() == "x = 1\n"
+    assert (tree / "a" / "mod.py").read_text() == "y = 2\n"
+    assert (tree / "via").read_text() == "x = 1\n"
+    assert os.readlink(tree / "dangling") == "missing.py"
+    root = os.path.realpath(tree)
+    for link in ("alias.py", "a", "b", "lib/up", "via"):
+        assert os.path.realpath(tree / link).startswith(root)
+
+
+def test_link_target_over_the_name_limit_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(PackageRejected, match="'long': symbolic link target is over 1024 bytes"):
+        CodeStore(tmp_path).put(corpus.package([corpus.Link("long", "a/" * 600)]))
+
+
+def _chained_links(count: int) -> list:
+    # Each d/e/l<i> is 500 './' then l<i/2> (chains about log2(count) deep); l0 is the package root.
+    return [corpus.Link(f"d/e/l{i}", "./" * 500 + (f"l{i // 2}" if i else "../..")) for i in range(count)]
+
+
+def test_a_link_is_refused_when_its_chain_leads_out(tmp_path: Path) -> None:
+    items = _chained_links(300)
+    CodeStore(tmp_path / "good").put(corpus.package(items))
+    # Lexically d/e, but l299 is the root, so its '..' leads out.
+    with pytest.raises(PackageRejected, match=re.escape("'bad': symbolic link to 'd/e/l299/..' leads outside")):
+        CodeStore(tmp_path / "bad").put(corpus.package([*items, corpus.Link("bad", "d/e/l299/..")]))
+
+
+def test_following_the_most_links_a_package_may_hold_is_fast() -> None:
+    """Each link is followed once (remembered): 30,000 links of 1,000+ bytes, in chains 15 deep."""
+    plan = TreePlan()
+    for link in _chained_links(30_000):
+        parts = tuple(link.name.split("/"))
+        plan.add(Entry(link.name, parts, "symlink", len(link.target), 0, 0), link.target)
+    started = time.process_time()
+    plan.check_links()
+    assert time.process_time() - started < 5  # about 0.6 s
+
+
+# Concurrent uploads and the collector ------------------------------------------------------
+
+
+def _run_all(functions: list) -> list:
+    """Run each function in its own thread at once; their results (the first error is raised)."""
+    with ThreadPoolExecutor(len(functions)) as pool:
+        futures = [pool.submit(function) for function in functions]
+        return [future.result(30) for future in futures]
+
+
+def _assert_one_valid_tree(store: CodeStore, tmp_path: Path, data: bytes) -> None:
+    sha = hashlib.sha256(data).hexdigest()
+    assert [p.name for p in (tmp_path / "code").iterdir()] == [sha]
+    assert (store.tree_path(sha) / "pkg" / "mod.py").read_text() == "y = 2\n"
+    assert store.blob_path(sha).read_bytes() == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_identical_uploads_racing_each_other_all_succeed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every thread extracts before any installs: all but the first find the tree there."""
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    threads = 4
+    all_extracted = threading.Barrier(threads)
+    extract = store._validated_tree
+
+    def extract_then_wait(path: Path) -> Path:
+        staging = extract(path)
+        all_extracted.wait(10)
+        return staging
+
+    monkeypatch.setattr(store, "_validated_tree", extract_then_wait)
+    refs = _run_all([lambda: store.put(data)] * threads)
+    assert len(set(refs)) == 1
+    _assert_one_valid_tree(store, tmp_path, data)
+
+
+def test_identical_uploads_at_once_through_put_file(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n", "big.bin": os.urandom(1 << 20)})
+    start = threading.Barrier(8)
+
+    def upload() -> object:
+        fd, path = store.temp_file()
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        start.wait(10)
+        try:
+            return store.put_file(path)
+        finally:
+            path.unlink(missing_ok=True)
+
+    assert len(set(_run_all([upload] * 8))) == 1
+    sha = hashlib.sha256(data).hexdigest()
+    assert [p.name for p in (tmp_path / "code").iterdir()] == [sha]
+    assert store.blob_path(sha).read_bytes() == data
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _age(store: CodeStore, sha: str, seconds: float) -> None:
+    then = time.time() - seconds
+    for path in (store.tree_path(sha), store.blob_path(sha)):
+        os.utime(path, (then, then))
+
+
+def test_reusing_an_old_package_restarts_its_grace_period(tmp_path: Path) -> None:
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    sha = store.put(data).sha256
+    _age(store, sha, 3600)  # uploaded an hour ago, since unreferenced
+    # The daemon's collector reads the cutoff (grace 600 s), then what is in use: nothing yet,
+    # since the function the re-upload is for has not been saved.
+    older_than = time.time() - 600
+    assert store.put(data).sha256 == sha
+    assert store.collect(set(), older_than) == []
+    assert store.stored()[sha] >= older_than + 600 - 1
+    _assert_one_valid_tree(store, tmp_path, data)
+    # Even with no grace at all, a package handed out after the cutoff was read is kept.
+    _age(store, sha, 3600)
+    older_than = time.time()
+    store.put(data)
+    assert store.collect(set(), older_than) == []
+    _assert_one_valid_tree(store, tmp_path, data)
+    # Once nothing uses it and it is old, it goes.
+    assert store.collect(set(), time.time() + 1) == [sha]
+    assert list((tmp_path / "code").iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_reupload_while_the_collector_removes_the_same_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload waits for the collector, then finds the package gone and extracts it again."""
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    sha = store.put(data).sha256
+    _age(store, sha, 3600)
+    collecting, resume = threading.Event(), threading.Event()
+    stored = store.stored
+
+    def paused_stored() -> dict[str, float]:
+        found = stored()
+        collecting.set()
+        assert resume.wait(10)
+        return found
+
+    monkeypatch.setattr(store, "stored", paused_stored)
+    collector = threading.Thread(target=lambda: removed.extend(store.collect(set(), time.time() - 600)))
+    removed: list[str] = []
+    refs: list = []
+    collector.start()
+    assert collecting.wait(10)
+    upload = threading.Thread(target=lambda: refs.append(store.put(data)))
+    upload.start()
+    upload.join(0.3)
+    waited = upload.is_alive()  # it cannot hand the package out while the collector decides
+    resume.set()
+    collector.join(10)
+    upload.join(10)
+    assert waited
+    assert removed == [sha]
+    assert [ref.sha256 for ref in refs] == [sha]
+    _assert_one_valid_tree(store, tmp_path, data)
+
+
+def test_collector_removes_nothing_being_extracted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A collection in the middle of an extraction neither sees nor disturbs the staging tree."""
+    store = CodeStore(tmp_path)
+    data = make_zip({"index.py": "x = 1\n", "pkg/mod.py": "y = 2\n"})
+    extract = store._validated_tree
+    removed: list[str] = []
+
+    def extract_then_collect(path: Path) -> Path:
+        staging = extract(path)
+        removed.extend(store.collect(set(), time.time() + 1))
+        return staging
+
+    monkeypatch.setattr(store, "_validated_tree", extract_then_collect)
+    store.put(data)
+    assert removed == []
+    _assert_one_valid_tree(store, tmp_path, data)
+
+
+def test_link_with_corrupt_data_is_refused(tmp_path: Path) -> None:
+    data = corpus.package([corpus.Link("alias", "index.py")])
+    # The link's target is stored as written: change it without fixing the CRC.
+    corrupt = data.replace(b"index.pyPK", b"indeX.pyPK", 1)
+    assert corrupt != data
+    with pytest.raises(PackageRejected, match="'alias': corrupt data"):
+        CodeStore(tmp_path).put(corrupt)
+    assert list((tmp_path / "tmp").iterdir()) == []
