@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -206,8 +207,16 @@ async def _collect_packages(
     """Remove packages nothing refers to: no function, dependency version or live instance."""
     while True:
         await trio.sleep(config.storage.gc_interval)
-        in_use = store.code_in_use() | {d.code.sha256 for d in dependencies.public.values()} | invoker.code_in_use()
-        removed = await store.run(code.collect, in_use, time.time() - config.storage.gc_grace)
+        # One pass is one item: a failure (a file it cannot remove, a record it cannot read)
+        # is logged and the next pass tries again; the daemon goes on serving.
+        try:
+            in_use = store.code_in_use() | {d.code.sha256 for d in dependencies.public.values()} | invoker.code_in_use()
+            removed = await store.run(code.collect, in_use, time.time() - config.storage.gc_grace)
+        except sqlite3.Error:
+            raise
+        except Exception:
+            log.exception("collecting unreferenced packages failed; trying again in %.0f s", config.storage.gc_interval)
+            continue
         if removed:
             log.info("removed %d unreferenced packages", len(removed))
 
