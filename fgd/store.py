@@ -106,10 +106,23 @@ class Store:
         self._migrate()
         self.queue = SqliteQueue(self._db)
         self.triggers: dict[str, Trigger] = self._load_triggers()
-        self.functions: dict[tuple[str, str, str], FunctionRecord] = {
-            (r.project_id, r.package, r.func_name): r
-            for r in (_record_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM functions"))
-        }
+        self.functions: dict[tuple[str, str, str], FunctionRecord] = {}
+        for project_id, package, func_name, blob in self._db.execute(
+            "SELECT project_id, package, func_name, record FROM functions"
+        ):
+            # Hardening (issue 9): one unreadable record (edited by hand) is logged and left out, alone.
+            try:
+                r = _record_decoder.decode(blob)
+            except (msgspec.DecodeError, TypeError) as exc:
+                log.error(
+                    "ignoring stored function %s/%s/%s: its record is unreadable: %s",
+                    project_id,
+                    package,
+                    func_name,
+                    exc,
+                )
+                continue
+            self.functions[r.key] = r
         # Private dependency versions by id (public ones are registered at start, not stored).
         self.dependencies: dict[str, DependencyVersion] = {
             d.id: d
