@@ -101,7 +101,7 @@ class Dispatcher:
             outcome = None
             try:
                 outcome = await self._attempt(event)
-            except Exception as exc:  # noqa: BLE001 - the boundary of one event
+            except Exception as exc:  # noqa: BLE001 - the boundary of one event (logged in _internal_failure)
                 self._internal_failure(event, "running it", exc)
             record = self._store.get(event.key)
             if record is not None and event.status in ("SUCCESS", "FAIL", "DISCARD"):

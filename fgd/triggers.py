@@ -126,8 +126,6 @@ class Triggers:
             await self._store.delete_trigger(trigger.trigger_id)
         self._changed.set()
 
-    # Timers ---------------------------------------------------------------------
-
     def drop_unusable(self) -> None:
         """Forget (and log) stored triggers that would not pass the API's checks today.
 
@@ -157,8 +155,8 @@ class Triggers:
 
     async def run_timers(self) -> None:
         """Fire ACTIVE timers on schedule; re-plan a timer whenever its schedule changes."""
-        # trigger id -> (next fire, schedule, the trigger it was planned from)
-        plan: dict[str, tuple[float, Schedule, Trigger]] = {}
+        # trigger id -> (next fire, schedule, (schedule_type, schedule) it was planned from)
+        plan: dict[str, tuple[float, Schedule, tuple]] = {}
         # Triggers that failed, as they were when they failed: skipped until they change.
         broken: dict[str, Trigger] = {}
         while True:
@@ -171,7 +169,8 @@ class Triggers:
                 if t.trigger_type_code == "TIMER" and t.trigger_status == "ACTIVE"
             }
             for trigger_id in list(plan):
-                if active.get(trigger_id) is not plan[trigger_id][2]:
+                trigger = active.get(trigger_id)
+                if trigger is None or plan[trigger_id][2] != _source(trigger):
                     del plan[trigger_id]
             for trigger_id in list(broken):
                 if active.get(trigger_id) is not broken[trigger_id]:
@@ -180,8 +179,9 @@ class Triggers:
                 if trigger_id not in plan and trigger_id not in broken:
                     with self._boundary(trigger, "planning", broken):
                         schedule = parse(trigger.event_data["schedule_type"], trigger.event_data["schedule"])
-                        plan[trigger_id] = (schedule.next_after(now), schedule, trigger)
-            for trigger_id, (at, schedule, trigger) in list(plan.items()):
+                        plan[trigger_id] = (schedule.next_after(now), schedule, _source(trigger))
+            for trigger_id, (at, schedule, source) in list(plan.items()):
+                trigger = active[trigger_id]
                 if at <= now:
                     with self._boundary(trigger, "firing", broken):
                         await self._fire(trigger, schedule)
@@ -190,7 +190,7 @@ class Triggers:
                         continue
                     with self._boundary(trigger, "planning", broken):
                         # Catch up without replaying: the next fire after now.
-                        plan[trigger_id] = (schedule.next_after(max(at, time.time())), schedule, trigger)
+                        plan[trigger_id] = (schedule.next_after(max(at, time.time())), schedule, source)
                     if trigger_id in broken:
                         del plan[trigger_id]
             wake = min((at for at, _, _ in plan.values()), default=now + 3600)
@@ -228,6 +228,12 @@ class Triggers:
         queued = AsyncEvent.new(record.key, new_request_id(), msgspec.json.encode(event))
         await self._store.run(self._store.queue.enqueue, queued)
         self._notify()
+
+
+def _source(trigger: Trigger) -> tuple:
+    """What a timer's plan depends on: a change to anything else (user_event) keeps its rhythm."""
+    data = trigger.event_data
+    return (data.get("schedule_type"), data.get("schedule")) if isinstance(data, dict) else (None, None)
 
 
 def _event_data(data: object, kind: type[msgspec.Struct]) -> Any:
