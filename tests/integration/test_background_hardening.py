@@ -77,6 +77,7 @@ def queue_row(state_dir: Path, func_name: str, request_id: str, **columns: objec
         store.close()
 
 
+@pytest.mark.slow
 def test_hand_corrupted_triggers_configs_and_events_fail_alone_after_kill_9(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path / "state", "[async_invoke]\nretry_base = 0.05\n")
     daemon.start()
@@ -250,6 +251,7 @@ def test_a_flooding_function_does_not_delay_another_functions_event(fair: Api) -
         fair.http.post(f"/functions/{slow}/cancel", json={"request_id": request_id})
 
 
+@pytest.mark.slow
 def test_finished_events_are_pruned_after_the_retention(fair: Api) -> None:
     # retention_days = 0.00003: about 2.6 s.
     name = fair.deploy(SLEEPER, timeout=10)["func_name"]
