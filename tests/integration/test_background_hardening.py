@@ -36,10 +36,6 @@ def handler(event, context):
 """
 
 
-def key_of(api: Api, name: str) -> tuple[str, str, str]:
-    return ("default", "default", name)
-
-
 def add_trigger_row(db: sqlite3.Connection, func_name: str, record: bytes | str) -> str:
     trigger_id = str(uuid.uuid4())
     db.execute(
