@@ -6,18 +6,29 @@ daemon that died. `SqliteQueue` is the default; a broker (NATS JetStream,
 Redis Streams) can stand behind the same methods. Delivery is at least once:
 the request id stays the same across retries and recoveries, so a function
 can deduplicate.
+
+Two guards keep one event or one function from hurting the rest: a lease
+counts itself in the row (`leases`, reset when the daemon settles the event),
+so an event that took the daemon down or was never settled `MAX_LEASES` times
+is settled FAIL instead of leased forever; and a lease takes at most
+`per_function` running events of any one function.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Mapping
 from typing import Literal, Protocol
 
 import msgspec
 
 Status = Literal["WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"]
 FINAL = ("SUCCESS", "FAIL", "DISCARD")
+Key = tuple[str, str, str]
+
+# Leases without a settle (a crash, a hang, a lease that ran out) before the event is given up.
+MAX_LEASES = 3
 
 
 class AsyncEvent(msgspec.Struct, kw_only=True):
@@ -35,6 +46,8 @@ class AsyncEvent(msgspec.Struct, kw_only=True):
     end_time: float = 0.0
     error_code: str = ""
     error_message: str = ""
+    # Leases since the daemon last settled this event (see MAX_LEASES).
+    leases: int = 0
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -56,14 +69,25 @@ class AsyncEvent(msgspec.Struct, kw_only=True):
         )
 
 
+class Lease(msgspec.Struct):
+    """What one lease took: events to run, and events given up after MAX_LEASES (now FAIL)."""
+
+    events: list[AsyncEvent]
+    given_up: list[AsyncEvent]
+
+
 class AsyncQueue(Protocol):
     def enqueue(self, event: AsyncEvent) -> None: ...
-    def lease(self, now: float, limit: int, lease_seconds: float) -> list[AsyncEvent]: ...
+    def lease(
+        self, now: float, limit: int, lease_seconds: float, running: Mapping[Key, int], per_function: int
+    ) -> Lease: ...
     def settle(self, event: AsyncEvent) -> None: ...
-    def recover(self) -> int: ...
+    def recover(self) -> tuple[int, int]: ...
     def cancel(self, key: tuple[str, str, str], request_id: str, now: float) -> bool: ...
     def find(self, key: tuple[str, str, str], request_id: str | None, status: str | None, limit: int) -> list: ...
     def depth(self) -> int: ...
+    def prune(self, finished_before: float, batch: int) -> int: ...
+    def purge(self, key: Key, created_before: float, batch: int) -> int: ...
 
 
 SCHEMA = """
@@ -87,6 +111,26 @@ CREATE INDEX async_due ON async_events (status, not_before);
 CREATE INDEX async_by_function ON async_events (project_id, package, func_name, created);
 """
 
+# Schema v5: the lease counter, and an index for pruning finished events by age.
+SCHEMA_LEASES = """
+ALTER TABLE async_events ADD COLUMN leases INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX async_finished ON async_events (end_time) WHERE status IN ('SUCCESS', 'FAIL', 'DISCARD');
+"""
+
+# An unfinished row whose columns do not have the types the daemon writes (edited by hand,
+# or by another program) cannot be run: recover() settles it FAIL, with a reason.
+_MALFORMED = """
+    status NOT IN ('SUCCESS', 'FAIL', 'DISCARD') AND (
+    status NOT IN ('WAIT', 'RUNNING')
+    OR typeof(payload) != 'blob' OR typeof(request_id) != 'text'
+    OR typeof(project_id) != 'text' OR typeof(package) != 'text' OR typeof(func_name) != 'text'
+    OR typeof(attempts) != 'integer' OR typeof(leases) != 'integer'
+    OR typeof(created) NOT IN ('real', 'integer') OR typeof(not_before) NOT IN ('real', 'integer')
+    OR typeof(lease_until) NOT IN ('real', 'integer') OR typeof(start_time) NOT IN ('real', 'integer')
+    OR typeof(end_time) NOT IN ('real', 'integer')
+    OR typeof(error_code) != 'text' OR typeof(error_message) != 'text')
+"""
+
 _COLUMNS = [f for f in AsyncEvent.__struct_fields__]
 
 
@@ -107,29 +151,75 @@ class SqliteQueue:
                 _row(event),
             )
 
-    def lease(self, now: float, limit: int, lease_seconds: float) -> list[AsyncEvent]:
+    def lease(
+        self, now: float, limit: int, lease_seconds: float, running: Mapping[Key, int], per_function: int
+    ) -> Lease:
+        """Up to `limit` due events, oldest first, no function past `per_function` running."""
+        taken: list[AsyncEvent] = []
+        given_up: list[AsyncEvent] = []
+        counts = dict(running)
         with self._db:
-            rows = self._db.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM async_events WHERE (status='WAIT' AND not_before<=?) "
-                "OR (status='RUNNING' AND lease_until<?) ORDER BY not_before LIMIT ?",
-                (now, now, limit),
-            ).fetchall()
-            events = [AsyncEvent(**dict(zip(_COLUMNS, row, strict=True))) for row in rows]
-            for event in events:
-                event.status = "RUNNING"
-                event.lease_until = now + lease_seconds
-                event.start_time = event.start_time or now
-            self._db.executemany(
-                "UPDATE async_events SET status='RUNNING', lease_until=?, start_time=? WHERE request_id=?",
-                [(e.lease_until, e.start_time, e.request_id) for e in events],
-            )
-        return events
+            while len(taken) < limit:
+                # Functions at their share are left out in SQL, so a flood of one function's
+                # events costs an index scan, not a Python loop over its rows.
+                full = [key for key, count in counts.items() if count >= per_function]
+                wanted = limit - len(taken)
+                batch = self._due(now, wanted, full)
+                for event in batch:
+                    if event.leases >= MAX_LEASES:
+                        given_up.append(event)
+                        self._give_up(event, now)
+                    elif counts.get(event.key, 0) < per_function:
+                        counts[event.key] = counts.get(event.key, 0) + 1
+                        event.status = "RUNNING"
+                        event.lease_until = now + lease_seconds
+                        event.start_time = event.start_time or now
+                        event.leases += 1
+                        self._db.execute(
+                            "UPDATE async_events SET status='RUNNING', lease_until=?, start_time=?, leases=? "
+                            "WHERE request_id=?",
+                            (event.lease_until, event.start_time, event.leases, event.request_id),
+                        )
+                        taken.append(event)
+                    # else: its function filled up within this batch; the next query leaves it out.
+                if len(batch) < wanted:
+                    break  # every due event of a function with room was in this batch
+        return Lease(taken, given_up)
+
+    def _due(self, now: float, limit: int, full: list[Key]) -> list[AsyncEvent]:
+        query = (
+            f"SELECT {', '.join(_COLUMNS)} FROM async_events "
+            "WHERE ((status='WAIT' AND not_before<=?) OR (status='RUNNING' AND lease_until<?))"
+        )
+        params: list = [now, now]
+        if full:
+            query += f" AND (project_id, package, func_name) NOT IN (VALUES {', '.join(['(?, ?, ?)'] * len(full))})"
+            params += [part for key in full for part in key]
+        query += " ORDER BY not_before LIMIT ?"
+        params.append(limit)
+        return [AsyncEvent(**dict(zip(_COLUMNS, row, strict=True))) for row in self._db.execute(query, params)]
+
+    def _give_up(self, event: AsyncEvent, now: float) -> None:
+        event.status = "FAIL"
+        event.end_time = now
+        event.lease_until = 0.0
+        event.error_code = "FSS.0500"
+        event.error_message = (
+            f"the daemon took this event {event.leases} times without finishing it (it crashed, or the "
+            "event could not be processed); it is not tried again"
+        )
+        self._db.execute(
+            "UPDATE async_events SET status='FAIL', lease_until=0, end_time=?, error_code=?, error_message=? "
+            "WHERE request_id=?",
+            (event.end_time, event.error_code, event.error_message, event.request_id),
+        )
 
     def settle(self, event: AsyncEvent) -> None:
         with self._db:
+            # The daemon handled this lease: the crash counter starts over.
             self._db.execute(
                 "UPDATE async_events SET status=?, attempts=?, not_before=?, lease_until=0, end_time=?, "
-                "error_code=?, error_message=? WHERE request_id=?",
+                "error_code=?, error_message=?, leases=0 WHERE request_id=?",
                 (
                     event.status,
                     event.attempts,
@@ -141,12 +231,23 @@ class SqliteQueue:
                 ),
             )
 
-    def recover(self) -> int:
-        """Events leased by a daemon that is gone go back to waiting (same request id)."""
+    def recover(self) -> tuple[int, int]:
+        """Events leased by a daemon that is gone go back to waiting (same request id).
+
+        Rows that cannot be read back as events are settled FAIL first. Returns
+        (events queued again, malformed rows failed).
+        """
         with self._db:
-            return self._db.execute(
+            malformed = self._db.execute(
+                "UPDATE async_events SET status='FAIL', lease_until=0, end_time=?, error_code='FSS.0500', "
+                "error_message='the stored event is malformed (a column has the wrong type or status); "
+                f"it cannot run' WHERE {_MALFORMED}",
+                (time.time(),),
+            ).rowcount
+            requeued = self._db.execute(
                 "UPDATE async_events SET status='WAIT', lease_until=0 WHERE status='RUNNING'"
             ).rowcount
+        return requeued, malformed
 
     def cancel(self, key: tuple[str, str, str], request_id: str, now: float) -> bool:
         with self._db:
@@ -172,6 +273,24 @@ class SqliteQueue:
         query += " ORDER BY created DESC LIMIT ?"
         params.append(limit)
         return [AsyncEvent(**dict(zip(_COLUMNS, row, strict=True))) for row in self._db.execute(query, params)]
+
+    def prune(self, finished_before: float, batch: int) -> int:
+        """Delete up to `batch` events that finished before the given time; one short transaction."""
+        with self._db:
+            return self._db.execute(
+                "DELETE FROM async_events WHERE rowid IN (SELECT rowid FROM async_events "
+                "WHERE status IN ('SUCCESS', 'FAIL', 'DISCARD') AND end_time<? LIMIT ?)",
+                (finished_before, batch),
+            ).rowcount
+
+    def purge(self, key: Key, created_before: float, batch: int) -> int:
+        """Delete up to `batch` events of a deleted function (any status) queued before it was deleted."""
+        with self._db:
+            return self._db.execute(
+                "DELETE FROM async_events WHERE rowid IN (SELECT rowid FROM async_events "
+                "WHERE project_id=? AND package=? AND func_name=? AND created<? LIMIT ?)",
+                (*key, created_before, batch),
+            ).rowcount
 
     def depth(self) -> int:
         return self._db.execute("SELECT count(*) FROM async_events WHERE status IN ('WAIT', 'RUNNING')").fetchone()[0]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from fgd.packages import PackageLimits
 
@@ -66,6 +68,11 @@ class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Retry n waits about retry_base * 2**(n-1) seconds (with jitter); a throttled one retry_base.
     retry_base: float = 1.0
     max_payload: int = 256 * 1024
+    # Hardening (issue 9): events of one function running at once; default max(1, concurrency // 2),
+    # so a flood of one slow function leaves slots for the others.
+    per_function: Annotated[int, Meta(ge=1)] | None = None
+    # Finished events (SUCCESS, FAIL, DISCARD) are deleted this long after they finished.
+    retention_days: Annotated[float, Meta(gt=0)] = 7.0
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
 import time
 from pathlib import Path
 
@@ -206,10 +207,18 @@ async def _collect_packages(
     """Remove packages nothing refers to: no function, dependency version or live instance."""
     while True:
         await trio.sleep(config.storage.gc_interval)
-        # The cutoff is read before what is in use: a package handed out since is kept (see collect).
-        older_than = time.time() - config.storage.gc_grace
-        in_use = store.code_in_use() | {d.code.sha256 for d in dependencies.public.values()} | invoker.code_in_use()
-        removed = await trio.to_thread.run_sync(code.collect, in_use, older_than)
+        # One pass is one item: a failure (a file it cannot remove, a record it cannot read)
+        # is logged and the next pass tries again; the daemon goes on serving.
+        try:
+            # The cutoff is read before what is in use: a package handed out since is kept (see collect).
+            older_than = time.time() - config.storage.gc_grace
+            in_use = store.code_in_use() | {d.code.sha256 for d in dependencies.public.values()} | invoker.code_in_use()
+            removed = await trio.to_thread.run_sync(code.collect, in_use, older_than)
+        except sqlite3.Error:
+            raise
+        except Exception:
+            log.exception("collecting unreferenced packages failed; trying again in %.0f s", config.storage.gc_interval)
+            continue
         if removed:
             log.info("removed %d unreferenced packages", len(removed))
 

@@ -10,9 +10,13 @@ between functions are refused when the config is set.
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import logging
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from typing import Any
@@ -30,17 +34,89 @@ log = logging.getLogger("fgd.destinations")
 
 WEBHOOK_ATTEMPTS = 3
 WEBHOOK_TIMEOUT = 10.0
+MAX_URL = 2048
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
-def _param(value: Any) -> dict:
+def _param(value: Any, field: str = "param") -> dict:
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except ValueError:
-            raise InvalidParameter("destination param must be a JSON object (or a JSON string of one)") from None
+            raise InvalidParameter(f"{field} must be a JSON object (or a JSON string of one)") from None
     if not isinstance(value, dict):
-        raise InvalidParameter("destination param must be a JSON object")
+        raise InvalidParameter(f"{field} must be a JSON object")
     return value
+
+
+def webhook_url(value: object, field: str) -> str:
+    """`value` if it is a plain http(s) URL with a valid host and port; InvalidParameter naming `field` if not.
+
+    Parsed fully here, when the config is set, so delivery never meets a URL it cannot use.
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidParameter(f"{field} must be an http:// or https:// URL")
+    if len(value) > MAX_URL:
+        raise InvalidParameter(f"{field} is {len(value):,} characters; the limit is {MAX_URL:,}")
+    if not value.isascii() or any(c <= " " or c == "\x7f" for c in value):
+        raise InvalidParameter(
+            f"{field} must not contain spaces, control characters or non-ASCII characters (use punycode)"
+        )
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidParameter(f"{field} {value!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise InvalidParameter(f"{field} must be an http:// or https:// URL, not {parts.scheme or 'schemeless'!r}")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        raise InvalidParameter(f"{field} must not carry credentials (user:password@)")
+    if parts.fragment or "#" in value:
+        raise InvalidParameter(f"{field} must not have a #fragment")
+    host = parts.hostname or ""
+    if not _valid_host(host, bracketed=parts.netloc.startswith("[")):
+        raise InvalidParameter(f"{field} {value!r} has no valid host name or IP address")
+    if (port is not None and not 1 <= port <= 65535) or parts.netloc.endswith(":"):
+        raise InvalidParameter(f"{field} {value!r} has an invalid port (1-65535)")
+    return value
+
+
+def _valid_host(host: str, *, bracketed: bool) -> bool:
+    if bracketed:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return False
+        return True
+    if not host or len(host) > 253:
+        return False
+    return all(_LABEL.match(label) for label in host.removesuffix(".").split("."))
+
+
+def _check_spec(store: Store, record: FunctionRecord, condition: str, spec: object, region: str) -> tuple[str, Any]:
+    """One destination (on_success or on_failure): (kind, target key or url), or InvalidParameter naming the field."""
+    field = f"destination_config.{condition}"
+    if not isinstance(spec, dict) or "destination" not in spec:
+        raise InvalidParameter(f"{field} must be {{destination, param}}")
+    unknown = set(spec) - {"destination", "param"}
+    if unknown:
+        raise InvalidParameter(f"{field}: unknown field {sorted(unknown)[0]!r} (destination, param)")
+    param = _param(spec.get("param", {}), f"{field}.param")
+    if spec["destination"] == "FunctionGraph":
+        urn = param.get("func_urn")
+        if not isinstance(urn, str):
+            raise InvalidParameter(f"{field}.param needs func_urn")
+        if set(param) - {"func_urn"}:
+            raise InvalidParameter(f"{field}.param: unknown field {sorted(set(param) - {'func_urn'})[0]!r}")
+        ref = parse_function_ref(record.project_id, urn, region)
+        if store.get(ref.key) is None:
+            raise InvalidParameter(f"{field}: function {urn} does not exist")
+        return ("FunctionGraph", ref.key)
+    if spec["destination"] == "WEBHOOK":
+        if set(param) - {"url"}:
+            raise InvalidParameter(f"{field}.param: unknown field {sorted(set(param) - {'url'})[0]!r}")
+        return ("WEBHOOK", webhook_url(param.get("url"), f"{field}.param.url"))
+    raise InvalidParameter(f"{field}.destination must be FunctionGraph or WEBHOOK")
 
 
 def targets(store: Store, record: FunctionRecord, config: dict, region: str) -> dict[str, tuple[str, Any]]:
@@ -49,24 +125,7 @@ def targets(store: Store, record: FunctionRecord, config: dict, region: str) -> 
     for condition, spec in config.items():
         if condition not in ("on_success", "on_failure"):
             raise InvalidParameter(f"destination_config: unknown condition {condition!r} (on_success, on_failure)")
-        if not isinstance(spec, dict) or "destination" not in spec:
-            raise InvalidParameter(f"destination_config.{condition} must be {{destination, param}}")
-        param = _param(spec.get("param", {}))
-        if spec["destination"] == "FunctionGraph":
-            urn = param.get("func_urn")
-            if not isinstance(urn, str):
-                raise InvalidParameter(f"destination_config.{condition}: param needs func_urn")
-            ref = parse_function_ref(record.project_id, urn, region)
-            if store.get(ref.key) is None:
-                raise InvalidParameter(f"destination_config.{condition}: function {urn} does not exist")
-            checked[condition] = ("FunctionGraph", ref.key)
-        elif spec["destination"] == "WEBHOOK":
-            url = param.get("url")
-            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-                raise InvalidParameter(f"destination_config.{condition}: param needs an http(s) url")
-            checked[condition] = ("WEBHOOK", url)
-        else:
-            raise InvalidParameter(f"destination_config.{condition}: destination must be FunctionGraph or WEBHOOK")
+        checked[condition] = _check_spec(store, record, condition, spec, region)
     return checked
 
 
@@ -81,9 +140,13 @@ def check_no_cycle(store: Store, record: FunctionRecord, new: dict[str, tuple[st
             return []
         found = []
         for spec in other.async_config.destination_config.values():
-            if spec.get("destination") == "FunctionGraph":
-                ref = parse_function_ref(other.project_id, _param(spec.get("param", {})).get("func_urn", ""), region)
-                found.append(ref.key)
+            if isinstance(spec, dict) and spec.get("destination") == "FunctionGraph":
+                try:
+                    urn = _param(spec.get("param", {})).get("func_urn", "")
+                    found.append(parse_function_ref(other.project_id, str(urn), region).key)
+                except InvalidParameter:
+                    continue  # another function's unusable destination: its delivery fails, not this check
+
         return found
 
     stack, seen = list(edges(record.key)), set()
@@ -108,18 +171,21 @@ class Destinations:
         spec = record.async_config.destination_config.get("on_success" if success else "on_failure")
         if not spec:
             return
+        condition_name = "on_success" if success else "on_failure"
+        try:
+            # The stored config passed these checks when it was set; checking again catches a
+            # row edited since, and a FunctionGraph target deleted since.
+            kind, target = _check_spec(self._store, record, condition_name, spec, self._region)
+        except InvalidParameter as error:
+            log.warning("destination of %s (%s) not notified: %s", record.func_name, event.request_id, error.message)
+            raise
         payload = msgspec.json.encode(self.payload(record, event, outcome, condition))
-        param = _param(spec.get("param", {}))
-        if spec.get("destination") == "FunctionGraph":
-            target = self._store.get(parse_function_ref(record.project_id, param["func_urn"], self._region).key)
-            if target is None:
-                log.warning("destination %s of %s no longer exists", param["func_urn"], record.func_name)
-                return
-            queued = AsyncEvent.new(target.key, new_request_id(), payload)
+        if kind == "FunctionGraph":
+            queued = AsyncEvent.new(target, new_request_id(), payload)
             await self._store.run(self._store.queue.enqueue, queued)
             self._notify()
         else:
-            await self._post(param["url"], payload)
+            await self._post(target, payload)
 
     def payload(self, record: FunctionRecord, event: AsyncEvent, outcome: Outcome | None, condition: str) -> dict:
         if outcome is not None and outcome.error is None:
@@ -150,13 +216,24 @@ class Destinations:
             try:
                 await trio.to_thread.run_sync(_post_once, url, payload)
                 return
-            except (OSError, urllib.error.URLError) as exc:
+            except (OSError, urllib.error.URLError, http.client.HTTPException, ValueError) as exc:
+                # A refused connection, a timeout, or a receiver answering something that is not HTTP.
                 log.warning("webhook %s failed (attempt %d): %s", url, attempt + 1, exc)
                 await trio.sleep(0.5 * 2**attempt)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """The notification goes to the URL that was checked, never where a 3xx points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
 def _post_once(url: str, payload: bytes) -> None:
     request = urllib.request.Request(url, data=payload, method="POST", headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
+    with _opener.open(request, timeout=WEBHOOK_TIMEOUT) as response:
         if response.status >= 300:
             raise OSError(f"HTTP {response.status}")

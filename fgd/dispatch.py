@@ -6,12 +6,21 @@ timeouts, out of memory) consume an attempt and are retried with exponential
 backoff and jitter up to `max_async_retry_attempts`; platform refusals
 (throttled, node full) are retried without consuming attempts; an event older
 than `max_async_event_age_in_seconds` is discarded.
+
+Each event is handled inside a boundary: an unexpected exception while it runs
+is logged with the function and request id and settles that event FAIL with
+the reason; the dispatcher goes on. Only the store's own failures (sqlite3
+errors) propagate and stop the daemon. One function may hold at most
+`per_function` of the slots, so a flood of one slow function leaves room for
+the others. Finished events are deleted after `retention_days`, in batches.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
+import sqlite3
 import time
 
 import trio
@@ -27,6 +36,9 @@ log = logging.getLogger("fgd.dispatch")
 
 IDLE_POLL = 0.2
 LEASE_MARGIN = 60.0
+# Rows deleted per transaction when pruning: a few milliseconds of the store's thread each,
+# so API calls and log writes queued behind a large prune wait that long, not seconds.
+PRUNE_BATCH = 500
 
 
 class Dispatcher:
@@ -38,24 +50,45 @@ class Dispatcher:
         self._config = config
         self._wakeup = trio.Event()
         self._running = 0
+        self._running_by: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.per_function = config.per_function or max(1, config.concurrency // 2)
 
     def notify(self) -> None:
         """A new event was queued: look now rather than at the next poll."""
         self._wakeup.set()
 
     async def run(self) -> None:
-        recovered = await self._store.run(self._store.queue.recover)
-        if recovered:
-            log.info("%d asynchronous invocations leased before a restart are queued again", recovered)
+        requeued, malformed = await self._store.run(self._store.queue.recover)
+        if requeued:
+            log.info("%d asynchronous invocations leased before a restart are queued again", requeued)
+        if malformed:
+            log.error("%d stored asynchronous invocations are malformed and were settled FAIL", malformed)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._prune)
             while True:
                 free = self._config.concurrency - self._running
                 events = []
                 if free > 0:
                     # The lease outlives the longest timeout; an event whose lease ran out is leased again.
-                    events = await self._store.run(self._store.queue.lease, time.time(), free, 259200 + LEASE_MARGIN)
+                    lease = await self._store.run(
+                        self._store.queue.lease,
+                        time.time(),
+                        free,
+                        259200 + LEASE_MARGIN,
+                        dict(self._running_by),
+                        self.per_function,
+                    )
+                    events = lease.events
+                    for event in lease.given_up:
+                        log.error(
+                            "asynchronous invocation %s of %s: %s",
+                            event.request_id,
+                            event.func_name,
+                            event.error_message,
+                        )
                 for event in events:
                     self._running += 1
+                    self._running_by[event.key] += 1
                     nursery.start_soon(self._deliver, event)
                 if not events or self._running >= self._config.concurrency:
                     self._depth[0] = await self._store.run(self._store.queue.depth)
@@ -65,22 +98,78 @@ class Dispatcher:
 
     async def _deliver(self, event: AsyncEvent) -> None:
         try:
-            outcome = await self._attempt(event)
+            outcome = None
+            try:
+                outcome = await self._attempt(event)
+            except Exception as exc:  # noqa: BLE001 - the boundary of one event (logged in _internal_failure)
+                self._internal_failure(event, "running it", exc)
             record = self._store.get(event.key)
             if record is not None and event.status in ("SUCCESS", "FAIL", "DISCARD"):
                 # Destination first, settle after: a crash in between re-runs the event and
                 # notifies again (at least once), never settles it with no notification.
                 condition = {"SUCCESS": "", "FAIL": "RetriesExhausted", "DISCARD": "EventAgeExceeded"}[event.status]
-                await self.destinations.deliver(record, event, outcome, event.status == "SUCCESS", condition)
+                try:
+                    await self.destinations.deliver(record, event, outcome, event.status == "SUCCESS", condition)
+                except FgdError as error:
+                    # A destination that became unusable (its function deleted, its row edited).
+                    reason = f"the destination was not notified: {error.message}"
+                    event.error_message = f"{event.error_message}; {reason}" if event.error_message else reason
+                except Exception as exc:
+                    if isinstance(exc, sqlite3.Error):
+                        raise
+                    log.exception(
+                        "asynchronous invocation %s of %s: notifying its destination failed",
+                        event.request_id,
+                        event.func_name,
+                    )
+                    reason = f"notifying the destination failed: {type(exc).__name__}: {exc}"
+                    event.error_message = f"{event.error_message}; {reason}" if event.error_message else reason
             await self._store.run(self._store.queue.settle, event)
         finally:
             self._running -= 1
+            self._running_by[event.key] -= 1
+            if self._running_by[event.key] <= 0:
+                del self._running_by[event.key]
             self._wakeup.set()
+
+    def _internal_failure(self, event: AsyncEvent, step: str, exc: Exception) -> None:
+        """The daemon, not the function, failed on this event: it settles FAIL with the reason."""
+        if isinstance(exc, sqlite3.Error):
+            raise exc
+        log.exception(
+            "asynchronous invocation %s of %s failed in the daemon while %s; settled FAIL",
+            event.request_id,
+            event.func_name,
+            step,
+        )
+        self._final(event, "FAIL", "FSS.0500", f"internal error while {step}: {type(exc).__name__}: {exc}")
+
+    async def _prune(self) -> None:
+        """Delete finished events older than the retention, a batch at a time."""
+        retention = self._config.retention_days * 86400
+        # Often enough that a small retention (tests, small disks) is honoured within a tenth of it.
+        interval = min(600.0, max(0.2, retention / 10))
+        while True:
+            removed = 0
+            while True:
+                count = await self._store.run(self._store.queue.prune, time.time() - retention, PRUNE_BATCH)
+                removed += count
+                if count < PRUNE_BATCH:
+                    break
+                await trio.sleep(0)  # let the API's and the log sink's store calls in between batches
+            if removed:
+                log.info(
+                    "pruned %d finished asynchronous invocations older than %g days",
+                    removed,
+                    self._config.retention_days,
+                )
+            await trio.sleep(interval)
 
     async def _attempt(self, event: AsyncEvent) -> Outcome | None:
         record = self._store.get(event.key)
         now = time.time()
-        if record is None:
+        if record is None or event.created < record.created:
+            # Gone, or deleted and created again since this event was queued: not this function's.
             self._final(event, "DISCARD", "FSS.0404", "the function was deleted")
             return None
         policy = record.async_config

@@ -9,7 +9,9 @@ must not touch the database.
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
@@ -17,10 +19,14 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from fgd.asyncqueue import SCHEMA, SqliteQueue
+from fgd.asyncqueue import SCHEMA, SCHEMA_LEASES, SqliteQueue
 from fgd.model import DependencyVersion, FunctionRecord, Trigger
 
 T = TypeVar("T")
+log = logging.getLogger("fgd.store")
+
+# Asynchronous events deleted per transaction when their function is deleted.
+PURGE_BATCH = 500
 
 # Each entry upgrades the schema by one version; never edit a released one.
 MIGRATIONS: list[str] = [
@@ -66,6 +72,7 @@ MIGRATIONS: list[str] = [
         record BLOB NOT NULL
     );
     """,
+    SCHEMA_LEASES,
 ]
 
 
@@ -98,14 +105,24 @@ class Store:
         self._limiter = trio.CapacityLimiter(1)
         self._migrate()
         self.queue = SqliteQueue(self._db)
-        self.triggers: dict[str, Trigger] = {
-            t.trigger_id: t
-            for t in (_trigger_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM triggers"))
-        }
-        self.functions: dict[tuple[str, str, str], FunctionRecord] = {
-            (r.project_id, r.package, r.func_name): r
-            for r in (_record_decoder.decode(blob) for (blob,) in self._db.execute("SELECT record FROM functions"))
-        }
+        self.triggers: dict[str, Trigger] = self._load_triggers()
+        self.functions: dict[tuple[str, str, str], FunctionRecord] = {}
+        for project_id, package, func_name, blob in self._db.execute(
+            "SELECT project_id, package, func_name, record FROM functions"
+        ):
+            # Hardening (issue 9): one unreadable record (edited by hand) is logged and left out, alone.
+            try:
+                r = _record_decoder.decode(blob)
+            except (msgspec.DecodeError, TypeError) as exc:
+                log.error(
+                    "ignoring stored function %s/%s/%s: its record is unreadable: %s",
+                    project_id,
+                    package,
+                    func_name,
+                    exc,
+                )
+                continue
+            self.functions[r.key] = r
         # Private dependency versions by id (public ones are registered at start, not stored).
         self.dependencies: dict[str, DependencyVersion] = {
             d.id: d
@@ -168,8 +185,14 @@ class Store:
         return cursor.rowcount > 0
 
     async def delete(self, key: tuple[str, str, str]) -> None:
+        deleted_at = time.time()
         await self.run(self._delete, key)
         self.functions.pop(key, None)
+        # Its asynchronous events go too, a batch per transaction (a function may have
+        # thousands); only those queued before now, so a function of the same name
+        # created meanwhile keeps its own.
+        while await self.run(self.queue.purge, key, deleted_at, PURGE_BATCH) == PURGE_BATCH:
+            pass
 
     def _delete(self, key: tuple[str, str, str]) -> None:
         with self._db:
@@ -180,6 +203,23 @@ class Store:
         return {r.code.sha256 for r in self.functions.values()} | {d.code.sha256 for d in self.dependencies.values()}
 
     # Triggers ------------------------------------------------------------------
+
+    def _load_triggers(self) -> dict[str, Trigger]:
+        """Every readable trigger; a row that does not decode is logged and left out, alone."""
+        triggers = {}
+        for trigger_id, func_name, blob in self._db.execute("SELECT trigger_id, func_name, record FROM triggers"):
+            try:
+                trigger = _trigger_decoder.decode(blob)
+            except (msgspec.DecodeError, TypeError) as exc:
+                log.error(
+                    "ignoring stored trigger %s of function %s: its record is unreadable: %s",
+                    trigger_id,
+                    func_name,
+                    exc,
+                )
+                continue
+            triggers[trigger.trigger_id] = trigger
+        return triggers
 
     async def put_trigger(self, trigger: Trigger) -> None:
         blob = _encoder.encode(trigger)

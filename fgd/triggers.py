@@ -4,14 +4,23 @@ Each fire queues an asynchronous invocation (with the function's retry
 policy) carrying FunctionGraph's timer event. Fires missed while the daemon
 was down are not replayed: at start, and after every change, each timer's
 next fire is computed from now.
+
+The timer loop plans and fires one trigger at a time inside a boundary: a
+stored trigger the loop cannot use (hand-edited, written by an older version)
+is logged with its id and skipped until it changes; it never stops the other
+timers or the daemon. Only a failure of the store itself propagates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import trio
@@ -35,6 +44,7 @@ class Triggers:
         self._store = store
         self._notify = notify
         self._changed = trio.Event()
+        self.drop_unusable()
 
     def list(self, record: FunctionRecord) -> list[Trigger]:
         return sorted((t for t in self._store.triggers.values() if t.key == record.key), key=lambda t: t.created_time)
@@ -47,11 +57,11 @@ class Triggers:
 
     def _check(self, kind: str, event_data: dict, trigger_id: str = "") -> dict:
         if kind == "TIMER":
-            data: TimerEventData = convert(event_data, TimerEventData, "event_data")
+            data: TimerEventData = _event_data(event_data, TimerEventData)
             parse(data.schedule_type, data.schedule)
             return msgspec.to_builtins(data)
         if kind == "APIG":
-            route: ApigEventData = convert(event_data, ApigEventData, "event_data")
+            route: ApigEventData = _event_data(event_data, ApigEventData)
             for other in self._store.triggers.values():
                 same = other.event_data.get("path") == route.path and other.trigger_id != trigger_id
                 methods = {other.event_data.get("req_method"), route.req_method}
@@ -95,6 +105,8 @@ class Triggers:
             raise InvalidParameter("trigger_status must be ACTIVE or DISABLED")
         event_data = trigger.event_data
         if "event_data" in body:
+            if not isinstance(body["event_data"], dict):
+                raise InvalidParameter("event_data must be a JSON object")
             event_data = self._check(
                 trigger.trigger_type_code, {**trigger.event_data, **body["event_data"]}, trigger.trigger_id
             )
@@ -114,12 +126,39 @@ class Triggers:
             await self._store.delete_trigger(trigger.trigger_id)
         self._changed.set()
 
+    def drop_unusable(self) -> None:
+        """Forget (and log) stored triggers that would not pass the API's checks today.
+
+        Run once at start, before the timer loop and the gateway read them: a row
+        edited by hand or by another version fails here, alone, with its id in the log.
+        """
+        for trigger in list(self._store.triggers.values()):
+            try:
+                if trigger.trigger_type_code == "TIMER":
+                    data: TimerEventData = _event_data(trigger.event_data, TimerEventData)
+                    parse(data.schedule_type, data.schedule)
+                elif trigger.trigger_type_code == "APIG":
+                    _event_data(trigger.event_data, ApigEventData)
+                else:
+                    raise InvalidParameter(f"trigger_type_code {trigger.trigger_type_code!r} is not supported")
+            except Exception as exc:  # noqa: BLE001 - any defect of a stored row is that row's alone
+                log.error(
+                    "ignoring stored %s trigger %s of function %s: %s",
+                    trigger.trigger_type_code,
+                    trigger.trigger_id,
+                    trigger.func_name,
+                    getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}",
+                )
+                del self._store.triggers[trigger.trigger_id]
+
     # Timers ---------------------------------------------------------------------
 
     async def run_timers(self) -> None:
         """Fire ACTIVE timers on schedule; re-plan a timer whenever its schedule changes."""
         # trigger id -> (next fire, schedule, (schedule_type, schedule) it was planned from)
-        plan: dict[str, tuple[float, Schedule, tuple[str, str]]] = {}
+        plan: dict[str, tuple[float, Schedule, tuple]] = {}
+        # Triggers that failed, as they were when they failed: skipped until they change.
+        broken: dict[str, Trigger] = {}
         while True:
             # Reset before planning: a change made while we plan or fire wakes the next wait.
             self._changed = trio.Event()
@@ -131,22 +170,48 @@ class Triggers:
             }
             for trigger_id in list(plan):
                 trigger = active.get(trigger_id)
-                source = trigger and (trigger.event_data["schedule_type"], trigger.event_data["schedule"])
-                if trigger is None or plan[trigger_id][2] != source:
+                if trigger is None or plan[trigger_id][2] != _source(trigger):
                     del plan[trigger_id]
+            for trigger_id in list(broken):
+                if active.get(trigger_id) is not broken[trigger_id]:
+                    del broken[trigger_id]
             for trigger_id, trigger in active.items():
-                if trigger_id not in plan:
-                    source = (trigger.event_data["schedule_type"], trigger.event_data["schedule"])
-                    schedule = parse(*source)
-                    plan[trigger_id] = (schedule.next_after(now), schedule, source)
+                if trigger_id not in plan and trigger_id not in broken:
+                    with self._boundary(trigger, "planning", broken):
+                        schedule = parse(trigger.event_data["schedule_type"], trigger.event_data["schedule"])
+                        plan[trigger_id] = (schedule.next_after(now), schedule, _source(trigger))
             for trigger_id, (at, schedule, source) in list(plan.items()):
+                trigger = active[trigger_id]
                 if at <= now:
-                    await self._fire(active[trigger_id], schedule)
-                    # Catch up without replaying: the next fire after now.
-                    plan[trigger_id] = (schedule.next_after(max(at, time.time())), schedule, source)
+                    with self._boundary(trigger, "firing", broken):
+                        await self._fire(trigger, schedule)
+                    if trigger_id in broken:
+                        del plan[trigger_id]
+                        continue
+                    with self._boundary(trigger, "planning", broken):
+                        # Catch up without replaying: the next fire after now.
+                        plan[trigger_id] = (schedule.next_after(max(at, time.time())), schedule, source)
+                    if trigger_id in broken:
+                        del plan[trigger_id]
             wake = min((at for at, _, _ in plan.values()), default=now + 3600)
             with trio.move_on_after(max(0.0, wake - time.time())):
                 await self._changed.wait()
+
+    @contextlib.contextmanager
+    def _boundary(self, trigger: Trigger, step: str, broken: dict[str, Trigger]) -> Iterator[None]:
+        """One trigger's failure is logged and parks that trigger; the store's own failures propagate."""
+        try:
+            yield
+        except sqlite3.Error:
+            raise
+        except Exception:
+            log.exception(
+                "timer trigger %s of function %s failed while %s; skipped until it is changed",
+                trigger.trigger_id,
+                trigger.func_name,
+                step,
+            )
+            broken[trigger.trigger_id] = trigger
 
     async def _fire(self, trigger: Trigger, schedule: Schedule) -> None:
         record = self._store.get(trigger.key)
@@ -163,3 +228,20 @@ class Triggers:
         queued = AsyncEvent.new(record.key, new_request_id(), msgspec.json.encode(event))
         await self._store.run(self._store.queue.enqueue, queued)
         self._notify()
+
+
+def _source(trigger: Trigger) -> tuple:
+    """What a timer's plan depends on: a change to anything else (user_event) keeps its rhythm."""
+    data = trigger.event_data
+    return (data.get("schedule_type"), data.get("schedule")) if isinstance(data, dict) else (None, None)
+
+
+def _event_data(data: object, kind: type[msgspec.Struct]) -> Any:
+    """`data` as `kind`; an error names the field under `event_data`, as the client sent it."""
+    try:
+        return convert(data, kind, "event_data")
+    except InvalidParameter as error:
+        message = error.message
+        message = message.replace("invalid ", "invalid event_data.", 1) if message.startswith("invalid ") else message
+        message = message.replace("field `", "field `event_data.", 1)
+        raise InvalidParameter(message) from None

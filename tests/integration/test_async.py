@@ -262,3 +262,55 @@ def test_destination_cycles_and_unknown_targets_are_refused(fast: Api) -> None:
     assert missing.status_code == 400 and "does not exist" in missing.json()["error_msg"]
     bad = {"destination_config": {"on_success": {"destination": "WEBHOOK", "param": {"url": "ftp://x"}}}}
     assert fast.http.put(f"/functions/{b['func_name']}/async-invoke-config", json=bad).status_code == 400
+
+
+def test_webhook_urls_and_destination_shapes_are_checked_at_the_door(fast: Api) -> None:
+    name = fast.deploy(FLAKY)["func_name"]
+    field = "destination_config.on_failure.param.url"
+
+    def put(spec: object) -> httpx.Response:
+        return fast.http.put(
+            f"/functions/{name}/async-invoke-config", json={"destination_config": {"on_failure": spec}}
+        )
+
+    for url in [
+        "ftp://127.0.0.1/hook",
+        "javascript:alert(1)",
+        "http://",
+        "http:///no-host",
+        "http://user:secret@127.0.0.1/hook",
+        "http://@127.0.0.1/hook",
+        "http://127.0.0.1:99999/hook",
+        "http://127.0.0.1:0/hook",
+        "http://127.0.0.1:port/hook",
+        "http://127.0.0.1:/hook",
+        "http://[::1/hook",
+        "http://[not-an-ip]/hook",
+        "http://-bad-.example/hook",
+        "http://a..b/hook",
+        "http://exa mple.com/hook",
+        "http://127.0.0.1/hook\r\nX-Injected: 1",
+        "http://bücher.example/hook",
+        "http://127.0.0.1/hook#fragment",
+        "http://127.0.0.1/" + "a" * 3000,
+        "",
+        42,
+        None,
+    ]:
+        response = put({"destination": "WEBHOOK", "param": {"url": url}})
+        assert response.status_code == 400, (url, response.text)
+        assert field in response.json()["error_msg"], (url, response.json()["error_msg"])
+    for spec, words in [
+        ({"destination": "SMN", "param": {}}, "destination_config.on_failure.destination"),
+        ({"destination": "WEBHOOK", "param": {"url": "http://127.0.0.1/h"}, "extra": 1}, "'extra'"),
+        ({"destination": "WEBHOOK", "param": {"url": "http://127.0.0.1/h", "method": "GET"}}, "'method'"),
+        ({"destination": "WEBHOOK", "param": "{not json"}, "destination_config.on_failure.param"),
+        ({"destination": "WEBHOOK", "param": [1]}, "destination_config.on_failure.param"),
+        ("WEBHOOK", "destination_config.on_failure"),
+    ]:
+        response = put(spec)
+        assert response.status_code == 400, (spec, response.text)
+        assert words in response.json()["error_msg"], (spec, response.json()["error_msg"])
+    assert fast.http.get(f"/functions/{name}/async-invoke-config").json()["destination_config"] == {}
+    for url in ["http://127.0.0.1:8080/hook?a=b", "https://[::1]:9443/x", "http://hooks.example.com/p"]:
+        assert put({"destination": "WEBHOOK", "param": {"url": url}}).status_code == 200, url

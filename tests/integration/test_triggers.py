@@ -73,3 +73,40 @@ def test_deleting_the_function_deletes_its_triggers(api: Api) -> None:
     api.deploy(ECHO, name=name)
     assert api.http.get(f"/triggers/{name}").json() == []
     assert api.http.get(f"/triggers/{name}/TIMER/{trigger['trigger_id']}").status_code == 404
+
+
+def test_timers_that_never_fire_or_have_unknown_shapes_are_400_naming_the_field(api: Api) -> None:
+    name = api.deploy(ECHO)["func_name"]
+    for body, words in [
+        (timer("feb30", "0 0 0 30 2 ?"), "event_data.schedule"),
+        (timer("apr31", "0 0 0 31 4,6,9,11 ?"), "never fires"),
+        (timer("long", "@every 9999h"), "event_data.schedule"),
+        (timer("huge", "9" * 30 + "m", "Rate"), "event_data.schedule"),
+        (timer("weekly", "1", "Weekly"), "event_data.schedule_type"),
+        ({"trigger_type_code": "TIMER", "event_data": {"name": "t", "schedule_type": "Cron"}}, "event_data.schedule"),
+        (
+            {"trigger_type_code": "TIMER", "event_data": {**timer("t", "1m", "Rate")["event_data"], "x": 1}},
+            "event_data.x",
+        ),
+        ({"trigger_type_code": "TIMER", "event_data": ["not", "an", "object"]}, "event_data"),
+        (
+            {"trigger_type_code": "TIMER", "event_data": {"name": "t", "schedule_type": "Cron", "schedule": 5}},
+            "event_data.schedule",
+        ),
+    ]:
+        response = api.http.post(f"/triggers/{name}", json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert words in response.json()["error_msg"], response.json()["error_msg"]
+    assert api.http.get(f"/triggers/{name}").json() == []
+    # Changing a good timer to a bad shape is refused the same way, and the timer is unchanged.
+    trigger = api.http.post(f"/triggers/{name}", json=timer("good", "1h", "Rate")).json()
+    path = f"/triggers/{name}/TIMER/{trigger['trigger_id']}"
+    for body, words in [
+        ({"event_data": ["x"]}, "event_data"),
+        ({"event_data": {"schedule_type": "Cron", "schedule": "0 0 0 30 2 ?"}}, "never fires"),
+        ({"event_data": {"schedule": "@every 0s"}}, "event_data.schedule"),
+    ]:
+        response = api.http.put(path, json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert words in response.json()["error_msg"], response.json()["error_msg"]
+    assert api.http.get(path).json()["event_data"]["schedule"] == "1h"

@@ -67,9 +67,29 @@ def test_every(duration: str, seconds: float) -> None:
         ("Cron", "@every", "@every takes"),
         ("Cron", "@every 10x", "@every takes"),
         ("Cron", "@every 500ms", "at least 1s"),
+        ("Cron", "@every 721h", "at most 720h"),
+        ("Cron", "@every " + "9" * 400 + "h", "at most 720h"),  # float('9' * 400) is inf
+        ("Cron", "0 0 0 30 2 ?", "never fires"),
+        ("Cron", "0 0 0 31 2 ?", "never fires"),
+        ("Cron", "0 0 0 31 4,6,9,11 ?", "never fires"),
+        ("Cron", "CRON_TZ=Asia/Tokyo 0 0 12 30 FEB ?", "never fires"),
+        ("Cron", "0 0 0 ? * MON#6", "not valid"),
+        ("Cron", "0 0 0 */0 * ?", "not valid"),
+        ("Rate", "9" * 40 + "m", "1-60"),
         ("Weekly", "1", "Rate or Cron"),
     ],
 )
 def test_invalid_schedules_say_what_is_wrong(schedule_type: str, schedule: str, words: str) -> None:
     with pytest.raises(InvalidParameter, match=words):
         parse(schedule_type, schedule)
+
+
+@pytest.mark.parametrize(("schedule_type", "schedule"), [("Cron", "0 0 0 30 2 ?"), ("Rate", "0m"), ("Cron", "* * *")])
+def test_every_refusal_names_the_field(schedule_type: str, schedule: str) -> None:
+    with pytest.raises(InvalidParameter, match=r"^event_data\.schedule: "):
+        parse(schedule_type, schedule)
+
+
+def test_leap_day_fires_in_a_leap_year() -> None:
+    # Rare but real: it has a next fire time, so it is accepted.
+    assert nxt("Cron", "0 0 0 29 2 ?") == datetime(2028, 2, 29, 0, 0, 0, tzinfo=UTC)
