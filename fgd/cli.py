@@ -72,7 +72,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import psutil
 
     from fgd import config as config_module
-    from fgd.sandboxing import probe
+    from fgd.sandboxing import probe, protections_for
 
     try:
         config = config_module.load(args.config)
@@ -86,7 +86,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     memory = psutil.virtual_memory()
     print(f"{'ok':<8} {'memory':<18} {memory.available // 2**20} MB free of {memory.total // 2**20} MB")
     print(f"{'ok':<8} {'instance pool':<18} {config.sandbox.pool_size} pre-contained instances per runtime")
-    refused = [c.name for c in facts.missing() if c.name != "user namespaces"]
+    # Each protection that would be off, and why (a missing check above, or [sandbox] disable).
+    _protections, off = protections_for(facts, config.sandbox.disable)
+    for line in off:
+        name, _, why = line.partition(": ")
+        print(f"{'off':<8} {name:<18} {why}")
+    refused = [line.partition(":")[0] for line in off]
     if refused and not config.sandbox.allow_degraded:
         print(
             f"fgd serve would refuse to start: missing {', '.join(refused)} "

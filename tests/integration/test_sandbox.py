@@ -106,8 +106,8 @@ def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -
     assert len(limits) == 1
     base = Path(limits[0]).name
     cgroup = Path("/sys/fs/cgroup")
-    pids = next(cgroup.glob(f"pids/**/fgd/{base}"))
-    cpu = next(cgroup.glob(f"cpu/**/fgd/{base}"))
+    pids = next(cgroup.glob(f"pids/**/fgd*/{base}"))
+    cpu = next(cgroup.glob(f"cpu/**/fgd*/{base}"))
     assert (pids / "pids.max").read_text().strip() == "1024"
     assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 100)
     assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
