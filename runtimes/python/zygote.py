@@ -89,7 +89,8 @@ def reap(control: socket.socket) -> None:
 
 # /proc/<pid>/stat fields (1-based) bounding the command line and environment blocks.
 ARG_START, ENV_END = 48, 51
-TITLE = b"fgd-zygote"
+# What ps shows for us afterwards: how we were started, without the interpreter's host path.
+TITLE = b"python3\0-m\0runtimes.python.zygote"
 
 
 def forget_start_blocks() -> None:

@@ -112,3 +112,49 @@ def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -
     assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 100)
     assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
     assert len((pids / "cgroup.procs").read_text().split()) == 3  # waiter, PID 1, worker
+
+
+def test_all_instances_together_have_a_task_cap(daemon: Daemon) -> None:
+    # This host is hybrid v1 with the pids hierarchy's root as the daemon's cgroup: the
+    # subtree is the daemon's own (fgd-<pid>), with the node-wide cap below pid_max.
+    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{daemon.process.pid}")
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    assert int((subtree / "pids.max").read_text()) == min(pid_max // 2, 32768)
+
+
+def test_node_task_cap_is_configurable_and_subtrees_go_with_their_daemon(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", "[sandbox]\nnode_pids_max = 3000\n")
+    daemon.start()
+    pid = daemon.process.pid
+    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{pid}")
+    try:
+        assert (subtree / "pids.max").read_text().strip() == "3000"
+        api = Api(daemon)
+        assert api.invoke(api.deploy("def handler(e, c):\n    return 1\n")["func_name"]).status_code == 200
+    finally:
+        daemon.stop()
+    # A clean stop leaves neither instance cgroups nor the daemon's own subtree.
+    assert instance_cgroups(pid) == []
+    assert not subtree.exists()
+    assert not Path(f"/sys/fs/cgroup/freezer/fgd-{pid}").exists()
+
+
+def test_a_killed_daemons_cgroups_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    first = Daemon(tmp_path / "state")
+    first.start()
+    api = Api(first)
+    mark = marker()
+    name = api.deploy(BACKGROUND_SLEEP + "def handler(e, c):\n    return 1\n", user_data={"FGD_TEST_MARK": mark})
+    assert api.invoke(name["func_name"]).status_code == 200
+    old = first.process.pid
+    first.stop(signal.SIGKILL)
+    assert instance_cgroups(old), "a SIGKILLed daemon leaves its instance cgroups"
+    second = Daemon(tmp_path / "state2")
+    second.start()
+    try:
+        # Another state dir, another daemon: it still cleans what a dead daemon left on the host.
+        assert instance_cgroups(old) == []
+        assert not Path(f"/sys/fs/cgroup/pids/fgd-{old}").exists()
+        assert wait_none_with(mark)
+    finally:
+        second.stop()
