@@ -22,6 +22,7 @@ import msgspec
 import psutil
 
 from fgd.config import SandboxConfig
+from fgd.errors import Unavailable
 from fgd.model import FunctionRecord, cpu_millicores
 from sandbox import namespaces, seccomp
 from sandbox.cgroups import V1, V2, CgroupError, Limits, detect, node_pids_max
@@ -139,8 +140,8 @@ def user_tables(uid: int, gid: int) -> dict[str, str]:
     }
 
 
-class UidsExhausted(Exception):
-    """Every uid of the configured range belongs to a live instance."""
+class UidsExhausted(Unavailable):
+    """Every uid of the configured range belongs to a live instance (a 503: try again later)."""
 
 
 class UidPool:

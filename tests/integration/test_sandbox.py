@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -158,3 +160,55 @@ def test_a_killed_daemons_cgroups_are_removed_at_the_next_start(tmp_path: Path) 
         assert wait_none_with(mark)
     finally:
         second.stop()
+
+
+def _instance_tasks(daemon_pid: int) -> int:
+    total = 0
+    for path in instance_cgroups(daemon_pid):
+        if "/freezer/" in path:
+            with contextlib.suppress(OSError):
+                total += len((Path(path) / "cgroup.procs").read_text().split())
+    return total
+
+
+def test_a_fork_bomb_at_128_mb_is_gone_within_a_second_of_its_timeout(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    source = (
+        "import os, time\n"
+        "def handler(e, c):\n"
+        "    while True:\n"
+        "        try:\n"
+        "            os.fork()\n"
+        "        except OSError:\n"
+        "            time.sleep(0.001)\n"
+    )
+    name = api.deploy(source, memory_size=128, timeout=1)["func_name"]
+    pool = 3 * 2  # the pre-contained instances: waiter, PID 1 and worker each
+    assert wait_for(lambda: _instance_tasks(fresh_daemon.process.pid) == pool)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _instance_tasks(fresh_daemon.process.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    response = api.invoke(name)
+    answered = time.monotonic()
+    done.set()
+    sampler.join()
+    assert response.json()["errorType"] == "Runtime.Timeout"
+    assert peak[0] > 200, f"the bomb only reached {peak[0]} tasks"
+    assert answered - started < 1.5  # cold start + the 1 s deadline: the kill does not hold the answer
+    while _instance_tasks(fresh_daemon.process.pid) > pool and time.monotonic() - answered < 10:
+        time.sleep(0.01)
+    lingered = time.monotonic() - answered
+    answer = answered - started
+    print(f"fork bomb of {peak[0]} tasks: answered {answer:.2f} s after the call, gone {lingered * 1000:.0f} ms later")
+    assert lingered <= 1.0, f"the fork bomb's processes lingered {lingered:.2f} s after the answer"
+    # The node still serves.
+    assert api.invoke(api.deploy("def handler(e, c):\n    return 'up'\n")["func_name"]).content == b"up"

@@ -170,3 +170,21 @@ def test_import_errors_show_no_host_path_of_fgd(api: Api, source: str, error_typ
     if "ValueError" in source or "json" in source:
         # The function's own frame is kept, at its sandbox path.
         assert 'File "/opt/function/code/index.py"' in text, text
+
+
+def test_a_uid_is_not_reused_while_its_instance_lives() -> None:
+    from fgd.sandboxing import UidPool, UidsExhausted
+
+    pool = UidPool(UID_BASE, 3)
+    first, second, third = pool.take("a"), pool.take("b"), pool.take("c")
+    assert len({first, second, third}) == 3
+    assert pool.take("a") == first  # the same instance asks again: its own uid
+    with pytest.raises(UidsExhausted, match="uid_count"):
+        pool.take("d")
+    pool.give_back("b")
+    assert pool.take("d") == second  # only the uid whose instance is gone comes back
+    pool.give_back("a")
+    pool.give_back("c")
+    # Round-robin: handed out from where the last one was, not the lowest free.
+    assert pool.take("e") == third
+    assert pool.take("f") == first
