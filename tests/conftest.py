@@ -169,10 +169,13 @@ def zygote_of(daemon: Daemon) -> int | None:
 def instance_cgroups(daemon_pid: int) -> list[str]:
     """The instance cgroups (any hierarchy) a daemon with this pid has left behind."""
     found = []
-    root = Path("/sys/fs/cgroup")
     # `fgd` beneath the daemon's own cgroup; `fgd-<pid>` where that is a hierarchy's root.
-    for cgroup_fgd in [*root.glob("**/fgd"), *root.glob("*/fgd-[0-9]*")]:
-        found += [str(p) for p in cgroup_fgd.glob(f"{daemon_pid}-*")]
+    # os.walk, not Path.glob: other daemons on the host remove cgroups while we look.
+    for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _error: None):
+        name = os.path.basename(top)
+        if name == "fgd" or (name.startswith("fgd-") and name[4:].isdigit()):
+            found += [os.path.join(top, d) for d in dirs if d.startswith(f"{daemon_pid}-")]
+            dirs[:] = []
     return found
 
 

@@ -133,6 +133,8 @@ def test_node_task_cap_is_configurable_and_subtrees_go_with_their_daemon(tmp_pat
         assert (subtree / "pids.max").read_text().strip() == "3000"
         api = Api(daemon)
         assert api.invoke(api.deploy("def handler(e, c):\n    return 1\n")["func_name"]).status_code == 200
+        # Stop with no instance half-way through its start (that leak is the cold-start path's, not this test's).
+        assert wait_for(lambda: httpx.get(f"{daemon.url}/healthz").json()["pool"][RUNTIME] == 2)
     finally:
         daemon.stop()
     # A clean stop leaves neither instance cgroups nor the daemon's own subtree.
