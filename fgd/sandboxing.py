@@ -83,6 +83,9 @@ def probe(config: SandboxConfig, *, check_only: bool = False) -> HostFacts:
                 if root and not check_only:
                     cgroups.setup(node_pids_max(config.node_pids_max))
                 detail = cgroups.describe() + f"; all instances together: {node_pids_max(config.node_pids_max)} tasks"
+                if check_only:
+                    # `fgd doctor` is not the daemon: name the subtree the daemon will own.
+                    detail = detail.replace(f"fgd-{os.getpid()}", "fgd-<daemon pid>")
                 checks.append(Check("cgroups", root, detail if root else "cannot write cgroups without root"))
             except CgroupError as exc:
                 checks.append(Check("cgroups", False, str(exc)))
