@@ -157,3 +157,31 @@ def test_an_unknown_protection_name_is_refused(tmp_path) -> None:
     )
     assert result.returncode != 0
     assert "disable" in result.stdout + result.stderr
+
+
+def _facts(**failing: str):
+    from fgd.sandboxing import Check, HostFacts
+
+    names = ["root", *(f"namespace {k}" for k in ("mnt", "pid", "net", "ipc", "uts", "cgroup")), "cgroups"]
+    names += ["seccomp", "function uids"]
+    return HostFacts([Check(n, n not in failing, failing.get(n, "fine")) for n in names])
+
+
+def test_a_host_without_root_keeps_what_needs_no_root() -> None:
+    from fgd.sandboxing import protections_for
+
+    protections, off = protections_for(_facts(root="not root", cgroups="no", **{"function uids": "no root"}))
+    # rlimits, closed descriptors and seccomp need no privilege: they stay on.
+    assert protections.rlimits and protections.fds and protections.seccomp
+    assert sorted(protections.off()) == ["capabilities", "cgroups", "credentials", "mounts", "namespaces"]
+    assert [line.split(":")[0] for line in off] == protections.off()
+
+
+def test_a_missing_namespace_takes_mounts_and_nothing_else() -> None:
+    from fgd.sandboxing import protections_for
+
+    protections, off = protections_for(_facts(**{"namespace pid": "not in this kernel"}))
+    assert protections.off() == ["namespaces", "mounts"]
+    assert off == ["namespaces: not in this kernel", "mounts: needs namespaces"]
+    protections, off = protections_for(_facts(), ["fds"])
+    assert off == ["fds: switched off by [sandbox] disable"]

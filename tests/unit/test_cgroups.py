@@ -77,6 +77,8 @@ def test_v2_instance_limits_and_counters(tmp_path) -> None:
     (path / "cgroup.kill").write_text("")
     backend.kill("123-abc")
     assert (path / "cgroup.kill").read_text() == "1"
+    # The quota went first: a throttled cgroup would spend its exit in it.
+    assert (path / "cpu.max").read_text() == "max 100000"
 
 
 def test_v2_unlimited_cpu(tmp_path) -> None:
