@@ -320,3 +320,4 @@ def test_v1_kill_of_a_fork_bomb_leaves_nothing_within_a_second() -> None:
                 if backend.remove(name):
                     break
             time.sleep(0.02)
+        backend.teardown()
