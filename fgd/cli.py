@@ -72,7 +72,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import psutil
 
     from fgd import config as config_module
-    from fgd.sandboxing import probe
+    from fgd.sandboxing import probe, protections_for
+    from sandbox.cgroups import memory_limit
 
     try:
         config = config_module.load(args.config)
@@ -84,9 +85,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         status = "ok" if check.ok else ("info" if check.name == "user namespaces" else "missing")
         print(f"{status:<8} {check.name:<18} {check.detail}")
     memory = psutil.virtual_memory()
-    print(f"{'ok':<8} {'memory':<18} {memory.available // 2**20} MB free of {memory.total // 2**20} MB")
+    limit = memory_limit()
+    allowed = f"; this cgroup allows {limit // 2**20} MB" if limit is not None else ""
+    print(f"{'ok':<8} {'memory':<18} {memory.available // 2**20} MB free of {memory.total // 2**20} MB{allowed}")
     print(f"{'ok':<8} {'instance pool':<18} {config.sandbox.pool_size} pre-contained instances per runtime")
-    refused = [c.name for c in facts.missing() if c.name != "user namespaces"]
+    # Each protection that would be off, and why (a missing check above, or [sandbox] disable).
+    _protections, off = protections_for(facts, config.sandbox.disable)
+    for line in off:
+        name, _, why = line.partition(": ")
+        print(f"{'off':<8} {name:<18} {why}")
+    refused = [line.partition(":")[0] for line in off]
     if refused and not config.sandbox.allow_degraded:
         print(
             f"fgd serve would refuse to start: missing {', '.join(refused)} "

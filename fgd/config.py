@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
@@ -38,14 +38,26 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    # Run even if the host lacks a protection (not root, no cgroups, no seccomp);
-    # each missing one is named at start, in /healthz and by `fgd doctor`.
+    # Run even if the host lacks a protection (not root, no cgroups, no seccomp) or one is
+    # switched off below; each one off is named at start, in /healthz and by `fgd doctor`.
     allow_degraded: bool = False
-    # The unprivileged user function code runs as; created if missing.
-    user: str = "fgd-fn"
+    # Protections switched off on purpose (tests, debugging), each independently of the others:
+    # "namespaces", "mounts", "credentials", "capabilities", "rlimits", "fds", "seccomp", "cgroups".
+    # Needs allow_degraded.
+    disable: list[
+        Literal["namespaces", "mounts", "credentials", "capabilities", "rlimits", "fds", "seccomp", "cgroups"]
+    ] = []
+    # Each instance runs as its own unprivileged uid (and gid of the same number) from
+    # [uid_base, uid_base + uid_count): per-uid kernel limits are not shared between instances.
+    # The default range maps to no user on a normal host.
+    uid_base: int = 200_000
+    uid_count: int = 65_536
     # Generic instances kept forked and contained per runtime, ready for a cold start.
     pool_size: int = 2
+    # Tasks (processes and threads) of one instance.
     pids_max: int = 1024
+    # Tasks of all instances together (the subtree's pids.max); default min(pid_max / 2, 32768).
+    node_pids_max: int | None = None
     # Only cgroup hierarchies mounted under this path are used (default: any).
     cgroup_root: str | None = None
 

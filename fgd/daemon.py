@@ -197,6 +197,7 @@ async def serve(config: Config) -> None:
             services.cancel_scope.cancel()
     finally:
         invoker.kill_all()
+        sandbox.close()
         store.close()
     log.info("fgd stopped")
 

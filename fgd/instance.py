@@ -186,11 +186,16 @@ class Instance:
     def release(self) -> bool:
         """Remove the instance's cgroup once its processes are gone; False while some remain."""
         if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
-            return True
-        try:
-            return self.sandbox.cgroups.remove(self.cgroup)
-        except CgroupError:
-            return True
+            gone = True
+        else:
+            try:
+                gone = self.sandbox.cgroups.remove(self.cgroup)
+            except CgroupError:
+                gone = True
+        if gone and self.sandbox is not None:
+            # No process of the instance is left: its uid may serve another instance.
+            self.sandbox.release_uid(self.id)
+        return gone
 
     async def pump_output(self) -> None:
         """Read the output pipes until both are closed (run in the pool's nursery)."""

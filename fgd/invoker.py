@@ -31,6 +31,7 @@ from fgd.store import LogLine, Store
 from fgd.zygote import Zygote, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
+from sandbox.cgroups import memory_limit as cgroup_memory_limit
 
 # An instance OOM-killed while using less than this share of its own limit was killed because
 # the node (the daemon's own cgroup) ran out, not for its own use.
@@ -152,9 +153,9 @@ class Invoker:
         self._releasing: list[Instance] = []
         self._nursery: trio.Nursery | None = None
         scheduling = config.scheduler
-        budget = scheduling.memory_budget_mb or int(
-            psutil.virtual_memory().total / 2**20 * scheduling.memory_budget_fraction
-        )
+        # What the daemon may really use: the host's memory, or less if its cgroup says so.
+        usable = min(psutil.virtual_memory().total, cgroup_memory_limit() or psutil.virtual_memory().total)
+        budget = scheduling.memory_budget_mb or int(usable / 2**20 * scheduling.memory_budget_fraction)
         self.scheduler = Scheduler(time.monotonic, budget, scheduling.function_memory_share)
         self._by_id: dict[str, Instance] = {}
         self._waiters: dict[str, _Waiter] = {}
@@ -237,14 +238,13 @@ class Invoker:
                 assert self._nursery is not None
                 self._nursery.start_soon(instance.pump_output)
                 await instance.contain()
-        except ZygoteUnavailable as exc:
+        except BaseException as exc:
+            # Whatever stopped it (a dead zygote, a deadline, shutdown mid-start), it leaves nothing behind.
             self._retire_instance(instance)
-            raise Unavailable(f"cannot start an instance: {exc}") from None
-        except trio.TooSlowError:
-            self._retire_instance(instance)
-            raise Unavailable("cannot start an instance: the runtime did not answer in time") from None
-        except InstanceGone:
-            self._retire_instance(instance)
+            if isinstance(exc, ZygoteUnavailable):
+                raise Unavailable(f"cannot start an instance: {exc}") from None
+            if isinstance(exc, trio.TooSlowError):
+                raise Unavailable("cannot start an instance: the runtime did not answer in time") from None
             raise
         return instance
 
@@ -597,7 +597,7 @@ class Invoker:
                 try:
                     if self.sandbox is not None:
                         instance.set_limits(self.sandbox.limits(record))
-                    await instance.send(self._specialize_frame(record, deps))
+                    await instance.send(self._specialize_frame(record, deps, instance.id))
                     frame = await instance.receive()
                     if isinstance(frame, protocol.InitError):
                         failure = clean_error(frame.error)
@@ -621,20 +621,18 @@ class Invoker:
             return instance, ColdStartFailure(failure, init_ms)
         return instance, None
 
-    def _specialize_frame(self, record: FunctionRecord, deps: list[DependencyVersion]) -> protocol.Specialize:
+    def _specialize_frame(
+        self, record: FunctionRecord, deps: list[DependencyVersion], owner: str = ""
+    ) -> protocol.Specialize:
         tree = self._code.tree_path(record.code.sha256)
-        if self.sandbox is None or not self.sandbox.protections.mounts:
-            frame = specialize_frame(record, str(tree))
-            return msgspec.structs.replace(
-                frame, dependency_dirs=[str(self._code.tree_path(d.code.sha256)) for d in deps]
-            )
-        frame = specialize_frame(record, CODE_DIR)
         trees = [(f"{DEPENDENCY_DIR}/{d.name}/{d.version}", self._code.tree_path(d.code.sha256)) for d in deps]
-        return msgspec.structs.replace(
-            frame,
-            dependency_dirs=[inside for inside, _ in trees],
-            sandbox=self.sandbox.enter_policy(record, tree, trees),
-        )
+        # Every other protection holds without mounts: the policy always goes (uid, seccomp...).
+        policy = None if self.sandbox is None else self.sandbox.enter_policy(record, tree, trees, owner)
+        if self.sandbox is None or not (self.sandbox.protections.mounts and self.sandbox.protections.namespaces):
+            frame = specialize_frame(record, str(tree))
+            return msgspec.structs.replace(frame, dependency_dirs=[str(t) for _, t in trees], sandbox=policy)
+        frame = specialize_frame(record, CODE_DIR)
+        return msgspec.structs.replace(frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy)
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
         if not healthy:

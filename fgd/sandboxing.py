@@ -1,10 +1,12 @@
 """The daemon's side of the sandbox: what this host offers, and the policies it sends.
 
 At start the host is probed once: root, namespaces, a cgroup hierarchy with
-the controllers we need, seccomp, the unprivileged function user. Anything
-missing stops `fgd serve` unless `sandbox.allow_degraded` is set; then each
-missing protection is switched off by name and reported at start, in
-/healthz and by `fgd doctor`.
+the controllers we need, seccomp, a free range of function uids. Each
+protection (namespaces, mounts, credentials, capabilities, rlimits, fds,
+seccomp, cgroups) is on unless the host lacks what it needs or
+`[sandbox] disable` names it; one that is off never takes the others with it.
+Anything off stops `fgd serve` unless `sandbox.allow_degraded` is set; then
+each one is named at start, in /healthz and by `fgd doctor`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,10 +22,10 @@ import msgspec
 import psutil
 
 from fgd.config import SandboxConfig
+from fgd.errors import Unavailable
 from fgd.model import FunctionRecord, cpu_millicores
 from sandbox import namespaces, seccomp
-from sandbox.cgroups import V1, V2, CgroupError, Limits, detect
-from sandbox.credentials import UserUnavailable, ensure_user
+from sandbox.cgroups import V1, V2, CgroupError, Limits, detect, node_pids_max
 from sandbox.policy import ContainPolicy, EnterPolicy, Mount, Protections
 
 log = logging.getLogger("fgd.sandbox")
@@ -37,6 +38,9 @@ GENERIC_MEMORY = 128 * 1024 * 1024
 # Host directories a Python runtime needs, bound read-only when they exist.
 HOST_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]
 HOST_ETC = ["ld.so.cache", "localtime", "ssl", "alternatives", "ca-certificates", "nsswitch.conf", "mime.types"]
+NAMESPACE_KINDS = ("mnt", "pid", "net", "ipc", "uts", "cgroup")
+# How long the start waits for stale instance cgroups to empty.
+STALE_WAIT = 2.0
 
 
 class Check(msgspec.Struct, frozen=True):
@@ -48,8 +52,6 @@ class Check(msgspec.Struct, frozen=True):
 class HostFacts(msgspec.Struct):
     checks: list[Check]
     cgroups: V1 | V2 | None = None
-    uid: int = 0
-    gid: int = 0
 
     def missing(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
@@ -61,63 +63,119 @@ def probe(config: SandboxConfig, *, check_only: bool = False) -> HostFacts:
     root = os.geteuid() == 0
     checks.append(Check("root", root, "running as root" if root else "not root: cannot build sandboxes"))
     kinds = namespaces.available()
-    for kind in ("mnt", "pid", "net", "ipc", "uts", "cgroup"):
+    for kind in NAMESPACE_KINDS:
         checks.append(Check(f"namespace {kind}", kinds[kind], "available" if kinds[kind] else "not in this kernel"))
     checks.append(
         Check("user namespaces", kinds["user"], "available (not used as root)" if kinds["user"] else "unavailable")
     )
     cgroups = None
-    try:
-        cgroups = detect(root_override=config.cgroup_root)
-    except OSError as exc:
-        checks.append(Check("cgroups", False, f"cannot read cgroup information: {exc}"))
-    if cgroups is None:
-        checks.append(
-            Check("cgroups", False, "no cgroup v2 hierarchy with memory+pids, nor v1 memory/pids/cpu/freezer")
-        )
-    else:
+    if "cgroups" not in config.disable:
         try:
-            if root and not check_only:
-                cgroups.setup()
-            checks.append(Check("cgroups", root, cgroups.describe() if root else "cannot write cgroups without root"))
-        except CgroupError as exc:
-            checks.append(Check("cgroups", False, str(exc)))
-            cgroups = None
-    checks.append(Check("seccomp", seccomp.available(), "filters supported" if seccomp.available() else "unsupported"))
-    uid = gid = 0
-    try:
-        if not root:
-            checks.append(Check("function user", False, f"{config.user}: cannot switch users without root"))
-        elif check_only:
-            checks.append(user_check(config.user))
+            cgroups = detect(root_override=config.cgroup_root)
+        except OSError as exc:
+            checks.append(Check("cgroups", False, f"cannot read cgroup information: {exc}"))
+        if cgroups is None:
+            checks.append(
+                Check("cgroups", False, "no cgroup v2 hierarchy with memory+pids, nor v1 memory/pids/cpu/freezer")
+            )
         else:
-            uid, gid = ensure_user(config.user)
-            checks.append(Check("function user", True, f"{config.user} (uid {uid}, gid {gid})"))
-    except UserUnavailable as exc:
-        checks.append(Check("function user", False, str(exc)))
-    return HostFacts(checks, cgroups if root else None, uid, gid)
+            try:
+                if root and not check_only:
+                    cgroups.setup(node_pids_max(config.node_pids_max))
+                detail = cgroups.describe() + f"; all instances together: {node_pids_max(config.node_pids_max)} tasks"
+                if check_only:
+                    # `fgd doctor` is not the daemon: name the subtree the daemon will own.
+                    detail = detail.replace(f"fgd-{os.getpid()}", "fgd-<daemon pid>")
+                checks.append(Check("cgroups", root, detail if root else "cannot write cgroups without root"))
+            except CgroupError as exc:
+                checks.append(Check("cgroups", False, str(exc)))
+                cgroups = None
+    checks.append(Check("seccomp", seccomp.available(), "filters supported" if seccomp.available() else "unsupported"))
+    checks.append(uid_check(config, root))
+    return HostFacts(checks, cgroups if root else None)
 
 
-def user_check(name: str) -> Check:
-    try:
-        entry = pwd.getpwnam(name)
-        return Check("function user", entry.pw_uid != 0, f"{name} (uid {entry.pw_uid}, gid {entry.pw_gid})")
-    except KeyError:
-        creatable = shutil.which("useradd") is not None
-        detail = f"{name} does not exist; fgd serve will create it" if creatable else f"{name} missing, no useradd"
-        return Check("function user", creatable, detail)
+def uid_check(config: SandboxConfig, root: bool) -> Check:
+    """The function uid range: unprivileged, and no host user in it (it would share files with them)."""
+    first, last = config.uid_base, config.uid_base + config.uid_count - 1
+    described = f"{first}-{last}"
+    if not root:
+        return Check("function uids", False, f"{described}: cannot switch users without root")
+    if config.uid_base <= 0 or config.uid_count < 1 or last > 2**32 - 2:
+        return Check("function uids", False, f"{described}: not a range of unprivileged uids")
+    taken = [e.pw_name for e in pwd.getpwall() if first <= e.pw_uid <= last]
+    if taken:
+        return Check("function uids", False, f"{described} holds host users ({', '.join(taken[:3])})")
+    return Check("function uids", True, f"one per instance from {described}")
 
 
-def protections_for(facts: HostFacts) -> Protections:
-    ok = {c.name: c.ok for c in facts.checks}
-    root = ok["root"]
-    spaces = root and all(ok[f"namespace {k}"] for k in ("mnt", "pid", "net", "ipc", "uts", "cgroup"))
-    return Protections(
-        namespaces=spaces,
-        mounts=spaces,
-        credentials=root and ok["function user"],
-        seccomp=ok["seccomp"],
-    )
+def protections_for(facts: HostFacts, disable: list[str] | tuple[str, ...] = ()) -> tuple[Protections, list[str]]:
+    """What is applied, and one line per protection that is off, saying why."""
+    ok = {c.name: c for c in facts.checks}
+    reasons: dict[str, str] = {}
+
+    def lacks(protection: str, check: str) -> None:
+        if not ok[check].ok and protection not in reasons:
+            reasons[protection] = ok[check].detail
+
+    for name in disable:
+        reasons[name] = "switched off by [sandbox] disable"
+    for protection in ("namespaces", "mounts", "credentials", "capabilities", "cgroups"):
+        lacks(protection, "root")
+    for kind in NAMESPACE_KINDS:
+        lacks("namespaces", f"namespace {kind}")
+    if "namespaces" in reasons and "mounts" not in reasons:
+        reasons["mounts"] = "needs namespaces"
+    if "cgroups" in ok:
+        lacks("cgroups", "cgroups")
+    lacks("seccomp", "seccomp")
+    lacks("credentials", "function uids")
+    fields = Protections.__struct_fields__
+    protections = Protections(**{name: name not in reasons for name in fields})
+    return protections, [f"{name}: {reasons[name]}" for name in fields if name in reasons]
+
+
+def user_tables(uid: int, gid: int) -> dict[str, str]:
+    """/etc/passwd and /etc/group inside the sandbox: root and this instance's function user."""
+    return {
+        "passwd": f"root:x:0:0:root:/root:/usr/sbin/nologin\nfunction:x:{uid}:{gid}::/tmp:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nfunction:x:{gid}:\n",
+    }
+
+
+class UidsExhausted(Unavailable):
+    """Every uid of the configured range belongs to a live instance (a 503: try again later)."""
+
+
+class UidPool:
+    """Distinct uids for live instances; a uid is reused only after its instance is gone.
+
+    Handed out round-robin, so a uid freed a moment ago is the last to come back.
+    """
+
+    def __init__(self, base: int, count: int) -> None:
+        self.base = base
+        self.count = count
+        self._next = 0
+        self.owners: dict[str, int] = {}
+        self._taken: set[int] = set()
+
+    def take(self, owner: str) -> int:
+        if owner in self.owners:
+            return self.owners[owner]
+        for step in range(self.count):
+            uid = self.base + (self._next + step) % self.count
+            if uid not in self._taken:
+                self._next = (self._next + step + 1) % self.count
+                self._taken.add(uid)
+                self.owners[owner] = uid
+                return uid
+        raise UidsExhausted(f"all {self.count} function uids are in use; raise [sandbox] uid_count")
+
+    def give_back(self, owner: str) -> None:
+        uid = self.owners.pop(owner, None)
+        if uid is not None:
+            self._taken.discard(uid)
 
 
 def host_layout() -> tuple[list[Mount], list[tuple[str, str]]]:
@@ -144,14 +202,14 @@ class Sandbox:
     def __init__(self, config: SandboxConfig, facts: HostFacts, state_dir: Path) -> None:
         self.config = config
         self.facts = facts
-        self.protections = protections_for(facts)
-        self.cgroups = facts.cgroups
+        self.protections, self.degraded = protections_for(facts, config.disable)
+        self.cgroups = facts.cgroups if self.protections.cgroups else None
+        self.uids = UidPool(config.uid_base, config.uid_count)
         mounts, links = host_layout()
+        # The function user is added per instance (its own uid), over these.
         etc = {
-            "passwd": (
-                f"root:x:0:0:root:/root:/usr/sbin/nologin\nfunction:x:{facts.uid}:{facts.gid}::/tmp:/usr/sbin/nologin\n"
-            ),
-            "group": f"root:x:0:\nfunction:x:{facts.gid}:\n",
+            "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n",
+            "group": "root:x:0:\n",
             "hostname": "localhost\n",
             "hosts": "127.0.0.1 localhost\n::1 localhost\n",
         }
@@ -167,47 +225,84 @@ class Sandbox:
         """Kill and remove instance cgroups left by a daemon that is gone (crash, SIGKILL).
 
         Names start with the owning daemon's pid; another live fgd on this host keeps its own.
+        Root-level `fgd-<pid>` subtrees of dead daemons go too. Every hierarchy's directory is
+        removed on its own, and nothing blocks for long: all are killed first, then polled.
         """
         if self.cgroups is None:
             return 0
-        removed = 0
-        for name in self.cgroups.names():
+        cgroups = self.cgroups
+
+        def alive(pid: int) -> bool:
+            return pid != os.getpid() and psutil.pid_exists(pid)
+
+        stale = []
+        for name in cgroups.names():
             owner, _, _ = name.partition("-")
-            if owner.isdigit() and int(owner) != os.getpid() and psutil.pid_exists(int(owner)):
+            if owner.isdigit() and alive(int(owner)):
                 continue
             try:
-                self.cgroups.kill(name)
-                for _ in range(100):
-                    if self.cgroups.remove(name):
-                        removed += 1
-                        break
-                    time.sleep(0.01)
+                cgroups.kill(name)
             except CgroupError as exc:
-                log.warning("cannot remove stale cgroup %s: %s", name, exc)
+                log.debug("stale cgroup %s: %s", name, exc)
+            stale.append(name)
+        abandoned = cgroups.abandoned(alive)
+        removed = 0
+        deadline = time.monotonic() + STALE_WAIT
+        while stale or abandoned:
+            for name in list(stale):
+                try:
+                    if cgroups.remove(name):
+                        stale.remove(name)
+                        removed += 1
+                except CgroupError as exc:
+                    log.warning("cannot remove stale cgroup %s: %s", name, exc)
+                    stale.remove(name)
+            for subtree in list(abandoned):
+                try:
+                    if cgroups.remove_abandoned(subtree):
+                        abandoned.remove(subtree)
+                        removed += 1
+                except (CgroupError, OSError) as exc:
+                    log.warning("cannot remove the subtree %s of a daemon that is gone: %s", subtree, exc)
+                    abandoned.remove(subtree)
+            if time.monotonic() > deadline:
+                log.warning("stale cgroups still busy after %.0f s: %s", STALE_WAIT, stale + abandoned)
+                break
+            if stale or abandoned:
+                time.sleep(0.01)
         return removed
 
-    @property
-    def degraded(self) -> list[str]:
-        return [f"{c.name}: {c.detail}" for c in self.facts.missing() if c.name != "user namespaces"]
+    def close(self) -> None:
+        """At exit: remove this daemon's (empty) cgroup subtree."""
+        if self.cgroups is not None:
+            self.cgroups.teardown()
 
     def enter_policy(
         self,
         record: FunctionRecord,
         code_tree: Path,
         dependency_trees: list[tuple[str, Path]],
+        owner: str = "",
         profile: str = "event",
     ) -> EnterPolicy:
+        """The specific steps for one instance (`owner`, its id), which gets its own uid and gid."""
         binds = [Mount(str(code_tree.relative_to(self.state_dir)), CODE_DIR)]
         binds += [Mount(str(tree.relative_to(self.state_dir)), inside) for inside, tree in dependency_trees]
+        uid = self.uids.take(owner) if self.protections.credentials else 0
         return EnterPolicy(
             binds=binds,
             workdir=WORKDIR,
             tmp_size_mb=record.settings.ephemeral_storage,
-            uid=self.facts.uid,
-            gid=self.facts.gid,
+            uid=uid,
+            gid=uid,
             seccomp_profile=profile,
             protections=self.protections,
+            etc_files=user_tables(uid, uid),
         )
+
+    def release_uid(self, owner: str) -> None:
+        """The instance `owner` and all its processes are gone: its uid may serve another."""
+        self.uids.give_back(owner)
 
     def limits(self, record: FunctionRecord | None) -> Limits:
         if record is None:

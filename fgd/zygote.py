@@ -31,9 +31,12 @@ class ZygoteUnavailable(Exception):
 
 
 class Zygote:
-    def __init__(self, runtime: str, argv: Sequence[str]) -> None:
+    def __init__(self, runtime: str, argv: Sequence[str], environment: dict[str, str] | None = None) -> None:
         self.runtime = runtime
         self._argv = list(argv)
+        # The zygote starts from an empty environment plus this: never the daemon's (the
+        # operator's shell variables, credentials), which every instance would inherit.
+        self._environment = zygote_environment() if environment is None else environment
         self._control: trio.socket.SocketType | None = None
         self._fork_lock = trio.Lock()
         self._forked: dict[str, int] = {}
@@ -56,7 +59,11 @@ class Zygote:
             # Its own session: a terminal's Ctrl-C or a group-wide SIGTERM is for the
             # daemon, which decides when zygotes and instances stop.
             process = subprocess.Popen(
-                argv, pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, start_new_session=True
+                argv,
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env=self._environment,
             )
             pidfd = os.pidfd_open(process.pid)
             child.close()
@@ -154,6 +161,14 @@ class Zygote:
 
 def python_runtime_name() -> str:
     return f"Python{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def zygote_environment() -> dict[str, str]:
+    """What a zygote needs to start: a PATH, a locale, and where fgd's runtime packages are."""
+    import runtimes
+
+    source_root = os.path.dirname(os.path.dirname(os.path.abspath(runtimes.__file__ or "")))
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": source_root}
 
 
 def python_zygote(*, seccomp: bool) -> Zygote:

@@ -54,8 +54,9 @@ def contain(policy: ContainPolicy) -> None:
     # 4. Hostname and loopback (network mode "none").
     _step("hostname", namespaces.set_hostname, policy.hostname)
     _step("loopback", network.loopback_up)
-    # Early, while nothing depends on it: the bounding set only limits what could be gained later.
-    if enabled.credentials:
+    # Early, while nothing depends on it: the bounding set only limits what could be gained later
+    # (PID 1 keeps root's other capabilities: it mounts nothing more, but reaps and exits).
+    if enabled.capabilities:
         _step("capabilities", capabilities.drop_bounding)
     worker = os.fork()
     if worker:
@@ -66,22 +67,35 @@ def contain(policy: ContainPolicy) -> None:
 
 
 def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:
-    """Steps 3 (the workload's read-only binds) and 5-9, in the worker."""
+    """Steps 3 (the workload's read-only binds) and 5-9, in the worker.
+
+    Each step is applied whenever its own protection is on, whatever the others
+    are: a host without namespaces still gets the uid, no capabilities, the
+    rlimits, closed descriptors and seccomp.
+    """
     enabled = policy.protections
     if enabled.mounts and enabled.namespaces:
-        _step("mounts", mounts.enter_root, policy.binds, policy.tmp_size_mb, policy.workdir)
+        _step("mounts", mounts.enter_root, policy.binds, policy.tmp_size_mb, policy.workdir, policy.etc_files)
+    parent = os.getppid()
+    if enabled.capabilities:
+        # Needs CAP_SETPCAP, so before the uid changes (which empties the other sets anyway).
+        _step("capabilities", capabilities.drop_bounding)
     if enabled.credentials:
-        parent = os.getppid()
-        # 5. The unprivileged function user, no supplementary groups.
+        # 5. The instance's own unprivileged uid and gid, no supplementary groups.
         _step("credentials", credentials.drop_to, policy.uid, policy.gid)
-        # 6. no_new_privs, no capabilities left, die with the parent (setuid cleared pdeathsig).
+    # 6. no_new_privs (seccomp needs it too), no capabilities left.
+    if enabled.capabilities or enabled.seccomp:
         _step("no_new_privs", capabilities.no_new_privs)
+    if enabled.capabilities:
         _step("capabilities", capabilities.drop_remaining)
-        capabilities.die_with_parent(parent)
+    # A uid change clears pdeathsig: set it again, and check the parent is still there.
+    capabilities.die_with_parent(parent)
     # 7. Resource limits (processes are bounded by the pids cgroup).
-    _step("rlimits", rlimits.apply, policy.nofile)
+    if enabled.rlimits:
+        _step("rlimits", rlimits.apply, policy.nofile)
     # 8. Nothing inherited but the protocol socket and stdio.
-    fds.close_all_but({0, 1, 2, *keep})
+    if enabled.fds:
+        fds.close_all_but({0, 1, 2, *keep})
     # 9. seccomp last: everything above needed system calls it denies.
     if enabled.seccomp and seccomp_program is not None:
         _step("seccomp", seccomp.load, seccomp_program)

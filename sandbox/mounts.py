@@ -125,10 +125,43 @@ def _build_dev(dev: str) -> None:
     mount("tmpfs", f"{dev}/shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64m,mode=1777")
 
 
-def enter_root(binds: list[Mount], tmp_size_mb: int, workdir: str) -> None:
-    """Bind the workload (sources relative to build_root's `sources`), drop the rest, size /tmp."""
+def mount_tree_readonly(source: str, target: str) -> None:
+    """Show the directory `source` at `target`, read-only, without naming `source` in mountinfo.
+
+    A bind mount shows its source's path (state dir, code sha256) in
+    /proc/self/mountinfo. A read-only overlay whose top layer is given as "."
+    (after a chdir into it) and whose bottom layer is the empty mount point
+    itself shows only "lowerdir=.:<target>". Falls back to a bind where
+    overlayfs is missing.
+    """
+    _mkdirs(target)
+    if not any(c in target for c in ":,\\"):
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.chdir(source)
+            mount("overlay", target, "overlay", MS_RDONLY | MS_NOSUID | MS_NODEV, f"lowerdir=.:{target}")
+            return
+        except OSError:
+            pass
+        finally:
+            os.fchdir(here)
+            os.close(here)
+    bind_readonly(source, target)
+
+
+def enter_root(binds: list[Mount], tmp_size_mb: int, workdir: str, etc_files: dict[str, str] | None = None) -> None:
+    """Mount the workload (sources relative to build_root's `sources`), drop the rest, size /tmp."""
     for item in binds:
-        bind_readonly(f"{SOURCES}/{item.source.lstrip('/')}", item.target)
+        mount_tree_readonly(f"{SOURCES}/{item.source.lstrip('/')}", item.target)
+    # Files for /etc (the instance's own user): written on /tmp, bound over the generic ones,
+    # and unlinked (the binds keep them; /tmp stays writable, so nothing is left to see).
+    for name, content in (etc_files or {}).items():
+        staging = f"/tmp/.etc-{name}"
+        with open(staging, "w") as handle:
+            handle.write(content)
+        os.chmod(staging, 0o644)
+        bind_readonly(staging, f"/etc/{name}")
+        os.unlink(staging)
     umount2(SOURCES, MNT_DETACH)
     os.rmdir(SOURCES)
     mount(None, DEPENDENCY_MOUNT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)

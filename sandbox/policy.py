@@ -13,12 +13,27 @@ class Mount(msgspec.Struct, frozen=True):
 
 
 class Protections(msgspec.Struct, frozen=True):
-    """Which facilities are applied; all on except on a host that lacks them (degraded mode)."""
+    """Which facilities are applied; all on except on a host that lacks them (degraded mode).
+
+    Each is applied on its own: one that is off never takes another with it
+    (mounts need namespaces, which is the one dependency there is).
+    """
 
     namespaces: bool = True
     mounts: bool = True
+    # The instance's own unprivileged uid and gid, no supplementary groups.
     credentials: bool = True
+    # Every capability set emptied, including the bounding set.
+    capabilities: bool = True
+    rlimits: bool = True
+    # Every inherited descriptor closed but the protocol socket and stdio.
+    fds: bool = True
+    # Also sets no_new_privs, which loading a filter without CAP_SYS_ADMIN needs.
     seccomp: bool = True
+    cgroups: bool = True
+
+    def off(self) -> list[str]:
+        return [name for name in self.__struct_fields__ if not getattr(self, name)]
 
 
 class ContainPolicy(msgspec.Struct, frozen=True):
@@ -49,3 +64,5 @@ class EnterPolicy(msgspec.Struct, frozen=True):
     nofile: int = 2048
     seccomp_profile: str = "event"
     protections: Protections = Protections()
+    # Files put over the sandbox's /etc (passwd and group naming this instance's uid).
+    etc_files: dict[str, str] = {}

@@ -9,7 +9,14 @@ feature falls back instead of crashing. On top of that:
 - `clone` may not create namespaces; `clone3` fails with ENOSYS, so glibc and
   Python fall back to `clone` (EPERM would make thread creation fail);
 - io_uring fails with ENOSYS (never kills);
-- `socket` may not open packet or raw sockets;
+- `socket` opens only what functions need: AF_UNIX, AF_INET and AF_INET6
+  stream, datagram and seqpacket sockets, and AF_NETLINK with NETLINK_ROUTE
+  (getaddrinfo, interface lists). Packet and raw sockets, AF_VSOCK (which a
+  network namespace does not confine: it reaches the VM's host), other
+  netlink families (uevents show the host's device events) and every other
+  family are refused. Family and protocol are compared as the 32-bit values
+  the kernel reads, so high bits cannot carry a refused family past the rule;
+- `pidfd_getfd` (taking another process's descriptors) is refused;
 - `ioctl(TIOCSTI)` and `ioctl(TIOCLINUX)` (typing into a terminal) are denied;
 - the `event` profile also denies `listen`: event functions may not accept
   connections (FunctionGraph's rule). The `http` profile allows it.
@@ -220,7 +227,6 @@ ALLOWED = [
     "openat",
     "openat2",
     "pause",
-    "pidfd_getfd",
     "pidfd_open",
     "pidfd_send_signal",
     "pipe",
@@ -384,6 +390,16 @@ ALLOWED = [
     "writev",
 ]
 
+# socket(): (family, type, protocol or None for any). The kernel reads family, type and
+# protocol as 32-bit ints, so only the low 32 bits are compared (AF_PACKET | 1 << 32 is AF_PACKET).
+INT32 = 0xFFFFFFFF
+NETLINK_ROUTE = 0
+SOCKETS = [
+    (family, kind, None)
+    for family in (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET)
+] + [(socket.AF_NETLINK, kind, NETLINK_ROUTE) for kind in (socket.SOCK_RAW, socket.SOCK_DGRAM)]
+
 # Allowed only in the `http` profile.
 LISTEN = ["listen"]
 ENOSYS_CALLS = ["clone3", "io_uring_setup", "io_uring_enter", "io_uring_register"]
@@ -416,13 +432,11 @@ def build(profile: str) -> bytes:
     for name in ENOSYS_CALLS:
         _rule(filt, seccomp.ERRNO(errno.ENOSYS), name)
     _allow(filt, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, NAMESPACE_FLAGS, 0))
-    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):
-        _allow(
-            filt,
-            "socket",
-            seccomp.Arg(0, seccomp.NE, socket.AF_PACKET),
-            seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, kind),
-        )
+    for family, kind, protocol in SOCKETS:
+        args = [seccomp.Arg(0, seccomp.MASKED_EQ, INT32, family), seccomp.Arg(1, seccomp.MASKED_EQ, 0xF, kind)]
+        if protocol is not None:
+            args.append(seccomp.Arg(2, seccomp.MASKED_EQ, INT32, protocol))
+        _allow(filt, "socket", *args)
     for mask, value in allow_all_but([TIOCSTI, TIOCLINUX]):
         _allow(filt, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, mask, value))
     with tempfile.TemporaryFile() as handle:

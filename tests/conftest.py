@@ -34,8 +34,10 @@ def free_port() -> int:
 class Daemon:
     """One `fgd serve` process; restartable on the same state dir and port."""
 
-    def __init__(self, state_dir: Path, config: str | None = None) -> None:
+    def __init__(self, state_dir: Path, config: str | None = None, env: dict[str, str] | None = None) -> None:
         self.state_dir = state_dir
+        # Extra environment variables for the daemon process (on top of the test's own).
+        self.env = env
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = state_dir.parent / f"{state_dir.name}.log"
@@ -55,7 +57,8 @@ class Daemon:
         if self.config_path:
             argv += ["--config", str(self.config_path)]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT)
+        env = None if self.env is None else {**os.environ, **self.env}
+        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -166,8 +169,13 @@ def zygote_of(daemon: Daemon) -> int | None:
 def instance_cgroups(daemon_pid: int) -> list[str]:
     """The instance cgroups (any hierarchy) a daemon with this pid has left behind."""
     found = []
-    for cgroup_fgd in Path("/sys/fs/cgroup").glob("**/fgd"):
-        found += [str(p) for p in cgroup_fgd.glob(f"{daemon_pid}-*")]
+    # `fgd` beneath the daemon's own cgroup; `fgd-<pid>` where that is a hierarchy's root.
+    # os.walk, not Path.glob: other daemons on the host remove cgroups while we look.
+    for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _error: None):
+        name = os.path.basename(top)
+        if name == "fgd" or (name.startswith("fgd-") and name[4:].isdigit()):
+            found += [os.path.join(top, d) for d in dirs if d.startswith(f"{daemon_pid}-")]
+            dirs[:] = []
     return found
 
 

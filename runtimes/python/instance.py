@@ -10,6 +10,7 @@ import importlib
 import inspect
 import json
 import os
+import posix
 import resource
 import socket
 import sys
@@ -28,6 +29,12 @@ from sandbox.contain import ContainmentFailed, contain, enter
 MAX_RESPONSE = protocol.MAX_RESPONSE
 # Resolved while the host filesystem is still visible (the sandbox has no venv symlinks).
 REAL_EXECUTABLE = os.path.realpath(sys.executable)
+# fgd's own files (this shim, the protocol, the sandbox library): their frames, and the host
+# paths in them, are left out of the traces a function is shown.
+OWN_DIRS = tuple(
+    os.path.dirname(os.path.abspath(path)) + os.sep
+    for path in (sys.modules["runtimes"].__file__ or "", sys.modules["sandbox"].__file__ or "")
+)
 
 
 class Connection:
@@ -60,19 +67,28 @@ class LoadError(Exception):
         self.error = FunctionError(error_type, message, stack or [])
 
 
+def _foreign(filename: str) -> bool:
+    """A frame the function did not write: fgd's shim or the import machinery."""
+    return filename.startswith(OWN_DIRS) or filename.startswith("<frozen importlib")
+
+
+def _user_frames(summary: traceback.StackSummary) -> traceback.StackSummary:
+    return traceback.StackSummary.from_list([frame for frame in summary if not _foreign(frame.filename)])
+
+
 def error_from_exception(exc: BaseException) -> FunctionError:
-    stack = traceback.format_tb(exc.__traceback__, limit=-protocol.MAX_STACK_LINES)
+    # The trace starts in user code: the runtime's own frames are not the function's.
+    frames = list(_user_frames(traceback.extract_tb(exc.__traceback__)))[-protocol.MAX_STACK_LINES :]
+    stack = traceback.StackSummary.from_list(frames).format()
     try:
         message = str(exc)
     except Exception as failure:  # noqa: BLE001 - a user exception's __str__ may fail too
         message = f"<the exception's message could not be read: {type(failure).__name__}>"
     # Bounded so the report always fits in a frame; the daemon cuts again on its side.
-    message = message[: protocol.MAX_ERROR_MESSAGE]
-    # Drop the runtime's own frame so the trace starts in user code.
     return FunctionError(
         type(exc).__name__[: protocol.MAX_ERROR_TYPE],
-        message,
-        [line.rstrip("\n")[: protocol.MAX_LOG_LINE] for line in stack[1:]],
+        message[: protocol.MAX_ERROR_MESSAGE],
+        [line.rstrip("\n")[: protocol.MAX_LOG_LINE] for line in stack],
     )
 
 
@@ -103,21 +119,57 @@ def resolve(code_dir: str, handler: str, role: str) -> Callable[..., Any]:
 
 
 def _trace(exc: BaseException) -> list[str]:
-    return [line.rstrip("\n") for line in traceback.format_exception(exc)]
+    """The whole trace (chained exceptions too), without fgd's own frames."""
+    summary = traceback.TracebackException.from_exception(exc)
+    seen = set()
+    pending = [summary]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = _user_frames(current.stack)
+        pending += [c for c in (current.__cause__, current.__context__) if c is not None]
+        pending += list(getattr(current, "exceptions", None) or [])
+    return [line.rstrip("\n") for line in summary.format()]
 
 
-def apply_environment(spec: Specialize) -> None:
+def mounted(spec: Specialize) -> bool:
+    """Whether the code and dependencies are mounted at their sandbox paths."""
+    policy = spec.sandbox
+    return policy is not None and policy.protections.mounts and policy.protections.namespaces
+
+
+def open_trees(spec: Specialize) -> list[int]:
+    """Without mounts, the code and dependency trees stay at their host paths, inside the
+    daemon's state dir, which the function's uid may not traverse: open them while still
+    root; the function reaches them as /proc/self/fd/N."""
+    return [
+        os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for path in (spec.code_dir, *spec.dependency_dirs)
+    ]
+
+
+def apply_environment(spec: Specialize, trees: list[int]) -> None:
+    # The function's environment and nothing else: not the zygote's, not the daemon's.
     os.environ.clear()
+    posix.environ.clear()
     os.environ.update(spec.environ)
-    if spec.sandbox is None:
-        os.chdir(os.path.dirname(spec.code_dir.rstrip("/")) or "/")
-        sys.path[:0] = [spec.code_dir, *spec.dependency_dirs]
-    else:
+    # The interpreter's own idea of how it was started names host paths (the venv, this shim).
+    sys.argv[:] = [""]
+    sys.orig_argv[:] = [os.path.basename(REAL_EXECUTABLE)]
+    sys.prefix, sys.exec_prefix = sys.base_prefix, sys.base_exec_prefix
+    sys.executable = REAL_EXECUTABLE
+    stdlib = [p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p]
+    if mounted(spec):
         # Inside the sandbox only the interpreter's own library is mounted, not the
         # daemon's environment: the import path is the code, its dependencies, the stdlib.
-        stdlib = [p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p]
         sys.path[:] = [spec.code_dir, *spec.dependency_dirs, *stdlib]
-        sys.executable = REAL_EXECUTABLE
+    elif trees:
+        os.fchdir(trees[0])
+        sys.path[:] = [f"/proc/self/fd/{fd}" for fd in trees] + stdlib
+    else:
+        os.chdir(os.path.dirname(spec.code_dir.rstrip("/")) or "/")
+        sys.path[:0] = [spec.code_dir, *spec.dependency_dirs]
     importlib.invalidate_caches()
 
 
@@ -209,13 +261,16 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
     if not isinstance(spec, Specialize):
         os._exit(2)
     started = time.monotonic()
+    trees: list[int] = []
     if spec.sandbox is not None:
         try:
-            enter(spec.sandbox, {sock.fileno()}, seccomp_programs.get(spec.sandbox.seccomp_profile))
-        except ContainmentFailed as exc:
+            trees = [] if mounted(spec) else open_trees(spec)
+            keep = {sock.fileno(), *trees}
+            enter(spec.sandbox, keep, seccomp_programs.get(spec.sandbox.seccomp_profile))
+        except (ContainmentFailed, OSError) as exc:
             conn.send(protocol.InitError(FunctionError("Runtime.InitError", f"sandbox: {exc}")))
             os._exit(71)
-    apply_environment(spec)
+    apply_environment(spec, trees)
     try:
         handler = resolve(spec.code_dir, spec.handler, "handler")
         instance = Instance(conn, spec, handler)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import gc
 import os
 import select
@@ -86,7 +87,32 @@ def reap(control: socket.socket) -> None:
         control.send(protocol.encode_packet(protocol.Exited(pid, code)))
 
 
+# /proc/<pid>/stat fields (1-based) bounding the command line and environment blocks.
+ARG_START, ENV_END = 48, 51
+# What ps shows for us afterwards: how we were started, without the interpreter's host path.
+TITLE = b"python3\0-m\0runtimes.python.zygote"
+
+
+def forget_start_blocks() -> None:
+    """Zero the memory our command line and environment were passed in, and empty os.environ.
+
+    Every instance is forked from us, and /proc/self/environ, /proc/self/cmdline
+    and the pages between env_start and env_end would otherwise show them what
+    we were started with (the interpreter's host path, PYTHONPATH ...). Python has
+    copied what it needs; glibc's environ pointers now see empty strings.
+    """
+    with open("/proc/self/stat", "rb") as handle:
+        fields = handle.read().rsplit(b")", 1)[1].split()
+    # fields[0] is field 3 (the state).
+    start, end = int(fields[ARG_START - 3]), int(fields[ENV_END - 3])
+    if 0 < start < end:
+        ctypes.memset(start, 0, end - start)
+        ctypes.memmove(start, TITLE, len(TITLE))
+    os.environ.clear()
+
+
 def main() -> None:
+    forget_start_blocks()
     positional = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
     control = socket.socket(fileno=int(positional[0]))
     daemon_pid = int(positional[1])

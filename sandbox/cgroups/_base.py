@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
 
 FGD_SUBTREE = "fgd"
 CPU_PERIOD_US = 100_000
+# A v1 limit this high (the kernel's PAGE_COUNTER_MAX in bytes, rounded) means "no limit".
+UNLIMITED = 1 << 60
 
 
 class CgroupError(Exception):
@@ -67,5 +72,64 @@ def remove_dir(path: Path) -> bool:
 
 
 def check_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or name == FGD_SUBTREE:
+    if not name or "/" in name or name.startswith(".") or name.startswith(FGD_SUBTREE):
         raise CgroupError(f"invalid cgroup name {name!r}")
+
+
+def subtree_name(own: str, owner: int) -> str:
+    """`fgd` beneath a cgroup given to the daemon; `fgd-<pid>` at a hierarchy's root.
+
+    On hybrid v1 hosts the freezer, pids and cpu hierarchies often place every
+    process at the root: a plain `fgd` there would be shared by every daemon on
+    the host (and its node-wide limits with it). The pid makes it this daemon's.
+    """
+    return FGD_SUBTREE if own.strip("/") else f"{FGD_SUBTREE}-{owner}"
+
+
+def subtree_owner(name: str) -> int | None:
+    """The daemon pid in a root-level `fgd-<pid>` subtree name, else None."""
+    prefix, _, pid = name.partition("-")
+    return int(pid) if prefix == FGD_SUBTREE and pid.isdigit() else None
+
+
+def kill_procs(path: Path) -> int:
+    """SIGKILL every process listed in `path`'s cgroup.procs; how many were signalled."""
+    signalled = 0
+    for pid in procs(path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            signalled += 1
+        except ProcessLookupError:
+            pass
+    return signalled
+
+
+def abandoned_subtrees(parent: Path, alive: Callable[[int], bool]) -> list[Path]:
+    """Root-level `fgd-<pid>` subtrees beside ours whose daemon is gone."""
+    found = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    for entry in entries:
+        owner = subtree_owner(entry.name)
+        if owner is not None and entry.is_dir() and not alive(owner):
+            found.append(entry)
+    return found
+
+
+def remove_abandoned(subtree: Path) -> bool:
+    """Kill, thaw and remove every cgroup of a dead daemon's subtree, then the subtree; False while busy."""
+    done = True
+    for child in [p for p in subtree.iterdir() if p.is_dir()] if subtree.is_dir() else []:
+        quota = child / "cpu.cfs_quota_us"
+        if quota.exists():
+            with contextlib.suppress(CgroupError):
+                write(quota, "-1")
+        kill_procs(child)
+        for state, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+            if (child / state).exists():
+                with contextlib.suppress(CgroupError):
+                    write(child / state, value)
+        done = remove_dir(child) and done
+    return remove_dir(subtree) if done else False

@@ -1,52 +1,65 @@
 """cgroup v1: per instance, one directory in each of the memory, pids, cpu and freezer hierarchies.
 
 Each hierarchy is mounted separately and the daemon may sit in a different
-cgroup in each; the `fgd` subtree is created beneath the daemon's own cgroup
-in every one of them.
+cgroup in each; the subtree is created beneath the daemon's own cgroup in
+every one of them (`fgd`, or `fgd-<pid>` where the daemon's cgroup is the
+hierarchy's root, so that no two daemons share one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.cgroups._base import (
     CPU_PERIOD_US,
-    FGD_SUBTREE,
     CgroupError,
     Limits,
+    abandoned_subtrees,
     check_name,
     key_value,
+    kill_procs,
     procs,
     read,
+    remove_abandoned,
     remove_dir,
+    subtree_name,
     write,
 )
-
-FREEZE_WAIT = 1.0
 
 
 class V1:
     version = 1
 
-    def __init__(self, hierarchies: dict[str, tuple[Path, str]]) -> None:
-        # controller -> <mount>/<daemon's cgroup>/fgd
-        self.bases = {c: mount / own.lstrip("/") / FGD_SUBTREE for c, (mount, own) in hierarchies.items()}
+    def __init__(self, hierarchies: dict[str, tuple[Path, str]], owner: int | None = None) -> None:
+        owner = os.getpid() if owner is None else owner
+        # controller -> <mount>/<daemon's cgroup>
+        self.parents = {c: mount / own.lstrip("/") for c, (mount, own) in hierarchies.items()}
+        # controller -> <mount>/<daemon's cgroup>/fgd (or fgd-<pid> at a hierarchy's root)
+        self.bases = {c: self.parents[c] / subtree_name(own, owner) for c, (_mount, own) in hierarchies.items()}
         self.memsw = False
 
     def describe(self) -> str:
         return "cgroup v1 at " + ", ".join(str(p) for p in self.bases.values())
 
-    def setup(self) -> None:
+    def setup(self, node_pids: int | None = None) -> None:
+        """Create the subtree in each hierarchy; cap the tasks of all instances together at `node_pids`."""
         for base in self.bases.values():
             try:
                 base.mkdir(exist_ok=True)
             except OSError as exc:
                 raise CgroupError(f"cannot create {base}: {exc.strerror}") from None
         self.memsw = (self.bases["memory"] / "memory.memsw.limit_in_bytes").exists()
+        if node_pids is not None:
+            write(self.bases["pids"] / "pids.max", str(node_pids))
+
+    def teardown(self) -> None:
+        """Remove the (empty) subtree at exit; one still busy stays for the next start to clean."""
+        for base in self.bases.values():
+            with contextlib.suppress(CgroupError):
+                remove_dir(base)
 
     def _paths(self, name: str) -> dict[str, Path]:
         check_name(name)
@@ -95,16 +108,33 @@ class V1:
         return procs(self._paths(name)["freezer"])
 
     def kill(self, name: str) -> None:
-        """Freeze so nothing can fork while we kill, SIGKILL every process, thaw."""
-        freezer = self._paths(name)["freezer"]
-        write(freezer / "freezer.state", "FROZEN")
-        deadline = time.monotonic() + FREEZE_WAIT
-        while read(freezer / "freezer.state").strip() != "FROZEN" and time.monotonic() < deadline:
-            time.sleep(0.001)
-        for pid in procs(freezer):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        write(freezer / "freezer.state", "THAWED")
+        """Lift the CPU quota, freeze, SIGKILL every process, thaw. Never waits.
+
+        A throttled cgroup spends its exit in the quota too (a fork bomb lingered
+        seconds after its answer), so the quota goes first. The freezer stops
+        forks while we signal; we do not wait for FROZEN (that blocked the event
+        loop): a process forked before the freeze took hold is found and killed
+        by `remove`, which the caller polls until the cgroup is gone.
+        """
+        paths = self._paths(name)
+        if not any(path.is_dir() for path in paths.values()):
+            raise CgroupError(f"no cgroup {name} in {', '.join(str(b) for b in self.bases.values())}")
+        quota = paths["cpu"] / "cpu.cfs_quota_us"
+        if quota.exists():
+            with contextlib.suppress(CgroupError):
+                write(quota, "-1")
+        state = paths["freezer"] / "freezer.state"
+        frozen = False
+        if state.exists():
+            with contextlib.suppress(CgroupError):
+                write(state, "FROZEN")
+                frozen = True
+        # The freezer's list first; the others catch a hierarchy the process was never moved into.
+        for controller in ("freezer", "pids", "memory", "cpu"):
+            kill_procs(paths[controller])
+        if frozen:
+            # Killed tasks die only when thawed.
+            write(state, "THAWED")
 
     def names(self) -> list[str]:
         """Instance cgroups present in any hierarchy's subtree."""
@@ -115,4 +145,24 @@ class V1:
         return sorted(found)
 
     def remove(self, name: str) -> bool:
-        return all([remove_dir(path) for path in self._paths(name).values()])
+        """Remove the instance's directory in every hierarchy, each on its own; False while any is busy.
+
+        A busy one still holds processes (a fork that raced the kill, or one in
+        its exit): they are killed again, and the caller asks later.
+        """
+        done = [remove_dir(path) for path in self._paths(name).values()]
+        if all(done):
+            return True
+        with contextlib.suppress(CgroupError):
+            self.kill(name)
+        return False
+
+    def abandoned(self, alive: Callable[[int], bool]) -> list[Path]:
+        """`fgd-<pid>` subtrees of dead daemons beside ours (only at hierarchy roots)."""
+        found: list[Path] = []
+        for controller, base in self.bases.items():
+            if base.name != "fgd":
+                found += [p for p in abandoned_subtrees(self.parents[controller], alive) if p != base]
+        return found
+
+    remove_abandoned = staticmethod(remove_abandoned)

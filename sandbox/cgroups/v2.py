@@ -2,26 +2,31 @@
 
 The "no internal processes" rule means a cgroup that delegates controllers to
 children may not hold processes itself, so the daemon first moves itself (and
-anything else in its cgroup) into a `supervisor` leaf.
+anything else in its cgroup) into a `supervisor` leaf. At the hierarchy's root
+(which the rule exempts) nothing is moved and the subtree is `fgd-<pid>`, this
+daemon's alone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.cgroups._base import (
     CPU_PERIOD_US,
-    FGD_SUBTREE,
     CgroupError,
     Limits,
+    abandoned_subtrees,
     check_name,
     key_value,
+    kill_procs,
     procs,
     read,
+    remove_abandoned,
     remove_dir,
+    subtree_name,
     write,
 )
 
@@ -32,15 +37,17 @@ SUPERVISOR = "supervisor"
 class V2:
     version = 2
 
-    def __init__(self, mount: Path, own: str) -> None:
+    def __init__(self, mount: Path, own: str, owner: int | None = None) -> None:
         self.own = mount / own.lstrip("/")
-        self.base = self.own / FGD_SUBTREE
+        self.at_root = not own.strip("/")
+        self.base = self.own / subtree_name(own, os.getpid() if owner is None else owner)
         self.controllers: list[str] = []
 
     def describe(self) -> str:
         return f"cgroup v2 at {self.base}"
 
-    def setup(self) -> None:
+    def setup(self, node_pids: int | None = None) -> None:
+        """Delegate controllers to the subtree; cap the tasks of all instances together at `node_pids`."""
         available = read(self.own / "cgroup.controllers").split()
         self.controllers = [c for c in CONTROLLERS if c in available]
         missing = {"memory", "pids"} - set(self.controllers)
@@ -49,14 +56,22 @@ class V2:
                 f"controllers {', '.join(sorted(missing))} are not delegated to {self.own} "
                 "(under systemd: Delegate=yes)"
             )
-        supervisor = self.own / SUPERVISOR
-        supervisor.mkdir(exist_ok=True)
-        for pid in procs(self.own):
-            write(supervisor / "cgroup.procs", str(pid))
+        if not self.at_root:
+            supervisor = self.own / SUPERVISOR
+            supervisor.mkdir(exist_ok=True)
+            for pid in procs(self.own):
+                write(supervisor / "cgroup.procs", str(pid))
         enable = " ".join(f"+{c}" for c in self.controllers)
         write(self.own / "cgroup.subtree_control", enable)
         self.base.mkdir(exist_ok=True)
         write(self.base / "cgroup.subtree_control", enable)
+        if node_pids is not None:
+            write(self.base / "pids.max", str(node_pids))
+
+    def teardown(self) -> None:
+        """Remove the (empty) subtree at exit; one still busy stays for the next start to clean."""
+        with contextlib.suppress(CgroupError):
+            remove_dir(self.base)
 
     def path(self, name: str) -> Path:
         check_name(name)
@@ -98,15 +113,19 @@ class V2:
         return procs(self.path(name))
 
     def kill(self, name: str) -> None:
+        """Lift the CPU quota (a throttled cgroup exits slowly), then kill; never waits."""
         path = self.path(name)
+        if not path.is_dir():
+            raise CgroupError(f"no cgroup {path}")
+        if (path / "cpu.max").exists():
+            with contextlib.suppress(CgroupError):
+                write(path / "cpu.max", f"max {CPU_PERIOD_US}")
         if (path / "cgroup.kill").exists():
             write(path / "cgroup.kill", "1")
             return
-        # Kernels before 5.14: freeze, kill each, thaw.
+        # Kernels before 5.14: freeze, kill each, thaw; `remove` kills what raced the freeze.
         write(path / "cgroup.freeze", "1")
-        for pid in procs(path):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_procs(path)
         write(path / "cgroup.freeze", "0")
 
     def names(self) -> list[str]:
@@ -114,4 +133,17 @@ class V2:
         return sorted(p.name for p in self.base.iterdir() if p.is_dir()) if self.base.is_dir() else []
 
     def remove(self, name: str) -> bool:
-        return remove_dir(self.path(name))
+        """rmdir the instance's cgroup; while it is busy, kill what is left and say False."""
+        if remove_dir(self.path(name)):
+            return True
+        with contextlib.suppress(CgroupError):
+            self.kill(name)
+        return False
+
+    def abandoned(self, alive: Callable[[int], bool]) -> list[Path]:
+        """`fgd-<pid>` subtrees of dead daemons beside ours (only at the hierarchy's root)."""
+        if not self.at_root:
+            return []
+        return [p for p in abandoned_subtrees(self.own, alive) if p != self.base]
+
+    remove_abandoned = staticmethod(remove_abandoned)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -106,9 +108,109 @@ def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -
     assert len(limits) == 1
     base = Path(limits[0]).name
     cgroup = Path("/sys/fs/cgroup")
-    pids = next(cgroup.glob(f"pids/**/fgd/{base}"))
-    cpu = next(cgroup.glob(f"cpu/**/fgd/{base}"))
+    pids = next(cgroup.glob(f"pids/**/fgd*/{base}"))
+    cpu = next(cgroup.glob(f"cpu/**/fgd*/{base}"))
     assert (pids / "pids.max").read_text().strip() == "1024"
     assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 100)
     assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
     assert len((pids / "cgroup.procs").read_text().split()) == 3  # waiter, PID 1, worker
+
+
+def test_all_instances_together_have_a_task_cap(daemon: Daemon) -> None:
+    # This host is hybrid v1 with the pids hierarchy's root as the daemon's cgroup: the
+    # subtree is the daemon's own (fgd-<pid>), with the node-wide cap below pid_max.
+    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{daemon.process.pid}")
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
+    assert int((subtree / "pids.max").read_text()) == min(pid_max // 2, 32768)
+
+
+def test_node_task_cap_is_configurable_and_subtrees_go_with_their_daemon(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", "[sandbox]\nnode_pids_max = 3000\n")
+    daemon.start()
+    pid = daemon.process.pid
+    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{pid}")
+    try:
+        assert (subtree / "pids.max").read_text().strip() == "3000"
+        api = Api(daemon)
+        assert api.invoke(api.deploy("def handler(e, c):\n    return 1\n")["func_name"]).status_code == 200
+        # Stop with no instance half-way through its start (that leak is the cold-start path's, not this test's).
+        assert wait_for(lambda: httpx.get(f"{daemon.url}/healthz").json()["pool"][RUNTIME] == 2)
+    finally:
+        daemon.stop()
+    # A clean stop leaves neither instance cgroups nor the daemon's own subtree.
+    assert instance_cgroups(pid) == []
+    assert not subtree.exists()
+    assert not Path(f"/sys/fs/cgroup/freezer/fgd-{pid}").exists()
+
+
+def test_a_killed_daemons_cgroups_are_removed_at_the_next_start(tmp_path: Path) -> None:
+    first = Daemon(tmp_path / "state")
+    first.start()
+    api = Api(first)
+    mark = marker()
+    name = api.deploy(BACKGROUND_SLEEP + "def handler(e, c):\n    return 1\n", user_data={"FGD_TEST_MARK": mark})
+    assert api.invoke(name["func_name"]).status_code == 200
+    old = first.process.pid
+    first.stop(signal.SIGKILL)
+    assert instance_cgroups(old), "a SIGKILLed daemon leaves its instance cgroups"
+    second = Daemon(tmp_path / "state2")
+    second.start()
+    try:
+        # Another state dir, another daemon: it still cleans what a dead daemon left on the host.
+        assert instance_cgroups(old) == []
+        assert not Path(f"/sys/fs/cgroup/pids/fgd-{old}").exists()
+        assert wait_none_with(mark)
+    finally:
+        second.stop()
+
+
+def _instance_tasks(daemon_pid: int) -> int:
+    total = 0
+    for path in instance_cgroups(daemon_pid):
+        if "/freezer/" in path:
+            with contextlib.suppress(OSError):
+                total += len((Path(path) / "cgroup.procs").read_text().split())
+    return total
+
+
+def test_a_fork_bomb_at_128_mb_is_gone_within_a_second_of_its_timeout(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    source = (
+        "import os, time\n"
+        "def handler(e, c):\n"
+        "    while True:\n"
+        "        try:\n"
+        "            os.fork()\n"
+        "        except OSError:\n"
+        "            time.sleep(0.001)\n"
+    )
+    name = api.deploy(source, memory_size=128, timeout=1)["func_name"]
+    pool = 3 * 2  # the pre-contained instances: waiter, PID 1 and worker each
+    assert wait_for(lambda: _instance_tasks(fresh_daemon.process.pid) == pool)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _instance_tasks(fresh_daemon.process.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.monotonic()
+    response = api.invoke(name)
+    answered = time.monotonic()
+    done.set()
+    sampler.join()
+    assert response.json()["errorType"] == "Runtime.Timeout"
+    assert peak[0] > 200, f"the bomb only reached {peak[0]} tasks"
+    assert answered - started < 1.5  # cold start + the 1 s deadline: the kill does not hold the answer
+    while _instance_tasks(fresh_daemon.process.pid) > pool and time.monotonic() - answered < 10:
+        time.sleep(0.01)
+    lingered = time.monotonic() - answered
+    answer = answered - started
+    print(f"fork bomb of {peak[0]} tasks: answered {answer:.2f} s after the call, gone {lingered * 1000:.0f} ms later")
+    assert lingered <= 1.0, f"the fork bomb's processes lingered {lingered:.2f} s after the answer"
+    # The node still serves.
+    assert api.invoke(api.deploy("def handler(e, c):\n    return 'up'\n")["func_name"]).content == b"up"

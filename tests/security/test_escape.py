@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import BACKGROUND_SLEEP, Api, marker, pids_with, wait_none_with
+from tests.conftest import BACKGROUND_SLEEP, Api, _zombie, marker, pids_with, wait_none_with
 
 ATTACK = """
 import ctypes, errno, json, os, socket, sys
@@ -130,13 +130,29 @@ def test_proc_shows_only_the_instance(api: Api, canary: str) -> None:
 
 
 def test_kill_everything_reaches_only_the_instance(api: Api, canary: str) -> None:
+    # Another function's instance with a process of its own, alive before the attack.
+    mark = marker()
+    other = api.deploy(BACKGROUND_SLEEP + "def handler(e, c):\n    return 1\n", user_data={"FGD_TEST_MARK": mark})
+    assert api.invoke(other["func_name"]).status_code == 200
+    assert pids_with(mark)
     body = """
-        import signal
-        return outcome(lambda: os.kill(-1, signal.SIGKILL))
+        import signal, subprocess, time
+        child = subprocess.Popen(["sleep", "100"])
+        killed = outcome(lambda: os.kill(-1, signal.SIGKILL))
+        deadline = time.time() + 2
+        while child.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        return {"kill": killed, "child": child.poll(), "ppid": os.getppid(),
+                "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}
     """
     result = attack(api, canary, body)
-    # Nothing else in the sandbox may be signalled (PID 1 ignores it): the call fails or hits nothing.
-    assert result["ok"] is False or result == {"ok": True, "value": None}
+    # The signal went out and reached what it may: the instance's own child died of it ...
+    assert result["kill"] == {"ok": True, "value": None}
+    assert result["child"] == -9
+    # ... but not the caller, nor PID 1 of the sandbox (still our parent), nor anything outside.
+    assert result["ppid"] == 1
+    assert result["pids"] == [1, 2]
+    assert [pid for pid in pids_with(mark) if not _zombie(pid)], "another function's process was killed"
 
 
 def test_cannot_become_root(api: Api, canary: str) -> None:
@@ -192,6 +208,36 @@ def test_raw_and_packet_sockets_are_refused(api: Api, canary: str) -> None:
     """
     for result in attack(api, canary, body):
         assert result["ok"] is False and result["error"] == "PermissionError", result
+
+
+def test_vsock_uevent_netlink_and_high_bit_families_are_refused(api: Api, canary: str) -> None:
+    body = """
+        AF_VSOCK, NETLINK_KOBJECT_UEVENT, SYS_SOCKET, SYS_PIDFD_GETFD = 40, 15, 41, 438
+        def raw_socket(family, kind, protocol):
+            # Through syscall(2) with 64-bit arguments: the kernel reads only the low 32 bits.
+            return syscall(SYS_SOCKET, ctypes.c_long(family), ctypes.c_long(kind), ctypes.c_long(protocol))
+        route = outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0).close())
+        pidfd = os.pidfd_open(os.getpid())
+        return {
+            "refused": [
+                outcome(lambda: socket.socket(AF_VSOCK, socket.SOCK_STREAM)),
+                outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_KOBJECT_UEVENT)),
+                outcome(lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 9)),
+                raw_socket(socket.AF_PACKET | 1 << 32, socket.SOCK_DGRAM, 0),
+                raw_socket(socket.AF_PACKET | 1 << 32, socket.SOCK_RAW, 0),
+                raw_socket(AF_VSOCK | 1 << 32, socket.SOCK_STREAM, 0),
+                raw_socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_KOBJECT_UEVENT | 1 << 32),
+                syscall(SYS_PIDFD_GETFD, ctypes.c_long(pidfd), ctypes.c_long(0), ctypes.c_long(0)),
+            ],
+            "route": route,
+            "inet": outcome(lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()),
+        }
+    """
+    result = attack(api, canary, body)
+    for refused in result["refused"]:
+        assert refused["ok"] is False and refused["errno"] == 1, refused  # EPERM from the filter
+    assert result["route"] == {"ok": True, "value": None}
+    assert result["inet"] == {"ok": True, "value": None}
 
 
 def test_event_function_cannot_listen(api: Api, canary: str) -> None:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from sandbox.cgroups import V1, V2, CgroupError, Limits, detect, parse_mountinfo, parse_proc_cgroup
+from sandbox.cgroups import (
+    V1,
+    V2,
+    CgroupError,
+    Limits,
+    detect,
+    memory_limit,
+    node_pids_max,
+    parse_mountinfo,
+    parse_proc_cgroup,
+)
 
 MIB = 1024 * 1024
 
@@ -62,6 +77,8 @@ def test_v2_instance_limits_and_counters(tmp_path) -> None:
     (path / "cgroup.kill").write_text("")
     backend.kill("123-abc")
     assert (path / "cgroup.kill").read_text() == "1"
+    # The quota went first: a throttled cgroup would spend its exit in it.
+    assert (path / "cpu.max").read_text() == "max 100000"
 
 
 def test_v2_unlimited_cpu(tmp_path) -> None:
@@ -85,9 +102,12 @@ def test_instance_names_cannot_escape_the_subtree(tmp_path, name: str) -> None:
 def test_subtree_is_beneath_the_daemons_own_cgroup(tmp_path) -> None:
     backend = V2(tmp_path, "/user.slice/session-1.scope")
     assert backend.base == tmp_path / "user.slice/session-1.scope/fgd"
-    v1 = V1({"memory": (tmp_path / "memory", "/a/b"), "pids": (tmp_path / "pids", "/")})
+    v1 = V1({"memory": (tmp_path / "memory", "/a/b"), "pids": (tmp_path / "pids", "/")}, owner=4242)
     assert v1.bases["memory"] == tmp_path / "memory/a/b/fgd"
-    assert v1.bases["pids"] == tmp_path / "pids/fgd"
+    # At a hierarchy's root (hybrid hosts: pids, cpu, freezer) the subtree is this daemon's alone.
+    assert v1.bases["pids"] == tmp_path / "pids/fgd-4242"
+    other = V1({"memory": (tmp_path / "memory", "/a/b"), "pids": (tmp_path / "pids", "/")}, owner=4343)
+    assert other.bases["pids"] != v1.bases["pids"]
 
 
 HYBRID_CGROUP = """12:pids:/
@@ -123,7 +143,7 @@ def test_detect_hybrid_uses_v1(tmp_path) -> None:
     backend = detect(HYBRID_CGROUP, HYBRID_MOUNTINFO)
     assert isinstance(backend, V1)
     assert backend.bases["memory"] == Path("/sys/fs/cgroup/memory/process_api/abc/fgd")
-    assert backend.bases["cpu"] == Path("/sys/fs/cgroup/cpu,cpuacct/fgd")
+    assert backend.bases["cpu"] == Path(f"/sys/fs/cgroup/cpu,cpuacct/fgd-{os.getpid()}")
 
 
 def test_detect_pure_v2(tmp_path) -> None:
@@ -137,3 +157,167 @@ def test_detect_pure_v2(tmp_path) -> None:
 def test_detect_nothing_usable() -> None:
     assert detect("0::/\n", "") is None
     assert detect(HYBRID_CGROUP, HYBRID_MOUNTINFO, root_override="/nonexistent") is None
+
+
+def fake_v1(tmp_path: Path, own: dict[str, str], owner: int = 4242) -> V1:
+    hierarchies = {}
+    for controller in ("memory", "pids", "cpu", "freezer"):
+        mount = tmp_path / controller
+        (mount / own.get(controller, "/").lstrip("/")).mkdir(parents=True, exist_ok=True)
+        hierarchies[controller] = (mount, own.get(controller, "/"))
+    return V1(hierarchies, owner=owner)
+
+
+def test_v1_setup_caps_all_instances_together(tmp_path) -> None:
+    backend = fake_v1(tmp_path, {"memory": "/session"})
+    backend.setup(node_pids=5000)
+    assert (tmp_path / "pids/fgd-4242/pids.max").read_text() == "5000"
+    assert (tmp_path / "memory/session/fgd").is_dir()
+    assert (tmp_path / "freezer/fgd-4242").is_dir()
+
+
+def test_v2_setup_caps_all_instances_together(tmp_path) -> None:
+    mount = fake_v2(tmp_path)
+    V2(mount, "/system.slice/fgd.service").setup(node_pids=1234)
+    assert (mount / "system.slice/fgd.service/fgd/pids.max").read_text() == "1234"
+
+
+def test_v2_at_the_root_moves_nothing_and_is_private(tmp_path) -> None:
+    mount = fake_v2(tmp_path, own="/")
+    backend = V2(mount, "/", owner=77)
+    backend.setup(node_pids=10)
+    assert backend.base == mount / "fgd-77"
+    assert not (mount / "supervisor").exists()
+    assert (mount / "fgd-77/pids.max").read_text() == "10"
+
+
+def test_node_pids_default_is_well_below_pid_max(tmp_path) -> None:
+    pid_max = tmp_path / "pid_max"
+    pid_max.write_text("4194304\n")
+    assert node_pids_max(None, str(pid_max)) == 32768
+    pid_max.write_text("32768\n")
+    assert node_pids_max(None, str(pid_max)) == 16384
+    assert node_pids_max(900, str(pid_max)) == 900
+
+
+def test_v1_remove_takes_each_hierarchy_on_its_own(tmp_path) -> None:
+    backend = fake_v1(tmp_path, {})
+    backend.setup()
+    # A daemon that died half-way: the instance exists in memory and cpu, not in freezer or pids.
+    (backend.bases["memory"] / "99-a").mkdir()
+    (backend.bases["cpu"] / "99-a").mkdir()
+    assert backend.names() == ["99-a"]
+    backend.kill("99-a")  # no freezer directory: still kills through the others, no error
+    assert backend.remove("99-a") is True
+    assert backend.names() == []
+    with pytest.raises(CgroupError, match="no cgroup"):
+        backend.kill("99-a")
+
+
+def test_v1_remove_of_a_busy_cgroup_kills_again_and_says_so(tmp_path) -> None:
+    backend = fake_v1(tmp_path, {})
+    backend.setup()
+    backend.create("1-b")
+    for path in backend._paths("1-b").values():
+        (path / "cgroup.procs").write_text("")
+    (backend.bases["freezer"] / "1-b/freezer.state").write_text("THAWED")
+    (backend.bases["cpu"] / "1-b/cpu.cfs_quota_us").write_text("50000")
+    # The fake directories hold files, so rmdir fails as it would with processes inside.
+    assert backend.remove("1-b") is False
+    # The retry lifted the CPU quota and left the cgroup thawed.
+    assert (backend.bases["cpu"] / "1-b/cpu.cfs_quota_us").read_text() == "-1"
+    assert (backend.bases["freezer"] / "1-b/freezer.state").read_text() == "THAWED"
+
+
+def test_abandoned_subtrees_of_dead_daemons_are_found_not_live_ones(tmp_path) -> None:
+    backend = fake_v1(tmp_path, {"memory": "/session"}, owner=10)
+    backend.setup()
+    dead = tmp_path / "pids/fgd-11"
+    (dead / "11-x").mkdir(parents=True)
+    live = tmp_path / "pids/fgd-12"
+    live.mkdir()
+    (tmp_path / "pids/unrelated").mkdir()
+    found = backend.abandoned(lambda pid: pid == 12)
+    assert found == [dead] or sorted(found) == [dead]
+    assert backend.remove_abandoned(dead) is True
+    assert not dead.exists() and live.exists() and backend.bases["pids"].exists()
+    # The memory subtree is beneath a session cgroup, shared by design: never "abandoned".
+    assert all("memory" not in str(p) for p in backend.abandoned(lambda pid: False))
+
+
+def test_memory_limit_is_the_smallest_on_the_way_up_v2(tmp_path) -> None:
+    mount = tmp_path / "cgroup"
+    service = mount / "system.slice/fgd.service"
+    service.mkdir(parents=True)
+    (mount / "system.slice/memory.max").write_text("536870912\n")
+    (service / "memory.max").write_text("max\n")
+    mountinfo = f"30 25 0:26 / {mount} rw - cgroup2 cgroup2 rw\n"
+    assert memory_limit("0::/system.slice/fgd.service\n", mountinfo) == 512 * MIB
+    (service / "memory.max").write_text("268435456\n")
+    assert memory_limit("0::/system.slice/fgd.service\n", mountinfo) == 256 * MIB
+    (mount / "system.slice/memory.max").write_text("max\n")
+    (service / "memory.max").write_text("max\n")
+    assert memory_limit("0::/system.slice/fgd.service\n", mountinfo) is None
+
+
+def test_memory_limit_v1_treats_the_huge_default_as_unlimited(tmp_path) -> None:
+    mount = tmp_path / "memory"
+    own = mount / "process_api/abc"
+    own.mkdir(parents=True)
+    (mount / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (mount / "process_api/memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (own / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    mountinfo = f"31 25 0:27 / {mount} rw - cgroup cgroup rw,memory\n"
+    assert memory_limit("4:memory:/process_api/abc\n", mountinfo) is None
+    (mount / "process_api/memory.limit_in_bytes").write_text(str(512 * MIB))
+    assert memory_limit("4:memory:/process_api/abc\n", mountinfo) == 512 * MIB
+
+
+V1_ROOT = Path("/sys/fs/cgroup")
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not (V1_ROOT / "freezer").is_dir(), reason="needs root on a cgroup v1 host (this one)"
+)
+def test_v1_kill_of_a_fork_bomb_leaves_nothing_within_a_second() -> None:
+    """A fork bomb at 128 MB under a small CPU quota: every process gone <= 1 s after the kill."""
+    backend = detect()
+    assert isinstance(backend, V1)
+    backend.setup()
+    name = f"{os.getpid()}-forkbomb"
+    backend.create(name)
+    backend.set_limits(name, Limits(128 * MIB, 1024, 300))
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    gate_r, gate_w = os.pipe()
+    process = subprocess.Popen(
+        ["python3", "-c", f"import os; os.read({gate_r}, 1)\n{bomb}"], pass_fds=(gate_r,), start_new_session=True
+    )
+    try:
+        backend.place(name, process.pid)
+        os.write(gate_w, b"x")
+        deadline = time.monotonic() + 5
+        while len(backend.pids(name)) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(backend.pids(name)) >= 200, "the bomb did not get going"
+        started = time.monotonic()
+        backend.kill(name)
+        kill_took = time.monotonic() - started
+        while not backend.remove(name) and time.monotonic() - started < 5:
+            time.sleep(0.02)
+        gone_after = time.monotonic() - started
+        assert kill_took < 0.2, f"kill blocked for {kill_took:.3f} s"
+        print(f"kill {kill_took * 1000:.1f} ms; all gone after {gone_after * 1000:.0f} ms")
+        assert gone_after <= 1.0, f"processes lingered {gone_after:.2f} s"
+        assert name not in backend.names()
+    finally:
+        os.close(gate_r)
+        os.close(gate_w)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for _ in range(100):
+            with contextlib.suppress(CgroupError):
+                if backend.remove(name):
+                    break
+            time.sleep(0.02)
+        backend.teardown()
