@@ -91,7 +91,7 @@ async def serve(config: Config) -> None:
     token = load_or_create_token(state_dir)
     store = Store(state_dir / "fgd.db")
     code = CodeStore(state_dir, config.packages)
-    logs = LogSink(store, config.logs.retention_days)
+    logs = LogSink(store, config.logs)
     sandbox = build_sandbox(config, state_dir)
     zygote = python_zygote(seccomp=sandbox.protections.seccomp)
     zygotes = {zygote.runtime: zygote}

@@ -1,0 +1,123 @@
+"""LogSink's byte caps on a real Store: oldest lines first, each drop logged and counted."""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+import pytest
+
+from fgd.config import Config, ConfigError, LogConfig, load
+from fgd.logs import LogSink
+from fgd.store import LogLine, Store
+from tests.unit.test_store import record
+
+KIB = 1024
+
+
+def line(n: int, text: str = "x" * 1000) -> LogLine:
+    return LogLine(time.time(), f"req{n:05d}", "inst", "stdout", text)
+
+
+async def sink_with(tmp_path, *names: str, **caps: int) -> tuple[Store, LogSink]:
+    store = Store(tmp_path / "fgd.db")
+    for name in names:
+        await store.put(record(name))
+    return store, LogSink(store, LogConfig(**caps))
+
+
+def messages(store: Store, key) -> list[LogLine]:
+    return [line for _, line in store.read_logs(key, request_id=None, since=None, after_id=0, limit=100_000)]
+
+
+async def test_a_function_over_its_cap_loses_its_oldest_lines_and_is_told(tmp_path) -> None:
+    store, sink = await sink_with(tmp_path, "chatty", "quiet", max_bytes_per_function=100 * KIB)
+    chatty, quiet = ("p", "default", "chatty"), ("p", "default", "quiet")
+    sink.add(quiet, [line(n) for n in range(20)])
+    sink.add(chatty, [line(n) for n in range(300)])
+    await sink.flush()
+    dropped = await sink.enforce_caps()
+    assert dropped > 0
+    # Trimmed below the cap (to 90%, so it is not trimmed again on the next flush).
+    assert store.log_bytes[chatty] <= 0.9 * 100 * KIB
+    await sink.flush()
+    kept = messages(store, chatty)
+    notes = [line for line in kept if line.stream == "platform"]
+    assert len(notes) == 1
+    assert f"dropped this function's {dropped:,} oldest log lines" in notes[0].message
+    assert "logs.max_bytes_per_function = 102,400 bytes" in notes[0].message
+    # The newest lines are the ones kept, in order.
+    numbers = [int(line.request_id[3:]) for line in kept if line.stream == "stdout"]
+    assert numbers == list(range(300 - len(numbers), 300))
+    assert len(numbers) == 300 - dropped
+    assert len(messages(store, quiet)) == 20
+    assert sink.dropped_lines[chatty, "max_bytes_per_function"] == dropped
+    assert sink.dropped_bytes[chatty, "max_bytes_per_function"] > dropped * 1000
+    assert (quiet, "max_bytes_per_function") not in sink.dropped_lines
+
+
+async def test_the_node_cap_drops_the_oldest_lines_whoever_wrote_them(tmp_path) -> None:
+    store, sink = await sink_with(
+        tmp_path, "early", "late", max_bytes_per_function=1024 * KIB, max_bytes_total=200 * KIB
+    )
+    early, late = ("p", "default", "early"), ("p", "default", "late")
+    sink.add(early, [line(n) for n in range(150)])
+    await sink.flush()
+    sink.add(late, [line(n) for n in range(200)])
+    await sink.flush()
+    await sink.enforce_caps()
+    assert store.log_bytes_total <= 0.9 * 200 * KIB
+    # All of the early function's lines went before any of the late one's.
+    assert sink.dropped_lines[early, "max_bytes_total"] == 150
+    assert sink.dropped_lines[late, "max_bytes_total"] > 0
+    await sink.flush()
+    assert [line.stream for line in messages(store, early)] == ["platform"]
+    assert "logs.max_bytes_total = 204,800 bytes" in messages(store, early)[0].message
+
+
+async def test_under_the_caps_nothing_is_dropped(tmp_path) -> None:
+    store, sink = await sink_with(tmp_path, "f", max_bytes_per_function=100 * KIB)
+    key = ("p", "default", "f")
+    sink.add(key, [line(n) for n in range(80)])
+    await sink.flush()
+    assert await sink.enforce_caps() == 0
+    assert len(messages(store, key)) == 80
+    assert not sink.dropped_lines
+
+
+async def test_lines_of_a_deleted_function_are_not_written(tmp_path) -> None:
+    store, sink = await sink_with(tmp_path, "gone")
+    key = ("p", "default", "gone")
+    await store.delete(key)
+    sink.add(key, [line(1)])
+    await sink.flush()
+    assert messages(store, key) == []
+    assert key not in store.log_bytes
+
+
+async def test_expired_lines_are_counted_under_retention(tmp_path) -> None:
+    store, sink = await sink_with(tmp_path, "f")
+    key = ("p", "default", "f")
+    sink.add(key, [LogLine(1000.0 + n, "r", "i", "stdout", "old") for n in range(10)])
+    sink.add(key, [line(1)])
+    await sink.flush()
+    assert await sink.expire(time.time() - 60) == 10
+    assert [line.message for line in messages(store, key)] == ["x" * 1000]
+    assert sink.dropped_lines[key, "retention"] == 10
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["[logs]\nmax_bytes_total = 1000\n", "[logs]\nmax_bytes_per_function = -1\n", "[logs]\nretention_days = 0\n"],
+)
+def test_byte_caps_too_small_to_be_meant_are_refused(tmp_path, text: str) -> None:
+    path = tmp_path / "fgd.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="logs"):
+        load(str(path))
+
+
+def test_default_caps() -> None:
+    config = msgspec.toml.decode(b"", type=Config)
+    assert config.logs.max_bytes_per_function == 64 * 1024 * 1024
+    assert config.logs.max_bytes_total == 512 * 1024 * 1024
