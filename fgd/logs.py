@@ -1,7 +1,9 @@
 """Function logs: collected per invocation, written to SQLite in batches.
 
-The invoke path only appends to a list; a background task owns the writes, so
-a burst of invocations costs one transaction, not one per line.
+The invoke path only appends to a per-function queue; a background task owns the writes,
+so a burst of invocations costs a few transactions, not one per line. The task also keeps
+the stored logs within their byte caps and their age (docs/api.md, Logs): oldest lines
+first, each drop told in the function's logs and counted in /metrics.
 """
 
 from __future__ import annotations
@@ -9,18 +11,21 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 
 import trio
 
 from fgd.config import LogConfig
-from fgd.store import Key, LogLine, LogRow, Store
+from fgd.store import LINE_OVERHEAD, Key, LogLine, LogRow, Store
 
 log = logging.getLogger("fgd.logs")
 
 FLUSH_INTERVAL = 0.2
 FLUSH_BATCH = 2000
 TAIL_BYTES = 2000
+# One write transaction holds at most this much, so the WAL and the store's thread are
+# never taken for long by a burst.
+WRITE_CHUNK_BYTES = 4 * 1024 * 1024
 # Age expiry walks the table from its oldest line; once an hour is plenty for a cap in days.
 EXPIRY_INTERVAL = 3600.0
 # A trim goes down to this share of the cap, so a chatty function is trimmed (and told so)
@@ -35,17 +40,30 @@ NODE = "max_bytes_total"
 RETENTION = "retention"
 
 
+def line_size(row: LogRow) -> int:
+    """What a line counts for against the caps; the same sum Store.write_logs stores."""
+    return len(row[7].encode()) + len(row[4].encode()) + len(row[5].encode()) + len(row[6].encode()) + LINE_OVERHEAD
+
+
 class LogSink:
     def __init__(self, store: Store, config: LogConfig) -> None:
         self._store = store
         self._config = config
-        self._pending: list[LogRow] = []
+        # Lines waiting to be written, per function in arrival order, with their sizes: a
+        # function over its cap loses its oldest waiting lines right here, so a burst never
+        # reaches the database (nor holds memory) beyond the caps.
+        self._pending: dict[Key, deque[tuple[LogRow, int]]] = {}
+        self._pending_bytes: dict[Key, int] = defaultdict(int)
+        self._pending_total = 0
+        self._pending_lines = 0
         self._wakeup = trio.Event()
         self._retention = config.retention_days * 86400
         self._flush_lock = trio.Lock()
         # Lines and bytes dropped per function and reason, for /metrics.
         self.dropped_lines: dict[tuple[Key, str], int] = defaultdict(int)
         self.dropped_bytes: dict[tuple[Key, str], int] = defaultdict(int)
+        # Drops not yet told in the function's logs: one note per function and reason per round.
+        self._unreported: dict[tuple[Key, str], list[int]] = defaultdict(lambda: [0, 0])
 
     @property
     def stored_bytes(self) -> int:
@@ -53,29 +71,84 @@ class LogSink:
 
     def add(self, key: tuple[str, str, str], lines: list[LogLine]) -> None:
         project_id, package, func_name = key
-        self._pending.extend(
-            (line.time, project_id, package, func_name, line.request_id, line.instance_id, line.stream, line.message)
-            for line in lines
-        )
-        if len(self._pending) >= FLUSH_BATCH:
+        queue = self._pending.get(key)
+        if queue is None:
+            queue = self._pending[key] = deque()
+        added = 0
+        for line in lines:
+            row = (
+                line.time,
+                project_id,
+                package,
+                func_name,
+                line.request_id,
+                line.instance_id,
+                line.stream,
+                line.message,
+            )
+            size = line_size(row)
+            queue.append((row, size))
+            added += size
+        self._pending_bytes[key] += added
+        self._pending_total += added
+        self._pending_lines += len(lines)
+        cap = self._config.max_bytes_per_function
+        if self._pending_bytes[key] > cap:
+            self._shed_pending(key, self._pending_bytes[key] - int(cap * TRIM_TO), PER_FUNCTION)
+        if self._pending_total > self._config.max_bytes_total:
+            self._shed_node_pending()
+        if self._pending_lines >= FLUSH_BATCH:
             self._wakeup.set()
+
+    def _shed_pending(self, key: Key, excess: int, reason: str) -> None:
+        queue = self._pending[key]
+        lines, freed = 0, 0
+        while queue and freed < excess:
+            _, size = queue.popleft()
+            lines, freed = lines + 1, freed + size
+        self._pending_bytes[key] -= freed
+        self._pending_total -= freed
+        self._pending_lines -= lines
+        self._count(key, reason, lines, freed)
+
+    def _shed_node_pending(self) -> None:
+        """Waiting lines alone exceed the node's cap: drop the oldest, whichever function's."""
+        target = int(self._config.max_bytes_total * TRIM_TO)
+        while (total := self._pending_total) > target:
+            key = min((k for k, q in self._pending.items() if q), key=lambda k: self._pending[k][0][0][0])
+            self._shed_pending(key, min(total - target, self._pending[key][0][1]), NODE)
 
     def discard(self, key: tuple[str, str, str]) -> None:
         """Forget pending lines and drop counts of a function that is being deleted."""
-        self._pending = [row for row in self._pending if row[1:4] != key]
-        for counter in (self.dropped_lines, self.dropped_bytes):
+        queue = self._pending.pop(key, None)
+        self._pending_lines -= len(queue or ())
+        self._pending_total -= self._pending_bytes.pop(key, 0)
+        for counter in (self.dropped_lines, self.dropped_bytes, self._unreported):
             for label in [label for label in counter if label[0] == key]:
                 del counter[label]
 
     async def flush(self) -> None:
         async with self._flush_lock:
-            rows, self._pending = self._pending, []
+            pending, self._pending = self._pending, {}
+            self._pending_bytes.clear()
+            self._pending_total = 0
+            self._pending_lines = 0
             # A line that arrives after its function was deleted would be kept by nobody (and
             # found by a new function of the same name): drop it here.
             functions = self._store.functions
-            rows = [row for row in rows if row[1:4] in functions]
-            if rows:
-                await self._store.run(self._store.write_logs, rows)
+            chunk: list[LogRow] = []
+            chunk_bytes = 0
+            for key, queue in pending.items():
+                if key not in functions:
+                    continue
+                for row, size in queue:
+                    chunk.append(row)
+                    chunk_bytes += size
+                    if chunk_bytes >= WRITE_CHUNK_BYTES or len(chunk) >= FLUSH_BATCH:
+                        await self._store.run(self._store.write_logs, chunk)
+                        chunk, chunk_bytes = [], 0
+            if chunk:
+                await self._store.run(self._store.write_logs, chunk)
 
     async def run(self) -> None:
         """Flush every FLUSH_INTERVAL (or sooner when a batch fills); keep the byte caps after
@@ -98,33 +171,29 @@ class LogSink:
                 await self.flush()
 
     async def enforce_caps(self) -> int:
-        """Drop the oldest lines of each function over its cap, then the node's oldest lines
-        while the node is over its cap. Returns the number of lines dropped."""
+        """Drop the oldest stored lines of each function over its cap, then the node's oldest
+        lines while the node is over its cap; tell each function what it lost. Returns the
+        number of stored lines dropped."""
         store, config = self._store, self._config
         dropped = 0
         per_function = config.max_bytes_per_function
         for key, size in list(store.log_bytes.items()):
             if size > per_function:
-                lines, freed = 0, 0
                 while (excess := store.log_bytes.get(key, 0) - int(per_function * TRIM_TO)) > 0:
-                    batch_lines, batch_bytes = await store.run(store.trim_function_logs_batch, key, excess)
-                    if not batch_lines:
+                    lines, freed = await store.run(store.trim_function_logs_batch, key, excess)
+                    if not lines:
                         break
-                    lines, freed = lines + batch_lines, freed + batch_bytes
-                self._dropped(key, PER_FUNCTION, lines, freed, "its logs", per_function)
-                dropped += lines
+                    self._count(key, PER_FUNCTION, lines, freed)
+                    dropped += lines
         if store.log_bytes_total > config.max_bytes_total:
-            totals: dict[Key, list[int]] = defaultdict(lambda: [0, 0])
             while (excess := store.log_bytes_total - int(config.max_bytes_total * TRIM_TO)) > 0:
                 batch = await store.run(store.trim_node_logs_batch, excess)
                 if not batch:
                     break
                 for key, (lines, freed) in batch.items():
-                    totals[key][0] += lines
-                    totals[key][1] += freed
-            for key, (lines, freed) in totals.items():
-                self._dropped(key, NODE, lines, freed, "the node's logs", config.max_bytes_total)
-                dropped += lines
+                    self._count(key, NODE, lines, freed)
+                    dropped += lines
+        self._report()
         return dropped
 
     async def expire(self, older_than: float) -> int:
@@ -136,9 +205,7 @@ class LogSink:
             after_id, batch = await store.run(store.expire_logs_batch, older_than, after_id)
             for key, (lines, freed) in batch.items():
                 # Counted, not logged: a line about expiry would itself expire a week later.
-                if key in store.functions:
-                    self.dropped_lines[key, RETENTION] += lines
-                    self.dropped_bytes[key, RETENTION] += freed
+                self._count(key, RETENTION, lines, freed)
                 dropped += lines
         return dropped
 
@@ -150,17 +217,32 @@ class LogSink:
                 break
             previous = free
 
-    def _dropped(self, key: Key, reason: str, lines: int, freed: int, what: str, cap: int) -> None:
+    def _count(self, key: Key, reason: str, lines: int, freed: int) -> None:
         if not lines or key not in self._store.functions:
             return
         self.dropped_lines[key, reason] += lines
         self.dropped_bytes[key, reason] += freed
-        message = (
-            f"fgd dropped this function's {lines:,} oldest log lines ({freed:,} bytes) to keep {what} "
-            f"under logs.{reason} = {cap:,} bytes"
-        )
-        log.info("%s/%s:%s: %s", *key, message)
-        self.add(key, [LogLine(time.time(), "", "", "platform", message)])
+        if reason != RETENTION:
+            told = self._unreported[key, reason]
+            told[0] += lines
+            told[1] += freed
+
+    def _report(self) -> None:
+        """One platform line per function and cap for what this round dropped."""
+        unreported, self._unreported = self._unreported, defaultdict(lambda: [0, 0])
+        for (key, reason), (lines, freed) in unreported.items():
+            if key not in self._store.functions:
+                continue
+            what = "its logs" if reason == PER_FUNCTION else "the node's logs"
+            cap = getattr(self._config, reason)
+            # The running total too: older notes are log lines like any other and go in turn.
+            message = (
+                f"fgd dropped this function's {lines:,} oldest log lines ({freed:,} bytes) to keep {what} "
+                f"under logs.{reason} = {cap:,} bytes; {self.dropped_lines[key, reason]:,} lines in all "
+                f"since fgd started"
+            )
+            log.info("%s/%s:%s: %s", *key, message)
+            self.add(key, [LogLine(time.time(), "", "", "platform", message)])
 
 
 def summary_line(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import msgspec
@@ -30,30 +31,58 @@ def messages(store: Store, key) -> list[LogLine]:
     return [line for _, line in store.read_logs(key, request_id=None, since=None, after_id=0, limit=100_000)]
 
 
+def dropped_in(note: LogLine) -> int:
+    return int(re.search(r"dropped this function's ([\d,]+) oldest", note.message)[1].replace(",", ""))
+
+
 async def test_a_function_over_its_cap_loses_its_oldest_lines_and_is_told(tmp_path) -> None:
     store, sink = await sink_with(tmp_path, "chatty", "quiet", max_bytes_per_function=100 * KIB)
     chatty, quiet = ("p", "default", "chatty"), ("p", "default", "quiet")
     sink.add(quiet, [line(n) for n in range(20)])
-    sink.add(chatty, [line(n) for n in range(300)])
-    await sink.flush()
-    dropped = await sink.enforce_caps()
-    assert dropped > 0
-    # Trimmed below the cap (to 90%, so it is not trimmed again on the next flush).
-    assert store.log_bytes[chatty] <= 0.9 * 100 * KIB
+    stored_drops = 0
+    for start in range(0, 300, 30):  # 30 KB per round, stored, then trimmed
+        sink.add(chatty, [line(n) for n in range(start, start + 30)])
+        await sink.flush()
+        stored_drops += await sink.enforce_caps()
+        # Never above the cap once a round is over.
+        assert store.log_bytes[chatty] <= 100 * KIB
+    assert stored_drops > 0
     await sink.flush()
     kept = messages(store, chatty)
     notes = [line for line in kept if line.stream == "platform"]
-    assert len(notes) == 1
-    assert f"dropped this function's {dropped:,} oldest log lines" in notes[0].message
-    assert "logs.max_bytes_per_function = 102,400 bytes" in notes[0].message
+    assert notes and all("logs.max_bytes_per_function = 102,400 bytes" in note.message for note in notes)
+    dropped = sink.dropped_lines[chatty, "max_bytes_per_function"]
+    assert dropped == stored_drops
+    # Notes are lines too and the oldest go in turn; the newest one tells the running total.
+    assert all(dropped_in(note) > 0 for note in notes)
+    assert f"; {dropped:,} lines in all since fgd started" in notes[-1].message
     # The newest lines are the ones kept, in order.
     numbers = [int(line.request_id[3:]) for line in kept if line.stream == "stdout"]
     assert numbers == list(range(300 - len(numbers), 300))
-    assert len(numbers) == 300 - dropped
-    assert len(messages(store, quiet)) == 20
-    assert sink.dropped_lines[chatty, "max_bytes_per_function"] == dropped
+    # Dropped lines include older notes (at most one per round, ten rounds).
+    assert 300 - dropped <= len(numbers) <= 300 - dropped + 10
     assert sink.dropped_bytes[chatty, "max_bytes_per_function"] > dropped * 1000
+    assert len(messages(store, quiet)) == 20
     assert (quiet, "max_bytes_per_function") not in sink.dropped_lines
+
+
+async def test_a_burst_over_the_cap_is_cut_before_it_reaches_the_database(tmp_path) -> None:
+    store, sink = await sink_with(tmp_path, "burst", max_bytes_per_function=100 * KIB)
+    key = ("p", "default", "burst")
+    sink.add(key, [line(n) for n in range(1000)])  # 1 MB in one invocation
+    written = []
+    original = store.write_logs
+    store.write_logs = lambda rows: (written.append(len(rows)), original(rows))[1]
+    await sink.flush()
+    assert store.log_bytes[key] <= 0.9 * 100 * KIB
+    assert sum(written) < 100
+    await sink.enforce_caps()
+    await sink.flush()
+    kept = messages(store, key)
+    numbers = [int(line.request_id[3:]) for line in kept if line.stream == "stdout"]
+    assert numbers == list(range(1000 - len(numbers), 1000))
+    [note] = [line for line in kept if line.stream == "platform"]
+    assert dropped_in(note) == 1000 - len(numbers) == sink.dropped_lines[key, "max_bytes_per_function"]
 
 
 async def test_the_node_cap_drops_the_oldest_lines_whoever_wrote_them(tmp_path) -> None:
