@@ -133,7 +133,7 @@ async def serve(config: Config) -> None:
 
     # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.
     async_depth = [0]
-    metrics = Metrics(gauges)
+    metrics = Metrics(gauges, functions=store.functions, logs=logs)
     dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth, config.server.region)
     triggers = Triggers(store, dispatcher.notify)
     functions.triggers = triggers
