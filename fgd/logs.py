@@ -42,7 +42,7 @@ RETENTION = "retention"
 
 def line_size(row: LogRow) -> int:
     """What a line counts for against the caps; the same sum Store.write_logs stores."""
-    return len(row[7].encode()) + len(row[4].encode()) + len(row[5].encode()) + len(row[6].encode()) + LINE_OVERHEAD
+    return sum(len(text.encode()) for text in row[1:]) + LINE_OVERHEAD
 
 
 class LogSink:
@@ -59,6 +59,8 @@ class LogSink:
         self._wakeup = trio.Event()
         self._retention = config.retention_days * 86400
         self._flush_lock = trio.Lock()
+        # Lines removed since freed pages were last given back to the file system.
+        self._removed_since_vacuum = 0
         # Lines and bytes dropped per function and reason, for /metrics.
         self.dropped_lines: dict[tuple[Key, str], int] = defaultdict(int)
         self.dropped_bytes: dict[tuple[Key, str], int] = defaultdict(int)
@@ -74,20 +76,17 @@ class LogSink:
         queue = self._pending.get(key)
         if queue is None:
             queue = self._pending[key] = deque()
+        # The same sum Store.write_logs stores (line_size), cheaply: the function's part once;
+        # request ids, instance ids and stream names are ASCII (fgd makes them); a message is
+        # encoded only if it is not ASCII.
+        fixed = sum(len(name.encode()) for name in key) + LINE_OVERHEAD
         added = 0
+        append = queue.append
         for line in lines:
-            row = (
-                line.time,
-                project_id,
-                package,
-                func_name,
-                line.request_id,
-                line.instance_id,
-                line.stream,
-                line.message,
-            )
-            size = line_size(row)
-            queue.append((row, size))
+            message, request_id, instance_id, stream = line.message, line.request_id, line.instance_id, line.stream
+            size = fixed + len(request_id) + len(instance_id) + len(stream)
+            size += len(message) if message.isascii() else len(message.encode())
+            append(((line.time, project_id, package, func_name, request_id, instance_id, stream, message), size))
             added += size
         self._pending_bytes[key] += added
         self._pending_total += added
@@ -127,7 +126,10 @@ class LogSink:
             for label in [label for label in counter if label[0] == key]:
                 del counter[label]
 
-    async def flush(self) -> None:
+    async def flush(self) -> int:
+        """Write the waiting lines, first making room for them under the caps (so the file
+        never holds a cap's worth of lines about to be dropped). Returns the number of stored
+        lines dropped to make room."""
         async with self._flush_lock:
             pending, self._pending = self._pending, {}
             self._pending_bytes.clear()
@@ -136,11 +138,12 @@ class LogSink:
             # A line that arrives after its function was deleted would be kept by nobody (and
             # found by a new function of the same name): drop it here.
             functions = self._store.functions
+            pending = {key: queue for key, queue in pending.items() if key in functions and queue}
+            incoming = {key: sum(size for _, size in queue) for key, queue in pending.items()}
+            dropped = await self.enforce_caps(incoming)
             chunk: list[LogRow] = []
             chunk_bytes = 0
-            for key, queue in pending.items():
-                if key not in functions:
-                    continue
+            for queue in pending.values():
                 for row, size in queue:
                     chunk.append(row)
                     chunk_bytes += size
@@ -149,10 +152,12 @@ class LogSink:
                         chunk, chunk_bytes = [], 0
             if chunk:
                 await self._store.run(self._store.write_logs, chunk)
+            self._removed_since_vacuum += dropped
+            return dropped
 
     async def run(self) -> None:
-        """Flush every FLUSH_INTERVAL (or sooner when a batch fills); keep the byte caps after
-        each flush; expire old lines hourly. Every removal is batched (see Store)."""
+        """Flush every FLUSH_INTERVAL (or sooner when a batch fills), within the byte caps;
+        expire old lines hourly; give freed space back. Every removal is batched (see Store)."""
         next_expiry = 0.0
         try:
             while True:
@@ -160,33 +165,38 @@ class LogSink:
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
                 await self.flush()
-                removed = await self.enforce_caps()
                 if time.monotonic() >= next_expiry:
-                    removed += await self.expire(time.time() - self._retention)
+                    self._removed_since_vacuum += await self.expire(time.time() - self._retention)
                     next_expiry = time.monotonic() + EXPIRY_INTERVAL
-                if removed:
+                if self._removed_since_vacuum:
+                    self._removed_since_vacuum = 0
                     await self.vacuum()
         finally:
             with trio.CancelScope(shield=True):
                 await self.flush()
 
-    async def enforce_caps(self) -> int:
-        """Drop the oldest stored lines of each function over its cap, then the node's oldest
-        lines while the node is over its cap; tell each function what it lost. Returns the
-        number of stored lines dropped."""
+    async def enforce_caps(self, incoming: dict[Key, int] | None = None) -> int:
+        """Drop the oldest stored lines of each function that would be over its cap with
+        `incoming` bytes added, then the node's oldest lines likewise; tell each function what
+        it lost. Returns the number of stored lines dropped."""
         store, config = self._store, self._config
+        incoming = incoming or {}
         dropped = 0
         per_function = config.max_bytes_per_function
         for key, size in list(store.log_bytes.items()):
-            if size > per_function:
-                while (excess := store.log_bytes.get(key, 0) - int(per_function * TRIM_TO)) > 0:
+            coming = incoming.get(key, 0)
+            if size + coming > per_function:
+                target = max(0, int(per_function * TRIM_TO) - coming)
+                while (excess := store.log_bytes.get(key, 0) - target) > 0:
                     lines, freed = await store.run(store.trim_function_logs_batch, key, excess)
                     if not lines:
                         break
                     self._count(key, PER_FUNCTION, lines, freed)
                     dropped += lines
-        if store.log_bytes_total > config.max_bytes_total:
-            while (excess := store.log_bytes_total - int(config.max_bytes_total * TRIM_TO)) > 0:
+        coming = sum(incoming.values())
+        if store.log_bytes_total + coming > config.max_bytes_total:
+            target = max(0, int(config.max_bytes_total * TRIM_TO) - coming)
+            while (excess := store.log_bytes_total - target) > 0:
                 batch = await store.run(store.trim_node_logs_batch, excess)
                 if not batch:
                     break

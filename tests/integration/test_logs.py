@@ -128,10 +128,10 @@ PRINTER = """
 """
 
 
-def stored_size(line: dict) -> int:
-    """What one line counts for against the caps (docs/api.md): UTF-8 text and names + 32."""
-    fields = (line["message"], line["request_id"], line["instance_id"], line["stream"])
-    return sum(len(field.encode()) for field in fields) + 32
+def stored_size(line: dict, name: str) -> int:
+    """What one line counts for against the caps (docs/api.md): its UTF-8 text and names + 64."""
+    fields = ("default", "default", name, line["message"], line["request_id"], line["instance_id"], line["stream"])
+    return sum(len(field.encode()) for field in fields) + 64
 
 
 def capped(tmp_path: Path, per_function: int, total: int) -> Daemon:
@@ -172,7 +172,7 @@ def test_a_chatty_function_keeps_only_its_newest_lines_within_its_byte_cap(tmp_p
         assert notes, "no line says lines were dropped"
         assert all("logs.max_bytes_per_function = 262,144 bytes" in note["message"] for note in notes)
         lines = all_lines(api, chatty)
-        assert sum(stored_size(line) for line in lines) <= 256 * KIB
+        assert sum(stored_size(line, chatty) for line in lines) <= 256 * KIB
         printed = [line["message"] for line in lines if line["stream"] == "stdout"]
         # Oldest first: the first invocation is gone, the last one is whole.
         assert not any(message.startswith("t0:") for message in printed)
@@ -209,7 +209,7 @@ def test_the_node_cap_drops_the_oldest_lines_first_whichever_function_wrote_them
         assert not [line for line in all_lines(api, first) if line["stream"] == "stdout"]
         second_lines = [line for line in all_lines(api, second) if line["stream"] == "stdout"]
         assert second_lines and second_lines[-1]["message"].startswith("b:00219:")
-        total = sum(stored_size(line) for name in (first, second) for line in all_lines(api, name))
+        total = sum(stored_size(line, name) for name in (first, second) for line in all_lines(api, name))
         assert total <= 256 * KIB
     finally:
         daemon.stop()
@@ -250,7 +250,7 @@ def test_fgd_db_stays_bounded_under_a_chatty_function(tmp_path: Path) -> None:
         # of free pages kept for reuse, and the WAL (a few MB between checkpoints).
         assert max(sizes) < 24_000_000
         lines = all_lines(api, name)
-        assert sum(stored_size(line) for line in lines) <= 1024 * KIB
+        assert sum(stored_size(line, name) for line in lines) <= 1024 * KIB
         assert drop_notes(api, name)
     finally:
         daemon.stop()

@@ -95,8 +95,9 @@ def test_log_bytes_are_counted_per_function_and_survive_reopen(tmp_path) -> None
     store.write_logs(lines(b, 3, text="é" * 10))
     store.write_logs(lines(a, 5))
     # A line counts its UTF-8 text and names plus a fixed overhead.
-    assert store.log_bytes[a] == 15 * (100 + 7 + len("inst") + len("stdout") + LINE_OVERHEAD)
-    assert store.log_bytes[b] == 3 * (20 + 7 + len("inst") + len("stdout") + LINE_OVERHEAD)
+    names = len("p") + len("default") + len("a") + len("r000000") + len("inst") + len("stdout")
+    assert store.log_bytes[a] == 15 * (100 + names + LINE_OVERHEAD)
+    assert store.log_bytes[b] == 3 * (20 + names + LINE_OVERHEAD)
     assert {k: v[0] for k, v in stored_bytes(tmp_path / "fgd.db").items()} == store.log_bytes
     store.close()
     assert Store(tmp_path / "fgd.db").log_bytes == {a: stored_bytes(tmp_path / "fgd.db")[a][0], b: ANY}
@@ -229,7 +230,7 @@ def test_an_old_database_is_migrated_and_converted_to_incremental_vacuum(tmp_pat
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
     assert store.log_bytes == {("p", "default", "old"): stored_bytes(path)[("p", "default", "old")][0]}
-    assert store.log_bytes[("p", "default", "old")] == 40 * (100 + 7 + 4 + 6 + LINE_OVERHEAD)
+    assert store.log_bytes[("p", "default", "old")] == 40 * (100 + 1 + 7 + 3 + 7 + 4 + 6 + LINE_OVERHEAD)
 
 
 def test_removed_lines_give_their_space_back_to_the_file_system(tmp_path) -> None:
