@@ -31,6 +31,8 @@ EXPIRY_INTERVAL = 3600.0
 # A trim goes down to this share of the cap, so a chatty function is trimmed (and told so)
 # once per tenth of its cap written, not after every flush.
 TRIM_TO = 0.9
+# Seconds between two lines in the daemon's own log about one function's dropped lines.
+LOG_INTERVAL = 10.0
 # Free space kept in fgd.db for the next inserts; beyond it pages go back to the file system.
 KEEP_FREE = 8 * 1024 * 1024
 
@@ -66,6 +68,7 @@ class LogSink:
         self.dropped_bytes: dict[tuple[Key, str], int] = defaultdict(int)
         # Drops not yet told in the function's logs: one note per function and reason per round.
         self._unreported: dict[tuple[Key, str], list[int]] = defaultdict(lambda: [0, 0])
+        self._last_logged: dict[tuple[Key, str], float] = {}
 
     @property
     def stored_bytes(self) -> int:
@@ -122,7 +125,7 @@ class LogSink:
         queue = self._pending.pop(key, None)
         self._pending_lines -= len(queue or ())
         self._pending_total -= self._pending_bytes.pop(key, 0)
-        for counter in (self.dropped_lines, self.dropped_bytes, self._unreported):
+        for counter in (self.dropped_lines, self.dropped_bytes, self._unreported, self._last_logged):
             for label in [label for label in counter if label[0] == key]:
                 del counter[label]
 
@@ -150,6 +153,7 @@ class LogSink:
                     if chunk_bytes >= WRITE_CHUNK_BYTES or len(chunk) >= FLUSH_BATCH:
                         await self._store.run(self._store.write_logs, chunk)
                         chunk, chunk_bytes = [], 0
+            chunk += self._notes()
             if chunk:
                 await self._store.run(self._store.write_logs, chunk)
             self._removed_since_vacuum += dropped
@@ -203,7 +207,6 @@ class LogSink:
                 for key, (lines, freed) in batch.items():
                     self._count(key, NODE, lines, freed)
                     dropped += lines
-        self._report()
         return dropped
 
     async def expire(self, older_than: float) -> int:
@@ -237,9 +240,15 @@ class LogSink:
             told[0] += lines
             told[1] += freed
 
-    def _report(self) -> None:
-        """One platform line per function and cap for what this round dropped."""
+    def _notes(self) -> list[LogRow]:
+        """A platform line per function and cap for what was dropped since its last one.
+
+        Written right after the lines of the flush that dropped, so the newest lines of a
+        function that floods its logs always include one; the daemon's own log says it at
+        most every LOG_INTERVAL per function and cap."""
         unreported, self._unreported = self._unreported, defaultdict(lambda: [0, 0])
+        now = time.monotonic()
+        notes = []
         for (key, reason), (lines, freed) in unreported.items():
             if key not in self._store.functions:
                 continue
@@ -251,8 +260,11 @@ class LogSink:
                 f"under logs.{reason} = {cap:,} bytes; {self.dropped_lines[key, reason]:,} lines in all "
                 f"since fgd started"
             )
-            log.info("%s/%s:%s: %s", *key, message)
-            self.add(key, [LogLine(time.time(), "", "", "platform", message)])
+            notes.append((time.time(), *key, "", "", "platform", message))
+            if now - self._last_logged.get((key, reason), -math.inf) >= LOG_INTERVAL:
+                self._last_logged[key, reason] = now
+                log.info("%s/%s:%s: %s", *key, message)
+        return notes
 
 
 def summary_line(

@@ -74,14 +74,26 @@ async def test_a_burst_over_the_cap_is_cut_before_it_reaches_the_database(tmp_pa
     original = store.write_logs
     store.write_logs = lambda rows: (written.append(len(rows)), original(rows))[1]
     await sink.flush()
-    assert store.log_bytes[key] <= 0.9 * 100 * KIB
-    assert sum(written) < 100
-    await sink.flush()  # the note
+    assert store.log_bytes[key] <= 100 * KIB
+    assert sum(written) < 100  # 90 lines of 1 KB and the note
     kept = messages(store, key)
     numbers = [int(line.request_id[3:]) for line in kept if line.stream == "stdout"]
     assert numbers == list(range(1000 - len(numbers), 1000))
     [note] = [line for line in kept if line.stream == "platform"]
     assert dropped_in(note) == 1000 - len(numbers) == sink.dropped_lines[key, "max_bytes_per_function"]
+
+
+async def test_in_a_flood_the_newest_line_says_what_was_dropped(tmp_path) -> None:
+    store, sink = await sink_with(tmp_path, "flood", max_bytes_per_function=100 * KIB)
+    key = ("p", "default", "flood")
+    for start in range(0, 1000, 200):  # each round twice the cap
+        sink.add(key, [line(n) for n in range(start, start + 200)])
+        await sink.flush()
+        newest = messages(store, key)[-1]
+        assert newest.stream == "platform" and newest.request_id == ""
+        total = sink.dropped_lines[key, "max_bytes_per_function"]
+        assert newest.message.endswith(f"; {total:,} lines in all since fgd started")
+        assert store.log_bytes[key] <= 100 * KIB
 
 
 async def test_the_node_cap_drops_the_oldest_lines_whoever_wrote_them(tmp_path) -> None:
