@@ -114,11 +114,22 @@ class LogSink:
         self._count(key, reason, lines, freed)
 
     def _shed_node_pending(self) -> None:
-        """Waiting lines alone exceed the node's cap: drop the oldest, whichever function's."""
+        """Waiting lines alone exceed the node's cap: drop the oldest, whichever function's
+        (a run of one function's lines at a time, up to the next function's oldest)."""
         target = int(self._config.max_bytes_total * TRIM_TO)
-        while (total := self._pending_total) > target:
-            key = min((k for k, q in self._pending.items() if q), key=lambda k: self._pending[k][0][0][0])
-            self._shed_pending(key, min(total - target, self._pending[key][0][1]), NODE)
+        while self._pending_total > target:
+            heads = sorted((queue[0][0][0], key) for key, queue in self._pending.items() if queue)
+            key = heads[0][1]
+            until = heads[1][0] if len(heads) > 1 else math.inf
+            queue = self._pending[key]
+            lines, freed = 0, 0
+            while queue and queue[0][0][0] <= until and self._pending_total - freed > target:
+                freed += queue.popleft()[1]
+                lines += 1
+            self._pending_bytes[key] -= freed
+            self._pending_total -= freed
+            self._pending_lines -= lines
+            self._count(key, NODE, lines, freed)
 
     def discard(self, key: tuple[str, str, str]) -> None:
         """Forget pending lines and drop counts of a function that is being deleted."""
@@ -151,13 +162,20 @@ class LogSink:
                     chunk.append(row)
                     chunk_bytes += size
                     if chunk_bytes >= WRITE_CHUNK_BYTES or len(chunk) >= FLUSH_BATCH:
-                        await self._store.run(self._store.write_logs, chunk)
+                        await self._write(chunk)
                         chunk, chunk_bytes = [], 0
             chunk += self._notes()
-            if chunk:
-                await self._store.run(self._store.write_logs, chunk)
+            await self._write(chunk)
             self._removed_since_vacuum += dropped
             return dropped
+
+    async def _write(self, rows: list[LogRow]) -> None:
+        # Checked again: a function deleted while this flush ran keeps no lines (and
+        # Store.write_logs refuses those of one being deleted).
+        functions = self._store.functions
+        rows = [row for row in rows if row[1:4] in functions]
+        if rows:
+            await self._store.run(self._store.write_logs, rows)
 
     async def run(self) -> None:
         """Flush every FLUSH_INTERVAL (or sooner when a batch fills), within the byte caps;

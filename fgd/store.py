@@ -142,6 +142,9 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._limiter = trio.CapacityLimiter(1)
+        # Functions deleted (or being deleted) since start and not created again: lines still
+        # on their way for them are not written.
+        self._deleted: set[Key] = set()
         self._migrate()
         self._use_incremental_vacuum()
         self.queue = SqliteQueue(self._db)
@@ -213,6 +216,7 @@ class Store:
         self.functions[record.key] = record
 
     def _put(self, record: FunctionRecord, blob: bytes) -> None:
+        self._deleted.discard(record.key)
         with self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO functions (project_id, package, func_name, record) VALUES (?, ?, ?, ?)",
@@ -221,7 +225,10 @@ class Store:
 
     async def delete(self, key: tuple[str, str, str]) -> None:
         # A chatty function may have millions of lines: remove them in batches first, so the
-        # store's thread is never held for seconds; the last few go with the record.
+        # store's thread is never held for seconds; the last few go with the record. Lines
+        # written meanwhile or queued behind the delete (an invocation finishing) are refused,
+        # so none outlive it.
+        self._deleted.add(key)
         while await self.run(self.delete_logs_batch, key) == LOG_BATCH:
             pass
         await self.run(self._delete, key)
@@ -289,6 +296,8 @@ class Store:
         return sum(self.log_bytes.values())
 
     def write_logs(self, rows: Iterable[LogRow]) -> None:
+        if self._deleted:
+            rows = [row for row in rows if row[1:4] not in self._deleted]
         with self._db:
             (last_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM logs").fetchone()
             self._db.executemany(

@@ -168,3 +168,19 @@ async def test_waiting_lines_are_sized_as_the_store_counts_them(tmp_path) -> Non
     waiting = sink._pending_total
     await sink.flush()
     assert store.log_bytes[key] == waiting
+
+
+async def test_waiting_lines_over_the_node_cap_lose_the_oldest_first(tmp_path) -> None:
+    store, sink = await sink_with(
+        tmp_path, "early", "late", max_bytes_per_function=1024 * KIB, max_bytes_total=200 * KIB
+    )
+    early, late = ("p", "default", "early"), ("p", "default", "late")
+    sink.add(early, [line(n) for n in range(100)])
+    sink.add(late, [line(n) for n in range(150)])  # 260 KB waiting in all
+    assert sink.dropped_lines[early, "max_bytes_total"] > 0
+    assert (late, "max_bytes_total") not in sink.dropped_lines
+    await sink.flush()
+    assert len([line for line in messages(store, late) if line.stream == "stdout"]) == 150
+    kept_early = [int(line.request_id[3:]) for line in messages(store, early) if line.stream == "stdout"]
+    assert kept_early == list(range(100 - len(kept_early), 100))
+    assert store.log_bytes_total <= 200 * KIB

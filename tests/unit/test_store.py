@@ -151,6 +151,8 @@ async def test_deleting_a_chatty_function_removes_its_lines_in_batches(tmp_path)
 
     def counted(k):
         calls.append(original(k))
+        # An invocation finishing between two batches: its lines must not outlive the function.
+        store.write_logs(lines(key, 10, text="late"))
         return calls[-1]
 
     store.delete_logs_batch = counted
@@ -159,6 +161,13 @@ async def test_deleting_a_chatty_function_removes_its_lines_in_batches(tmp_path)
     assert stored_bytes(tmp_path / "fgd.db") == {}
     assert key not in store.log_bytes
     assert sqlite3.connect(tmp_path / "fgd.db").execute("SELECT COUNT(*) FROM log_usage").fetchone()[0] == 0
+    # A write that was queued behind the delete finds the function gone.
+    store.write_logs(lines(key, 10, text="later"))
+    assert stored_bytes(tmp_path / "fgd.db") == {}
+    # A new function of that name logs again.
+    await store.put(record("a"))
+    store.write_logs(lines(key, 3))
+    assert stored_bytes(tmp_path / "fgd.db")[key][1] == 3
 
 
 async def test_expiring_200k_lines_takes_many_short_transactions(tmp_path) -> None:
