@@ -115,6 +115,7 @@ def test_a_slow_export_neither_holds_the_package_in_memory_nor_blocks_other_requ
     reader.join()
     with zipfile.ZipFile(io.BytesIO(bytes(received))) as archive:
         assert archive.read("code.zip") == package
+    print(f"export of {len(package) / MB:.0f} MB: daemon RSS {before / MB:.0f} MB -> max {max(rss) / MB:.0f} MB")
     assert len(rss) >= 5, "the export finished too fast to watch"
     # Building the zip in memory would hold the package (48 MB) at least once.
     assert max(rss) - before < 16 * MB, (before, max(rss))
