@@ -257,3 +257,40 @@ def test_removed_lines_give_their_space_back_to_the_file_system(tmp_path) -> Non
         pass
     store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert path.stat().st_size < 3_000_000, (full, path.stat().st_size)
+
+
+def sqlite_steps(store: Store, action) -> int:
+    """SQLite virtual-machine work done by `action` (in units of 100 instructions)."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    store._db.set_progress_handler(count, 100)
+    try:
+        action()
+    finally:
+        store._db.set_progress_handler(None, 0)
+    return steps[0]
+
+
+def test_log_bookkeeping_never_scans_the_table(tmp_path) -> None:
+    """Writing, trimming and expiring costs the same with 5,000 or 100,000 lines per function
+    stored (an expiry pass looks at one window of LOG_BATCH lines, whatever the table)."""
+    costs = {}
+    a, b = ("p", "default", "a"), ("p", "default", "b")
+    for stored in (LOG_BATCH, 100_000):
+        store = Store(tmp_path / f"{stored}.db")
+        store.write_logs(lines(a, stored, start=1000.0))
+        store.write_logs(lines(b, stored, start=1000.0))
+        costs[stored] = (
+            sqlite_steps(store, lambda s=store: s.write_logs(lines(a, 20, start=5000.0))),
+            sqlite_steps(store, lambda s=store: s.trim_node_logs_batch(1000)),
+            sqlite_steps(store, lambda s=store: s.trim_function_logs_batch(b, 1000)),
+            # Nothing to expire: one look at the oldest window and done.
+            sqlite_steps(store, lambda s=store: s.expire_logs_batch(10.0, 0)),
+        )
+        store.close()
+    for small, large in zip(costs[LOG_BATCH], costs[100_000], strict=True):
+        assert large < 2 * small + 20, costs
