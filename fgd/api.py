@@ -290,13 +290,15 @@ def create_app(
         config = _bool_arg("config", False)
         if not (code or config):
             raise InvalidParameter("export needs code=true, config=true or both")
-        data = await store.run(functions.export, record, code=code, config=config)
-        filename = f"{record.func_name}.zip"
-        return Response(
-            data,
-            content_type="application/zip",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
+        # Streamed (see Functions.export): no package in memory, no thread held for its length.
+        chunks, length = await functions.export(record, code=code, config=config)
+        headers = {"Content-Disposition": f'attachment; filename="{record.func_name}.zip"'}
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        response = Response(chunks, content_type="application/zip", headers=headers)
+        # A large package to a slow client may take longer than Quart's 60 s default.
+        response.timeout = None
+        return response
 
     @app.post(f"{BASE}/dependencies/version")
     async def create_dependency(project_id: str) -> Response:

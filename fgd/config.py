@@ -35,6 +35,18 @@ class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Largest number of log lines, and characters, kept per invocation; the rest is counted.
     max_lines_per_invocation: int = 10_000
     max_bytes_per_invocation: int = 1024 * 1024
+    # Stored log bytes (text and names of each line plus a small fixed share) allowed per
+    # function and for the whole node; over either, the oldest lines are dropped first and the
+    # drop is logged and counted. They bound fgd.db on a small disk.
+    max_bytes_per_function: int = 64 * 1024 * 1024
+    max_bytes_total: int = 512 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.retention_days <= 0:
+            raise ValueError("logs.retention_days must be positive")
+        for name in ("max_bytes_per_function", "max_bytes_total"):
+            if getattr(self, name) < 64 * 1024:
+                raise ValueError(f"logs.{name} must be at least 65536 (64 KiB)")
 
 
 class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -92,7 +92,7 @@ async def serve(config: Config) -> None:
     token = load_or_create_token(state_dir)
     store = Store(state_dir / "fgd.db")
     code = CodeStore(state_dir, config.packages)
-    logs = LogSink(store, config.logs.retention_days)
+    logs = LogSink(store, config.logs)
     sandbox = build_sandbox(config, state_dir)
     zygote = python_zygote(seccomp=sandbox.protections.seccomp)
     zygotes = {zygote.runtime: zygote}
@@ -134,7 +134,7 @@ async def serve(config: Config) -> None:
 
     # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.
     async_depth = [0]
-    metrics = Metrics(gauges)
+    metrics = Metrics(gauges, functions=store.functions, logs=logs)
     dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth, config.server.region)
     triggers = Triggers(store, dispatcher.notify)
     functions.triggers = triggers

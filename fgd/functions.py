@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 import time
 import zipfile
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import trio
 
 from fgd.codestore import CodeStore, inline_zip
 from fgd.dependencies import Dependencies
@@ -227,17 +230,73 @@ class Functions:
         # Its code stays until the collector finds nothing uses it (a busy instance may still).
         await self._store.delete(record.key)
 
-    def export(self, record: FunctionRecord, *, code: bool, config: bool) -> bytes:
-        """The original code zip, or a zip of `config.json` (and `code.zip`) when config is asked for."""
-        if code and not config:
-            return self._code.read(record.code)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            if config:
-                archive.writestr("config.json", msgspec.json.format(msgspec.json.encode(self.config(record))))
-            if code:
-                archive.writestr("code.zip", self._code.read(record.code))
-        return buffer.getvalue()
+    async def export(
+        self, record: FunctionRecord, *, code: bool, config: bool
+    ) -> tuple[AsyncIterator[bytes], int | None]:
+        """The original code zip, or a zip of `config.json` (and `code.zip`) when config is
+        asked for, as chunks and the length if known in advance.
+
+        Streamed: the package is read EXPORT_CHUNK at a time in trio's worker threads (never
+        the store's), and the outer zip is written as it goes, so a large package neither sits
+        in the daemon's memory nor holds a thread for seconds. The blob is opened before the
+        answer starts: if the code is replaced meanwhile, this export still reads the old one.
+        """
+        blob = await trio.open_file(self._code.blob_path(record.code.sha256), "rb") if code else None
+        if blob is not None and not config:
+            return _read_chunks(blob), record.code.size
+        settings = msgspec.json.format(msgspec.json.encode(self.config(record))) if config else None
+        return _zip_chunks(record, settings, blob), None
+
+
+EXPORT_CHUNK = 256 * 1024
+# What trio.open_file returns (its class is not public).
+AsyncFile = Any
+
+
+async def _read_chunks(blob: AsyncFile) -> AsyncIterator[bytes]:
+    async with blob:
+        while chunk := await blob.read(EXPORT_CHUNK):
+            yield chunk
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only, unseekable sink: zipfile then writes entries with data descriptors, in order."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+async def _zip_chunks(record: FunctionRecord, settings: bytes | None, blob: AsyncFile | None) -> AsyncIterator[bytes]:
+    sink = _Chunks()
+    try:
+        with zipfile.ZipFile(sink, "w", zipfile.ZIP_DEFLATED) as archive:
+            if settings is not None:
+                archive.writestr("config.json", settings)
+            if blob is not None:
+                entry = zipfile.ZipInfo("code.zip", date_time=time.gmtime(record.last_modified)[:6])
+                # Already compressed: stored as is, and its size known up front (zip64 if large).
+                entry.compress_type = zipfile.ZIP_STORED
+                entry.file_size = record.code.size
+                with archive.open(entry, "w") as writer:
+                    while chunk := await blob.read(EXPORT_CHUNK):
+                        writer.write(chunk)
+                        yield sink.take()
+        yield sink.take()
+    finally:
+        if blob is not None:
+            await blob.aclose()
 
 
 def _timestamp(epoch: float) -> str:

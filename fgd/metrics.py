@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import bisect
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from fgd.invoker import Outcome
+from fgd.logs import LogSink
+from fgd.model import FunctionRecord
 
 Key = tuple[str, str, str]
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -53,15 +55,53 @@ class Histogram:
 
 
 class Metrics:
-    def __init__(self, gauges: Callable[[], dict[str, dict[str, float]]]) -> None:
+    def __init__(
+        self,
+        gauges: Callable[[], dict[str, dict[str, float]]],
+        functions: Mapping[Key, FunctionRecord] | None = None,
+        logs: LogSink | None = None,
+    ) -> None:
         self.invocations: dict[tuple[Key, str], int] = defaultdict(int)
         self.cold_starts: dict[Key, int] = defaultdict(int)
         self.throttles: dict[tuple[Key, str], int] = defaultdict(int)
         self.durations: dict[Key, Histogram] = defaultdict(Histogram)
         self.init_durations: dict[Key, Histogram] = defaultdict(Histogram)
         self._gauges = gauges
+        # The live functions (the store's map): series of a deleted function are dropped at
+        # the next scrape, also those an invocation still running at the delete adds later,
+        # and a new function of the same name (another `created`) starts from zero.
+        self._functions = functions
+        self._created: dict[Key, float] = {}
+        self._logs = logs
+
+    def _seen(self, key: Key) -> None:
+        """Before counting for `key`: start from zero if it is a new function of an old name."""
+        if self._functions is None:
+            return
+        record = self._functions.get(key)
+        if record is not None and self._created.get(key) != record.created:
+            if key in self._created:
+                self._forget({key})
+            self._created[key] = record.created
+
+    def _alive(self, key: Key) -> bool:
+        if self._functions is None:
+            return True
+        record = self._functions.get(key)
+        return record is not None and self._created.get(key, record.created) == record.created
+
+    def _forget(self, dead: set[Key]) -> None:
+        for key in dead:
+            self._created.pop(key, None)
+            self.cold_starts.pop(key, None)
+            self.durations.pop(key, None)
+            self.init_durations.pop(key, None)
+        for by_outcome in (self.invocations, self.throttles):
+            for label in [label for label in by_outcome if label[0] in dead]:
+                del by_outcome[label]
 
     def invoked(self, key: Key, outcome: Outcome) -> None:
+        self._seen(key)
         kind = "success" if outcome.error is None else OUTCOMES.get(outcome.error.error_type, "function_error")
         self.invocations[key, kind] += 1
         self.durations[key].observe(outcome.duration_ms / 1000)
@@ -71,9 +111,14 @@ class Metrics:
                 self.init_durations[key].observe(outcome.init_ms / 1000)
 
     def refused(self, key: Key, reason: str) -> None:
+        self._seen(key)
         self.throttles[key, reason] += 1
 
     def render(self) -> str:
+        # Series of deleted functions go (also those an invocation still running at the
+        # delete added afterwards).
+        known = set(self._created) | {label[0] for series in (self.invocations, self.throttles) for label in series}
+        self._forget({key for key in known if not self._alive(key)})
         out = [
             "# HELP fgd_invocations_total Invocations by function and outcome.",
             "# TYPE fgd_invocations_total counter",
@@ -111,6 +156,23 @@ class Metrics:
         ]
         for key, histogram in sorted(self.init_durations.items()):
             out += histogram.render("fgd_init_duration_seconds", f'function="{_label(key)}"')
+        if self._logs is not None:
+            for metric, counter, help_text in (
+                ("fgd_log_lines_dropped_total", self._logs.dropped_lines, "Stored log lines removed"),
+                ("fgd_log_bytes_dropped_total", self._logs.dropped_bytes, "Stored log bytes removed"),
+            ):
+                out += [
+                    f"# HELP {metric} {help_text} by function and reason (a byte cap, or retention age).",
+                    f"# TYPE {metric} counter",
+                ]
+                for (key, reason), count in sorted(counter.items()):
+                    if self._alive(key):
+                        out.append(f'{metric}{{function="{_label(key)}",reason="{reason}"}} {count}')
+            out += [
+                "# HELP fgd_log_stored_bytes Log bytes stored on this node (what logs.max_bytes_total bounds).",
+                "# TYPE fgd_log_stored_bytes gauge",
+                f"fgd_log_stored_bytes {self._logs.stored_bytes}",
+            ]
         for name, series in self._gauges().items():
             metric, _, help_text = name.partition(" ")
             out += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]

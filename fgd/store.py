@@ -27,6 +27,24 @@ log = logging.getLogger("fgd.store")
 
 # Asynchronous events deleted per transaction when their function is deleted.
 PURGE_BATCH = 500
+Key = tuple[str, str, str]
+
+# What one stored log line counts for against the byte caps: its text columns as UTF-8 (the
+# function's names too: the row and an index hold them), plus a fixed share for the time,
+# the row id and the index entries. The file holds about 1.3 times the sum (docs/operations.md).
+LINE_OVERHEAD = 64
+LINE_TEXT_COLUMNS = ("project_id", "package", "func_name", "request_id", "instance_id", "stream", "message")
+
+
+def line_size_sql(*texts: str) -> str:
+    return " + ".join(f"length(CAST({text} AS BLOB))" for text in texts) + f" + {LINE_OVERHEAD}"
+
+
+# Expiry and trims remove at most this many lines per transaction, so the store's single
+# thread is never held for long and other requests interleave between batches.
+LOG_BATCH = 5000
+# Free pages handed back to the file system per transaction by PRAGMA incremental_vacuum.
+VACUUM_PAGES = 2048
 
 # Each entry upgrades the schema by one version; never edit a released one.
 MIGRATIONS: list[str] = [
@@ -73,6 +91,25 @@ MIGRATIONS: list[str] = [
     );
     """,
     SCHEMA_LEASES,
+    # Logs bounded in bytes: each line carries its size, the function index covers it (a
+    # trim walks a function's oldest lines without reading them), and log_usage keeps the
+    # running totals per function so no write ever sums the table.
+    f"""
+    ALTER TABLE logs ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE logs SET size = {line_size_sql(*LINE_TEXT_COLUMNS)};
+    DROP INDEX logs_by_function;
+    CREATE INDEX logs_by_function ON logs (project_id, package, func_name, id, size);
+    CREATE TABLE log_usage (
+        project_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        func_name TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        lines INTEGER NOT NULL,
+        PRIMARY KEY (project_id, package, func_name)
+    );
+    INSERT INTO log_usage SELECT project_id, package, func_name, SUM(size), COUNT(*)
+        FROM logs GROUP BY project_id, package, func_name;
+    """,
 ]
 
 
@@ -98,13 +135,32 @@ _encoder = msgspec.json.Encoder()
 
 class Store:
     def __init__(self, path: Path) -> None:
+        self._path = path
         self._db = sqlite3.connect(path, check_same_thread=False)
+        # Deleted log lines leave free pages; incremental auto-vacuum lets us hand them back to
+        # the file system in small steps. It must be chosen before the first table (and before
+        # WAL writes the header); an older database is converted once, below.
+        self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
         self._db.execute("PRAGMA journal_mode=WAL")
+        # After a large transaction, truncate the WAL back to this size at the next checkpoint.
+        self._db.execute(f"PRAGMA journal_size_limit={16 * 1024 * 1024}")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._limiter = trio.CapacityLimiter(1)
+        # Functions deleted (or being deleted) since start and not created again: lines still
+        # on their way for them are not written.
+        self._deleted: set[Key] = set()
         self._migrate()
+        self._use_incremental_vacuum()
         self.queue = SqliteQueue(self._db)
+        # Stored log bytes per function, mirrored from log_usage: the sink checks its caps
+        # against these after every flush without touching the database.
+        self.log_bytes: dict[Key, int] = {
+            (project, package, name): size
+            for project, package, name, size in self._db.execute(
+                "SELECT project_id, package, func_name, bytes FROM log_usage"
+            )
+        }
         self.triggers: dict[str, Trigger] = self._load_triggers()
         self.functions: dict[tuple[str, str, str], FunctionRecord] = {}
         for project_id, package, func_name, blob in self._db.execute(
@@ -137,6 +193,19 @@ class Store:
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
             self._db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
 
+    def _use_incremental_vacuum(self) -> None:
+        """Convert a database created before incremental auto-vacuum (one VACUUM, once)."""
+        (mode,) = self._db.execute("PRAGMA auto_vacuum").fetchone()
+        if mode == 2:
+            return
+        log.info("converting %s to incremental auto-vacuum (once; rewrites the file)", self._path)
+        try:
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self._db.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            # Typically a full disk (VACUUM needs room for a copy): run on, reusing free pages.
+            log.warning("could not convert %s to incremental auto-vacuum: %s", self._path, exc)
+
     @property
     def schema_version(self) -> int:
         return self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -162,6 +231,7 @@ class Store:
         self.functions[record.key] = record
 
     def _put(self, record: FunctionRecord, blob: bytes) -> None:
+        self._deleted.discard(record.key)
         with self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO functions (project_id, package, func_name, record) VALUES (?, ?, ?, ?)",
@@ -186,6 +256,13 @@ class Store:
 
     async def delete(self, key: tuple[str, str, str]) -> None:
         deleted_at = time.time()
+        # A chatty function may have millions of lines: remove them in batches first, so the
+        # store's thread is never held for seconds; the last few go with the record. Lines
+        # written meanwhile or queued behind the delete (an invocation finishing) are refused,
+        # so none outlive it.
+        self._deleted.add(key)
+        while await self.run(self.delete_logs_batch, key) == LOG_BATCH:
+            pass
         await self.run(self._delete, key)
         self.functions.pop(key, None)
         # Its asynchronous events go too, a batch per transaction (a function may have
@@ -198,6 +275,8 @@ class Store:
         with self._db:
             self._db.execute("DELETE FROM functions WHERE project_id=? AND package=? AND func_name=?", key)
             self._db.execute("DELETE FROM logs WHERE project_id=? AND package=? AND func_name=?", key)
+            self._db.execute("DELETE FROM log_usage WHERE project_id=? AND package=? AND func_name=?", key)
+        self.log_bytes = {k: v for k, v in self.log_bytes.items() if k != key}
 
     def code_in_use(self) -> set[str]:
         return {r.code.sha256 for r in self.functions.values()} | {d.code.sha256 for d in self.dependencies.values()}
@@ -266,13 +345,43 @@ class Store:
 
     # Logs ------------------------------------------------------------------
 
+    @property
+    def log_bytes_total(self) -> int:
+        return sum(self.log_bytes.values())
+
     def write_logs(self, rows: Iterable[LogRow]) -> None:
+        if self._deleted:
+            rows = [row for row in rows if row[1:4] not in self._deleted]
         with self._db:
+            (last_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM logs").fetchone()
             self._db.executemany(
-                "INSERT INTO logs (time, project_id, package, func_name, request_id, instance_id, stream, message)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO logs"
+                " (time, project_id, package, func_name, request_id, instance_id, stream, message, size)"
+                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                + line_size_sql("?2", "?3", "?4", "?5", "?6", "?7", "?8")
+                + ")",
                 rows,
             )
+            # Only the rows just written (a range of the primary key), summed in SQLite.
+            # NOT INDEXED: else SQLite picks the function index for the GROUP BY and scans all of it.
+            added = self._db.execute(
+                "SELECT project_id, package, func_name, SUM(size), COUNT(*) FROM logs NOT INDEXED WHERE id>?"
+                " GROUP BY project_id, package, func_name",
+                (last_id,),
+            ).fetchall()
+            self._db.executemany(
+                "INSERT INTO log_usage (project_id, package, func_name, bytes, lines) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT DO UPDATE SET bytes=bytes+excluded.bytes, lines=lines+excluded.lines",
+                added,
+            )
+        # Replaced, not changed in place, when a key comes or goes: the trio thread iterates it.
+        usage = self.log_bytes
+        if any(tuple(row[:3]) not in usage for row in added):
+            usage = dict(usage)
+        for project, package, name, size, _ in added:
+            key = (project, package, name)
+            usage[key] = usage.get(key, 0) + size
+        self.log_bytes = usage
 
     def read_logs(
         self,
@@ -297,7 +406,91 @@ class Store:
         params.append(limit)
         return [(row[0], LogLine(*row[1:])) for row in self._db.execute(query, params)]
 
-    def expire_logs(self, older_than: float) -> int:
-        # No index on time (it would tax every insert); this runs hourly in the store thread.
+    # Each method below is one short transaction over at most LOG_BATCH lines; the caller
+    # (fgd.logs.LogSink) loops, so other store work runs between batches. Each returns what
+    # it removed per function: {key: (lines, bytes)}.
+
+    def expire_logs_batch(self, older_than: float, after_id: int) -> tuple[int | None, dict[Key, tuple[int, int]]]:
+        """Remove lines older than `older_than` among the LOG_BATCH lines after `after_id`.
+
+        Returns the id to continue after, or None once a batch held nothing to expire (ids
+        follow arrival and times only lag by an invocation's length, so the old lines are at
+        the front; there is no index on time, which would tax every insert).
+        """
+        window = self._db.execute(
+            "SELECT MAX(id), MIN(time) FROM (SELECT id, time FROM logs WHERE id>? ORDER BY id LIMIT ?)",
+            (after_id, LOG_BATCH),
+        ).fetchone()
+        last_id, oldest = window
+        if last_id is None or oldest >= older_than:
+            return None, {}
+        return last_id, self._remove("id>? AND id<=? AND time<?", (after_id, last_id, older_than), by_id=True)
+
+    def trim_function_logs_batch(self, key: Key, excess: int) -> tuple[int, int]:
+        """Remove a function's oldest lines, at least `excess` bytes (up to LOG_BATCH lines)."""
+        cut, lines, size = None, 0, 0
+        # The covering index gives (id, size) in order without reading the lines themselves.
+        for row_id, row_size in self._db.execute(
+            "SELECT id, size FROM logs WHERE project_id=? AND package=? AND func_name=? ORDER BY id LIMIT ?",
+            (*key, LOG_BATCH),
+        ):
+            cut, lines, size = row_id, lines + 1, size + row_size
+            if size >= excess:
+                break
+        if cut is None:
+            return 0, 0
+        removed = self._remove("project_id=? AND package=? AND func_name=? AND id<=?", (*key, cut))
+        return removed.get(key, (0, 0))
+
+    def trim_node_logs_batch(self, excess: int) -> dict[Key, tuple[int, int]]:
+        """Remove the node's oldest lines, whatever their function, at least `excess` bytes."""
+        cut, size = None, 0
+        for row_id, row_size in self._db.execute("SELECT id, size FROM logs ORDER BY id LIMIT ?", (LOG_BATCH,)):
+            cut, size = row_id, size + row_size
+            if size >= excess:
+                break
+        if cut is None:
+            return {}
+        return self._remove("id<=?", (cut,), by_id=True)
+
+    def delete_logs_batch(self, key: Key) -> int:
+        """Remove up to LOG_BATCH lines of a function being deleted; returns how many."""
+        removed = self._remove(
+            "id IN (SELECT id FROM logs WHERE project_id=? AND package=? AND func_name=? ORDER BY id LIMIT ?)",
+            (*key, LOG_BATCH),
+        )
+        return removed.get(key, (0, 0))[0]
+
+    def _remove(self, where: str, params: tuple, *, by_id: bool = False) -> dict[Key, tuple[int, int]]:
+        # A range of ids is read by the primary key: left to itself, SQLite would scan the
+        # whole function index for the GROUP BY.
+        table = "logs NOT INDEXED" if by_id else "logs"
         with self._db:
-            return self._db.execute("DELETE FROM logs WHERE time<?", (older_than,)).rowcount
+            counted = self._db.execute(
+                f"SELECT project_id, package, func_name, COUNT(*), SUM(size) FROM {table} WHERE {where}"
+                " GROUP BY project_id, package, func_name",
+                params,
+            ).fetchall()
+            self._db.execute(f"DELETE FROM logs WHERE {where}", params)
+            self._db.executemany(
+                "UPDATE log_usage SET lines=lines-?, bytes=bytes-? WHERE project_id=? AND package=? AND func_name=?",
+                [(lines, size, *key) for *key, lines, size in counted],
+            )
+        removed = {}
+        for project, package, name, lines, size in counted:
+            key = (project, package, name)
+            removed[key] = (lines, size)
+            if key in self.log_bytes:
+                self.log_bytes[key] = max(0, self.log_bytes[key] - size)
+        return removed
+
+    def vacuum_batch(self, keep_free: int) -> int:
+        """Hand free pages beyond `keep_free` bytes back to the file system, VACUUM_PAGES at
+        most; returns the free bytes left. A few free pages are kept for the next inserts."""
+        (page_size,) = self._db.execute("PRAGMA page_size").fetchone()
+        (free_pages,) = self._db.execute("PRAGMA freelist_count").fetchone()
+        extra = free_pages - keep_free // page_size
+        if extra > 0:
+            self._db.execute(f"PRAGMA incremental_vacuum({min(extra, VACUUM_PAGES)})").fetchall()
+            (free_pages,) = self._db.execute("PRAGMA freelist_count").fetchone()
+        return free_pages * page_size

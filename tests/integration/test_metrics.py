@@ -55,3 +55,27 @@ def test_counters_move_with_invocations(api: Api) -> None:
     assert values['fgd_memory_budget_megabytes{kind="total"}'] > 0
     assert "fgd_queued_requests" in values
     assert all(re.match(r"^[a-z_]+(\{.*\})?$", key) for key in values)
+
+
+def test_series_of_a_deleted_function_go_away(api: Api) -> None:
+    source = "def handler(e, c):\n    print('x')\n    return 1\n"
+    gone = api.deploy(source)["func_name"]
+    disabled = api.deploy(source, strategy_config={"concurrency": 0})["func_name"]
+    reborn = api.deploy(source)["func_name"]
+    for name in (gone, disabled, reborn, reborn):
+        api.invoke(name)
+    text = httpx.get(f"{api.daemon.url}/metrics", headers={"X-Auth-Token": api.daemon.token}).text
+    assert all(f'default:{name}"' in text for name in (gone, disabled, reborn))
+    for name in (gone, disabled, reborn):
+        assert api.http.delete(f"/functions/{name}").status_code == 204
+    # A new function of the same name, invoked before any scrape, starts from zero.
+    api.deploy(source, name=reborn)
+    api.invoke(reborn)
+    text = httpx.get(f"{api.daemon.url}/metrics", headers={"X-Auth-Token": api.daemon.token}).text
+    assert f'default:{gone}"' not in text
+    assert f'default:{disabled}"' not in text
+    values = scrape(api.daemon)
+    label = f'function="default/default:{reborn}"'
+    assert values[f'fgd_invocations_total{{{label},outcome="success"}}'] == 1
+    assert values[f"fgd_invocation_duration_seconds_count{{{label}}}"] == 1
+    assert values[f"fgd_cold_starts_total{{{label}}}"] == 1

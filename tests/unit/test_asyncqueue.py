@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fgd.asyncqueue import MAX_LEASES, AsyncEvent
-from fgd.store import Store
+from fgd.store import MIGRATIONS, Store
 
 SLOW = ("p", "default", "slow")
 FAST = ("p", "default", "fast")
@@ -141,10 +141,9 @@ def test_purge_removes_a_deleted_functions_events_of_every_status(store: Store) 
 def test_old_databases_gain_the_lease_counter(tmp_path: Path) -> None:
     # A database made by the previous schema (version 4) with an event in it.
     path = tmp_path / "fgd.db"
-    store = Store(path)
-    store.close()
     db = sqlite3.connect(path)
-    db.executescript("DROP INDEX async_finished; ALTER TABLE async_events DROP COLUMN leases; PRAGMA user_version=4;")
+    for number, script in enumerate(MIGRATIONS[:4], start=1):
+        db.executescript(f"BEGIN; {script}; PRAGMA user_version={number}; COMMIT;")
     db.close()
     store = Store(path)
     queue_events(store, SLOW, 1)
