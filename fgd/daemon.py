@@ -46,6 +46,19 @@ class StartupError(Exception):
     """The daemon cannot start; the message says what to fix."""
 
 
+# The kernel's OOM killer, when the node (or the daemon's cgroup) runs out, should take an
+# instance, never the daemon that serves every function. Instances raise their own score (no
+# privilege needed); the daemon also lowers its own where it may (CAP_SYS_RESOURCE).
+DAEMON_OOM_SCORE_ADJ = -900
+
+
+def protect_from_oom_killer() -> None:
+    try:
+        Path("/proc/self/oom_score_adj").write_text(str(DAEMON_OOM_SCORE_ADJ))
+    except OSError as exc:
+        log.info("cannot lower the daemon's OOM score (%s); instances still rank above it", exc.strerror)
+
+
 def prepare_state_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -88,6 +101,7 @@ def build_sandbox(config: Config, state_dir: Path) -> Sandbox:
 async def serve(config: Config) -> None:
     state_dir = Path(config.state_dir).resolve()
     prepare_state_dir(state_dir)
+    protect_from_oom_killer()
     host, port = split_host_port(config.server.listen)
     token = load_or_create_token(state_dir)
     store = Store(state_dir / "fgd.db")

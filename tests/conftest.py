@@ -50,6 +50,8 @@ class Daemon:
         self.config_path: Path | None = state_dir.parent / f"{state_dir.name}.toml"
         self.config_path.write_text(text)
         self.process: subprocess.Popen | None = None
+        # A cgroup directory (cgroup.procs inside) to start the daemon in, e.g. one with a memory limit.
+        self.cgroup: Path | None = None
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "fgd", "serve", "--state-dir", str(self.state_dir)]
@@ -58,7 +60,14 @@ class Daemon:
             argv += ["--config", str(self.config_path)]
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
         env = None if self.env is None else {**os.environ, **self.env}
-        self.process = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        procs = None if self.cgroup is None else self.cgroup / "cgroup.procs"
+        self.process = subprocess.Popen(
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=None if procs is None else lambda: procs.write_text(str(os.getpid())),
+        )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -42,6 +42,9 @@ def receive_fork(control: socket.socket) -> tuple[protocol.Frame, list[int]] | N
     return protocol.decode(msg), list(fds)
 
 
+INSTANCE_OOM_SCORE_ADJ = "500"
+
+
 def become_instance(control: socket.socket, wakeup_r: int, fds: list[int], programs: dict[str, bytes]) -> None:
     """In the child: wire up descriptors and run the instance loop."""
     signal.set_wakeup_fd(-1)
@@ -54,6 +57,14 @@ def become_instance(control: socket.socket, wakeup_r: int, fds: list[int], progr
     os.close(out_fd)
     os.close(err_fd)
     os.setpgid(0, 0)
+    # When memory runs out, the OOM killer must take an instance, not the daemon or this zygote:
+    # raising one's own score needs no privilege; written while privileged, it is also a floor
+    # the function cannot go below.
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(INSTANCE_OOM_SCORE_ADJ)
+    except OSError:
+        pass
     prctl.set_pdeathsig(signal.SIGKILL)
     gc.enable()
     instance.serve(socket.socket(fileno=sock_fd), programs)
