@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from collections import defaultdict, deque
 
@@ -186,13 +187,19 @@ class LogSink:
                 with trio.move_on_after(FLUSH_INTERVAL):
                     await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                await self.flush()
-                if time.monotonic() >= next_expiry:
-                    self._removed_since_vacuum += await self.expire(time.time() - self._retention)
-                    next_expiry = time.monotonic() + EXPIRY_INTERVAL
-                if self._removed_since_vacuum:
-                    self._removed_since_vacuum = 0
-                    await self.vacuum()
+                try:
+                    await self.flush()
+                    if time.monotonic() >= next_expiry:
+                        self._removed_since_vacuum += await self.expire(time.time() - self._retention)
+                        next_expiry = time.monotonic() + EXPIRY_INTERVAL
+                    if self._removed_since_vacuum:
+                        self._removed_since_vacuum = 0
+                        await self.vacuum()
+                except sqlite3.Error:
+                    raise  # the store itself failed: that stops the daemon
+                except Exception:
+                    # One bad batch is lost (it was taken off the queue), the sink goes on.
+                    log.exception("writing or expiring function logs failed; that batch of lines is lost")
         finally:
             with trio.CancelScope(shield=True):
                 await self.flush()

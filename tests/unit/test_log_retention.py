@@ -7,6 +7,7 @@ import time
 
 import msgspec
 import pytest
+import trio
 
 from fgd.config import Config, ConfigError, LogConfig, load
 from fgd.logs import LogSink
@@ -184,3 +185,27 @@ async def test_waiting_lines_over_the_node_cap_lose_the_oldest_first(tmp_path) -
     kept_early = [int(line.request_id[3:]) for line in messages(store, early) if line.stream == "stdout"]
     assert kept_early == list(range(100 - len(kept_early), 100))
     assert store.log_bytes_total <= 200 * KIB
+
+
+async def test_a_batch_that_fails_to_write_is_dropped_and_the_sink_goes_on(tmp_path, monkeypatch) -> None:
+    store, sink = await sink_with(tmp_path, "f")
+    key = ("p", "default", "f")
+    real_write = store.write_logs
+    calls = []
+
+    def failing_once(rows):
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise TypeError("a row the store cannot take")
+        return real_write(rows)
+
+    monkeypatch.setattr(store, "write_logs", failing_once)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sink.run)
+        sink.add(key, [line(1)])
+        await trio.sleep(0.5)
+        sink.add(key, [line(2)])
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    assert len(calls) >= 2
+    assert [stored.request_id for stored in messages(store, key)] == ["req00002"]
