@@ -225,6 +225,37 @@ def test_body_that_never_comes_is_408_and_closed(hard: Daemon, marked: str, list
     assert closed_within(sock, 2) is not None
 
 
+@pytest.mark.parametrize("how", ["close", "half-close"])
+@pytest.mark.parametrize("listener", ["api", "gateway"])
+def test_body_cut_short_by_disconnect_never_invokes(hapi: Api, listener: str, how: str) -> None:
+    daemon = hapi.daemon
+    name = hapi.deploy(MARKER, timeout=10)["func_name"]
+    path = f"/cut-{name}"
+    body = {"trigger_type_code": "APIG", "event_data": {"name": "c", "path": path}}
+    assert hapi.http.post(f"/triggers/{name}", json=body).status_code == 201
+    if listener == "api":
+        sock, head = connect(daemon.port), invoke_head(daemon, name, 1000)
+    else:
+        sock, head = connect(daemon.gateway_port), gateway_head(path, 1000)
+    # Ten bytes of a 1000-byte body, and they alone are valid JSON: the function must still not run.
+    sock.sendall(head + b'{"a": 1}  ')
+    time.sleep(0.2)
+    if how == "close":
+        sock.close()
+    else:
+        sock.shutdown(socket.SHUT_WR)
+        closed_within(sock, 3)
+        sock.close()
+    time.sleep(1.0)
+    assert not function_ran(hapi, name)
+    # The check can fail: a whole request of the same shape does run the function.
+    if listener == "api":
+        assert hapi.invoke(name, {"a": 1}).status_code == 200
+    else:
+        assert httpx.post(f"{daemon.gateway_url}{path}", content=b'{"a": 1}', timeout=10).status_code == 200
+    assert function_ran(hapi, name)
+
+
 # -- an answer sent before the body was read keeps the connection usable -------------------------
 
 
@@ -284,6 +315,44 @@ def test_too_large_to_drain_says_connection_close(hard: Daemon, marked: str) -> 
     assert response.status_code == 413
     assert (b"connection", b"close") in [(k.lower(), v) for k, v in response.headers]
     assert closed_within(sock, 3) is not None
+
+
+# -- JSON and headers ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("document", [b"[" * 100_000, b"[" * 5000 + b"]" * 5000, b'{"a":' * 50_000])
+def test_deeply_nested_json_is_400(hapi: Api, marked: str, document: bytes) -> None:
+    for path in (
+        "/functions",
+        f"/functions/{marked}/config",
+        f"/functions/{marked}/invocations",
+        f"/functions/{marked}/invocations-async",
+    ):
+        method = "PUT" if path.endswith("/config") else "POST"
+        response = hapi.http.request(method, path, content=document, headers={"Content-Type": "application/json"})
+        assert response.status_code == 400, (path, response.text)
+        assert response.json()["error_code"] == "FSS.0400"
+    assert_serving(hapi, marked)
+
+
+def test_error_type_with_crlf_is_sanitised_in_headers(hapi: Api) -> None:
+    source = """
+        def handler(event, context):
+            raise type(event["name"], (Exception,), {})("hostile")
+    """
+    name = hapi.deploy(source)["func_name"]
+    for error_type, shown in [
+        ("Bad\r\nX-Injected: 1", "Bad??X-Injected: 1"),
+        ("Tab\tand\u007fDEL", "Tab?and?DEL"),
+        ("\u041e\u0448\u0438\u0431\u043a\u0430", "??????"),
+    ]:
+        response = hapi.invoke(name, {"name": error_type})
+        assert response.status_code == 200, response.text
+        assert response.headers["x-is-func-err"] == "true"
+        assert response.headers["x-func-err-code"] == shown
+        assert "x-injected" not in response.headers
+        assert response.json()["errorType"] == error_type
+    assert_serving(hapi)
 
 
 # -- many slow clients ---------------------------------------------------------------------------
