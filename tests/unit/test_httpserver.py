@@ -11,6 +11,7 @@ import trio
 
 from fgd import httpserver
 from fgd.config import ServerConfig
+from fgd.gateway import to_http
 from fgd.httpserver import header_text, serve_http
 
 LIMITS = ServerConfig(header_timeout=2.0, body_timeout=2.0, keep_alive_timeout=2.0, send_timeout=2.0)
@@ -120,3 +121,8 @@ async def test_a_connection_that_fails_inside_the_server_ends_alone(
 def test_header_text_keeps_printable_ascii_only() -> None:
     assert header_text("Runtime.ExitError") == b"Runtime.ExitError"
     assert header_text("a\r\nb\x00c\td\x7fe\u00e9") == b"a??b?c?d?e?"
+
+
+def test_gateway_result_nested_too_deeply_is_refused() -> None:
+    with pytest.raises(ValueError, match="nested too deeply"):
+        to_http(b'{"statusCode": 200, "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
