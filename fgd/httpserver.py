@@ -237,7 +237,7 @@ def guard(app: ASGIApp, limits: ListenerConfig, slots: _Slots) -> ASGIApp:
                 message = "the listener is full and this request's body was the slowest to arrive; send it at once"
             else:
                 message = f"the request body stalled for more than {limits.body_timeout:g} s; send it at once"
-            log.info("%s %s: %s", *_request(scope), message)
+            log.debug("%s %s: %s", *_request(scope), message)
             await exchange.error(408, "FSS.0408", message)
 
     return guarded
