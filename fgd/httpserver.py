@@ -17,12 +17,12 @@ Per connection:
 - a response the client does not read for `send_timeout` ends the connection;
 - an exception anywhere in one connection is logged and closes that connection only.
 
-Per listener: at most `max_connections` at once. A new connection past the cap evicts
-one that is waiting on its client: an idle kept-alive connection first, else the one that
-has waited longest for a request head or the next piece of a body. A client that sends its
-request at once (a health check, an SDK) is never that one, so it gets in however many slow
-clients hold connections; only if every connection is busy inside the daemon (functions
-running) does the accept loop wait, with new clients queued in the kernel's backlog.
+Per listener: at most `max_connections` at once (briefly up to 1/8 more while evicted ones
+close). A new connection past the cap evicts one that is waiting on its client: an idle
+kept-alive connection first, else the one that has waited longest for a request head or the
+next piece of a body. A client that sends its request at once (a health check, an SDK) is
+never that one, so it gets in however many slow clients hold connections; only if every
+connection is busy inside the daemon (functions running) does a new client wait.
 """
 
 from __future__ import annotations
@@ -59,6 +59,19 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 DRAIN_LIMIT = 8 * 1024 * 1024
 # Errors of accept(2) that mean "out of descriptors or memory for now": wait and retry.
 _ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+# Errors of accept(2) about the one connection (gone before it was accepted ...): skip it.
+_ACCEPT_IGNORABLE_ERRNOS = {
+    errno.ECONNABORTED,
+    errno.EPROTO,
+    errno.EPERM,
+    errno.ENETDOWN,
+    errno.ENOPROTOOPT,
+    errno.EHOSTDOWN,
+    errno.ENONET,
+    errno.EHOSTUNREACH,
+    errno.EOPNOTSUPP,
+    errno.ENETUNREACH,
+}
 # Descriptors the daemon keeps for itself (store, instances, zygotes, packages) out of its limit.
 FD_RESERVE = 1024
 
@@ -279,23 +292,34 @@ class _Slots:
     """The connection cap of one listener, and the connections that wait on their clients."""
 
     def __init__(self, limit: int) -> None:
-        self._free = trio.Semaphore(limit)
+        self.limit = limit
+        # An evicted connection takes a few scheduler rounds to close; meanwhile up to this many
+        # more may be accepted, so a flood is not served one eviction round-trip at a time.
+        self.overshoot = max(1, min(limit // 8, 256))
+        self.count = 0
+        self._released = trio.Event()
         # Evicted in this order, oldest first: idle kept-alive connections, then connections
         # waiting for a request head or the next piece of a body (_Connection, _Exchange).
         self.idle: dict[Any, None] = {}
         self.waiting: dict[Any, None] = {}
         self.open: set[_Connection] = set()
 
-    async def acquire(self) -> None:
-        while self._free.value == 0:
-            # Wait for the evicted connection to close (a second only as a safety net: one more
-            # eviction per round, never a stampede), or, with every connection busy in the
-            # daemon, look again for one that has started to wait on its client.
-            evicted = self._evict_one()
-            with trio.move_on_after(1.0 if evicted else 0.05):
-                await self._free.acquire()
-                return
-        await self._free.acquire()
+    def take(self) -> bool:
+        """Count one more connection if the cap allows; at the cap, evict one to make room."""
+        if self.count >= self.limit and not (self.count < self.limit + self.overshoot and self._evict_one()):
+            return False
+        self.count += 1
+        return True
+
+    async def released(self) -> None:
+        """Until a connection closes, or a moment has passed (one may have started to wait)."""
+        with trio.move_on_after(0.05):
+            await self._released.wait()
+
+    def release(self) -> None:
+        self.count -= 1
+        self._released.set()
+        self._released = trio.Event()
 
     def _evict_one(self) -> bool:
         for group in (self.idle, self.waiting):
@@ -304,9 +328,6 @@ class _Slots:
                 victim.evict()
                 return True
         return False
-
-    def release(self) -> None:
-        self._free.release()
 
 
 class _Connection(TCPServer):
@@ -400,7 +421,7 @@ async def serve_http(
     context = WorkerContext(None)
     lifespan_state: dict = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)
-    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    sock.setblocking(False)
     bind = f"http://{repr_socket_addr(sock.family, sock.getsockname())}"
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -423,20 +444,32 @@ async def serve_http(
 
     async def accept(connections: trio.Nursery) -> None:
         while True:
-            # A slot is taken (a connection evicted, if the listener is full) only for a client
-            # that is actually waiting to be accepted.
             await trio.lowlevel.wait_readable(sock)
-            await slots.acquire()
-            while True:
+            # Take every pending connection in one go (a trio accept would let every runnable task
+            # run between two connections, which under a flood slows accepting to a crawl).
+            for _ in range(64):
                 try:
-                    stream = await listener.accept()
+                    client, _ = sock.accept()
+                except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    log.error("%s: accept failed (%s); retrying in 0.1 s", bind, exc.strerror)
-                    await trio.sleep(0.1)
-            connections.start_soon(handle, stream)
+                    if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                        log.error("%s: accept failed (%s); retrying in 0.1 s", bind, exc.strerror)
+                        await trio.sleep(0.1)
+                        break
+                    if exc.errno in _ACCEPT_IGNORABLE_ERRNOS:
+                        continue
+                    raise
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(client))
+                # A slot for a client that is really there: at the cap, one waiting connection
+                # is evicted; if every connection is busy in the daemon, this one waits.
+                try:
+                    while not slots.take():
+                        await slots.released()
+                except BaseException:
+                    client.close()
+                    raise
+                connections.start_soon(handle, stream)
 
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
@@ -447,7 +480,7 @@ async def serve_http(
                 task_status.started([bind])
                 await shutdown_trigger()
                 accepting.cancel_scope.cancel()
-            await listener.aclose()
+            sock.close()
             await context.terminated.set()
             for connection in list(slots.open):
                 connection.evict()
