@@ -6,7 +6,9 @@ request's head, as one deadline from the connection's start or the previous resp
 function runs) and `h11_max_incomplete_size` (the largest request head). It has no cap on
 connections, no body or send timeout, and any exception in a connection's bookkeeping ends
 the whole server. So `serve_http` replaces hypercorn's `worker_serve` (about as long) and
-keeps the rest: the protocol code, lifespan, and `TCPServer` with three small overrides.
+keeps the rest: the protocol code, lifespan, and `TCPServer` with three small overrides
+(`protocol_send`, `_read_data`, `_idle_timeout`: written against hypercorn 0.18's
+TCPServer; check them when the pin in pyproject.toml moves).
 
 Per connection:
 - the head of a request (request line and headers) must arrive within `header_timeout` of
