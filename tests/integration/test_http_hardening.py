@@ -427,10 +427,26 @@ def test_two_thousand_slow_clients_do_not_stop_health_api_or_invocations(tmp_pat
 # -- the connection cap (the gateway listener holds 4) -------------------------------------------
 
 
+def gateway_connections(daemon: Daemon) -> int:
+    """Connections the daemon holds open on its gateway port (closing ones included)."""
+    process = psutil.Process(daemon.process.pid)
+    return sum(
+        1 for c in process.net_connections("tcp") if c.laddr.port == daemon.gateway_port and c.status != "LISTEN"
+    )
+
+
+def settle_gateway(daemon: Daemon, count: int) -> None:
+    """Wait until the gateway holds `count` connections: closed ones count against the cap (and a
+    closed keep-alive one would be evicted first) until the daemon has noticed."""
+    deadline = time.monotonic() + 10
+    while gateway_connections(daemon) != count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert gateway_connections(daemon) == count
+
+
 @pytest.fixture
 def quiet_gateway(hard: Daemon, marked: str) -> None:
-    """Connections of earlier tests have finished closing (they count against the cap until then)."""
-    time.sleep(0.5)
+    settle_gateway(hard, 0)
 
 
 @pytest.mark.usefixtures("quiet_gateway")
@@ -440,7 +456,7 @@ def test_full_listener_evicts_the_slowest_client_not_the_new_one(hard: Daemon) -
         sock = connect(hard.gateway_port)
         sock.sendall(b"GET /m HTTP/1.1\r\nHost: x\r\n")  # a head that never ends
         slow.append(sock)
-        time.sleep(0.05)
+        settle_gateway(hard, len(slow))  # accepted one at a time, so in this order
     start = time.monotonic()
     response = httpx.get(f"{hard.gateway_url}/m", timeout=5)
     assert response.status_code == 200 and response.text == "ran"
@@ -453,11 +469,19 @@ def test_full_listener_evicts_the_slowest_client_not_the_new_one(hard: Daemon) -
 
 @pytest.mark.usefixtures("quiet_gateway")
 def test_full_listener_evicts_idle_keep_alive_before_slow_bodies(hard: Daemon) -> None:
-    bodies = []
-    for _ in range(GATEWAY_CAP - 1):
+    bodies: list[socket.socket] = []
+
+    def stalled_body() -> None:
+        # One at a time, so that the daemon sees them in this order (it would take a burst
+        # together and start them in any order).
         sock = connect(hard.gateway_port)
         sock.sendall(gateway_head("/m", 100))  # a body that never comes
         bodies.append(sock)
+        settle_gateway(hard, len(bodies))
+        time.sleep(0.05)
+
+    for _ in range(GATEWAY_CAP - 1):
+        stalled_body()
     idle = connect(hard.gateway_port)
     conn = h11.Connection(h11.CLIENT)
     idle.sendall(b"GET /m HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -468,9 +492,8 @@ def test_full_listener_evicts_idle_keep_alive_before_slow_bodies(hard: Daemon) -
     assert closed_within(idle, 0.3) is not None
     assert all(closed_within(sock, 0.05) is None for sock in bodies)
     # With nothing idle left, the longest-waiting body is next; its client is told why.
-    sock = connect(hard.gateway_port)
-    sock.sendall(gateway_head("/m", 100))
-    bodies.append(sock)
+    settle_gateway(hard, len(bodies))
+    stalled_body()
     response = httpx.get(f"{hard.gateway_url}/m", timeout=5)
     assert response.status_code == 200
     conn = h11.Connection(h11.CLIENT)
