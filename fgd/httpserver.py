@@ -248,7 +248,9 @@ def guard(app: ASGIApp, limits: ListenerConfig, slots: _Slots) -> ASGIApp:
         with exchange.app_scope:
             await app(scope, exchange.receive, exchange.send)
         if exchange.timed_out and not exchange.started:
-            if exchange.evicted:
+            if exchange.evicted and slots.closing:
+                message = "the daemon is shutting down; send the request again when it is back"
+            elif exchange.evicted:
                 message = "the listener is full and this request's body was the slowest to arrive; send it at once"
             else:
                 message = f"the request body stalled for more than {limits.body_timeout:g} s; send it at once"
@@ -299,6 +301,7 @@ class _Slots:
         # more may be accepted, so a flood is not served one eviction round-trip at a time.
         self.overshoot = max(1, min(limit // 8, 256))
         self.count = 0
+        self.closing = False
         self._released = trio.Event()
         # Evicted in this order, oldest first: idle kept-alive connections, then connections
         # waiting for a request head or the next piece of a body (_Connection, _Exchange).
@@ -484,8 +487,11 @@ async def serve_http(
                 accepting.cancel_scope.cancel()
             sock.close()
             await context.terminated.set()
-            for connection in list(slots.open):
-                connection.evict()
+            # Whoever waits on a client goes now: idle and half-sent heads close, stalled bodies
+            # get a 408, so a slow client cannot hold shutdown for shutdown_grace.
+            slots.closing = True
+            for waiter in [*slots.open, *slots.waiting]:
+                waiter.evict()
             connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
