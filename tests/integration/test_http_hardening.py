@@ -409,7 +409,7 @@ def test_two_thousand_slow_clients_do_not_stop_health_api_or_invocations(tmp_pat
         )
         assert measured < 4.0, "the measurement did not happen while the slow clients were connected"
         assert held > 1900
-        assert statistics.median(latencies) < 0.1 and max(latencies) < 0.5
+        assert statistics.median(latencies) < 0.1 and max(latencies) < 1.0
         # Every slow client is dropped within its timeout, and the descriptors go back.
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             closed = list(pool.map(lambda s: closed_within(s, 10), slow))
