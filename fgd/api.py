@@ -99,6 +99,8 @@ def create_app(
             return msgspec.json.decode(data)
         except msgspec.DecodeError as exc:
             raise InvalidParameter(f"the request body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise InvalidParameter("the request body is JSON nested too deeply") from None
 
     def lookup(project_id: str, urn: str) -> FunctionRecord:
         check_project(project_id)

@@ -10,15 +10,35 @@ from msgspec import Meta
 
 from fgd.packages import PackageLimits
 
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
 
-class ServerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+
+class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """HTTP limits of one listener (the API's [server], the gateway's [gateway]); see fgd.httpserver."""
+
+    # Open connections at once (about 16 KB each). Past this, a new connection evicts one that
+    # waits on its client: an idle keep-alive one first, else the slowest request head or body.
+    # Also capped by the daemon's open-file limit.
+    max_connections: Annotated[int, msgspec.Meta(ge=1)] = 4096
+    # A request line and headers must arrive within this many seconds of the connection
+    # opening or of the request's first byte.
+    header_timeout: Seconds = 5.0
+    # The longest pause between two pieces of a request body.
+    body_timeout: Seconds = 10.0
+    # How long an idle connection stays open between requests (when the listener is not full).
+    keep_alive_timeout: Seconds = 75.0
+    # The longest a client may leave a response unread (its receive window full).
+    send_timeout: Seconds = 30.0
+
+
+class ServerConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):
     listen: str = "127.0.0.1:8900"
     region: str = "local"
     # Seconds SIGTERM waits for in-flight requests before instances are killed.
     shutdown_grace: float = 10.0
 
 
-class GatewayConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+class GatewayConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):
     # The listener for APIG trigger routes; "" turns it off.
     listen: str = "127.0.0.1:8901"
 

@@ -8,6 +8,7 @@ every instance and zygote and flushes the logs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -16,8 +17,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-import hypercorn.config
-import hypercorn.trio
+import msgspec
 import trio
 
 from fgd import __version__
@@ -30,6 +30,7 @@ from fgd.dispatch import Dispatcher
 from fgd.front import Inflight, build_front
 from fgd.functions import Functions
 from fgd.gateway import build_gateway
+from fgd.httpserver import connection_caps, serve_http
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.metrics import Metrics
@@ -68,10 +69,10 @@ def prepare_state_dir(path: Path) -> None:
 
 
 def open_listener(host: str, port: int, listen: str) -> socket.socket:
-    """Bind the API socket ourselves, so a busy port is one clear error."""
+    """Bind a listening socket ourselves, so a busy port is one clear error."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=1024)
+        return socket.create_server((host, port), family=family, backlog=4096)
     except OSError as exc:
         raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
@@ -158,24 +159,19 @@ async def serve(config: Config) -> None:
     inflight = Inflight()
     front = build_front(app, functions, dependencies, invoker, token, inflight, metrics)
 
-    hconfig = hypercorn.config.Config()
-    listener = open_listener(host, port, config.server.listen)
-    # hypercorn takes the descriptor over (and closes it when it stops).
-    hconfig.bind = [f"fd://{listener.detach()}"]
-    hconfig.graceful_timeout = config.server.shutdown_grace
-    hconfig.accesslog = None
-    hconfig.errorlog = logging.getLogger("hypercorn.error")
-    hconfig.keep_alive_timeout = 75
-    shutdown = trio.Event()
-    servers = [(front, hconfig)]
+    # Both listeners run fgd.httpserver: hypercorn's protocol code behind fgd's connection cap and
+    # header, body, keep-alive and send timeouts ([server] and [gateway] in the config).
+    listeners = [(front, open_listener(host, port, config.server.listen), config.server)]
     if config.gateway.listen:
         ghost, gport = split_host_port(config.gateway.listen)
-        gconfig = hypercorn.config.Config()
-        gconfig.bind = [f"fd://{open_listener(ghost, gport, config.gateway.listen).detach()}"]
-        gconfig.graceful_timeout = config.server.shutdown_grace
-        gconfig.accesslog = None
-        gconfig.errorlog = logging.getLogger("hypercorn.error")
-        servers.append((inflight.wrap(build_gateway(store, invoker, token, metrics)), gconfig))
+        gateway = inflight.wrap(build_gateway(store, invoker, token, metrics))
+        listeners.append((gateway, open_listener(ghost, gport, config.gateway.listen), config.gateway))
+    caps = connection_caps([limits.max_connections for _, _, limits in listeners])
+    servers = [
+        (app_, sock, msgspec.structs.replace(limits, max_connections=cap))
+        for (app_, sock, limits), cap in zip(listeners, caps, strict=True)
+    ]
+    shutdown = trio.Event()
 
     try:
         async with trio.open_nursery() as services:
@@ -190,10 +186,15 @@ async def serve(config: Config) -> None:
             services.start_soon(triggers.run_timers)
             async with trio.open_nursery() as http:
                 binds = []
-                for app_, server_config in servers:
+                for app_, sock, limits in servers:
                     binds += await http.start(
-                        lambda task_status, a=app_, c=server_config: hypercorn.trio.serve(
-                            a, c, shutdown_trigger=shutdown.wait, task_status=task_status
+                        functools.partial(
+                            serve_http,
+                            app_,
+                            sock,
+                            limits,
+                            graceful_timeout=config.server.shutdown_grace,
+                            shutdown_trigger=shutdown.wait,
                         )
                     )
                 log.info("fgd %s serving on %s; state in %s", __version__, ", ".join(binds), state_dir)

@@ -28,6 +28,7 @@ from fgd.errors import (
     Unavailable,
 )
 from fgd.functions import Functions
+from fgd.httpserver import header_text
 from fgd.invoker import Invoker, Outcome, new_request_id
 from fgd.logs import billed_ms, tail
 from fgd.metrics import Metrics
@@ -86,6 +87,9 @@ async def read_body(
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":
+            # A body cut short is not the request the client meant: never act on it.
+            raise InvalidParameter(f"the client went away before {what} was complete")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -117,7 +121,9 @@ def _outcome_headers(outcome: Outcome, log_tail: bool) -> list[tuple[bytes, byte
         (b"x-is-func-err", b"true" if outcome.error else b"false"),
     ]
     if outcome.error:
-        headers.append((b"x-func-err-code", outcome.error.error_type.encode()))
+        # The function chooses its error type (any exception class name); in a header it is
+        # printable ASCII only, CR and LF included as '?'. The body carries it unchanged.
+        headers.append((b"x-func-err-code", header_text(outcome.error.error_type)))
     if log_tail:
         headers.append((b"x-cff-function-log", base64.b64encode(tail(outcome.logs))))
     return headers

@@ -4,14 +4,18 @@ The admin API can stay private while routes are public. A request matching
 an ACTIVE route (NORMAL: the exact path; SWA: the path or anything below it;
 the longest path wins) becomes FunctionGraph's APIG event, and the
 function's `{statusCode, headers, body, isBase64Encoded}` result becomes the
-HTTP response. A result of another shape, or a failed function, is a 502
-with a message saying what was wrong.
+HTTP response. A result of another shape, a status outside 200-599, a header
+that is not valid HTTP, or a failed function, is a 502 with a message saying
+what was wrong. Headers about the connection or the framing (Content-Length,
+Transfer-Encoding, Connection, ...) are the server's: the function's are dropped.
+The node's admin token, if a caller sends it, is removed from the event.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import urllib.parse
 from collections.abc import Callable
@@ -22,6 +26,7 @@ import msgspec
 from fgd import auth
 from fgd.errors import FgdError, NotFound
 from fgd.front import read_body
+from fgd.httpserver import header_problem
 from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
 from fgd.model import Trigger
@@ -60,9 +65,26 @@ def route_for(store: Store, path: str, method: str) -> Trigger | None:
     return max(candidates, key=lambda t: len(t.event_data["path"]), default=None)
 
 
-def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str) -> dict[str, Any]:
+def carries_token(name: bytes, value: bytes, token: str) -> bool:
+    """Whether this request header presents the node's admin token (X-Auth-Token or a Bearer)."""
+    if name == b"x-auth-token":
+        presented = value.strip()
+    elif name == b"authorization":
+        scheme, _, presented = value.strip().partition(b" ")
+        if scheme.lower() != b"bearer":
+            return False
+        presented = presented.strip()
+    else:
+        return False
+    return hmac.compare_digest(presented, token.encode())
+
+
+def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str, token: str) -> dict[str, Any]:
     headers: dict[str, str] = {}
     for name, value in scope["headers"]:
+        if carries_token(name, value, token):
+            # The node's admin token authenticates the caller to fgd; the function never sees it.
+            continue
         headers[name.decode("latin-1").lower()] = value.decode("latin-1")
     query = {k: v[-1] for k, v in urllib.parse.parse_qs(scope.get("query_string", b"").decode()).items()}
     return {
@@ -77,6 +99,15 @@ def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str) -> d
     }
 
 
+# Headers about this hop or the message's framing: fgd's HTTP server sets these itself, and a
+# function's copy would contradict it (a wrong Content-Length desynchronises the connection).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
+
+
+def _dropped(name: str, connection_tokens: set[str]) -> bool:
+    return name in HOP_BY_HOP or name.startswith("proxy-") or name in connection_tokens
+
+
 def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """The function's APIG response as HTTP, or ValueError saying why it is not one."""
     try:
@@ -85,22 +116,40 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
         raise ValueError(
             f"the function's result is not an APIG response ({{statusCode, headers, body}}): {exc}"
         ) from None
-    if not 100 <= answer.statusCode <= 599:
-        raise ValueError(f"the function's statusCode {answer.statusCode} is not an HTTP status")
+    except RecursionError:
+        raise ValueError("the function's result is JSON nested too deeply") from None
+    # 1xx are not final answers (101 would switch the connection to another protocol).
+    if not 200 <= answer.statusCode <= 599:
+        raise ValueError(f"the function's statusCode {answer.statusCode} is not a final HTTP status (200-599)")
     try:
         body = base64.b64decode(answer.body, validate=True) if answer.isBase64Encoded else answer.body.encode()
     except (binascii.Error, ValueError):
         raise ValueError("the function said isBase64Encoded but its body is not base64") from None
+    items = [
+        (name.lower(), str(item))
+        for name, value in answer.headers.items()
+        for item in (value if isinstance(value, list) else [value])
+    ]
+    connection_tokens = {
+        token.strip() for name, value in items if name == "connection" for token in value.lower().split(",")
+    }
     headers = []
-    for name, value in answer.headers.items():
-        for item in value if isinstance(value, list) else [value]:
-            headers.append((name.lower().encode("latin-1", "replace"), str(item).encode("latin-1", "replace")))
+    for name, value in items:
+        if _dropped(name, connection_tokens):
+            continue
+        encoded = (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+        problem = header_problem(*encoded)
+        if problem is not None:
+            raise ValueError(f"the function's response header is refused: {problem}")
+        headers.append(encoded)
+    if answer.statusCode in (204, 304):
+        body = b""  # these statuses have no body, and no Content-Length describes one
     return answer.statusCode, headers, body
 
 
 def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) -> Callable:
     async def respond(send: Callable, status: int, headers: list, body: bytes) -> None:
-        if not any(name == b"content-length" for name, _ in headers):
+        if status not in (204, 304):
             headers = [*headers, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -130,7 +179,7 @@ def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) 
                 auth.check_asgi(token, dict(scope["headers"]))
             body = await read_body(receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body")
             request_id = new_request_id()
-            event = _encoder.encode(apig_event(scope, body, trigger, request_id))
+            event = _encoder.encode(apig_event(scope, body, trigger, request_id, token))
             outcome = await invoker.invoke(record, event, request_id)
             metrics.invoked(record.key, outcome)
         except FgdError as refusal:

@@ -64,6 +64,8 @@ def check_event(event: bytes) -> bytes:
         msgspec.json.decode(event or b"{}")
     except msgspec.DecodeError:
         raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
+    except RecursionError:
+        raise InvalidParameter("the event is JSON nested too deeply") from None
     return event or b"{}"
 
 

@@ -200,3 +200,28 @@ def test_idle_instances_are_reaped_after_keepalive(tmp_path) -> None:
         assert summary["coldStart"] is True
     finally:
         daemon.stop()
+
+
+def test_sigterm_is_not_held_up_by_a_client_stalled_in_its_body(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    name = api.deploy("def handler(e, c):\n    return 1\n")["func_name"]
+    stalled = socket.create_connection(("127.0.0.1", fresh_daemon.port), timeout=10)
+    stalled.sendall(
+        f"POST /v2/default/fgs/functions/{name}/invocations HTTP/1.1\r\nHost: x\r\n"
+        f"X-Auth-Token: {fresh_daemon.token}\r\nContent-Length: 100\r\n\r\n{{".encode()
+    )
+    idle = socket.create_connection(("127.0.0.1", fresh_daemon.port), timeout=10)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200")
+    time.sleep(0.2)
+    start = time.monotonic()
+    fresh_daemon.process.send_signal(signal.SIGTERM)
+    # body_timeout and shutdown_grace are 10 s by default; neither is waited for.
+    assert fresh_daemon.process.wait(5) == 0
+    assert time.monotonic() - start < 3
+    answer = stalled.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408") and b"shutting down" in answer
+    idle.settimeout(2)
+    while idle.recv(65536):  # the rest of the answer, then the close (a timeout if it stays open)
+        pass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.conftest import Api
 
@@ -105,3 +106,155 @@ def test_plain_body_result(api: Api) -> None:
     response = httpx.get(f"{api.daemon.gateway_url}/plain-{name}")
     assert response.status_code == 200 and response.text == "plain text"
     assert response.headers["content-type"] == "text/plain"
+
+
+# -- hostile responses: a function's result never breaks the HTTP layer -------------------------
+
+# The function answers with whatever the query asks: ?status=<JSON> and ?headers=<JSON object>.
+SHAPED = """
+import json
+
+def handler(event, context):
+    query = event["queryStringParameters"]
+    return {
+        "statusCode": json.loads(query.get("status", "200")),
+        "headers": json.loads(query.get("headers", "{}")),
+        "body": query.get("body", "shaped"),
+    }
+"""
+
+
+def shaped_route(api: Api) -> str:
+    name = api.deploy(SHAPED)["func_name"]
+    assert route(api, name, f"/shaped-{name}").status_code == 201
+    return f"{api.daemon.gateway_url}/shaped-{name}"
+
+
+def assert_still_serving(api: Api, url: str) -> None:
+    """The daemon answers its health check and a well-formed gateway call after the hostile one."""
+    assert httpx.get(f"{api.daemon.url}/healthz", timeout=5).status_code == 200
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200 and response.text == "shaped", response.text
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        "101",
+        "100",
+        "103",
+        "199",
+        "0",
+        "-1",
+        "600",
+        "99999999999999999999999",
+        "true",
+        "false",
+        '"200"',
+        "200.0",
+        "null",
+    ],
+)
+def test_status_that_is_not_a_final_http_status_is_502(api: Api, status: str) -> None:
+    url = shaped_route(api)
+    response = httpx.get(url, params={"status": status}, timeout=10)
+    assert response.status_code == 502, response.text
+    assert response.json()["error_code"] == "FSS.0502"
+    assert "statusCode" in response.json()["error_msg"]
+    assert_still_serving(api, url)
+
+
+def test_hop_by_hop_and_framing_headers_from_the_function_are_dropped(api: Api) -> None:
+    url = shaped_route(api)
+    hostile = {
+        "Content-Length": "1",
+        "Transfer-Encoding": "chunked",
+        "Connection": "close, X-Private",
+        "Keep-Alive": "timeout=1",
+        "Upgrade": "websocket",
+        "TE": "trailers",
+        "Trailer": "X-Checksum",
+        "Proxy-Authenticate": "Basic",
+        "Proxy-Connection": "close",
+        "X-Private": "listed in Connection, so hop-by-hop",
+        "X-Kept": "yes",
+        "Set-Cookie": ["a=1", "b=2"],
+    }
+    with httpx.Client(timeout=10) as client:
+        response = client.get(url, params={"headers": json.dumps(hostile), "body": "twelve bytes"})
+        assert response.status_code == 200, response.text
+        assert response.text == "twelve bytes"
+        assert response.headers.get_list("content-length") == ["12"]
+        for name in ("transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "x-private"):
+            assert name not in response.headers, name
+        assert not [name for name in response.headers if name.startswith("proxy-")]
+        assert response.headers["x-kept"] == "yes"
+        assert response.headers.get_list("set-cookie") == ["a=1", "b=2"]
+        # The function's "Connection: close" did not end the connection: the next request uses it.
+        again = client.get(url)
+        assert again.status_code == 200 and again.text == "shaped"
+    assert_still_serving(api, url)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-A\r\nX-Injected": "1"},
+        {"X-A": "v\r\nX-Injected: 1"},
+        {"X-A": "line\nfeed"},
+        {"X-A": "carriage\rreturn"},
+        {"X-A": "nul\u0000byte"},
+        {"X-A": "escape\u001b[31m"},
+        {"X-A": ["fine", "bad\r\n"]},
+        {"Bad Name": "1"},
+        {"X-A:": "1"},
+        {"": "empty name"},
+        {"X-\u00e9": "non-token name"},
+    ],
+)
+def test_header_that_is_not_valid_http_is_502(api: Api, headers: dict) -> None:
+    url = shaped_route(api)
+    response = httpx.get(url, params={"headers": json.dumps(headers)}, timeout=10)
+    assert response.status_code == 502, response.text
+    assert "x-injected" not in response.headers
+    message = response.json()["error_msg"]
+    assert "header" in message and ("control character" in message or "not an HTTP token" in message)
+    assert_still_serving(api, url)
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_body_statuses_send_no_body(api: Api, status: int) -> None:
+    url = shaped_route(api)
+    with httpx.Client(timeout=10) as client:
+        response = client.get(url, params={"status": str(status), "body": "ignored"})
+        assert response.status_code == status
+        assert response.content == b""
+        assert "content-length" not in response.headers
+        assert client.get(url).text == "shaped"
+    assert_still_serving(api, url)
+
+
+def test_admin_token_never_reaches_the_function(api: Api) -> None:
+    name = api.deploy(ECHO)["func_name"]
+    route(api, name, f"/tok-{name}", auth="TOKEN")
+    route(api, name, f"/pub-{name}")
+    token = api.daemon.token
+    for path, sent in [
+        (f"/tok-{name}", {"X-Auth-Token": token}),
+        (f"/tok-{name}", {"Authorization": f"Bearer {token}"}),
+        (f"/tok-{name}", {"X-Auth-Token": token, "Authorization": f"bearer  {token}"}),
+        (f"/pub-{name}", {"X-Auth-Token": token, "X-Other": "kept"}),
+    ]:
+        response = httpx.get(f"{api.daemon.gateway_url}{path}", headers=sent, timeout=10)
+        assert response.status_code == 201, response.text
+        seen = response.json()["event"]["headers"]
+        assert "x-auth-token" not in seen and "authorization" not in seen, (path, seen)
+        assert token not in response.text
+    # The caller's own credentials for its function (not the node's token) pass through.
+    response = httpx.get(
+        f"{api.daemon.gateway_url}/pub-{name}",
+        headers={"Authorization": "Basic dXNlcjpwdw==", "X-Auth-Token": "the app's own"},
+        timeout=10,
+    )
+    seen = response.json()["event"]["headers"]
+    assert seen["authorization"] == "Basic dXNlcjpwdw==" and seen["x-auth-token"] == "the app's own"
