@@ -341,17 +341,19 @@ def test_error_type_with_crlf_is_sanitised_in_headers(hapi: Api) -> None:
             raise type(event["name"], (Exception,), {})("hostile")
     """
     name = hapi.deploy(source)["func_name"]
-    for error_type, shown in [
-        ("Bad\r\nX-Injected: 1", "Bad??X-Injected: 1"),
-        ("Tab\tand\u007fDEL", "Tab?and?DEL"),
-        ("\u041e\u0448\u0438\u0431\u043a\u0430", "??????"),
+    # Control characters are removed where the report enters the daemon (the body says the same);
+    # the header also turns what is not ASCII into "?".
+    for error_type, reported, shown in [
+        ("Bad\r\nX-Injected: 1", "BadX-Injected: 1", "BadX-Injected: 1"),
+        ("Tab\tand\u007fDEL", "TabandDEL", "TabandDEL"),
+        ("\u041e\u0448\u0438\u0431\u043a\u0430", "\u041e\u0448\u0438\u0431\u043a\u0430", "??????"),
     ]:
         response = hapi.invoke(name, {"name": error_type})
         assert response.status_code == 200, response.text
         assert response.headers["x-is-func-err"] == "true"
         assert response.headers["x-func-err-code"] == shown
         assert "x-injected" not in response.headers
-        assert response.json()["errorType"] == error_type
+        assert response.json()["errorType"] == reported
     assert_serving(hapi)
 
 
