@@ -12,25 +12,13 @@ from fgd.asyncqueue import AsyncEvent
 from fgd.config import AsyncConfig
 from fgd.dispatch import Dispatcher
 from fgd.invoker import Outcome
-from fgd.model import AsyncInvokeConfig, CodeRef, FunctionRecord, FunctionSettings
+from fgd.model import AsyncInvokeConfig, FunctionRecord
 from fgd.store import Store
+from tests.unit.test_store import record as stored_record
 
 
 def record(name: str, **async_config: object) -> FunctionRecord:
-    return FunctionRecord(
-        project_id="p",
-        package="default",
-        func_name=name,
-        runtime="Python3.11",
-        settings=FunctionSettings(handler="index.handler"),
-        code=CodeRef("a" * 64, "b" * 128, 10),
-        code_type="zip",
-        code_filename="",
-        revision=1,
-        async_config=AsyncInvokeConfig(**async_config),
-        created=1.0,
-        last_modified=1.0,
-    )
+    return stored_record(name, async_config=AsyncInvokeConfig(**async_config))
 
 
 class Invoker:

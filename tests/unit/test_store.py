@@ -14,20 +14,22 @@ from fgd.model import CodeRef, FunctionRecord, FunctionSettings
 from fgd.store import LINE_OVERHEAD, LOG_BATCH, MIGRATIONS, Store
 
 
-def record(name: str) -> FunctionRecord:
-    return FunctionRecord(
-        project_id="p",
-        package="default",
-        func_name=name,
-        runtime="Python3.11",
-        settings=FunctionSettings(handler="index.handler"),
-        code=CodeRef("a" * 64, "b" * 128, 10),
-        code_type="zip",
-        code_filename="",
-        revision=1,
-        created=1.0,
-        last_modified=1.0,
-    )
+def record(name: str, **changes: object) -> FunctionRecord:
+    """A stored function named `name` in project p, package default (fields in `changes` replaced)."""
+    fields: dict = {
+        "project_id": "p",
+        "package": "default",
+        "func_name": name,
+        "runtime": "Python3.11",
+        "settings": FunctionSettings(handler="index.handler"),
+        "code": CodeRef("a" * 64, "b" * 128, 10),
+        "code_type": "zip",
+        "code_filename": "",
+        "revision": 1,
+        "created": 1.0,
+        "last_modified": 1.0,
+    }
+    return FunctionRecord(**{**fields, **changes})
 
 
 def test_new_database_is_migrated_and_in_wal_mode(tmp_path) -> None:

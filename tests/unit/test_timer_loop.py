@@ -9,9 +9,10 @@ import msgspec
 import pytest
 import trio
 
-from fgd.model import CodeRef, FunctionRecord, FunctionSettings, Trigger
+from fgd.model import Trigger
 from fgd.store import Store
 from fgd.triggers import Triggers
+from tests.unit.test_store import record
 
 KEY = ("p", "default", "fn")
 
@@ -43,21 +44,7 @@ def fired(store: Store) -> list[str]:
 
 
 async def test_a_trigger_that_fails_is_skipped_and_the_others_fire(store: Store, caplog) -> None:
-    await store.put(
-        FunctionRecord(
-            project_id="p",
-            package="default",
-            func_name="fn",
-            runtime="Python3.11",
-            settings=FunctionSettings(handler="index.handler"),
-            code=CodeRef("a" * 64, "b" * 128, 10),
-            code_type="zip",
-            code_filename="",
-            revision=1,
-            created=1.0,
-            last_modified=1.0,
-        )
-    )
+    await store.put(record("fn"))
     triggers = Triggers(store, lambda: None)
     # Put in after the start-up check, as a bug elsewhere could: the loop is the last line of defence.
     store.triggers["no-schedule"] = trigger("no-schedule", name="a", schedule_type="Cron")
