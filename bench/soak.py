@@ -99,6 +99,7 @@ class Load:
         self.status: dict[str, int] = {}
         self.server_errors: list[str] = []
         self.transport_errors = 0
+        self.transport_seen: list[str] = []
 
     def count(self, what: str, status: int, body: bytes) -> None:
         with self.lock:
@@ -115,6 +116,7 @@ class Load:
         names, weights = zip(*SYNC_WEIGHTS.items(), strict=True)
         while not self.stop.is_set():
             roll = rng.random()
+            what = "connect"
             try:
                 if roll < 0.70:
                     name = rng.choices(names, weights)[0]
@@ -131,9 +133,11 @@ class Load:
                 conn.request(method, prefix + path, body=body, headers=headers)
                 response = conn.getresponse()
                 self.count(what, response.status, response.read())
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 with self.lock:
                     self.transport_errors += 1
+                    if len(self.transport_seen) < 10:
+                        self.transport_seen.append(f"{what}: {type(exc).__name__}: {exc}")
                 api.close()
                 gateway.close()
             # About 20-40 requests per second per client: steady pressure, not a throughput test.
@@ -263,6 +267,7 @@ def main() -> None:
             requests=sum(load.status.values()),
             by_status=dict(sorted(load.status.items())),
             transport_errors=load.transport_errors,
+            transport_errors_seen=load.transport_seen,
             rss_growth_after_warmup=round(rss_growth, 4),
             idle_before=idle_before,
             idle_after=idle_after,
