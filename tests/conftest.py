@@ -199,17 +199,21 @@ class Api:
         self.daemon = daemon
         self.http = daemon.client()
 
-    def deploy(self, source: str, *, name: str | None = None, files: dict | None = None, **settings) -> dict:
-        """Create a function whose index.py is `source` (dedented), or from `files`."""
+    def create(self, package: bytes, *, name: str | None = None, **settings) -> httpx.Response:
+        """POST /functions with `package` as the code zip; the answer, whatever it is."""
         body = {
             "func_name": name or unique_name(),
             "runtime": RUNTIME,
             "handler": "index.handler",
             "code_type": "zip",
-            "func_code": {"file": b64(make_zip(files or {"index.py": textwrap.dedent(source)}))},
+            "func_code": {"file": b64(package)},
             **settings,
         }
-        response = self.http.post("/functions", json=body)
+        return self.http.post("/functions", json=body)
+
+    def deploy(self, source: str, *, name: str | None = None, files: dict | None = None, **settings) -> dict:
+        """Create a function whose index.py is `source` (dedented), or from `files`."""
+        response = self.create(make_zip(files or {"index.py": textwrap.dedent(source)}), name=name, **settings)
         assert response.status_code == 200, response.text
         return response.json()
 

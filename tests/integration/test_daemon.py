@@ -166,6 +166,8 @@ def test_port_in_use_is_one_clear_line(tmp_path) -> None:
         ("[server]\nlisten = 5\n", ["server.listen", "str"]),
         ("[nonsense]\n", ["nonsense"]),
         ("not toml [", ["TOML"]),
+        ("[gateway]\nheader_timeout = 0\n", ["gateway.header_timeout"]),
+        ("[server]\nmax_connections = -1\n", ["server.max_connections"]),
     ],
 )
 def test_bad_config_file_is_one_clear_line(tmp_path, content: str, words: list[str]) -> None:

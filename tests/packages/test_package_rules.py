@@ -112,16 +112,7 @@ def test_symlink_inside_the_package_is_kept(api: Api) -> None:
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         archive.writestr(info, "index.py")
     name = unique_name("link")
-    response = api.http.post(
-        "/functions",
-        json={
-            "func_name": name,
-            "runtime": RUNTIME,
-            "handler": "index.handler",
-            "code_type": "zip",
-            "func_code": {"file": b64(buffer.getvalue())},
-        },
-    )
+    response = api.create(buffer.getvalue(), name=name)
     assert response.status_code == 200, response.text
     assert api.invoke(name).content == b"index.py"
 
@@ -278,16 +269,7 @@ def test_hostile_links_through_every_upload_route(api: Api, target: str, sentine
     before = surroundings(api)
     usage = disk_usage(api.daemon.state_dir)
     name = unique_name("linked")
-    response = api.http.post(
-        "/functions",
-        json={
-            "func_name": name,
-            "runtime": RUNTIME,
-            "handler": "index.handler",
-            "code_type": "zip",
-            "func_code": {"file": b64(exploit)},
-        },
-    )
+    response = api.create(exploit, name=name)
     assert response.status_code == 400, response.text
     assert "'l/X'" in response.json()["error_msg"]
     assert api.http.get(f"/functions/{name}/config").status_code == 404
@@ -318,16 +300,7 @@ def test_links_that_stay_inside_work_in_the_function(api: Api) -> None:
         corpus.Link("lib/up", ".."),
     ]
     name = unique_name("links")
-    response = api.http.post(
-        "/functions",
-        json={
-            "func_name": name,
-            "runtime": RUNTIME,
-            "handler": "index.handler",
-            "code_type": "zip",
-            "func_code": {"file": b64(corpus.package(items, handler))},
-        },
-    )
+    response = api.create(corpus.package(items, handler), name=name)
     assert response.status_code == 200, response.text
     assert api.invoke(name).content == b"dd"
 
