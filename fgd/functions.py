@@ -225,10 +225,11 @@ class Functions:
     async def delete(self, record: FunctionRecord) -> None:
         if self.triggers is not None:
             await self.triggers.delete_all(record)
-        self._invoker.stop(record.key, f"function {record.package}:{record.func_name} was deleted while it ran")
         self._logs.discard(record.key)
         # Its code stays until the collector finds nothing uses it (a busy instance may still).
         await self._store.delete(record.key)
+        # Gone from the store first: requests queued behind the stopped ones then find nothing to start.
+        self._invoker.stop(record.key, f"function {record.package}:{record.func_name} was deleted while it ran")
 
     async def export(
         self, record: FunctionRecord, *, code: bool, config: bool

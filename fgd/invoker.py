@@ -21,7 +21,7 @@ import trio
 from fgd.codestore import CodeStore
 from fgd.config import Config
 from fgd.dependencies import Dependencies
-from fgd.errors import InvalidParameter, Throttled, Unavailable
+from fgd.errors import InvalidParameter, NotFound, Throttled, Unavailable
 from fgd.instance import Instance, InstanceGone, LogLimits, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
@@ -571,6 +571,9 @@ class Invoker:
         return FunctionError("Runtime.ExitError", gone.message)
 
     async def _cold_start(self, record: FunctionRecord, request_id: str) -> tuple[Instance, ColdStartFailure | None]:
+        if self._store.get(record.key) is None:
+            # Deleted while this request waited in its queue: nothing of it may start again.
+            raise NotFound(f"function {record.package}:{record.func_name} was deleted")
         zygote = self.zygotes.get(record.runtime)
         if zygote is None:
             raise Unavailable(f"runtime {record.runtime} is not available on this node")

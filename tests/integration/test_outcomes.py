@@ -116,3 +116,24 @@ def test_sigterm_during_a_cold_start_leaves_no_cgroup_or_process(fresh_daemon: D
     assert stopped < 15  # the grace period (10 s) bounds it
     assert wait_none_with(mark)
     assert instance_cgroups(pid) == []
+
+
+def test_requests_queued_for_a_deleted_function_never_start_it_again(api: Api) -> None:
+    mark = marker()
+    name = api.deploy(
+        "import time\ndef handler(event, context):\n    time.sleep(30)\n",
+        timeout=60,
+        strategy_config={"concurrency": 1, "concurrent_num": 1},
+        user_data={"FGD_TEST_MARK": mark},
+    )["func_name"]
+    call = lambda: api.daemon.client(timeout=60).post(f"/functions/{name}/invocations", json={})  # noqa: E731
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        running = pool.submit(call)
+        time.sleep(1.0)
+        queued = pool.submit(call)  # waits: the only instance allowed is busy
+        time.sleep(0.5)
+        assert api.http.delete(f"/functions/{name}").status_code in (200, 204)
+        first, second = running.result(timeout=15), queued.result(timeout=15)
+    assert first.json()["errorType"] == "Runtime.ExitError"
+    assert second.status_code == 404, second.text
+    assert wait_none_with(mark)
