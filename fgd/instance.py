@@ -204,19 +204,25 @@ class Instance:
                 nursery.start_soon(self._pump, pipe)
 
     async def _pump(self, pipe: OutputPipe) -> None:
-        while not pipe.closed:
-            try:
-                await trio.lowlevel.wait_readable(pipe.fd)
-            except (trio.ClosedResourceError, OSError):
-                return
+        while not pipe.closed or pipe.pending:
+            if pipe.pending:
+                # Lines already read wait for their turn: let the rest of the daemon run first.
+                await trio.lowlevel.checkpoint()
+            else:
+                try:
+                    await trio.lowlevel.wait_readable(pipe.fd)
+                except (trio.ClosedResourceError, OSError):
+                    return
             self._collect(pipe.stream, pipe.drain())
 
     def collect_output(self) -> None:
         """Take in what the pipes hold right now (called when a request ends)."""
         for pipe in self._pipes:
-            if not pipe.closed:
+            if not pipe.closed or pipe.pending:
                 self._collect(pipe.stream, pipe.drain())
-            self._collect(pipe.stream, pipe.flush_partial())
+            if not pipe.pending:
+                # (With lines still pending, the partial line is not the last one: it waits for them.)
+                self._collect(pipe.stream, pipe.flush_partial())
 
     def _collect(self, stream: str, lines: list[str]) -> None:
         for text in lines:

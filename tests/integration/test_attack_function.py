@@ -1,0 +1,53 @@
+"""A hostile function's attacks on the daemon, tried on a real daemon.
+
+Each test is an attack a function's author can make from inside an instance;
+it asserts what the daemon and every other function observe.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import httpx
+
+from tests.conftest import Api, Daemon
+
+
+def worst_healthz_while(daemon: Daemon, running: concurrent.futures.Future) -> float:
+    """The slowest /healthz answer (seconds) while `running` is not done."""
+    worst = 0.0
+    with httpx.Client(timeout=30) as probe:
+        while not running.done():
+            started = time.monotonic()
+            assert probe.get(f"{daemon.url}/healthz").status_code == 200
+            worst = max(worst, time.monotonic() - started)
+            time.sleep(0.02)
+    return worst
+
+
+def test_a_flood_of_empty_lines_leaves_the_daemon_responsive(daemon: Daemon, api: Api) -> None:
+    # A million lines per megabyte: splitting them all in one go stalled the event loop for
+    # seconds (a /healthz took 7.7 s during 8 s of this flood before the per-drain line budget).
+    name = api.deploy(
+        "import os, time\n"
+        "def handler(event, context):\n"
+        "    chunk = b'\\n' * (1 << 20)\n"
+        "    end = time.time() + 3\n"
+        "    while time.time() < end:\n"
+        "        os.write(1, chunk)\n"
+        "    print('end', flush=True)\n"
+        "    return 'written'\n",
+        timeout=30,
+    )["func_name"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        flood = pool.submit(lambda: daemon.client(timeout=60).post(f"/functions/{name}/invocations", json={}))
+        worst = worst_healthz_while(daemon, flood)
+        response = flood.result()
+    assert response.content == b"written"
+    print(f"newline flood: /healthz worst {worst * 1000:.1f} ms")
+    assert worst < 0.5, f"/healthz took {worst * 1000:.0f} ms during the flood"
+    # The invocation kept its first lines and counted the rest.
+    logs = daemon.client().get(f"/functions/{name}/logs", params={"request_id": response.headers["x-cff-request-id"]})
+    messages = [line["message"] for line in logs.json()["logs"]]
+    assert any("log lines" in m and "dropped" in m for m in messages), messages[-3:]
