@@ -58,6 +58,16 @@ class LogLimits(msgspec.Struct, frozen=True):
     max_bytes: int
 
 
+def signal_name(number: int) -> str:
+    """SIGKILL, or SIGRTMIN+6 / "34" for a number the enum does not name (real-time signals)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return str(number)
+
+
 def _create_and_place(cgroups, name: str, pid: int, limits: Limits) -> None:
     cgroups.create(name)
     cgroups.set_limits(name, limits)
@@ -319,7 +329,7 @@ class Instance:
         if code is None:
             return "the function's process ended unexpectedly"
         if code < 0:
-            return f"the function's process was killed by signal {signal.Signals(-code).name}"
+            return f"the function's process was killed by signal {signal_name(-code)}"
         return f"the function's process exited with status {code}"
 
     # Frames ------------------------------------------------------------------

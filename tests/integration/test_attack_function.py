@@ -51,3 +51,21 @@ def test_a_flood_of_empty_lines_leaves_the_daemon_responsive(daemon: Daemon, api
     logs = daemon.client().get(f"/functions/{name}/logs", params={"request_id": response.headers["x-cff-request-id"]})
     messages = [line["message"] for line in logs.json()["logs"]]
     assert any("log lines" in m and "dropped" in m for m in messages), messages[-3:]
+
+
+def test_death_by_a_real_time_signal_is_an_exit_error_not_a_500(api: Api) -> None:
+    # The enum of signal names has no real-time signals: naming one raised into the daemon (a 500).
+    name = api.deploy(
+        "import os, signal\ndef handler(event, context):\n    os.kill(os.getpid(), signal.SIGRTMIN + 6)\n"
+    )["func_name"]
+    response = api.invoke(name)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-is-func-err"] == "true"
+    body = response.json()
+    assert body["errorType"] == "Runtime.ExitError"
+    assert "killed by signal SIGRTMIN+6" in body["errorMessage"], body
+    # An exit status that the sandbox's processes turn back into a signal (128 + n) is the same attack.
+    name = api.deploy("import os\ndef handler(event, context):\n    os._exit(128 + 40)\n")["func_name"]
+    response = api.invoke(name)
+    assert response.status_code == 200, response.text
+    assert response.json()["errorType"] == "Runtime.ExitError"
