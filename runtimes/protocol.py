@@ -9,6 +9,7 @@ Zygote control: Fork down (with fds passed by SCM_RIGHTS); Forked and Exited up.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import msgspec
@@ -28,6 +29,7 @@ MAX_LOG_LINE = 64 * 1024
 MAX_ERROR_TYPE = 128
 MAX_ERROR_MESSAGE = 64 * 1024
 MAX_STACK_LINES = 200
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class FunctionError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -112,11 +114,22 @@ class Log(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     message: str
 
 
+def utf8(text: str) -> str:
+    """`text` encodable as msgpack: a Python str may hold lone surrogates (os.fsdecode), msgpack may not."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return SURROGATES.sub("\ufffd", text)
+    return text
+
+
 def log_line(request_id: str, level: str, message: str) -> Log:
     """A Log frame whose message fits the daemon's line limit (it cuts longer ones; this keeps the frame small)."""
     if len(message) > MAX_LOG_LINE:
         message = message[:MAX_LOG_LINE] + f" [... {len(message) - MAX_LOG_LINE:,} more characters cut]"
-    return Log(request_id, level, message)
+    return Log(request_id, level, utf8(message))
 
 
 class Fork(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):

@@ -86,9 +86,9 @@ def error_from_exception(exc: BaseException) -> FunctionError:
         message = f"<the exception's message could not be read: {type(failure).__name__}>"
     # Bounded so the report always fits in a frame; the daemon cuts again on its side.
     return FunctionError(
-        type(exc).__name__[: protocol.MAX_ERROR_TYPE],
-        message[: protocol.MAX_ERROR_MESSAGE],
-        [line.rstrip("\n")[: protocol.MAX_LOG_LINE] for line in stack],
+        protocol.utf8(type(exc).__name__[: protocol.MAX_ERROR_TYPE]),
+        protocol.utf8(message[: protocol.MAX_ERROR_MESSAGE]),
+        [protocol.utf8(line.rstrip("\n")[: protocol.MAX_LOG_LINE]) for line in stack],
     )
 
 

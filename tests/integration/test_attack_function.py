@@ -69,3 +69,19 @@ def test_death_by_a_real_time_signal_is_an_exit_error_not_a_500(api: Api) -> Non
     response = api.invoke(name)
     assert response.status_code == 200, response.text
     assert response.json()["errorType"] == "Runtime.ExitError"
+
+
+def test_lone_surrogates_in_logs_and_errors_are_replaced_not_fatal(api: Api) -> None:
+    # Python strings may hold lone surrogates (os.fsdecode of a bad file name); msgpack may not.
+    name = api.deploy(
+        "def handler(event, context):\n"
+        "    context.getLogger().info('bad \\udcff name')\n"
+        "    raise ValueError('no such file \\udcff')\n"
+    )["func_name"]
+    response = api.invoke(name, headers={"X-Cff-Log-Type": "tail"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["errorType"] == "ValueError", body
+    assert body["errorMessage"] == "no such file \ufffd"
+    logs = api.http.get(f"/functions/{name}/logs", params={"request_id": response.headers["x-cff-request-id"]})
+    assert any(line["message"].endswith("bad \ufffd name") for line in logs.json()["logs"]), logs.json()
