@@ -20,7 +20,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from fgd.output import OutputPipe, Transcript, cut_line
+from fgd.output import LINE_COST, OutputPipe, Transcript, cut_line
 from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
@@ -34,6 +34,9 @@ RECENT_REQUESTS = 256
 INITIALIZER = "initializer"
 # How long to wait for the zygote's exit report after the socket closed.
 EXIT_REPORT_WAIT = 0.5
+# What the transcripts of all requests running on one instance hold together (Transcript.cost):
+# up to 1,000 requests share an instance, and each must not bring its own per-invocation limit.
+INSTANCE_LOG_BYTES = 16 * 1024 * 1024
 
 
 class State(enum.Enum):
@@ -97,6 +100,8 @@ class Instance:
         # running (to none when several run: their prints come tagged as Log frames).
         self.active: list[str] = []
         self._transcripts: dict[str, Transcript] = {}
+        # Transcript.cost of every transcript held now, against INSTANCE_LOG_BYTES.
+        self._held = 0
         # Requests finished lately, oldest first (a dict as an ordered set).
         self._finished: dict[str, None] = {}
         # Output that belongs to no running request (printed after its request ended, or by
@@ -273,7 +278,10 @@ class Instance:
             transcript = self._transcripts.get(owner)
             if transcript is None:
                 transcript = self._transcripts[owner] = Transcript()
-            transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes)
+            if self._held + len(line.message) + LINE_COST > INSTANCE_LOG_BYTES:
+                transcript.drop(line)
+            elif transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes):
+                self._held += len(line.message) + LINE_COST
         elif self.on_late is not None and self._late_budget > 0:
             self._late_budget -= 1
             self.on_late([line])
@@ -282,7 +290,10 @@ class Instance:
 
     def take_lines(self, request_id: str = "") -> list[LogLine]:
         transcript = self._transcripts.pop(request_id, None)
-        return transcript.finish(request_id, self.id) if transcript is not None else []
+        if transcript is None:
+            return []
+        self._held -= transcript.cost()
+        return transcript.finish(request_id, self.id)
 
     def take_all_lines(self) -> list[LogLine]:
         return [line for owner in list(self._transcripts) for line in self.take_lines(owner)]

@@ -17,6 +17,8 @@ from fgd.store import LogLine
 from runtimes.protocol import MAX_LOG_LINE
 
 READ_CHUNK = 1 << 16
+# What a kept log line costs beyond its text (the LogLine and its fields), so empty lines count too.
+LINE_COST = 128
 # Reads per wake-up of a pipe's reader: a writer that keeps the pipe full must not keep the
 # event loop from everything else, so the reader yields after this many bytes.
 READS_PER_DRAIN = 16
@@ -135,20 +137,30 @@ class Transcript:
         self.dropped_lines = 0
         self.dropped_bytes = 0
 
-    def add(self, line: LogLine, max_lines: int, max_bytes: int) -> None:
+    def add(self, line: LogLine, max_lines: int, max_bytes: int) -> bool:
+        """Keep `line` if the limits allow it (True), else count it."""
         size = len(line.message)
         if len(self.lines) >= max_lines or self.size + size > max_bytes:
-            self.dropped_lines += 1
-            self.dropped_bytes += size
-            return
+            self.drop(line)
+            return False
         self.size += size
         self.lines.append(line)
+        return True
+
+    def drop(self, line: LogLine) -> None:
+        self.dropped_lines += 1
+        self.dropped_bytes += len(line.message)
+
+    def cost(self) -> int:
+        """What the kept lines weigh in the daemon's memory, roughly: their text and their objects."""
+        return self.size + LINE_COST * len(self.lines)
 
     def finish(self, request_id: str, instance_id: str) -> list[LogLine]:
         if self.dropped_lines:
             note = (
                 f"{self.dropped_lines:,} log lines ({self.dropped_bytes:,} characters) dropped: an invocation "
-                "keeps its first lines up to the node's per-invocation limits"
+                "keeps its first lines up to the node's per-invocation limits (and the requests running at once "
+                "on one instance share a limit)"
             )
             self.lines.append(LogLine(time.time(), request_id, instance_id, "platform", note))
         return self.lines

@@ -10,6 +10,7 @@ import concurrent.futures
 import time
 
 import httpx
+import psutil
 
 from tests.conftest import Api, Daemon
 
@@ -85,3 +86,45 @@ def test_lone_surrogates_in_logs_and_errors_are_replaced_not_fatal(api: Api) -> 
     assert body["errorMessage"] == "no such file \ufffd"
     logs = api.http.get(f"/functions/{name}/logs", params={"request_id": response.headers["x-cff-request-id"]})
     assert any(line["message"].endswith("bad \ufffd name") for line in logs.json()["logs"]), logs.json()
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def test_concurrent_requests_do_not_multiply_the_log_memory_of_one_instance(daemon: Daemon, api: Api) -> None:
+    # One 128 MB instance may serve 1,000 requests at once, each allowed a 1 MB transcript:
+    # 100 of them grew the daemon by about 100 MB before the instance-wide cap.
+    requests = 100
+    name = api.deploy(
+        "import time\n"
+        "LINE = 'x' * 65000\n"
+        "def handler(event, context):\n"
+        "    for _ in range(16):\n"
+        "        print(LINE)\n"
+        "    time.sleep(2)\n"
+        "    return 'ok'\n",
+        timeout=30,
+        strategy_config={"concurrency": 1, "concurrent_num": 1000},
+    )["func_name"]
+    assert api.invoke(name).content == b"ok"  # warm: the instance exists before we measure
+    before = rss_mb(daemon.process.pid)
+    peak = before
+    url = f"{daemon.url}/v2/default/fgs/functions/{name}/invocations"
+
+    def call(_: int) -> httpx.Response:
+        return httpx.post(url, json={}, headers={"X-Auth-Token": daemon.token}, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(requests) as pool:
+        futures = [pool.submit(call, i) for i in range(requests)]
+        while not all(f.done() for f in futures):
+            peak = max(peak, rss_mb(daemon.process.pid))
+            time.sleep(0.05)
+    responses = [f.result() for f in futures]
+    assert [r.content for r in responses] == [b"ok"] * requests
+    print(f"{requests} concurrent chatty requests: daemon RSS {before:.0f} MB -> peak {peak:.0f} MB")
+    assert peak - before < 48, f"the daemon grew by {peak - before:.0f} MB"
+    # What was not kept is counted in the request's own log.
+    rid = responses[-1].headers["x-cff-request-id"]
+    logs = daemon.client().get(f"/functions/{name}/logs", params={"request_id": rid}).json()["logs"]
+    assert any("dropped" in line["message"] for line in logs) or sum(len(x["message"]) for x in logs) > 1_000_000
