@@ -20,7 +20,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from fgd.output import LINE_COST, OutputPipe, Transcript, cut_line
+from fgd.output import LINE_COST, LINES_PER_DRAIN, OutputPipe, Transcript, cut_line
 from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
@@ -37,6 +37,8 @@ EXIT_REPORT_WAIT = 0.5
 # What the transcripts of all requests running on one instance hold together (Transcript.cost):
 # up to 1,000 requests share an instance, and each must not bring its own per-invocation limit.
 INSTANCE_LOG_BYTES = 16 * 1024 * 1024
+# Drains of each pipe when a request ends: up to 10,240 lines, the default transcript's 10,000.
+DRAINS_AT_END = 10
 
 
 class State(enum.Enum):
@@ -233,8 +235,15 @@ class Instance:
     def collect_output(self) -> None:
         """Take in what the pipes hold right now (called when a request ends)."""
         for pipe in self._pipes:
-            if not pipe.closed or pipe.pending:
-                self._collect(pipe.stream, pipe.drain())
+            # What the request printed last is still its own: take up to about one transcript's
+            # worth of lines now (a few ms at worst), not just one turn's.
+            for _ in range(DRAINS_AT_END):
+                if pipe.closed and not pipe.pending:
+                    break
+                lines = pipe.drain()
+                self._collect(pipe.stream, lines)
+                if len(lines) < LINES_PER_DRAIN:
+                    break  # the pipe is empty (or held only long lines, bounded by the reads of one drain)
             if not pipe.pending:
                 # (With lines still pending, the partial line is not the last one: it waits for them.)
                 self._collect(pipe.stream, pipe.flush_partial())

@@ -128,3 +128,19 @@ def test_concurrent_requests_do_not_multiply_the_log_memory_of_one_instance(daem
     rid = responses[-1].headers["x-cff-request-id"]
     logs = daemon.client().get(f"/functions/{name}/logs", params={"request_id": rid}).json()["logs"]
     assert any("dropped" in line["message"] for line in logs) or sum(len(x["message"]) for x in logs) > 1_000_000
+
+
+def test_a_burst_printed_just_before_returning_stays_with_its_request(api: Api) -> None:
+    # The per-turn line budget must not push a request's last lines out of its log.
+    name = api.deploy(
+        "import os\n"
+        "def handler(event, context):\n"
+        "    os.write(1, b''.join(b'line %d\\n' % i for i in range(5000)))\n"
+        "    return 'ok'\n"
+    )["func_name"]
+    for _ in range(3):
+        response = api.invoke(name)
+        rid = response.headers["x-cff-request-id"]
+        logs = api.http.get(f"/functions/{name}/logs", params={"request_id": rid, "limit": 10000}).json()["logs"]
+        kept = [line["message"] for line in logs if line["message"].startswith("line ")]
+        assert len(kept) == 5000, f"{len(kept)} of 5000 lines kept under request {rid}"
