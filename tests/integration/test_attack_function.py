@@ -7,6 +7,9 @@ it asserts what the daemon and every other function observe.
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import subprocess
+import sys
 import time
 
 import httpx
@@ -144,3 +147,31 @@ def test_a_burst_printed_just_before_returning_stays_with_its_request(api: Api) 
         logs = api.http.get(f"/functions/{name}/logs", params={"request_id": rid, "limit": 10000}).json()["logs"]
         kept = [line["message"] for line in logs if line["message"].startswith("line ")]
         assert len(kept) == 5000, f"{len(kept)} of 5000 lines kept under request {rid}"
+
+
+def test_fgd_logs_never_sends_a_functions_control_characters_to_the_operators_terminal(
+    daemon: Daemon, api: Api
+) -> None:
+    # Escape sequences retitle the operator's terminal or write to its clipboard (OSC 52); a
+    # newline in a logger message forged a whole line, with another request id, in `fgd logs`.
+    name = api.deploy(
+        "import sys\n"
+        "def handler(event, context):\n"
+        "    print('\\x1b]52;c;ZWNobyBwd25lZA==\\x07\\x1b[2Jcleared\\rover\\x9b31m')\n"
+        "    context.getLogger().info('real\\n2026-01-01 00:00:00.000 forged-id platform Finish Invoke')\n"
+        "    return 'ok'\n"
+    )["func_name"]
+    assert api.invoke(name).content == b"ok"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FGD_")}
+    environ |= {"FGD_ENDPOINT": daemon.url, "FGD_STATE_DIR": str(daemon.state_dir)}
+    deadline = time.monotonic() + 5
+    out = ""
+    while "Finish" not in out and time.monotonic() < deadline:
+        done = subprocess.run(
+            [sys.executable, "-m", "fgd", "logs", name], capture_output=True, env=environ, timeout=60, check=True
+        )
+        out = done.stdout.decode()
+        time.sleep(0.2)
+    assert "cleared" in out and "forged-id" in out
+    assert not any(c in out for c in "\x1b\x07\r\x9b"), repr(out)
+    assert not any(line.startswith("2026-01-01") for line in out.splitlines()), out
