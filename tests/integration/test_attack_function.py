@@ -175,3 +175,14 @@ def test_fgd_logs_never_sends_a_functions_control_characters_to_the_operators_te
     assert "cleared" in out and "forged-id" in out
     assert not any(c in out for c in "\x1b\x07\r\x9b"), repr(out)
     assert not any(line.startswith("2026-01-01") for line in out.splitlines()), out
+
+
+def test_an_async_handler_raising_a_base_exception_ends_its_request_at_once(api: Api) -> None:
+    # CancelledError and SystemExit are not Exceptions: the request sat until its timeout, counted as one.
+    name = api.deploy(
+        "import asyncio\nasync def handler(event, context):\n    raise asyncio.CancelledError()\n", timeout=20
+    )["func_name"]
+    started = time.monotonic()
+    response = api.invoke(name)
+    assert time.monotonic() - started < 5
+    assert response.json()["errorType"] == "Runtime.ExitError", response.text
