@@ -106,6 +106,8 @@ class Instance:
         self._held = 0
         # Requests finished lately, oldest first (a dict as an ordered set).
         self._finished: dict[str, None] = {}
+        # The request that ended last with no other running: output while none runs is its.
+        self._ended_alone = ""
         # Output that belongs to no running request (printed after its request ended, or by
         # concurrent requests without a tag) goes straight to the function's log through
         # `on_late`, at most `log_limits.max_lines` lines between two requests; the rest is counted.
@@ -254,7 +256,10 @@ class Instance:
 
     @property
     def request_id(self) -> str:
-        """The request untagged output belongs to: the only one running, else none."""
+        """The request untagged output belongs to: the only one running; with none running, the
+        last one to end if it was running alone then (a background thread it left); else none."""
+        if not self.active:
+            return self._ended_alone
         return self.active[0] if len(self.active) == 1 else ""
 
     def begin(self, request_id: str) -> None:
@@ -274,6 +279,7 @@ class Instance:
         """`request_id` finished: its transcript; later output for it counts as late."""
         if request_id in self.active:
             self.active.remove(request_id)
+        self._ended_alone = "" if self.active else request_id
         self._finished[request_id] = None
         if len(self._finished) > RECENT_REQUESTS:
             del self._finished[next(iter(self._finished))]
