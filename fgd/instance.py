@@ -124,7 +124,7 @@ class Instance:
         self._send_lock = trio.Lock()
         self._log_limits = log_limits
         self._socket: trio.socket.SocketType | None = None
-        self._buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME)
+        self._buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME, from_instance=True)
         self._frames: collections.deque[protocol.Frame] = collections.deque()
         self._pipes: list[OutputPipe] = []
 

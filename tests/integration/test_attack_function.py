@@ -17,6 +17,7 @@ import httpx
 import psutil
 
 from tests.conftest import Api, Daemon
+from tests.integration.test_hostile import hostile
 
 
 def worst_healthz_while(daemon: Daemon, running: concurrent.futures.Future) -> float:
@@ -190,3 +191,35 @@ def test_an_async_handler_raising_a_base_exception_ends_its_request_at_once(api:
     response = api.invoke(name)
     assert time.monotonic() - started < 5
     assert response.json()["errorType"] == "Runtime.ExitError", response.text
+
+
+def test_a_huge_error_report_is_refused_before_it_is_decoded(api: Api) -> None:
+    # A Result whose stack trace is 7 million empty strings: 94 ms of the daemon's event loop to
+    # decode, and the instance survived to send the next one with its next answer.
+    source = hostile(
+        "rid = context.getRequestID().encode()\n"
+        "n = 7 * 1024 * 1024 - 300\n"
+        'send(frame(b"\\x83" + s("type") + s("Result") + s("request_id") + bytes([0xD9, len(rid)]) + rid'
+        ' + s("error") + b"\\x83" + s("error_type") + s("x") + s("error_message") + s("y") + s("stack_trace")'
+        ' + b"\\xdd" + struct.pack(">I", n) + b"\\xa0" * n))\n'
+        "time.sleep(1)\n"
+        "return 1"
+    )
+    name = api.deploy(source, memory_size=256)["func_name"]
+    response = api.invoke(name)
+    body = response.json()
+    assert body["errorType"] == "Runtime.ExitError", body
+    assert "error reports and every other frame are limited" in body["errorMessage"], body
+    # A large answer of the shape the runtime writes still goes through.
+    big = api.deploy("def handler(event, context):\n    return 'x' * (5 * 1024 * 1024)\n")["func_name"]
+    response = api.invoke(big)
+    assert response.headers["x-is-func-err"] == "false"
+    assert len(response.content) == 5 * 1024 * 1024
+
+
+def test_a_legitimately_huge_import_error_still_reaches_the_caller(api: Api) -> None:
+    # The runtime keeps its reports under the daemon's limit on error frames.
+    name = api.deploy("raise ValueError('\u65e5' * 300_000)\ndef handler(event, context):\n    return 1\n")["func_name"]
+    body = api.invoke(name).json()
+    assert body["errorType"] == "Runtime.ImportModuleError", body["errorMessage"][:300]
+    assert "ValueError" in body["errorMessage"]
