@@ -223,3 +223,26 @@ def test_a_legitimately_huge_import_error_still_reaches_the_caller(api: Api) -> 
     body = api.invoke(name).json()
     assert body["errorType"] == "Runtime.ImportModuleError", body["errorMessage"][:300]
     assert "ValueError" in body["errorMessage"]
+
+
+def test_a_flood_of_log_frames_on_the_protocol_socket_leaves_the_daemon_responsive(daemon: Daemon, api: Api) -> None:
+    # Tiny Log frames for no request, as fast as the socket takes them: each read of 64 KiB is
+    # about 1,400 frames, decoded and counted in a few ms before the daemon turns to others.
+    source = hostile(
+        'body = b"\\x84" + s("type") + s("Log") + s("request_id") + s("") + s("level") + s("stdout")'
+        ' + s("message") + s("")\n'
+        "blob = frame(body) * (1 << 15)\n"
+        "sock = proto()\n"
+        "end = time.time() + 3\n"
+        "while time.time() < end:\n"
+        "    sock.sendall(blob)\n"
+        'return "flooded"'
+    )
+    name = api.deploy(source, timeout=30)["func_name"]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        flood = pool.submit(lambda: daemon.client(timeout=60).post(f"/functions/{name}/invocations", json={}))
+        worst = worst_healthz_while(daemon, flood)
+        response = flood.result()
+    assert response.content == b"flooded"
+    print(f"log-frame flood: /healthz worst {worst * 1000:.1f} ms")
+    assert worst < 0.5, f"/healthz took {worst * 1000:.0f} ms during the flood"
