@@ -293,7 +293,8 @@ class Instance:
             transcript = self._transcripts.get(owner)
             if transcript is None:
                 transcript = self._transcripts[owner] = Transcript()
-            if self._held + len(line.message) + LINE_COST > INSTANCE_LOG_BYTES:
+            # (The platform's one summary line per request is never crowded out by the others' output.)
+            if stream != "platform" and self._held + len(line.message) + LINE_COST > INSTANCE_LOG_BYTES:
                 transcript.drop(line)
             elif transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes):
                 self._held += len(line.message) + LINE_COST
