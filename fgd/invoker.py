@@ -550,6 +550,9 @@ class Invoker:
             outcome.error = FunctionError(
                 "Runtime.Timeout", f"the function did not finish within its timeout of {settings.timeout} s"
             )
+        if outcome.error is not None and not outcome.max_memory_mb:
+            # Out of memory, crashed or timed out: what it used still counts (read before the kill).
+            outcome.max_memory_mb = instance.memory_peak_mb() or 0.0
         outcome.duration_ms = (trio.current_time() - started) * 1000
         self._finish(record, instance, outcome, healthy=healthy)
         return outcome

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import os
 import subprocess
 import sys
@@ -248,3 +249,25 @@ def test_a_flood_of_log_frames_on_the_protocol_socket_leaves_the_daemon_responsi
     assert response.content == b"flooded"
     print(f"log-frame flood: /healthz worst {worst * 1000:.1f} ms")
     assert worst < 0.5, f"/healthz took {worst * 1000:.0f} ms during the flood"
+
+
+def test_a_request_killed_for_memory_reports_the_memory_it_used(api: Api) -> None:
+    # The summary said "memoryUsed": 0.0 for the request that ran out of memory (and for a timeout).
+    name = api.deploy(
+        "import time\n"
+        "def handler(event, context):\n"
+        "    if event.get('sleep'):\n"
+        "        keep = b'x' * (40 << 20)\n"
+        "        time.sleep(10)\n"
+        "    b = b'x' * (500 << 20)\n",
+        memory_size=128,
+        timeout=2,
+    )["func_name"]
+    response = api.invoke(name)
+    assert response.json()["errorType"] == "Runtime.OutOfMemory"
+    used = json.loads(response.headers["x-cff-invoke-summary"])["memoryUsed"]
+    assert 100 <= used <= 160, used
+    response = api.invoke(name, {"sleep": True})
+    assert response.json()["errorType"] == "Runtime.Timeout"
+    used = json.loads(response.headers["x-cff-invoke-summary"])["memoryUsed"]
+    assert 40 <= used <= 128, used
