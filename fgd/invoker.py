@@ -335,7 +335,9 @@ class Invoker:
             self.scheduler.start_failed(pool_key(record))
             self._logs.add(record.key, lines)
             self._discard(record.key, instance)
-            log.warning("reserved instance of %s failed to start: %s", record.func_name, failure.error.error_message)
+            # The reason is the function's own text: quoted (no newline of its own) and short in our log.
+            reason = failure.error.error_message[:500]
+            log.warning("reserved instance of %s failed to start: %r", record.func_name, reason)
             return False
         self._logs.add(record.key, lines)
         instance.reserved = True

@@ -271,3 +271,20 @@ def test_a_request_killed_for_memory_reports_the_memory_it_used(api: Api) -> Non
     assert response.json()["errorType"] == "Runtime.Timeout"
     used = json.loads(response.headers["x-cff-invoke-summary"])["memoryUsed"]
     assert 40 <= used <= 128, used
+
+
+def test_a_reserved_instances_init_error_cannot_forge_lines_in_the_daemons_log(api: Api) -> None:
+    # The daemon logs why a reserved instance failed to start; the reason is the function's text.
+    forged = "FORGED-LINE-" + os.urandom(4).hex()
+    name = api.deploy(
+        f"raise RuntimeError('boom\\n2026-01-01 00:00:00 ERROR fgd: {forged}')\n"
+        "def handler(event, context):\n    return 1\n"
+    )["func_name"]
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 1}).status_code == 200
+    deadline = time.monotonic() + 10
+    while forged not in api.daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
+    lines = [line for line in api.daemon.log().splitlines() if forged in line]
+    assert lines, "the reserved instance's failure was not logged"
+    assert all("reserved instance of" in line for line in lines), lines
