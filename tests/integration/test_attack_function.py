@@ -16,6 +16,7 @@ import time
 
 import httpx
 import psutil
+import pytest
 
 from tests.conftest import Api, Daemon
 from tests.integration.test_hostile import hostile
@@ -101,6 +102,7 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+@pytest.mark.slow
 def test_concurrent_requests_do_not_multiply_the_log_memory_of_one_instance(daemon: Daemon, api: Api) -> None:
     # One 128 MB instance may serve 1,000 requests at once, each allowed a 1 MB transcript:
     # 100 of them grew the daemon by about 100 MB before the instance-wide cap.
