@@ -113,6 +113,10 @@ class Instance:
         # `on_late`, at most `log_limits.max_lines` lines between two requests; the rest is counted.
         self.on_late: Callable[[list[LogLine]], None] | None = None
         self._late_budget = log_limits.max_lines
+        # Set by begin() and close(): the pipes are read again after a pause. With no request
+        # running and the late allowance used up, output would only be counted: the pipes are left
+        # unread instead, so the instance's writers block and cost the daemon nothing.
+        self._output_wanted = trio.Event()
         self._late_dropped = 0
         self.kill_reason = ""
         # Kept started and warm for the function (reserved instances), never reaped.
@@ -224,6 +228,9 @@ class Instance:
 
     async def _pump(self, pipe: OutputPipe) -> None:
         while not pipe.closed or pipe.pending:
+            if not pipe.closed and not self.active and self._late_budget <= 0:
+                await self._output_wanted.wait()
+                continue
             if pipe.pending:
                 # Lines already read wait for their turn: let the rest of the daemon run first.
                 await trio.lowlevel.checkpoint()
@@ -270,6 +277,8 @@ class Instance:
         if request_id not in self.active:
             self.active.append(request_id)
         self._late_budget = self._log_limits.max_lines
+        self._output_wanted.set()
+        self._output_wanted = trio.Event()
         if self._late_dropped and self.on_late is not None:
             note = f"{self._late_dropped:,} log lines printed outside any request were dropped"
             self.on_late([LogLine(time.time(), "", self.id, "platform", note)])
@@ -335,6 +344,7 @@ class Instance:
 
     def close(self) -> None:
         self.kill()
+        self._output_wanted.set()
         if self._peak_fd >= 0:
             os.close(self._peak_fd)
             self._peak_fd = -1

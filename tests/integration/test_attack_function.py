@@ -290,3 +290,32 @@ def test_a_reserved_instances_init_error_cannot_forge_lines_in_the_daemons_log(a
     lines = [line for line in api.daemon.log().splitlines() if forged in line]
     assert lines, "the reserved instance's failure was not logged"
     assert all("reserved instance of" in line for line in lines), lines
+
+
+def test_an_idle_instance_flooding_its_output_costs_the_daemon_no_cpu(daemon: Daemon, api: Api) -> None:
+    # Between requests an instance is not billed; a thread it leaves writing empty lines kept
+    # the daemon reading and counting them at a full core until the instance was reaped.
+    name = api.deploy(
+        "import os, threading\n"
+        "def flood():\n"
+        "    chunk = b'\\n' * (1 << 16)\n"
+        "    while True:\n"
+        "        os.write(1, chunk)\n"
+        "def handler(event, context):\n"
+        "    if event.get('flood'):\n"
+        "        threading.Thread(target=flood, daemon=True).start()\n"
+        "    print('served')\n"
+        "    return 'ok'\n",
+    )["func_name"]
+    assert api.invoke(name, {"flood": True}).content == b"ok"
+    time.sleep(0.5)  # the late-line allowance is used up by now
+    process = psutil.Process(daemon.process.pid)
+    before = process.cpu_times()
+    time.sleep(2)
+    after = process.cpu_times()
+    spent = (after.user + after.system) - (before.user + before.system)
+    print(f"idle flood: the daemon spent {spent:.2f} s of CPU in 2 s")
+    assert spent < 0.5, f"the daemon spent {spent:.2f} s of CPU on an idle instance's output"
+    # The instance still serves, and its next request's output is read again.
+    response = api.invoke(name, headers={"X-Cff-Log-Type": "tail"})
+    assert response.content == b"ok"
