@@ -368,10 +368,15 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+# C0 and C1 controls but tab, and DEL: a function's text must not drive the operator's terminal
+# (escape sequences, OSC 52 clipboard writes) nor start a line of its own that looks like ours.
+TERMINAL_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0))}
+
+
 def format_log(line: dict) -> str:
     stamp = datetime.fromtimestamp(line["time"]).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
     request = line["request_id"] or "-"
-    return f"{stamp} {request} {line['stream']:<8} {line['message']}"
+    return f"{stamp} {request} {line['stream']:<8} {line['message'].translate(TERMINAL_CONTROLS)}"
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

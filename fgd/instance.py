@@ -20,7 +20,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
-from fgd.output import OutputPipe, Transcript, cut_line
+from fgd.output import LINE_COST, LINES_PER_DRAIN, OutputPipe, Transcript, cut_line
 from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
@@ -34,6 +34,11 @@ RECENT_REQUESTS = 256
 INITIALIZER = "initializer"
 # How long to wait for the zygote's exit report after the socket closed.
 EXIT_REPORT_WAIT = 0.5
+# What the transcripts of all requests running on one instance hold together (Transcript.cost):
+# up to 1,000 requests share an instance, and each must not bring its own per-invocation limit.
+INSTANCE_LOG_BYTES = 16 * 1024 * 1024
+# Drains of each pipe when a request ends: up to 10,240 lines, the default transcript's 10,000.
+DRAINS_AT_END = 10
 
 
 class State(enum.Enum):
@@ -56,6 +61,16 @@ class LogLimits(msgspec.Struct, frozen=True):
 
     max_lines: int
     max_bytes: int
+
+
+def signal_name(number: int) -> str:
+    """SIGKILL, or SIGRTMIN+6 / "34" for a number the enum does not name (real-time signals)."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        if signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
+        return str(number)
 
 
 def _create_and_place(cgroups, name: str, pid: int, limits: Limits) -> None:
@@ -87,13 +102,21 @@ class Instance:
         # running (to none when several run: their prints come tagged as Log frames).
         self.active: list[str] = []
         self._transcripts: dict[str, Transcript] = {}
+        # Transcript.cost of every transcript held now, against INSTANCE_LOG_BYTES.
+        self._held = 0
         # Requests finished lately, oldest first (a dict as an ordered set).
         self._finished: dict[str, None] = {}
+        # The request that ended last with no other running: output while none runs is its.
+        self._ended_alone = ""
         # Output that belongs to no running request (printed after its request ended, or by
         # concurrent requests without a tag) goes straight to the function's log through
         # `on_late`, at most `log_limits.max_lines` lines between two requests; the rest is counted.
         self.on_late: Callable[[list[LogLine]], None] | None = None
         self._late_budget = log_limits.max_lines
+        # Set by begin() and close(): the pipes are read again after a pause. With no request
+        # running and the late allowance used up, output would only be counted: the pipes are left
+        # unread instead, so the instance's writers block and cost the daemon nothing.
+        self._output_wanted = trio.Event()
         self._late_dropped = 0
         self.kill_reason = ""
         # Kept started and warm for the function (reserved instances), never reaped.
@@ -105,7 +128,7 @@ class Instance:
         self._send_lock = trio.Lock()
         self._log_limits = log_limits
         self._socket: trio.socket.SocketType | None = None
-        self._buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME)
+        self._buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME, from_instance=True)
         self._frames: collections.deque[protocol.Frame] = collections.deque()
         self._pipes: list[OutputPipe] = []
 
@@ -204,19 +227,35 @@ class Instance:
                 nursery.start_soon(self._pump, pipe)
 
     async def _pump(self, pipe: OutputPipe) -> None:
-        while not pipe.closed:
-            try:
-                await trio.lowlevel.wait_readable(pipe.fd)
-            except (trio.ClosedResourceError, OSError):
-                return
+        while not pipe.closed or pipe.pending:
+            if not pipe.closed and not self.active and self._late_budget <= 0:
+                await self._output_wanted.wait()
+                continue
+            if pipe.pending:
+                # Lines already read wait for their turn: let the rest of the daemon run first.
+                await trio.lowlevel.checkpoint()
+            else:
+                try:
+                    await trio.lowlevel.wait_readable(pipe.fd)
+                except (trio.ClosedResourceError, OSError):
+                    return
             self._collect(pipe.stream, pipe.drain())
 
     def collect_output(self) -> None:
         """Take in what the pipes hold right now (called when a request ends)."""
         for pipe in self._pipes:
-            if not pipe.closed:
-                self._collect(pipe.stream, pipe.drain())
-            self._collect(pipe.stream, pipe.flush_partial())
+            # What the request printed last is still its own: take up to about one transcript's
+            # worth of lines now (a few ms at worst), not just one turn's.
+            for _ in range(DRAINS_AT_END):
+                if pipe.closed and not pipe.pending:
+                    break
+                lines = pipe.drain()
+                self._collect(pipe.stream, lines)
+                if len(lines) < LINES_PER_DRAIN:
+                    break  # the pipe is empty (or held only long lines, bounded by the reads of one drain)
+            if not pipe.pending:
+                # (With lines still pending, the partial line is not the last one: it waits for them.)
+                self._collect(pipe.stream, pipe.flush_partial())
 
     def _collect(self, stream: str, lines: list[str]) -> None:
         for text in lines:
@@ -224,7 +263,10 @@ class Instance:
 
     @property
     def request_id(self) -> str:
-        """The request untagged output belongs to: the only one running, else none."""
+        """The request untagged output belongs to: the only one running; with none running, the
+        last one to end if it was running alone then (a background thread it left); else none."""
+        if not self.active:
+            return self._ended_alone
         return self.active[0] if len(self.active) == 1 else ""
 
     def begin(self, request_id: str) -> None:
@@ -235,6 +277,8 @@ class Instance:
         if request_id not in self.active:
             self.active.append(request_id)
         self._late_budget = self._log_limits.max_lines
+        self._output_wanted.set()
+        self._output_wanted = trio.Event()
         if self._late_dropped and self.on_late is not None:
             note = f"{self._late_dropped:,} log lines printed outside any request were dropped"
             self.on_late([LogLine(time.time(), "", self.id, "platform", note)])
@@ -244,6 +288,7 @@ class Instance:
         """`request_id` finished: its transcript; later output for it counts as late."""
         if request_id in self.active:
             self.active.remove(request_id)
+        self._ended_alone = "" if self.active else request_id
         self._finished[request_id] = None
         if len(self._finished) > RECENT_REQUESTS:
             del self._finished[next(iter(self._finished))]
@@ -257,7 +302,11 @@ class Instance:
             transcript = self._transcripts.get(owner)
             if transcript is None:
                 transcript = self._transcripts[owner] = Transcript()
-            transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes)
+            # (The platform's one summary line per request is never crowded out by the others' output.)
+            if stream != "platform" and self._held + len(line.message) + LINE_COST > INSTANCE_LOG_BYTES:
+                transcript.drop(line)
+            elif transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes):
+                self._held += len(line.message) + LINE_COST
         elif self.on_late is not None and self._late_budget > 0:
             self._late_budget -= 1
             self.on_late([line])
@@ -266,7 +315,10 @@ class Instance:
 
     def take_lines(self, request_id: str = "") -> list[LogLine]:
         transcript = self._transcripts.pop(request_id, None)
-        return transcript.finish(request_id, self.id) if transcript is not None else []
+        if transcript is None:
+            return []
+        self._held -= transcript.cost()
+        return transcript.finish(request_id, self.id)
 
     def take_all_lines(self) -> list[LogLine]:
         return [line for owner in list(self._transcripts) for line in self.take_lines(owner)]
@@ -292,6 +344,7 @@ class Instance:
 
     def close(self) -> None:
         self.kill()
+        self._output_wanted.set()
         if self._peak_fd >= 0:
             os.close(self._peak_fd)
             self._peak_fd = -1
@@ -313,7 +366,7 @@ class Instance:
         if code is None:
             return "the function's process ended unexpectedly"
         if code < 0:
-            return f"the function's process was killed by signal {signal.Signals(-code).name}"
+            return f"the function's process was killed by signal {signal_name(-code)}"
         return f"the function's process exited with status {code}"
 
     # Frames ------------------------------------------------------------------

@@ -335,7 +335,9 @@ class Invoker:
             self.scheduler.start_failed(pool_key(record))
             self._logs.add(record.key, lines)
             self._discard(record.key, instance)
-            log.warning("reserved instance of %s failed to start: %s", record.func_name, failure.error.error_message)
+            # The reason is the function's own text: quoted (no newline of its own) and short in our log.
+            reason = failure.error.error_message[:500]
+            log.warning("reserved instance of %s failed to start: %r", record.func_name, reason)
             return False
         self._logs.add(record.key, lines)
         instance.reserved = True
@@ -550,6 +552,9 @@ class Invoker:
             outcome.error = FunctionError(
                 "Runtime.Timeout", f"the function did not finish within its timeout of {settings.timeout} s"
             )
+        if outcome.error is not None and not outcome.max_memory_mb:
+            # Out of memory, crashed or timed out: what it used still counts (read before the kill).
+            outcome.max_memory_mb = instance.memory_peak_mb() or 0.0
         outcome.duration_ms = (trio.current_time() - started) * 1000
         self._finish(record, instance, outcome, healthy=healthy)
         return outcome

@@ -17,9 +17,14 @@ from fgd.store import LogLine
 from runtimes.protocol import MAX_LOG_LINE
 
 READ_CHUNK = 1 << 16
+# What a kept log line costs beyond its text (the LogLine and its fields), so empty lines count too.
+LINE_COST = 128
 # Reads per wake-up of a pipe's reader: a writer that keeps the pipe full must not keep the
 # event loop from everything else, so the reader yields after this many bytes.
 READS_PER_DRAIN = 16
+# Lines split per wake-up: each costs microseconds of Python, and a read of newlines holds
+# 65,536 of them (a flood of empty lines stalled the event loop for seconds without this).
+LINES_PER_DRAIN = 1024
 
 
 def cut_marker(skipped: int) -> str:
@@ -44,14 +49,21 @@ class LineSplitter:
         self._skipped = 0
 
     def feed(self, data: bytes) -> list[str]:
-        lines = []
+        return self.split(data, len(data) + 1)[0]
+
+    def split(self, data: bytes, max_lines: int) -> tuple[list[str], int]:
+        """At most `max_lines` complete lines from `data`, and how many bytes of it were taken."""
+        lines: list[str] = []
         start = 0
-        while (end := data.find(b"\n", start)) >= 0:
+        while len(lines) < max_lines and (end := data.find(b"\n", start)) >= 0:
             self._keep(data, start, end)
             lines.append(self._take())
             start = end + 1
-        self._keep(data, start, len(data))
-        return lines
+        if len(lines) < max_lines:
+            # No newline left: the rest is the start of a line.
+            self._keep(data, start, len(data))
+            start = len(data)
+        return lines, start
 
     def flush(self) -> list[str]:
         """The partial line, if any, as a line of its own (the stream ended or a request did)."""
@@ -83,23 +95,31 @@ class OutputPipe:
         self.stream = stream
         self.closed = False
         self._splitter = LineSplitter()
+        # Bytes read but not split yet: the rest of a read that held more than LINES_PER_DRAIN lines.
+        self.pending = b""
 
     def drain(self) -> list[str]:
-        """Complete lines from what the pipe holds now (at most READS_PER_DRAIN reads)."""
+        """Complete lines from what the pipe holds now (at most READS_PER_DRAIN reads and LINES_PER_DRAIN lines)."""
         lines: list[str] = []
         for _ in range(READS_PER_DRAIN):
-            if self.closed:
+            if not self.pending:
+                if self.closed:
+                    break
+                try:
+                    data = os.read(self.fd, READ_CHUNK)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    data = b""
+                if not data:
+                    self.closed = True
+                    break
+                self.pending = data
+            got, taken = self._splitter.split(self.pending, LINES_PER_DRAIN - len(lines))
+            lines += got
+            self.pending = self.pending[taken:]
+            if len(lines) >= LINES_PER_DRAIN:
                 break
-            try:
-                data = os.read(self.fd, READ_CHUNK)
-            except BlockingIOError:
-                break
-            except OSError:
-                data = b""
-            if not data:
-                self.closed = True
-                break
-            lines += self._splitter.feed(data)
         return lines
 
     def flush_partial(self) -> list[str]:
@@ -117,20 +137,30 @@ class Transcript:
         self.dropped_lines = 0
         self.dropped_bytes = 0
 
-    def add(self, line: LogLine, max_lines: int, max_bytes: int) -> None:
+    def add(self, line: LogLine, max_lines: int, max_bytes: int) -> bool:
+        """Keep `line` if the limits allow it (True), else count it."""
         size = len(line.message)
         if len(self.lines) >= max_lines or self.size + size > max_bytes:
-            self.dropped_lines += 1
-            self.dropped_bytes += size
-            return
+            self.drop(line)
+            return False
         self.size += size
         self.lines.append(line)
+        return True
+
+    def drop(self, line: LogLine) -> None:
+        self.dropped_lines += 1
+        self.dropped_bytes += len(line.message)
+
+    def cost(self) -> int:
+        """What the kept lines weigh in the daemon's memory, roughly: their text and their objects."""
+        return self.size + LINE_COST * len(self.lines)
 
     def finish(self, request_id: str, instance_id: str) -> list[LogLine]:
         if self.dropped_lines:
             note = (
                 f"{self.dropped_lines:,} log lines ({self.dropped_bytes:,} characters) dropped: an invocation "
-                "keeps its first lines up to the node's per-invocation limits"
+                "keeps its first lines up to the node's per-invocation limits (and the requests running at once "
+                "on one instance share a limit)"
             )
             self.lines.append(LogLine(time.time(), request_id, instance_id, "platform", note))
         return self.lines

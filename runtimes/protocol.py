@@ -9,6 +9,7 @@ Zygote control: Fork down (with fds passed by SCM_RIGHTS); Forked and Exited up.
 
 from __future__ import annotations
 
+import re
 import struct
 
 import msgspec
@@ -28,6 +29,7 @@ MAX_LOG_LINE = 64 * 1024
 MAX_ERROR_TYPE = 128
 MAX_ERROR_MESSAGE = 64 * 1024
 MAX_STACK_LINES = 200
+SURROGATES = re.compile("[\ud800-\udfff]")
 
 
 class FunctionError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -112,11 +114,43 @@ class Log(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     message: str
 
 
+def utf8(text: str) -> str:
+    """`text` encodable as msgpack: a Python str may hold lone surrogates (os.fsdecode), msgpack may not."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return SURROGATES.sub("\ufffd", text)
+    return text
+
+
+# Characters of stack lines one report carries: with the message's 64K, a report stays well
+# under MAX_UP_REPORT bytes even in 4-byte UTF-8.
+MAX_STACK_CHARS = 128 * 1024
+
+
+def bounded(error: FunctionError) -> FunctionError:
+    """`error` cut to fit a report the daemon accepts: message, number and total size of stack lines."""
+    message = utf8(error.error_message[:MAX_ERROR_MESSAGE])
+    stack: list[str] = []
+    room = MAX_STACK_CHARS
+    # The innermost lines (the end of the trace) are the ones worth keeping.
+    for line in reversed(error.stack_trace[-MAX_STACK_LINES:]):
+        if room <= 0:
+            break
+        cut = line[: min(MAX_LOG_LINE, room)]
+        stack.append(utf8(cut))
+        room -= len(cut)
+    stack.reverse()
+    return FunctionError(utf8(error.error_type[:MAX_ERROR_TYPE]), message, stack)
+
+
 def log_line(request_id: str, level: str, message: str) -> Log:
     """A Log frame whose message fits the daemon's line limit (it cuts longer ones; this keeps the frame small)."""
     if len(message) > MAX_LOG_LINE:
         message = message[:MAX_LOG_LINE] + f" [... {len(message) - MAX_LOG_LINE:,} more characters cut]"
-    return Log(request_id, level, message)
+    return Log(request_id, level, utf8(message))
 
 
 class Fork(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
@@ -153,6 +187,24 @@ Frame = (
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
 
+# A frame up larger than this may only be a Result carrying a body, or a Log line (one string
+# each, copied at memory speed). Decoding costs per element: an error report whose stack trace
+# was a list of 7 million empty strings held the daemon's event loop for 94 ms, and a function
+# may send one with every answer. Over this size, anything else is refused before decoding.
+MAX_UP_REPORT = 1024 * 1024
+
+
+class _BodyResult(msgspec.Struct, tag="Result", frozen=True, forbid_unknown_fields=True):
+    """A Result as a large frame may hold it: no error report (a non-nil `error` fails at once)."""
+
+    request_id: str
+    body: bytes | None = None
+    error: None = None
+    max_rss_kb: int = 0
+
+
+_large_up_decoder = msgspec.msgpack.Decoder(_BodyResult | Log)
+
 
 class ProtocolError(Exception):
     """The peer sent bytes that are not a valid frame."""
@@ -182,12 +234,29 @@ def decode(body: bytes | memoryview) -> Frame:
         raise ProtocolError("undecodable frame: nested too deeply") from None
 
 
+def decode_up(body: bytes | memoryview) -> Frame:
+    """`decode` for a frame from an instance (user code): large frames only of the shapes that need it."""
+    if len(body) <= MAX_UP_REPORT:
+        return decode(body)
+    try:
+        frame = _large_up_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise ProtocolError(
+            f"a frame of {len(body):,} bytes may only be a Result with a body or a Log line "
+            f"(error reports and every other frame are limited to {MAX_UP_REPORT:,} bytes)"
+        ) from None
+    if isinstance(frame, _BodyResult):
+        return Result(frame.request_id, frame.body, None, frame.max_rss_kb)
+    return frame
+
+
 class FrameBuffer:
     """Sans-IO reassembly of frames from arbitrary chunks of bytes."""
 
-    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME, *, from_instance: bool = False) -> None:
         self._buf = bytearray()
         self._max_frame = max_frame
+        self._decode = decode_up if from_instance else decode
 
     def feed(self, data: bytes) -> list[Frame]:
         self._buf += data
@@ -199,7 +268,7 @@ class FrameBuffer:
             end = HEADER.size + size
             if len(self._buf) < end:
                 break
-            frames.append(decode(bytes(self._buf[HEADER.size : end])))
+            frames.append(self._decode(bytes(self._buf[HEADER.size : end])))
             del self._buf[:end]
         return frames
 

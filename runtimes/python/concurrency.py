@@ -84,7 +84,10 @@ def serve_concurrently(conn: Connection, instance: Instance, slots: int, is_asyn
 
         async def run_async(frame: Invoke) -> None:
             current_request.set(frame.request_id)
-            done(frame.request_id, await instance.invoke_async(frame))
+            try:
+                done(frame.request_id, await instance.invoke_async(frame))
+            except BaseException:  # noqa: BLE001 - as for threads: unanswered, the request would wait for its timeout
+                os._exit(70)
 
         def submit(frame: Invoke) -> None:
             asyncio.run_coroutine_threadsafe(run_async(frame), loop)

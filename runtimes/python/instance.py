@@ -64,7 +64,7 @@ class Connection:
 class LoadError(Exception):
     def __init__(self, error_type: str, message: str, stack: list[str] | None = None) -> None:
         super().__init__(message)
-        self.error = FunctionError(error_type, message, stack or [])
+        self.error = protocol.bounded(FunctionError(error_type, message, stack or []))
 
 
 def _foreign(filename: str) -> bool:
@@ -85,11 +85,7 @@ def error_from_exception(exc: BaseException) -> FunctionError:
     except Exception as failure:  # noqa: BLE001 - a user exception's __str__ may fail too
         message = f"<the exception's message could not be read: {type(failure).__name__}>"
     # Bounded so the report always fits in a frame; the daemon cuts again on its side.
-    return FunctionError(
-        type(exc).__name__[: protocol.MAX_ERROR_TYPE],
-        message[: protocol.MAX_ERROR_MESSAGE],
-        [line.rstrip("\n")[: protocol.MAX_LOG_LINE] for line in stack],
-    )
+    return protocol.bounded(FunctionError(type(exc).__name__, message, [line.rstrip("\n") for line in stack]))
 
 
 def resolve(code_dir: str, handler: str, role: str) -> Callable[..., Any]:

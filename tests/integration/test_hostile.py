@@ -190,6 +190,8 @@ def test_output_after_the_request_ended_is_kept_under_it(api: Api) -> None:
         found = [line for line in logs if line["message"].startswith("late line of")]
         time.sleep(0.2)
     assert found, "the late line was lost"
+    # Under that request (as docs/api.md says), not under no request at all.
+    assert found[0]["request_id"] == response.headers["x-cff-request-id"], found
 
 
 def test_daemon_restarts_cleanly_after_hostile_instances(fresh_daemon: Daemon) -> None:

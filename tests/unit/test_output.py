@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 
-from fgd.output import LineSplitter, Transcript, cut_line
+from fgd.output import LINES_PER_DRAIN, LineSplitter, OutputPipe, Transcript, cut_line
 from fgd.store import LogLine
 from runtimes.protocol import MAX_LOG_LINE
 
@@ -67,3 +68,21 @@ def test_transcript_bounds_bytes() -> None:
     lines = transcript.finish("r", "i")
     assert len(lines) == 3  # two lines of 400 fit in 1000 characters, then the count
     assert "8 log lines (3,200 characters) dropped" in lines[-1].message
+
+
+def test_one_drain_splits_a_bounded_number_of_lines_and_keeps_the_rest() -> None:
+    read, write = os.pipe2(os.O_NONBLOCK)
+    try:
+        os.write(write, b"\n" * 60_000 + b"last\npartial")
+        pipe = OutputPipe(read, "stdout")
+        first = pipe.drain()
+        assert len(first) == LINES_PER_DRAIN
+        assert pipe.pending
+        lines = first
+        while pipe.pending:
+            lines += pipe.drain()
+        assert len(lines) == 60_001 and lines[-1] == "last"
+        assert pipe.flush_partial() == ["partial"]
+    finally:
+        os.close(read)
+        os.close(write)

@@ -90,3 +90,21 @@ def test_log_line_frame_cuts_long_messages() -> None:
     assert frame.message.startswith("x" * protocol.MAX_LOG_LINE)
     assert frame.message.endswith("[... 10 more characters cut]")
     assert protocol.log_line("r1", "INFO", "short").message == "short"
+
+
+def test_large_frames_from_an_instance_are_only_answers_with_a_body_or_log_lines() -> None:
+    big = "m" * (protocol.MAX_UP_REPORT + 1)
+    answer = protocol.encode(protocol.Result("r", body=big.encode(), max_rss_kb=7))
+    log = protocol.encode(protocol.Log("r", "stdout", big))
+    report = protocol.encode(protocol.Result("r", error=protocol.FunctionError("E", big)))
+    init = protocol.encode(protocol.InitError(protocol.FunctionError("E", "m", [big])))
+    buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME, from_instance=True)
+    assert buffer.feed(answer) == [protocol.Result("r", body=big.encode(), max_rss_kb=7)]
+    assert buffer.feed(log) == [protocol.Log("r", "stdout", big)]
+    for refused in (report, init):
+        with pytest.raises(protocol.ProtocolError, match="error reports and every other frame are limited"):
+            protocol.FrameBuffer(protocol.MAX_UP_FRAME, from_instance=True).feed(refused)
+    # Small ones of every shape decode as before, and frames down are not held to this.
+    small = protocol.Result("r", error=protocol.FunctionError("E", "m", ["a"] * 200))
+    assert protocol.FrameBuffer(from_instance=True).feed(protocol.encode(small)) == [small]
+    assert protocol.FrameBuffer().feed(report)[0].error.error_message == big
