@@ -15,6 +15,7 @@ import posixpath
 import stat
 import unicodedata
 import zipfile
+from typing import Annotated
 
 import msgspec
 
@@ -28,19 +29,24 @@ SUPPORTED_METHODS = {
 }
 
 
+# Hardening (issue 9): a limit of zero or less would refuse every package, or make no sense.
+_AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+_AtLeastZero = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class PackageLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Per-node limits for code and dependency packages (FunctionGraph's defaults)."""
 
-    max_files: int = 30_000
-    max_bytes: int = 300 * 1024 * 1024
+    max_files: _AtLeastOne = 30_000
+    max_bytes: _AtLeastOne = 300 * 1024 * 1024
     # Direct (base64 in JSON) uploads; larger zips are sent as a raw application/zip body.
-    max_inline_zip: int = 10 * 1024 * 1024
+    max_inline_zip: _AtLeastZero = 10 * 1024 * 1024
     # An entry may inflate to at most this many times its compressed size (once over 1 MiB).
-    max_ratio: int = 1000
-    ratio_floor: int = 1024 * 1024
-    max_depth: int = 64
-    max_name_bytes: int = 1024
-    max_component_bytes: int = 255
+    max_ratio: _AtLeastOne = 1000
+    ratio_floor: _AtLeastZero = 1024 * 1024
+    max_depth: _AtLeastOne = 64
+    max_name_bytes: _AtLeastOne = 1024
+    max_component_bytes: _AtLeastOne = 255
 
 
 # Links followed in one path walk, nested ones included: the kernel's own limit (ELOOP).
