@@ -89,7 +89,8 @@ class AsyncInvokeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 class CodeRef(msgspec.Struct, frozen=True):
     """A stored code zip: content-addressed by sha256; digest is its sha512."""
 
-    sha256: str
+    # Checked when a stored record is read back: the store's paths are built from it.
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
     sha512: str
     size: int
 

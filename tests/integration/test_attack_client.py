@@ -6,7 +6,9 @@ the daemon still serves. Holes found this way and fixed (issue 9) are marked "wa
 
 from __future__ import annotations
 
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Api, Daemon, unique_name
+from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
 
 ECHO = "def handler(event, context):\n    return event\n"
 
@@ -42,6 +44,46 @@ def raw_exchange(port: int, request: bytes, wait: float = 3.0) -> bytes:
         except TimeoutError:
             pass
     return answer
+
+
+# -- state read back at start ---------------------------------------------------------------------
+
+
+def _start_with_one_function_and_dependency(daemon: Daemon) -> tuple[Api, str]:
+    daemon.start()
+    api = Api(daemon)
+    name = unique_name("atk")
+    api.deploy(ECHO, name=name)
+    body = {"name": "dep", "runtime": RUNTIME, "depend_file": b64(make_zip({"dep.py": "X = 1\n"}))}
+    assert api.http.post("/dependencies/version", json=body).status_code == 200
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    return api, name
+
+
+def test_hand_edited_dependency_row_does_not_stop_the_daemon_starting(fresh_daemon: Daemon) -> None:
+    # was: every start failed with msgspec.ValidationError out of Store() (a crash loop)
+    api, name = _start_with_one_function_and_dependency(fresh_daemon)
+    with sqlite3.connect(fresh_daemon.state_dir / "fgd.db") as db:
+        db.execute("UPDATE dependency_versions SET record = '{}'")
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    assert api.invoke(name, {"still": "served"}).json() == {"still": "served"}
+    assert api.http.get("/dependencies").json()["count"] == 0
+    assert "ignoring stored dependency version" in fresh_daemon.log()
+
+
+def test_stored_code_reference_that_is_not_a_sha256_is_ignored(fresh_daemon: Daemon) -> None:
+    # was: used as a path (code/<sha256>): '../../../../etc' was mounted as the function's code
+    api, name = _start_with_one_function_and_dependency(fresh_daemon)
+    with sqlite3.connect(fresh_daemon.state_dir / "fgd.db") as db:
+        (record,) = db.execute("SELECT record FROM functions").fetchone()
+        forged = record.replace(b'"sha256":"', b'"sha256":"../../../../etc","x":"')
+        db.execute("UPDATE functions SET record = ?", (forged,))
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    assert api.http.get(f"/functions/{name}/config").status_code == 404
+    assert "ignoring stored function" in fresh_daemon.log()
+    assert healthy(fresh_daemon)
 
 
 # -- the config file ------------------------------------------------------------------------------
