@@ -97,7 +97,8 @@ def create_app(
             raise InvalidParameter("the request body must be a JSON object")
         try:
             return msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
             raise InvalidParameter(f"the request body is not valid JSON: {exc}") from None
         except RecursionError:
             raise InvalidParameter("the request body is JSON nested too deeply") from None

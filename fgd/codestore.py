@@ -156,7 +156,8 @@ class CodeStore:
         """Judge the zip at `path` and extract it into a new staging tree (returned)."""
         try:
             archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+            # ValueError: a name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError).
             raise PackageRejected(f"the package is not a valid zip file (truncated or corrupt?): {exc}") from None
         with archive:
             entries = check_entries(archive.infolist(), self.limits)
@@ -221,7 +222,8 @@ class CodeStore:
                 f"package entry {show(entry.name)}: its data does not match its header "
                 f"(a wrong declared size, or corrupt data: {exc})"
             ) from None
-        except (EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        except (EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError) as exc:
+            # UnicodeDecodeError: the local header's name is flagged UTF-8 and is not.
             raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
         budget.finish(entry, written)
 
@@ -234,7 +236,7 @@ class CodeStore:
         try:
             with archive.open(info) as source:
                 link = source.read(self.limits.max_name_bytes + 1).decode(errors="replace")
-        except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError) as exc:
             raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
         if len(link.encode()) > self.limits.max_name_bytes:
             raise PackageRejected(

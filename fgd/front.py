@@ -43,6 +43,7 @@ INVOKE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/invocations$")
 CODE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/code$")
 DEPENDENCY_PATH = re.compile(r"^/v2/([^/]+)/fgs/dependencies/version$")
 MAX_EVENT_BYTES = 6 * 1024 * 1024
+CODE_FILENAME_MAX = 128
 JSON = b"application/json"
 
 _encoder = msgspec.json.Encoder()
@@ -156,7 +157,8 @@ def instance_memory(header: bytes | None, enabled: bool) -> int | None:
             "X-Cff-Instance-Memory needs dynamic memory: set enable_dynamic_memory in the function's config"
         )
     text = header.decode(errors="replace").strip()
-    if not text.isdigit() or not 64 <= int(text) <= 10240:
+    # ASCII digits only: str.isdigit also accepts '²', which int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 64 <= int(text) <= 10240:
         raise InvalidInstanceMemory(f"X-Cff-Instance-Memory must be a memory size in MB from 64 to 10240, not {text!r}")
     return int(text)
 
@@ -229,6 +231,9 @@ def build_front(
                 raise TooLarge(f"the zip is {int(declared):,} bytes; the limit is {raw_limit(code):,}")
             if match.re is CODE_PATH:
                 record = functions.get(parse_function_ref(project_id, match[2], functions.region))
+                if len(query.get("code_filename", "")) > CODE_FILENAME_MAX:
+                    # The JSON form's limit (UpdateCode.code_filename), checked before the body comes.
+                    raise InvalidParameter(f"code_filename may be {CODE_FILENAME_MAX} characters at most")
                 path = await receive_to_file(_body_chunks(receive), code)
                 record = await functions.update_code_file(record, path, query.get("code_filename", ""))
                 answer: Any = functions.config(record)
@@ -278,7 +283,7 @@ def build_front(
                 if match:
                     await invoke(scope, receive, send, match[1], match[2])
                     return
-            if method in ("PUT", "POST") and is_raw_zip(_headers(scope).get(b"content-type", b"").decode()):
+            if method in ("PUT", "POST") and is_raw_zip(_headers(scope).get(b"content-type", b"").decode("latin-1")):
                 match = (CODE_PATH if method == "PUT" else DEPENDENCY_PATH).match(path)
                 if match:
                     await upload(scope, receive, send, match)

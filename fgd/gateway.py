@@ -112,7 +112,7 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
     """The function's APIG response as HTTP, or ValueError saying why it is not one."""
     try:
         answer = msgspec.json.decode(result or b"null", type=ApigResponse)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise ValueError(
             f"the function's result is not an APIG response ({{statusCode, headers, body}}): {exc}"
         ) from None

@@ -284,6 +284,8 @@ def _user_data(field: str, value: UserData) -> dict[str, str]:
             decoded: Any = json.loads(value)
         except ValueError:
             raise InvalidParameter(f"{field} must be a JSON object or a JSON string of one") from None
+        except RecursionError:
+            raise InvalidParameter(f"{field} is JSON nested too deeply") from None
         if not isinstance(decoded, dict) or not all(isinstance(v, str) for v in decoded.values()):
             raise InvalidParameter(f"{field} must be an object whose values are strings")
         value = decoded

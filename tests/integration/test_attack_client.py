@@ -6,16 +6,21 @@ the daemon still serves. Holes found this way and fixed (issue 9) are marked "wa
 
 from __future__ import annotations
 
+import io
+import os
 import signal
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import httpx
 import pytest
 
+from fgd.gateway import to_http
 from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
 
 ECHO = "def handler(event, context):\n    return event\n"
@@ -44,6 +49,185 @@ def raw_exchange(port: int, request: bytes, wait: float = 3.0) -> bytes:
         except TimeoutError:
             pass
     return answer
+
+
+# -- JSON inside JSON strings, UTF-8, header values ---------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_deeply_nested_json_inside_user_data_string_is_400(api: Api, echo: str) -> None:
+    # was: 500 (json.loads raised RecursionError, which only ValueError was caught around)
+    response = api.http.put(f"/functions/{echo}/config", json={"user_data": DEEP})
+    assert response.status_code == 400, response.text
+    assert "user_data" in response.json()["error_msg"]
+    assert api.http.get(f"/functions/{echo}/config").json()["user_data"] == {}
+
+
+def test_deeply_nested_json_inside_destination_param_string_is_400(api: Api, echo: str) -> None:
+    # was: 500, as above, in destination_config.<condition>.param given as a JSON string
+    body = {"destination_config": {"on_failure": {"destination": "WEBHOOK", "param": DEEP}}}
+    response = api.http.put(f"/functions/{echo}/async-invoke-config", json=body)
+    assert response.status_code == 400, response.text
+    assert "destination_config.on_failure.param" in response.json()["error_msg"]
+
+
+@pytest.mark.parametrize("route", ["invocations", "invocations-async"])
+def test_invalid_utf8_inside_a_json_string_event_is_400(api: Api, echo: str, route: str) -> None:
+    # was: 500 (msgspec reports invalid UTF-8 in a string as UnicodeDecodeError, not DecodeError)
+    response = api.http.post(f"/functions/{echo}/{route}", content=b'{"a": "\xff"}')
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "FSS.0400"
+
+
+def test_invalid_utf8_inside_a_json_string_api_body_is_400(api: Api, echo: str) -> None:
+    response = api.http.put(f"/functions/{echo}/config", content=b'{"description": "\xff"}')
+    assert response.status_code == 400, response.text
+    assert "not valid JSON" in response.json()["error_msg"]
+
+
+def test_instance_memory_header_with_a_non_ascii_digit_is_refused(api: Api) -> None:
+    # was: 500 ('²'.isdigit() is True, int('²') raises)
+    name = unique_name("atk")
+    api.deploy(ECHO, name=name, enable_dynamic_memory=True)
+    response = api.invoke(name, {}, headers={"X-Cff-Instance-Memory": "²".encode()})
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "FSS.0406"
+    assert api.invoke(name, {"ok": 1}, headers={"X-Cff-Instance-Memory": "128"}).json() == {"ok": 1}
+
+
+@pytest.mark.parametrize("authenticated", [True, False])
+def test_non_utf8_content_type_on_the_api_is_not_a_500(api: Api, echo: str, authenticated: bool) -> None:
+    # was: 500 and the connection closed, for anyone (the front decoded Content-Type as UTF-8)
+    headers = {"Content-Type": b"\xff\xfe"}
+    client = api.http if authenticated else httpx.Client(base_url=str(api.http.base_url))
+    response = client.put(f"/functions/{echo}/config", content=b"{}", headers=headers)
+    assert response.status_code == (200 if authenticated else 401), response.text
+
+
+def test_gateway_result_with_invalid_utf8_is_a_bad_response_not_an_exception() -> None:
+    # was: UnicodeDecodeError out of the gateway app (a 500 from hypercorn, a traceback in the log)
+    with pytest.raises(ValueError, match="not an APIG response"):
+        to_http(b'{"statusCode": 200, "body": "\xff"}')
+
+
+# -- raw code uploads -----------------------------------------------------------------------------
+
+
+def test_raw_code_upload_with_an_overlong_code_filename_is_400(api: Api, echo: str) -> None:
+    # was: accepted and stored (5,000 characters and a NUL); the JSON form allows 128
+    before = api.http.get(f"/functions/{echo}/config").json()
+    response = api.http.put(
+        f"/functions/{echo}/code",
+        params={"code_filename": "a" * 5000 + "\0"},
+        content=make_zip({"index.py": ECHO}),
+        headers={"Content-Type": "application/zip"},
+    )
+    assert response.status_code == 400, response.text
+    assert "code_filename" in response.json()["error_msg"]
+    after = api.http.get(f"/functions/{echo}/config").json()
+    assert after["code_filename"] == before["code_filename"]
+    assert after["digest"] == before["digest"]
+
+
+def _zip_with_bad_utf8_name(where: str) -> bytes:
+    """A zip whose second entry's name, flagged UTF-8 (bit 11), is not UTF-8, in the central
+    directory or only in the local header."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("index.py", ECHO)
+        archive.writestr("xx.py", "X = 1\n")
+    data = bytearray(buffer.getvalue())
+    if where == "central":
+        name_at = data.rfind(b"xx.py")
+        header = data.rfind(b"PK\x01\x02", 0, name_at)
+        flags_at = header + 8
+    else:
+        name_at = data.find(b"xx.py")
+        header = data.rfind(b"PK\x03\x04", 0, name_at)
+        flags_at = header + 6
+    data[name_at : name_at + 2] = b"\xff\xfe"
+    struct.pack_into("<H", data, flags_at, struct.unpack_from("<H", data, flags_at)[0] | 0x800)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("where", ["central", "local"])
+@pytest.mark.parametrize("form", ["json", "raw"])
+def test_zip_with_a_name_flagged_utf8_that_is_not_is_refused(api: Api, echo: str, where: str, form: str) -> None:
+    # was: 500 (zipfile raises UnicodeDecodeError, which the package checks did not catch)
+    package = _zip_with_bad_utf8_name(where)
+    before = api.http.get(f"/functions/{echo}/config").json()["digest"]
+    if form == "json":
+        response = api.http.put(
+            f"/functions/{echo}/code", json={"code_type": "zip", "func_code": {"file": b64(package)}}
+        )
+    else:
+        response = api.http.put(f"/functions/{echo}/code", content=package, headers={"Content-Type": "application/zip"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "FSS.0400"
+    assert api.http.get(f"/functions/{echo}/config").json()["digest"] == before
+    assert not [p for p in os.listdir(api.daemon.state_dir / "tmp") if p.startswith(("upload-", "tree-"))]
+
+
+# -- refused correctly already (kept so they stay refused) ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nabcde",
+        b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+        b"GET /x?a=\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+    ],
+    ids=["bad-chunk-size", "two-lengths", "huge-length", "non-ascii-target", "space-in-name"],
+)
+@pytest.mark.parametrize("listener", ["api", "gateway"])
+def test_malformed_requests_are_400_and_closed(daemon: Daemon, request_bytes: bytes, listener: str) -> None:
+    port = daemon.port if listener == "api" else daemon.gateway_port
+    answer = raw_exchange(port, request_bytes)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"connection: close" in answer.lower()
+    assert healthy(daemon)
+
+
+def test_gateway_head_answers_no_body_and_the_pipelined_request_after_it_is_served(api: Api) -> None:
+    name = unique_name("atk")
+    api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'x' * 100}\n", name=name)
+    path = f"/{name}"
+    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": path}}
+    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    one = f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    two = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    answer = raw_exchange(api.daemon.gateway_port, one + two)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"content-length: 100" in first
+    # The HEAD answer carries no body: the next bytes are the second response's status line.
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:100]
+    assert rest.endswith(b"x" * 100)
+
+
+def test_gateway_does_not_proxy_absolute_form_or_connect(api: Api) -> None:
+    for line in (b"GET http://127.0.0.2/ HTTP/1.1", b"CONNECT 127.0.0.1:22 HTTP/1.1"):
+        answer = raw_exchange(api.daemon.gateway_port, line + b"\r\nHost: x\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "urn:fss:local:default:function:default:%s:%%00",
+        "urn:fss:local:other:function:default:%s",
+        "urn:fss:elsewhere:default:function:default:%s",
+        "urn:fss:local:default:function:default:%s:latest:extra",
+        "a:b:%s",
+    ],
+)
+def test_function_references_with_odd_qualifiers_are_refused(api: Api, echo: str, ref: str) -> None:
+    response = api.http.get(f"/functions/{ref % echo}/config")
+    assert response.status_code in (400, 404), response.text
+    assert response.json()["error_code"] in ("FSS.0400", "FSS.0404")
 
 
 # -- state read back at start ---------------------------------------------------------------------
