@@ -295,3 +295,45 @@ def test_hostile_config_values_stop_the_daemon_with_a_message_not_a_traceback(
     assert done.returncode != 0
     assert field in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+# -- HTTP/2 ---------------------------------------------------------------------------------------
+
+H2C_UPGRADE = (
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+)
+
+
+def _h2_zero_window_streams(path: str) -> bytes:
+    """HTTP/2 with prior knowledge: a client that opens ten streams and grants no flow-control window."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    connection.initiate_connection()
+    connection.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 0})
+    for stream in range(1, 21, 2):
+        headers = [(":method", "GET"), (":path", path), (":scheme", "http"), (":authority", "x")]
+        connection.send_headers(stream, headers, end_stream=True)
+    return connection.data_to_send()
+
+
+@pytest.mark.parametrize("listener", ["api", "gateway"])
+def test_listeners_speak_http1_only(api: Api, listener: str) -> None:
+    # was: hypercorn switched to HTTP/2 on the preface or `Upgrade: h2c`; HTTP/2 flow control is
+    # outside send_timeout, so 20 unauthenticated connections with a zero window held 1.2 GB of
+    # gateway responses in the daemon for as long as they stayed open
+    name = unique_name("atk")
+    api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'x' * 1000}\n", name=name)
+    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
+    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    port = api.daemon.port if listener == "api" else api.daemon.gateway_port
+    answer = raw_exchange(port, _h2_zero_window_streams(f"/{name}"), wait=5)
+    # An HTTP/1.1 answer to "PRI * HTTP/2.0" (no such resource), then 400 and close: no SETTINGS frame.
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:100]
+    assert b"HTTP/1.1 400" in answer and b"connection: close" in answer
+    upgraded = raw_exchange(port, H2C_UPGRADE)
+    assert upgraded.startswith(b"HTTP/1.1 200" if listener == "api" else b"HTTP/1.1 404"), upgraded[:100]
+    assert b" 101 " not in upgraded
