@@ -38,6 +38,9 @@ class PackageLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Per-node limits for code and dependency packages (FunctionGraph's defaults)."""
 
     max_files: _AtLeastOne = 30_000
+    # Directories a package makes, named by entries or implied by their paths: directory entries
+    # are not files, and one 16 MB zip of empty ones made 200,000 (an inode each).
+    max_directories: _AtLeastOne = 30_000
     max_bytes: _AtLeastOne = 300 * 1024 * 1024
     # Direct (base64 in JSON) uploads; larger zips are sent as a raw application/zip body.
     max_inline_zip: _AtLeastZero = 10 * 1024 * 1024
@@ -212,9 +215,17 @@ class TreePlan:
     extraction itself never follows a link.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_directories: int | None = None) -> None:
         self._root = _Node("dir", None)
         self._links: list[_Node] = []
+        self._max_directories = max_directories
+        self._directories = 0
+
+    def _new_directory(self, name: str, parent: _Node, entry: str = "") -> _Node:
+        self._directories += 1
+        if self._max_directories is not None and self._directories > self._max_directories:
+            raise _reject(name, f"the package makes over {self._max_directories:,} directories, the limit")
+        return _Node("dir", parent, entry)
 
     def add(self, entry: Entry, target: str = "") -> None:
         """Place `entry` (a link with its `target`) or refuse it, naming the rule."""
@@ -222,7 +233,7 @@ class TreePlan:
         for depth, part in enumerate(entry.parts[:-1], 1):
             child = node.children.get(part)
             if child is None:
-                child = node.children[part] = _Node("dir", node)
+                child = node.children[part] = self._new_directory(entry.name, node)
             elif child.kind == "symlink":
                 raise _reject(
                     entry.name,
@@ -240,7 +251,10 @@ class TreePlan:
             what = {"symlink": "symbolic link", "dir": "directory"}.get(existing.kind, existing.kind)
             made_by = f" {show(existing.entry)}" if existing.entry else " implied by earlier entries"
             raise _reject(entry.name, f"would replace the {what}{made_by} (an entry may not change what another made)")
-        child = node.children[name] = _Node(entry.kind, node, entry.name, target)
+        if entry.kind == "dir":
+            child = node.children[name] = self._new_directory(entry.name, node, entry.name)
+        else:
+            child = node.children[name] = _Node(entry.kind, node, entry.name, target)
         if entry.kind == "symlink":
             self._links.append(child)
 

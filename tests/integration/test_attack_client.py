@@ -337,3 +337,84 @@ def test_listeners_speak_http1_only(api: Api, listener: str) -> None:
     upgraded = raw_exchange(port, H2C_UPGRADE)
     assert upgraded.startswith(b"HTTP/1.1 200" if listener == "api" else b"HTTP/1.1 404"), upgraded[:100]
     assert b" 101 " not in upgraded
+
+
+# -- packages of many directories -----------------------------------------------------------------
+
+
+def _zip_of_empty_directories(count: int) -> bytes:
+    """index.py and `count` directory entries, written by hand (zipfile takes seconds for this many)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("index.py", ECHO)
+    head = buffer.getvalue()
+    end = head.rfind(b"PK\x05\x06")
+    first_central = head.rfind(b"PK\x01\x02", 0, end)
+    local, central = [head[:first_central]], [head[first_central:end]]
+    offset = first_central
+    for number in range(count):
+        name = f"{number:x}/".encode()
+        header = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 0, 0, len(name), 0) + name
+        central.append(
+            struct.pack(
+                "<4s6H3L5H2L",
+                b"PK\x01\x02",
+                0x314,
+                20,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0o40755 << 16,
+                offset,
+            )
+            + name
+        )
+        local.append(header)
+        offset += len(header)
+    directory = b"".join(central)
+    # The entry count fields say 65535 (zip64's "see elsewhere"); zipfile walks the directory by its size.
+    end_record = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 0xFFFF, 0xFFFF, len(directory), offset, 0)
+    return b"".join(local) + directory + end_record
+
+
+def _upload_raw(api: Api, name: str, package: bytes) -> httpx.Response:
+    return api.http.put(f"/functions/{name}/code", content=package, headers={"Content-Type": "application/zip"})
+
+
+@pytest.mark.parametrize(
+    ("package", "words"),
+    [
+        # was: accepted; max_files counted files only, and 200,000 empty directories (16 MB) made 200,000 inodes
+        (lambda: _zip_of_empty_directories(40_000), "over 30,000 directories"),
+        # directories implied by paths count too: 1,000 files 40 levels deep would make 40,000
+        (lambda: make_zip({f"{n}/" + "d/" * 39 + "f.py": "" for n in range(1000)}), "over 30,000 directories"),
+        # was: zipfile built an object per entry first (a million entries: 433 MB, 7 s of the daemon)
+        (lambda: _zip_of_empty_directories(70_000), "over 60,000 entries"),
+    ],
+    ids=["directory-entries", "implied-directories", "central-directory"],
+)
+@pytest.mark.slow  # about 10 s in all: up to 30,000 directories are made before the refusal
+def test_packages_of_too_many_directories_are_refused(api: Api, echo: str, package, words: str) -> None:
+    before = api.http.get(f"/functions/{echo}/config").json()["digest"]
+    response = _upload_raw(api, echo, package())
+    assert response.status_code == 400, response.text
+    assert words in response.json()["error_msg"]
+    assert api.http.get(f"/functions/{echo}/config").json()["digest"] == before
+    assert not [p for p in os.listdir(api.daemon.state_dir / "tmp") if p.startswith(("upload-", "tree-"))]
+
+
+def test_package_of_many_directories_within_the_limit_is_accepted(api: Api) -> None:
+    name = unique_name("atk")
+    api.deploy(ECHO, name=name)
+    response = _upload_raw(api, name, _zip_of_empty_directories(29_000))
+    assert response.status_code == 200, response.text
+    assert api.invoke(name, {"dirs": 29_000}).json() == {"dirs": 29_000}
