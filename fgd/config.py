@@ -36,6 +36,11 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keep_alive_timeout: Seconds = 75.0
     # The longest a client may leave a response unread (its receive window full).
     send_timeout: Seconds = 30.0
+    # Hardening (issue 9): bytes of request bodies held in memory at once by this listener's
+    # invocations (sync invoke on the API, every gateway route) while they arrive. Without it
+    # each connection could hold a whole body (4-6 MB), unauthenticated on the gateway: 150
+    # slow clients held 620 MB. Past it a request is refused with 503.
+    max_body_memory: Annotated[int, msgspec.Meta(ge=1)] = 256 * 1024 * 1024
 
 
 class ServerConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):

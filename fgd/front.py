@@ -75,29 +75,54 @@ def _headers(scope: dict) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
+class BodyBudget:
+    """Bytes of request bodies one listener holds in memory while they arrive (max_body_memory)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int, what: str) -> None:
+        if self.used + size > self.limit:
+            raise Unavailable(
+                f"the node holds {self.limit:,} bytes of request bodies still arriving, its limit; "
+                f"send {what} again shortly, and at once"
+            )
+        self.used += size
+
+
 async def read_body(
     receive: Callable[[], Awaitable[dict]],
     declared: bytes | None,
     limit: int = MAX_EVENT_BYTES,
     what: str = "the event",
+    budget: BodyBudget | None = None,
 ) -> bytes:
-    """The whole request body, refusing (413) anything over `limit` as soon as it shows."""
+    """The whole request body, refusing (413) anything over `limit` as soon as it shows, and
+    (503) any piece that would take the listener over its `budget` of bodies in memory."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"{what} is {int(declared):,} bytes; the limit is {limit:,}")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # A body cut short is not the request the client meant: never act on it.
-            raise InvalidParameter(f"the client went away before {what} was complete")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"{what} is over {limit:,} bytes, the limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                # A body cut short is not the request the client meant: never act on it.
+                raise InvalidParameter(f"the client went away before {what} was complete")
+            chunk = message.get("body", b"")
+            if size + len(chunk) > limit:
+                raise TooLarge(f"{what} is over {limit:,} bytes, the limit")
+            if budget is not None:
+                budget.take(len(chunk), what)
+            size += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    finally:
+        # Counted while it arrives only: once whole it is the invocation's (bounded by its slots).
+        if budget is not None:
+            budget.used -= size
 
 
 async def _respond(send: Callable[[dict], Awaitable[None]], status: int, headers: list, body: bytes) -> None:
@@ -215,6 +240,7 @@ def build_front(
     token: str,
     inflight: Inflight,
     metrics: Metrics,
+    bodies: BodyBudget | None = None,
 ) -> ASGIApp:
     code = functions.packager.code
 
@@ -252,7 +278,7 @@ def build_front(
             auth.check_asgi(token, headers)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
-            event = await read_body(receive, headers.get(b"content-length"))
+            event = await read_body(receive, headers.get(b"content-length"), budget=bodies)
             memory = instance_memory(headers.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
             try:
                 outcome = await invoker.invoke(record, event, new_request_id(), memory)

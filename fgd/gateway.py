@@ -25,7 +25,7 @@ import msgspec
 
 from fgd import auth
 from fgd.errors import FgdError, NotFound
-from fgd.front import read_body
+from fgd.front import BodyBudget, read_body
 from fgd.httpserver import header_problem
 from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
@@ -147,7 +147,9 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
     return answer.statusCode, headers, body
 
 
-def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) -> Callable:
+def build_gateway(
+    store: Store, invoker: Invoker, token: str, metrics: Metrics, bodies: BodyBudget | None = None
+) -> Callable:
     async def respond(send: Callable, status: int, headers: list, body: bytes) -> None:
         if status not in (204, 304):
             headers = [*headers, (b"content-length", str(len(body)).encode())]
@@ -177,7 +179,9 @@ def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) 
                 raise NotFound(f"the function behind {scope['path']} no longer exists")
             if trigger.event_data.get("auth", "NONE") == "TOKEN":
                 auth.check_asgi(token, dict(scope["headers"]))
-            body = await read_body(receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body")
+            body = await read_body(
+                receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body", bodies
+            )
             request_id = new_request_id()
             event = _encoder.encode(apig_event(scope, body, trigger, request_id, token))
             outcome = await invoker.invoke(record, event, request_id)

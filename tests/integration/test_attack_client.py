@@ -14,7 +14,9 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -418,3 +420,58 @@ def test_package_of_many_directories_within_the_limit_is_accepted(api: Api) -> N
     response = _upload_raw(api, name, _zip_of_empty_directories(29_000))
     assert response.status_code == 200, response.text
     assert api.invoke(name, {"dirs": 29_000}).json() == {"dirs": 29_000}
+
+
+# -- bodies held in memory ------------------------------------------------------------------------
+
+LENGTH = "def handler(event, context):\n    return {'statusCode': 200, 'body': str(len(event.get('body', '')))}\n"
+
+
+def _post_head(path: str, length: int, token: str | None = None) -> bytes:
+    auth = f"X-Auth-Token: {token}\r\n" if token else ""
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Length: {length}\r\n\r\n".encode()
+
+
+@pytest.fixture
+def small_body_budget(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon whose listeners may each hold 1,000,000 bytes of bodies while they arrive."""
+    daemon = Daemon(tmp_path / "state", "[server]\nmax_body_memory = 1000000\n")
+    daemon.config_path.write_text(
+        daemon.config_path.read_text().replace("[gateway]\n", "[gateway]\nmax_body_memory = 1000000\n")
+    )
+    daemon.start()
+    yield daemon
+    daemon.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("listener", ["gateway", "api"])
+def test_bodies_held_while_arriving_are_bounded_per_listener(small_body_budget: Daemon, listener: str) -> None:
+    # was: no bound but the connection cap: each connection held a whole body while it arrived
+    # (4 MB on the gateway, no token needed); 150 slow clients held 620 MB of the daemon's memory
+    daemon = small_body_budget
+    api = Api(daemon)
+    name = unique_name("atk")
+    api.deploy(LENGTH, name=name)
+    if listener == "gateway":
+        trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
+        assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+        port, path, token = daemon.gateway_port, f"/{name}", None
+    else:
+        port, path, token = daemon.port, f"/v2/default/fgs/functions/{name}/invocations", daemon.token
+    body = b'{"body": "' + b"x" * 599_980 + b'"}'
+    cut = len(body) - 10
+    with socket.create_connection(("127.0.0.1", port)) as holder:
+        holder.sendall(_post_head(path, len(body), token) + body[:cut])
+        time.sleep(1)  # the daemon has read those 600 KB: they are what the listener holds
+        # A second body that would take the listener over its budget is refused at once.
+        refused = raw_exchange(port, _post_head(path, len(body), token) + body[:cut], wait=3)
+        assert refused.startswith(b"HTTP/1.1 503"), refused[:200]
+        assert b"FSS.0503" in refused
+        assert healthy(daemon)
+        holder.sendall(body[cut:])
+        holder.settimeout(10)
+        answer = holder.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    # Once the first body is whole, its bytes are the listener's again.
+    again = raw_exchange(port, _post_head(path, len(body), token) + body, wait=10)
+    assert again.startswith(b"HTTP/1.1 200"), again[:200]
