@@ -76,7 +76,8 @@ def _headers(scope: dict) -> dict[bytes, bytes]:
 
 
 class BodyBudget:
-    """Bytes of request bodies one listener holds in memory while they arrive (max_body_memory)."""
+    """Bytes of bodies one listener holds in memory while they arrive, or (gateway responses)
+    while they are sent (max_body_memory)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit

@@ -475,3 +475,26 @@ def test_bodies_held_while_arriving_are_bounded_per_listener(small_body_budget: 
     # Once the first body is whole, its bytes are the listener's again.
     again = raw_exchange(port, _post_head(path, len(body), token) + body, wait=10)
     assert again.startswith(b"HTTP/1.1 200"), again[:200]
+
+
+def test_gateway_responses_waiting_for_their_client_are_bounded(small_body_budget: Daemon) -> None:
+    # was: each client that read nothing held its response in the daemon for send_timeout
+    # (100 such clients of a route answering 3 MB held 650 MB)
+    api = Api(small_body_budget)
+    name = unique_name("atk")
+    api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'x' * 900_000}\n", name=name)
+    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
+    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    request = f"GET /{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    with socket.socket() as reader_of_nothing:
+        reader_of_nothing.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader_of_nothing.connect(("127.0.0.1", small_body_budget.gateway_port))
+        reader_of_nothing.sendall(request)
+        time.sleep(2)  # its answer is being sent, and does not fit in the socket's buffers
+        refused = raw_exchange(small_body_budget.gateway_port, request, wait=5)
+        assert refused.startswith(b"HTTP/1.1 503"), refused[:200]
+        assert b"FSS.0503" in refused
+    # Gone, its client releases what it held.
+    time.sleep(0.5)
+    answer = raw_exchange(small_body_budget.gateway_port, request, wait=10)
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"x" * 1000), answer[:200]
