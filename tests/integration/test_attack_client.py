@@ -498,3 +498,44 @@ def test_gateway_responses_waiting_for_their_client_are_bounded(small_body_budge
     time.sleep(0.5)
     answer = raw_exchange(small_body_budget.gateway_port, request, wait=10)
     assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"x" * 1000), answer[:200]
+
+
+# -- half-close and Expect: 100-continue (answered correctly already) ----------------------------
+
+
+@pytest.mark.parametrize("listener", ["api", "gateway"])
+def test_whole_request_then_half_close_still_gets_its_answer(api: Api, listener: str) -> None:
+    name = unique_name("atk")
+    api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'answered'}\n", name=name)
+    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
+    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    if listener == "api":
+        port, path, token = api.daemon.port, f"/v2/default/fgs/functions/{name}/invocations", api.daemon.token
+    else:
+        port, path, token = api.daemon.gateway_port, f"/{name}", None
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(_post_head(path, 2, token) + b"{}")
+        sock.shutdown(socket.SHUT_WR)  # nothing more to send; the answer is still wanted
+        sock.settimeout(10)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b"answered" in answer
+
+
+def test_expect_100_continue_gets_100_then_the_answer(api: Api, echo: str) -> None:
+    head = (
+        f"POST /v2/default/fgs/functions/{echo}/invocations HTTP/1.1\r\nHost: x\r\n"
+        f"X-Auth-Token: {api.daemon.token}\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: 8\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", api.daemon.port)) as sock:
+        sock.sendall(head)
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100")
+        sock.sendall(b'{"a": 1}')
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert answer.endswith(b'{"a": 1}') or answer.endswith(b'{"a":1}')
