@@ -162,8 +162,9 @@ class CodeStore:
             raise PackageRejected(f"the package has over {limit:,} entries (files and directories), the limit")
         try:
             archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-            # ValueError: a name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError).
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+            # ValueError: a name flagged UTF-8 that is not (zipfile raises UnicodeDecodeError);
+            # NotImplementedError: a zip version zipfile does not know.
             raise PackageRejected(f"the package is not a valid zip file (truncated or corrupt?): {exc}") from None
         with archive:
             entries = check_entries(archive.infolist(), self.limits)
@@ -228,8 +229,9 @@ class CodeStore:
                 f"package entry {show(entry.name)}: its data does not match its header "
                 f"(a wrong declared size, or corrupt data: {exc})"
             ) from None
-        except (EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError) as exc:
-            # UnicodeDecodeError: the local header's name is flagged UTF-8 and is not.
+        except (EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError, NotImplementedError) as exc:
+            # UnicodeDecodeError: the local header's name is flagged UTF-8 and is not;
+            # NotImplementedError: flags zipfile cannot read (patched data, strong encryption).
             raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
         budget.finish(entry, written)
 
@@ -242,7 +244,15 @@ class CodeStore:
         try:
             with archive.open(info) as source:
                 link = source.read(self.limits.max_name_bytes + 1).decode(errors="replace")
-        except (zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError, UnicodeDecodeError) as exc:
+        except (
+            zipfile.BadZipFile,
+            EOFError,
+            zlib.error,
+            lzma.LZMAError,
+            OSError,
+            UnicodeDecodeError,
+            NotImplementedError,
+        ) as exc:
             raise PackageRejected(f"package entry {show(entry.name)}: corrupt data ({exc})") from None
         if len(link.encode()) > self.limits.max_name_bytes:
             raise PackageRejected(

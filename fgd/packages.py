@@ -132,7 +132,9 @@ def check_symlink_target(name: str, parts: tuple[str, ...], target: str) -> None
 
 def check_entries(infos: list[zipfile.ZipInfo], limits: PackageLimits) -> list[Entry]:
     """Judge the central directory; return the entries to extract, in order."""
-    files = sum(1 for info in infos if not info.is_dir())
+    # Not info.is_dir(): it indexes the name's last character, and an empty name (or one that
+    # starts with NUL, where zipfile cuts it) is judged below, with a message.
+    files = sum(1 for info in infos if not info.filename.endswith("/"))
     if files > limits.max_files:
         raise PackageRejected(f"the package has {files:,} files; the limit is {limits.max_files:,}")
     seen: dict[str, str] = {}

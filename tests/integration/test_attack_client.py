@@ -539,3 +539,36 @@ def test_expect_100_continue_gets_100_then_the_answer(api: Api, echo: str) -> No
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert answer.endswith(b'{"a": 1}') or answer.endswith(b'{"a":1}')
+
+
+# -- central directories zipfile cannot read (found by mutating a zip's bytes) --------------------
+
+
+def _mutated_central(offset: int, value: bytes, name: bytes = b"xx.py") -> bytes:
+    """A small zip with `value` written at `offset` of the central directory entry of `name`."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("index.py", ECHO)
+        archive.writestr("xx.py", "X = 1\n")
+    data = bytearray(buffer.getvalue())
+    header = data.rfind(b"PK\x01\x02", 0, data.rfind(b"xx.py"))
+    data[header + offset : header + offset + len(value)] = value
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        _mutated_central(6, b"\xff"),  # extract version 25.5: zipfile raised NotImplementedError
+        _mutated_central(8, b"\x20\x00"),  # flag bit 5, compressed patched data: NotImplementedError
+        _mutated_central(8, b"\x40\x00"),  # flag bit 6, strong encryption: NotImplementedError
+        _mutated_central(46, b"\x00"),  # a name starting with NUL (zipfile cuts it: ''): IndexError
+    ],
+    ids=["zip-version", "patched-data", "strong-encryption", "nul-name"],
+)
+def test_zip_that_zipfile_cannot_read_is_refused_not_a_500(api: Api, echo: str, package: bytes) -> None:
+    # was: 500 (exceptions other than BadZipFile out of zipfile, or out of ZipInfo.is_dir)
+    response = api.http.put(f"/functions/{echo}/code", json={"code_type": "zip", "func_code": {"file": b64(package)}})
+    assert response.status_code == 400, response.text
+    assert response.json()["error_code"] == "FSS.0400"
+    assert healthy(api.daemon)
