@@ -572,3 +572,26 @@ def test_zip_that_zipfile_cannot_read_is_refused_not_a_500(api: Api, echo: str, 
     assert response.status_code == 400, response.text
     assert response.json()["error_code"] == "FSS.0400"
     assert healthy(api.daemon)
+
+
+def test_links_planted_in_the_state_dir_are_not_followed_at_start(fresh_daemon: Daemon, tmp_path: Path) -> None:
+    # Leftovers of an interrupted removal (tmp/trash-*) are removed at start: a link put there,
+    # or inside one, must not lead the removal (as root) out of the state dir.
+    fresh_daemon.start()
+    assert fresh_daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "keep.txt").write_text("keep")
+    (outside / "sub" / "keep.txt").write_text("keep")
+    os.chmod(outside / "sub", 0o555)
+    tmp = fresh_daemon.state_dir / "tmp"
+    os.symlink(outside, tmp / "trash-link")
+    (tmp / "trash-dir").mkdir()
+    os.symlink(outside, tmp / "trash-dir" / "inner")
+    os.symlink(outside / "sub", tmp / "trash-dir" / "sub")
+    fresh_daemon.start()
+    assert healthy(fresh_daemon)
+    assert (outside / "keep.txt").read_text() == "keep"
+    assert (outside / "sub" / "keep.txt").read_text() == "keep"
+    assert os.stat(outside / "sub").st_mode & 0o777 == 0o555  # not made writable through the link
+    assert not (tmp / "trash-dir").exists()
