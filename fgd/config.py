@@ -130,6 +130,10 @@ class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     per_function: Annotated[int, Meta(ge=1)] | None = None
     # Finished events (SUCCESS, FAIL, DISCARD) are deleted this long after they finished.
     retention_days: Annotated[float, Meta(gt=0)] = 7.0
+    # Hardening (issue 9): asynchronous invocations waiting or running on the node at most.
+    # Past it POST .../invocations-async is a 429 and timer fires are skipped (logged): a
+    # flood (1,000 timers of @every 1s queue 1,000 events a second) cannot fill the disk.
+    max_queued: Annotated[int, Meta(ge=1)] = 100_000
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

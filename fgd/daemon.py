@@ -151,7 +151,7 @@ async def serve(config: Config) -> None:
     async_depth = [0]
     metrics = Metrics(gauges, functions=store.functions, logs=logs)
     dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth, config.server.region)
-    triggers = Triggers(store, dispatcher.notify)
+    triggers = Triggers(store, dispatcher.notify, dispatcher.full)
     functions.triggers = triggers
     app = create_app(
         functions, dependencies, store, logs.flush, token, health, metrics, dispatcher, config.async_invoke, triggers

@@ -595,3 +595,37 @@ def test_links_planted_in_the_state_dir_are_not_followed_at_start(fresh_daemon: 
     assert (outside / "sub" / "keep.txt").read_text() == "keep"
     assert os.stat(outside / "sub").st_mode & 0o777 == 0o555  # not made writable through the link
     assert not (tmp / "trash-dir").exists()
+
+
+# -- the asynchronous queue -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_queue(tmp_path: Path) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path / "state", "[async_invoke]\nmax_queued = 5\nconcurrency = 1\n")
+    daemon.start()
+    yield daemon
+    daemon.stop(signal.SIGKILL)
+
+
+def test_async_queue_is_bounded_for_clients_and_timers(small_queue: Daemon) -> None:
+    # was: no bound: any token holder (or 1,000 timers of @every 1s, 1,000 events a second) grew
+    # the waiting queue, and fgd.db with it, until the disk was full
+    api = Api(small_queue)
+    name = unique_name("atk")
+    api.deploy("import time\ndef handler(event, context):\n    time.sleep(5)\n", name=name, timeout=10)
+    codes = [api.http.post(f"/functions/{name}/invocations-async", json={}).status_code for _ in range(12)]
+    assert 429 in codes, codes
+    assert codes.count(202) <= 6, codes  # max_queued, plus one counted before the last refresh
+    refused = api.http.post(f"/functions/{name}/invocations-async", json={})
+    assert refused.status_code == 429 and refused.json()["error_code"] == "FSS.0429"
+    queued = api.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["count"]
+    assert queued == codes.count(202)
+    timer = {
+        "trigger_type_code": "TIMER",
+        "event_data": {"name": "t", "schedule_type": "Cron", "schedule": "@every 1s"},
+    }
+    assert api.http.post(f"/triggers/{name}", json=timer).status_code == 201
+    time.sleep(2.5)
+    assert "fire skipped, the asynchronous queue is full" in small_queue.log()
+    assert api.http.get(f"/functions/{name}/async-invocations", params={"limit": 1000}).json()["count"] == queued
