@@ -21,7 +21,7 @@ from fgd.asyncqueue import AsyncEvent
 from fgd.config import AsyncConfig
 from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
-from fgd.errors import Conflict, FgdError, InvalidParameter, MethodNotAllowed, NotFound, TooLarge
+from fgd.errors import Conflict, FgdError, InvalidParameter, MethodNotAllowed, NotFound, Throttled, TooLarge
 from fgd.functions import Functions
 from fgd.invoker import check_event, new_request_id
 from fgd.metrics import Metrics
@@ -97,7 +97,8 @@ def create_app(
             raise InvalidParameter("the request body must be a JSON object")
         try:
             return msgspec.json.decode(data)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError.
             raise InvalidParameter(f"the request body is not valid JSON: {exc}") from None
         except RecursionError:
             raise InvalidParameter("the request body is JSON nested too deeply") from None
@@ -180,6 +181,11 @@ def create_app(
         if len(data) > async_config.max_payload:
             raise TooLarge(
                 f"the event is {len(data):,} bytes; asynchronous events may be {async_config.max_payload:,} at most"
+            )
+        if dispatcher.full():
+            raise Throttled(
+                f"the node has {async_config.max_queued:,} asynchronous invocations waiting or running, "
+                "its limit; send this one again later"
             )
         event = AsyncEvent.new(record.key, new_request_id(), check_event(data))
         # Durable before we answer: 202 means it will run (at least once).

@@ -11,6 +11,13 @@ from msgspec import Meta
 from fgd.packages import PackageLimits
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
+# Hardening (issue 9): values that would crash a background loop later, or wedge a part of the
+# daemon silently (a negative sleep, a NaN deadline, no async slot), are refused when the file
+# is read, naming the field. NaN fails every bound.
+NonNegative = Annotated[float, Meta(ge=0)]
+Count = Annotated[int, Meta(ge=0)]
+Positive = Annotated[int, Meta(ge=1)]
+Fraction = Annotated[float, Meta(gt=0, le=1)]
 
 
 class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -29,13 +36,19 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     keep_alive_timeout: Seconds = 75.0
     # The longest a client may leave a response unread (its receive window full).
     send_timeout: Seconds = 30.0
+    # Hardening (issue 9): bytes of request bodies held in memory at once by this listener's
+    # invocations (sync invoke on the API, every gateway route) while they arrive. Without it
+    # each connection could hold a whole body (4-6 MB), unauthenticated on the gateway: 150
+    # slow clients held 620 MB. Past it a request is refused with 503.
+    max_body_memory: Annotated[int, msgspec.Meta(ge=1)] = 256 * 1024 * 1024
 
 
 class ServerConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):
     listen: str = "127.0.0.1:8900"
-    region: str = "local"
+    # A part of every function URN (urn:fss:<region>:...): no ":" or spaces.
+    region: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "local"
     # Seconds SIGTERM waits for in-flight requests before instances are killed.
-    shutdown_grace: float = 10.0
+    shutdown_grace: NonNegative = 10.0
 
 
 class GatewayConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):
@@ -45,16 +58,16 @@ class GatewayConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):
 
 class InstanceConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Seconds an on-demand instance may stay idle before it is reaped.
-    idle_keepalive: float = 300.0
+    idle_keepalive: NonNegative = 300.0
     # Seconds a cold start may take to fork and hand over the instance.
-    spawn_timeout: float = 10.0
+    spawn_timeout: Seconds = 10.0
 
 
 class LogConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    retention_days: float = 7.0
+    retention_days: Seconds = 7.0
     # Largest number of log lines, and characters, kept per invocation; the rest is counted.
-    max_lines_per_invocation: int = 10_000
-    max_bytes_per_invocation: int = 1024 * 1024
+    max_lines_per_invocation: Count = 10_000
+    max_bytes_per_invocation: Count = 1024 * 1024
     # Stored log bytes (text and names of each line plus a small fixed share) allowed per
     # function and for the whole node; over either, the oldest lines are dropped first and the
     # drop is logged and counted. They bound fgd.db on a small disk.
@@ -85,45 +98,49 @@ class SandboxConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     uid_base: int = 200_000
     uid_count: int = 65_536
     # Generic instances kept forked and contained per runtime, ready for a cold start.
-    pool_size: int = 2
+    pool_size: Annotated[int, Meta(ge=0, le=1000)] = 2
     # Tasks (processes and threads) of one instance.
-    pids_max: int = 1024
+    pids_max: Positive = 1024
     # Tasks of all instances together (the subtree's pids.max); default min(pid_max / 2, 32768).
-    node_pids_max: int | None = None
+    node_pids_max: Positive | None = None
     # Only cgroup hierarchies mounted under this path are used (default: any).
     cgroup_root: str | None = None
 
 
 class SchedulerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Requests that may wait per function when every allowed instance is busy, and for how long.
-    queue_length: int = 50
-    max_wait: float = 10.0
+    queue_length: Count = 50
+    max_wait: NonNegative = 10.0
     # Total memory_size of live instances; default: memory_budget_fraction of the host's memory.
-    memory_budget_mb: int | None = None
-    memory_budget_fraction: float = 0.8
+    memory_budget_mb: Positive | None = None
+    memory_budget_fraction: Fraction = 0.8
     # The share of that budget one function's instances may hold (its first instance always may).
-    function_memory_share: float = 0.5
+    function_memory_share: Fraction = 0.5
 
 
 class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Asynchronous invocations running at once: the share of capacity they may take, so they
     # never starve synchronous traffic.
-    concurrency: int = 8
+    concurrency: Positive = 8
     # Retry n waits about retry_base * 2**(n-1) seconds (with jitter); a throttled one retry_base.
-    retry_base: float = 1.0
-    max_payload: int = 256 * 1024
+    retry_base: NonNegative = 1.0
+    max_payload: Positive = 256 * 1024
     # Hardening (issue 9): events of one function running at once; default max(1, concurrency // 2),
     # so a flood of one slow function leaves slots for the others.
     per_function: Annotated[int, Meta(ge=1)] | None = None
     # Finished events (SUCCESS, FAIL, DISCARD) are deleted this long after they finished.
     retention_days: Annotated[float, Meta(gt=0)] = 7.0
+    # Hardening (issue 9): asynchronous invocations waiting or running on the node at most.
+    # Past it POST .../invocations-async is a 429 and timer fires are skipped (logged): a
+    # flood (1,000 timers of @every 1s queue 1,000 events a second) cannot fill the disk.
+    max_queued: Annotated[int, Meta(ge=1)] = 100_000
 
 
 class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # How often unreferenced packages (blobs and extracted trees) are removed, and how old
     # one must be first (an upload in progress is not referenced yet).
-    gc_interval: float = 300.0
-    gc_grace: float = 600.0
+    gc_interval: Seconds = 300.0
+    gc_grace: NonNegative = 600.0
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

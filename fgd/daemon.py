@@ -27,7 +27,7 @@ from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
 from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
-from fgd.front import Inflight, build_front
+from fgd.front import BodyBudget, Inflight, build_front
 from fgd.functions import Functions
 from fgd.gateway import build_gateway
 from fgd.httpserver import connection_caps, serve_http
@@ -151,20 +151,24 @@ async def serve(config: Config) -> None:
     async_depth = [0]
     metrics = Metrics(gauges, functions=store.functions, logs=logs)
     dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth, config.server.region)
-    triggers = Triggers(store, dispatcher.notify)
+    triggers = Triggers(store, dispatcher.notify, dispatcher.full)
     functions.triggers = triggers
     app = create_app(
         functions, dependencies, store, logs.flush, token, health, metrics, dispatcher, config.async_invoke, triggers
     )
     inflight = Inflight()
-    front = build_front(app, functions, dependencies, invoker, token, inflight, metrics)
+    front = build_front(
+        app, functions, dependencies, invoker, token, inflight, metrics, BodyBudget(config.server.max_body_memory)
+    )
 
     # Both listeners run fgd.httpserver: hypercorn's protocol code behind fgd's connection cap and
     # header, body, keep-alive and send timeouts ([server] and [gateway] in the config).
     listeners = [(front, open_listener(host, port, config.server.listen), config.server)]
     if config.gateway.listen:
         ghost, gport = split_host_port(config.gateway.listen)
-        gateway = inflight.wrap(build_gateway(store, invoker, token, metrics))
+        gateway = inflight.wrap(
+            build_gateway(store, invoker, token, metrics, BodyBudget(config.gateway.max_body_memory))
+        )
         listeners.append((gateway, open_listener(ghost, gport, config.gateway.listen), config.gateway))
     caps = connection_caps([limits.max_connections for _, _, limits in listeners])
     servers = [

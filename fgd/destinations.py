@@ -44,6 +44,8 @@ def _param(value: Any, field: str = "param") -> dict:
             value = json.loads(value)
         except ValueError:
             raise InvalidParameter(f"{field} must be a JSON object (or a JSON string of one)") from None
+        except RecursionError:
+            raise InvalidParameter(f"{field} is JSON nested too deeply") from None
     if not isinstance(value, dict):
         raise InvalidParameter(f"{field} must be a JSON object")
     return value

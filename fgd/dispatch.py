@@ -57,6 +57,10 @@ class Dispatcher:
         """A new event was queued: look now rather than at the next poll."""
         self._wakeup.set()
 
+    def full(self) -> bool:
+        """Whether the queue holds max_queued events (as last counted: the loop counts again on every notify)."""
+        return self._depth[0] >= self._config.max_queued
+
     async def run(self) -> None:
         requeued, malformed = await self._store.run(self._store.queue.recover)
         if requeued:

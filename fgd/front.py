@@ -43,6 +43,7 @@ INVOKE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/invocations$")
 CODE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/code$")
 DEPENDENCY_PATH = re.compile(r"^/v2/([^/]+)/fgs/dependencies/version$")
 MAX_EVENT_BYTES = 6 * 1024 * 1024
+CODE_FILENAME_MAX = 128
 JSON = b"application/json"
 
 _encoder = msgspec.json.Encoder()
@@ -74,29 +75,55 @@ def _headers(scope: dict) -> dict[bytes, bytes]:
     return dict(scope["headers"])
 
 
+class BodyBudget:
+    """Bytes of bodies one listener holds in memory while they arrive, or (gateway responses)
+    while they are sent (max_body_memory)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int, what: str) -> None:
+        if self.used + size > self.limit:
+            raise Unavailable(
+                f"the node holds {self.limit:,} bytes of request bodies still arriving, its limit; "
+                f"send {what} again shortly, and at once"
+            )
+        self.used += size
+
+
 async def read_body(
     receive: Callable[[], Awaitable[dict]],
     declared: bytes | None,
     limit: int = MAX_EVENT_BYTES,
     what: str = "the event",
+    budget: BodyBudget | None = None,
 ) -> bytes:
-    """The whole request body, refusing (413) anything over `limit` as soon as it shows."""
+    """The whole request body, refusing (413) anything over `limit` as soon as it shows, and
+    (503) any piece that would take the listener over its `budget` of bodies in memory."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"{what} is {int(declared):,} bytes; the limit is {limit:,}")
     chunks: list[bytes] = []
     size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            # A body cut short is not the request the client meant: never act on it.
-            raise InvalidParameter(f"the client went away before {what} was complete")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"{what} is over {limit:,} bytes, the limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                # A body cut short is not the request the client meant: never act on it.
+                raise InvalidParameter(f"the client went away before {what} was complete")
+            chunk = message.get("body", b"")
+            if size + len(chunk) > limit:
+                raise TooLarge(f"{what} is over {limit:,} bytes, the limit")
+            if budget is not None:
+                budget.take(len(chunk), what)
+            size += len(chunk)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+    finally:
+        # Counted while it arrives only: once whole it is the invocation's (bounded by its slots).
+        if budget is not None:
+            budget.used -= size
 
 
 async def _respond(send: Callable[[dict], Awaitable[None]], status: int, headers: list, body: bytes) -> None:
@@ -156,7 +183,8 @@ def instance_memory(header: bytes | None, enabled: bool) -> int | None:
             "X-Cff-Instance-Memory needs dynamic memory: set enable_dynamic_memory in the function's config"
         )
     text = header.decode(errors="replace").strip()
-    if not text.isdigit() or not 64 <= int(text) <= 10240:
+    # ASCII digits only: str.isdigit also accepts '²', which int() refuses.
+    if not (text.isascii() and text.isdigit()) or not 64 <= int(text) <= 10240:
         raise InvalidInstanceMemory(f"X-Cff-Instance-Memory must be a memory size in MB from 64 to 10240, not {text!r}")
     return int(text)
 
@@ -213,6 +241,7 @@ def build_front(
     token: str,
     inflight: Inflight,
     metrics: Metrics,
+    bodies: BodyBudget | None = None,
 ) -> ASGIApp:
     code = functions.packager.code
 
@@ -229,6 +258,9 @@ def build_front(
                 raise TooLarge(f"the zip is {int(declared):,} bytes; the limit is {raw_limit(code):,}")
             if match.re is CODE_PATH:
                 record = functions.get(parse_function_ref(project_id, match[2], functions.region))
+                if len(query.get("code_filename", "")) > CODE_FILENAME_MAX:
+                    # The JSON form's limit (UpdateCode.code_filename), checked before the body comes.
+                    raise InvalidParameter(f"code_filename may be {CODE_FILENAME_MAX} characters at most")
                 path = await receive_to_file(_body_chunks(receive), code)
                 record = await functions.update_code_file(record, path, query.get("code_filename", ""))
                 answer: Any = functions.config(record)
@@ -247,7 +279,7 @@ def build_front(
             auth.check_asgi(token, headers)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
-            event = await read_body(receive, headers.get(b"content-length"))
+            event = await read_body(receive, headers.get(b"content-length"), budget=bodies)
             memory = instance_memory(headers.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
             try:
                 outcome = await invoker.invoke(record, event, new_request_id(), memory)
@@ -278,7 +310,7 @@ def build_front(
                 if match:
                     await invoke(scope, receive, send, match[1], match[2])
                     return
-            if method in ("PUT", "POST") and is_raw_zip(_headers(scope).get(b"content-type", b"").decode()):
+            if method in ("PUT", "POST") and is_raw_zip(_headers(scope).get(b"content-type", b"").decode("latin-1")):
                 match = (CODE_PATH if method == "PUT" else DEPENDENCY_PATH).match(path)
                 if match:
                     await upload(scope, receive, send, match)

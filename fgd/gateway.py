@@ -25,7 +25,7 @@ import msgspec
 
 from fgd import auth
 from fgd.errors import FgdError, NotFound
-from fgd.front import read_body
+from fgd.front import BodyBudget, read_body
 from fgd.httpserver import header_problem
 from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
@@ -112,7 +112,7 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
     """The function's APIG response as HTTP, or ValueError saying why it is not one."""
     try:
         answer = msgspec.json.decode(result or b"null", type=ApigResponse)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise ValueError(
             f"the function's result is not an APIG response ({{statusCode, headers, body}}): {exc}"
         ) from None
@@ -147,7 +147,9 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
     return answer.statusCode, headers, body
 
 
-def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) -> Callable:
+def build_gateway(
+    store: Store, invoker: Invoker, token: str, metrics: Metrics, bodies: BodyBudget | None = None
+) -> Callable:
     async def respond(send: Callable, status: int, headers: list, body: bytes) -> None:
         if status not in (204, 304):
             headers = [*headers, (b"content-length", str(len(body)).encode())]
@@ -177,7 +179,9 @@ def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) 
                 raise NotFound(f"the function behind {scope['path']} no longer exists")
             if trigger.event_data.get("auth", "NONE") == "TOKEN":
                 auth.check_asgi(token, dict(scope["headers"]))
-            body = await read_body(receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body")
+            body = await read_body(
+                receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body", bodies
+            )
             request_id = new_request_id()
             event = _encoder.encode(apig_event(scope, body, trigger, request_id, token))
             outcome = await invoker.invoke(record, event, request_id)
@@ -195,6 +199,20 @@ def build_gateway(store: Store, invoker: Invoker, token: str, metrics: Metrics) 
         except ValueError as exc:
             await error(send, 502, "FSS.0502", str(exc))
             return
-        await respond(send, status, [*headers, (b"x-cff-request-id", request_id.encode())], body)
+        if bodies is None:
+            await respond(send, status, [*headers, (b"x-cff-request-id", request_id.encode())], body)
+            return
+        # A response waits in memory while the client reads it (send_timeout at most): counted in
+        # the listener's max_body_memory like a request body, so clients that read nothing cannot
+        # hold a response each (100 such clients of a 3 MB route held 650 MB).
+        try:
+            bodies.take(len(body), "the request")
+        except FgdError as refusal:
+            await error(send, refusal.status, refusal.code, refusal.message)
+            return
+        try:
+            await respond(send, status, [*headers, (b"x-cff-request-id", request_id.encode())], body)
+        finally:
+            bodies.used -= len(body)
 
     return gateway

@@ -42,6 +42,7 @@ import msgspec
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.events import Closed, RawData, Updated
+from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.trio.worker_context import WorkerContext
@@ -349,6 +350,7 @@ class _Connection(TCPServer):
         await super().protocol_send(event)
 
     async def _read_data(self) -> None:
+        _http1_only(self.protocol)
         # hypercorn's loop without its read_timeout (which would also cut off a client waiting for
         # a slow function); instead the first byte of a request head starts the head's deadline.
         while True:
@@ -398,6 +400,25 @@ class _Connection(TCPServer):
         self.slots.waiting.pop(self, None)
         if self._idle_scope is not None:
             self._idle_scope.cancel()
+
+
+async def _no_protocol_switch(event: Any) -> None:
+    """Stands in for H11Protocol._check_protocol: never switch to HTTP/2."""
+
+
+def _http1_only(wrapper: Any) -> None:
+    """Keep a connection on HTTP/1.1 (hypercorn 0.18's ProtocolWrapper around an H11Protocol).
+
+    On a cleartext connection hypercorn switches to HTTP/2 on `Upgrade: h2c` or the HTTP/2
+    preface. HTTP/2 has its own flow control, which `send_timeout` does not see: a client that
+    opens streams with a zero window holds each response in the daemon's memory for as long as
+    it likes (20 connections of 10 streams held 1.2 GB, unauthenticated, through the gateway).
+    With the check gone such requests are plain HTTP/1.1 ones: `Upgrade: h2c` is ignored and
+    the preface's `PRI *` is answered 404, then its remainder 400 and the connection closed.
+    """
+    inner = getattr(wrapper, "protocol", None)
+    if isinstance(inner, H11Protocol):
+        inner._check_protocol = _no_protocol_switch  # type: ignore[method-assign]
 
 
 # -- the listener ------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def check_event(event: bytes) -> bytes:
     """The event as the function will get it: a JSON document (an empty body is `{}`)."""
     try:
         msgspec.json.decode(event or b"{}")
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        # msgspec reports invalid UTF-8 inside a string as UnicodeDecodeError, not DecodeError.
         raise InvalidParameter("the request body must be a JSON document (the function's event)") from None
     except RecursionError:
         raise InvalidParameter("the event is JSON nested too deeply") from None

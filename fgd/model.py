@@ -89,7 +89,8 @@ class AsyncInvokeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 class CodeRef(msgspec.Struct, frozen=True):
     """A stored code zip: content-addressed by sha256; digest is its sha512."""
 
-    sha256: str
+    # Checked when a stored record is read back: the store's paths are built from it.
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
     sha512: str
     size: int
 
@@ -283,6 +284,8 @@ def _user_data(field: str, value: UserData) -> dict[str, str]:
             decoded: Any = json.loads(value)
         except ValueError:
             raise InvalidParameter(f"{field} must be a JSON object or a JSON string of one") from None
+        except RecursionError:
+            raise InvalidParameter(f"{field} is JSON nested too deeply") from None
         if not isinstance(decoded, dict) or not all(isinstance(v, str) for v in decoded.values()):
             raise InvalidParameter(f"{field} must be an object whose values are strings")
         value = decoded

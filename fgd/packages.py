@@ -15,6 +15,7 @@ import posixpath
 import stat
 import unicodedata
 import zipfile
+from typing import Annotated
 
 import msgspec
 
@@ -28,19 +29,27 @@ SUPPORTED_METHODS = {
 }
 
 
+# Hardening (issue 9): a limit of zero or less would refuse every package, or make no sense.
+_AtLeastOne = Annotated[int, msgspec.Meta(ge=1)]
+_AtLeastZero = Annotated[int, msgspec.Meta(ge=0)]
+
+
 class PackageLimits(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Per-node limits for code and dependency packages (FunctionGraph's defaults)."""
 
-    max_files: int = 30_000
-    max_bytes: int = 300 * 1024 * 1024
+    max_files: _AtLeastOne = 30_000
+    # Directories a package makes, named by entries or implied by their paths: directory entries
+    # are not files, and one 16 MB zip of empty ones made 200,000 (an inode each).
+    max_directories: _AtLeastOne = 30_000
+    max_bytes: _AtLeastOne = 300 * 1024 * 1024
     # Direct (base64 in JSON) uploads; larger zips are sent as a raw application/zip body.
-    max_inline_zip: int = 10 * 1024 * 1024
+    max_inline_zip: _AtLeastZero = 10 * 1024 * 1024
     # An entry may inflate to at most this many times its compressed size (once over 1 MiB).
-    max_ratio: int = 1000
-    ratio_floor: int = 1024 * 1024
-    max_depth: int = 64
-    max_name_bytes: int = 1024
-    max_component_bytes: int = 255
+    max_ratio: _AtLeastOne = 1000
+    ratio_floor: _AtLeastZero = 1024 * 1024
+    max_depth: _AtLeastOne = 64
+    max_name_bytes: _AtLeastOne = 1024
+    max_component_bytes: _AtLeastOne = 255
 
 
 # Links followed in one path walk, nested ones included: the kernel's own limit (ELOOP).
@@ -123,7 +132,9 @@ def check_symlink_target(name: str, parts: tuple[str, ...], target: str) -> None
 
 def check_entries(infos: list[zipfile.ZipInfo], limits: PackageLimits) -> list[Entry]:
     """Judge the central directory; return the entries to extract, in order."""
-    files = sum(1 for info in infos if not info.is_dir())
+    # Not info.is_dir(): it indexes the name's last character, and an empty name (or one that
+    # starts with NUL, where zipfile cuts it) is judged below, with a message.
+    files = sum(1 for info in infos if not info.filename.endswith("/"))
     if files > limits.max_files:
         raise PackageRejected(f"the package has {files:,} files; the limit is {limits.max_files:,}")
     seen: dict[str, str] = {}
@@ -206,9 +217,17 @@ class TreePlan:
     extraction itself never follows a link.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_directories: int | None = None) -> None:
         self._root = _Node("dir", None)
         self._links: list[_Node] = []
+        self._max_directories = max_directories
+        self._directories = 0
+
+    def _new_directory(self, name: str, parent: _Node, entry: str = "") -> _Node:
+        self._directories += 1
+        if self._max_directories is not None and self._directories > self._max_directories:
+            raise _reject(name, f"the package makes over {self._max_directories:,} directories, the limit")
+        return _Node("dir", parent, entry)
 
     def add(self, entry: Entry, target: str = "") -> None:
         """Place `entry` (a link with its `target`) or refuse it, naming the rule."""
@@ -216,7 +235,7 @@ class TreePlan:
         for depth, part in enumerate(entry.parts[:-1], 1):
             child = node.children.get(part)
             if child is None:
-                child = node.children[part] = _Node("dir", node)
+                child = node.children[part] = self._new_directory(entry.name, node)
             elif child.kind == "symlink":
                 raise _reject(
                     entry.name,
@@ -234,7 +253,10 @@ class TreePlan:
             what = {"symlink": "symbolic link", "dir": "directory"}.get(existing.kind, existing.kind)
             made_by = f" {show(existing.entry)}" if existing.entry else " implied by earlier entries"
             raise _reject(entry.name, f"would replace the {what}{made_by} (an entry may not change what another made)")
-        child = node.children[name] = _Node(entry.kind, node, entry.name, target)
+        if entry.kind == "dir":
+            child = node.children[name] = self._new_directory(entry.name, node, entry.name)
+        else:
+            child = node.children[name] = _Node(entry.kind, node, entry.name, target)
         if entry.kind == "symlink":
             self._links.append(child)
 

@@ -180,13 +180,15 @@ class Store:
                 continue
             self.functions[r.key] = r
         # Private dependency versions by id (public ones are registered at start, not stored).
-        self.dependencies: dict[str, DependencyVersion] = {
-            d.id: d
-            for d in (
-                _dependency_decoder.decode(blob)
-                for (blob,) in self._db.execute("SELECT record FROM dependency_versions")
-            )
-        }
+        self.dependencies: dict[str, DependencyVersion] = {}
+        for dependency_id, blob in self._db.execute("SELECT id, record FROM dependency_versions"):
+            # As for functions: one unreadable row is logged and left out; the daemon starts.
+            try:
+                d = _dependency_decoder.decode(blob)
+            except (msgspec.DecodeError, TypeError) as exc:
+                log.error("ignoring stored dependency version %s: its record is unreadable: %s", dependency_id, exc)
+                continue
+            self.dependencies[d.id] = d
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()

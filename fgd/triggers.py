@@ -40,9 +40,11 @@ def _now_iso() -> str:
 
 
 class Triggers:
-    def __init__(self, store: Store, notify) -> None:
+    def __init__(self, store: Store, notify, full=lambda: False) -> None:
         self._store = store
         self._notify = notify
+        # Whether the async queue is at its max_queued: a fire then is skipped, not queued.
+        self._full = full
         self._changed = trio.Event()
         self.drop_unusable()
 
@@ -216,6 +218,13 @@ class Triggers:
     async def _fire(self, trigger: Trigger, schedule: Schedule) -> None:
         record = self._store.get(trigger.key)
         if record is None:
+            return
+        if self._full():
+            log.warning(
+                "timer trigger %s of function %s: fire skipped, the asynchronous queue is full (max_queued)",
+                trigger.trigger_id,
+                trigger.func_name,
+            )
             return
         zone = schedule.zone
         event = {
