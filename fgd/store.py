@@ -161,34 +161,31 @@ class Store:
                 "SELECT project_id, package, func_name, bytes FROM log_usage"
             )
         }
-        self.triggers: dict[str, Trigger] = self._load_triggers()
-        self.functions: dict[tuple[str, str, str], FunctionRecord] = {}
-        for project_id, package, func_name, blob in self._db.execute(
-            "SELECT project_id, package, func_name, record FROM functions"
-        ):
-            # Hardening (issue 9): one unreadable record (edited by hand) is logged and left out, alone.
-            try:
-                r = _record_decoder.decode(blob)
-            except (msgspec.DecodeError, TypeError) as exc:
-                log.error(
-                    "ignoring stored function %s/%s/%s: its record is unreadable: %s",
-                    project_id,
-                    package,
-                    func_name,
-                    exc,
-                )
-                continue
-            self.functions[r.key] = r
+        # A row edited by hand that no longer decodes is logged and left out, alone: the daemon starts.
+        self.triggers: dict[str, Trigger] = {
+            t.trigger_id: t
+            for t in self._readable("triggers", "trigger", "trigger_id || ' of ' || func_name", _trigger_decoder)
+        }
+        self.functions: dict[tuple[str, str, str], FunctionRecord] = {
+            r.key: r
+            for r in self._readable(
+                "functions", "function", "project_id || '/' || package || '/' || func_name", _record_decoder
+            )
+        }
         # Private dependency versions by id (public ones are registered at start, not stored).
-        self.dependencies: dict[str, DependencyVersion] = {}
-        for dependency_id, blob in self._db.execute("SELECT id, record FROM dependency_versions"):
-            # As for functions: one unreadable row is logged and left out; the daemon starts.
+        self.dependencies: dict[str, DependencyVersion] = {
+            d.id: d for d in self._readable("dependency_versions", "dependency version", "id", _dependency_decoder)
+        }
+
+    def _readable(self, table: str, noun: str, identity: str, decoder: msgspec.json.Decoder) -> list:
+        """Every decodable record of `table`; `identity` (an SQL expression) names a bad row in the log."""
+        found = []
+        for name, blob in self._db.execute(f"SELECT {identity}, record FROM {table}"):
             try:
-                d = _dependency_decoder.decode(blob)
+                found.append(decoder.decode(blob))
             except (msgspec.DecodeError, TypeError) as exc:
-                log.error("ignoring stored dependency version %s: its record is unreadable: %s", dependency_id, exc)
-                continue
-            self.dependencies[d.id] = d
+                log.error("ignoring stored %s %s: its record is unreadable: %s", noun, name, exc)
+        return found
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
@@ -284,23 +281,6 @@ class Store:
         return {r.code.sha256 for r in self.functions.values()} | {d.code.sha256 for d in self.dependencies.values()}
 
     # Triggers ------------------------------------------------------------------
-
-    def _load_triggers(self) -> dict[str, Trigger]:
-        """Every readable trigger; a row that does not decode is logged and left out, alone."""
-        triggers = {}
-        for trigger_id, func_name, blob in self._db.execute("SELECT trigger_id, func_name, record FROM triggers"):
-            try:
-                trigger = _trigger_decoder.decode(blob)
-            except (msgspec.DecodeError, TypeError) as exc:
-                log.error(
-                    "ignoring stored trigger %s of function %s: its record is unreadable: %s",
-                    trigger_id,
-                    func_name,
-                    exc,
-                )
-                continue
-            triggers[trigger.trigger_id] = trigger
-        return triggers
 
     async def put_trigger(self, trigger: Trigger) -> None:
         blob = _encoder.encode(trigger)
