@@ -26,7 +26,7 @@ import msgspec
 from fgd import auth
 from fgd.errors import FgdError, NotFound
 from fgd.front import BodyBudget, read_body
-from fgd.httpserver import header_problem
+from fgd.httpserver import header_problem, lifespan
 from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
 from fgd.model import Trigger
@@ -163,11 +163,8 @@ def build_gateway(
 
     async def gateway(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
         trigger = route_for(store, scope["path"], scope["method"])

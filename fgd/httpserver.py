@@ -83,6 +83,15 @@ TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+async def lifespan(receive: Callable, send: Callable) -> None:
+    """Answer an ASGI lifespan scope for an app with nothing to start or stop."""
+    while True:
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        if message["type"] == "lifespan.shutdown":
+            return
+
+
 def header_problem(name: bytes, value: bytes) -> str | None:
     """Why this response header cannot be sent, or None."""
     if not TOKEN.fullmatch(name):

@@ -12,7 +12,7 @@ import trio
 from fgd import httpserver
 from fgd.config import ServerConfig
 from fgd.gateway import to_http
-from fgd.httpserver import header_text, serve_http
+from fgd.httpserver import header_text, lifespan, serve_http
 
 LIMITS = ServerConfig(header_timeout=2.0, body_timeout=2.0, keep_alive_timeout=2.0, send_timeout=2.0)
 
@@ -20,11 +20,8 @@ LIMITS = ServerConfig(header_timeout=2.0, body_timeout=2.0, keep_alive_timeout=2
 def responder(status: object, headers: list) -> Callable:
     async def app(scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            await lifespan(receive, send)
+            return
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"from the app"})
 
