@@ -87,6 +87,7 @@ class AsyncQueue(Protocol):
     def find(self, key: tuple[str, str, str], request_id: str | None, status: str | None, limit: int) -> list: ...
     def depth(self) -> int: ...
     def prune(self, finished_before: float, batch: int) -> int: ...
+    def prune_beyond(self, keep: int, batch: int) -> int: ...
     def purge(self, key: Key, created_before: float, batch: int) -> int: ...
 
 
@@ -116,6 +117,9 @@ SCHEMA_LEASES = """
 ALTER TABLE async_events ADD COLUMN leases INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX async_finished ON async_events (end_time) WHERE status IN ('SUCCESS', 'FAIL', 'DISCARD');
 """
+
+# The condition of the async_finished index, written the same way so queries can use it.
+_FINISHED = "status IN ('SUCCESS', 'FAIL', 'DISCARD')"
 
 # An unfinished row whose columns do not have the types the daemon writes (edited by hand,
 # or by another program) cannot be run: recover() settles it FAIL, with a reason.
@@ -281,6 +285,19 @@ class SqliteQueue:
                 "DELETE FROM async_events WHERE rowid IN (SELECT rowid FROM async_events "
                 "WHERE status IN ('SUCCESS', 'FAIL', 'DISCARD') AND end_time<? LIMIT ?)",
                 (finished_before, batch),
+            ).rowcount
+
+    def prune_beyond(self, keep: int, batch: int) -> int:
+        """Delete up to `batch` of the oldest finished events beyond the newest `keep`; one short transaction."""
+        with self._db:
+            (finished,) = self._db.execute(f"SELECT count(*) FROM async_events WHERE {_FINISHED}").fetchone()
+            excess = min(batch, finished - keep)
+            if excess <= 0:
+                return 0
+            return self._db.execute(
+                f"DELETE FROM async_events WHERE rowid IN (SELECT rowid FROM async_events WHERE {_FINISHED} "
+                "ORDER BY end_time LIMIT ?)",
+                (excess,),
             ).rowcount
 
     def purge(self, key: Key, created_before: float, batch: int) -> int:

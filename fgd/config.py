@@ -128,8 +128,10 @@ class AsyncConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Hardening (issue 9): events of one function running at once; default max(1, concurrency // 2),
     # so a flood of one slow function leaves slots for the others.
     per_function: Annotated[int, Meta(ge=1)] | None = None
-    # Finished events (SUCCESS, FAIL, DISCARD) are deleted this long after they finished.
+    # Finished events (SUCCESS, FAIL, DISCARD) are deleted this long after they finished, and
+    # beyond this many (oldest first), so a busy node's status history cannot fill its disk.
     retention_days: Annotated[float, Meta(gt=0)] = 7.0
+    max_finished: Annotated[int, Meta(ge=0)] = 100_000
     # Hardening (issue 9): asynchronous invocations waiting or running on the node at most.
     # Past it POST .../invocations-async is a 429 and timer fires are skipped (logged): a
     # flood (1,000 timers of @every 1s queue 1,000 events a second) cannot fill the disk.

@@ -155,17 +155,23 @@ class Dispatcher:
         interval = min(600.0, max(0.2, retention / 10))
         while True:
             removed = 0
-            while True:
-                count = await self._store.run(self._store.queue.prune, time.time() - retention, PRUNE_BATCH)
-                removed += count
-                if count < PRUNE_BATCH:
-                    break
-                await trio.sleep(0)  # let the API's and the log sink's store calls in between batches
+            queue = self._store.queue
+            for prune, limit in (
+                (queue.prune, time.time() - retention),
+                (queue.prune_beyond, self._config.max_finished),
+            ):
+                while True:
+                    count = await self._store.run(prune, limit, PRUNE_BATCH)
+                    removed += count
+                    if count < PRUNE_BATCH:
+                        break
+                    await trio.sleep(0)  # let the API's and the log sink's store calls in between batches
             if removed:
                 log.info(
-                    "pruned %d finished asynchronous invocations older than %g days",
+                    "pruned %d finished asynchronous invocations (older than %g days, or beyond the newest %d)",
                     removed,
                     self._config.retention_days,
+                    self._config.max_finished,
                 )
             await trio.sleep(interval)
 

@@ -130,6 +130,25 @@ def test_prune_takes_only_old_finished_events_in_batches(store: Store) -> None:
     assert {s for s, _, _ in left.values()} == {"SUCCESS", "FAIL", "DISCARD", "WAIT", "RUNNING"}
 
 
+def test_finished_events_beyond_the_cap_go_oldest_first_in_batches(store: Store) -> None:
+    ids = queue_events(store, SLOW, 20)
+    for n, request_id in enumerate(ids):
+        status = "WAIT" if n % 4 == 3 else "SUCCESS"  # 15 finished, 5 waiting
+        store._db.execute(
+            "UPDATE async_events SET status=?, end_time=? WHERE request_id=?", (status, float(n), request_id)
+        )
+    store._db.commit()
+    assert store.queue.prune_beyond(6, 4) == 4
+    assert store.queue.prune_beyond(6, 4) == 4
+    assert store.queue.prune_beyond(6, 4) == 1  # 15 finished, 6 kept
+    assert store.queue.prune_beyond(6, 4) == 0
+    left = statuses(store)
+    finished = sorted(int(r.split("-")[1]) for r, (s, _, _) in left.items() if s == "SUCCESS")
+    # The newest six stay; nothing waiting is touched.
+    assert finished == [12, 13, 14, 16, 17, 18]
+    assert sum(1 for s, _, _ in left.values() if s == "WAIT") == 5
+
+
 def test_purge_removes_a_deleted_functions_events_of_every_status(store: Store) -> None:
     queue_events(store, SLOW, 7)
     queue_events(store, FAST, 3)
