@@ -25,7 +25,7 @@ from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
 from runtimes import protocol
-from sandbox.cgroups import CgroupError, Limits
+from sandbox.cgroups import CgroupError, Limits, parse_key_value
 
 READ_CHUNK = 1 << 16
 # Request ids an instance finished lately: a Log frame for one of them is late, not forged.
@@ -95,7 +95,8 @@ class Instance:
         self.init_ms: float | None = None
         # sha256 of the code and dependency trees this instance mounts.
         self.packages: set[str] = set()
-        self._peak_fd = -1
+        # Kept-open descriptors of cgroup files read per invocation (memory peak, OOM kills).
+        self._counter_fds: dict[str, int] = {}
         self._oom_baseline = 0
         self.last_used = time.monotonic()
         # Requests running on the instance now; output from its pipes goes to the one
@@ -184,26 +185,34 @@ class Instance:
 
     def oom_kills(self) -> int:
         """The kernel's count of OOM kills in this instance's cgroup (0 without one)."""
-        if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
-            return 0
-        try:
-            return self.sandbox.cgroups.oom_kills(self.cgroup)
-        except CgroupError:
-            return 0
+        text = self._read_counter("oom", lambda cgroups, name: cgroups.oom_events_path(name), 256)
+        return parse_key_value(text, "oom_kill") if text is not None else 0
 
     def oom_killed(self) -> bool:
         """Whether the OOM killer acted here since the current requests began (not in an earlier one)."""
         return self.oom_kills() > self._oom_baseline
 
     def memory_peak_mb(self) -> float | None:
-        """Peak memory charged to the instance's cgroup; read on every invocation, so kept open."""
+        """Peak memory charged to the instance's cgroup."""
+        text = self._read_counter("peak", lambda cgroups, name: cgroups.memory_peak_path(name), 32)
+        try:
+            return int(text) / (1024 * 1024) if text is not None else None
+        except ValueError:
+            return None
+
+    def _read_counter(self, which: str, path_of: Callable, size: int) -> str | None:
+        """A cgroup file read on every invocation, through a descriptor kept open (a tenth of the
+        cost of opening it each time); None without a cgroup or once it is gone."""
         if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
             return None
         try:
-            if self._peak_fd < 0:
-                self._peak_fd = os.open(self.sandbox.cgroups.memory_peak_path(self.cgroup), os.O_RDONLY | os.O_CLOEXEC)
-            return int(os.pread(self._peak_fd, 32, 0)) / (1024 * 1024)
-        except (OSError, ValueError):
+            fd = self._counter_fds.get(which)
+            if fd is None:
+                fd = self._counter_fds[which] = os.open(
+                    path_of(self.sandbox.cgroups, self.cgroup), os.O_RDONLY | os.O_CLOEXEC
+                )
+            return os.pread(fd, size, 0).decode()
+        except (OSError, CgroupError):
             return None
 
     def release(self) -> bool:
@@ -345,9 +354,9 @@ class Instance:
     def close(self) -> None:
         self.kill()
         self._output_wanted.set()
-        if self._peak_fd >= 0:
-            os.close(self._peak_fd)
-            self._peak_fd = -1
+        for fd in self._counter_fds.values():
+            os.close(fd)
+        self._counter_fds.clear()
         if self._socket is not None:
             self._socket.close()
         for pipe in self._pipes:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import msgspec
 
-from sandbox.cgroups._base import UNLIMITED, CgroupError, Limits
+from sandbox.cgroups._base import UNLIMITED, CgroupError, Limits, parse_key_value
 from sandbox.cgroups.v1 import V1
 from sandbox.cgroups.v2 import V2
 
@@ -27,6 +27,7 @@ __all__ = [
     "detect",
     "memory_limit",
     "node_pids_max",
+    "parse_key_value",
     "parse_mountinfo",
     "parse_proc_cgroup",
 ]

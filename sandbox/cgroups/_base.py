@@ -44,7 +44,12 @@ def read(path: Path) -> str:
 
 def key_value(path: Path, key: str) -> int:
     """An integer from a flat-keyed file such as memory.events."""
-    for line in read(path).splitlines():
+    return parse_key_value(read(path), key)
+
+
+def parse_key_value(text: str, key: str) -> int:
+    """An integer from the text of a flat-keyed file (0 when the key is absent)."""
+    for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name == key:
             return int(value)

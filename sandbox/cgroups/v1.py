@@ -95,8 +95,12 @@ class V1:
         quota = -1 if limits.cpu_millicores is None else limits.cpu_millicores * CPU_PERIOD_US // 1000
         write(paths["cpu"] / "cpu.cfs_quota_us", str(quota))
 
+    def oom_events_path(self, name: str) -> Path:
+        """The flat-keyed file whose `oom_kill` counts the OOM kills in the cgroup."""
+        return self._paths(name)["memory"] / "memory.oom_control"
+
     def oom_kills(self, name: str) -> int:
-        return key_value(self._paths(name)["memory"] / "memory.oom_control", "oom_kill")
+        return key_value(self.oom_events_path(name), "oom_kill")
 
     def memory_peak_path(self, name: str) -> Path:
         return self._paths(name)["memory"] / "memory.max_usage_in_bytes"

@@ -98,8 +98,12 @@ class V2:
             quota = "max" if limits.cpu_millicores is None else str(limits.cpu_millicores * CPU_PERIOD_US // 1000)
             write(path / "cpu.max", f"{quota} {CPU_PERIOD_US}")
 
+    def oom_events_path(self, name: str) -> Path:
+        """The flat-keyed file whose `oom_kill` counts the OOM kills in the cgroup."""
+        return self.path(name) / "memory.events"
+
     def oom_kills(self, name: str) -> int:
-        return key_value(self.path(name) / "memory.events", "oom_kill")
+        return key_value(self.oom_events_path(name), "oom_kill")
 
     def memory_peak_path(self, name: str) -> Path:
         peak = self.path(name) / "memory.peak"
