@@ -217,6 +217,12 @@ class Api:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def route(self, name: str, path: str, **event_data: object) -> httpx.Response:
+        """Add an APIG trigger: gateway requests to `path` invoke function `name`."""
+        label = "r" + "".join(c for c in path if c.isalnum())[:50]
+        body = {"trigger_type_code": "APIG", "event_data": {"name": label, "path": path, **event_data}}
+        return self.http.post(f"/triggers/{name}", json=body)
+
     def invoke(self, name: str, event: object = None, headers: dict | None = None) -> httpx.Response:
         return self.http.post(
             f"/functions/{name}/invocations", json=event if event is not None else {}, headers=headers

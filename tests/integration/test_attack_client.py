@@ -198,8 +198,7 @@ def test_gateway_head_answers_no_body_and_the_pipelined_request_after_it_is_serv
     name = unique_name("atk")
     api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'x' * 100}\n", name=name)
     path = f"/{name}"
-    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": path}}
-    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    assert api.route(name, path).status_code == 201
     one = f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     two = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
     answer = raw_exchange(api.daemon.gateway_port, one + two)
@@ -329,8 +328,7 @@ def test_listeners_speak_http1_only(api: Api, listener: str) -> None:
     # gateway responses in the daemon for as long as they stayed open
     name = unique_name("atk")
     api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'x' * 1000}\n", name=name)
-    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
-    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    assert api.route(name, f"/{name}").status_code == 201
     port = api.daemon.port if listener == "api" else api.daemon.gateway_port
     answer = raw_exchange(port, _h2_zero_window_streams(f"/{name}"), wait=5)
     # An HTTP/1.1 answer to "PRI * HTTP/2.0" (no such resource), then 400 and close: no SETTINGS frame.
@@ -453,8 +451,7 @@ def test_bodies_held_while_arriving_are_bounded_per_listener(small_body_budget: 
     name = unique_name("atk")
     api.deploy(LENGTH, name=name)
     if listener == "gateway":
-        trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
-        assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+        assert api.route(name, f"/{name}").status_code == 201
         port, path, token = daemon.gateway_port, f"/{name}", None
     else:
         port, path, token = daemon.port, f"/v2/default/fgs/functions/{name}/invocations", daemon.token
@@ -483,8 +480,7 @@ def test_gateway_responses_waiting_for_their_client_are_bounded(small_body_budge
     api = Api(small_body_budget)
     name = unique_name("atk")
     api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'x' * 900_000}\n", name=name)
-    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
-    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    assert api.route(name, f"/{name}").status_code == 201
     request = f"GET /{name} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     with socket.socket() as reader_of_nothing:
         reader_of_nothing.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -507,8 +503,7 @@ def test_gateway_responses_waiting_for_their_client_are_bounded(small_body_budge
 def test_whole_request_then_half_close_still_gets_its_answer(api: Api, listener: str) -> None:
     name = unique_name("atk")
     api.deploy("def handler(event, context):\n    return {'statusCode': 200, 'body': 'answered'}\n", name=name)
-    trigger = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
-    assert api.http.post(f"/triggers/{name}", json=trigger).status_code == 201
+    assert api.route(name, f"/{name}").status_code == 201
     if listener == "api":
         port, path, token = api.daemon.port, f"/v2/default/fgs/functions/{name}/invocations", api.daemon.token
     else:

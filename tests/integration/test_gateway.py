@@ -28,14 +28,9 @@ def handler(event, context):
 """
 
 
-def route(api: Api, name: str, path: str, **extra) -> httpx.Response:
-    body = {"trigger_type_code": "APIG", "event_data": {"name": f"r{abs(hash(path)) % 10**6}", "path": path, **extra}}
-    return api.http.post(f"/triggers/{name}", json=body)
-
-
 def test_round_trip_with_base64_body_headers_and_query(api: Api) -> None:
     name = api.deploy(ECHO)["func_name"]
-    assert route(api, name, f"/hello-{name}").status_code == 201
+    assert api.route(name, f"/hello-{name}").status_code == 201
     response = httpx.post(
         f"{api.daemon.gateway_url}/hello-{name}/sub?lang=en&x=1",
         content=json.dumps({"name": "fgd"}),
@@ -59,7 +54,7 @@ def test_round_trip_with_base64_body_headers_and_query(api: Api) -> None:
 
 def test_normal_match_is_exact_and_methods_filter(api: Api) -> None:
     name = api.deploy(ECHO)["func_name"]
-    route(api, name, f"/exact-{name}", match_mode="NORMAL", req_method="GET")
+    api.route(name, f"/exact-{name}", match_mode="NORMAL", req_method="GET")
     assert httpx.get(f"{api.daemon.gateway_url}/exact-{name}").status_code == 201
     assert httpx.get(f"{api.daemon.gateway_url}/exact-{name}/more").status_code == 404
     assert httpx.post(f"{api.daemon.gateway_url}/exact-{name}").status_code == 404
@@ -67,7 +62,7 @@ def test_normal_match_is_exact_and_methods_filter(api: Api) -> None:
 
 def test_token_auth(api: Api) -> None:
     name = api.deploy(ECHO)["func_name"]
-    route(api, name, f"/private-{name}", auth="TOKEN")
+    api.route(name, f"/private-{name}", auth="TOKEN")
     url = f"{api.daemon.gateway_url}/private-{name}"
     assert httpx.get(url).status_code == 401
     assert httpx.get(url, headers={"X-Auth-Token": "wrong"}).status_code == 401
@@ -76,7 +71,7 @@ def test_token_auth(api: Api) -> None:
 
 def test_bad_result_and_failed_function_are_502(api: Api) -> None:
     name = api.deploy(ECHO)["func_name"]
-    route(api, name, f"/p-{name}")
+    api.route(name, f"/p-{name}")
     bad = httpx.get(f"{api.daemon.gateway_url}/p-{name}/bad")
     assert bad.status_code == 502
     assert "not an APIG response" in bad.json()["error_msg"]
@@ -87,13 +82,13 @@ def test_bad_result_and_failed_function_are_502(api: Api) -> None:
 
 def test_routes_conflict_and_body_limit(api: Api) -> None:
     name = api.deploy(ECHO)["func_name"]
-    assert route(api, name, f"/taken-{name}").status_code == 201
-    conflict = route(api, name, f"/taken-{name}", req_method="GET")
+    assert api.route(name, f"/taken-{name}").status_code == 201
+    conflict = api.route(name, f"/taken-{name}", req_method="GET")
     assert conflict.status_code == 409
     big = httpx.post(f"{api.daemon.gateway_url}/taken-{name}", content=b"x" * (4 * 1024 * 1024 + 1))
     assert big.status_code == 413
     assert httpx.get(f"{api.daemon.gateway_url}/nothing-here").status_code == 404
-    assert route(api, name, "no-slash").status_code == 400
+    assert api.route(name, "no-slash").status_code == 400
 
 
 def test_plain_body_result(api: Api) -> None:
@@ -102,7 +97,7 @@ def test_plain_body_result(api: Api) -> None:
         "    return {'statusCode': 200, 'body': 'plain text', 'headers': {'Content-Type': 'text/plain'}}\n"
     )
     name = api.deploy(source)["func_name"]
-    route(api, name, f"/plain-{name}")
+    api.route(name, f"/plain-{name}")
     response = httpx.get(f"{api.daemon.gateway_url}/plain-{name}")
     assert response.status_code == 200 and response.text == "plain text"
     assert response.headers["content-type"] == "text/plain"
@@ -126,7 +121,7 @@ def handler(event, context):
 
 def shaped_route(api: Api) -> str:
     name = api.deploy(SHAPED)["func_name"]
-    assert route(api, name, f"/shaped-{name}").status_code == 201
+    assert api.route(name, f"/shaped-{name}").status_code == 201
     return f"{api.daemon.gateway_url}/shaped-{name}"
 
 
@@ -236,8 +231,8 @@ def test_no_body_statuses_send_no_body(api: Api, status: int) -> None:
 
 def test_admin_token_never_reaches_the_function(api: Api) -> None:
     name = api.deploy(ECHO)["func_name"]
-    route(api, name, f"/tok-{name}", auth="TOKEN")
-    route(api, name, f"/pub-{name}")
+    api.route(name, f"/tok-{name}", auth="TOKEN")
+    api.route(name, f"/pub-{name}")
     token = api.daemon.token
     for path, sent in [
         (f"/tok-{name}", {"X-Auth-Token": token}),

@@ -65,8 +65,7 @@ def marked(hapi: Api) -> str:
     """A function behind the gateway routes /m (auth NONE) and /t (auth TOKEN), warm."""
     name = hapi.deploy(MARKER, name=unique_name("marked"), timeout=30)["func_name"]
     for path, auth in (("/m", "NONE"), ("/t", "TOKEN")):
-        body = {"trigger_type_code": "APIG", "event_data": {"name": path[1:], "path": path, "auth": auth}}
-        assert hapi.http.post(f"/triggers/{name}", json=body).status_code == 201
+        assert hapi.route(name, path, auth=auth).status_code == 201
     assert httpx.get(f"{hapi.daemon.gateway_url}/m", timeout=10).text == "ran"
     return name
 
@@ -229,8 +228,7 @@ def test_body_cut_short_by_disconnect_never_invokes(hapi: Api, listener: str, ho
     daemon = hapi.daemon
     name = hapi.deploy(MARKER, timeout=10)["func_name"]
     path = f"/cut-{name}"
-    body = {"trigger_type_code": "APIG", "event_data": {"name": "c", "path": path}}
-    assert hapi.http.post(f"/triggers/{name}", json=body).status_code == 201
+    assert hapi.route(name, path).status_code == 201
     if listener == "api":
         sock, head = connect(daemon.port), invoke_head(daemon, name, 1000)
     else:
@@ -370,8 +368,7 @@ def test_two_thousand_slow_clients_do_not_stop_health_api_or_invocations(tmp_pat
     try:
         api = Api(daemon)
         name = api.deploy(MARKER, timeout=10)["func_name"]
-        body = {"trigger_type_code": "APIG", "event_data": {"name": "m", "path": "/m"}}
-        assert api.http.post(f"/triggers/{name}", json=body).status_code == 201
+        assert api.route(name, "/m").status_code == 201
         assert_serving(api, name)
         process = psutil.Process(daemon.process.pid)
         fds_before = process.num_fds()
