@@ -267,7 +267,7 @@ def build_front(
             else:
                 fields = {k: query[k] for k in ("name", "runtime", "description") if k in query}
                 path = await receive_to_file(_body_chunks(receive), code)
-                answer = await dependencies.create(project_id, fields, path)
+                answer = dependencies.info(await dependencies.create(project_id, fields, path))
         except FgdError as error:
             await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
@@ -23,6 +22,4 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         elif request.method == "DELETE":
             record = await ctx.functions.set_async_config(record, {})
             return Response(b"", status=204)
-        return json_response(
-            {"func_urn": ctx.functions.config(record).func_urn, **msgspec.to_builtins(record.async_config)}
-        )
+        return json_response(ctx.functions.async_config(record))

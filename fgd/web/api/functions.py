@@ -46,20 +46,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @app.get(f"{BASE}/functions/<urn>/code")
     async def get_code(project_id: str, urn: str) -> Response:
-        record = ctx.lookup(project_id, urn)
-        config = ctx.functions.config(record)
-        return json_response(
-            {
-                "func_urn": config.func_urn,
-                "func_name": record.func_name,
-                "runtime": record.runtime,
-                "code_type": record.code_type,
-                "code_filename": record.code_filename,
-                "code_size": record.code.size,
-                "digest": record.code.sha512,
-                "last_modified": config.last_modified,
-            }
-        )
+        return json_response(ctx.functions.code_info(ctx.lookup(project_id, urn)))
 
     @app.put(f"{BASE}/functions/<urn>/code")
     async def update_code(project_id: str, urn: str) -> Response:
@@ -70,7 +57,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     @app.put(f"{BASE}/functions/<urn>/reservedinstances")
     async def put_reserved(project_id: str, urn: str) -> Response:
         record = await ctx.functions.set_reserved(ctx.lookup(project_id, urn), await body_json())
-        return json_response({"func_urn": ctx.functions.config(record).func_urn, "count": record.reserved})
+        return json_response(ctx.functions.reserved(record))
 
     @app.get(f"{BASE}/functions/reservedinstances")
     async def list_reserved(project_id: str) -> Response:

@@ -7,15 +7,15 @@ import time
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from fgd.asyncqueue import AsyncEvent
+from fgd.asyncqueue import AsyncEvent, invocation_answer
 from fgd.errors import Conflict, InvalidParameter, NotFound, Throttled, TooLarge
 from fgd.invoker import check_event, new_request_id
+from fgd.model import AsyncInvocationList
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
     int_arg,
-    iso,
     json_response,
 )
 
@@ -50,19 +50,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         events = await ctx.store.run(
             ctx.store.queue.find, record.key, request.args.get("request_id") or None, status, limit
         )
-        rows = [
-            {
-                "request_id": e.request_id,
-                "status": e.status,
-                "error_code": e.error_code,
-                "error_message": e.error_message,
-                "start_time": iso(e.start_time),
-                "end_time": iso(e.end_time),
-                "attempts": e.attempts,
-            }
-            for e in events
-        ]
-        return json_response({"invocations": rows, "count": len(rows)})
+        rows = [invocation_answer(e) for e in events]
+        return json_response(AsyncInvocationList(invocations=rows, count=len(rows)))
 
     @app.post(f"{BASE}/functions/<urn>/cancel")
     async def cancel_async(project_id: str, urn: str) -> Response:
