@@ -276,8 +276,10 @@ def cmd_async_ls(args: argparse.Namespace) -> int:
         return 0
     table = [("REQUEST ID", "STATUS", "ATTEMPTS", "STARTED", "ENDED", "ERROR")]
     for r in rows:
-        error = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else ""
-        table.append((r["request_id"], r["status"], str(r["attempts"]), r["start_time"], r["end_time"], error))
+        # error_code is FunctionGraph's number; error_type names the error (FSS code or exception).
+        error = f"{r['error_type']}: {r['error_message']}" if r["error_code"] else ""
+        started, ended = r["start_time"] or "", r["end_time"] or ""
+        table.append((r["request_id"], r["status"], str(r["attempts"]), started, ended, error))
     print_table(table)
     return 0
 
