@@ -31,6 +31,9 @@ EphemeralStorage = Annotated[int, Meta(ge=512, le=10240)]
 MaxInstances = Annotated[int, Meta(ge=-1, le=1000)]
 ConcurrentNum = Annotated[int, Meta(ge=1, le=1000)]
 UserData = dict[str, str] | str
+# A FunctionGraph name or id kept as metadata; bounded, as everything stored is.
+Label = Annotated[str, Meta(max_length=256)]
+Labels = Annotated[list[Label], Meta(max_length=64)]
 # FunctionGraph's code types; only inline and zip are taken (check_code_source says why not the rest).
 CodeType = Literal["inline", "zip", "obs", "jar", "Custom-Image-Swr"]
 
@@ -43,7 +46,7 @@ class StrategyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
 class FuncCode(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     file: str = ""
     # FunctionGraph's OBS link to the code; kept and returned as given (fgd has no OBS).
-    link: str = ""
+    link: Annotated[str, Meta(max_length=2048)] = ""
 
 
 # FunctionGraph fields fgd keeps and returns as given, or accepts only with their "off" value
@@ -52,26 +55,26 @@ class FuncCode(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=
 
 
 class FuncVpc(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    domain_id: str = ""
-    namespace: str = ""
-    vpc_name: str = ""
-    vpc_id: str = ""
-    subnet_name: str = ""
-    subnet_id: str = ""
-    cidr: str = ""
-    gateway: str = ""
-    security_groups: list[str] = []
+    domain_id: Label = ""
+    namespace: Label = ""
+    vpc_name: Label = ""
+    vpc_id: Label = ""
+    subnet_name: Label = ""
+    subnet_id: Label = ""
+    cidr: Label = ""
+    gateway: Label = ""
+    security_groups: Labels = []
     is_safety: bool = False
 
 
 class CustomImage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     enabled: bool = False
-    image: str = ""
-    command: str = ""
-    args: str = ""
-    working_dir: str = ""
-    uid: str = ""
-    gid: str = ""
+    image: Label = ""
+    command: Label = ""
+    args: Label = ""
+    working_dir: Label = ""
+    uid: Label = ""
+    gid: Label = ""
     is_public: bool = False
 
 
@@ -81,10 +84,10 @@ class MountUser(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
 
 
 class FuncMount(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    mount_type: str = ""
-    mount_resource: str = ""
-    mount_share_path: str = ""
-    local_mount_path: str = ""
+    mount_type: Label = ""
+    mount_resource: Label = ""
+    mount_share_path: Label = ""
+    local_mount_path: Label = ""
 
 
 class MountConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -93,25 +96,22 @@ class MountConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froz
 
 
 class FuncLogConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    group_name: str = ""
-    group_id: str = ""
-    stream_name: str = ""
-    stream_id: str = ""
+    group_name: Label = ""
+    group_id: Label = ""
+    stream_name: Label = ""
+    stream_id: Label = ""
 
 
 class VpcConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    vpc_name: str = ""
-    vpc_id: str = ""
+    vpc_name: Label = ""
+    vpc_id: Label = ""
 
 
 class NetworkControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     # Instances run in a network namespace of their own with no interface but loopback: no
     # public network either way, so both values are kept and returned, neither is a lie.
     disable_public_network: bool = False
-    trigger_access_vpcs: list[VpcConfig] = []
-
-
-Label = Annotated[str, Meta(max_length=256)]
+    trigger_access_vpcs: Annotated[list[VpcConfig], Meta(max_length=64)] = []
 
 
 class FunctionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -141,7 +141,7 @@ class FunctionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     enterprise_project_id: Label = "0"
     log_config: FuncLogConfig | None = None
     enable_lts_log: bool = False
-    lts_custom_tag: dict[str, str] = {}
+    lts_custom_tag: Annotated[dict[Label, Label], Meta(max_length=64)] = {}
     domain_names: Annotated[str, Meta(max_length=4096)] = ""
     user_data_encrypt_kms_key_id: Label = ""
     is_stateful_function: bool = False
@@ -216,16 +216,16 @@ class AsyncInvokeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
 
 
 class CronConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    name: str = ""
-    cron: str = ""
+    name: Label = ""
+    cron: Label = ""
     count: int = 0
     start_time: int = 0
     expired_time: int = 0
 
 
 class MetricConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    name: str = ""
-    type: str = ""
+    name: Label = ""
+    type: Label = ""
     threshold: int = 0
     min: int = 0
 
@@ -298,11 +298,11 @@ class TimerEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
 
 
 class ApigTriggerFuncInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    function_urn: str = ""
+    function_urn: Label = ""
     # The gateway invokes synchronously; "async" is refused (Triggers._check).
     invocation_type: Literal["sync", "async"] = "sync"
     timeout: int = 5000
-    version: str = "latest"
+    version: Label = "latest"
 
 
 class ApigEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
