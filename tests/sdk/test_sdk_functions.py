@@ -42,7 +42,7 @@ def refused(call) -> ClientRequestException:
     return caught.value
 
 
-def test_create_with_functiongraph_metadata_round_trips(sdk: FunctionGraphClient) -> None:
+def test_create_with_functiongraph_metadata_round_trips(sdk: FunctionGraphClient, daemon: Daemon) -> None:
     created = create(
         sdk,
         type="v2",
@@ -84,6 +84,11 @@ def test_create_with_functiongraph_metadata_round_trips(sdk: FunctionGraphClient
         assert config.custom_image.enabled is False and config.gpu_memory == 0
         assert config.mount_config.mount_user.user_id == 1000
         assert isinstance(config.user_data, str) and json.loads(config.user_data) == {"WHO": "sdk"}
+    # The SDK's response models have no tags or whole log_config: fgd answers them beside.
+    with daemon.client() as http:
+        raw = http.get(f"/functions/{created.func_name}/config").json()
+    assert raw["tags"] == "team=search"
+    assert raw["log_config"] == {"group_name": "g", "group_id": "gid", "stream_name": "s", "stream_id": "sid"}
 
 
 def test_function_answers_have_functiongraph_types(sdk: FunctionGraphClient, daemon: Daemon) -> None:
