@@ -21,7 +21,7 @@ Fraction = Annotated[float, Meta(gt=0, le=1)]
 
 
 class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    """HTTP limits of one listener (the API's [server], the gateway's [gateway]); see fgd.httpserver."""
+    """HTTP limits of one listener (the API's [server], the gateway's [gateway]); see fgd.web.server."""
 
     # Open connections at once (about 16 KB each). Past this, a new connection evicts one that
     # waits on its client: an idle keep-alive one first, else the slowest request head or body.

@@ -21,23 +21,23 @@ import msgspec
 import trio
 
 from fgd import __version__
-from fgd.api import create_app
-from fgd.auth import load_or_create_token
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
 from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
-from fgd.front import BodyBudget, Inflight, build_front
 from fgd.functions import Functions
-from fgd.gateway import build_gateway
-from fgd.httpserver import connection_caps, serve_http
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.metrics import Metrics
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.triggers import Triggers
-from fgd.uploads import Packager
+from fgd.web.api import ApiContext, create_app
+from fgd.web.auth import load_or_create_token
+from fgd.web.front import BodyBudget, Inflight, build_front
+from fgd.web.gateway import build_gateway
+from fgd.web.server import connection_caps, serve_http
+from fgd.web.uploads import Packager
 from fgd.zygote import python_zygote
 
 log = logging.getLogger("fgd")
@@ -154,14 +154,25 @@ async def serve(config: Config) -> None:
     triggers = Triggers(store, dispatcher.notify, dispatcher.full)
     functions.triggers = triggers
     app = create_app(
-        functions, dependencies, store, logs.flush, token, health, metrics, dispatcher, config.async_invoke, triggers
+        ApiContext(
+            functions=functions,
+            dependencies=dependencies,
+            store=store,
+            triggers=triggers,
+            dispatcher=dispatcher,
+            metrics=metrics,
+            async_config=config.async_invoke,
+            token=token,
+            health=health,
+            logs_flush=logs.flush,
+        )
     )
     inflight = Inflight()
     front = build_front(
         app, functions, dependencies, invoker, token, inflight, metrics, BodyBudget(config.server.max_body_memory)
     )
 
-    # Both listeners run fgd.httpserver: hypercorn's protocol code behind fgd's connection cap and
+    # Both listeners run fgd.web.server: hypercorn's protocol code behind fgd's connection cap and
     # header, body, keep-alive and send timeouts ([server] and [gateway] in the config).
     listeners = [(front, open_listener(host, port, config.server.listen), config.server)]
     if config.gateway.listen:

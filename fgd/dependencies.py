@@ -17,7 +17,7 @@ from fgd.errors import Conflict, Forbidden, InvalidParameter, NotFound
 from fgd.model import CodeRef, CreateDependency, DependencyVersion, convert
 from fgd.packages import PackageRejected
 from fgd.store import Store
-from fgd.uploads import Packager, decode_inline
+from fgd.web.uploads import Packager, decode_inline
 
 log = logging.getLogger("fgd.dependencies")
 

@@ -35,7 +35,7 @@ from fgd.model import (
     settings_of,
 )
 from fgd.store import Store
-from fgd.uploads import decode_inline
+from fgd.web.uploads import decode_inline
 
 IMMUTABLE_FIELDS = ("func_name", "runtime", "package")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fgd.gateway import to_http
+from fgd.web.gateway import to_http
 from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
 
 ECHO = "def handler(event, context):\n    return event\n"

@@ -23,16 +23,16 @@ from typing import Any
 
 import msgspec
 
-from fgd import auth
 from fgd.errors import FgdError, NotFound
-from fgd.front import BodyBudget, read_body
-from fgd.httpserver import header_problem, lifespan
 from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
 from fgd.model import Trigger
 from fgd.store import Store
+from fgd.web import auth
+from fgd.web.front import BodyBudget, read_body
+from fgd.web.server import header_problem, lifespan
 
-log = logging.getLogger("fgd.gateway")
+log = logging.getLogger("fgd.web.gateway")
 
 MAX_BODY = 4 * 1024 * 1024
 JSON = b"application/json"

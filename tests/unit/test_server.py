@@ -1,4 +1,4 @@
-"""fgd.httpserver on a loopback socket: the response check and the per-connection error boundary."""
+"""fgd.web.server on a loopback socket: the response check and the per-connection error boundary."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import h11
 import pytest
 import trio
 
-from fgd import httpserver
 from fgd.config import ServerConfig
-from fgd.gateway import to_http
-from fgd.httpserver import header_text, lifespan, serve_http
+from fgd.web import server
+from fgd.web.gateway import to_http
+from fgd.web.server import header_text, lifespan, serve_http
 
 LIMITS = ServerConfig(header_timeout=2.0, body_timeout=2.0, keep_alive_timeout=2.0, send_timeout=2.0)
 
@@ -94,15 +94,15 @@ async def test_a_connection_that_fails_inside_the_server_ends_alone(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     failures = []
-    original = httpserver._Connection._read_data
+    original = server._Connection._read_data
 
-    async def broken_once(self: httpserver._Connection) -> None:
+    async def broken_once(self: server._Connection) -> None:
         if not failures:
             failures.append(self)
             raise RuntimeError("a bug in the connection's bookkeeping")
         await original(self)
 
-    monkeypatch.setattr(httpserver._Connection, "_read_data", broken_once)
+    monkeypatch.setattr(server._Connection, "_read_data", broken_once)
     port = await serving(responder(200, [(b"content-type", b"text/plain")]), nursery)
     try:
         first = (await get(port))[0]

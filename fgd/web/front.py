@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 import trio
 
-from fgd import auth
 from fgd.dependencies import Dependencies
 from fgd.errors import (
     FgdError,
@@ -28,14 +27,15 @@ from fgd.errors import (
     Unavailable,
 )
 from fgd.functions import Functions
-from fgd.httpserver import header_text
 from fgd.invoker import Invoker, Outcome, new_request_id
 from fgd.logs import billed_ms, tail
 from fgd.metrics import Metrics
 from fgd.model import check_project, parse_function_ref
-from fgd.uploads import is_raw_zip, raw_limit, receive_to_file
+from fgd.web import auth
+from fgd.web.server import header_text
+from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
 
-log = logging.getLogger("fgd.front")
+log = logging.getLogger("fgd.web.front")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
