@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+import sqlite3
 import string
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -128,16 +129,27 @@ class Keys:
         await self._store.run(self._store.delete_key, access)
         log.info("removed access key %s of project %s", access, project_id)
 
-    async def flush(self) -> None:
-        """Write when each key was last used, for the keys used since the previous flush."""
-        if not self._used:
-            return
+    def _take_used(self) -> list[tuple[float, str]]:
         used, self._used = self._used, {}
-        rows = [(when, access) for access, when in used.items() if access in self._keys]
+        rows = []
         for access, when in used.items():
             if access in self._keys:
                 self._keys[access] = msgspec.structs.replace(self._keys[access], last_used=when)
-        await self._store.run(self._store.touch_keys, rows)
+                rows.append((when, access))
+        return rows
+
+    async def flush(self) -> None:
+        """Write when each key was last used, for the keys used since the previous flush."""
+        if self._used:
+            await self._store.run(self._store.touch_keys, self._take_used())
+
+    def flush_at_exit(self) -> None:
+        """`flush`, in the calling thread: for shutdown, once nothing else uses the store."""
+        if self._used:
+            try:
+                self._store.touch_keys(self._take_used())
+            except sqlite3.Error as exc:
+                log.warning("could not record when access keys were last used: %s", exc)
 
     async def run(self, interval: float = TOUCH_INTERVAL) -> None:
         """Flush every `interval` seconds (at most one write per key per interval)."""
