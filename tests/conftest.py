@@ -14,7 +14,7 @@ import textwrap
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -288,6 +288,25 @@ def sdk_client_for(daemon: Daemon, key: dict, project: str | None = None):
 
 
 @pytest.fixture
-def sdk_client(daemon: Daemon):
+def make_key(daemon: Daemon) -> Iterator[Callable[..., dict]]:
+    """`make_key(project="default")` makes an access key on the session daemon; all go at teardown
+    (a project holds at most 100 keys, and the session daemon serves every test)."""
+    made: list[dict] = []
+
+    def make(project: str = "default", description: str = "test") -> dict:
+        made.append(access_key(daemon, project, description))
+        return made[-1]
+
+    yield make
+    for key in made:
+        httpx.delete(
+            f"{daemon.url}/v2/{key['project_id']}/fgs/fgd/keys/{key['access']}",
+            headers={"X-Auth-Token": daemon.token},
+            timeout=10,
+        )
+
+
+@pytest.fixture
+def sdk_client(daemon: Daemon, make_key: Callable[..., dict]):
     """A stock `FunctionGraphClient` for project "default" with an access key of its own."""
-    return sdk_client_for(daemon, access_key(daemon))
+    return sdk_client_for(daemon, make_key())

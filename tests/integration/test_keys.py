@@ -7,7 +7,7 @@ import hashlib
 import json
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -27,6 +27,7 @@ from huaweicloudsdkfunctiongraph.v2 import (
 from tests.conftest import RUNTIME, Api, Daemon, access_key, make_zip, sdk_client_for, unique_name
 from tests.integration.test_cli import fgd
 
+MakeKey = Callable[..., dict]
 HELLO = "def handler(event, context):\n    return {'hello': event.get('who', 'nobody')}\n"
 
 
@@ -92,8 +93,8 @@ def test_stock_sdk_invokes_with_a_signed_event(sdk_client, api: Api) -> None:
     assert answer.status == 200 and json.loads(answer.result) == {"hello": "sdk"}
 
 
-def test_a_changed_event_is_refused(daemon: Daemon, api: Api) -> None:
-    key = access_key(daemon)
+def test_a_changed_event_is_refused(daemon: Daemon, api: Api, make_key: MakeKey) -> None:
+    key = make_key()
     name = api.deploy(HELLO)["func_name"]
     path = f"/v2/default/fgs/functions/{name}/invocations"
     url, headers = signed(daemon, key, "POST", path, b'{"who": "alice"}', content_type="application/json")
@@ -103,16 +104,16 @@ def test_a_changed_event_is_refused(daemon: Daemon, api: Api) -> None:
     assert "signature does not match" in refused.json()["error_msg"]
 
 
-def test_a_key_of_another_project_is_forbidden(daemon: Daemon) -> None:
-    other = sdk_client_for(daemon, access_key(daemon, project="p2"), project="default")
+def test_a_key_of_another_project_is_forbidden(daemon: Daemon, make_key: MakeKey) -> None:
+    other = sdk_client_for(daemon, make_key("p2"), project="default")
     with pytest.raises(ClientRequestException) as caught:
         other.list_functions(ListFunctionsRequest())
     assert caught.value.status_code == 403 and caught.value.error_code == "FSS.0403"
     assert "only for its own project" in caught.value.error_msg
 
 
-def test_wrong_secret_and_stale_date_are_refused(daemon: Daemon) -> None:
-    key = access_key(daemon)
+def test_wrong_secret_and_stale_date_are_refused(daemon: Daemon, make_key: MakeKey) -> None:
+    key = make_key()
     wrong = sdk_client_for(daemon, {**key, "secret": "x" * 40})
     with pytest.raises(ClientRequestException) as caught:
         wrong.list_functions(ListFunctionsRequest())
@@ -123,16 +124,16 @@ def test_wrong_secret_and_stale_date_are_refused(daemon: Daemon) -> None:
     assert refused.status_code == 401 and "minutes behind the node's clock" in refused.json()["error_msg"]
 
 
-def test_a_tampered_query_is_refused(daemon: Daemon) -> None:
-    key = access_key(daemon)
+def test_a_tampered_query_is_refused(daemon: Daemon, make_key: MakeKey) -> None:
+    key = make_key()
     url, headers = signed(daemon, key, "GET", "/v2/default/fgs/functions", query=[("maxitems", 5)])
     assert httpx.get(url, headers=headers).status_code == 200
     refused = httpx.get(url.replace("maxitems=5", "maxitems=6"), headers=headers)
     assert refused.status_code == 401 and refused.json()["error_code"] == "FSS.0401"
 
 
-def test_a_key_cannot_manage_keys(daemon: Daemon) -> None:
-    key = access_key(daemon)
+def test_a_key_cannot_manage_keys(daemon: Daemon, make_key: MakeKey) -> None:
+    key = make_key()
     url, headers = signed(daemon, key, "POST", "/v2/default/fgs/fgd/keys", b"{}", content_type="application/json")
     refused = httpx.post(url, content=b"{}", headers=headers)
     assert refused.status_code == 403 and "admin token only" in refused.json()["error_msg"]
@@ -147,8 +148,8 @@ def code_digest(api: Api, name: str) -> str:
     return api.http.get(f"/functions/{name}/code").json()["digest"]
 
 
-def test_signed_streamed_upload_is_hashed_as_it_arrives(daemon: Daemon, api: Api) -> None:
-    key = access_key(daemon)
+def test_signed_streamed_upload_is_hashed_as_it_arrives(daemon: Daemon, api: Api, make_key: MakeKey) -> None:
+    key = make_key()
     name = api.deploy(HELLO)["func_name"]
     before = code_digest(api, name)
     # Incompressible filler, so the stream is several hundred chunks.
@@ -170,8 +171,8 @@ def test_signed_streamed_upload_is_hashed_as_it_arrives(daemon: Daemon, api: Api
     assert accepted.json()["digest"] == hashlib.sha512(package).hexdigest() != before
 
 
-def test_streamed_upload_with_a_bad_signature_changes_nothing(daemon: Daemon, api: Api) -> None:
-    key = access_key(daemon)
+def test_streamed_upload_with_a_bad_signature_changes_nothing(daemon: Daemon, api: Api, make_key: MakeKey) -> None:
+    key = make_key()
     name = api.deploy(HELLO)["func_name"]
     before = code_digest(api, name)
     package = make_zip({"index.py": HELLO.replace("nobody", "evil")})
@@ -184,8 +185,8 @@ def test_streamed_upload_with_a_bad_signature_changes_nothing(daemon: Daemon, ap
     assert code_digest(api, name) == before
 
 
-def test_streamed_dependency_upload_checks_the_signature_too(daemon: Daemon) -> None:
-    key = access_key(daemon)
+def test_streamed_dependency_upload_checks_the_signature_too(daemon: Daemon, make_key: MakeKey) -> None:
+    key = make_key()
     package = make_zip({"lib/dep.py": "X = 1\n"})
     path = "/v2/default/fgs/dependencies/version"
     dep = unique_name("dep")
@@ -227,8 +228,8 @@ def test_keys_cli_create_ls_rm_with_the_daemon_running(daemon: Daemon) -> None:
     assert again.returncode == 1 and "FSS.0404" in again.stderr and "Traceback" not in again.stderr
 
 
-def test_a_removed_key_is_refused_immediately(daemon: Daemon) -> None:
-    key = access_key(daemon)
+def test_a_removed_key_is_refused_immediately(daemon: Daemon, make_key: MakeKey) -> None:
+    key = make_key()
     client = sdk_client_for(daemon, key)
     assert client.list_functions(ListFunctionsRequest()).functions is not None
     gone = httpx.delete(f"{daemon.url}/v2/default/fgs/fgd/keys/{key['access']}", headers={"X-Auth-Token": daemon.token})
@@ -238,8 +239,8 @@ def test_a_removed_key_is_refused_immediately(daemon: Daemon) -> None:
     assert caught.value.status_code == 401 and f"access key {key['access']} is not known" in caught.value.error_msg
 
 
-def test_keys_are_kept_readable_by_root_only(daemon: Daemon) -> None:
-    access_key(daemon)
+def test_keys_are_kept_readable_by_root_only(daemon: Daemon, make_key: MakeKey) -> None:
+    make_key()
     assert stat.S_IMODE(daemon.state_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((daemon.state_dir / "fgd.db").stat().st_mode) == 0o600
 
