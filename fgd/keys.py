@@ -114,7 +114,9 @@ class Keys:
 
     def list(self, project_id: str) -> list[KeyInfo]:
         check_project(project_id)
-        found = sorted((k for k in self._keys.values() if k.project_id == project_id), key=lambda k: k.created)
+        found = sorted(
+            (k for k in self._keys.values() if k.project_id == project_id), key=lambda k: (k.created, k.access)
+        )
         return [KeyInfo(k.access, k.project_id, k.description, iso(k.created), iso(self.last_used(k))) for k in found]
 
     async def remove(self, project_id: str, access: str) -> None:
@@ -123,10 +125,11 @@ class Keys:
         if key is None or key.project_id != project_id:
             shown = access if ACCESS_RE.match(access) else repr(access[:40])
             raise NotFound(f"project {project_id} has no access key {shown} (see `fgd keys ls --project {project_id}`)")
-        # Out of memory first: from this moment no request signed with it is accepted.
-        del self._keys[access]
-        self._used.pop(access, None)
+        # Stored first: if the write fails the key stays whole (and the caller gets the error),
+        # never gone now but back after a restart. From the answer on, it is refused.
         await self._store.run(self._store.delete_key, access)
+        self._keys.pop(access, None)
+        self._used.pop(access, None)
         log.info("removed access key %s of project %s", access, project_id)
 
     def _take_used(self) -> list[tuple[float, str]]:

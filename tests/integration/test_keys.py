@@ -132,6 +132,25 @@ def test_a_tampered_query_is_refused(daemon: Daemon, make_key: MakeKey) -> None:
     assert refused.status_code == 401 and refused.json()["error_code"] == "FSS.0401"
 
 
+@pytest.mark.parametrize(
+    "authorization",
+    [b"SDK-HMAC-SHA256 garbage", b"SDK-HMAC-SHA256 " + b"A=" * 3000, b"sdk-hmac-sha256 \xff\xfe Access=\x80"],
+)
+def test_garbage_authorization_is_a_clean_401_on_every_front(daemon: Daemon, api: Api, authorization: bytes) -> None:
+    name = api.deploy(HELLO)["func_name"]
+    headers = {"Authorization": authorization, "X-Sdk-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}
+    base = f"{daemon.url}/v2/default/fgs"
+    for answer in (
+        httpx.get(f"{base}/functions", headers=headers),  # the management API
+        httpx.post(f"{base}/functions/{name}/invocations", content=b"{}", headers=headers),  # the invoke route
+        httpx.put(
+            f"{base}/functions/{name}/code", content=b"PK", headers={**headers, "Content-Type": "application/zip"}
+        ),
+    ):
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error_code"] == "FSS.0401" and "Authorization" in answer.json()["error_msg"]
+
+
 def test_a_key_cannot_manage_keys(daemon: Daemon, make_key: MakeKey) -> None:
     key = make_key()
     url, headers = signed(daemon, key, "POST", "/v2/default/fgs/fgd/keys", b"{}", content_type="application/json")
