@@ -89,6 +89,9 @@ class Admission:
         if self._pending is not None:
             key = self._pending.finish()
             assert self._keys is not None
+            if self._keys.lookup(key.access) is None:
+                # Removed while the body was arriving (a long upload): removal wins.
+                raise Unauthorized(f"access key {key.access} was removed while the request was being received")
             self._keys.used(key.access)
 
     async def hashing(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

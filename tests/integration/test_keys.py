@@ -204,6 +204,29 @@ def test_streamed_upload_with_a_bad_signature_changes_nothing(daemon: Daemon, ap
     assert code_digest(api, name) == before
 
 
+def test_a_key_removed_during_a_streamed_upload_stores_nothing(daemon: Daemon, api: Api, make_key: MakeKey) -> None:
+    key = make_key()
+    name = api.deploy(HELLO)["func_name"]
+    before = code_digest(api, name)
+    package = make_zip({"index.py": HELLO.replace("nobody", "late")})
+    path = f"/v2/default/fgs/functions/{name}/code"
+    url, headers = signed(daemon, key, "PUT", path, package, content_type="application/zip")
+
+    def removed_halfway() -> Iterator[bytes]:
+        yield package[: len(package) // 2]
+        gone = httpx.delete(f"{daemon.url}/v2/default/fgs/fgd/keys/{key['access']}", headers=api_token(daemon))
+        assert gone.status_code == 204
+        yield package[len(package) // 2 :]
+
+    refused = httpx.put(url, content=removed_halfway(), headers=headers, timeout=30)
+    assert refused.status_code == 401 and "was removed" in refused.json()["error_msg"]
+    assert code_digest(api, name) == before
+
+
+def api_token(daemon: Daemon) -> dict[str, str]:
+    return {"X-Auth-Token": daemon.token}
+
+
 def test_streamed_dependency_upload_checks_the_signature_too(daemon: Daemon, make_key: MakeKey) -> None:
     key = make_key()
     package = make_zip({"lib/dep.py": "X = 1\n"})
