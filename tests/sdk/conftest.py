@@ -1,8 +1,7 @@
-"""The official FunctionGraph SDK pointed at a real daemon.
+"""The official FunctionGraph SDK pointed at a real daemon, signing with an access key (AK/SK).
 
-Until AK/SK signing is in, the `sdk` client authenticates with the daemon's admin token: its
-credentials put `X-Auth-Token` on each request instead of signing it. Everything else (request
-building, paths, response parsing) is the stock SDK.
+Everything is the stock SDK: BasicCredentials, request building, signing, paths and response
+parsing. Its conversion warnings are failures here.
 """
 
 from __future__ import annotations
@@ -10,39 +9,23 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 
+import httpx
 import pytest
-from huaweicloudsdkcore.auth.credentials import BasicCredentials
-from huaweicloudsdkcore.signer.signer import Signer
 from huaweicloudsdkcore.warning.warning import SdkWarning
 from huaweicloudsdkfunctiongraph.v2 import FunctionGraphClient
 
-from tests.conftest import Daemon
-
-PROJECT = "default"
-
-
-def token_credentials(token: str) -> BasicCredentials:
-    """BasicCredentials (the SDK checks the class by name) that send the admin token instead of
-    an AK/SK signature."""
-    # Non-empty placeholders: with no AK/SK the SDK would ask a cloud metadata service for some.
-    credentials = BasicCredentials("token-auth", "token-auth", PROJECT)
-
-    def sign_request(request):
-        request.header_params["X-Auth-Token"] = token
-        Signer.process_request_uri(request)
-        return request
-
-    credentials.sign_request = sign_request
-    return credentials
+from tests.conftest import Daemon, access_key, sdk_client_for
 
 
 @pytest.fixture(scope="session")
-def sdk(daemon: Daemon) -> FunctionGraphClient:
-    return (
-        FunctionGraphClient.new_builder()
-        .with_credentials(token_credentials(daemon.token))
-        .with_endpoint(daemon.url)
-        .build()
+def sdk(daemon: Daemon) -> Iterator[FunctionGraphClient]:
+    """A stock client for project "default" with an access key of its own (removed at the end)."""
+    key = access_key(daemon, description="tests/sdk")
+    yield sdk_client_for(daemon, key)
+    httpx.delete(
+        f"{daemon.url}/v2/{key['project_id']}/fgs/fgd/keys/{key['access']}",
+        headers={"X-Auth-Token": daemon.token},
+        timeout=10,
     )
 
 
