@@ -277,3 +277,22 @@ def test_timer_trigger_refuses_fields_of_other_trigger_types(sdk: FunctionGraphC
         )
     )
     assert error.status_code == 400 and "topic_urn" in error.error_msg
+
+
+def test_batch_delete_removes_every_trigger_of_the_function(sdk: FunctionGraphClient) -> None:
+    created = create(sdk)
+    other = create(sdk)
+    for target, name in ((created, "one"), (created, "two"), (other, "kept")):
+        sdk.create_function_trigger(
+            m.CreateFunctionTriggerRequest(
+                function_urn=target.func_urn,
+                body=m.CreateFunctionTriggerRequestBody(
+                    trigger_type_code="TIMER",
+                    event_data=m.TriggerEventDataRequestBody(name=name, schedule_type="Rate", schedule="1h"),
+                ),
+            )
+        )
+    sdk.batch_delete_function_triggers(m.BatchDeleteFunctionTriggersRequest(function_urn=created.func_urn))
+    assert not sdk.list_function_triggers(m.ListFunctionTriggersRequest(function_urn=created.func_urn)).body
+    kept = sdk.list_function_triggers(m.ListFunctionTriggersRequest(function_urn=other.func_urn)).body
+    assert [t.event_data.name for t in kept] == ["kept"]

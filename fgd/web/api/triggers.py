@@ -23,6 +23,12 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     async def list_triggers(project_id: str, urn: str) -> Response:
         return json_response(ctx.triggers.list(ctx.lookup(project_id, urn)))
 
+    @app.delete(f"{BASE}/triggers/<urn>")
+    async def delete_triggers(project_id: str, urn: str) -> Response:
+        # FunctionGraph's BatchDeleteFunctionTriggers: every trigger of the function.
+        await ctx.triggers.delete_all(ctx.lookup(project_id, urn))
+        return Response(b"", status=204)
+
     @app.route(f"{BASE}/triggers/<urn>/<kind>/<trigger_id>", methods=["GET", "PUT", "DELETE"])
     async def one_trigger(project_id: str, urn: str, kind: str, trigger_id: str) -> Response:
         trigger = ctx.triggers.get(ctx.lookup(project_id, urn), kind, trigger_id)
