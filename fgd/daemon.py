@@ -115,7 +115,9 @@ async def serve(config: Config) -> None:
     packager = Packager(code)
     dependencies = Dependencies(store, packager, sorted(zygotes))
     invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies)
-    functions = Functions(store, code, invoker, logs, dependencies, config.server.region, sorted(zygotes))
+    functions = Functions(
+        store, code, invoker, logs, dependencies, config.server.region, sorted(zygotes), config.code_fetch
+    )
 
     def health() -> dict:
         missing = [name for name, z in zygotes.items() if not z.ready.is_set()]
