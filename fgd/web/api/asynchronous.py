@@ -6,15 +6,25 @@ import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from fgd.model import AsyncInvokeConfig, FunctionRecord
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
     json_response,
+    paged,
+    window,
 )
+
+# ListFunctionAsyncInvokeConfig's page size: none or 0 means 10, more than 100 means 100.
+CONFIGS_DEFAULT = 10
+CONFIGS_MAX = 100
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
+    def answer(record: FunctionRecord) -> dict:
+        return {"func_urn": ctx.functions.config(record).func_urn, **msgspec.to_builtins(record.async_config)}
+
     @app.route(f"{BASE}/functions/<urn>/async-invoke-config", methods=["GET", "PUT", "DELETE"])
     async def async_invoke_config(project_id: str, urn: str) -> Response:
         record = ctx.lookup(project_id, urn)
@@ -23,6 +33,13 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         elif request.method == "DELETE":
             record = await ctx.functions.set_async_config(record, {})
             return Response(b"", status=204)
-        return json_response(
-            {"func_urn": ctx.functions.config(record).func_urn, **msgspec.to_builtins(record.async_config)}
-        )
+        return json_response(answer(record))
+
+    @app.get(f"{BASE}/functions/<urn>/async-invoke-configs")
+    async def list_async_invoke_configs(project_id: str, urn: str) -> Response:
+        # FunctionGraph lists one config per version or alias; fgd functions have one version
+        # (latest), so the list holds its config if one was set (not the defaults), else nothing.
+        record = ctx.lookup(project_id, urn)
+        at = window("limit", CONFIGS_DEFAULT, CONFIGS_MAX)
+        configs = [answer(record)] if record.async_config != AsyncInvokeConfig() else []
+        return json_response(paged(configs, "async_invoke_configs", at))
