@@ -13,14 +13,14 @@ from werkzeug.exceptions import HTTPException
 
 from fgd.errors import FgdError, MethodNotAllowed, NotFound, TooLarge
 from fgd.web import auth
-from fgd.web.api import asynchronous, dependencies, functions, invocations, observability, triggers
+from fgd.web.api import asynchronous, dependencies, functions, invocations, observability, statistics, triggers
 from fgd.web.api.common import MAX_JSON_BODY, ApiContext, error_response, json_response
 
 __all__ = ["ApiContext", "create_app"]
 
 log = logging.getLogger("fgd.web.api")
 
-RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability)
+RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability, statistics)
 
 
 def create_app(ctx: ApiContext) -> QuartTrio:
