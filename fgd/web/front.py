@@ -275,6 +275,7 @@ def build_front(
 
     async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         headers = _headers(scope)
+        record = None
         try:
             auth.check_asgi(token, headers)
             check_project(project_id)
@@ -292,6 +293,8 @@ def build_front(
             return
         except Exception:
             log.exception("unexpected error invoking %s", urn)
+            if record is not None:
+                metrics.system_error(record.key)
             error = InternalError("internal error while invoking the function; see the daemon's log")
             await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
             return
