@@ -101,6 +101,8 @@ class History:
         self._total = 0
         # (project, "YYYY-MM") -> [invocations, GB-seconds], since the daemon started.
         self._months: dict[tuple[str, str], list[float]] = {}
+        # The month's name, computed once a minute (strftime is most of an invocation's cost here).
+        self._month_of: tuple[int, str] = (-1, "")
 
     @property
     def buckets(self) -> int:
@@ -175,7 +177,10 @@ class History:
                 self._total -= len(series)
 
     def _add_month(self, project: str, now: float, count: int, gb_seconds: float) -> None:
-        month = time.strftime("%Y-%m", time.gmtime(now))
+        minute = int(now // 60)
+        if self._month_of[0] != minute:
+            self._month_of = (minute, time.strftime("%Y-%m", time.gmtime(now)))
+        month = self._month_of[1]
         totals = self._months.get((project, month))
         if totals is None:
             totals = self._months[project, month] = [0, 0.0]
