@@ -161,7 +161,9 @@ async def serve(config: Config) -> None:
     # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.
     async_depth = [0]
     metrics = Metrics(gauges, functions=store.functions, logs=logs, instances=instances_of)
-    dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth, config.server.region)
+    dispatcher = Dispatcher(
+        store, invoker, config.async_invoke, async_depth, config.server.region, on_outcome=metrics.invoked
+    )
     triggers = Triggers(store, dispatcher.notify, dispatcher.full)
     functions.triggers = triggers
     app = create_app(

@@ -111,6 +111,22 @@ def test_monthly_report_counts_this_month(sdk: FunctionGraphClient, worked: dict
     assert len(last.count) == 1 and last.count[0].date < answer.count[0].date
 
 
+def test_asynchronous_invocations_are_counted(sdk: FunctionGraphClient, api: Api) -> None:
+    name = api.deploy(SOURCE)["func_name"]
+    for event in ({}, {"fail": True}):
+        assert api.http.post(f"/functions/{name}/invocations-async", json=event).status_code == 202
+    deadline = time.monotonic() + 10
+    states: list[str] = []
+    while sorted(states) != ["FAIL", "SUCCESS"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+        states = [i["status"] for i in api.http.get(f"/functions/{name}/async-invocations").json()["invocations"]]
+    assert sorted(states) == ["FAIL", "SUCCESS"]
+    answer = sdk.list_function_statistics(ListFunctionStatisticsRequest(func_urn=name, period="5"))
+    # The failing event ran twice (max_async_retry_attempts defaults to 1).
+    assert total(answer.count) == 3
+    assert total(answer.function_error_count) == 2
+
+
 def test_statistics_of_a_new_function_of_an_old_name_start_at_zero(sdk: FunctionGraphClient, api: Api) -> None:
     name = unique_name("reborn")
     api.deploy(SOURCE, name=name)
