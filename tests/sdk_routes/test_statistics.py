@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 from huaweicloudsdkfunctiongraph.v2 import FunctionGraphClient
 from huaweicloudsdkfunctiongraph.v2.model import (
@@ -125,6 +126,17 @@ def test_asynchronous_invocations_are_counted(sdk: FunctionGraphClient, api: Api
     # The failing event ran twice (max_async_retry_attempts defaults to 1).
     assert total(answer.count) == 3
     assert total(answer.function_error_count) == 2
+
+
+def test_gateway_invocations_and_refusals_are_counted(sdk: FunctionGraphClient, sdk_daemon: Daemon, api: Api) -> None:
+    name = api.deploy(SOURCE)["func_name"]
+    path = f"/stats-{name}"
+    assert api.route(name, path).status_code == 201
+    assert httpx.get(f"{sdk_daemon.gateway_url}{path}").status_code == 502  # "ok" is not an APIG answer
+    assert api.http.put(f"/functions/{name}/config-max-instance", json={"max_instance_num": 0}).status_code == 200
+    assert httpx.get(f"{sdk_daemon.gateway_url}{path}").status_code == 429
+    answer = sdk.list_function_statistics(ListFunctionStatisticsRequest(func_urn=name, period="5"))
+    assert (total(answer.count), total(answer.reject_count)) == (1, 1)
 
 
 def test_statistics_of_a_new_function_of_an_old_name_start_at_zero(sdk: FunctionGraphClient, api: Api) -> None:
