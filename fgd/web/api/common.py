@@ -15,10 +15,12 @@ from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.errors import FgdError, InvalidParameter
 from fgd.functions import Functions
+from fgd.keys import Keys
 from fgd.metrics import Metrics
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
 from fgd.triggers import Triggers
+from fgd.web.auth import Authenticator
 
 BASE = "/v2/<project_id>/fgs"
 MAX_JSON_BODY = 16 * 1024 * 1024
@@ -39,6 +41,9 @@ class ApiContext:
     metrics: Metrics
     async_config: AsyncConfig
     token: str
+    # AK/SK: access keys, and the check of the admin token or a signature (fgd.web.auth).
+    keys: Keys
+    auth: Authenticator
     # Reports the daemon's health ({"status": "ok" | ...}) for /healthz.
     health: Callable[[], dict[str, Any]]
     # Writes buffered log lines to the store, so a read sees every line written so far.
