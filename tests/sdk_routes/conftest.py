@@ -1,57 +1,28 @@
-"""The official FunctionGraph SDK pointed at a real daemon, authenticated with the admin token.
-
-Until AK/SK signing lands, `BasicCredentials` here puts the node's admin token in X-Auth-Token
-where the SDK would sign; everything else (paths, query, answer parsing) is the stock SDK's.
-"""
+"""The official FunctionGraph SDK, signing with AK/SK as a FunctionGraph user's code does,
+pointed at a real daemon of this directory's own."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 
 import pytest
-from huaweicloudsdkcore.auth import credentials
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
-from huaweicloudsdkcore.http.http_config import HttpConfig
-from huaweicloudsdkcore.sdk_request import SdkRequest
-from huaweicloudsdkcore.signer.signer import Signer
 from huaweicloudsdkfunctiongraph.v2 import FunctionGraphClient
 
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, Daemon, access_key, sdk_client_for
 
 PROJECT = "default"
 
-
-class BasicCredentials(credentials.BasicCredentials):
-    """The SDK's BasicCredentials presenting the admin token instead of signing.
-
-    Named like its base: the client builder accepts credentials by class name only."""
-
-    def __init__(self, token: str, project_id: str) -> None:
-        super().__init__("unused-ak", "unused-sk", project_id)
-        self.token = token
-
-    def process_auth_request(self, request: SdkRequest, http_client: object) -> Future:
-        request.header_params["X-Auth-Token"] = self.token
-        request.header_params["X-Project-Id"] = self.project_id
-        # What signing would also have done: the path and query become the request's URI.
-        Signer.process_request_uri(request)
-        done: Future = Future()
-        done.set_result(request)
-        return done
+# One access key per daemon and project (a project holds at most 100).
+_keys: dict[tuple[str, str], dict] = {}
 
 
-def sdk_client(daemon: Daemon, project_id: str = PROJECT) -> FunctionGraphClient:
-    config = HttpConfig.get_default_config()
-    config.timeout = (5, 30)
-    config.retry_times = 0
-    return (
-        FunctionGraphClient.new_builder()
-        .with_credentials(BasicCredentials(daemon.token, project_id))
-        .with_endpoint(daemon.url)
-        .with_http_config(config)
-        .build()
-    )
+def sdk_client(daemon: Daemon, project: str = PROJECT) -> FunctionGraphClient:
+    """The stock client with stock BasicCredentials and an access key made for `project`."""
+    key = _keys.get((daemon.url, project))
+    if key is None:
+        key = _keys[daemon.url, project] = access_key(daemon, project, "tests/sdk_routes")
+    return sdk_client_for(daemon, key)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +41,7 @@ def sdk(sdk_daemon: Daemon) -> FunctionGraphClient:
 
 @pytest.fixture(scope="module")
 def api(sdk_daemon: Daemon) -> Api:
-    """The daemon's plain HTTP API (tests.conftest.Api) for setting things up."""
+    """The daemon's plain HTTP API (tests.conftest.Api, admin token) for setting things up."""
     return Api(sdk_daemon)
 
 

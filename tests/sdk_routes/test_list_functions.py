@@ -6,7 +6,7 @@ import pytest
 from huaweicloudsdkfunctiongraph.v2 import FunctionGraphClient
 from huaweicloudsdkfunctiongraph.v2.model import ListFunctionsRequest
 
-from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
+from tests.conftest import RUNTIME, Api, Daemon, access_key, b64, make_zip, sdk_client_for, unique_name
 from tests.sdk_routes.conftest import refused, sdk_client
 
 SOURCE = "def handler(event, context):\n    return event\n"
@@ -107,9 +107,13 @@ def test_malformed_arguments_are_400_naming_them(sdk: FunctionGraphClient, query
     assert argument in error.error_msg
 
 
-def test_unknown_project_lists_nothing_and_a_malformed_one_is_400(sdk_daemon: Daemon, names: dict) -> None:
+def test_unknown_project_lists_nothing_and_a_malformed_one_is_refused(sdk_daemon: Daemon, api: Api) -> None:
     answer = sdk_client(sdk_daemon, "someotherproject").list_functions(ListFunctionsRequest())
     assert (answer.functions, answer.count) == ([], 0)
-    error = refused(lambda: sdk_client(sdk_daemon, "bad!project").list_functions(ListFunctionsRequest()))
-    assert error.status_code == 400
-    assert "project_id" in error.error_msg
+    # A key works for its own project only; the admin token reaches the project check itself.
+    error = refused(
+        lambda: sdk_client_for(sdk_daemon, access_key(sdk_daemon), "bad!project").list_functions(ListFunctionsRequest())
+    )
+    assert error.status_code == 403
+    answer = api.http.get(f"{sdk_daemon.url}/v2/bad!project/fgs/functions")
+    assert answer.status_code == 400 and "project_id" in answer.json()["error_msg"]

@@ -15,7 +15,7 @@ from huaweicloudsdkfunctiongraph.v2.model import (
     ShowFunctionMetricsRequest,
 )
 
-from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
+from tests.conftest import RUNTIME, Api, Daemon, access_key, b64, make_zip, sdk_client_for, unique_name
 from tests.sdk_routes.conftest import refused, sdk_client
 
 SOURCE = """
@@ -189,8 +189,13 @@ def test_statistics_of_missing_functions_and_bad_projects(sdk_daemon: Daemon, sd
     stranger = sdk_client(sdk_daemon, "nosuchproject")
     empty = stranger.list_statistics(ListStatisticsRequest(filter="monitor_data", period="5"))
     assert total(empty.statistics.count) == 0
-    error = refused(lambda: sdk_client(sdk_daemon, "bad!project").list_quotas(ListQuotasRequest()))
-    assert error.status_code == 400 and "project_id" in error.error_msg
+    error = refused(
+        lambda: sdk_client_for(sdk_daemon, access_key(sdk_daemon), "bad!project").list_quotas(ListQuotasRequest())
+    )
+    assert error.status_code == 403  # a key works for its own project only
+    for path in ("quotas", "functions/statistics", "functions/reservedinstances", "functions/reservedinstanceconfigs"):
+        answer = httpx.get(f"{sdk_daemon.url}/v2/bad!project/fgs/{path}", headers={"X-Auth-Token": sdk_daemon.token})
+        assert answer.status_code == 400 and "project_id" in answer.json()["error_msg"], path
 
 
 def test_quotas_are_the_configured_limits(sdk_daemon: Daemon, api: Api) -> None:
