@@ -70,11 +70,11 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             if (name is None or name in r.func_name.lower()) and (package is None or r.package == package)
         ]
         listing = paged(found, "functions", at)
-        page_info = listing.pop("page_info")
+        # ListFunctions has the older shape: next_marker at the top, no page_info.
         return json_response(
             {
                 "functions": [ctx.functions.config(r) for r in listing["functions"]],
-                "next_marker": page_info["next_marker"],
+                "next_marker": listing["page_info"]["next_marker"],
                 "count": listing["count"],
             }
         )
@@ -101,7 +101,6 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
                 "domain_id": record.project_id,
                 "runtime": record.runtime,
                 "code_type": record.code_type,
-                "code_url": "",
                 "code_filename": record.code_filename,
                 "code_size": record.code.size,
                 "digest": record.code.sha512,

@@ -23,7 +23,8 @@ from fgd.web.api.common import BASE, ApiContext, int_arg, json_response
 STEPS = (1, 5, 15, 60)
 # A step-based answer covers this many points, within the history kept.
 POINTS = 60
-MONTHS_BACK = {"0": 0, "1": 1, "2": 2, "3": 5}
+# ListStatistics' monthly `option`: how many months back the answer starts, and how many it has.
+MONTHS = {"0": (0, 1), "1": (1, 1), "2": (2, 3), "3": (5, 6)}
 # The per-function cap of max instances and of reserved instances (the model's bound).
 INSTANCES_CAP = typing.get_args(MaxInstances)[1].le
 # ListFunctionStatistics has every series but instance_num.
@@ -71,10 +72,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         if kind != "monthly_report":
             raise InvalidParameter(f"filter must be monitor_data or monthly_report, not {kind[:64]!r}")
         # FunctionGraph: an option out of range counts as "0" (this month).
-        back = MONTHS_BACK.get(request.args.get("option") or "0", 0)
-        months = history.months(project_id, time.time(), back)
-        if request.args.get("option") == "1":
-            months = months[:1]
+        back, keep = MONTHS.get(request.args.get("option") or "0", MONTHS["0"])
+        months = history.months(project_id, time.time(), back)[:keep]
         return json_response(
             {
                 "count": [{"date": month, "value": count} for month, count, _ in months],
