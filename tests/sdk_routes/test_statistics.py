@@ -149,7 +149,9 @@ def test_statistics_of_a_new_function_of_an_old_name_start_at_zero(sdk: Function
     assert total(answer.count) == 0
 
 
-@pytest.mark.parametrize("period", ["0", "1441", "-5", "5.5", "abc", "1e3", "99999999999999999999", "%00"])
+@pytest.mark.parametrize(
+    "period", ["0", "1441", "-5", "5.5", "abc", "1e3", "99999999999999999999", "9" * 5000, "%00", "٣"]
+)
 def test_function_statistics_refuse_a_bad_period(sdk: FunctionGraphClient, worked: dict, period: str) -> None:
     error = refused(
         lambda: sdk.list_function_statistics(ListFunctionStatisticsRequest(func_urn=worked["func_urn"], period=period))

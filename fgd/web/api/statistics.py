@@ -32,7 +32,8 @@ FUNCTION_SERIES = tuple(name for name in SERIES if name != "instance_num")
 
 
 def minutes_arg(period: str, low: int, high: int) -> int:
-    if not (period.isascii() and period.isdigit()) or not low <= int(period) <= high:
+    # Length first: int() refuses (ValueError) a string of over 4,300 digits.
+    if not (len(period) <= 9 and period.isascii() and period.isdigit()) or not low <= int(period) <= high:
         raise InvalidParameter(f"period must be a whole number of minutes from {low} to {high}, not {period[:64]!r}")
     return int(period)
 
