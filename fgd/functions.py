@@ -166,8 +166,13 @@ class Functions:
             code_size=record.code.size,
             digest=record.code.sha512,
             last_modified=timestamp(record.last_modified),
-            # The code itself is not repeated here: GET .../export gives the zip.
-            func_code=FuncCode(file="", link=record.code_link),
+            # The code itself is not inlined (it may be 300 MB): the link is the OBS link given at
+            # upload, else the export route that serves the zip.
+            func_code=FuncCode(
+                file="",
+                link=record.code_link
+                or f"/v2/{record.project_id}/fgs/functions/{function_urn(self.region, record)}/export?code=true",
+            ),
             depend_list=list(s.depend_version_list),
             depend_version_list=list(s.depend_version_list),
             strategy_config=s.strategy_config,

@@ -5,12 +5,19 @@ from __future__ import annotations
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from fgd.model import AsyncInvokeConfig
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
     json_response,
+    paged,
+    window,
 )
+
+# ListFunctionAsyncInvokeConfig's page size: none or 0 means 10, more than 100 means 100.
+CONFIGS_DEFAULT = 10
+CONFIGS_MAX = 100
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
@@ -23,3 +30,12 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             record = await ctx.functions.set_async_config(record, {})
             return Response(b"", status=204)
         return json_response(ctx.functions.async_config(record))
+
+    @app.get(f"{BASE}/functions/<urn>/async-invoke-configs")
+    async def list_async_invoke_configs(project_id: str, urn: str) -> Response:
+        # FunctionGraph lists one config per version or alias; fgd functions have one version
+        # (latest), so the list holds its config if one was set (not the defaults), else nothing.
+        record = ctx.lookup(project_id, urn)
+        at = window("limit", CONFIGS_DEFAULT, CONFIGS_MAX)
+        configs = [ctx.functions.async_config(record)] if record.async_config != AsyncInvokeConfig() else []
+        return json_response(paged(configs, "async_invoke_configs", at))

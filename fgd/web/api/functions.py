@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
-from quart import Response
+import re
+
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from fgd.errors import InvalidParameter
-from fgd.model import check_project
+from fgd.model import PACKAGE_RE, FunctionRecord, check_project, parse_function_ref
 from fgd.web.api.common import (
     BASE,
+    LIST_MAX_ITEMS,
     ApiContext,
     body_json,
     bool_arg,
     json_response,
-    page,
+    paged,
+    window,
 )
+
+# What a `func_name` filter may hold: a part of a function name (FuncName's characters).
+NAME_FILTER = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+RESERVED_CONFIGS_MAX = 500
+
+
+def _name_filter() -> str | None:
+    value = request.args.get("func_name")
+    if not value:
+        return None
+    if not NAME_FILTER.match(value):
+        raise InvalidParameter(
+            "func_name must be 1-60 letters, digits, '_' or '-' (a part of a function name; "
+            "names have no other characters)"
+        )
+    return value.lower()
+
+
+def _package_filter() -> str | None:
+    value = request.args.get("package_name")
+    if not value:
+        return None
+    if not re.match(PACKAGE_RE, value):
+        raise InvalidParameter("package_name must be 1-64 letters, digits, '_' or '-'")
+    return value
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
@@ -30,10 +59,25 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @app.get(f"{BASE}/functions")
     async def list_functions(project_id: str) -> Response:
+        # FunctionGraph's ListFunctions: func_name matches any part of a name, case aside;
+        # package_name the whole package. maxitems: none, 0 or over 400 means 400 functions.
         check_project(project_id)
-        listing = page(ctx.store.list(project_id), "functions")
-        listing["functions"] = [ctx.functions.config(r) for r in listing["functions"]]
-        return json_response(listing)
+        name, package = _name_filter(), _package_filter()
+        at = window("maxitems", LIST_MAX_ITEMS, LIST_MAX_ITEMS)
+        found = [
+            r
+            for r in ctx.store.list(project_id)
+            if (name is None or name in r.func_name.lower()) and (package is None or r.package == package)
+        ]
+        listing = paged(found, "functions", at)
+        # ListFunctions has the older shape: next_marker at the top, no page_info.
+        return json_response(
+            {
+                "functions": [ctx.functions.config(r) for r in listing["functions"]],
+                "next_marker": listing["page_info"]["next_marker"],
+                "count": listing["count"],
+            }
+        )
 
     @app.get(f"{BASE}/functions/<urn>/config")
     async def get_config(project_id: str, urn: str) -> Response:
@@ -59,21 +103,55 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         record = await ctx.functions.set_reserved(ctx.lookup(project_id, urn), await body_json())
         return json_response(ctx.functions.reserved(record))
 
+    def reserved_of(project_id: str, urn_arg: str) -> list[FunctionRecord]:
+        """The functions with reserved instances, or the one `urn_arg` names (even with none)."""
+        check_project(project_id)
+        urn = request.args.get(urn_arg)
+        if urn:
+            ref = parse_function_ref(project_id, urn, ctx.functions.region)
+            record = ctx.store.get(ref.key)
+            return [record] if record is not None and ref.qualifier == "latest" else []
+        return [r for r in ctx.store.list(project_id) if r.reserved]
+
+    # Fixed names under /functions/ are matched before /functions/<urn> (Werkzeug ranks static
+    # segments first), and no GET route takes /functions/<urn> alone: a function named
+    # "reservedinstances" or "statistics" keeps its own routes (.../functions/statistics/config).
+
     @app.get(f"{BASE}/functions/reservedinstances")
     async def list_reserved(project_id: str) -> Response:
-        check_project(project_id)
+        # FunctionGraph's ListFunctionReservedInstances ({func_urn, count} items); fgd's own
+        # fields (qualifier, min_count, running) stay alongside.
+        at = window("limit", LIST_MAX_ITEMS, LIST_MAX_ITEMS)
         rows = [
             {
                 "func_urn": ctx.functions.config(r).func_urn,
+                "count": r.reserved,
                 "qualifier_type": "version",
                 "qualifier_name": "latest",
                 "min_count": r.reserved,
                 "running": ctx.functions.reserved_running(r),
             }
-            for r in ctx.store.list(project_id)
-            if r.reserved
+            for r in reserved_of(project_id, "urn")
         ]
-        return json_response({"reservedinstances": rows, "count": len(rows)})
+        return json_response(paged(rows, "reservedinstances", at))
+
+    @app.get(f"{BASE}/functions/reservedinstanceconfigs")
+    async def list_reserved_configs(project_id: str) -> Response:
+        # FunctionGraph's ListReservedInstanceConfigs. fgd keeps reserved instances always
+        # started (idle_mode is stored and returned only); no scheduled or metric-driven policies.
+        at = window("limit", 100, RESERVED_CONFIGS_MAX)
+        rows = [
+            {
+                "function_urn": ctx.functions.config(r).func_urn,
+                "qualifier_type": "version",
+                "qualifier_name": "latest",
+                "min_count": r.reserved,
+                "idle_mode": r.reserved_idle_mode,
+                "tactics_config": {"cron_configs": [], "metric_configs": []},
+            }
+            for r in reserved_of(project_id, "function_urn")
+        ]
+        return json_response(paged(rows, "reserved_instances", at))
 
     @app.put(f"{BASE}/functions/<urn>/config-max-instance")
     async def put_max_instances(project_id: str, urn: str) -> Response:

@@ -38,7 +38,10 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         # Durable before we answer: 202 means it will run (at least once).
         await ctx.store.run(ctx.store.queue.enqueue, event)
         ctx.dispatcher.notify()
-        return json_response({"request_id": event.request_id}, 202)
+        response = json_response({"request_id": event.request_id}, 202)
+        # As on a sync invocation: the answer's X-Request-Id (fgd.web.requestid) is the event's id.
+        response.headers["X-Cff-Request-Id"] = event.request_id
+        return response
 
     @app.get(f"{BASE}/functions/<urn>/async-invocations")
     async def list_async(project_id: str, urn: str) -> Response:
