@@ -180,7 +180,6 @@ def test_update_config_keeps_metadata_and_changes_settings(sdk: FunctionGraphCli
             {"mount_config": m.MountConfig(func_mounts=[m.FuncMount(mount_type="sfs", local_mount_path="/mnt")])},
             "mount_config.func_mounts",
         ),
-        ({"code_type": "obs", "code_url": "https://bucket.example/code.zip", "func_code": None}, "code_url"),
     ],
 )
 def test_fields_this_node_cannot_honour_are_refused_naming_them(
