@@ -10,7 +10,13 @@ LISTEN ?= 127.0.0.1:8900
 # libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
 DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
 
-.PHONY: run test lint format bench system-packages clean
+.PHONY: run test lint format bench system-packages clean bundled
+
+# FunctionGraph's bundled Python libraries (fgd/bundled.py), one read-only tree per
+# interpreter under build/bundled/, wheels cached in build/wheel-cache/ so a rebuild runs
+# offline. BUNDLED_PYTHONS names the interpreters to build for (default: the daemon's).
+BUNDLED_PYTHONS ?= $(BIN)/python
+BUNDLED_STAMP := build/bundled/.stamp
 
 system-packages:
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(DEB_PACKAGES)
@@ -22,11 +28,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+$(BUNDLED_STAMP): $(STAMP) fgd/bundled.py scripts/build-bundled-libs
+	$(BIN)/python scripts/build-bundled-libs $(BUNDLED_PYTHONS)
+	@touch $@
+
+bundled: $(BUNDLED_STAMP)
+
+run: $(STAMP) $(BUNDLED_STAMP)
 	@./scripts/run-banner "$(STATE_DIR)" "$(LISTEN)"
 	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
 
-test: $(STAMP)
+test: $(STAMP) $(BUNDLED_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -48,4 +60,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/async_queue.py
 
 clean:
-	rm -rf $(VENV) .fgd-state .pytest_cache
+	rm -rf $(VENV) .fgd-state .pytest_cache build/bundled

@@ -20,7 +20,8 @@ from pathlib import Path
 import msgspec
 import trio
 
-from fgd import __version__
+from fgd import __version__, bundled
+from fgd.agencies import Agencies
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
 from fgd.dependencies import Dependencies
@@ -42,6 +43,7 @@ from fgd.web.gateway import build_gateway
 from fgd.web.server import connection_caps, serve_http
 from fgd.web.uploads import Packager
 from fgd.zygote import python_zygote
+from sandbox.policy import Mount
 
 log = logging.getLogger("fgd")
 
@@ -80,10 +82,10 @@ def open_listener(host: str, port: int, listen: str) -> socket.socket:
         raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
-def build_sandbox(config: Config, state_dir: Path) -> Sandbox:
+def build_sandbox(config: Config, state_dir: Path, shared_mounts: list[Mount] | None = None) -> Sandbox:
     """Probe the host; refuse to start without a protection unless degraded mode is allowed."""
     facts = probe(config.sandbox)
-    sandbox = Sandbox(config.sandbox, facts, state_dir)
+    sandbox = Sandbox(config.sandbox, facts, state_dir, shared_mounts)
     if sandbox.degraded:
         if not config.sandbox.allow_degraded:
             raise StartupError(
@@ -111,12 +113,17 @@ async def serve(config: Config) -> None:
     store = Store(state_dir / "fgd.db")
     code = CodeStore(state_dir, config.packages)
     logs = LogSink(store, config.logs)
-    sandbox = build_sandbox(config, state_dir)
+    # Issue 12: FunctionGraph's bundled libraries, bound read-only into every sandbox.
+    bundled_root = bundled.resolve_root(config.runtimes.bundled_libraries, config.runtimes.bundled_libraries_dir)
+    shared = [Mount(str(bundled_root), bundled.SANDBOX_ROOT)] if bundled_root else []
+    sandbox = build_sandbox(config, state_dir, shared)
     zygote = python_zygote(seccomp=sandbox.protections.seccomp)
     zygotes = {zygote.runtime: zygote}
     packager = Packager(code)
     dependencies = Dependencies(store, packager, sorted(zygotes))
-    invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies)
+    agencies = Agencies(config.agencies)
+    invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies, agencies)
+    invoker.bundled_root = str(bundled_root) if bundled_root else None
     functions = Functions(
         store, code, invoker, logs, dependencies, config.server.region, sorted(zygotes), config.code_fetch
     )

@@ -199,13 +199,18 @@ def host_layout() -> tuple[list[Mount], list[tuple[str, str]]]:
 class Sandbox:
     """Policies and cgroups for instances, as this host allows."""
 
-    def __init__(self, config: SandboxConfig, facts: HostFacts, state_dir: Path) -> None:
+    def __init__(
+        self, config: SandboxConfig, facts: HostFacts, state_dir: Path, shared_mounts: list[Mount] | None = None
+    ) -> None:
         self.config = config
         self.facts = facts
         self.protections, self.degraded = protections_for(facts, config.disable)
         self.cgroups = facts.cgroups if self.protections.cgroups else None
         self.uids = UidPool(config.uid_base, config.uid_count)
         mounts, links = host_layout()
+        # Read-only trees every instance sees (the bundled libraries, issue 12): bound once per
+        # sandbox when it is built, from the host, so all instances share one copy.
+        mounts += shared_mounts or []
         # The function user is added per instance (its own uid), over these.
         etc = {
             "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n",

@@ -1,0 +1,147 @@
+"""FunctionGraph's bundled Python libraries: importable by every function, read-only, shared,
+after the function's own code, and off when the operator says so."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from fgd.bundled import SOURCE_ROOT, libraries_for, manifest_of, tree_for
+from tests.conftest import Api, Daemon
+
+VERSION = sys.version_info[:2]
+TREE = tree_for(SOURCE_ROOT, VERSION)
+
+
+def test_the_tree_for_this_interpreter_is_built_with_every_library() -> None:
+    assert TREE is not None, f"no bundled tree under {SOURCE_ROOT}: run `make bundled`"
+    manifest = manifest_of(TREE)
+    assert manifest is not None
+    assert manifest.python.startswith(f"{VERSION[0]}.{VERSION[1]}.")
+    wanted = {library.requirement for library in libraries_for(VERSION)}
+    assert set(manifest.libraries) == wanted
+    assert manifest.skipped == {}
+
+
+IMPORT_ALL = """
+import importlib, os, sys
+
+def handler(event, context):
+    failed = {}
+    for module in event["modules"]:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            failed[module] = "%s: %s" % (type(exc).__name__, exc)
+    import requests
+    return {"failed": failed, "requests": requests.__file__,
+            "obs": hasattr(importlib.import_module("obs"), "ObsClient")}
+"""
+
+
+def test_every_bundled_library_imports_in_a_function(api: Api) -> None:
+    name = api.deploy(IMPORT_ALL, memory_size=512, timeout=30)["func_name"]
+    modules = [library.module for library in libraries_for(VERSION)]
+    response = api.invoke(name, {"modules": modules})
+    assert response.headers["x-is-func-err"] == "false", response.text
+    body = response.json()
+    assert body["failed"] == {}
+    assert body["requests"] == f"/opt/function/runtime/bundled/python{VERSION[0]}.{VERSION[1]}/requests/__init__.py"
+    assert body["obs"] is True
+
+
+def test_a_functions_own_requests_shadows_the_bundled_one(api: Api) -> None:
+    files = {
+        "index.py": "import requests\n\ndef handler(e, c):\n    return [requests.MARKER, requests.__file__]\n",
+        "requests/__init__.py": "MARKER = 'the function brought me'\n",
+    }
+    name = api.deploy("", files=files)["func_name"]
+    response = api.invoke(name)
+    assert response.json() == ["the function brought me", "/opt/function/code/requests/__init__.py"]
+
+
+def test_bundled_libraries_come_after_the_standard_library_and_dependencies(api: Api) -> None:
+    source = """
+        import sys
+
+        def handler(event, context):
+            return sys.path
+    """
+    path = api.invoke(api.deploy(source)["func_name"]).json()
+    assert path[0] == "/opt/function/code"
+    assert path[-1] == f"/opt/function/runtime/bundled/python{VERSION[0]}.{VERSION[1]}"
+    assert not any("site-packages" in entry for entry in path)
+
+
+READ_ONLY_PROBE = """
+import errno, os
+
+def handler(event, context):
+    import requests
+    here = os.path.dirname(requests.__file__)
+    outcome = {}
+    for target in (os.path.join(here, "evil.py"), os.path.join(here, "__init__.py")):
+        try:
+            with open(target, "a") as handle:
+                handle.write("hacked = True\\n")
+            outcome[target] = "written"
+        except OSError as exc:
+            outcome[target] = errno.errorcode.get(exc.errno, str(exc.errno))
+    mounts = [line.split() for line in open("/proc/self/mountinfo")]
+    bundled = [m for m in mounts if m[4] == "/opt/function/runtime/bundled"]
+    stat = os.stat(requests.__file__)
+    return {"outcome": outcome, "options": [m[5] for m in bundled], "inode": [stat.st_dev, stat.st_ino]}
+"""
+
+
+def test_the_bundled_tree_is_read_only_inside_and_shared_by_instances(api: Api) -> None:
+    first = api.invoke(api.deploy(READ_ONLY_PROBE)["func_name"]).json()
+    second = api.invoke(api.deploy(READ_ONLY_PROBE)["func_name"]).json()
+    # Neither a new file nor a changed one; a new one is refused by the read-only mount itself
+    # (an existing one meets the function uid's permissions first).
+    created, changed = first["outcome"].values()
+    assert created == "EROFS", first
+    assert changed in ("EROFS", "EACCES"), first
+    assert len(first["options"]) == 1 and first["options"][0].split(",")[0] == "ro"
+    # One tree on the host, bound into each sandbox: the same file, no per-instance copy.
+    assert TREE is not None
+    host = os.stat(TREE / "requests" / "__init__.py")
+    assert first["inode"][1] == second["inode"][1] == host.st_ino
+    assert "hacked" not in (TREE / "requests" / "__init__.py").read_text()
+    assert not (TREE / "requests" / "evil.py").exists()
+
+
+def test_switched_off_the_bundled_libraries_are_not_importable(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", "[runtimes]\nbundled_libraries = false\n")
+    daemon.start()
+    try:
+        api = Api(daemon)
+        source = """
+            import os
+
+            def handler(event, context):
+                try:
+                    import requests
+                except ImportError as exc:
+                    return {"error": type(exc).__name__, "mounted": os.path.exists("/opt/function/runtime/bundled")}
+                return {"imported": requests.__file__}
+        """
+        body = api.invoke(api.deploy(source)["func_name"]).json()
+        assert body == {"error": "ModuleNotFoundError", "mounted": False}
+        assert "bundled libraries: switched off" in daemon.log()
+    finally:
+        daemon.stop()
+
+
+def test_a_missing_tree_is_logged_and_functions_still_run(tmp_path: Path) -> None:
+    empty = tmp_path / "nothing-built"
+    empty.mkdir()
+    daemon = Daemon(tmp_path / "state", f'[runtimes]\nbundled_libraries_dir = "{empty}"\n')
+    daemon.start()
+    try:
+        api = Api(daemon)
+        assert api.invoke(api.deploy("def handler(e, c):\n    return 'runs'\n")["func_name"]).content == b"runs"
+        assert f"bundled libraries: none built under {empty}" in daemon.log()
+    finally:
+        daemon.stop()
