@@ -619,7 +619,9 @@ class Invoker:
                     if self.sandbox is not None:
                         instance.set_limits(self.sandbox.limits(record))
                     instance.credentials_token = self._credentials_token(record)
-                    await instance.send(self._specialize_frame(record, deps, instance.id))
+                    specialize = self._specialize_frame(record, deps, instance.id)
+                    # The initializer runs under the id of the start it belongs to (issue 12).
+                    await instance.send(msgspec.structs.replace(specialize, initializer_request_id=request_id))
                     frame = await instance.receive()
                     if isinstance(frame, protocol.InitError):
                         failure = clean_error(frame.error)

@@ -83,6 +83,9 @@ class Specialize(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=Tr
     # Issue 12: the root of the bundled-library trees (python<X.Y>/ each) as the instance
     # sees it; "" when switched off. The instance picks its own interpreter's tree.
     bundled_dir: str = ""
+    # Issue 12: the id the initializer's context and log lines carry: the request (or reserved
+    # start) the instance is being started for.
+    initializer_request_id: str = ""
 
 
 class Invoke(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):

@@ -254,7 +254,8 @@ def _max_rss_kb() -> int:
 def run_initializer(spec: Specialize, instance: Instance) -> None:
     init = resolve(spec.code_dir, spec.initializer, "initializer")
     deadline = time.time() + spec.initializer_timeout
-    context = Context(spec.identity, "initializer", deadline, instance.emit_log, instance.credentials)
+    request_id = spec.initializer_request_id or "initializer"
+    context = Context(spec.identity, request_id, deadline, instance.emit_log, instance.credentials)
     try:
         init(context)
     except Exception as exc:  # noqa: BLE001
