@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fgd.bundled import SOURCE_ROOT, libraries_for, manifest_of, tree_for
-from tests.conftest import Api, Daemon
+from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
 
 VERSION = sys.version_info[:2]
 TREE = tree_for(SOURCE_ROOT, VERSION)
@@ -143,5 +143,43 @@ def test_a_missing_tree_is_logged_and_functions_still_run(tmp_path: Path) -> Non
         api = Api(daemon)
         assert api.invoke(api.deploy("def handler(e, c):\n    return 'runs'\n")["func_name"]).content == b"runs"
         assert f"bundled libraries: none built under {empty}" in daemon.log()
+    finally:
+        daemon.stop()
+
+
+def test_a_dependencys_requests_shadows_the_bundled_one(api: Api) -> None:
+    files = {"requests/__init__.py": "MARKER = 'from a dependency'\n"}
+    body = {"name": unique_name("dep"), "runtime": RUNTIME, "depend_type": "zip", "depend_file": b64(make_zip(files))}
+    dependency = api.http.post("/dependencies/version", json=body)
+    assert dependency.status_code == 200, dependency.text
+    source = "import requests\n\ndef handler(e, c):\n    return requests.MARKER\n"
+    name = api.deploy(source, depend_version_list=[dependency.json()["id"]])["func_name"]
+    assert api.invoke(name).text == "from a dependency"
+
+
+def test_without_mount_namespaces_the_tree_is_still_on_the_path_last(tmp_path: Path) -> None:
+    # A degraded host: no mounts, so the instance opens the tree as root and reads it by fd.
+    # (Credentials off too: this host's interpreter lives under /root, which a function uid
+    # cannot read without the sandbox's own view of it.)
+    config = '[sandbox]\nallow_degraded = true\ndisable = ["mounts", "credentials"]\n'
+    daemon = Daemon(tmp_path / "state", config)
+    daemon.start()
+    try:
+        api = Api(daemon)
+        source = """
+            import sys
+            import requests
+            import obs
+
+            def handler(event, context):
+                return {"path": sys.path, "requests": requests.__file__}
+        """
+        response = api.invoke(api.deploy(source)["func_name"])
+        assert response.headers["x-is-func-err"] == "false", response.text
+        body = response.json()
+        assert body["requests"].startswith(body["path"][-1] + "/requests/")
+        assert body["path"][-1].startswith("/proc/self/fd/")
+        # The function's code comes first; the standard library before the bundled tree.
+        assert body["path"][0].startswith("/proc/self/fd/") and body["path"][0] != body["path"][-1]
     finally:
         daemon.stop()
