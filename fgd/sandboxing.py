@@ -208,9 +208,6 @@ class Sandbox:
         self.cgroups = facts.cgroups if self.protections.cgroups else None
         self.uids = UidPool(config.uid_base, config.uid_count)
         mounts, links = host_layout()
-        # Read-only trees every instance sees (the bundled libraries, issue 12): bound once per
-        # sandbox when it is built, from the host, so all instances share one copy.
-        mounts += shared_mounts or []
         # The function user is added per instance (its own uid), over these.
         etc = {
             "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n",
@@ -222,7 +219,16 @@ class Sandbox:
         new_root.mkdir(mode=0o700, exist_ok=True)
         self.state_dir = state_dir
         self.contain_policy = ContainPolicy(
-            str(new_root), str(state_dir), mounts, links, etc, "localhost", self.protections
+            str(new_root),
+            str(state_dir),
+            mounts,
+            links,
+            etc,
+            "localhost",
+            self.protections,
+            # Read-only trees every instance sees (the bundled libraries, issue 12): mounted once
+            # per sandbox when it is built, from the host, so all instances share one copy.
+            shared_trees=shared_mounts or [],
         )
         self.cpu_cap = (psutil.cpu_count() or 1) * 1000
 
