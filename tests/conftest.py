@@ -239,6 +239,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         [code_fetch]
         allow = ["127.0.0.1/32"]
         read_timeout = 2.0
+
+        # Agencies the SDK tests name (xrole / app_xrole must be defined on the node).
+        [agencies.cff_admin]
+        [agencies.app_agency]
     """
     d = Daemon(tmp_path_factory.mktemp("fgd") / "state", config)
     d.start()
