@@ -57,6 +57,8 @@ class Summary(msgspec.Struct, omit_defaults=True):
     memoryUsed: float  # noqa: N815
     coldStart: bool  # noqa: N815
     initDuration: float | None = None  # noqa: N815
+    # fgd (issue 12): the interpreter that ran the invocation ({"path", "version"}).
+    runtime_interpreter: dict | None = None
 
 
 class ErrorPayload(msgspec.Struct):
@@ -141,6 +143,7 @@ def _outcome_headers(outcome: Outcome, log_tail: bool) -> list[tuple[bytes, byte
         memoryUsed=round(outcome.max_memory_mb, 3),
         coldStart=outcome.cold,
         initDuration=round(outcome.init_ms, 3) if outcome.cold and outcome.init_ms is not None else None,
+        runtime_interpreter=outcome.runtime_interpreter,
     )
     headers = [
         (b"content-type", JSON),

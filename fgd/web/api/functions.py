@@ -49,7 +49,16 @@ def _package_filter() -> str | None:
 def register(app: QuartTrio, ctx: ApiContext) -> None:
     @app.get(f"{BASE}/runtimes")
     async def list_runtimes(project_id: str) -> Response:
-        return json_response({"runtimes": ctx.functions.runtimes})
+        # Issue 12: every accepted name, and the interpreter (path, version) serving each.
+        catalogue = ctx.functions.runtimes
+        return json_response(
+            {
+                "runtimes": catalogue.names(),
+                "served_by": catalogue.served_by(),
+                "exact_versions": catalogue.exact,
+                "interpreters": catalogue.describe_interpreters(),
+            }
+        )
 
     @app.post(f"{BASE}/functions")
     async def create_function(project_id: str) -> Response:
