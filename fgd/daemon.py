@@ -164,7 +164,12 @@ async def serve(config: Config) -> None:
                 for i in catalogue.in_use()
             ],
             "instances": invoker.count(),
-            "pool": {name: len(pool) for name, pool in invoker.pools.items()},
+            # Per runtime name whose interpreter's zygote runs (names it serves share its pool).
+            "pool": {
+                name: len(invoker.pools[interpreter.key])
+                for name, interpreter in catalogue.mapping.items()
+                if interpreter.key in invoker.pools
+            },
             "functions": len(store.functions),
         }
 

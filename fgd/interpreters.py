@@ -20,7 +20,9 @@ such as shim packages and bundled libraries):
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -51,6 +53,9 @@ PYTHON2 = (
     "January 2020 and gets no security fixes; port the function to Python 3"
 )
 MAX_PROBE_OUTPUT = 64 * 1024
+# In a shim directory: what built it (fgd.shims), and the key of the last successful check.
+STAMP = ".fgd-shim"
+CHECKED = ".fgd-checked"
 
 # Runs under any Python 2 or 3: prints what it is, then (3.9+) whether it can run the shim.
 PROBE = r"""
@@ -241,11 +246,8 @@ def identify(path: str, timeout: float) -> Identity | None:
     return identity
 
 
-def probe(path: str, origin: str, config: RuntimesConfig) -> Interpreter | None:
-    """Identify `path`, then check that it can run the shim with its shim packages."""
-    identity = identify(path, config.probe_timeout)
-    if identity is None:
-        return None
+def judge(path: str, origin: str, identity: Identity, config: RuntimesConfig) -> Interpreter:
+    """Whether an identified interpreter can run the shim with its shim packages (a probe that imports it)."""
     minor = identity.minor
     base = {"path": path, "version": identity.version, "minor": minor, "prefix": identity.prefix, "origin": origin}
     if (3, minor) < SHIM_MIN:
@@ -257,6 +259,13 @@ def probe(path: str, origin: str, config: RuntimesConfig) -> Interpreter | None:
         reason = f"no shim packages in {shim_path}: build them with `make runtimes` (python -m fgd.shims build)"
         return Interpreter(**base, usable=False, reason=reason, shim=shim_path)
     candidate = Interpreter(**base, usable=True, shim=shim_path)
+    if shim_path is None:
+        # The daemon's own: it runs this code already, from the environment its zygote gets.
+        return candidate
+    checked = os.path.join(shim_path, CHECKED)
+    key = _check_key(path, shim_path)
+    if _read(checked) == key:
+        return candidate
     try:
         code, out = _run_probe([path, "-s", "-c", PROBE, "--shim"], zygote_environment(candidate), config.probe_timeout)
     except OSError as exc:
@@ -268,7 +277,33 @@ def probe(path: str, origin: str, config: RuntimesConfig) -> Interpreter | None:
         failure = f"the runtime shim check did not finish (exit {code})"
     if failure:
         return Interpreter(**base, usable=False, reason=f"cannot run the runtime shim: {failure}", shim=shim_path)
+    # Remembered (when the directory is writable), so the next start need not ask again: the
+    # import costs 0.1-0.2 s an interpreter, and a daemon starts often in tests.
+    with contextlib.suppress(OSError):
+        Path(checked).write_text(key)
     return candidate
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return None
+
+
+def _check_key(interpreter: str, shim_path: str) -> str:
+    """What a successful shim check depends on: the interpreter, its shim packages, fgd's shim code."""
+    digest = hashlib.sha256()
+    stat = os.stat(os.path.realpath(interpreter))
+    digest.update(f"{os.path.realpath(interpreter)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    digest.update((_read(os.path.join(shim_path, STAMP)) or "no stamp").encode())
+    for package in ("runtimes", "sandbox"):
+        for top, dirs, files in os.walk(os.path.join(source_root(), package)):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(f for f in files if f.endswith(".py")):
+                stat = os.stat(os.path.join(top, name))
+                digest.update(f"{top}/{name} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _parse(out: str, marker: str) -> object:
@@ -294,15 +329,59 @@ def _looks_like_probe(info: dict) -> bool:
 
 
 def discover(config: RuntimesConfig, environ: Mapping[str, str] | None = None) -> list[Interpreter]:
-    """Every CPython 3 interpreter found, probed in parallel; broken ones are left out (logged)."""
+    """Every CPython 3 interpreter found; broken ones are left out (logged).
+
+    All are identified in parallel; then per minor version the shim is tried on the preferred
+    one first (all minors in parallel), and on the next only if it cannot run it. One that is
+    not needed (its minor is served by a preferred one) is listed as such, untried.
+    """
     found = candidates(config, environ)
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(found)))) as pool:
-        probed = list(pool.map(lambda item: probe(item[0], item[1], config), found))
-    interpreters = [i for i in probed if i is not None]
+    workers = min(8, max(1, len(found)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        identities = list(pool.map(lambda item: identify(item[0], config.probe_timeout), found))
+    by_minor: dict[int, list[int]] = {}
+    for index, identity in enumerate(identities):
+        if identity is not None:
+            by_minor.setdefault(identity.minor, []).append(index)
+    judged: dict[int, Interpreter] = {}
+    pending = {minor: list(indexes) for minor, indexes in by_minor.items()}
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        while pending:
+            tries = {minor: indexes.pop(0) for minor, indexes in pending.items()}
+            results = pool.map(lambda i: judge(found[i][0], found[i][1], identities[i], config), tries.values())
+            for (minor, index), interpreter in zip(tries.items(), results, strict=True):
+                judged[index] = interpreter
+                if interpreter.usable or (3, minor) < SHIM_MIN:
+                    for rest in pending[minor]:
+                        identity = identities[rest]
+                        assert identity is not None
+                        judged[rest] = _standby(found[rest], identity, interpreter)
+                    pending[minor] = []
+            pending = {minor: indexes for minor, indexes in pending.items() if indexes}
+    interpreters = [judged[i] for i in sorted(judged)]
     for interpreter in interpreters:
         if not interpreter.usable:
-            log.info("interpreter %s (%s) not usable: %s", interpreter.path, interpreter.version, interpreter.reason)
+            log.info("interpreter %s (%s) not used: %s", interpreter.path, interpreter.version, interpreter.reason)
     return interpreters
+
+
+def _standby(candidate: tuple[str, str], identity: Identity, chosen: Interpreter) -> Interpreter:
+    """An interpreter of a minor version another one serves (or that none can)."""
+    reason = (
+        f"Python 3.{identity.minor} is served by {chosen.path}"
+        if chosen.usable
+        else f"fgd's runtime shim needs Python {SHIM_MIN[0]}.{SHIM_MIN[1]} or newer (msgspec does)"
+    )
+    path, origin = candidate
+    return Interpreter(
+        path=path,
+        version=identity.version,
+        minor=identity.minor,
+        prefix=identity.prefix,
+        origin=origin,
+        usable=False,
+        reason=reason,
+    )
 
 
 class Catalogue:

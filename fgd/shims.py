@@ -27,10 +27,9 @@ from pathlib import Path
 import msgspec
 
 from fgd import config as config_module
-from fgd.interpreters import SHIM_MIN, candidates, identify, shim_dir
+from fgd.interpreters import SHIM_MIN, STAMP, candidates, identify, shim_dir
 
 REQUIREMENTS = Path(__file__).resolve().parent.parent / "runtimes" / "python" / "shim-requirements.txt"
-STAMP = ".fgd-shim"
 PIP_TIMEOUT = 900
 
 
