@@ -437,7 +437,9 @@ class Catalogue:
 
     def refusal(self, name: str) -> str:
         installed = ", ".join(f"{i.version} ({i.path})" for i in self.in_use()) or "none"
-        match = NAME.match(name)
+        match = NAME.fullmatch(name)
+        if match and name != f"Python{int(match[1])}.{int(match[2])}":
+            match = None  # "Python3.012": not a name FunctionGraph or fgd uses
         if match and match[1] == "2":
             return f"runtime {name!r}: {PYTHON2}; available: {', '.join(self.names())}"
         if match and match[1] == "3":

@@ -373,3 +373,19 @@ def test_a_syntax_error_in_the_handler_module_points_at_the_line(narrow_api: Api
         frame.startswith('File "/opt/function/code/index.py", line 3') for frame in frames_of(error["stackTrace"])
     )
     assert error["stackTrace"][-1].startswith("SyntaxError: ")
+
+
+def test_doctor_shows_each_interpreter_and_what_it_serves(shims: None, tmp_path: Path) -> None:
+    config = tmp_path / "fgd.toml"
+    config.write_text(textwrap.dedent(narrow_config(9, 12)))
+    result = subprocess.run(
+        [sys.executable, "-m", "fgd", "doctor", "--config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    lines = result.stdout.splitlines()
+    served = [line for line in lines if line.startswith("ok") and " python " in f" {line.split()[1]} "]
+    assert any(
+        pyenv_python(9) in line and line.endswith("serves Python3.6, Python3.7, Python3.8, Python3.9")
+        for line in served
+    )
+    assert any(pyenv_python(12) in line and line.endswith("serves Python3.12") for line in served)
+    assert not any("3.10." in line for line in lines)
