@@ -261,6 +261,7 @@ def test_the_sandbox_holds_for_a_zygote_of_another_interpreter(narrow_api: Api) 
                 "pid": os.getpid(), "root": sorted(os.listdir("/")),
                 "host_paths": [p for p in HOST_PATHS if os.path.exists(p)],
                 "socket_refused": socket_refused,
+                "sys_path": sys.path, "environ": sorted(os.environ),
             }
     """
     # The daemon's own interpreter and fgd's source tree are host paths too.
@@ -276,6 +277,9 @@ def test_the_sandbox_holds_for_a_zygote_of_another_interpreter(narrow_api: Api) 
     assert body["host_paths"] == []
     assert "work" not in body["root"]
     assert body["socket_refused"] is True
+    # Neither the shim packages nor fgd's source are on its import path or in its environment.
+    assert not [p for p in body["sys_path"] if "runtimes" in p or p.startswith(FGD_SOURCE) or ".venv" in p]
+    assert "PYTHONPATH" not in body["environ"]
 
 
 # Item 5: errors show the function's frames, at the paths the function sees -------------------
@@ -389,3 +393,23 @@ def test_doctor_shows_each_interpreter_and_what_it_serves(shims: None, tmp_path:
     )
     assert any(pyenv_python(12) in line and line.endswith("serves Python3.12") for line in served)
     assert not any("3.10." in line for line in lines)
+
+
+ASYNC = """
+import asyncio, sys
+async def handler(event, context):
+    await asyncio.sleep(0.01)
+    return {"version": list(sys.version_info[:2]), "request": context.getRequestID()}
+"""
+
+
+@pytest.mark.parametrize("minor", [9, 12])
+def test_async_handlers_and_concurrent_requests_run_on_other_interpreters(narrow_api: Api, minor: int) -> None:
+    created = deploy(narrow_api, f"Python3.{minor}", ASYNC, strategy_config={"concurrency": 1, "concurrent_num": 4})
+    assert created.status_code == 200, created.text
+    name = created.json()["func_name"]
+    responses = [narrow_api.invoke(name) for _ in range(3)]
+    for response in responses:
+        assert response.headers["x-is-func-err"] == "false", response.text
+        assert response.json()["version"] == [3, minor]
+        assert response.json()["request"] == response.headers["x-cff-request-id"]
