@@ -58,7 +58,7 @@ class Zygote:
         # Built once by the daemon, handed to every zygote: each instance loads one as its
         # last containment step. (pyseccomp and the filter builder need not run everywhere.)
         self._seccomp = msgspec.msgpack.encode(seccomp_programs) if seccomp_programs is not None else None
-        self._policies: dict[int, ContainPolicy] = {}
+        self._policy: tuple[ContainPolicy, ContainPolicy] | None = None
         self._control: trio.socket.SocketType | None = None
         self._fork_lock = trio.Lock()
         self._forked: dict[str, int] = {}
@@ -93,6 +93,16 @@ class Zygote:
                     start_new_session=True,
                     env=self._environment,
                 )
+            except OSError as exc:
+                parent.close()
+                child.close()
+                if not started:
+                    raise  # the first start: the cold start that asked for it says why
+                # The interpreter went away under a running daemon (uninstalled): keep trying,
+                # its functions get 503s meanwhile, the daemon and the other zygotes go on.
+                log.error("cannot restart the %s zygote (%s): %s", self.runtime, argv[0], exc)
+                await trio.sleep(RESTART_DELAY * 10)
+                continue
             finally:
                 for fd in passed[1:]:
                     os.close(fd)
@@ -193,10 +203,9 @@ class Zygote:
         """`base` with this zygote's interpreter bound into the sandbox instead of the daemon's."""
         if self.interpreter is None:
             return base
-        policy = self._policies.get(id(base))
-        if policy is None:
-            policy = self._policies[id(base)] = interpreter_policy(base, self.interpreter.prefix)
-        return policy
+        if self._policy is None or self._policy[0] is not base:
+            self._policy = (base, interpreter_policy(base, self.interpreter.prefix))
+        return self._policy[1]
 
 
 def seccomp_memfd(data: bytes) -> int:

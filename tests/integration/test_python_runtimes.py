@@ -413,3 +413,38 @@ def test_async_handlers_and_concurrent_requests_run_on_other_interpreters(narrow
         assert response.headers["x-is-func-err"] == "false", response.text
         assert response.json()["version"] == [3, minor]
         assert response.json()["request"] == response.headers["x-cff-request-id"]
+
+
+@pytest.mark.slow
+def test_an_interpreter_removed_under_a_running_daemon_costs_only_its_own_functions(
+    shims: None, tmp_path: Path
+) -> None:
+    # The operator names 3.12 through a link, then removes it (an uninstall) while its zygote runs.
+    link = tmp_path / "python3.12"
+    link.symlink_to(pyenv_python(12))
+    daemon = Daemon(tmp_path / "state", narrow_config(9, extra=f"python = [{json.dumps(str(link))}]"))
+    daemon.start()
+    try:
+        api = Api(daemon)
+        assert run_on(api, "Python3.12")[2]["version"][:2] == [3, 12]
+        on_39 = deploy(api, "Python3.9").json()["func_name"]
+        link.unlink()
+        for child in psutil.Process(daemon.process.pid).children():
+            if os.path.realpath(child.exe()) == os.path.realpath(pyenv_python(12)):
+                child.kill()
+        deadline = time.monotonic() + 5
+        while "cannot restart the python3.12 zygote" not in daemon.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"cannot restart the python3.12 zygote ({link})" in daemon.log()
+        # The daemon and the other interpreters go on; health names the one that is down.
+        assert api.invoke(on_39).json()["version"][:2] == [3, 9]
+        health = httpx.get(f"{daemon.url}/healthz")
+        assert health.status_code == 503 and health.json()["runtimes"]["Python3.12"] == "restarting"
+        # Back once the interpreter is.
+        link.symlink_to(pyenv_python(12))
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{daemon.url}/healthz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert run_on(api, "Python3.12")[2]["version"][:2] == [3, 12]
+    finally:
+        daemon.stop()

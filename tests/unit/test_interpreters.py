@@ -129,3 +129,25 @@ def test_search_patterns_expand_variables_and_home() -> None:
 )
 def test_a_probe_answer_of_the_wrong_shape_is_not_an_interpreter(answer: dict) -> None:
     assert _looks_like_probe(answer) is False
+
+
+def test_a_sandbox_binds_its_own_interpreter_not_the_daemons() -> None:
+    import os
+    import sys
+
+    from fgd.zygote import interpreter_policy
+    from sandbox.policy import ContainPolicy, Mount
+
+    daemon_prefix = os.path.realpath(sys.base_prefix)
+    base = ContainPolicy("/new", "/state", [Mount("/usr", "/usr"), Mount(daemon_prefix, daemon_prefix)], [], {})
+    policy = interpreter_policy(base, "/opt/py3.12.1")
+    assert Mount("/opt/py3.12.1", "/opt/py3.12.1") in policy.root_mounts
+    assert Mount("/usr", "/usr") in policy.root_mounts
+    if not daemon_prefix.startswith("/usr"):
+        assert Mount(daemon_prefix, daemon_prefix) not in policy.root_mounts
+    # An interpreter under a directory already bound (Debian's /usr/bin/python3.x) adds nothing.
+    assert interpreter_policy(base, "/usr").root_mounts == [
+        m for m in policy.root_mounts if m.source != "/opt/py3.12.1"
+    ]
+    # The daemon's own keeps its prefix.
+    assert Mount(daemon_prefix, daemon_prefix) in interpreter_policy(base, daemon_prefix).root_mounts
