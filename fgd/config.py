@@ -191,6 +191,9 @@ class RuntimesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Seconds an interpreter may take to answer the probe (its version, whether it can run the
     # shim); one that does not answer in time is skipped with a log line.
     probe_timeout: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    # Runtime names whose zygotes (and pools) start at boot rather than on first use, for a
+    # first cold start without the zygote's ~0.1 s start. Each must be a name the node serves.
+    preload: list[str] = []
     # Where the per-interpreter shim packages are (<shim_dir>/python3.X: msgspec, python-prctl,
     # pyseccomp built for that interpreter; `make` builds them). Default: <daemon's prefix>/runtimes.
     shim_dir: str | None = None

@@ -135,6 +135,9 @@ async def serve(config: Config) -> None:
     logs = LogSink(store, config.logs)
     sandbox = build_sandbox(config, state_dir)
     catalogue = await find_runtimes(config)
+    for name in config.runtimes.preload:
+        if catalogue.serving(name) is None:
+            raise StartupError(f"[runtimes] preload: {catalogue.refusal(name)}")
     # One zygote per interpreter in use, each started on the first cold start that needs it.
     zygotes = Zygotes(catalogue, seccomp_programs=seccomp_programs(sandbox))
     packager = Packager(code)
@@ -262,6 +265,8 @@ async def serve(config: Config) -> None:
             services.start_soon(logs.run)
             await services.start(zygotes.run)
             await services.start(invoker.run)
+            for name in config.runtimes.preload:
+                await zygotes.get(name)
             await dependencies.load_public(config.public_dependencies)
             services.start_soon(_collect_packages, config, store, code, dependencies, invoker)
             services.start_soon(dispatcher.run)

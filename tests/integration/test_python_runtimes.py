@@ -241,8 +241,9 @@ def test_a_zygote_starts_on_first_use_only(shims: None, tmp_path: Path) -> None:
         daemon.stop()
 
 
-def test_the_sandbox_holds_for_a_zygote_of_another_interpreter(narrow_api: Api) -> None:
-    # The security suite's key checks, on Python 3.12 (the daemon runs 3.11).
+@pytest.mark.parametrize("minor", [9, 12])
+def test_the_sandbox_holds_for_a_zygote_of_another_interpreter(narrow_api: Api, minor: int) -> None:
+    # The security suite's key checks, on interpreters other than the daemon's.
     source = """
         import os, sys
         def handler(event, context):
@@ -267,8 +268,8 @@ def test_the_sandbox_holds_for_a_zygote_of_another_interpreter(narrow_api: Api) 
     # The daemon's own interpreter and fgd's source tree are host paths too.
     host_paths = ("/work", "/home", "/var/lib", "/etc/shadow", os.path.realpath(sys.base_prefix), FGD_SOURCE)
     source = source.replace("HOST_PATHS", repr(host_paths))
-    _config, _response, body = run_on(narrow_api, "Python3.12", source)
-    assert body["version"] == [3, 12]
+    _config, _response, body = run_on(narrow_api, f"Python3.{minor}", source)
+    assert body["version"] == [3, minor]
     assert body["uid"] >= 200_000 and body["euid"] == body["uid"]
     assert body["seccomp"] == "2" and body["no_new_privs"] == "1"
     assert int(body["cap_eff"], 16) == 0 and int(body["cap_bnd"], 16) == 0
@@ -448,3 +449,20 @@ def test_an_interpreter_removed_under_a_running_daemon_costs_only_its_own_functi
         assert run_on(api, "Python3.12")[2]["version"][:2] == [3, 12]
     finally:
         daemon.stop()
+
+
+def test_preloaded_runtimes_start_their_zygote_at_boot(shims: None, tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", narrow_config(9, 12, extra='preload = ["Python3.12"]'))
+    daemon.start()
+    try:
+        assert zygote_interpreters(daemon) == [os.path.realpath(pyenv_python(12))]
+        assert httpx.get(f"{daemon.url}/healthz").json()["runtimes"]["Python3.12"] == "ready"
+    finally:
+        daemon.stop()
+
+
+def test_preloading_a_name_the_node_cannot_serve_stops_the_start(shims: None, tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", narrow_config(9, 12, exact=True, extra='preload = ["Python3.10"]'))
+    with pytest.raises(RuntimeError) as failed:
+        daemon.start()
+    assert "[runtimes] preload: runtime 'Python3.10' needs Python 3.10" in str(failed.value)
