@@ -447,12 +447,13 @@ class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
 
 # FunctionGraph's rules: a version name 1-42 characters (letters, digits, '.', '_', '-'; a letter
 # or digit first); an alias 1-63 (letters, digits, '_', '-'; a letter first, no '-' or '_' last).
-VERSION_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,41}$"
-ALIAS_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$"
+VERSION_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,41}\Z"
+ALIAS_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\Z"
 MAX_VERSIONS = 20  # including latest
 MAX_ALIASES = 10
-# An HTTP header name (RFC 9110 token), as a header rule's `param`.
-HEADER_NAME_RE = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$"
+# An HTTP header name (RFC 9110 token), as a header rule's `param`. These end in \Z, not $:
+# $ also matches before a final newline, and msgspec (re.search) would take "v1\n".
+HEADER_NAME_RE = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z"
 
 VersionName = Annotated[str, Meta(pattern=VERSION_NAME_RE)]
 AliasName = Annotated[str, Meta(pattern=ALIAS_NAME_RE)]
@@ -744,7 +745,7 @@ class FunctionRef(msgspec.Struct, frozen=True):
         return (self.project_id, self.package, self.func_name)
 
 
-_QUALIFIER_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,41}|![A-Za-z]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)$")
+_QUALIFIER_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,41}|![A-Za-z]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)\Z")
 
 
 def check_qualifier(text: str, qualifier: str) -> str:

@@ -51,15 +51,15 @@ JSON = b"application/json"
 _encoder = msgspec.json.Encoder()
 
 
-class Summary(msgspec.Struct, omit_defaults=True):
+class Summary(msgspec.Struct, omit_defaults=True, kw_only=True):
     duration: float
     billingDuration: int  # noqa: N815 - FunctionGraph's header field names
     memorySize: int  # noqa: N815
     memoryUsed: float  # noqa: N815
     coldStart: bool  # noqa: N815
     initDuration: float | None = None  # noqa: N815
-    # fgd: which version ran, and the alias it was reached through (fgd.versions).
-    version: str = "latest"
+    # fgd: which version ran (always given), and the alias it was reached through (fgd.versions).
+    version: str
     alias: str = ""
 
 
