@@ -341,7 +341,6 @@ def test_unknown_qualifiers_are_404_with_their_codes(api: Api) -> None:
     assert error_code(api.invoke(f"{name}:!nope")) == "FSS.1053"
 
 
-@pytest.mark.slow
 def test_weights_send_their_share_to_the_additional_version(api: Api) -> None:
     name = unique_name("weights")
     api.deploy(
