@@ -14,7 +14,10 @@ from huaweicloudsdkfunctiongraph.v2 import model as m
 from tests.conftest import b64, make_zip
 from tests.sdk.test_sdk_functions import create
 
-CODE = "def handler(event, context):\n    return {'code': %r, 'version': context.getVersion(), 'alias': context.getAlias()}\n"
+CODE = (
+    "def handler(event, context):\n"
+    "    return {'code': %r, 'version': context.getVersion(), 'alias': context.getAlias()}\n"
+)
 
 
 def refused(call) -> ClientRequestException:

@@ -19,7 +19,11 @@ from fgd.model import (
     ("text", "expected"),
     [
         ("hello", FunctionRef("p1", "default", "hello")),
-        ("pkg:hello", FunctionRef("p1", "pkg", "hello")),
+        # package:name, or name:qualifier when no such package holds it (fgd.versions.lookup).
+        ("pkg:hello", FunctionRef("p1", "pkg", "hello", ambiguous=True)),
+        ("hello:!prod", FunctionRef("p1", "default", "hello", "!prod")),
+        ("p1:pkg:hello", FunctionRef("p1", "pkg", "hello")),
+        ("p1:pkg:hello:v1.2_3-x", FunctionRef("p1", "pkg", "hello", "v1.2_3-x")),
         ("urn:fss:local:p1:function:pkg:hello", FunctionRef("p1", "pkg", "hello")),
         ("urn:fss:local:p1:function:pkg:hello:latest", FunctionRef("p1", "pkg", "hello")),
         ("urn:fss:local:p1:function:pkg:hello:v2", FunctionRef("p1", "pkg", "hello", "v2")),
@@ -38,6 +42,18 @@ def test_function_refs(text: str, expected: FunctionRef) -> None:
         "urn:fss:local:p1:trigger:pkg:hello",
         "urn:fss:local",
         "a:b:c",
+        "p2:pkg:hello:v1",
+        "hello:!",
+        "hello:!-x",
+        "hello:!x_",
+        "urn:fss:local:p1:function:pkg:hello:",
+        "urn:fss:local:p1:function:pkg:hello:!",
+        "urn:fss:local:p1:function:pkg:hello:v1\n",
+        "urn:fss:local:p1:function:pkg:hello:!prod\n",
+        "urn:fss:local:p1:function:pkg:hello:v1:extra",
+        "urn:fss:local:p1:function:pkg:hello:" + "v" * 43,
+        "urn:fss:local:p1:function:pkg:hello:../v1",
+        "p1:pkg:hello:v1:x",
     ],
 )
 def test_bad_function_refs(text: str) -> None:
