@@ -191,7 +191,7 @@ class Functions:
     def async_config(self, record: FunctionRecord) -> AsyncConfigAnswer:
         config = record.async_config
         return AsyncConfigAnswer(
-            func_urn=function_urn(self.region, record),
+            func_urn=function_urn(self.region, record, record.qualifier),
             max_async_event_age_in_seconds=config.max_async_event_age_in_seconds,
             max_async_retry_attempts=config.max_async_retry_attempts,
             destination_config=destinations_answer(config.destination_config),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 import time
@@ -84,6 +85,15 @@ def test_max_instances_and_async_config_per_qualifier(api: Api) -> None:
     assert api.http.get(f"/functions/{name}/async-invoke-config").json()["max_async_retry_attempts"] == 1
     # An alias with no async config of its own uses its version's.
     assert api.http.get(f"/functions/{name}:!prod/async-invoke-config").json()["max_async_retry_attempts"] == 3
+    body = {"max_async_retry_attempts": 0}
+    assert api.http.put(f"/functions/{name}:!prod/async-invoke-config", json=body).status_code == 200
+    listed = api.http.get(f"/functions/{name}/async-invoke-configs").json()["async_invoke_configs"]
+    assert [(c["func_urn"].rsplit(":", 1)[1], c["max_async_retry_attempts"]) for c in listed] == [
+        ("v1", 3),
+        ("!prod", 0),
+    ]
+    assert api.http.delete(f"/functions/{name}:!prod/async-invoke-config").status_code == 204
+    assert api.http.get(f"/functions/{name}:!prod/async-invoke-config").json()["max_async_retry_attempts"] == 3
 
 
 def test_async_events_run_the_version_chosen_when_queued(api: Api) -> None:
@@ -156,3 +166,32 @@ def test_a_store_of_the_previous_release_migrates(tmp_path: Path) -> None:
     with sqlite3.connect(state / "fgd.db") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 8
         assert db.execute("SELECT version FROM versions").fetchall() == [("v1",)]
+
+
+def test_timer_on_an_alias_follows_it(api: Api) -> None:
+    name = deploy(api, "one")
+    published(api, name, "v1")
+    set_code(api, name, "two")
+    published(api, name, "v2")
+    assert alias(api, name, "prod", "v1").status_code == 200
+    timer = {
+        "trigger_type_code": "TIMER",
+        "event_data": {"name": "t", "schedule_type": "Cron", "schedule": "@every 1s"},
+    }
+    created = api.http.post(f"/triggers/{name}:!prod", json=timer)
+    assert created.status_code in (200, 201), created.text
+
+    def versions_run() -> list[str]:
+        found = []
+        for event in api.http.get(f"/functions/{name}/async-invocations", params={"status": "SUCCESS"}).json()[
+            "invocations"
+        ]:
+            logs = api.http.get(f"/functions/{name}/logs", params={"request_id": event["request_id"]}).json()["logs"]
+            found += [m.group(0) for line in logs if (m := re.search(r"Version: \S+, Alias: \w+", line["message"]))]
+        return found
+
+    assert wait_for(lambda: "Version: v1, Alias: prod" in versions_run(), within=5)
+    assert api.http.put(f"/functions/{name}/aliases/prod", json={"version": "v2"}).status_code == 200
+    assert wait_for(lambda: "Version: v2, Alias: prod" in versions_run(), within=5)
+    trigger_id = created.json()["trigger_id"]
+    assert api.http.delete(f"/triggers/{name}:!prod/TIMER/{trigger_id}").status_code == 204
