@@ -87,7 +87,7 @@ class Functions:
         return lookup(self._store, ref)
 
     @staticmethod
-    def _latest_only(record: FunctionRecord, what: str) -> None:
+    def latest_only(record: FunctionRecord, what: str) -> None:
         if not is_latest(record):
             raise InvalidParameter(
                 f"{what}: {record.qualifier} is a published version or an alias, which never changes; "
@@ -262,7 +262,7 @@ class Functions:
         return record
 
     async def update_config(self, record: FunctionRecord, body: object) -> FunctionRecord:
-        self._latest_only(record, "the function config")
+        self.latest_only(record, "the function config")
         if not isinstance(body, dict):
             raise InvalidParameter("the function config must be a JSON object")
         for field in IMMUTABLE_FIELDS:
@@ -275,7 +275,7 @@ class Functions:
         return await self._replace(record, settings=settings)
 
     async def update_code(self, record: FunctionRecord, body: object) -> FunctionRecord:
-        self._latest_only(record, "the code")
+        self.latest_only(record, "the code")
         request: UpdateCode = convert(body, UpdateCode, "the code update")
         source = check_code_source(request.code_type, request.func_code, request.code_url)
         settings = record.settings
@@ -369,7 +369,7 @@ class Functions:
         """Replace the code with a zip streamed to `path` (consumed)."""
         if not is_latest(record):
             path.unlink(missing_ok=True)
-            self._latest_only(record, "the code")
+            self.latest_only(record, "the code")
         code = await self.packager.store_file(path)
         return await self._replace(
             record, code=code, code_type="zip", code_filename=code_filename or record.code_filename

@@ -49,6 +49,7 @@ from fgd.model import (
     PublishVersion,
     UpdateAlias,
     VersionStrategy,
+    check_qualifier,
     convert,
     function_urn,
     timestamp,
@@ -102,6 +103,8 @@ def lookup(store: Store, ref: FunctionRef) -> FunctionRecord:
         # `a:b` with no function a/b: the function a (package default), qualifier b.
         key, qualifier = (ref.project_id, "default", ref.package), ref.func_name
         record = store.get(key)
+        if record is not None:
+            check_qualifier(f"{ref.package}:{ref.func_name}", qualifier)
         if record is None:
             raise NotFound(
                 f"neither function {ref.package}:{ref.func_name} nor function {ref.package} "

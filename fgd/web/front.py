@@ -285,6 +285,8 @@ def build_front(
                 raise TooLarge(f"the zip is {int(declared):,} bytes; the limit is {raw_limit(code):,}")
             if match.re is CODE_PATH:
                 record = functions.get(parse_function_ref(project_id, match[2], functions.region))
+                # A published version's code never changes: refused before the body is read.
+                functions.latest_only(record, "the code")
                 if len(query.get("code_filename", "")) > CODE_FILENAME_MAX:
                     # The JSON form's limit (UpdateCode.code_filename), checked before the body comes.
                     raise InvalidParameter(f"code_filename may be {CODE_FILENAME_MAX} characters at most")

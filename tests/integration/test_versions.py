@@ -122,6 +122,12 @@ def test_each_qualifier_runs_its_own_code_and_config(api: Api) -> None:
     assert api.http.get(f"/functions/{name}:v1/config").json()["memory_size"] == 128
     body = {"code_type": "zip", "func_code": {"file": b64(make_zip({"index.py": source("three")}))}}
     assert api.http.put(f"/functions/{urn}:v1/code", json=body).status_code == 400
+    raw = api.http.put(
+        f"/functions/{urn}:v1/code",
+        content=make_zip({"index.py": source("three")}),
+        headers={"Content-Type": "application/zip"},
+    )
+    assert raw.status_code == 400 and "never changes" in raw.json()["error_msg"]
     # Exported code of v1 is v1's.
     exported = api.http.get(f"/functions/{urn}:v1/export")
     assert exported.status_code == 200
@@ -312,6 +318,9 @@ def test_attacker_alias_bodies_refused(api: Api, fields: dict, code: str) -> Non
     "qualified",
     [
         "{name}:v1:extra",
+        "{name}:v1%0A",
+        "{name}:..",
+        "{name}:!v1%00",
         "{name}:!",
         "{name}:",
         "{urn}:",

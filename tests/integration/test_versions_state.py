@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import Api, Daemon, b64, make_zip, unique_name
-from tests.integration.test_versions import alias, deploy, gateway_source, published, run, set_code
+from tests.integration.test_versions import alias, deploy, gateway_source, published, run, set_code, source
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "store-v7"
 
@@ -195,3 +196,30 @@ def test_timer_on_an_alias_follows_it(api: Api) -> None:
     assert wait_for(lambda: "Version: v2, Alias: prod" in versions_run(), within=5)
     trigger_id = created.json()["trigger_id"]
     assert api.http.delete(f"/triggers/{name}:!prod/TIMER/{trigger_id}").status_code == 204
+
+
+def test_the_collector_keeps_published_code(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", "[storage]\ngc_interval = 0.2\ngc_grace = 0.0\n")
+    daemon.start()
+    try:
+        api = Api(daemon)
+        name = unique_name("gc")
+        packages = {code: make_zip({"index.py": source(code)}) for code in ("one", "two", "three")}
+        blobs = {
+            code: daemon.state_dir / "blobs" / "sha256" / h[:2] / h
+            for code, h in ((c, hashlib.sha256(p).hexdigest()) for c, p in packages.items())
+        }
+        assert api.create(packages["one"], name=name).status_code == 200
+        published(api, name, "v1")
+        for code in ("two", "three"):
+            body = {"code_type": "zip", "func_code": {"file": b64(packages[code])}}
+            assert api.http.put(f"/functions/{name}/code", json=body).status_code == 200
+        # "two" is used by nothing: the collector removes it; v1's "one" stays.
+        assert wait_for(lambda: not blobs["two"].exists())
+        assert blobs["one"].exists() and blobs["three"].exists()
+        assert run(api, f"{name}:v1")["code"] == "one"
+        # Once v1 is deleted, nothing uses "one" any more.
+        assert api.http.delete(f"/functions/{name}:v1").status_code == 204
+        assert wait_for(lambda: not blobs["one"].exists())
+    finally:
+        daemon.stop()
