@@ -13,11 +13,11 @@ from msgspec import Meta
 from fgd.errors import InvalidParameter
 from runtimes import protocol
 
-FUNC_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?$"
-PACKAGE_RE = r"^[A-Za-z0-9_-]{1,64}$"
-PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-USER_DATA_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-HANDLER_RE = re.compile(r"^(?!/)(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+\.[A-Za-z_][A-Za-z0-9_]*$")
+FUNC_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?\Z"
+PACKAGE_RE = r"^[A-Za-z0-9_-]{1,64}\Z"
+PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+USER_DATA_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\Z")
+HANDLER_RE = re.compile(r"^(?!/)(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+\.[A-Za-z_][A-Za-z0-9_]*\Z")
 USER_DATA_MAX = 4096
 MAX_RESPONSE_BYTES = protocol.MAX_RESPONSE
 
@@ -263,12 +263,12 @@ class CodeRef(msgspec.Struct, frozen=True):
     """A stored code zip: content-addressed by sha256; digest is its sha512."""
 
     # Checked when a stored record is read back: the store's paths are built from it.
-    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
     sha512: str
     size: int
 
 
-DependencyName = Annotated[str, Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")]
+DependencyName = Annotated[str, Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*\Z")]
 
 
 class CreateDependency(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -300,7 +300,7 @@ class DependencyVersion(msgspec.Struct, kw_only=True, frozen=True):
     code: CodeRef
 
 
-TriggerName = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+TriggerName = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}\Z")]
 
 
 class TimerEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -320,7 +320,7 @@ class ApigTriggerFuncInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
 
 class ApigEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     name: TriggerName
-    path: Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./~%-]*$", max_length=512)]
+    path: Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./~%-]*\Z", max_length=512)]
     req_method: Literal["ANY", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] = "ANY"
     auth: Literal["NONE", "TOKEN"] = "NONE"
     match_mode: Literal["SWA", "NORMAL"] = "SWA"
