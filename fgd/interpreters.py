@@ -27,9 +27,11 @@ import json
 import logging
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -184,7 +186,11 @@ def _version_in_path(path: str) -> tuple[int, ...]:
 
 
 def _run_probe(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:
-    """Run a probe in its own session; on timeout the whole group is killed. (exit code, stdout)."""
+    """Run a probe in its own session: (exit code, start of its output), or (None, "") on timeout.
+
+    At most MAX_PROBE_OUTPUT bytes are read (a script that floods its output cannot fill the
+    daemon's memory at start); past the deadline or that size the whole group is killed.
+    """
     process = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -194,13 +200,34 @@ def _run_probe(argv: list[str], env: dict[str, str], timeout: float) -> tuple[in
         cwd="/",
         start_new_session=True,
     )
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    out = bytearray()
+    timed_out = False
+    with process.stdout, selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while len(out) <= MAX_PROBE_OUTPUT:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            if not selector.select(remaining):
+                continue
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            out += chunk
     try:
-        out, _ = process.communicate(timeout=timeout)
+        code = None if timed_out else process.wait(max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
+        code = None
+    # Whatever it left running (its children, or itself when it flooded or hung) goes too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+    process.wait()
+    if code is None and len(out) <= MAX_PROBE_OUTPUT:
         return None, ""
-    return process.returncode, out[:MAX_PROBE_OUTPUT].decode("utf-8", "replace")
+    return (code if code is not None else process.returncode), out[:MAX_PROBE_OUTPUT].decode("utf-8", "replace")
 
 
 class Identity(msgspec.Struct, frozen=True):

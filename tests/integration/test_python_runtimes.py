@@ -66,6 +66,7 @@ def narrow_config(*minors: int, exact: bool = False, extra: str = "") -> str:
 # Scripts an operator might list by mistake: each must be skipped, never stop the daemon.
 HANGS = "#!/bin/sh\nsleep 300\n"
 GARBAGE = "#!/bin/sh\necho 'FGD-PROBE {not json'\necho 'Python 3.12.1'\nhead -c 3000 /dev/urandom\n"
+FLOODS = "#!/bin/sh\nyes FGD-PROBE\n"
 LIES = '#!/bin/sh\necho \'FGD-PROBE {"version": [3, 99, 0], "implementation": "CPython", "prefix": "relative"}\'\n'
 
 
@@ -73,7 +74,7 @@ LIES = '#!/bin/sh\necho \'FGD-PROBE {"version": [3, 99, 0], "implementation": "C
 def broken_interpreters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("interpreters")
     paths = {}
-    for name, script in (("hangs", HANGS), ("garbage", GARBAGE), ("lies", LIES)):
+    for name, script in (("hangs", HANGS), ("garbage", GARBAGE), ("lies", LIES), ("floods", FLOODS)):
         path = folder / f"python3.{name}"
         path.write_text(script)
         path.chmod(0o755)
@@ -86,7 +87,7 @@ def broken_interpreters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, s
 @pytest.fixture(scope="module")
 def narrow(shims: None, tmp_path_factory: pytest.TempPathFactory, broken_interpreters: dict) -> Iterator[Daemon]:
     """Pyenv's 3.9, 3.12 and 3.13 only: no 3.10; and broken interpreters listed in the config."""
-    listed = [broken_interpreters[k] for k in ("hangs", "garbage", "lies", "missing", "python2")]
+    listed = [broken_interpreters[k] for k in ("hangs", "garbage", "lies", "floods", "missing", "python2")]
     extra = f"python = {json.dumps(listed)}\nprobe_timeout = 1.0"
     d = Daemon(tmp_path_factory.mktemp("narrow") / "state", narrow_config(9, 12, 13, extra=extra))
     d.start()
@@ -177,6 +178,8 @@ def test_broken_interpreters_are_skipped_and_the_daemon_serves(
     assert f"interpreter {broken_interpreters['hangs']} skipped: no answer within 1 s" in log
     assert f"interpreter {broken_interpreters['garbage']} skipped: it did not answer like a Python" in log
     assert f"interpreter {broken_interpreters['lies']} skipped: it did not answer like a Python" in log
+    # Endless output is cut off at 64 KiB and the script killed, well before the probe's timeout.
+    assert f"interpreter {broken_interpreters['floods']} skipped: it did not answer like a Python" in log
     assert f"interpreter {broken_interpreters['missing']} skipped: not an executable file" in log
     assert f"interpreter {broken_interpreters['python2']} skipped: Python 2.7.18 is not Python 3" in log
     listed = {i["path"] for i in narrow_api.http.get("/runtimes").json()["interpreters"]}
