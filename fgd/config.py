@@ -47,7 +47,7 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class ServerConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):
     listen: str = "127.0.0.1:8900"
     # A part of every function URN (urn:fss:<region>:...): no ":" or spaces.
-    region: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "local"
+    region: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")] = "local"
     # Seconds SIGTERM waits for in-flight requests before instances are killed.
     shutdown_grace: NonNegative = 10.0
 
@@ -152,7 +152,7 @@ class CodeFetchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     # CIDRs the daemon may fetch from although they are not public (loopback, private, link-local),
     # e.g. ["192.168.10.5/32"] for an artifact server on the LAN. Empty: public addresses only.
-    allow: list[Annotated[str, Meta(pattern=r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$")]] = []
+    allow: list[Annotated[str, Meta(pattern=r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?\Z")]] = []
     connect_timeout: Seconds = 10.0
     # The longest pause between two reads of the answer.
     read_timeout: Seconds = 30.0
@@ -168,6 +168,35 @@ class CodeFetchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 class RuntimesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[runtimes] (issue 12): which Python interpreters serve the Python3.x runtime names (fgd.interpreters)."""
+
+    # Interpreters the operator names (absolute paths); for their minor version they are chosen
+    # before any the daemon finds itself.
+    python: list[str] = []
+    # Where the daemon looks for more, as glob patterns ($VARIABLES and ~ are expanded; a pattern
+    # naming an unset variable is skipped). The daemon may run as a systemd service without
+    # $PYENV_ROOT or $HOME, so root's pyenv is also spelled out.
+    search: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "/usr/bin/python3.*",
+            "/usr/local/bin/python3.*",
+            "$PYENV_ROOT/versions/*/bin/python3.*",
+            "~/.pyenv/versions/*/bin/python3.*",
+            "/root/.pyenv/versions/*/bin/python3.*",
+        ]
+    )
+    # True: a name is served only by its own minor version (Python3.10 by 3.10.x), never by the
+    # nearest newer one; a missing one is a 400 naming what is installed.
+    exact_versions: bool = False
+    # Seconds an interpreter may take to answer the probe (its version, whether it can run the
+    # shim); one that does not answer in time is skipped with a log line.
+    probe_timeout: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    # Runtime names whose zygotes (and pools) start at boot rather than on first use, for a
+    # first cold start without the zygote's ~0.1 s start. Each must be a name the node serves.
+    preload: list[str] = []
+    # Where the per-interpreter shim packages are (<shim_dir>/python3.X: msgspec, python-prctl,
+    # pyseccomp built for that interpreter; `make` builds them). Default: <daemon's prefix>/runtimes.
+    shim_dir: str | None = None
     # Issue 12 (bundled libraries): FunctionGraph's bundled Python libraries (fgd.bundled) on
     # every Python function's import path, after its own code and dependencies.
     bundled_libraries: bool = True
@@ -204,7 +233,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     code_fetch: CodeFetchConfig = CodeFetchConfig()
     runtimes: RuntimesConfig = RuntimesConfig()
     # Agency name (a function's xrole / app_xrole) -> credential set.
-    agencies: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], AgencyConfig] = {}
+    agencies: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")], AgencyConfig] = {}
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
     # <name>-<version>.zip files in this directory, registered at start.
     public_dependencies: str | None = None

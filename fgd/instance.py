@@ -92,6 +92,10 @@ class Instance:
         self.revision = -1
         self.key: tuple[str, str, str] = ("", "", "")
         self.pool_key: tuple = ()
+        # (project, package, name, version, alias): never reused for another (fgd.versions).
+        self.qualifier: tuple[str, str, str, str, str] = ("", "", "", "latest", "")
+        # Its version or alias went or moved: not handed out again.
+        self.retired = False
         self.init_ms: float | None = None
         # sha256 of the code and dependency trees this instance mounts.
         self.packages: set[str] = set()
@@ -171,7 +175,8 @@ class Instance:
             raise InstanceGone(f"cannot put the instance into its cgroup: {exc}") from None
         if not sandbox.protections.namespaces:
             return
-        await self.send(protocol.Contain(sandbox.contain_policy))
+        # Per interpreter: its own library is bound into the sandbox (fgd.zygote, issue 12).
+        await self.send(protocol.Contain(self.zygote.contain_policy(sandbox.contain_policy)))
         frame = await self.receive()
         if isinstance(frame, protocol.ContainError):
             raise InstanceGone(f"the sandbox could not be built: {frame.message}")

@@ -30,7 +30,8 @@ from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
-from fgd.zygote import Zygote, ZygoteUnavailable
+from fgd.versions import exact, qualifier_key, reserved_targets
+from fgd.zygote import Zygote, Zygotes, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
 from sandbox.cgroups import memory_limit as cgroup_memory_limit
@@ -58,6 +59,11 @@ class Outcome(msgspec.Struct, kw_only=True):
     max_memory_mb: float = 0.0
     memory_size: int = 0
     logs: list[LogLine] = []
+    # The version that ran, and the alias it was reached through (fgd.versions).
+    version: str = "latest"
+    alias: str = ""
+    # The interpreter that ran it ({"path", "version"}; issue 12), for the invocation summary.
+    runtime_interpreter: dict | None = None
 
 
 def check_event(event: bytes) -> bytes:
@@ -73,8 +79,9 @@ def check_event(event: bytes) -> bytes:
 
 
 def pool_key(record: FunctionRecord) -> tuple:
-    """Instances are interchangeable only within one function and one memory size (dynamic memory)."""
-    return (*record.key, record.settings.memory_size)
+    """Instances are interchangeable only within one function, version and alias (never across
+    versions: fgd.versions) and one memory size (dynamic memory)."""
+    return (*qualifier_key(record), record.settings.memory_size)
 
 
 def new_request_id() -> str:
@@ -92,7 +99,8 @@ def function_environment(record: FunctionRecord, code_dir: str) -> dict[str, str
         **settings.encrypted_user_data,
         "RUNTIME_PROJECT_ID": record.project_id,
         "RUNTIME_FUNC_NAME": record.func_name,
-        "RUNTIME_FUNC_VERSION": "latest",
+        "RUNTIME_FUNC_VERSION": record.version,
+        "RUNTIME_ALIAS": record.alias,
         "RUNTIME_PACKAGE": record.package,
         "RUNTIME_HANDLER": settings.handler,
         "RUNTIME_TIMEOUT": str(settings.timeout),
@@ -115,8 +123,8 @@ def specialize_frame(record: FunctionRecord, code_dir: str) -> protocol.Speciali
         project_id=record.project_id,
         package=record.package,
         func_name=record.func_name,
-        version="latest",
-        alias="",
+        version=record.version,
+        alias=record.alias,
         memory_size=settings.memory_size,
         cpu=cpu_millicores(settings.memory_size),
         timeout=settings.timeout,
@@ -137,7 +145,7 @@ class Invoker:
     def __init__(
         self,
         config: Config,
-        zygotes: dict[str, Zygote],
+        zygotes: Zygotes,
         logs: LogSink,
         store: Store,
         code: CodeStore,
@@ -157,9 +165,11 @@ class Invoker:
         self._code = code
         self.sandbox = sandbox
         self.instances: dict[tuple[str, str, str], list[Instance]] = {}
-        # Per runtime: generic instances already forked and contained, waiting for a function.
-        self.pools: dict[str, list[Instance]] = {runtime: [] for runtime in zygotes}
-        self._pool_wanted = {runtime: trio.Event() for runtime in zygotes}
+        # Per zygote (one per interpreter, started on first use): generic instances already
+        # forked and contained, waiting for a function.
+        self.pools: dict[str, list[Instance]] = {}
+        self._pool_wanted: dict[str, trio.Event] = {}
+        zygotes.on_start.append(self._zygote_started)
         self._releasing: list[Instance] = []
         self._nursery: trio.Nursery | None = None
         scheduling = config.scheduler
@@ -176,8 +186,8 @@ class Invoker:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for runtime in self.zygotes:
-                    nursery.start_soon(self._fill_pool, runtime)
+                for zygote in list(self.zygotes.running.values()):
+                    self._zygote_started(zygote)
                 nursery.start_soon(self._release_cgroups)
                 nursery.start_soon(self._keep_reserved)
                 task_status.started()
@@ -196,9 +206,17 @@ class Invoker:
 
     # The pre-warmed pool ------------------------------------------------------
 
+    def _zygote_started(self, zygote: Zygote) -> None:
+        """A zygote's first start: from now on keep a pool of its instances."""
+        if zygote.runtime in self.pools or self._nursery is None:
+            return
+        self.pools[zygote.runtime] = []
+        self._pool_wanted[zygote.runtime] = trio.Event()
+        self._nursery.start_soon(self._fill_pool, zygote.runtime)
+
     async def _fill_pool(self, runtime: str) -> None:
         """Keep `sandbox.pool_size` contained generic instances ready for cold starts."""
-        zygote = self.zygotes[runtime]
+        zygote = self.zygotes.running[runtime]
         pool = self.pools[runtime]
         failures = 0
         while True:
@@ -225,7 +243,7 @@ class Invoker:
 
     def _take_pooled(self, runtime: str) -> Instance | None:
         pool = self.pools.get(runtime, [])
-        zygote = self.zygotes[runtime]
+        zygote = self.zygotes.running[runtime]
         while pool:
             instance = pool.pop(0)
             self._pool_wanted[runtime].set()
@@ -282,10 +300,11 @@ class Invoker:
         self._reserved_changed.set()
 
     def reserved_count(self, record: FunctionRecord) -> int:
+        qualifier = qualifier_key(record)
         return sum(
             1
             for i in self.instances.get(record.key, [])
-            if i.reserved and i.revision == record.revision and i.state is not State.DEAD
+            if i.reserved and i.qualifier == qualifier and i.revision == record.revision and i.state is not State.DEAD
         )
 
     def _exited(self, instance: Instance) -> bool:
@@ -302,7 +321,15 @@ class Invoker:
             with trio.move_on_after(RESERVE_CHECK):
                 await self._reserved_changed.wait()
             self._reserved_changed = trio.Event()
-            for record in list(self._store.functions.values()):
+            # latest, each published version, each alias (fgd.versions): each keeps its own.
+            targets = reserved_targets(self._store)
+            wanted = {qualifier_key(r) for r in targets}
+            for instances in list(self.instances.values()):
+                for instance in list(instances):
+                    # The reserved instances of a version or alias that went, or of an alias that moved.
+                    if instance.reserved and instance.qualifier not in wanted and instance.state is State.IDLE:
+                        self._discard(instance.key, instance)
+            for record in targets:
                 try:
                     await self._keep_reserved_of(record)
                 except Exception:
@@ -310,7 +337,8 @@ class Invoker:
                     log.exception("keeping the reserved instances of %s failed", record.func_name)
 
     async def _keep_reserved_of(self, record: FunctionRecord) -> None:
-        reserved = [i for i in self.instances.get(record.key, []) if i.reserved]
+        qualifier = qualifier_key(record)
+        reserved = [i for i in self.instances.get(record.key, []) if i.reserved and i.qualifier == qualifier]
         for instance in reserved:
             if instance.state is State.IDLE and self._exited(instance):
                 self._discard(record.key, instance)
@@ -374,14 +402,30 @@ class Invoker:
                 self.scheduler.set_busy(instance.id)
                 instance.close()
 
-    def retire(self, key: tuple[str, str, str]) -> None:
-        """The function changed or was deleted: idle instances go now, busy ones after their request."""
+    def retire(self, key: tuple[str, str, str], version: str | None = None) -> None:
+        """The function (or one `version` of it) changed or was deleted: idle instances go now,
+        busy ones after their request."""
         self.reserved_changed()
         for instance in list(self.instances.get(key, [])):
+            if version is not None and instance.qualifier[3] != version:
+                continue
             if instance.state is State.IDLE:
                 self._discard(key, instance)
             else:
                 self.scheduler.set_busy(instance.id)
+
+    def stop_qualifier(self, key: tuple[str, str, str], version: str | None, alias: str | None) -> None:
+        """A version (any alias's instances of it too) or an alias went or moved: its idle
+        instances go now, busy ones after their request (fgd.versions)."""
+        self.reserved_changed()
+        for instance in list(self.instances.get(key, [])):
+            _, _, _, its_version, its_alias = instance.qualifier
+            if (version is not None and its_version == version) or (alias is not None and its_alias == alias):
+                instance.retired = True
+                if instance.state is State.IDLE:
+                    self._discard(key, instance)
+                else:
+                    self.scheduler.set_busy(instance.id)
 
     def kill_all(self) -> None:
         for key, instances in list(self.instances.items()):
@@ -422,7 +466,7 @@ class Invoker:
 
     def _limits(self, record: FunctionRecord) -> Limits:
         return Limits(
-            max_instances=record.settings.strategy_config.concurrency,
+            max_instances=record.effective_max_instances,
             slots=record.settings.strategy_config.concurrent_num,
             memory_mb=record.settings.memory_size,
             queue_length=self._config.scheduler.queue_length,
@@ -521,7 +565,9 @@ class Invoker:
 
     async def _run(self, record: FunctionRecord, event: bytes, request_id: str, instance: Instance | None) -> Outcome:
         settings = record.settings
-        outcome = Outcome(request_id=request_id, memory_size=settings.memory_size)
+        outcome = Outcome(
+            request_id=request_id, memory_size=settings.memory_size, version=record.version, alias=record.alias
+        )
         if instance is None:
             outcome.cold = True
             try:
@@ -587,16 +633,15 @@ class Invoker:
         return FunctionError("Runtime.ExitError", gone.message)
 
     async def _cold_start(self, record: FunctionRecord, request_id: str) -> tuple[Instance, ColdStartFailure | None]:
-        if self._store.get(record.key) is None:
-            # Deleted while this request waited in its queue: nothing of it may start again.
-            raise NotFound(f"function {record.package}:{record.func_name} was deleted")
-        zygote = self.zygotes.get(record.runtime)
-        if zygote is None:
-            raise Unavailable(f"runtime {record.runtime} is not available on this node")
+        if exact(self._store, record) is None:
+            # Deleted (or this version of it) while this request waited in its queue: nothing of it may start again.
+            raise NotFound(f"function {record.package}:{record.func_name} (version {record.version}) was deleted")
         # Resolved before an instance is taken, so a dependency that went away leaks nothing.
         deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         started = trio.current_time()
-        instance = self._take_pooled(record.runtime)
+        # The interpreter's zygote, started now if this is its first cold start.
+        zygote = await self.zygotes.get(record.runtime)
+        instance = self._take_pooled(zygote.runtime)
         if instance is None:
             try:
                 instance = await self._new_instance(zygote)
@@ -604,6 +649,7 @@ class Invoker:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
         instance.revision = record.revision
         instance.key = record.key
+        instance.qualifier = qualifier_key(record)
         instance.pool_key = pool_key(record)
         instance.on_late = functools.partial(self._late_lines, record.key)
         instance.begin(request_id)
@@ -690,22 +736,31 @@ class Invoker:
         return credentials.as_frame()
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
+        if instance.zygote.interpreter is not None:
+            outcome.runtime_interpreter = instance.zygote.interpreter.describe()
         if not healthy:
             instance.kill()
         instance.collect_output()
         instance.add_line(
             "platform",
             summary_line(
-                outcome.request_id, outcome.duration_ms, outcome.memory_size, outcome.max_memory_mb, outcome.init_ms
+                outcome.request_id,
+                outcome.duration_ms,
+                outcome.memory_size,
+                outcome.max_memory_mb,
+                outcome.init_ms,
+                outcome.version,
+                outcome.alias,
             ),
             outcome.request_id,
         )
         outcome.logs = instance.end(outcome.request_id)
-        current = self._store.get(record.key)
-        if current is not None:
+        if self._store.get(record.key) is not None:
             # A function deleted while this request ran keeps no logs.
             self._logs.add(record.key, outcome.logs)
-        if healthy and current is not None and instance.revision == current.revision:
+        # The version it ran (latest, or a published one: fgd.versions) as it is now.
+        current = exact(self._store, record)
+        if healthy and current is not None and instance.revision == current.revision and not instance.retired:
             self._release(instance)
         else:
             self._discard(record.key, instance)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from fgd.model import AsyncInvokeConfig
+from fgd.model import AsyncInvokeConfig, FunctionRef
+from fgd.versions import lookup
 from fgd.web.api.common import (
     BASE,
     ApiContext,
@@ -33,9 +34,15 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @app.get(f"{BASE}/functions/<urn>/async-invoke-configs")
     async def list_async_invoke_configs(project_id: str, urn: str) -> Response:
-        # FunctionGraph lists one config per version or alias; fgd functions have one version
-        # (latest), so the list holds its config if one was set (not the defaults), else nothing.
+        # FunctionGraph lists one config per version or alias: latest's, each version's and each
+        # alias's own (fgd.versions), those that were set (not the defaults).
         record = ctx.lookup(project_id, urn)
         at = window("limit", CONFIGS_DEFAULT, CONFIGS_MAX)
-        configs = [ctx.functions.async_config(record)] if record.async_config != AsyncInvokeConfig() else []
+        versions = ctx.functions.versions
+        candidates = versions.list(record.key) + [
+            lookup(ctx.store, FunctionRef(*record.key, f"!{a.name}"))
+            for a in versions.aliases(record.key)
+            if a.async_modified
+        ]
+        configs = [ctx.functions.async_config(r) for r in candidates if r.async_config != AsyncInvokeConfig()]
         return json_response(paged(configs, "async_invoke_configs", at))
