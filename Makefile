@@ -19,8 +19,9 @@ DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
 
 # FunctionGraph's bundled Python libraries (fgd/bundled.py), one read-only tree per
 # interpreter under build/bundled/, wheels cached in build/wheel-cache/ so a rebuild runs
-# offline. BUNDLED_PYTHONS names the interpreters to build for (default: the daemon's).
-BUNDLED_PYTHONS ?= $(BIN)/python
+# offline. BUNDLED_PYTHONS names the interpreters to build for (default: every interpreter
+# the daemon would serve a Python3.x name with, as fgd.interpreters finds them).
+BUNDLED_PYTHONS ?= --discover
 BUNDLED_STAMP := build/bundled/.stamp
 
 system-packages:
@@ -42,7 +43,7 @@ runtimes: $(STAMP)
 	$(BIN)/python -m fgd.shims build --shim-dir $(VENV)/runtimes --wheelhouse "$(WHEELHOUSE)"
 	@touch $(SHIMS)
 
-$(BUNDLED_STAMP): $(STAMP) fgd/bundled.py scripts/build-bundled-libs
+$(BUNDLED_STAMP): $(STAMP) $(SHIMS) fgd/bundled.py scripts/build-bundled-libs
 	$(BIN)/python scripts/build-bundled-libs $(BUNDLED_PYTHONS)
 	@touch $@
 

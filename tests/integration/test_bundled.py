@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 from fgd.bundled import SOURCE_ROOT, libraries_for, manifest_of, tree_for
 from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
 
@@ -186,3 +188,17 @@ def test_without_mount_namespaces_the_tree_is_still_on_the_path_last(tmp_path: P
         assert body["path"][0].startswith("/proc/self/fd/") and body["path"][0] != body["path"][-1]
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize("minor", [9, 10, 12, 13])
+def test_each_interpreter_gets_the_tree_built_for_it(api: Api, minor: int) -> None:
+    # `make` builds a tree for every interpreter that serves a runtime name (--discover).
+    assert tree_for(SOURCE_ROOT, (3, minor)) is not None, f"no bundled tree for 3.{minor}: run `make bundled`"
+    response = api.create(make_zip({"index.py": IMPORT_ALL}), runtime=f"Python3.{minor}", memory_size=512, timeout=30)
+    assert response.status_code == 200, response.text
+    modules = [library.module for library in libraries_for((3, minor))]
+    result = api.invoke(response.json()["func_name"], {"modules": modules})
+    assert result.headers["x-is-func-err"] == "false", result.text
+    body = result.json()
+    assert body["failed"] == {}
+    assert body["requests"] == f"/opt/function/runtime/bundled/python3.{minor}/requests/__init__.py"
