@@ -18,8 +18,8 @@ DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
 .PHONY: run test lint format bench system-packages runtimes clean bundled
 
 # FunctionGraph's bundled Python libraries (fgd/bundled.py), one read-only tree per
-# interpreter under build/bundled/, wheels cached in build/wheel-cache/ so a rebuild runs
-# offline. BUNDLED_PYTHONS names the interpreters to build for (default: every interpreter
+# interpreter under build/bundled/, wheels cached in $(WHEELHOUSE)/bundled (outside the checkout,
+# so a fresh clone on the same machine does not fetch them again) so a rebuild runs offline. BUNDLED_PYTHONS names the interpreters to build for (default: every interpreter
 # the daemon would serve a Python3.x name with, as fgd.interpreters finds them).
 BUNDLED_PYTHONS ?= --discover
 BUNDLED_STAMP := build/bundled/.stamp
@@ -44,7 +44,7 @@ runtimes: $(STAMP)
 	@touch $(SHIMS)
 
 $(BUNDLED_STAMP): $(STAMP) $(SHIMS) fgd/bundled.py scripts/build-bundled-libs
-	$(BIN)/python scripts/build-bundled-libs $(BUNDLED_PYTHONS)
+	$(BIN)/python scripts/build-bundled-libs --cache "$(WHEELHOUSE)/bundled" $(BUNDLED_PYTHONS)
 	@touch $@
 
 bundled: $(BUNDLED_STAMP)
