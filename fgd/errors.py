@@ -119,5 +119,11 @@ class AdditionalVersionInUse(Conflict):
     code = "FSS.1094"
 
 
+class VersionHasAlias(Conflict):
+    """An alias's main version that another alias already has (FunctionGraph: one alias per version)."""
+
+    code = "FSS.1066"
+
+
 class AliasHasTriggers(Conflict):
     code = "FSS.1154"

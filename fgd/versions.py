@@ -35,6 +35,7 @@ from fgd.errors import (
     NothingToPublish,
     SameVersions,
     VersionExists,
+    VersionHasAlias,
     VersionNotFound,
 )
 from fgd.model import (
@@ -343,8 +344,17 @@ class Versions:
             raise InvalidParameter("an alias's additional version must be a published version, not latest")
         if extra and extra == request.version:
             raise SameVersions(f"alias {name!r}: the additional version {extra!r} is its main version")
-        if name in versions:
+        if name in versions or name == "latest":
             raise AliasExists(f"function {_name(key)} has a version {name!r}; versions and aliases differ")
+        # FunctionGraph: each version (latest included) has at most one alias.
+        holders = sorted(
+            a.name for a in self._store.aliases.get(key, {}).values() if a.version == request.version and a.name != name
+        )
+        if holders:
+            raise VersionHasAlias(
+                f"version {request.version!r} of {_name(key)} already has alias {holders[0]!r}; a version has one "
+                f"alias at most: move or delete {holders[0]!r} first"
+            )
 
     async def create_alias(self, record: FunctionRecord, body: object) -> AliasRecord:
         request: CreateAlias = convert(body, CreateAlias, "the alias")

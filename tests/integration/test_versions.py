@@ -191,18 +191,19 @@ def test_concurrent_publishes_make_one_version(api: Api) -> None:
 
 def test_aliases_ten_at_most_and_their_rules(api: Api) -> None:
     name = deploy(api)
-    published(api, name, "v1")
-    api.http.put(f"/functions/{name}/config", json={"description": "changed"})
-    published(api, name, "v2")
+    # One alias per version (FSS.1066): eleven versions for eleven attempts.
+    for number in range(11):
+        api.http.put(f"/functions/{name}/config", json={"description": f"change {number}"})
+        published(api, name, f"v{number}")
     for number in range(10):
-        assert alias(api, name, f"a{number}", "v1").status_code == 200
-    response = alias(api, name, "a10", "v1")
+        assert alias(api, name, f"a{number}", f"v{number}").status_code == 200
+    response = alias(api, name, "a10", "v10")
     assert response.status_code == 400 and "10 aliases" in response.json()["error_msg"]
     assert len(api.http.get(f"/functions/{name}/aliases").json()) == 10
-    exists = alias(api, name, "a0", "v2")
+    exists = alias(api, name, "a0", "v10")
     assert exists.status_code == 409 and error_code(exists) == "FSS.1063"
     shown = api.http.get(f"/functions/{name}/aliases/a3").json()
-    assert shown["version"] == "v1" and shown["alias_urn"].endswith(f":{name}:!a3")
+    assert shown["version"] == "v3" and shown["alias_urn"].endswith(f":{name}:!a3")
     assert error_code(api.http.get(f"/functions/{name}/aliases/nope")) == "FSS.1053"
 
 

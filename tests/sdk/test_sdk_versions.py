@@ -76,12 +76,16 @@ def test_versions_and_aliases_through_the_sdk(sdk: FunctionGraphClient) -> None:
             rules=[m.VersionStrategyRules(rule_type="Header", param="x-beta", op="=", value="1")],
         )
     }
-    body = m.CreateVersionAliasRequestBody(name="beta", version="v1", additional_version_strategy=strategy)
+    # One alias per version (FSS.1066): beta's main version is latest.
+    body = m.CreateVersionAliasRequestBody(name="dup", version="v1")
+    error = refused(lambda: sdk.create_version_alias(m.CreateVersionAliasRequest(function_urn=urn, body=body)))
+    assert (error.status_code, error.error_code) == (409, "FSS.1066")
+    body = m.CreateVersionAliasRequestBody(name="beta", version="latest", additional_version_strategy=strategy)
     beta = sdk.create_version_alias(m.CreateVersionAliasRequest(function_urn=urn, body=body))
     assert beta.additional_version_strategy["v2"].rules[0].param == "x-beta"
 
     aliases = sdk.list_version_aliases(m.ListVersionAliasesRequest(function_urn=urn))
-    assert [(a.name, a.version) for a in aliases.body] == [("prod", "v1"), ("beta", "v1")]
+    assert [(a.name, a.version) for a in aliases.body] == [("prod", "v1"), ("beta", "latest")]
     shown = sdk.show_version_alias(m.ShowVersionAliasRequest(function_urn=urn, alias_name="prod"))
     assert (shown.description, shown.additional_version_weights) == ("live", {"v2": 0})
     assert isinstance(shown.last_modified, datetime.datetime)

@@ -1,0 +1,85 @@
+"""Versions and aliases attacked: a hostile API client and a hostile function author."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import Api
+from tests.integration.test_versions import alias, deploy, error_code, published, run, set_code
+
+URN = "urn:fss:local:default:function:default:{name}"
+
+
+def two_versions(api: Api) -> str:
+    name = deploy(api, "one")
+    published(api, name, "v1")
+    set_code(api, name, "two")
+    published(api, name, "v2")
+    return name
+
+
+def test_an_alias_cannot_be_named_latest(api: Api) -> None:
+    # `name:latest` would name latest, `name:!latest` the alias: two meanings for one word.
+    name = two_versions(api)
+    response = alias(api, name, "latest", "v1")
+    assert response.status_code == 409 and error_code(response) == "FSS.1063", response.text
+    assert api.http.get(f"/functions/{name}/aliases").json() == []
+    assert run(api, f"{name}:latest")["code"] == "two"
+
+
+@pytest.mark.parametrize("encoded", ["%3A%21", "%3a%21", ":%21", "%3A!"])
+def test_url_encoded_qualifiers_reach_every_route(api: Api, encoded: str) -> None:
+    name = two_versions(api)
+    assert alias(api, name, "prod", "v1").status_code == 200
+    target = f"{name}{encoded}prod"
+    assert api.http.post(f"/functions/{target}/invocations", json={}).json()["version"] == "v1"
+    queued = api.http.post(f"/functions/{target}/invocations-async", json={})
+    assert queued.status_code == 202, queued.text
+    reserved = api.http.put(f"/functions/{target}/reservedinstances", json={"count": 0})
+    assert reserved.status_code == 200, reserved.text
+    for path in ("config", "versions", "aliases", "async-invoke-config", "logs", "export", "statistics/15"):
+        response = api.http.get(f"/functions/{target}/{path}")
+        assert response.status_code == 200, (path, response.text)
+    timer = {"trigger_type_code": "TIMER", "event_data": {"name": "t", "schedule_type": "Rate", "schedule": "60m"}}
+    created = api.http.post(f"/triggers/{URN.format(name=name)}{encoded}prod", json=timer)
+    assert created.status_code in (200, 201), created.text
+    assert created.json()["qualifier"] == "!prod"
+    # Bound to the alias: it cannot go while the trigger is there.
+    assert error_code(api.http.delete(f"/functions/{name}/aliases/prod")) == "FSS.1154"
+
+
+def test_cross_project_qualifiers_refused(api: Api) -> None:
+    name = two_versions(api)
+    assert alias(api, name, "prod", "v1").status_code == 200
+    other = f"urn:fss:local:other:function:default:{name}:!prod"
+    response = api.http.post(f"/functions/{other}/invocations", json={})
+    assert response.status_code == 400, response.text
+    short = f"other:default:{name}:v1"
+    assert api.http.post(f"/functions/{short}/invocations", json={}).status_code == 400
+    # The same names in another project are another function: none there.
+    response = httpx.post(
+        f"{api.daemon.url}/v2/other/fgs/functions/{name}:!prod/invocations",
+        json={},
+        headers=api.http.headers,
+    )
+    assert response.status_code == 404, response.text
+
+
+def test_one_alias_per_version(api: Api) -> None:
+    """FunctionGraph: each version can have one alias (FSS.1066), on create and on a move."""
+    name = two_versions(api)
+    assert alias(api, name, "prod", "v1").status_code == 200
+    refused = alias(api, name, "beta", "v1")
+    assert refused.status_code == 409 and error_code(refused) == "FSS.1066", refused.text
+    assert "prod" in refused.json()["error_msg"]
+    assert alias(api, name, "beta", "v2").status_code == 200
+    moved = api.http.put(f"/functions/{name}/aliases/beta", json={"version": "v1"})
+    assert moved.status_code == 409 and error_code(moved) == "FSS.1066", moved.text
+    assert api.http.get(f"/functions/{name}/aliases/beta").json()["version"] == "v2"
+    # An alias keeps its own version when it changes something else.
+    kept = api.http.put(f"/functions/{name}/aliases/prod", json={"version": "v1", "description": "d"})
+    assert kept.status_code == 200, kept.text
+    # latest is a version too.
+    assert alias(api, name, "edge", "latest").status_code == 200
+    assert error_code(alias(api, name, "edge2", "latest")) == "FSS.1066"
