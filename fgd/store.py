@@ -213,18 +213,20 @@ class Store:
                 "functions", "function", "project_id || '/' || package || '/' || func_name", _record_decoder
             )
         }
-        # Published versions and aliases per function, oldest first (fgd.versions).
+        # Published versions and aliases per function, oldest first (fgd.versions). A row that
+        # decodes but does not say what its columns say (another version or function, latest
+        # itself), or whose function is not loaded, is left out too: it would otherwise shadow
+        # latest, or keep reserved instances for a function no route can reach.
         self.versions: dict[Key, dict[str, FunctionRecord]] = {}
-        for record in self._readable(
-            "(SELECT * FROM versions ORDER BY created)",
-            "version",
-            "project_id || '/' || package || '/' || func_name || ':' || version",
-            _record_decoder,
+        for key, name, record in self._readable_keyed(
+            "(SELECT * FROM versions ORDER BY created)", "version", _record_decoder
         ):
-            self.versions.setdefault(record.key, {})[record.version] = record
+            if self._consistent("version", key, name, (record.key, record.version), name != "latest"):
+                self.versions.setdefault(key, {})[name] = record
         self.aliases: dict[Key, dict[str, AliasRecord]] = {}
-        for key, alias in self._readable_keyed("aliases", "alias", _alias_decoder):
-            self.aliases.setdefault(key, {})[alias.name] = alias
+        for key, name, alias in self._readable_keyed("aliases", "alias", _alias_decoder):
+            if self._consistent("alias", key, name, (key, alias.name), True):
+                self.aliases.setdefault(key, {})[name] = alias
         # Private dependency versions by id (public ones are registered at start, not stored).
         self.dependencies: dict[str, DependencyVersion] = {
             d.id: d for d in self._readable("dependency_versions", "dependency version", "id", _dependency_decoder)
@@ -241,18 +243,36 @@ class Store:
         return found
 
     def _readable_keyed(self, table: str, noun: str, decoder: msgspec.json.Decoder) -> list:
-        """(function key, record) of every decodable row of `table` (versions, aliases)."""
+        """(function key, name, record) of every decodable row of `table` (versions, aliases)."""
+        column = "version" if noun == "version" else "name"
         found = []
-        for project, package, name, blob in self._db.execute(
-            f"SELECT project_id, package, func_name, record FROM {table}"
+        for project, package, func_name, name, blob in self._db.execute(
+            f"SELECT project_id, package, func_name, {column}, record FROM {table}"
         ):
             try:
-                found.append(((project, package, name), decoder.decode(blob)))
+                found.append(((project, package, func_name), name, decoder.decode(blob)))
             except (msgspec.DecodeError, TypeError) as exc:
                 log.error(
-                    "ignoring stored %s of %s/%s/%s: its record is unreadable: %s", noun, project, package, name, exc
+                    "ignoring stored %s %s/%s/%s:%s: its record is unreadable: %s",
+                    noun,
+                    project,
+                    package,
+                    func_name,
+                    name,
+                    exc,
                 )
         return found
+
+    def _consistent(self, noun: str, key: Key, name: str, says: tuple, allowed: bool) -> bool:
+        """Whether a decoded version or alias row may be loaded (logged and left out if not)."""
+        where = f"{key[0]}/{key[1]}/{key[2]}:{name}"
+        if not allowed or says != (key, name):
+            log.error("ignoring stored %s %s: its record says it is %r of %s", noun, where, says[1], "/".join(says[0]))
+            return False
+        if key not in self.functions:
+            log.error("ignoring stored %s %s: its function is not stored (or its record is unreadable)", noun, where)
+            return False
+        return True
 
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()

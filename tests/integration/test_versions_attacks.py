@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+
 import httpx
 import pytest
 
-from tests.conftest import Api
-from tests.integration.test_versions import alias, deploy, error_code, published, run, set_code
+from tests.conftest import Api, Daemon, b64, make_zip, unique_name
+from tests.integration.test_versions import alias, deploy, error_code, gateway_source, published, run, set_code
+from tests.integration.test_versions_state import reserved_rows, wait_for
 
 URN = "urn:fss:local:default:function:default:{name}"
 
@@ -83,3 +87,48 @@ def test_one_alias_per_version(api: Api) -> None:
     # latest is a version too.
     assert alias(api, name, "edge", "latest").status_code == 200
     assert error_code(alias(api, name, "edge2", "latest")) == "FSS.1066"
+
+
+def test_a_restart_with_corrupted_version_rows_leaves_them_out(fresh_daemon: Daemon) -> None:
+    """A version row edited by hand: the daemon starts, logs it, and serves everything else."""
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    name = unique_name("corrupt")
+    api.deploy(gateway_source("one"), name=name)
+    published(api, name, "v1")
+    body = {"code_type": "zip", "func_code": {"file": b64(make_zip({"index.py": gateway_source("two")}))}}
+    assert api.http.put(f"/functions/{name}/code", json=body).status_code == 200
+    published(api, name, "v2")
+    assert alias(api, name, "prod", "v1").status_code == 200
+    route = {"trigger_type_code": "APIG", "event_data": {"name": "r", "path": f"/{name}"}}
+    assert api.http.post(f"/triggers/{name}:!prod", json=route).status_code in (200, 201)
+    assert api.http.put(f"/functions/{name}:!prod/reservedinstances", json={"count": 1}).status_code == 200
+    fresh_daemon.stop()
+    db = sqlite3.connect(fresh_daemon.state_dir / "fgd.db")
+    with db:
+        db.execute("UPDATE versions SET record = ? WHERE func_name = ? AND version = 'v1'", (b"{garbage", name))
+        # v2's row now claims to be latest: it must not shadow the real one.
+        (blob,) = db.execute("SELECT record FROM versions WHERE func_name = ? AND version = 'v2'", (name,)).fetchone()
+        db.execute(
+            "UPDATE versions SET record = ? WHERE func_name = ? AND version = 'v2'",
+            (blob.replace(b'"version":"v2"', b'"version":"latest"'), name),
+        )
+    db.close()
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    log = fresh_daemon.log()
+    assert f"ignoring stored version default/default/{name}:v1" in log, log
+    assert f"ignoring stored version default/default/{name}:v2" in log, log
+    assert [v["version"] for v in api.http.get(f"/functions/{name}/versions").json()["versions"]] == ["latest"]
+    assert httpx.get(f"{api.daemon.url}/healthz", timeout=5).status_code == 200
+    # latest serves; the alias names a version that is gone: 404 with FunctionGraph's code.
+    assert json.loads(run(api, name)["body"])["code"] == "two"
+    assert error_code(api.invoke(f"{name}:!prod")) == "FSS.1052"
+    assert error_code(api.invoke(f"{name}:v1")) == "FSS.1052"
+    assert httpx.get(f"{fresh_daemon.gateway_url}/{name}", timeout=10).status_code == 404
+    # No reserved instance for a version that is not there; the alias can be moved and used again.
+    assert wait_for(lambda: [r["running"] for r in reserved_rows(api, name)] in ([], [0]), within=3)
+    published(api, name, "v3")
+    assert api.http.put(f"/functions/{name}/aliases/prod", json={"version": "v3"}).status_code == 200
+    assert json.loads(run(api, f"{name}:!prod")["body"])["version"] == "v3"
+    fresh_daemon.stop()

@@ -80,3 +80,60 @@ async def test_versions_aliases_and_bound_triggers_survive_a_restart_and_go_toge
     assert store.versions == {} and store.aliases == {}
     assert not await store.put_alias(KEY, alias)  # no function: nothing written
     store.close()
+
+
+async def test_unusable_version_and_alias_rows_are_left_out_alone(tmp_path: Path, caplog) -> None:
+    """Rows edited by hand: each bad one is logged and left out; the store opens with the rest."""
+    store = Store(tmp_path / "fgd.db")
+    await store.put(record("fn"))
+    assert await store.publish(version("v1", 1.0)) == "ok"
+    good = AliasRecord(name="prod", version="v1", created=1.0, last_modified=1.0)
+    assert await store.put_alias(KEY, good)
+    db = store._db
+    encode = msgspec.json.encode
+    rows = [
+        # Not JSON; JSON of the wrong shape; not even text.
+        ("bad-json", b"{not json"),
+        ("bad-shape", b'{"version": 5}'),
+        ("bad-type", 12345),
+        # A record that says it is another version (latest itself), or another function's.
+        ("v-liar", encode(version("latest", 2.0))),
+        ("v-other", encode(msgspec.structs.replace(version("v-other", 2.0), func_name="someone-else"))),
+    ]
+    with db:
+        for name, blob in rows:
+            db.execute(
+                "INSERT INTO versions (project_id, package, func_name, version, created, record) VALUES (?, ?, ?, ?, ?, ?)",
+                (*KEY, name, 2.0, blob),
+            )
+        # A version and an alias of a function that is not there (its row gone or unreadable).
+        orphan = msgspec.structs.replace(version("v1", 1.0), func_name="ghost", reserved=3)
+        db.execute(
+            "INSERT INTO versions (project_id, package, func_name, version, created, record) VALUES (?, ?, ?, ?, ?, ?)",
+            ("p", "default", "ghost", "v1", 1.0, encode(orphan)),
+        )
+        db.execute(
+            "INSERT INTO aliases (project_id, package, func_name, name, record) VALUES (?, ?, ?, ?, ?)",
+            ("p", "default", "ghost", "prod", encode(msgspec.structs.replace(good, reserved=2))),
+        )
+        # An alias row whose record names another alias; one that is not JSON.
+        db.execute(
+            "INSERT INTO aliases (project_id, package, func_name, name, record) VALUES (?, ?, ?, ?, ?)",
+            (*KEY, "beta", encode(msgspec.structs.replace(good, name="gamma"))),
+        )
+        db.execute(
+            "INSERT INTO aliases (project_id, package, func_name, name, record) VALUES (?, ?, ?, ?, ?)",
+            (*KEY, "broken", b"\xff\xfe"),
+        )
+    store.close()
+
+    with caplog.at_level("ERROR", logger="fgd.store"):
+        store = Store(tmp_path / "fgd.db")
+    assert list(store.versions) == [KEY] and list(store.versions[KEY]) == ["v1"]
+    assert store.versions[KEY]["v1"].version == "v1"
+    assert list(store.aliases) == [KEY] and list(store.aliases[KEY]) == ["prod"]
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    for name in ("bad-json", "bad-shape", "bad-type", "v-liar", "v-other", "ghost:v1", "beta", "broken"):
+        assert name in logged, (name, logged)
+    assert "ghost" in logged and logged.count("ignoring stored") >= 9, logged
+    store.close()
