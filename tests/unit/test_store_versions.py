@@ -11,6 +11,9 @@ from fgd.store import Store
 from tests.unit.test_store import record
 
 KEY = ("p", "default", "fn")
+INSERT_VERSION = (
+    "INSERT INTO versions (project_id, package, func_name, version, created, record) VALUES (?, ?, ?, ?, ?, ?)"
+)
 
 
 def version(name: str, at: float) -> object:
@@ -103,13 +106,13 @@ async def test_unusable_version_and_alias_rows_are_left_out_alone(tmp_path: Path
     with db:
         for name, blob in rows:
             db.execute(
-                "INSERT INTO versions (project_id, package, func_name, version, created, record) VALUES (?, ?, ?, ?, ?, ?)",
+                INSERT_VERSION,
                 (*KEY, name, 2.0, blob),
             )
         # A version and an alias of a function that is not there (its row gone or unreadable).
         orphan = msgspec.structs.replace(version("v1", 1.0), func_name="ghost", reserved=3)
         db.execute(
-            "INSERT INTO versions (project_id, package, func_name, version, created, record) VALUES (?, ?, ?, ?, ?, ?)",
+            INSERT_VERSION,
             ("p", "default", "ghost", "v1", 1.0, encode(orphan)),
         )
         db.execute(
