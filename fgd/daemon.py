@@ -218,6 +218,7 @@ async def serve(config: Config) -> None:
     )
     triggers = Triggers(store, dispatcher.notify, dispatcher.full)
     functions.triggers = triggers
+    triggers.qualifier_lock = functions.versions.lock
     keys = Keys(store, time.time)
     authenticator = Authenticator(token, keys, time.time)
     app = create_app(

@@ -56,6 +56,9 @@ class Triggers:
         # Whether the async queue is at its max_queued: a fire then is skipped, not queued.
         self._full = full
         self._changed = trio.Event()
+        # fgd.versions' lock (set by the daemon): a version or alias is deleted with its triggers
+        # under it, so a trigger is bound to one under it too, and never to one just deleted.
+        self.qualifier_lock = trio.Lock()
         self.drop_unusable()
 
     def list(self, record: FunctionRecord) -> list[Trigger]:
@@ -113,7 +116,10 @@ class Triggers:
             # Bound to the version or alias of its URN; an alias's trigger follows the alias.
             qualifier=record.qualifier,
         )
-        await self._store.put_trigger(trigger)
+        async with self.qualifier_lock:
+            # The version or alias may have been deleted while this request waited: 404 then.
+            lookup(self._store, trigger_ref(trigger))
+            await self._store.put_trigger(trigger)
         self._changed.set()
         return trigger
 

@@ -215,6 +215,11 @@ class Versions:
         # Set by the daemon: stops the instances of a version or alias that goes.
         self.on_gone: Callable[[Key, str | None, str | None], None] = lambda key, version, alias: None
 
+    @property
+    def lock(self) -> trio.Lock:
+        """Held by every change to versions and aliases; a trigger binding to one holds it too."""
+        return self._lock
+
     # Versions ---------------------------------------------------------------------
 
     def list(self, key: Key) -> list[FunctionRecord]:
