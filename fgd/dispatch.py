@@ -198,7 +198,9 @@ class Dispatcher:
             return None
         record = self._record_of(event)
         if record is None:
-            self._final(event, "DISCARD", "FSS.1052", f"version {event.version} of the function was deleted")
+            # Not the function's own end (that is DISCARD): the version it was queued for is gone,
+            # so it failed, and says why; as one whose version went while it waited to run.
+            self._final(event, "FAIL", "FSS.1052", f"version {event.version} of the function was deleted")
             return None
         policy = record.async_config
         if now - event.created > policy.max_async_event_age_in_seconds:

@@ -132,3 +132,81 @@ def test_a_restart_with_corrupted_version_rows_leaves_them_out(fresh_daemon: Dae
     assert api.http.put(f"/functions/{name}/aliases/prod", json={"version": "v3"}).status_code == 200
     assert json.loads(run(api, f"{name}:!prod")["body"])["version"] == "v3"
     fresh_daemon.stop()
+
+
+SLEEPER = """
+import time
+
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    return {"version": context.getVersion(), "code": CODE}
+"""
+
+
+def test_deleting_a_version_while_it_runs(api: Api) -> None:
+    """In-flight requests of a deleted version finish on its code; those queued behind them settle
+    with a reason (never loop); nothing of the version starts again."""
+    name = unique_name("del")
+    api.deploy(f"CODE = 'one'\n{SLEEPER}", name=name)
+    published(api, name, "v1")
+    assert api.http.put(f"/functions/{name}:v1/config-max-instance", json={"max_instance_num": 1}).status_code == 200
+    set_code(api, name, "two")  # latest changes; v1 keeps its code
+    urn = URN.format(name=name)
+
+    def queue(sleep: float) -> str:
+        response = api.http.post(f"/functions/{urn}:v1/invocations-async", json={"sleep": sleep})
+        assert response.status_code == 202, response.text
+        return response.json()["request_id"]
+
+    def row(request_id: str) -> dict:
+        rows = api.http.get(f"/functions/{name}/async-invocations", params={"request_id": request_id}).json()
+        return rows["invocations"][0]
+
+    running = queue(2.0)
+    assert wait_for(lambda: row(running)["status"] == "RUNNING", within=10)
+    behind = [queue(0) for _ in range(3)]
+    with httpx.Client(base_url=api.http.base_url, headers=api.http.headers, timeout=30) as client:
+        deleted = client.delete(f"/functions/{urn}:v1")
+    assert deleted.status_code == 204, deleted.text
+    assert error_code(api.invoke(f"{urn}:v1")) == "FSS.1052"
+    assert wait_for(lambda: row(running)["status"] in ("SUCCESS", "FAIL", "DISCARD"), within=15)
+    assert row(running)["status"] == "SUCCESS", row(running)
+    for request_id in behind:
+        assert wait_for(lambda r=request_id: row(r)["status"] in ("SUCCESS", "FAIL", "DISCARD"), within=15)
+        settled = row(request_id)
+        # Either it ran before the delete, or it says why it did not.
+        assert settled["status"] == "SUCCESS" or "deleted" in settled["error_message"], settled
+    # latest is untouched and serves its own code.
+    assert run(api, name)["code"] == "two"
+
+
+FAILER = """
+def handler(event, context):
+    raise RuntimeError("try again")
+"""
+
+
+def test_a_waiting_retry_of_a_deleted_version_fails_with_the_reason(api: Api) -> None:
+    """An event waiting for its retry when its version is deleted settles FAIL, saying so, once."""
+    name = unique_name("delw")
+    api.deploy(FAILER, name=name)
+    published(api, name, "v1")
+    api.http.put(f"/functions/{name}/config", json={"description": "latest moves on"})
+    config = {"max_async_retry_attempts": 3, "max_async_event_age_in_seconds": 3600}
+    assert api.http.put(f"/functions/{name}:v1/async-invoke-config", json=config).status_code == 200
+    queued = api.http.post(f"/functions/{name}:v1/invocations-async", json={})
+    assert queued.status_code == 202, queued.text
+    request_id = queued.json()["request_id"]
+
+    def row() -> dict:
+        rows = api.http.get(f"/functions/{name}/async-invocations", params={"request_id": request_id}).json()
+        return rows["invocations"][0]
+
+    # Failed once, waiting for its retry: the version goes now.
+    assert wait_for(lambda: row()["attempts"] == 1 and row()["status"] == "WAIT", within=10), row()
+    assert api.http.delete(f"/functions/{name}:v1").status_code == 204
+    assert wait_for(lambda: row()["status"] != "WAIT", within=10), row()
+    settled = row()
+    assert (settled["status"], settled["error_type"]) == ("FAIL", "FSS.1052"), settled
+    assert "v1" in settled["error_message"] and "deleted" in settled["error_message"], settled
+    assert settled["attempts"] == 1
