@@ -6,7 +6,7 @@ import io
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -271,39 +271,47 @@ class Functions:
         self.latest_only(record, "the function config")
         if not isinstance(body, dict):
             raise InvalidParameter("the function config must be a JSON object")
-        for field in IMMUTABLE_FIELDS:
-            if field in body and body[field] != getattr(record, field):
-                raise InvalidParameter(f"{field} cannot be changed; create a new function instead")
-        changes = {k: v for k, v in body.items() if k not in IMMUTABLE_FIELDS}
-        current = msgspec.to_builtins(record.settings)
-        settings = normalise_settings(convert({**current, **changes}, FunctionSettings, "the function config"))
-        # Only a changed name is judged: a function whose agency the operator removed stays editable.
-        old = record.settings
-        self._invoker.agencies.check(
-            "" if settings.xrole == old.xrole else settings.xrole,
-            "" if settings.app_xrole == old.app_xrole else settings.app_xrole,
-        )
-        self._dependencies.resolve(record.project_id, record.runtime, settings.depend_version_list)
-        return await self._replace(record, settings=settings)
+
+        def change(current: FunctionRecord) -> dict[str, object]:
+            # Applied to latest as it is when the change is made, not as the request found it.
+            for field in IMMUTABLE_FIELDS:
+                if field in body and body[field] != getattr(current, field):
+                    raise InvalidParameter(f"{field} cannot be changed; create a new function instead")
+            changes = {k: v for k, v in body.items() if k not in IMMUTABLE_FIELDS}
+            merged = {**msgspec.to_builtins(current.settings), **changes}
+            settings = normalise_settings(convert(merged, FunctionSettings, "the function config"))
+            # Only a changed name is judged: a function whose agency the operator removed stays editable.
+            old = current.settings
+            self._invoker.agencies.check(
+                "" if settings.xrole == old.xrole else settings.xrole,
+                "" if settings.app_xrole == old.app_xrole else settings.app_xrole,
+            )
+            self._dependencies.resolve(current.project_id, current.runtime, settings.depend_version_list)
+            return {"settings": settings}
+
+        return await self._replace(record, change)
 
     async def update_code(self, record: FunctionRecord, body: object) -> FunctionRecord:
         self.latest_only(record, "the code")
         request: UpdateCode = convert(body, UpdateCode, "the code update")
         source = check_code_source(request.code_type, request.func_code, request.code_url)
-        settings = record.settings
         if request.depend_version_list is not None:
             self._dependencies.resolve(record.project_id, record.runtime, request.depend_version_list)
-            settings = msgspec.structs.replace(settings, depend_version_list=list(request.depend_version_list))
         code = await self._store_code(request.code_type, source, record.settings.handler)
+
+        def change(current: FunctionRecord) -> dict[str, object]:
+            # Storing the code may take a while (a download): a config change made meanwhile stays.
+            settings = current.settings
+            if request.depend_version_list is not None:
+                settings = msgspec.structs.replace(settings, depend_version_list=list(request.depend_version_list))
+            return {
+                "code_filename": request.code_filename or current.code_filename,
+                "code_encrypt_kms_key_id": request.code_encrypt_kms_key_id or current.code_encrypt_kms_key_id,
+                "settings": settings,
+            }
+
         return await self._replace(
-            record,
-            code=code,
-            code_type=request.code_type,
-            code_filename=request.code_filename or record.code_filename,
-            code_link=source.link,
-            code_url=source.url,
-            code_encrypt_kms_key_id=request.code_encrypt_kms_key_id or record.code_encrypt_kms_key_id,
-            settings=settings,
+            record, change, code=code, code_type=request.code_type, code_link=source.link, code_url=source.url
         )
 
     def reserved_running(self, record: FunctionRecord) -> int:
@@ -330,12 +338,13 @@ class Functions:
             updated = await self.versions.set_scaling(record, reserved=count, reserved_idle_mode=request.idle_mode)
             self._invoker.reserved_changed()
             return updated
-        self.versions.check_reserved_rule(record.key, "latest", None, count)
-        current = self._current(record)
-        updated = msgspec.structs.replace(
-            current, reserved=count, reserved_idle_mode=request.idle_mode, last_modified=time.time()
-        )
-        await self._save(updated)
+        async with self.versions.lock:
+            self.versions.check_reserved_rule(record.key, "latest", None, count)
+            current = self._current(record)
+            updated = msgspec.structs.replace(
+                current, reserved=count, reserved_idle_mode=request.idle_mode, last_modified=time.time()
+            )
+            await self._save(updated)
         self._invoker.reserved_changed()
         return updated
 
@@ -354,14 +363,17 @@ class Functions:
             return await self.versions.set_scaling(
                 record, async_config=config, async_created=created, async_modified=now
             )
-        current = self._current(record)
-        if body == {}:
-            # DELETE: back to the defaults, as if never set.
-            updated = msgspec.structs.replace(current, async_config=config, async_created=0.0, async_modified=0.0)
-        else:
-            created = current.async_created or now
-            updated = msgspec.structs.replace(current, async_config=config, async_created=created, async_modified=now)
-        await self._save(updated)
+        async with self.versions.lock:
+            current = self._current(record)
+            if body == {}:
+                # DELETE: back to the defaults, as if never set.
+                updated = msgspec.structs.replace(current, async_config=config, async_created=0.0, async_modified=0.0)
+            else:
+                created = current.async_created or now
+                updated = msgspec.structs.replace(
+                    current, async_config=config, async_created=created, async_modified=now
+                )
+            await self._save(updated)
         return updated
 
     async def set_max_instances(self, record: FunctionRecord, body: object) -> FunctionRecord:
@@ -384,7 +396,10 @@ class Functions:
             self.latest_only(record, "the code")
         code = await self.packager.store_file(path)
         return await self._replace(
-            record, code=code, code_type="zip", code_filename=code_filename or record.code_filename
+            record,
+            lambda current: {"code_filename": code_filename or current.code_filename},
+            code=code,
+            code_type="zip",
         )
 
     def _current(self, record: FunctionRecord) -> FunctionRecord:
@@ -399,10 +414,22 @@ class Functions:
         if not await self._store.replace(updated):
             raise NotFound(f"function {updated.package}:{updated.func_name} was deleted while it was being updated")
 
-    async def _replace(self, record: FunctionRecord, **changes: object) -> FunctionRecord:
-        current = self._current(record)
-        updated = msgspec.structs.replace(current, revision=current.revision + 1, last_modified=time.time(), **changes)
-        await self._save(updated)
+    async def _replace(
+        self,
+        record: FunctionRecord,
+        change: Callable[[FunctionRecord], dict[str, object]] | None = None,
+        **changes: object,
+    ) -> FunctionRecord:
+        """A new state of latest, made from latest as stored when it is written: one change at a time
+        (under the versions lock, so a publish never sees half of one), none lost to another."""
+        async with self.versions.lock:
+            current = self._current(record)
+            if change is not None:
+                changes = {**change(current), **changes}
+            updated = msgspec.structs.replace(
+                current, revision=current.revision + 1, last_modified=time.time(), **changes
+            )
+            await self._save(updated)
         self._invoker.retire(updated.key, "latest")
         return updated
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.server
 import json
 import sqlite3
+import threading
+import time
 
 import httpx
 import pytest
 
 from tests.conftest import Api, Daemon, b64, make_zip, unique_name
-from tests.integration.test_versions import alias, deploy, error_code, gateway_source, published, run, set_code
+from tests.integration.test_versions import (
+    alias,
+    deploy,
+    error_code,
+    gateway_source,
+    published,
+    run,
+    set_code,
+    source,
+)
 from tests.integration.test_versions_state import reserved_rows, wait_for
 
 URN = "urn:fss:local:default:function:default:{name}"
@@ -210,3 +223,52 @@ def test_a_waiting_retry_of_a_deleted_version_fails_with_the_reason(api: Api) ->
     assert (settled["status"], settled["error_type"]) == ("FAIL", "FSS.1052"), settled
     assert "v1" in settled["error_message"] and "deleted" in settled["error_message"], settled
     assert settled["attempts"] == 1
+
+
+class SlowZip(http.server.BaseHTTPRequestHandler):
+    """Serves one zip after a pause: a code update that takes a while."""
+
+    body = b""
+    pause = 1.5
+
+    def do_GET(self) -> None:
+        time.sleep(self.pause)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_slow_code_update_keeps_a_config_change_made_meanwhile(api: Api) -> None:
+    """Code and config change from two clients at once: latest (and the version published from
+    it) has both, not the config as it was when the code update began."""
+    name = deploy(api, "one", user_data={"GREETING": "old"})
+    handler = type("Handler", (SlowZip,), {"body": make_zip({"index.py": source("two")})})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/two.zip"
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+
+            def update_code() -> httpx.Response:
+                with api.daemon.client() as client:
+                    return client.put(f"/functions/{name}/code", json={"code_type": "obs", "code_url": url})
+
+            pending = pool.submit(update_code)
+            time.sleep(0.5)
+            changed = api.http.put(f"/functions/{name}/config", json={"user_data": {"GREETING": "new"}, "timeout": 7})
+            assert changed.status_code == 200, changed.text
+            assert pending.result().status_code == 200, pending.result().text
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    config = api.http.get(f"/functions/{name}/config").json()
+    assert (config["user_data"], config["timeout"]) == ('{"GREETING":"new"}', 7), config
+    answer = run(api, name)
+    assert (answer["code"], answer["greeting"]) == ("two", "new")
+    published(api, name, "v1")
+    frozen = run(api, f"{name}:v1")
+    assert (frozen["code"], frozen["greeting"]) == ("two", "new")
