@@ -272,3 +272,43 @@ def test_a_slow_code_update_keeps_a_config_change_made_meanwhile(api: Api) -> No
     published(api, name, "v1")
     frozen = run(api, f"{name}:v1")
     assert (frozen["code"], frozen["greeting"]) == ("two", "new")
+
+
+def test_publishes_racing_config_changes_freeze_whole_states_and_stop_at_twenty(api: Api) -> None:
+    """Clients change latest (timeout and user data in one request) while others publish: every
+    version holds one whole state, and there are never more than 20 versions."""
+    name = deploy(api, "one")
+    stop = threading.Event()
+
+    def churn() -> None:
+        with api.daemon.client() as client:
+            k = 0
+            while not stop.is_set():
+                k += 1
+                body = {"timeout": 3 + k % 50, "user_data": {"GREETING": str(3 + k % 50)}, "description": f"d{k}"}
+                assert client.put(f"/functions/{name}/config", json=body).status_code == 200
+
+    def publisher(worker: int) -> list[int]:
+        statuses = []
+        with api.daemon.client() as client:
+            for attempt in range(200):
+                response = client.post(f"/functions/{name}/versions", json={"version": f"w{worker}-{attempt}"})
+                statuses.append(response.status_code)
+                if response.status_code == 400:
+                    assert response.json()["error_code"] in ("FSS.1016", "FSS.0400"), response.text
+                    if "20 versions" in response.json()["error_msg"]:
+                        break
+        return statuses
+
+    with concurrent.futures.ThreadPoolExecutor(7) as pool:
+        churning = [pool.submit(churn), pool.submit(churn)]
+        results = list(pool.map(publisher, range(5)))
+        stop.set()
+        for future in churning:
+            future.result()
+    listing = api.http.get(f"/functions/{name}/versions", params={"maxitems": 100}).json()
+    assert listing["count"] <= 20 and listing["count"] == 1 + sum(r.count(200) for r in results), listing["count"]
+    assert sum(r.count(200) for r in results) == 19  # the limit reached, never passed
+    for version in listing["versions"][1:]:
+        user_data = json.loads(version["user_data"])
+        assert user_data["GREETING"] == str(version["timeout"]), (version["version"], version["timeout"], user_data)
