@@ -145,7 +145,7 @@ def rules_match(strategy: VersionStrategy, header: HeaderGetter) -> bool:
         if value is None:
             results.append(False)
         elif rule.op == "=":
-            results.append(value.strip() == rule.value)
+            results.append(value.strip() == rule.value.strip())
         else:
             results.append(value.strip() in {v.strip() for v in rule.value.split(",")})
     return all(results) if strategy.combine_type == "and" else any(results)
@@ -347,6 +347,15 @@ class Versions:
         extra = next(iter(request.additional_version_weights or request.additional_version_strategy), "")
         if extra == "latest":
             raise InvalidParameter("an alias's additional version must be a published version, not latest")
+        for strategy in request.additional_version_strategy.values():
+            for rule in strategy.rules:
+                items = rule.value.split(",") if rule.op == "in" else [rule.value]
+                # A blank item would match a request carrying the header empty (a stray comma).
+                if any(not item.strip() for item in items):
+                    raise InvalidParameter(
+                        f"additional_version_strategy: rule on {rule.param!r} has a blank value "
+                        f"({rule.value!r}); `in` takes comma-separated values, none of them empty"
+                    )
         if extra and extra == request.version:
             raise SameVersions(f"alias {name!r}: the additional version {extra!r} is its main version")
         if name in versions or name == "latest":

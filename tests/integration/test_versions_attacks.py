@@ -317,3 +317,16 @@ def test_publishes_racing_config_changes_freeze_whole_states_and_stop_at_twenty(
             continue
         user_data = json.loads(version["user_data"])
         assert user_data["GREETING"] == str(version["timeout"]), (version["version"], version["timeout"], user_data)
+
+
+@pytest.mark.parametrize("op, value", [("in", "yes,"), ("in", ",yes"), ("in", "yes, ,no"), ("in", " , "), ("=", "  ")])
+def test_a_rule_value_that_would_match_an_empty_header_is_refused(api: Api, op: str, value: str) -> None:
+    """`in` with an empty item (a stray comma) would send every request carrying the header empty
+    to the additional version: refused, as is a blank value."""
+    name = two_versions(api)
+    rules = {
+        "v2": {"combine_type": "or", "rules": [{"rule_type": "Header", "param": "x-canary", "op": op, "value": value}]}
+    }
+    response = alias(api, name, "prod", "v1", additional_version_strategy=rules)
+    assert response.status_code == 400 and error_code(response) == "FSS.0400", response.text
+    assert api.http.get(f"/functions/{name}/aliases").json() == []
