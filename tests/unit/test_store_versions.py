@@ -140,3 +140,25 @@ async def test_unusable_version_and_alias_rows_are_left_out_alone(tmp_path: Path
         assert name in logged, (name, logged)
     assert "ghost" in logged and logged.count("ignoring stored") >= 9, logged
     store.close()
+
+
+async def test_migration_8_runs_once_and_a_migrated_store_opens_again(tmp_path: Path) -> None:
+    """The store of the previous release (fixture) migrates once; opening it again (a restart,
+    or a second daemon start after a crash) changes nothing and loses nothing."""
+    fixture = Path(__file__).parent.parent / "fixtures" / "store-v7" / "fgd.db"
+    path = tmp_path / "fgd.db"
+    path.write_bytes(fixture.read_bytes())
+    store = Store(path)
+    assert store.schema_version == 8
+    legacy = next(key for key in store.functions if key[2] == "legacy")
+    assert store.versions == {} and store.aliases == {}
+    await store.put(msgspec.structs.replace(record("fn"), version="latest"))
+    assert await store.publish(version("v1", 1.0)) == "ok"
+    store.close()
+    for _ in range(2):
+        store = Store(path)
+        assert store.schema_version == 8
+        assert legacy in store.functions and list(store.versions[KEY]) == ["v1"]
+        columns = [row[1] for row in store._db.execute("PRAGMA table_info(async_events)")]
+        assert columns.count("version") == 1 and columns.count("alias") == 1
+        store.close()
