@@ -144,8 +144,13 @@ def check_no_cycle(store: Store, record: FunctionRecord, new: dict[str, tuple[st
         other = store.get(key)
         if other is None:
             return []
+        # Every version and alias has a config of its own (fgd.versions): an event may come back
+        # through any of them, so the function's edges are all of theirs.
+        configs = [other.async_config]
+        configs += [v.async_config for v in store.versions.get(key, {}).values()]
+        configs += [a.async_config for a in store.aliases.get(key, {}).values() if a.async_modified]
         found = []
-        for spec in other.async_config.destination_config.values():
+        for spec in (spec for config in configs for spec in config.destination_config.values()):
             if isinstance(spec, dict) and spec.get("destination") == "FunctionGraph":
                 try:
                     urn = _param(spec.get("param", {})).get("func_urn", "")

@@ -330,3 +330,26 @@ def test_a_rule_value_that_would_match_an_empty_header_is_refused(api: Api, op: 
     response = alias(api, name, "prod", "v1", additional_version_strategy=rules)
     assert response.status_code == 400 and error_code(response) == "FSS.0400", response.text
     assert api.http.get(f"/functions/{name}/aliases").json() == []
+
+
+@pytest.mark.parametrize("through", ["v1", "!prod"])
+def test_a_destination_cycle_through_a_version_or_alias_is_refused(api: Api, through: str) -> None:
+    """A's v1 (or alias) notifies B; B notifying A's v1 back would bounce events forever."""
+    a = two_versions(api)
+    b = deploy(api, "b")
+    assert alias(api, a, "prod", "v1").status_code == 200
+    a_urn, b_urn = URN.format(name=a), URN.format(name=b)
+
+    def point(source: str, target: str) -> httpx.Response:
+        config = {"destination_config": {"on_success": {"destination": "FunctionGraph", "param": {"func_urn": target}}}}
+        return api.http.put(f"/functions/{source}/async-invoke-config", json=config)
+
+    assert point(f"{a_urn}:{through}", b_urn).status_code == 200
+    cycle = point(b_urn, f"{a_urn}:{through}")
+    assert cycle.status_code == 400 and "cycle" in cycle.json()["error_msg"], cycle.text
+    # The other way round too: B first, then A's version.
+    c = deploy(api, "c")
+    c_urn = URN.format(name=c)
+    assert point(c_urn, f"{a_urn}:v2").status_code == 200
+    cycle = point(f"{a_urn}:v2", c_urn)
+    assert cycle.status_code == 400 and "cycle" in cycle.json()["error_msg"], cycle.text
