@@ -460,10 +460,12 @@ class Versions:
         record as invocations through that qualifier see it now."""
         async with self._lock:
             key = record.key
+            # Where an alias points now: it may have moved since the request looked it up.
+            alias = self.alias(key, record.alias) if record.alias else None
             if "reserved" in changes:
-                self.check_reserved_rule(key, record.version, record.alias or None, int(changes["reserved"]))  # type: ignore[arg-type]
-            if record.alias:
-                alias = self.alias(key, record.alias)
+                target = alias.version if alias is not None else record.version
+                self.check_reserved_rule(key, target, record.alias or None, int(changes["reserved"]))  # type: ignore[arg-type]
+            if alias is not None:
                 updated_alias = msgspec.structs.replace(alias, **changes)
                 if not await self._store.put_alias(key, updated_alias):
                     raise NotFound(f"function {_name(key)} was deleted")

@@ -64,10 +64,8 @@ async def test_no_trigger_outlives_its_version_or_alias(tmp_path: Path, first: s
             await trio.testing.wait_all_tasks_blocked()
         store._limiter.release()
     bound = [t for t in store.triggers.values() if t.qualifier == qualifier]
-    gone = (
-        (qualifier == "v1"
-        and "v1" not in store.versions.get(KEY, {}))
-        or (qualifier == "!prod" and "prod" not in store.aliases.get(KEY, {}))
+    gone = (qualifier == "v1" and "v1" not in store.versions.get(KEY, {})) or (
+        qualifier == "!prod" and "prod" not in store.aliases.get(KEY, {})
     )
     assert not (bound and gone), (results, bound)
     # Each request either did its work or was told why (the deletion always wins for a version:
@@ -79,4 +77,22 @@ async def test_no_trigger_outlives_its_version_or_alias(tmp_path: Path, first: s
     store = Store(tmp_path / "fgd.db")
     bound = [t for t in store.triggers.values() if t.qualifier == qualifier]
     assert not (bound and gone)
+    store.close()
+
+
+async def test_reserved_instances_checked_against_where_the_alias_points_now(tmp_path: Path) -> None:
+    """A request looked the alias up, then the alias moved to a version with reserved instances of
+    its own: the alias's reserved instances are refused (FunctionGraph: not on both)."""
+    store = Store(tmp_path / "fgd.db")
+    await store.put(record("fn"))
+    assert await store.publish(version("v1", 1.0)) == "ok"
+    assert await store.publish(version("v2", 2.0)) == "ok"
+    versions = Versions(store, "local")
+    latest = store.get(KEY)
+    await versions.create_alias(latest, {"name": "prod", "version": "v1"})
+    await versions.set_scaling(lookup(store, FunctionRef(*KEY, "v2")), reserved=1)
+    seen = lookup(store, FunctionRef(*KEY, "!prod"))  # the request's view: prod -> v1
+    await versions.update_alias(latest, "prod", {"version": "v2"})
+    assert await outcome(lambda: versions.set_scaling(seen, reserved=1)) == "FSS.0400"
+    assert store.aliases[KEY]["prod"].reserved == 0
     store.close()
