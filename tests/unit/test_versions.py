@@ -60,3 +60,21 @@ def test_additional_is_the_one_named() -> None:
 
 def test_default_version_name() -> None:
     assert default_version_name(0) == "v19700101-000000"
+
+
+def test_rules_stop_at_the_first_that_decides() -> None:
+    """Ten rules of 1,024 characters each: a request reads only the headers it must (each read
+    may decode a large header value on the event loop every tenant shares)."""
+    value = ",".join(["a"] * 512)
+    rules = [(f"h{i}", "in", value) for i in range(10)]
+    read: list[str] = []
+
+    def header(name: str) -> str | None:
+        read.append(name)
+        return "z" * 8000
+
+    assert rules_match(strategy("and", *rules), header) is False
+    assert read == ["h0"]
+    read.clear()
+    assert rules_match(strategy("or", ("h0", "=", "z" * 8000), *rules), header) is True
+    assert read == ["h0"]
