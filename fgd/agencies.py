@@ -37,6 +37,10 @@ log = logging.getLogger("fgd.agencies")
 
 # How often a credential file's metadata is looked at, at most (seconds).
 RECHECK = 1.0
+# A credential file is read on the daemon's event loop: at most this much of it (an IAM token,
+# the largest value, is a few KB), and only a regular file (a FIFO would wait for a writer and
+# hold every request of the node; /dev/zero would never end).
+MAX_FILE = 256 * 1024
 
 
 class Credentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -124,7 +128,7 @@ class Agencies:
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("agency %s: %s is readable by other users; make it 0600", name, path)
         try:
-            credentials = msgspec.toml.decode(path.read_bytes(), type=Credentials)
+            credentials = msgspec.toml.decode(_read_regular(path), type=Credentials)
         except (OSError, msgspec.DecodeError) as exc:
             # The message names the field, never a value.
             detail = exc.strerror if isinstance(exc, OSError) else str(exc).split("\n")[0]
@@ -136,3 +140,19 @@ class Agencies:
         state.signature, state.credentials = signature, credentials
         state.generation += 1
         log.info("agency %s: credentials read from %s", name, os.fspath(path))
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of `path` (symlinks followed: secret stores hand files out through them), if it
+    is a regular file of at most MAX_FILE bytes; OSError with a reason otherwise."""
+    # O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        data = os.read(fd, MAX_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE:
+        raise OSError(0, f"over {MAX_FILE:,} bytes")
+    return data
