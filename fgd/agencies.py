@@ -83,8 +83,9 @@ class Agencies:
     def names(self) -> list[str]:
         return sorted(self._configured)
 
-    def check(self, xrole: str, app_xrole: str) -> None:
-        """Refuse a function naming an agency this node does not define (400)."""
+    def check(self, xrole: str, app_xrole: str, project: str | None = None) -> None:
+        """Refuse a function naming an agency this node does not define, or does not let the
+        function's project use (400)."""
         for field, name in (("xrole", xrole), ("app_xrole", app_xrole)):
             if name and name not in self._configured:
                 known = ", ".join(self.names()) or "none are defined"
@@ -92,12 +93,20 @@ class Agencies:
                     f"{field}: agency {name!r} is not defined on this node ([agencies.{name}] in the "
                     f"node config); defined: {known}"
                 )
+            if name and not _allowed(self._configured[name], project):
+                raise InvalidParameter(
+                    f"{field}: agency {name!r} is not available to project {project!r} (its projects in "
+                    f"the node config: {', '.join(self._configured[name].projects)})"
+                )
 
-    def credentials(self, xrole: str, app_xrole: str) -> tuple[Credentials, tuple[str, int]]:
+    def credentials(
+        self, xrole: str, app_xrole: str, project: str | None = None
+    ) -> tuple[Credentials, tuple[str, int]]:
         """The function's credentials and a token that changes whenever they do."""
         name = execution_agency(xrole, app_xrole)
         agency = self._configured.get(name) if name else None
-        if agency is None:
+        # A function named it before its projects were limited: it gets nothing.
+        if agency is None or not _allowed(agency, project):
             return NONE, ("", 0)
         if not agency.file:
             return (
@@ -140,6 +149,11 @@ class Agencies:
         state.signature, state.credentials = signature, credentials
         state.generation += 1
         log.info("agency %s: credentials read from %s", name, os.fspath(path))
+
+
+def _allowed(agency: AgencyConfig, project: str | None) -> bool:
+    """Whether a function of `project` may use the agency (None: a caller that does not know)."""
+    return not agency.projects or project in agency.projects
 
 
 def _read_regular(path: Path) -> bytes:

@@ -183,3 +183,26 @@ def test_a_credential_file_reached_through_a_symlink_is_read(tmp_path: Path) -> 
     link = tmp_path / "a.toml"
     link.symlink_to(real)
     assert Agencies({"a": AgencyConfig(file=str(link))}).credentials("a", "")[0].auth_token == "linked"
+
+
+def test_an_agency_limited_to_projects_is_refused_to_the_others_and_gives_them_nothing() -> None:
+    # Agencies are the node's: without a limit, a key of any project could name one meant for
+    # another project and read its credentials from its function's context.
+    agencies = Agencies({"team_a": AgencyConfig(access_key="AKA", projects=["proj_a"]), "shared": READER})
+    agencies.check("team_a", "", project="proj_a")
+    agencies.check("shared", "", project="proj_b")
+    with pytest.raises(InvalidParameter, match=r"xrole: agency 'team_a' is not available to project 'proj_b'"):
+        agencies.check("team_a", "", project="proj_b")
+    with pytest.raises(InvalidParameter, match="app_xrole"):
+        agencies.check("", "team_a", project="proj_b")
+    assert agencies.credentials("team_a", "", project="proj_a")[0].access_key == "AKA"
+    # Named before the limit was set (or the limit changed since): no credentials.
+    assert agencies.credentials("team_a", "", project="proj_b") == (NONE, ("", 0))
+    assert agencies.credentials("shared", "", project="proj_b")[0].access_key == "AKR"
+
+
+def test_the_config_takes_an_agencys_projects() -> None:
+    text = b'[agencies.a]\naccess_key = "a"\nprojects = ["p1", "default"]\n'
+    assert msgspec.toml.decode(text, type=Config).agencies["a"].projects == ["p1", "default"]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.toml.decode(b'[agencies.a]\nprojects = ["bad project"]\n', type=Config)
