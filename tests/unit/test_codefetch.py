@@ -389,3 +389,23 @@ def raw_server(answer) -> str:
 
     threading.Thread(target=serve, daemon=True).start()
     return f"http://127.0.0.1:{listener.getsockname()[1]}/x.zip"
+
+
+async def test_an_ipv6_host_is_sent_in_brackets_in_the_host_header(code: CodeStore) -> None:
+    class V6Server(http.server.ThreadingHTTPServer):
+        address_family = socket.AF_INET6
+
+    Handler.routes = {"/x.zip": (200, {}, a_zip())}
+    Handler.received = []
+    httpd = V6Server(("::1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        port = httpd.server_address[1]
+        config = CodeFetchConfig(allow=["::1/128"], connect_timeout=2, read_timeout=1, timeout=5)
+        path = await fetch_to_file(f"http://[::1]:{port}/x.zip", code, config)
+        assert path.read_bytes() == a_zip()
+        assert Handler.received[-1]["host"] == f"[::1]:{port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
