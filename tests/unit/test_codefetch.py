@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from fgd.codefetch import FetchError, check_address, fetch_to_file
 from fgd.codestore import CodeStore
@@ -409,3 +410,26 @@ async def test_an_ipv6_host_is_sent_in_brackets_in_the_host_header(code: CodeSto
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+async def test_a_public_host_redirecting_to_loopback_is_refused_with_the_default_settings(
+    monkeypatch: pytest.MonkeyPatch, server: str, code: CodeStore
+) -> None:
+    # "files.example.com" resolves to a public address (patched resolver); the connection to it is
+    # routed to the loopback test server, which plays the public host and redirects to 127.0.0.1.
+    port = int(server.rsplit(":", 1)[1])
+    monkeypatch.setattr("trio.socket.getaddrinfo", Resolver("93.184.216.34"))
+    real_open = trio.open_tcp_stream
+    opened: list[tuple[str, int]] = []
+
+    async def to_the_test_server(host: str, _port: int, **kwargs: object) -> trio.abc.Stream:
+        opened.append((host, _port))
+        assert host == "93.184.216.34", "only the checked public address is connected to"
+        return await real_open("127.0.0.1", port)
+
+    monkeypatch.setattr("trio.open_tcp_stream", to_the_test_server)
+    Handler.routes["/pkg.zip"] = (302, {"Location": f"http://127.0.0.1:{port}/internal"}, b"")
+    with pytest.raises(FetchError, match=r"127\.0\.0\.1, a loopback"):
+        await fetch_to_file("http://files.example.com/pkg.zip", code, CodeFetchConfig())
+    assert opened == [("93.184.216.34", 80)]
+    assert Handler.seen == ["/pkg.zip"]
