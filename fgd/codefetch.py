@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
@@ -35,9 +36,10 @@ from fgd.web.uploads import raw_limit, receive_to_file
 MAX_REDIRECTS = 5
 # Longer URLs are refused before anything is sent (a presigned OBS URL is well under 2 KB).
 MAX_URL = 8192
-# Characters a request target keeps as they are: RFC 3986's reserved ones and "%" (escapes already
-# made); space, controls and non-ASCII are percent-encoded (UTF-8), as browsers do.
-TARGET_SAFE = "!#$%&'()*+,/:;=?@[]~"
+# Characters a request target keeps as they are: every printable ASCII one, "%" included (escapes
+# already made; a presigned URL's signature must reach the server unchanged). Only space, controls
+# and non-ASCII, which HTTP cannot carry, are percent-encoded (UTF-8), as browsers do.
+TARGET_SAFE = string.punctuation
 HOST_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
 READ_SIZE = 256 * 1024
 USER_AGENT = b"fgd-code-fetch"

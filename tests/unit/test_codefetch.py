@@ -433,3 +433,12 @@ async def test_a_public_host_redirecting_to_loopback_is_refused_with_the_default
         await fetch_to_file("http://files.example.com/pkg.zip", code, CodeFetchConfig())
     assert opened == [("93.184.216.34", 80)]
     assert Handler.seen == ["/pkg.zip"]
+
+
+async def test_printable_ascii_in_a_url_reaches_the_server_unchanged(server: str, code: CodeStore) -> None:
+    # A presigned URL's signature covers its characters: only what HTTP cannot carry is encoded.
+    target = "/p|{x}^`\\.zip?Signature=a%2Bb%3D&X=[1]&q=\"'<>"
+    Handler.routes[target] = (200, {}, a_zip())
+    path = await fetch_to_file(server + target, code, LOOPBACK)
+    assert path.read_bytes() == a_zip()
+    assert Handler.seen == [target]
