@@ -231,7 +231,8 @@ async def fetch_to_file(url: str, code: CodeStore, config: CodeFetchConfig) -> P
                     conn = _Connection(stream, config, url)
                     # An IPv6 address goes in brackets ("::1:8080" would be ambiguous).
                     authority = f"[{host}]" if ":" in host else host
-                    host_header = authority if port in (80, 443) else f"{authority}:{port}"
+                    default_port = 443 if scheme == "https" else 80
+                    host_header = authority if port == default_port else f"{authority}:{port}"
                     headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Accept", "*/*")]
                     await conn.send(h11.Request(method="GET", target=target, headers=headers))
                     await conn.send(h11.EndOfMessage())

@@ -442,3 +442,19 @@ async def test_printable_ascii_in_a_url_reaches_the_server_unchanged(server: str
     path = await fetch_to_file(server + target, code, LOOPBACK)
     assert path.read_bytes() == a_zip()
     assert Handler.seen == [target]
+
+
+async def test_the_host_header_names_a_port_other_than_the_schemes_default(
+    monkeypatch: pytest.MonkeyPatch, server: str, code: CodeStore
+) -> None:
+    port = int(server.rsplit(":", 1)[1])
+    real_open = trio.open_tcp_stream
+
+    async def to_the_test_server(host: str, _port: int, **kwargs: object) -> trio.abc.Stream:
+        return await real_open("127.0.0.1", port)
+
+    monkeypatch.setattr("trio.open_tcp_stream", to_the_test_server)
+    Handler.routes["/x.zip"] = (200, {}, a_zip())
+    await fetch_to_file("http://127.0.0.1:443/x.zip", code, LOOPBACK)
+    await fetch_to_file("http://127.0.0.1:80/x.zip", code, LOOPBACK)
+    assert [r["host"] for r in Handler.received] == ["127.0.0.1:443", "127.0.0.1"]
