@@ -88,7 +88,9 @@ class Agencies:
         function's project use (400)."""
         for field, name in (("xrole", xrole), ("app_xrole", app_xrole)):
             if name and name not in self._configured:
-                known = ", ".join(self.names()) or "none are defined"
+                # Only the ones this project may use: another team's agency names stay theirs.
+                usable = [n for n in self.names() if _allowed(self._configured[n], project)]
+                known = ", ".join(usable) or "none are defined"
                 raise InvalidParameter(
                     f"{field}: agency {name!r} is not defined on this node ([agencies.{name}] in the "
                     f"node config); defined: {known}"

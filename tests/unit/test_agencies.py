@@ -206,3 +206,11 @@ def test_the_config_takes_an_agencys_projects() -> None:
     assert msgspec.toml.decode(text, type=Config).agencies["a"].projects == ["p1", "default"]
     with pytest.raises(msgspec.ValidationError):
         msgspec.toml.decode(b'[agencies.a]\nprojects = ["bad project"]\n', type=Config)
+
+
+def test_an_unknown_agency_names_only_the_agencies_the_project_may_use() -> None:
+    agencies = Agencies({"team_a_secret_store": AgencyConfig(projects=["proj_a"]), "shared": READER})
+    with pytest.raises(InvalidParameter) as refused:
+        agencies.check("ghost", "", project="proj_b")
+    assert "defined: shared" in refused.value.message
+    assert "team_a_secret_store" not in refused.value.message
