@@ -236,7 +236,7 @@ class Functions:
         self._check_runtime(request.runtime)
         settings = normalise_settings(settings_of(request))
         # Issue 12: an agency must be one of the node's credential sets.
-        self._invoker.agencies.check(settings.xrole, settings.app_xrole)
+        self._invoker.agencies.check(settings.xrole, settings.app_xrole, project_id)
         self._dependencies.resolve(project_id, request.runtime, settings.depend_version_list)
         key = (project_id, request.package, request.func_name)
         if self._store.get(key) is not None:
@@ -285,6 +285,7 @@ class Functions:
             self._invoker.agencies.check(
                 "" if settings.xrole == old.xrole else settings.xrole,
                 "" if settings.app_xrole == old.app_xrole else settings.app_xrole,
+                current.project_id,
             )
             self._dependencies.resolve(current.project_id, current.runtime, settings.depend_version_list)
             return {"settings": settings}
