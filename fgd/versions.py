@@ -343,7 +343,7 @@ class Versions:
             additional_version_strategy=dict(alias.additional_version_strategy),
         )
 
-    def _check_alias(self, key: Key, request: UpdateAlias, name: str) -> None:
+    def _check_alias(self, key: Key, request: UpdateAlias, name: str, current: str = "") -> None:
         versions = self._store.versions.get(key, {})
         for version in (request.version, *request.additional_version_weights, *request.additional_version_strategy):
             if version != "latest" and version not in versions:
@@ -369,9 +369,16 @@ class Versions:
             raise SameVersions(f"alias {name!r}: the additional version {extra!r} is its main version")
         if name in versions or name == "latest":
             raise AliasExists(f"function {_name(key)} has a version {name!r}; versions and aliases differ")
-        # FunctionGraph: each version (latest included) has at most one alias.
-        holders = sorted(
-            a.name for a in self._store.aliases.get(key, {}).values() if a.version == request.version and a.name != name
+        # FunctionGraph: each version (latest included) has at most one alias. An alias that stays
+        # where it is may still change (two on one version, from a store written before this rule).
+        holders = (
+            []
+            if request.version == current
+            else sorted(
+                a.name
+                for a in self._store.aliases.get(key, {}).values()
+                if a.version == request.version and a.name != name
+            )
         )
         if holders:
             raise VersionHasAlias(
@@ -407,7 +414,7 @@ class Versions:
         async with self._lock:
             key = record.key
             current = self.alias(key, name)
-            self._check_alias(key, request, name)
+            self._check_alias(key, request, name, current.version)
             if current.reserved and request.version != current.version:
                 self.check_reserved_rule(key, request.version, name, current.reserved)
             updated = msgspec.structs.replace(

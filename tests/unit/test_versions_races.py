@@ -14,7 +14,7 @@ import trio
 import trio.testing
 
 from fgd.errors import FgdError
-from fgd.model import FunctionRef
+from fgd.model import AliasRecord, FunctionRef
 from fgd.store import Store
 from fgd.triggers import Triggers
 from fgd.versions import Versions, lookup
@@ -95,4 +95,23 @@ async def test_reserved_instances_checked_against_where_the_alias_points_now(tmp
     await versions.update_alias(latest, "prod", {"version": "v2"})
     assert await outcome(lambda: versions.set_scaling(seen, reserved=1)) == "FSS.0400"
     assert store.aliases[KEY]["prod"].reserved == 0
+    store.close()
+
+
+async def test_one_alias_per_version_spares_aliases_that_stay(tmp_path: Path) -> None:
+    """Two aliases on one version (a store written before FSS.1066): both stay editable where they
+    are; neither may be joined by a third."""
+    store = Store(tmp_path / "fgd.db")
+    await store.put(record("fn"))
+    assert await store.publish(version("v1", 1.0)) == "ok"
+    assert await store.publish(version("v2", 2.0)) == "ok"
+    for name in ("a", "b"):
+        assert await store.put_alias(KEY, AliasRecord(name=name, version="v1", created=1.0, last_modified=1.0))
+    versions = Versions(store, "local")
+    latest = store.get(KEY)
+    updated = await versions.update_alias(latest, "a", {"version": "v1", "description": "kept"})
+    assert updated.description == "kept"
+    await versions.create_alias(latest, {"name": "c", "version": "v2"})
+    assert await outcome(lambda: versions.update_alias(latest, "c", {"version": "v1"})) == "FSS.1066"
+    assert await outcome(lambda: versions.create_alias(latest, {"name": "d", "version": "v1"})) == "FSS.1066"
     store.close()
