@@ -353,3 +353,15 @@ def test_a_destination_cycle_through_a_version_or_alias_is_refused(api: Api, thr
     assert point(c_urn, f"{a_urn}:v2").status_code == 200
     cycle = point(f"{a_urn}:v2", c_urn)
     assert cycle.status_code == 400 and "cycle" in cycle.json()["error_msg"], cycle.text
+
+
+def test_an_alias_on_latest_follows_latest_changes(api: Api) -> None:
+    """An alias may point at latest: its warm instance must not keep serving latest's old code."""
+    name = deploy(api, "one", user_data={"GREETING": "a"})
+    assert alias(api, name, "edge", "latest").status_code == 200
+    first = run(api, f"{name}:!edge")
+    assert (first["code"], first["version"], first["alias"]) == ("one", "latest", "edge")
+    set_code(api, name, "two")
+    assert run(api, f"{name}:!edge")["code"] == "two"
+    assert api.http.put(f"/functions/{name}/config", json={"user_data": {"GREETING": "b"}}).status_code == 200
+    assert run(api, f"{name}:!edge")["greeting"] == "b"
