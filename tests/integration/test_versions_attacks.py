@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import http.server
 import json
 import sqlite3
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -365,3 +367,47 @@ def test_an_alias_on_latest_follows_latest_changes(api: Api) -> None:
     assert run(api, f"{name}:!edge")["code"] == "two"
     assert api.http.put(f"/functions/{name}/config", json={"user_data": {"GREETING": "b"}}).status_code == 200
     assert run(api, f"{name}:!edge")["greeting"] == "b"
+
+
+LATE_READER = """
+import os, time
+
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    # Read from the package only now, after the version was deleted under this request.
+    with open(os.path.join(os.environ["RUNTIME_CODE_ROOT"], "data.txt")) as f:
+        return {"data": f.read(), "version": context.getVersion()}
+"""
+
+
+def test_a_deleted_versions_code_stays_until_its_last_request_ends(tmp_path: Path) -> None:
+    daemon = Daemon(tmp_path / "state", "[storage]\ngc_interval = 0.2\ngc_grace = 0.0\n")
+    daemon.start()
+    try:
+        api = Api(daemon)
+        name = unique_name("gcrun")
+        package = make_zip({"index.py": LATE_READER, "data.txt": "v1 data"})
+        blob = daemon.state_dir / "blobs" / "sha256" / hashlib.sha256(package).hexdigest()[:2]
+        blob = blob / hashlib.sha256(package).hexdigest()
+        assert api.create(package, name=name).status_code == 200
+        published(api, name, "v1")
+        body = {"code_type": "zip", "func_code": {"file": b64(make_zip({"index.py": LATE_READER, "data.txt": "new"}))}}
+        assert api.http.put(f"/functions/{name}/code", json=body).status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+
+            def slow() -> httpx.Response:
+                with daemon.client() as client:
+                    return client.post(f"/functions/{name}:v1/invocations", json={"sleep": 2.0})
+
+            pending = pool.submit(slow)
+            time.sleep(0.7)  # the instance is running the request
+            assert api.http.delete(f"/functions/{name}:v1").status_code == 204
+            time.sleep(0.8)  # several collector passes while it still runs
+            assert blob.exists()
+            answer = pending.result()
+        assert answer.status_code == 200 and answer.json() == {"data": "v1 data", "version": "v1"}, answer.text
+        # Its request over, nothing uses v1's package: it goes.
+        assert wait_for(lambda: not blob.exists())
+        assert run(api, name)["data"] == "new"
+    finally:
+        daemon.stop()
