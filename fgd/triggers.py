@@ -150,6 +150,12 @@ class Triggers:
         await self._store.delete_trigger(trigger.trigger_id)
         self._changed.set()
 
+    async def delete_bound(self, record: FunctionRecord) -> None:
+        """The triggers bound to the version or alias `record` was looked up through."""
+        for trigger in self.list(record):
+            await self._store.delete_trigger(trigger.trigger_id)
+        self._changed.set()
+
     async def delete_all(self, record: FunctionRecord) -> None:
         for trigger in self.all_of(record):
             await self._store.delete_trigger(trigger.trigger_id)

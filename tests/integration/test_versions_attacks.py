@@ -411,3 +411,35 @@ def test_a_deleted_versions_code_stays_until_its_last_request_ends(tmp_path: Pat
         assert run(api, name)["data"] == "new"
     finally:
         daemon.stop()
+
+
+def test_deleting_a_qualifiers_triggers_leaves_the_others(api: Api) -> None:
+    """FunctionGraph's BatchDeleteFunctionTriggers: a version's or alias's URN deletes its triggers
+    only; latest's (or the bare URN) deletes every trigger of the function."""
+    name = two_versions(api)
+    assert alias(api, name, "prod", "v1").status_code == 200
+    urn = URN.format(name=name)
+
+    def timer(qualified: str, label: str) -> None:
+        body = {"trigger_type_code": "TIMER", "event_data": {"name": label, "schedule_type": "Rate", "schedule": "60m"}}
+        assert api.http.post(f"/triggers/{qualified}", json=body).status_code in (200, 201)
+
+    def names(qualified: str) -> list[str]:
+        return sorted(t["event_data"]["name"] for t in api.http.get(f"/triggers/{qualified}").json())
+
+    timer(urn, "t-latest")
+    timer(f"{urn}:v1", "t-v1")
+    timer(f"{urn}:v2", "t-v2")
+    timer(f"{urn}:!prod", "t-prod")
+    assert api.http.delete(f"/triggers/{urn}:v1").status_code == 204
+    assert (names(urn), names(f"{urn}:v1"), names(f"{urn}:v2"), names(f"{urn}:!prod")) == (
+        ["t-latest"],
+        [],
+        ["t-v2"],
+        ["t-prod"],
+    )
+    assert api.http.delete(f"/triggers/{name}:!prod").status_code == 204
+    assert (names(urn), names(f"{urn}:v2"), names(f"{urn}:!prod")) == (["t-latest"], ["t-v2"], [])
+    # latest: every trigger of the function.
+    assert api.http.delete(f"/triggers/{urn}:latest").status_code == 204
+    assert (names(urn), names(f"{urn}:v2")) == ([], [])

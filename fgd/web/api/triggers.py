@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from fgd.versions import is_latest
 from fgd.web.api.common import (
     BASE,
     ApiContext,
@@ -25,8 +26,13 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @app.delete(f"{BASE}/triggers/<urn>")
     async def delete_triggers(project_id: str, urn: str) -> Response:
-        # FunctionGraph's BatchDeleteFunctionTriggers: every trigger of the function.
-        await ctx.triggers.delete_all(ctx.lookup(project_id, urn))
+        # FunctionGraph's BatchDeleteFunctionTriggers: latest's URN (or the bare one) deletes every
+        # trigger of the function; a version's or an alias's, only the triggers bound to it.
+        record = ctx.lookup(project_id, urn)
+        if is_latest(record):
+            await ctx.triggers.delete_all(record)
+        else:
+            await ctx.triggers.delete_bound(record)
         return Response(b"", status=204)
 
     @app.route(f"{BASE}/triggers/<urn>/<kind>/<trigger_id>", methods=["GET", "PUT", "DELETE"])
