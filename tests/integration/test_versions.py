@@ -507,8 +507,12 @@ def test_delete_rules(api: Api) -> None:
     assert api.http.delete(f"/functions/{urn}:v9").status_code == 404
     # An alias cannot be deleted through the function's DELETE.
     assert api.http.delete(f"/functions/{urn}:!gray").status_code == 400
-    # latest never goes alone: deleting it (with or without :latest) deletes the function.
-    assert api.http.delete(f"/functions/{urn}:latest").status_code == 204
+    # latest never goes alone (FunctionGraph): :latest is refused, naming the URN that deletes all.
+    refused = api.http.delete(f"/functions/{urn}:latest")
+    assert refused.status_code == 400 and urn in refused.json()["error_msg"]
+    assert api.http.delete(f"/functions/{name}:latest").status_code == 400
+    assert api.invoke(f"{urn}:v1").status_code == 200
+    assert api.http.delete(f"/functions/{urn}").status_code == 204
     assert api.invoke(f"{urn}:v1").status_code == 404
     assert api.http.get(f"/functions/{name}/versions").status_code == 404
 

@@ -109,7 +109,7 @@ def test_function_answers_have_functiongraph_types(sdk: FunctionGraphClient, dae
     assert config.func_vpc is None and config.long_time is False and config.gpu_memory == 0
     assert created.reserved_instance_count == 0
     # The same function made again under the same name is another function: another id.
-    sdk.delete_function(m.DeleteFunctionRequest(function_urn=created.func_urn))
+    sdk.delete_function(m.DeleteFunctionRequest(function_urn=created.func_urn.removesuffix(":latest")))
     again = create(sdk, func_name=created.func_name)
     assert again.func_id != config.func_id
 
@@ -343,6 +343,10 @@ def test_invoke_sync_v0_and_v1(sdk: FunctionGraphClient) -> None:
 
 def test_delete_function(sdk: FunctionGraphClient) -> None:
     created = create(sdk)
-    sdk.delete_function(m.DeleteFunctionRequest(function_urn=created.func_urn))
+    # FunctionGraph: latest cannot be deleted on its own; the URN without a version deletes all.
+    assert created.func_urn.endswith(":latest")
+    latest = refused(lambda: sdk.delete_function(m.DeleteFunctionRequest(function_urn=created.func_urn)))
+    assert latest.status_code == 400 and created.func_urn.removesuffix(":latest") in latest.error_msg
+    sdk.delete_function(m.DeleteFunctionRequest(function_urn=created.func_urn.removesuffix(":latest")))
     error = refused(lambda: sdk.show_function_config(m.ShowFunctionConfigRequest(function_urn=created.func_urn)))
     assert error.status_code == 404 and error.error_code == "FSS.0404"

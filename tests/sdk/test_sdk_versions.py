@@ -115,6 +115,6 @@ def test_versions_and_aliases_through_the_sdk(sdk: FunctionGraphClient) -> None:
     assert [v.version for v in listing.versions] == ["latest", "v1"]
     # The function itself is still there, and deleting it takes every version along.
     assert invoke(sdk, urn)["code"] == "two"
-    sdk.delete_function(m.DeleteFunctionRequest(function_urn=urn))
+    sdk.delete_function(m.DeleteFunctionRequest(function_urn=base))
     error = refused(lambda: sdk.list_function_versions(m.ListFunctionVersionsRequest(function_urn=urn)))
     assert error.status_code == 404

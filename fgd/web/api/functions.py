@@ -173,7 +173,16 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @app.delete(f"{BASE}/functions/<urn>")
     async def delete_function(project_id: str, urn: str) -> Response:
-        await ctx.functions.delete(ctx.lookup(project_id, urn))
+        record = ctx.lookup(project_id, urn)
+        if names_latest(urn, record):
+            # FunctionGraph: "the latest version of a function cannot be deleted"; the function
+            # with all its versions goes by its URN without a version.
+            unqualified = ctx.functions.config(record).func_urn.removesuffix(":latest")
+            raise InvalidParameter(
+                f"the latest version cannot be deleted on its own; to delete the function with all its "
+                f"versions, aliases and triggers, use its URN without a version: {unqualified}"
+            )
+        await ctx.functions.delete(record)
         return Response(b"", status=204)
 
     @app.get(f"{BASE}/functions/<urn>/export")
@@ -192,3 +201,12 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         # A large package to a slow client may take longer than Quart's 60 s default.
         response.timeout = None
         return response
+
+
+def names_latest(urn: str, record: FunctionRecord) -> bool:
+    """True if `urn` names the latest version explicitly (`...:latest`), not the bare function."""
+    parts = urn.split(":")
+    if parts[-1] != "latest" or len(parts) not in (2, 4, 8):
+        return False
+    # `a:latest` is package a's function "latest" when that is what it found.
+    return not (len(parts) == 2 and (record.package, record.func_name) == (parts[0], parts[1]))
