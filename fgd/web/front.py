@@ -32,6 +32,8 @@ from fgd.logs import billed_ms, tail
 from fgd.metrics import Metrics
 from fgd.model import check_project, parse_function_ref
 from fgd.web import auth
+from fgd.web.api.answers import InvokeHeaders
+from fgd.web.api.common import BASE, Operation, path_regex
 from fgd.web.server import header_text
 from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
 
@@ -39,9 +41,24 @@ log = logging.getLogger("fgd.web.front")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
-INVOKE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/invocations$")
-CODE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/code$")
-DEPENDENCY_PATH = re.compile(r"^/v2/([^/]+)/fgs/dependencies/version$")
+# The sync invoke route, served here only: declared for the OpenAPI document (fgd.web.openapi).
+INVOKE = Operation(
+    method="POST",
+    path=f"{BASE}/functions/<urn>/invocations",
+    name="invoke_function",
+    summary="invoke a function synchronously: the answer is the function's result",
+    tag="invocations",
+    body=Any,
+    headers=InvokeHeaders,
+    answer=Any,
+    errors=(413, 429, 503),
+)
+OPERATIONS = (INVOKE,)
+INVOKE_PATH = path_regex(INVOKE.path)
+# Raw zip uploads to these routes are streamed here; the routes are declared (raw_zip=...) in
+# fgd.web.api.functions and fgd.web.api.dependencies, which serve their JSON form.
+CODE_PATH = path_regex(f"{BASE}/functions/<urn>/code")
+DEPENDENCY_PATH = path_regex(f"{BASE}/dependencies/version")
 MAX_EVENT_BYTES = 6 * 1024 * 1024
 CODE_FILENAME_MAX = 128
 JSON = b"application/json"

@@ -6,99 +6,126 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from fgd.errors import InvalidParameter
-from fgd.model import check_project
+from fgd.model import CreateFunction, FunctionConfig, FunctionSettings, UpdateCode, check_project
+from fgd.web.api.answers import (
+    ExportQuery,
+    FunctionCode,
+    FunctionList,
+    MaxInstanceBody,
+    PageQuery,
+    RawCodeQuery,
+    ReservedCount,
+    ReservedCountBody,
+    ReservedInstance,
+    ReservedInstances,
+    Runtimes,
+)
 from fgd.web.api.common import (
     BASE,
     ApiContext,
+    Partial,
     body_json,
     bool_arg,
-    json_response,
     page,
+    route,
 )
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.get(f"{BASE}/runtimes")
-    async def list_runtimes(project_id: str) -> Response:
-        return json_response({"runtimes": ctx.functions.runtimes})
+    @route(app, "GET", f"{BASE}/runtimes", answer=Runtimes)
+    async def list_runtimes(project_id: str) -> Runtimes:
+        return Runtimes(runtimes=ctx.functions.runtimes)
 
-    @app.post(f"{BASE}/functions")
-    async def create_function(project_id: str) -> Response:
+    @route(app, "POST", f"{BASE}/functions", body=CreateFunction, answer=FunctionConfig, errors=(409,))
+    async def create_function(project_id: str) -> FunctionConfig:
         check_project(project_id)
         record = await ctx.functions.create(project_id, await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.get(f"{BASE}/functions")
-    async def list_functions(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions", query=PageQuery, answer=FunctionList)
+    async def list_functions(project_id: str) -> FunctionList:
         check_project(project_id)
         listing = page(ctx.store.list(project_id), "functions")
         listing["functions"] = [ctx.functions.config(r) for r in listing["functions"]]
-        return json_response(listing)
+        return FunctionList(**listing)
 
-    @app.get(f"{BASE}/functions/<urn>/config")
-    async def get_config(project_id: str, urn: str) -> Response:
-        return json_response(ctx.functions.config(ctx.lookup(project_id, urn)))
+    @route(app, "GET", f"{BASE}/functions/<urn>/config", answer=FunctionConfig)
+    async def get_config(project_id: str, urn: str) -> FunctionConfig:
+        return ctx.functions.config(ctx.lookup(project_id, urn))
 
-    @app.put(f"{BASE}/functions/<urn>/config")
-    async def update_config(project_id: str, urn: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/config", body=Partial(struct=FunctionSettings), answer=FunctionConfig)
+    async def update_config(project_id: str, urn: str) -> FunctionConfig:
         record = await ctx.functions.update_config(ctx.lookup(project_id, urn), await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.get(f"{BASE}/functions/<urn>/code")
-    async def get_code(project_id: str, urn: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/<urn>/code", answer=FunctionCode)
+    async def get_code(project_id: str, urn: str) -> FunctionCode:
         record = ctx.lookup(project_id, urn)
         config = ctx.functions.config(record)
-        return json_response(
-            {
-                "func_urn": config.func_urn,
-                "func_name": record.func_name,
-                "runtime": record.runtime,
-                "code_type": record.code_type,
-                "code_filename": record.code_filename,
-                "code_size": record.code.size,
-                "digest": record.code.sha512,
-                "last_modified": config.last_modified,
-            }
+        return FunctionCode(
+            func_urn=config.func_urn,
+            func_name=record.func_name,
+            runtime=record.runtime,
+            code_type=record.code_type,
+            code_filename=record.code_filename,
+            code_size=record.code.size,
+            digest=record.code.sha512,
+            last_modified=config.last_modified,
         )
 
-    @app.put(f"{BASE}/functions/<urn>/code")
-    async def update_code(project_id: str, urn: str) -> Response:
+    @route(
+        app,
+        "PUT",
+        f"{BASE}/functions/<urn>/code",
+        body=UpdateCode,
+        raw_zip=RawCodeQuery,
+        answer=FunctionConfig,
+        errors=(413,),
+    )
+    async def update_code(project_id: str, urn: str) -> FunctionConfig:
         # Raw application/zip bodies are streamed by the front (fgd.web.front) and never get here.
         record = await ctx.functions.update_code(ctx.lookup(project_id, urn), await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.put(f"{BASE}/functions/<urn>/reservedinstances")
-    async def put_reserved(project_id: str, urn: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/reservedinstances", body=ReservedCountBody, answer=ReservedCount)
+    async def put_reserved(project_id: str, urn: str) -> ReservedCount:
         record = await ctx.functions.set_reserved(ctx.lookup(project_id, urn), await body_json())
-        return json_response({"func_urn": ctx.functions.config(record).func_urn, "count": record.reserved})
+        return ReservedCount(func_urn=ctx.functions.config(record).func_urn, count=record.reserved)
 
-    @app.get(f"{BASE}/functions/reservedinstances")
-    async def list_reserved(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/reservedinstances", answer=ReservedInstances)
+    async def list_reserved(project_id: str) -> ReservedInstances:
         check_project(project_id)
         rows = [
-            {
-                "func_urn": ctx.functions.config(r).func_urn,
-                "qualifier_type": "version",
-                "qualifier_name": "latest",
-                "min_count": r.reserved,
-                "running": ctx.functions.reserved_running(r),
-            }
+            ReservedInstance(
+                func_urn=ctx.functions.config(r).func_urn,
+                qualifier_type="version",
+                qualifier_name="latest",
+                min_count=r.reserved,
+                running=ctx.functions.reserved_running(r),
+            )
             for r in ctx.store.list(project_id)
             if r.reserved
         ]
-        return json_response({"reservedinstances": rows, "count": len(rows)})
+        return ReservedInstances(reservedinstances=rows, count=len(rows))
 
-    @app.put(f"{BASE}/functions/<urn>/config-max-instance")
-    async def put_max_instances(project_id: str, urn: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/config-max-instance", body=MaxInstanceBody, answer=FunctionConfig)
+    async def put_max_instances(project_id: str, urn: str) -> FunctionConfig:
         record = await ctx.functions.set_max_instances(ctx.lookup(project_id, urn), await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.delete(f"{BASE}/functions/<urn>")
+    @route(app, "DELETE", f"{BASE}/functions/<urn>", status=204)
     async def delete_function(project_id: str, urn: str) -> Response:
         await ctx.functions.delete(ctx.lookup(project_id, urn))
         return Response(b"", status=204)
 
-    @app.get(f"{BASE}/functions/<urn>/export")
+    @route(
+        app,
+        "GET",
+        f"{BASE}/functions/<urn>/export",
+        query=ExportQuery,
+        answer=bytes,
+        content_type="application/zip",
+    )
     async def export_function(project_id: str, urn: str) -> Response:
         record = ctx.lookup(project_id, urn)
         code = bool_arg("code", True)

@@ -3,26 +3,43 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from quart import Response, request
+from quart import request
 from quart_trio import QuartTrio
 
 from fgd.asyncqueue import AsyncEvent
 from fgd.errors import Conflict, InvalidParameter, NotFound, Throttled, TooLarge
 from fgd.invoker import check_event, new_request_id
+from fgd.web.api.answers import (
+    AsyncAccepted,
+    AsyncInvocation,
+    AsyncInvocations,
+    AsyncInvocationsQuery,
+    CancelBody,
+    Cancelled,
+)
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
     int_arg,
     iso,
-    json_response,
+    route,
 )
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.post(f"{BASE}/functions/<urn>/invocations-async")
-    async def invoke_async(project_id: str, urn: str) -> Response:
+    @route(
+        app,
+        "POST",
+        f"{BASE}/functions/<urn>/invocations-async",
+        body=Any,
+        answer=AsyncAccepted,
+        status=202,
+        errors=(413, 429),
+    )
+    async def invoke_async(project_id: str, urn: str) -> AsyncAccepted:
         record = ctx.lookup(project_id, urn)
         data = await request.get_data()
         if len(data) > ctx.async_config.max_payload:
@@ -38,10 +55,12 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         # Durable before we answer: 202 means it will run (at least once).
         await ctx.store.run(ctx.store.queue.enqueue, event)
         ctx.dispatcher.notify()
-        return json_response({"request_id": event.request_id}, 202)
+        return AsyncAccepted(request_id=event.request_id)
 
-    @app.get(f"{BASE}/functions/<urn>/async-invocations")
-    async def list_async(project_id: str, urn: str) -> Response:
+    @route(
+        app, "GET", f"{BASE}/functions/<urn>/async-invocations", query=AsyncInvocationsQuery, answer=AsyncInvocations
+    )
+    async def list_async(project_id: str, urn: str) -> AsyncInvocations:
         record = ctx.lookup(project_id, urn)
         status = request.args.get("status") or None
         if status is not None and status not in ("WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"):
@@ -51,28 +70,28 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             ctx.store.queue.find, record.key, request.args.get("request_id") or None, status, limit
         )
         rows = [
-            {
-                "request_id": e.request_id,
-                "status": e.status,
-                "error_code": e.error_code,
-                "error_message": e.error_message,
-                "start_time": iso(e.start_time),
-                "end_time": iso(e.end_time),
-                "attempts": e.attempts,
-            }
+            AsyncInvocation(
+                request_id=e.request_id,
+                status=e.status,
+                error_code=e.error_code,
+                error_message=e.error_message,
+                start_time=iso(e.start_time),
+                end_time=iso(e.end_time),
+                attempts=e.attempts,
+            )
             for e in events
         ]
-        return json_response({"invocations": rows, "count": len(rows)})
+        return AsyncInvocations(invocations=rows, count=len(rows))
 
-    @app.post(f"{BASE}/functions/<urn>/cancel")
-    async def cancel_async(project_id: str, urn: str) -> Response:
+    @route(app, "POST", f"{BASE}/functions/<urn>/cancel", body=CancelBody, answer=Cancelled, errors=(409,))
+    async def cancel_async(project_id: str, urn: str) -> Cancelled:
         record = ctx.lookup(project_id, urn)
         body = await body_json()
         request_id = body.get("request_id") if isinstance(body, dict) else None
         if not isinstance(request_id, str) or not request_id:
             raise InvalidParameter('the body must be {"request_id": "<id of a waiting asynchronous invocation>"}')
         if await ctx.store.run(ctx.store.queue.cancel, record.key, request_id, time.time()):
-            return json_response({"request_id": request_id, "status": "DISCARD"})
+            return Cancelled(request_id=request_id, status="DISCARD")
         found = await ctx.store.run(ctx.store.queue.find, record.key, request_id, None, 1)
         if not found:
             raise NotFound(f"no asynchronous invocation {request_id} of {record.func_name}")

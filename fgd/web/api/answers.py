@@ -1,0 +1,245 @@
+"""The API layer's own Structs: answers the routes build (list wrappers, rows, small reports),
+the few request bodies parsed by hand, and the query parameters and headers routes read.
+
+The resource Structs themselves (FunctionConfig, DependencyVersion, Trigger, the request bodies
+CreateFunction, UpdateCode, ...) live in fgd.model and are referred to by name. Each Struct here
+is both what a handler answers and what fgd.web.openapi describes: one definition per shape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from fgd.asyncqueue import Status
+from fgd.model import (
+    AsyncInvokeConfig,
+    DependencyName,
+    DependencyVersion,
+    Description,
+    FunctionConfig,
+)
+from fgd.store import LogLine
+from fgd.web.api.common import LIST_MAX_ITEMS
+
+MARKER_MAX = 1 << 31
+
+# Answers -------------------------------------------------------------------------------------
+
+
+class Runtimes(msgspec.Struct, kw_only=True):
+    """The runtimes this node offers."""
+
+    runtimes: list[str]
+
+
+class FunctionList(msgspec.Struct, kw_only=True):
+    """One page of functions; `next_marker` is 0 on the last page."""
+
+    functions: list[FunctionConfig]
+    next_marker: int
+    count: int
+
+
+class FunctionCode(msgspec.Struct, kw_only=True):
+    """What `GET .../code` tells about a function's code package."""
+
+    func_urn: str
+    func_name: str
+    runtime: str
+    code_type: str
+    code_filename: str
+    code_size: int
+    # sha512 of the zip, hex.
+    digest: str
+    last_modified: str
+
+
+class ReservedCount(msgspec.Struct, kw_only=True):
+    """A function's number of reserved instances."""
+
+    func_urn: str
+    count: int
+
+
+class ReservedInstance(msgspec.Struct, kw_only=True):
+    func_urn: str
+    qualifier_type: str
+    qualifier_name: str
+    min_count: int
+    # Reserved instances started and alive now.
+    running: int
+
+
+class ReservedInstances(msgspec.Struct, kw_only=True):
+    """The functions of a project that keep reserved instances."""
+
+    reservedinstances: list[ReservedInstance]
+    count: int
+
+
+class FunctionAsyncConfig(AsyncInvokeConfig, kw_only=True, frozen=True):
+    """A function's asynchronous invocation settings, as `GET/PUT .../async-invoke-config` answer them."""
+
+    func_urn: str
+
+
+class AsyncAccepted(msgspec.Struct, kw_only=True):
+    """An asynchronous invocation is queued (durably): it will run at least once."""
+
+    request_id: str
+
+
+class AsyncInvocation(msgspec.Struct, kw_only=True):
+    request_id: str
+    status: Status
+    error_code: str
+    error_message: str
+    # ISO 8601 (UTC), "" until it happened.
+    start_time: str
+    end_time: str
+    attempts: int
+
+
+class AsyncInvocations(msgspec.Struct, kw_only=True):
+    invocations: list[AsyncInvocation]
+    count: int
+
+
+class Cancelled(msgspec.Struct, kw_only=True):
+    request_id: str
+    status: Literal["DISCARD"]
+
+
+class DependencyList(msgspec.Struct, kw_only=True):
+    """One page of dependency versions; `next_marker` is 0 on the last page."""
+
+    dependencies: list[DependencyVersion]
+    next_marker: int
+    count: int
+
+
+class DependencyVersions(msgspec.Struct, kw_only=True):
+    """Every version of one dependency."""
+
+    dependencies: list[DependencyVersion]
+    count: int
+
+
+class LogLines(msgspec.Struct, kw_only=True):
+    logs: list[LogLine]
+    count: int
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """The daemon's health: "ok" once every runtime's zygote runs (200), "starting" while one
+    (re)starts (503)."""
+
+    status: Literal["ok", "starting"]
+    # Sandbox protections this host lacks or that are switched off, each with its reason.
+    degraded: list[str]
+    version: str
+    runtimes: dict[str, Literal["ready", "restarting"]]
+    instances: int
+    pool: dict[str, int]
+    functions: int
+
+
+# Request bodies parsed by hand -----------------------------------------------------------------
+
+
+class ReservedCountBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of `PUT .../reservedinstances`: at most the function's max instances."""
+
+    count: Annotated[int, Meta(ge=0, le=1000)]
+
+
+class MaxInstanceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of `PUT .../config-max-instance`: -1 (no limit), 0 (refuse every request) or 1-1000."""
+
+    max_instance_num: Annotated[int, Meta(ge=-1, le=1000)]
+
+
+class CancelBody(msgspec.Struct, kw_only=True):
+    """Body of `POST .../cancel`: a waiting (WAIT) asynchronous invocation."""
+
+    request_id: Annotated[str, Meta(min_length=1)]
+
+
+class TriggerFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of `PUT /triggers/{urn}/{kind}/{trigger_id}`; event_data is merged into the trigger's."""
+
+    trigger_status: Literal["ACTIVE", "DISABLED"]
+    event_data: dict[str, Any]
+
+
+# Query parameters ------------------------------------------------------------------------------
+
+
+class PageQuery(msgspec.Struct, kw_only=True):
+    marker: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = 0
+    maxitems: Annotated[int, Meta(ge=1, le=LIST_MAX_ITEMS)] = LIST_MAX_ITEMS
+
+
+class DependencyQuery(PageQuery, kw_only=True):
+    name: str = ""
+    runtime: str = ""
+    owner: str = ""
+
+
+class ExportQuery(msgspec.Struct, kw_only=True):
+    """What to export: the code zip (default), a zip of config.json (and code.zip), or both."""
+
+    code: bool = True
+    config: bool = False
+
+
+class AsyncInvocationsQuery(msgspec.Struct, kw_only=True):
+    request_id: str = ""
+    status: Status | None = None
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+
+
+class LogsQuery(msgspec.Struct, kw_only=True):
+    request_id: str = ""
+    # A Unix time in seconds: lines from then on.
+    since: float | None = None
+    limit: Annotated[int, Meta(ge=1, le=10000)] = 100
+    # Stream newline-delimited JSON lines as they arrive (up to an hour per request).
+    follow: bool = False
+
+
+class RawCodeQuery(msgspec.Struct, kw_only=True):
+    """Arguments of a raw zip code upload (`PUT .../code`, Content-Type: application/zip)."""
+
+    code_filename: Annotated[str, Meta(max_length=128)] = ""
+
+
+class RawDependencyQuery(msgspec.Struct, kw_only=True):
+    """Arguments of a raw zip dependency upload (`POST /dependencies/version`, Content-Type: application/zip)."""
+
+    name: DependencyName
+    runtime: str
+    description: Description = ""
+
+
+# Request headers -------------------------------------------------------------------------------
+
+
+class InvokeHeaders(
+    msgspec.Struct,
+    kw_only=True,
+    rename={
+        "log_type": "X-Cff-Log-Type",
+        "request_version": "X-Cff-Request-Version",
+        "instance_memory": "X-Cff-Instance-Memory",
+    },
+):
+    # "Tail" (any case): X-Cff-Function-Log holds base64 of the invocation's last log bytes.
+    log_type: Literal["None", "Tail"] = "None"
+    # "v1": the answer is {request_id, result, log, status} with the result as a string.
+    request_version: Literal["v0", "v1"] = "v0"
+    # The instance memory for this request in MB (needs enable_dynamic_memory).
+    instance_memory: Annotated[int, Meta(ge=64, le=10240)] | None = None
