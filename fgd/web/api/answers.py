@@ -150,13 +150,13 @@ class Health(msgspec.Struct, kw_only=True):
 # Request bodies parsed by hand -----------------------------------------------------------------
 
 
-class ReservedCountBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class ReservedCountBody(msgspec.Struct, kw_only=True):
     """Body of `PUT .../reservedinstances`: at most the function's max instances."""
 
     count: Annotated[int, Meta(ge=0, le=1000)]
 
 
-class MaxInstanceBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+class MaxInstanceBody(msgspec.Struct, kw_only=True):
     """Body of `PUT .../config-max-instance`: -1 (no limit), 0 (refuse every request) or 1-1000."""
 
     max_instance_num: Annotated[int, Meta(ge=-1, le=1000)]
