@@ -23,6 +23,8 @@ from typing import Literal, Protocol
 
 import msgspec
 
+from fgd.model import AsyncInvocation, timestamp
+
 Status = Literal["WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"]
 FINAL = ("SUCCESS", "FAIL", "DISCARD")
 Key = tuple[str, str, str]
@@ -67,6 +69,33 @@ class AsyncEvent(msgspec.Struct, kw_only=True):
             created=now,
             not_before=now,
         )
+
+
+def invocation_answer(event: AsyncEvent) -> AsyncInvocation:
+    """An event as `GET .../async-invocations` lists it, with FunctionGraph's types."""
+    return AsyncInvocation(
+        request_id=event.request_id,
+        status=event.status,
+        error_code=error_number(event.error_code),
+        error_message=event.error_message,
+        error_type=event.error_code,
+        start_time=timestamp(event.start_time) if event.start_time else None,
+        end_time=timestamp(event.end_time) if event.end_time else None,
+        attempts=event.attempts,
+    )
+
+
+def error_number(code: str) -> int:
+    """FunctionGraph's integer error_code: 0 none, <n> for the platform's FSS.<n>, 1 for a function error."""
+    if not code:
+        return 0
+    if code.startswith("FSS.") and code[4:].isdigit():
+        return int(code[4:])
+    return FUNCTION_ERROR
+
+
+# error_code of an invocation whose function failed (its error type is in error_type).
+FUNCTION_ERROR = 1
 
 
 class Lease(msgspec.Struct):

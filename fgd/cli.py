@@ -284,8 +284,10 @@ def cmd_async_ls(args: argparse.Namespace) -> int:
         return 0
     table = [("REQUEST ID", "STATUS", "ATTEMPTS", "STARTED", "ENDED", "ERROR")]
     for r in rows:
-        error = f"{r['error_code']}: {r['error_message']}" if r["error_code"] else ""
-        table.append((r["request_id"], r["status"], str(r["attempts"]), r["start_time"], r["end_time"], error))
+        # error_code is FunctionGraph's number; error_type names the error (FSS code or exception).
+        error = f"{r['error_type']}: {r['error_message']}" if r["error_code"] else ""
+        started, ended = r["start_time"] or "", r["end_time"] or ""
+        table.append((r["request_id"], r["status"], str(r["attempts"]), started, ended, error))
     print_table(table)
     return 0
 
@@ -453,6 +455,38 @@ def cmd_dep_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+# access keys -------------------------------------------------------------------
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    key = client.json("POST", "/fgd/keys", {"description": args.description})
+    # The only time the secret is shown: print it as JSON a script can keep.
+    print(json.dumps({"access": key["access"], "secret": key["secret"], "project_id": key["project_id"]}))
+    return 0
+
+
+def cmd_keys_ls(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    rows = client.json("GET", "/fgd/keys")["keys"]
+    if not rows:
+        print(f"project {args.project} has no access keys; make one with: fgd keys create --project {args.project}")
+        return 0
+    table = [("ACCESS KEY", "PROJECT", "CREATED", "LAST USED", "DESCRIPTION")]
+    for k in rows:
+        description = k["description"].translate(TERMINAL_CONTROLS)
+        table.append((k["access"], k["project_id"], k["created"], k["last_used"] or "never", description))
+    print_table(table)
+    return 0
+
+
+def cmd_keys_rm(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    client.request("DELETE", f"/fgd/keys/{quote(args.access)}")
+    print(f"removed access key {args.access}; requests signed with it are refused from now on")
+    return 0
+
+
 # parser -----------------------------------------------------------------------
 
 
@@ -545,6 +579,20 @@ def build_parser() -> argparse.ArgumentParser:
     trigger_rm.add_argument("name")
     trigger_rm.add_argument("trigger_id")
     trigger_rm.set_defaults(func=cmd_trigger_rm)
+
+    keys = sub.add_parser("keys", help="access keys (AK/SK) for Huawei Cloud's SDKs").add_subparsers(
+        dest="keys_command", required=True
+    )
+    keys_create = keys.add_parser(
+        "create", parents=[common], help="make an access key for --project; prints its secret, once"
+    )
+    keys_create.add_argument("--description", default="", help="what the key is for (at most 255 characters)")
+    keys_create.set_defaults(func=cmd_keys_create)
+    keys_ls = keys.add_parser("ls", parents=[common], help="list the access keys of --project (never their secrets)")
+    keys_ls.set_defaults(func=cmd_keys_ls)
+    keys_rm = keys.add_parser("rm", parents=[common], help="remove an access key of --project")
+    keys_rm.add_argument("access", metavar="ACCESS")
+    keys_rm.set_defaults(func=cmd_keys_rm)
 
     ls = sub.add_parser("ls", parents=[common], help="list functions")
     ls.set_defaults(func=cmd_ls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -145,6 +146,27 @@ class StorageConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     gc_grace: NonNegative = 600.0
 
 
+class CodeFetchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """`code_type: "obs"` with `code_url`: code the daemon fetches from an http(s) URL (fgd.codefetch)."""
+
+    enabled: bool = True
+    # CIDRs the daemon may fetch from although they are not public (loopback, private, link-local),
+    # e.g. ["192.168.10.5/32"] for an artifact server on the LAN. Empty: public addresses only.
+    allow: list[Annotated[str, Meta(pattern=r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$")]] = []
+    connect_timeout: Seconds = 10.0
+    # The longest pause between two reads of the answer.
+    read_timeout: Seconds = 30.0
+    # The whole fetch, redirects included.
+    timeout: Seconds = 300.0
+
+    def __post_init__(self) -> None:
+        for net in self.allow:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"[code_fetch] allow: {net!r} is not an address or CIDR") from None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state_dir: str = "/var/lib/fgd"
     server: ServerConfig = ServerConfig()
@@ -156,6 +178,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     storage: StorageConfig = StorageConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     async_invoke: AsyncConfig = AsyncConfig()
+    code_fetch: CodeFetchConfig = CodeFetchConfig()
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
     # <name>-<version>.zip files in this directory, registered at start.
     public_dependencies: str | None = None

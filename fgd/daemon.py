@@ -27,13 +27,14 @@ from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.functions import Functions
 from fgd.invoker import Invoker
+from fgd.keys import Keys
 from fgd.logs import LogSink
 from fgd.metrics import Metrics
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.triggers import Triggers
 from fgd.web.api import ApiContext, create_app
-from fgd.web.auth import load_or_create_token
+from fgd.web.auth import Authenticator, load_or_create_token
 from fgd.web.front import BodyBudget, Inflight, build_front
 from fgd.web.gateway import build_gateway
 from fgd.web.server import connection_caps, serve_http
@@ -153,6 +154,8 @@ async def serve(config: Config) -> None:
     dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth, config.server.region)
     triggers = Triggers(store, dispatcher.notify, dispatcher.full)
     functions.triggers = triggers
+    keys = Keys(store, time.time)
+    authenticator = Authenticator(token, keys, time.time)
     app = create_app(
         ApiContext(
             functions=functions,
@@ -163,13 +166,22 @@ async def serve(config: Config) -> None:
             metrics=metrics,
             async_config=config.async_invoke,
             token=token,
+            keys=keys,
+            auth=authenticator,
             health=health,
             logs_flush=logs.flush,
         )
     )
     inflight = Inflight()
     front = build_front(
-        app, functions, dependencies, invoker, token, inflight, metrics, BodyBudget(config.server.max_body_memory)
+        app,
+        functions,
+        dependencies,
+        invoker,
+        authenticator,
+        inflight,
+        metrics,
+        BodyBudget(config.server.max_body_memory),
     )
 
     # Both listeners run fgd.web.server: hypercorn's protocol code behind fgd's connection cap and
@@ -198,6 +210,7 @@ async def serve(config: Config) -> None:
             await dependencies.load_public(config.public_dependencies)
             services.start_soon(_collect_packages, config, store, code, dependencies, invoker)
             services.start_soon(dispatcher.run)
+            services.start_soon(keys.run)
             services.start_soon(triggers.run_timers)
             async with trio.open_nursery() as http:
                 binds = []
@@ -228,6 +241,7 @@ async def serve(config: Config) -> None:
     finally:
         invoker.kill_all()
         sandbox.close()
+        keys.flush_at_exit()
         store.close()
     log.info("fgd stopped")
 

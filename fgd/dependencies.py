@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fgd.errors import Conflict, Forbidden, InvalidParameter, NotFound
-from fgd.model import CodeRef, CreateDependency, DependencyVersion, convert
+from fgd.model import CodeRef, CreateDependency, DependencyInfo, DependencyVersion, convert
 from fgd.packages import PackageRejected
 from fgd.store import Store
 from fgd.web.uploads import Packager, decode_inline
@@ -25,6 +25,14 @@ MAX_PER_FUNCTION = 20
 PUBLIC_PROJECT = "*"
 _PUBLIC_FILE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.]*?)(?:-(?P<version>\d+))?\.zip$")
 _NAMESPACE = uuid.UUID("6f1c1f0e-6a55-4c59-9f5e-3a0f0e1d2c3b")
+
+
+def _milliseconds(stamp: str) -> int:
+    """A stored ISO time (`...Z` or `...+00:00`) as milliseconds since the epoch; 0 if unreadable."""
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp() * 1000)
+    except ValueError:
+        return 0
 
 
 def _now() -> str:
@@ -87,6 +95,23 @@ class Dependencies:
             found.append(dependency)
         return found
 
+    @staticmethod
+    def info(dependency: DependencyVersion) -> DependencyInfo:
+        """A version as the API answers it (FunctionGraph's Dependency)."""
+        return DependencyInfo(
+            id=dependency.id,
+            dep_id=dependency.dep_id,
+            name=dependency.name,
+            version=dependency.version,
+            runtime=dependency.runtime,
+            description=dependency.description,
+            owner=dependency.owner,
+            size=dependency.size,
+            etag=dependency.etag,
+            file_name=f"{dependency.name}.zip",
+            last_modified=_milliseconds(dependency.created),
+        )
+
     # Changes ---------------------------------------------------------------
 
     def _dep_id(self, project_id: str, name: str) -> str:
@@ -95,6 +120,10 @@ class Dependencies:
     async def create(self, project_id: str, body: object, path: Path | None = None) -> DependencyVersion:
         """A new version of `name`: numbered one past the highest so far, from base64 or a streamed file."""
         request: CreateDependency = convert(body, CreateDependency, "the dependency")
+        if request.depend_type == "obs" or request.depend_link:
+            raise InvalidParameter(
+                "depend_link is not supported yet: send the zip base64 in depend_file, or as a raw body"
+            )
         if request.runtime not in self._runtimes:
             raise InvalidParameter(
                 f"runtime {request.runtime!r} is not available on this node; available: {', '.join(self._runtimes)}"

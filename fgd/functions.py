@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 import time
+import uuid
 import zipfile
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,30 @@ from fgd.errors import Conflict, InvalidParameter, NotFound
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.model import (
+    AsyncConfigAnswer,
     AsyncInvokeConfig,
     CodeRef,
     CreateFunction,
+    DestinationAnswer,
+    DestinationsAnswer,
+    FuncCode,
+    FuncLogConfig,
+    FunctionCode,
     FunctionConfig,
     FunctionRecord,
     FunctionRef,
     FunctionSettings,
+    ReservedAnswer,
+    ReservedInstances,
     UpdateCode,
+    check_code_source,
     convert,
     cpu_millicores,
     function_urn,
+    json_object_text,
     normalise_settings,
     settings_of,
+    timestamp,
 )
 from fgd.store import Store
 from fgd.web.uploads import decode_inline
@@ -72,33 +83,115 @@ class Functions:
 
     def config(self, record: FunctionRecord) -> FunctionConfig:
         s = record.settings
+        code = self.code_info(record)
+        func_id = function_id(record)
+        log = s.log_config or FuncLogConfig()
         return FunctionConfig(
-            func_urn=function_urn(self.region, record),
-            func_name=record.func_name,
+            **{name: getattr(code, name) for name in FunctionCode.__struct_fields__},
+            func_id=func_id,
+            resource_id=func_id,
+            namespace=record.project_id,
+            project_name=record.project_id,
             package=record.package,
             project_id=record.project_id,
-            runtime=record.runtime,
+            type=record.func_type,
             handler=s.handler,
             memory_size=s.memory_size,
             cpu=cpu_millicores(s.memory_size),
             timeout=s.timeout,
-            code_type=record.code_type,
-            code_filename=record.code_filename,
-            code_size=record.code.size,
-            digest=record.code.sha512,
-            user_data=dict(s.user_data),
+            user_data=json_object_text(dict(s.user_data)),
             # Values of encrypted variables are never returned.
-            encrypted_user_data={key: "" for key in s.encrypted_user_data},
+            encrypted_user_data=json_object_text({key: "" for key in s.encrypted_user_data}),
             initializer_handler=s.initializer_handler,
             initializer_timeout=s.initializer_timeout,
+            pre_stop_handler=s.pre_stop_handler,
+            pre_stop_timeout=s.pre_stop_timeout,
             description=s.description,
-            strategy_config=s.strategy_config,
-            depend_version_list=list(s.depend_version_list),
             ephemeral_storage=s.ephemeral_storage,
             enable_dynamic_memory=s.enable_dynamic_memory,
             version="latest",
-            last_modified=_timestamp(record.last_modified),
-            reserved_instances=record.reserved,
+            xrole=s.xrole,
+            app_xrole=s.app_xrole,
+            network_controller=s.network_controller,
+            enterprise_project_id=s.enterprise_project_id,
+            log_config=s.log_config,
+            log_group_id=log.group_id,
+            log_stream_id=log.stream_id,
+            enable_lts_log=s.enable_lts_log,
+            lts_custom_tag=dict(s.lts_custom_tag),
+            domain_names=s.domain_names,
+            user_data_encrypt_kms_key_id=s.user_data_encrypt_kms_key_id,
+            is_stateful_function=s.is_stateful_function,
+            enable_auth_in_header=s.enable_auth_in_header,
+            extend_config=s.extend_config,
+            restore_hook_handler=s.restore_hook_handler,
+            restore_hook_timeout=s.restore_hook_timeout,
+            heartbeat_handler=s.heartbeat_handler,
+            enable_class_isolation=s.enable_class_isolation,
+            func_vpc=s.func_vpc,
+            peering_cidr=s.peering_cidr,
+            mount_config=s.mount_config,
+            custom_image=s.custom_image,
+            gpu_memory=s.gpu_memory,
+            gpu_type=s.gpu_type,
+            long_time=s.timeout > STANDARD_TIMEOUT,
+            reserved_instance_count=record.reserved,
+            reserved_instance_idle_mode=record.reserved_idle_mode,
+            tags=record.tags,
+        )
+
+    def code_info(self, record: FunctionRecord) -> FunctionCode:
+        s = record.settings
+        dependencies = []
+        for version_id in s.depend_version_list:
+            try:
+                dependencies.append(
+                    self._dependencies.info(self._dependencies.get_version(record.project_id, version_id))
+                )
+            except NotFound:
+                continue  # a public dependency the operator removed: the function's start will say so
+        return FunctionCode(
+            func_urn=function_urn(self.region, record),
+            func_name=record.func_name,
+            domain_id=domain_id(self.region),
+            runtime=record.runtime,
+            code_type=record.code_type,
+            code_url="",
+            code_filename=record.code_filename,
+            code_size=record.code.size,
+            digest=record.code.sha512,
+            last_modified=timestamp(record.last_modified),
+            # The code itself is not repeated here: GET .../export gives the zip.
+            func_code=FuncCode(file="", link=record.code_link),
+            depend_list=list(s.depend_version_list),
+            depend_version_list=list(s.depend_version_list),
+            strategy_config=s.strategy_config,
+            dependencies=dependencies,
+            code_encrypt_kms_key_id=record.code_encrypt_kms_key_id,
+        )
+
+    def async_config(self, record: FunctionRecord) -> AsyncConfigAnswer:
+        config = record.async_config
+        return AsyncConfigAnswer(
+            func_urn=function_urn(self.region, record),
+            max_async_event_age_in_seconds=config.max_async_event_age_in_seconds,
+            max_async_retry_attempts=config.max_async_retry_attempts,
+            destination_config=destinations_answer(config.destination_config),
+            created_time=timestamp(record.async_created) if record.async_created else "",
+            last_modified=timestamp(record.async_modified) if record.async_modified else "",
+            enable_async_status_log=config.enable_async_status_log,
+            log_group_id=config.log_group_id,
+            log_stream_id=config.log_stream_id,
+            log_group_name=config.log_group_name,
+            log_stream_name=config.log_stream_name,
+        )
+
+    def reserved(self, record: FunctionRecord) -> ReservedAnswer:
+        return ReservedAnswer(
+            func_urn=function_urn(self.region, record),
+            count=record.reserved,
+            idle_mode=record.reserved_idle_mode,
+            tactics_config=None,
         )
 
     def _check_runtime(self, runtime: str) -> None:
@@ -121,7 +214,8 @@ class Functions:
         key = (project_id, request.package, request.func_name)
         if self._store.get(key) is not None:
             raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
-        code = await self._store_code(request.code_type, request.func_code.file, settings.handler)
+        source = check_code_source(request.code_type, request.func_code, request.code_url)
+        code = await self._store_code(request.code_type, source.file, settings.handler)
         now = time.time()
         record = FunctionRecord(
             project_id=project_id,
@@ -135,6 +229,10 @@ class Functions:
             revision=1,
             created=now,
             last_modified=now,
+            func_type=request.type,
+            tags=request.tags,
+            code_link=source.link,
+            code_encrypt_kms_key_id=request.code_encrypt_kms_key_id,
         )
         if self._store.get(key) is not None:
             raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
@@ -155,9 +253,20 @@ class Functions:
 
     async def update_code(self, record: FunctionRecord, body: object) -> FunctionRecord:
         request: UpdateCode = convert(body, UpdateCode, "the code update")
-        code = await self._store_code(request.code_type, request.func_code.file, record.settings.handler)
+        source = check_code_source(request.code_type, request.func_code, request.code_url)
+        settings = record.settings
+        if request.depend_version_list is not None:
+            self._dependencies.resolve(record.project_id, record.runtime, request.depend_version_list)
+            settings = msgspec.structs.replace(settings, depend_version_list=list(request.depend_version_list))
+        code = await self._store_code(request.code_type, source.file, record.settings.handler)
         return await self._replace(
-            record, code=code, code_type=request.code_type, code_filename=request.code_filename or record.code_filename
+            record,
+            code=code,
+            code_type=request.code_type,
+            code_filename=request.code_filename or record.code_filename,
+            code_link=source.link,
+            code_encrypt_kms_key_id=request.code_encrypt_kms_key_id or record.code_encrypt_kms_key_id,
+            settings=settings,
         )
 
     def reserved_running(self, record: FunctionRecord) -> int:
@@ -165,9 +274,14 @@ class Functions:
 
     async def set_reserved(self, record: FunctionRecord, body: object) -> FunctionRecord:
         """PUT .../reservedinstances {"count": n}: keep n instances started and warm."""
-        if not isinstance(body, dict) or not isinstance(body.get("count"), int) or isinstance(body["count"], bool):
-            raise InvalidParameter('the body must be {"count": <number of reserved instances>}')
-        count = body["count"]
+        request: ReservedInstances = convert(body, ReservedInstances, "the reserved instances")
+        tactics = request.tactics_config
+        if tactics is not None and (tactics.cron_configs or tactics.metric_configs):
+            raise InvalidParameter(
+                "tactics_config: scheduled and metric-driven reserved instances are not supported on this node; "
+                "leave it out (or give empty cron_configs and metric_configs)"
+            )
+        count = request.count
         cap = record.settings.strategy_config.concurrency
         if not 0 <= count <= 1000 or (cap >= 0 and count > cap):
             raise InvalidParameter(
@@ -175,7 +289,9 @@ class Functions:
                 f"(strategy_config.concurrency = {cap}); got {count}"
             )
         current = self._current(record)
-        updated = msgspec.structs.replace(current, reserved=count, last_modified=time.time())
+        updated = msgspec.structs.replace(
+            current, reserved=count, reserved_idle_mode=request.idle_mode, last_modified=time.time()
+        )
         await self._save(updated)
         self._invoker.reserved_changed()
         return updated
@@ -185,7 +301,13 @@ class Functions:
         checked = targets(self._store, record, config.destination_config, self.region)
         check_no_cycle(self._store, record, checked, self.region)
         current = self._current(record)
-        updated = msgspec.structs.replace(current, async_config=config)
+        now = time.time()
+        if body == {}:
+            # DELETE: back to the defaults, as if never set.
+            updated = msgspec.structs.replace(current, async_config=config, async_created=0.0, async_modified=0.0)
+        else:
+            created = current.async_created or now
+            updated = msgspec.structs.replace(current, async_config=config, async_created=created, async_modified=now)
         await self._save(updated)
         return updated
 
@@ -300,5 +422,28 @@ async def _zip_chunks(record: FunctionRecord, settings: bytes | None, blob: Asyn
             await blob.aclose()
 
 
-def _timestamp(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+# FunctionGraph's standard timeout limit; longer functions are "long_time" ones.
+STANDARD_TIMEOUT = 900
+_IDS = uuid.UUID("0b6f8c8e-3c39-4d0c-9a57-7f0e6c1d2a41")
+
+
+def function_id(record: FunctionRecord) -> str:
+    """A stable id for the function: a function deleted and made again under the same name gets a new one."""
+    return str(uuid.uuid5(_IDS, f"{record.project_id}/{record.package}/{record.func_name}/{record.created!r}"))
+
+
+def domain_id(region: str) -> str:
+    """The node stands for one FunctionGraph account (domain): a fixed 32-hex id per region name."""
+    return uuid.uuid5(_IDS, f"domain/{region}").hex
+
+
+def destinations_answer(config: dict[str, Any]) -> DestinationsAnswer:
+    """The stored destination_config as FunctionGraph answers it: `param` a JSON string."""
+    found: dict[str, DestinationAnswer] = {}
+    for condition in ("on_success", "on_failure"):
+        spec = config.get(condition)
+        if isinstance(spec, dict):
+            param = spec.get("param", "")
+            text = param if isinstance(param, str) else msgspec.json.encode(param).decode()
+            found[condition] = DestinationAnswer(destination=str(spec.get("destination", "")), param=text)
+    return DestinationsAnswer(**found)

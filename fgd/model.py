@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -30,6 +31,11 @@ EphemeralStorage = Annotated[int, Meta(ge=512, le=10240)]
 MaxInstances = Annotated[int, Meta(ge=-1, le=1000)]
 ConcurrentNum = Annotated[int, Meta(ge=1, le=1000)]
 UserData = dict[str, str] | str
+# A FunctionGraph name or id kept as metadata; bounded, as everything stored is.
+Label = Annotated[str, Meta(max_length=256)]
+Labels = Annotated[list[Label], Meta(max_length=64)]
+# FunctionGraph's code types; only inline and zip are taken (check_code_source says why not the rest).
+CodeType = Literal["inline", "zip", "obs", "jar", "Custom-Image-Swr"]
 
 
 class StrategyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -37,8 +43,75 @@ class StrategyConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
     concurrent_num: ConcurrentNum = 1
 
 
-class FuncCode(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    file: str
+class FuncCode(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    file: str = ""
+    # FunctionGraph's OBS link to the code; kept and returned as given (fgd has no OBS).
+    link: Annotated[str, Meta(max_length=2048)] = ""
+
+
+# FunctionGraph fields fgd keeps and returns as given, or accepts only with their "off" value
+# (see `refuse_unsupported`). Every field of FunctionGraph's request models is listed, so
+# forbid_unknown_fields still catches typos.
+
+
+class FuncVpc(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    domain_id: Label = ""
+    namespace: Label = ""
+    vpc_name: Label = ""
+    vpc_id: Label = ""
+    subnet_name: Label = ""
+    subnet_id: Label = ""
+    cidr: Label = ""
+    gateway: Label = ""
+    security_groups: Labels = []
+    is_safety: bool = False
+
+
+class CustomImage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    enabled: bool = False
+    image: Label = ""
+    command: Label = ""
+    args: Label = ""
+    working_dir: Label = ""
+    uid: Label = ""
+    gid: Label = ""
+    is_public: bool = False
+
+
+class MountUser(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    user_id: int = -1
+    user_group_id: int = -1
+
+
+class FuncMount(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    mount_type: Label = ""
+    mount_resource: Label = ""
+    mount_share_path: Label = ""
+    local_mount_path: Label = ""
+
+
+class MountConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    mount_user: MountUser | None = None
+    func_mounts: list[FuncMount] = []
+
+
+class FuncLogConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    group_name: Label = ""
+    group_id: Label = ""
+    stream_name: Label = ""
+    stream_id: Label = ""
+
+
+class VpcConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    vpc_name: Label = ""
+    vpc_id: Label = ""
+
+
+class NetworkControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    # Instances run in a network namespace of their own with no interface but loopback: no
+    # public network either way, so both values are kept and returned, neither is a lie.
+    disable_public_network: bool = False
+    trigger_access_vpcs: Annotated[list[VpcConfig], Meta(max_length=64)] = []
 
 
 class FunctionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -57,6 +130,34 @@ class FunctionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     ephemeral_storage: EphemeralStorage = 512
     # Let callers pick the instance's memory per request (X-Cff-Instance-Memory).
     enable_dynamic_memory: bool = False
+    # Stored and returned; fgd does not run a pre-stop hook when it retires an instance (yet).
+    pre_stop_handler: Annotated[str, Meta(max_length=128)] = ""
+    pre_stop_timeout: Annotated[int, Meta(ge=0, le=90)] = 0
+    # Agencies: names of delegated identities, stored and returned.
+    xrole: Label = ""
+    app_xrole: Label = ""
+    network_controller: NetworkControlConfig | None = None
+    # Metadata: kept and returned unchanged, no effect on this node.
+    enterprise_project_id: Label = "0"
+    log_config: FuncLogConfig | None = None
+    enable_lts_log: bool = False
+    lts_custom_tag: Annotated[dict[Label, Label], Meta(max_length=64)] = {}
+    domain_names: Annotated[str, Meta(max_length=4096)] = ""
+    user_data_encrypt_kms_key_id: Label = ""
+    is_stateful_function: bool = False
+    enable_auth_in_header: bool = False
+    extend_config: Annotated[str, Meta(max_length=4096)] = ""
+    restore_hook_handler: Annotated[str, Meta(max_length=128)] = ""
+    restore_hook_timeout: Annotated[int, Meta(ge=0, le=300)] = 0
+    heartbeat_handler: Annotated[str, Meta(max_length=128)] = ""
+    enable_class_isolation: bool = False
+    # Accepted only with their "off" value (refuse_unsupported): this node cannot honour them.
+    func_vpc: FuncVpc | None = None
+    peering_cidr: Label = ""
+    mount_config: MountConfig | None = None
+    custom_image: CustomImage | None = None
+    gpu_memory: int = 0
+    gpu_type: Label = ""
 
 
 class CreateFunction(FunctionSettings, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -65,17 +166,39 @@ class CreateFunction(FunctionSettings, kw_only=True, forbid_unknown_fields=True,
     func_name: FuncName
     package: Package = "default"
     runtime: str
-    code_type: Literal["inline", "zip"] = "inline"
-    func_code: FuncCode
+    code_type: CodeType = "inline"
+    func_code: FuncCode | None = None
+    code_url: str = ""
     code_filename: Annotated[str, Meta(max_length=128)] = ""
+    code_encrypt_kms_key_id: Label = ""
+    # FunctionGraph's function type (v1, v2): kept and returned.
+    type: Literal["v1", "v2"] = "v2"
+    tags: Annotated[str, Meta(max_length=4096)] = ""
 
 
 class UpdateCode(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     """Body of `PUT .../code`."""
 
-    code_type: Literal["inline", "zip"] = "zip"
-    func_code: FuncCode
+    code_type: CodeType = "zip"
+    func_code: FuncCode | None = None
+    code_url: str = ""
     code_filename: Annotated[str, Meta(max_length=128)] = ""
+    # Replaces the function's dependencies with the code when given; left out: they stay.
+    depend_version_list: Annotated[list[str], Meta(max_length=20)] | None = None
+    code_encrypt_kms_key_id: Label = ""
+
+
+def check_code_source(code_type: str, func_code: FuncCode | None, code_url: str) -> FuncCode:
+    """The code in the body; 400 for the ways of giving it this node does not take."""
+    if code_type == "obs" or code_url:
+        raise InvalidParameter("code_url is not supported yet: send the zip base64 in func_code.file, or as a raw body")
+    if code_type == "jar":
+        raise InvalidParameter("code_type jar (Java) is not supported on this node; send a zip")
+    if code_type == "Custom-Image-Swr":
+        raise InvalidParameter("code_type Custom-Image-Swr (custom images) is not supported on this node")
+    if func_code is None or not func_code.file:
+        raise InvalidParameter(f"missing required field func_code.file (the code, base64) for code_type {code_type}")
+    return func_code
 
 
 class AsyncInvokeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -84,6 +207,43 @@ class AsyncInvokeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     max_async_event_age_in_seconds: Annotated[int, Meta(ge=1, le=86400)] = 3600
     max_async_retry_attempts: Annotated[int, Meta(ge=0, le=8)] = 1
     destination_config: dict[str, Any] = {}
+    # Metadata: status logs go to LTS on FunctionGraph; kept and returned.
+    enable_async_status_log: bool = False
+    log_group_id: Label = ""
+    log_stream_id: Label = ""
+    log_group_name: Label = ""
+    log_stream_name: Label = ""
+
+
+class CronConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    name: Label = ""
+    cron: Label = ""
+    count: int = 0
+    start_time: int = 0
+    expired_time: int = 0
+
+
+class MetricConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    name: Label = ""
+    type: Label = ""
+    threshold: int = 0
+    min: int = 0
+
+
+class TacticsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Scheduled and metric-driven reserved instances: accepted only empty (Functions.set_reserved)."""
+
+    cron_configs: list[CronConfig] = []
+    metric_configs: list[MetricConfig] = []
+
+
+class ReservedInstances(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Body of `PUT .../reservedinstances`, and (with func_urn) its answer."""
+
+    count: Annotated[int, Meta(ge=0, le=1000)]
+    # FunctionGraph's cheaper idle reserved instances; fgd keeps them fully warm: kept and returned.
+    idle_mode: bool = False
+    tactics_config: TacticsConfig | None = None
 
 
 class CodeRef(msgspec.Struct, frozen=True):
@@ -104,8 +264,9 @@ class CreateDependency(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     name: DependencyName
     runtime: str
     description: Description = ""
-    depend_type: Literal["zip"] = "zip"
+    depend_type: Literal["zip", "obs"] = "zip"
     depend_file: str = ""
+    depend_link: str = ""
 
 
 class DependencyVersion(msgspec.Struct, kw_only=True, frozen=True):
@@ -136,12 +297,31 @@ class TimerEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, f
     user_event: Annotated[str, Meta(max_length=4096)] = ""
 
 
+class ApigTriggerFuncInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    function_urn: Label = ""
+    # The gateway invokes synchronously; "async" is refused (Triggers._check).
+    invocation_type: Literal["sync", "async"] = "sync"
+    timeout: int = 5000
+    version: Label = "latest"
+
+
 class ApigEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     name: TriggerName
     path: Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./~%-]*$", max_length=512)]
     req_method: Literal["ANY", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] = "ANY"
     auth: Literal["NONE", "TOKEN"] = "NONE"
     match_mode: Literal["SWA", "NORMAL"] = "SWA"
+    # FunctionGraph's API gateway settings: kept and returned; fgd's gateway is one local listener.
+    type: int = 1
+    protocol: Literal["HTTP", "HTTPS"] = "HTTPS"
+    group_id: Label = ""
+    group_name: Label = ""
+    env_name: Label = ""
+    env_id: Label = ""
+    sl_domain: Label = ""
+    backend_type: Label = "FUNCTION"
+    instance_id: Label = ""
+    func_info: ApigTriggerFuncInfo | None = None
 
 
 class CreateTrigger(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -151,6 +331,25 @@ class CreateTrigger(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, fr
     trigger_status: Literal["ACTIVE", "DISABLED"] = "ACTIVE"
     event_type_code: str = ""
     event_data: dict[str, Any]
+
+
+class UpdateTriggerEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """One item of the SDK's `event_data` list on update: polling settings of queue triggers."""
+
+    is_serial: bool | None = None
+    max_fetch_bytes: int | None = None
+    polling_interval: int | None = None
+    polling_unit: str | None = None
+
+
+class UpdateTrigger(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Body of `PUT /triggers/{urn}/{type}/{id}`: the status, and event_data fields to change.
+
+    FunctionGraph's SDK sends `event_data` as a list of queue polling settings; fgd's TIMER
+    and APIG triggers take an object of their own fields (Triggers.update)."""
+
+    trigger_status: Literal["ACTIVE", "DISABLED"] | None = None
+    event_data: dict[str, Any] | list[UpdateTriggerEventData] | None = None
 
 
 class Trigger(msgspec.Struct, kw_only=True, frozen=True):
@@ -186,43 +385,204 @@ class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
     revision: int
     # Instances kept started and warm, never reaped (PUT .../reservedinstances).
     reserved: int = 0
+    reserved_idle_mode: bool = False
     async_config: AsyncInvokeConfig = AsyncInvokeConfig()
+    # When the async config was first set and last changed (0: never).
+    async_created: float = 0.0
+    async_modified: float = 0.0
     created: float
     last_modified: float
+    # Given at creation, kept and returned (CreateFunction).
+    func_type: str = "v2"
+    tags: str = ""
+    code_link: str = ""
+    code_encrypt_kms_key_id: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.project_id, self.package, self.func_name)
 
 
-class FunctionConfig(msgspec.Struct, kw_only=True, frozen=True):
-    """The function config as the API answers it."""
+class DependencyInfo(msgspec.Struct, kw_only=True, frozen=True):
+    """A dependency version as the API answers it (FunctionGraph's Dependency)."""
+
+    id: str
+    dep_id: str
+    name: str
+    version: int
+    runtime: str
+    description: str
+    owner: str
+    size: int
+    etag: str
+    # FunctionGraph's OBS links; fgd keeps packages in its own store and serves no download.
+    link: str = ""
+    download_link: str = ""
+    file_name: str
+    # Milliseconds since the epoch.
+    last_modified: int
+    is_shared: bool = False
+
+
+class DestinationAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    destination: str
+    # A JSON string of the parameters (FunctionGraph's type), whatever form it was given in.
+    param: str
+
+
+class DestinationsAnswer(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
+    on_success: DestinationAnswer | None = None
+    on_failure: DestinationAnswer | None = None
+
+
+class AsyncConfigAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    func_urn: str
+    max_async_event_age_in_seconds: int
+    max_async_retry_attempts: int
+    destination_config: DestinationsAnswer
+    created_time: str
+    last_modified: str
+    enable_async_status_log: bool
+    log_group_id: str
+    log_stream_id: str
+    log_group_name: str
+    log_stream_name: str
+
+
+class AsyncInvocation(msgspec.Struct, kw_only=True, frozen=True):
+    """One asynchronous invocation as `GET .../async-invocations` lists it."""
+
+    request_id: str
+    status: str
+    # 0: none; FSS.<n> refusals by the platform: <n>; the function failed: 1 (see error_type).
+    error_code: int
+    error_message: str
+    # fgd: the FSS code, or the function's error type (RuntimeError, Runtime.Timeout, ...).
+    error_type: str
+    start_time: str | None
+    end_time: str | None
+    attempts: int
+
+
+class AsyncInvocationList(msgspec.Struct, kw_only=True, frozen=True):
+    invocations: list[AsyncInvocation]
+    count: int
+    next_marker: int = 0
+
+
+class ReservedAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    func_urn: str
+    count: int
+    idle_mode: bool
+    tactics_config: TacticsConfig | None
+
+
+class FunctionCode(msgspec.Struct, kw_only=True, frozen=True):
+    """`GET .../code`: the code and what it depends on."""
 
     func_urn: str
     func_name: str
+    domain_id: str
+    runtime: str
+    code_type: str
+    code_url: str
+    code_filename: str
+    code_size: int
+    digest: str
+    last_modified: str
+    func_code: FuncCode
+    depend_list: list[str]
+    depend_version_list: list[str]
+    strategy_config: StrategyConfig
+    dependencies: list[DependencyInfo]
+    code_encrypt_kms_key_id: str
+
+
+class FunctionConfig(FunctionCode, kw_only=True, frozen=True):
+    """The function config as the API answers it (FunctionGraph's function model; also the
+    answer to `PUT .../code`, so it holds the code shape too)."""
+
+    func_id: str
+    resource_id: str
+    namespace: str
+    project_name: str
     package: str
     project_id: str
-    runtime: str
+    type: str
     handler: str
     memory_size: int
     cpu: int
     timeout: int
-    code_type: str
-    code_filename: str
-    code_size: int
-    digest: str
-    user_data: dict[str, str]
-    encrypted_user_data: dict[str, str]
+    # JSON strings of objects, "" when there are none (FunctionGraph's type).
+    user_data: str
+    # Names only: the values of encrypted variables are never returned.
+    encrypted_user_data: str
     initializer_handler: str
     initializer_timeout: int
+    pre_stop_handler: str
+    pre_stop_timeout: int
     description: str
-    strategy_config: StrategyConfig
-    depend_version_list: list[str]
     ephemeral_storage: int
+    allow_ephemeral_storage: bool = True
     enable_dynamic_memory: bool
     version: str
-    last_modified: str
-    reserved_instances: int = 0
+    image_name: str = ""
+    xrole: str
+    app_xrole: str
+    network_controller: NetworkControlConfig | None
+    enterprise_project_id: str
+    log_config: FuncLogConfig | None
+    log_group_id: str
+    log_stream_id: str
+    enable_lts_log: bool
+    lts_custom_tag: dict[str, str]
+    domain_names: str
+    user_data_encrypt_kms_key_id: str
+    is_stateful_function: bool
+    enable_auth_in_header: bool
+    extend_config: str
+    restore_hook_handler: str
+    restore_hook_timeout: int
+    heartbeat_handler: str
+    enable_class_isolation: bool
+    func_vpc: FuncVpc | None
+    func_vpc_id: str = ""
+    peering_cidr: str
+    mount_config: MountConfig | None
+    custom_image: CustomImage | None
+    gpu_memory: int
+    gpu_type: str
+    # Longer than FunctionGraph's 900 s standard limit.
+    long_time: bool
+    reserved_instance_count: int
+    reserved_instance_idle_mode: bool
+    tags: str
+    is_bridge_function: bool = False
+    is_return_stream: bool = False
+    apig_route_enable: bool = False
+    enable_cloud_debug: str = ""
+
+
+class FunctionList(msgspec.Struct, kw_only=True, frozen=True):
+    functions: list[FunctionConfig]
+    next_marker: int
+    count: int
+
+
+class DependencyList(msgspec.Struct, kw_only=True, frozen=True):
+    dependencies: list[DependencyInfo]
+    next_marker: int = 0
+    count: int
+
+
+def timestamp(epoch: float) -> str:
+    """FunctionGraph's time stamps, in UTC: `2026-03-28T11:30:32Z` (the SDK parses this form)."""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def json_object_text(value: dict[str, str]) -> str:
+    """user_data as FunctionGraph answers it: a JSON string of the object, "" for none."""
+    return msgspec.json.encode(value).decode() if value else ""
 
 
 def cpu_millicores(memory_size: int) -> int:
@@ -309,12 +669,39 @@ def normalise_settings(settings: FunctionSettings) -> FunctionSettings:
         raise InvalidParameter(
             f"initializer_handler {settings.initializer_handler!r} must be file.function or dir/file.function"
         )
+    for field in ("pre_stop_handler", "restore_hook_handler", "heartbeat_handler"):
+        value = getattr(settings, field)
+        if value and not HANDLER_RE.match(value):
+            raise InvalidParameter(f"{field} {value!r} must be file.function or dir/file.function")
+    refuse_unsupported(settings)
     user_data = _user_data("user_data", settings.user_data)
     encrypted = _user_data("encrypted_user_data", settings.encrypted_user_data)
     both = set(user_data) & set(encrypted)
     if both:
         raise InvalidParameter(f"variable {sorted(both)[0]!r} is in both user_data and encrypted_user_data")
     return msgspec.structs.replace(settings, user_data=user_data, encrypted_user_data=encrypted)
+
+
+def _unsupported(field: str, what: str) -> InvalidParameter:
+    return InvalidParameter(f"{field}: {what} is not supported on this node; leave it out (or give its off value)")
+
+
+def refuse_unsupported(settings: FunctionSettings) -> None:
+    """400 for fields this node cannot honour where ignoring them would mislead; each is
+    accepted with its "off" value, as FunctionGraph's own answers carry them."""
+    vpc = settings.func_vpc
+    if vpc is not None and (vpc.vpc_id or vpc.vpc_name or vpc.subnet_id or vpc.subnet_name or vpc.cidr):
+        raise _unsupported("func_vpc", "attaching a function to a VPC")
+    if settings.peering_cidr:
+        raise _unsupported("peering_cidr", "VPC peering")
+    if settings.mount_config is not None and settings.mount_config.func_mounts:
+        raise _unsupported("mount_config.func_mounts", "mounting file systems (SFS, EFS, ECS shares)")
+    if settings.custom_image is not None and settings.custom_image.enabled:
+        raise _unsupported("custom_image", "running a container image")
+    if settings.gpu_memory:
+        raise _unsupported("gpu_memory", "GPU memory")
+    if settings.gpu_type:
+        raise _unsupported("gpu_type", "GPU")
 
 
 def convert(data: Any, kind: type[msgspec.Struct], what: str) -> Any:

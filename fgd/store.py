@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -110,6 +111,18 @@ MIGRATIONS: list[str] = [
     INSERT INTO log_usage SELECT project_id, package, func_name, SUM(size), COUNT(*)
         FROM logs GROUP BY project_id, package, func_name;
     """,
+    # AK/SK access keys (fgd.keys). The secret is kept as is: verifying an HMAC needs it,
+    # which is why the database is readable by root only.
+    """
+    CREATE TABLE access_keys (
+        access TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        project_id TEXT NOT NULL,
+        description TEXT NOT NULL,
+        created REAL NOT NULL,
+        last_used REAL NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 
@@ -137,6 +150,9 @@ class Store:
     def __init__(self, path: Path) -> None:
         self._path = path
         self._db = sqlite3.connect(path, check_same_thread=False)
+        # It holds access keys' secrets (fgd.keys): root only. SQLite gives the WAL and
+        # shared-memory files the database file's mode.
+        os.chmod(path, 0o600)
         # Deleted log lines leave free pages; incremental auto-vacuum lets us hand them back to
         # the file system in small steps. It must be chosen before the first table (and before
         # WAL writes the header); an older database is converted once, below.
@@ -324,6 +340,30 @@ class Store:
     def _delete_dependency(self, dependency_id: str) -> None:
         with self._db:
             self._db.execute("DELETE FROM dependency_versions WHERE id=?", (dependency_id,))
+
+    # Access keys (fgd.keys) ----------------------------------------------------
+
+    def load_keys(self) -> list[tuple[str, str, str, str, float, float]]:
+        return self._db.execute(
+            "SELECT access, secret, project_id, description, created, last_used FROM access_keys"
+        ).fetchall()
+
+    def put_key(self, row: tuple[str, str, str, str, float, float]) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO access_keys (access, secret, project_id, description, created, last_used)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                row,
+            )
+
+    def delete_key(self, access: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM access_keys WHERE access=?", (access,))
+
+    def touch_keys(self, used: list[tuple[float, str]]) -> None:
+        """Record (last_used, access) pairs; one transaction for all of them."""
+        with self._db:
+            self._db.executemany("UPDATE access_keys SET last_used=? WHERE access=?", used)
 
     # Logs ------------------------------------------------------------------
 

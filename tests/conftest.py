@@ -14,7 +14,7 @@ import textwrap
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -253,3 +253,60 @@ def fresh_daemon(tmp_path: Path) -> Iterator[Daemon]:
     yield d
     if d.process is not None and d.process.poll() is None:
         d.stop(signal.SIGKILL)
+
+
+def access_key(daemon: Daemon, project: str = "default", description: str = "test") -> dict:
+    """A fresh access key ({"access", "secret", "project_id", ...}) made with the admin token."""
+    response = httpx.post(
+        f"{daemon.url}/v2/{project}/fgs/fgd/keys",
+        json={"description": description},
+        headers={"X-Auth-Token": daemon.token},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def sdk_client_for(daemon: Daemon, key: dict, project: str | None = None):
+    """Huawei Cloud's stock FunctionGraph client, signing with `key` (AK/SK), pointed at `daemon`."""
+    from huaweicloudsdkcore.auth.credentials import BasicCredentials
+    from huaweicloudsdkcore.http.http_config import HttpConfig
+    from huaweicloudsdkfunctiongraph.v2 import FunctionGraphClient
+
+    config = HttpConfig.get_default_config()
+    # Plain http to the daemon on 127.0.0.1 only (ignore_ssl_verification is moot there).
+    config.ignore_ssl_verification = True
+    config.timeout = (5, 60)
+    credentials = BasicCredentials(key["access"], key["secret"], project or key["project_id"])
+    return (
+        FunctionGraphClient.new_builder()
+        .with_http_config(config)
+        .with_credentials(credentials)
+        .with_endpoint(daemon.url)
+        .build()
+    )
+
+
+@pytest.fixture
+def make_key(daemon: Daemon) -> Iterator[Callable[..., dict]]:
+    """`make_key(project="default")` makes an access key on the session daemon; all go at teardown
+    (a project holds at most 100 keys, and the session daemon serves every test)."""
+    made: list[dict] = []
+
+    def make(project: str = "default", description: str = "test") -> dict:
+        made.append(access_key(daemon, project, description))
+        return made[-1]
+
+    yield make
+    for key in made:
+        httpx.delete(
+            f"{daemon.url}/v2/{key['project_id']}/fgs/fgd/keys/{key['access']}",
+            headers={"X-Auth-Token": daemon.token},
+            timeout=10,
+        )
+
+
+@pytest.fixture
+def sdk_client(daemon: Daemon, make_key: Callable[..., dict]):
+    """A stock `FunctionGraphClient` for project "default" with an access key of its own."""
+    return sdk_client_for(daemon, make_key())

@@ -11,6 +11,7 @@ import logging
 import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -49,6 +50,7 @@ INVOKE = Operation(
     summary="invoke a function synchronously: the answer is the function's result",
     tag="invocations",
     body=Any,
+    body_optional=True,
     headers=InvokeHeaders,
     answer=Any,
     errors=(413, 429, 503),
@@ -250,12 +252,21 @@ async def _body_chunks(receive: Callable[[], Awaitable[dict]]) -> AsyncIterator[
             return
 
 
+def _admit(admission: auth.Admission, path: Path) -> None:
+    """Finish a streamed upload's signature check; a refused upload's staging file goes."""
+    try:
+        admission.finish()
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def build_front(
     api: ASGIApp,
     functions: Functions,
     dependencies: Dependencies,
     invoker: Invoker,
-    token: str,
+    authenticator: auth.Authenticator,
     inflight: Inflight,
     metrics: Metrics,
     bodies: BodyBudget | None = None,
@@ -267,7 +278,8 @@ def build_front(
         headers = _headers(scope)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(scope.get("query_string", b"").decode()).items()}
         try:
-            auth.check_asgi(token, headers)
+            # A signed upload is hashed as it streams in and refused before anything is stored.
+            admission = authenticator.start_asgi(scope)
             project_id = match[1]
             check_project(project_id)
             declared = headers.get(b"content-length")
@@ -278,13 +290,15 @@ def build_front(
                 if len(query.get("code_filename", "")) > CODE_FILENAME_MAX:
                     # The JSON form's limit (UpdateCode.code_filename), checked before the body comes.
                     raise InvalidParameter(f"code_filename may be {CODE_FILENAME_MAX} characters at most")
-                path = await receive_to_file(_body_chunks(receive), code)
+                path = await receive_to_file(admission.hashing(_body_chunks(receive)), code)
+                _admit(admission, path)
                 record = await functions.update_code_file(record, path, query.get("code_filename", ""))
                 answer: Any = functions.config(record)
             else:
                 fields = {k: query[k] for k in ("name", "runtime", "description") if k in query}
-                path = await receive_to_file(_body_chunks(receive), code)
-                answer = await dependencies.create(project_id, fields, path)
+                path = await receive_to_file(admission.hashing(_body_chunks(receive)), code)
+                _admit(admission, path)
+                answer = dependencies.info(await dependencies.create(project_id, fields, path))
         except FgdError as error:
             await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
             return
@@ -293,10 +307,13 @@ def build_front(
     async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         headers = _headers(scope)
         try:
-            auth.check_asgi(token, headers)
+            admission = authenticator.start_asgi(scope)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             event = await read_body(receive, headers.get(b"content-length"), budget=bodies)
+            # A signature covers the event too.
+            admission.update(event)
+            admission.finish()
             memory = instance_memory(headers.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
             try:
                 outcome = await invoker.invoke(record, event, new_request_id(), memory)

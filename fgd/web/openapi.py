@@ -147,7 +147,7 @@ class _Builder:
             content = {"application/json": {"schema": self._schema(op.body)}}
             if op.raw_zip is not None:
                 content["application/zip"] = {"schema": {"type": "string", "format": "binary"}}
-            described["requestBody"] = {"required": op.body is not Any, "content": content}
+            described["requestBody"] = {"required": not op.body_optional, "content": content}
             if op.raw_zip is not None:
                 # Arguments of the raw form; the JSON form carries them in its body.
                 for parameter in _struct_parameters(op.raw_zip, "query"):

@@ -85,7 +85,7 @@ def test_accepted_event_runs_to_success(fast: Api) -> None:
     request_id = submit(fast, name, {"n": 1})
     row = wait_final(fast, name, request_id)
     assert row["status"] == "SUCCESS" and row["attempts"] == 1
-    assert row["start_time"] and row["end_time"] and row["error_code"] == ""
+    assert row["start_time"] and row["end_time"] and row["error_code"] == 0
     logs = fast.http.get(f"/functions/{name}/logs", params={"request_id": request_id}).json()["logs"]
     assert any("Finish Invoke" in line["message"] for line in logs)
 
@@ -96,7 +96,8 @@ def test_function_errors_are_retried_then_fail(fast: Api) -> None:
     row = wait_final(fast, name, submit(fast, name, {"fail": True}))
     assert row["status"] == "FAIL"
     assert row["attempts"] == 4  # the first try and 3 retries
-    assert row["error_code"] == "RuntimeError" and "on purpose" in row["error_message"]
+    # error_code is FunctionGraph's integer (1: the function failed); error_type says how.
+    assert row["error_code"] == 1 and row["error_type"] == "RuntimeError" and "on purpose" in row["error_message"]
 
 
 def test_zero_retries(fast: Api) -> None:

@@ -208,3 +208,22 @@ def test_triggers_from_the_cli(daemon: Daemon, tmp_path: Path) -> None:
     assert fgd(daemon, "trigger", "rm", name, trigger_id).returncode == 1
     bad = fgd(daemon, "trigger", "add", name, "--timer", "0 99 * * * *")
     assert bad.returncode == 1 and "not valid" in bad.stderr
+
+
+def test_async_ls_shows_the_error_type_of_a_failed_invocation(daemon: Daemon, tmp_path: Path) -> None:
+    name = unique_name("clifail")
+    source = write_function(tmp_path / "fn", "def handler(e, c):\n    raise ValueError('broken on purpose')\n")
+    fgd(daemon, "deploy", str(source), "--name", name, "--runtime", RUNTIME)
+    with daemon.client() as http:
+        http.put(f"/functions/{name}/async-invoke-config", json={"max_async_retry_attempts": 0}).raise_for_status()
+    request_id = fgd(daemon, "invoke", name, "--async").stdout.split()[1]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        listed = fgd(daemon, "async", "ls", name)
+        assert listed.returncode == 0, listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if line.startswith(request_id))
+        if "FAIL" in row:
+            break
+        time.sleep(0.2)
+    # The API's error_code is FunctionGraph's integer; the CLI shows the error's name.
+    assert "FAIL" in row and "ValueError: broken on purpose" in row

@@ -119,6 +119,8 @@ CALLS: dict[str, Call] = {
     "get_dependency_version": lambda s: s.http.get(dependency_version(s)),
     "function_logs": lambda s: s.http.get(f"/functions/{s.name}/logs"),
     "healthz": lambda s: httpx.get(f"{s.api.daemon.url}/healthz"),
+    "create_key": lambda s: s.http.post("/fgd/keys", json={"description": "round trip"}),
+    "list_keys": lambda s: s.http.get("/fgd/keys"),
 }
 
 

@@ -36,7 +36,7 @@ def test_reserved_instances_are_warm_before_the_first_request(api: Api) -> None:
     response = api.http.put(f"/functions/{name}/reservedinstances", json={"count": 2})
     assert response.status_code == 200 and response.json()["count"] == 2
     assert wait_running(api, name, 2)
-    assert api.http.get(f"/functions/{name}/config").json()["reserved_instances"] == 2
+    assert api.http.get(f"/functions/{name}/config").json()["reserved_instance_count"] == 2
     assert not is_cold(api, name)
 
 

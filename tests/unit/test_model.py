@@ -74,3 +74,64 @@ def test_good_handlers(handler: str) -> None:
 def test_bad_handlers(handler: str) -> None:
     with pytest.raises(InvalidParameter, match="handler"):
         normalise_settings(FunctionSettings(handler=handler))
+
+
+def _settings(**fields: object) -> FunctionSettings:
+    return normalise_settings(convert({"handler": "index.handler", **fields}, FunctionSettings, "config"))
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"func_vpc": {"vpc_id": "vpc-1", "subnet_id": "sub-1"}}, "func_vpc"),
+        ({"func_vpc": {"cidr": "10.0.0.0/8"}}, "func_vpc"),
+        ({"peering_cidr": "10.0.0.0/8"}, "peering_cidr"),
+        ({"mount_config": {"func_mounts": [{"mount_type": "sfs"}]}}, "mount_config.func_mounts"),
+        ({"custom_image": {"enabled": True}}, "custom_image"),
+        ({"gpu_memory": 1024}, "gpu_memory"),
+        ({"gpu_type": "t4"}, "gpu_type"),
+    ],
+)
+def test_fields_the_node_cannot_honour_are_refused_by_name(fields: dict, named: str) -> None:
+    with pytest.raises(InvalidParameter, match=rf"^{named}: .* not supported on this node"):
+        _settings(**fields)
+
+
+def test_off_values_of_unsupported_fields_are_kept() -> None:
+    settings = _settings(
+        func_vpc={"vpc_id": "", "security_groups": []},
+        peering_cidr="",
+        mount_config={"mount_user": {"user_id": 1, "user_group_id": 1}, "func_mounts": []},
+        custom_image={"enabled": False, "image": "kept"},
+        gpu_memory=0,
+        gpu_type="",
+    )
+    assert settings.custom_image.image == "kept" and settings.mount_config.mount_user.user_id == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "named"),
+    [
+        ({"lts_custom_tag": {f"k{i}": "v" for i in range(65)}}, "lts_custom_tag"),
+        ({"lts_custom_tag": {"k": "v" * 257}}, "lts_custom_tag"),
+        ({"xrole": "x" * 257}, "xrole"),
+        ({"network_controller": {"trigger_access_vpcs": [{"vpc_id": "v"}] * 65}}, "trigger_access_vpcs"),
+        ({"func_vpc": {"security_groups": ["g"] * 65}}, "security_groups"),
+        ({"domain_names": "d" * 4097}, "domain_names"),
+        ({"pre_stop_timeout": 91}, "pre_stop_timeout"),
+        ({"pre_stop_handler": "../evil"}, "pre_stop_handler"),
+        ({"enterprise_project_id": 7}, "enterprise_project_id"),
+    ],
+)
+def test_stored_metadata_is_bounded_and_typed(fields: dict, named: str) -> None:
+    # Everything kept is returned by every config answer: an unbounded field would make each one huge.
+    with pytest.raises(InvalidParameter, match=named):
+        _settings(**fields)
+
+
+def test_code_link_is_bounded() -> None:
+    from fgd.model import CreateFunction
+
+    body = {"func_name": "f", "runtime": "Python3.11", "handler": "index.handler"}
+    with pytest.raises(InvalidParameter, match=r"func_code\.link"):
+        convert({**body, "func_code": {"file": "", "link": "l" * 2049}}, CreateFunction, "the function")

@@ -7,20 +7,20 @@ from __future__ import annotations
 
 import logging
 
-from quart import Response, request
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from fgd.errors import ErrorBody, FgdError, MethodNotAllowed, NotFound, TooLarge
-from fgd.web import auth, openapi
-from fgd.web.api import asynchronous, dependencies, functions, invocations, observability, triggers
+from fgd.web import openapi
+from fgd.web.api import asynchronous, dependencies, functions, invocations, keys, observability, triggers
 from fgd.web.api.common import MAX_JSON_BODY, ApiContext, error_response, json_response
 
 __all__ = ["ApiContext", "create_app"]
 
 log = logging.getLogger("fgd.web.api")
 
-RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability)
+RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability, keys)
 
 
 def create_app(ctx: ApiContext) -> QuartTrio:
@@ -30,9 +30,16 @@ def create_app(ctx: ApiContext) -> QuartTrio:
 
     @app.before_request
     async def authenticate() -> None:
-        path = request.path
+        scope = request.scope
+        path = scope["path"]
         if path.startswith("/v2/") or path == "/metrics":
-            auth.check(ctx.token, request.headers.get("X-Auth-Token"), request.headers.get("Authorization"))
+            admission = ctx.auth.start_asgi(scope)
+            if admission.signed:
+                # A signature covers the body: read it here (Quart keeps it for the route).
+                admission.update(await request.get_data())
+            admission.finish()
+            # Routes that only the admin token may use (keys) look here.
+            g.admin = admission.admin
 
     @app.errorhandler(FgdError)
     async def on_platform_error(error: FgdError) -> Response:

@@ -1,26 +1,22 @@
 """The API layer's own Structs: answers the routes build (list wrappers, rows, small reports),
 the few request bodies parsed by hand, and the query parameters and headers routes read.
 
-The resource Structs themselves (FunctionConfig, DependencyVersion, Trigger, the request bodies
-CreateFunction, UpdateCode, ...) live in fgd.model and are referred to by name. Each Struct here
+The resource Structs themselves and FunctionGraph's answer shapes (FunctionConfig, FunctionList,
+DependencyInfo, AsyncInvocationList, the request bodies CreateFunction, UpdateCode, ...) live in
+fgd.model (keys in fgd.keys) and are referred to by name. Each Struct here
 is both what a handler answers and what fgd.web.openapi describes: one definition per shape.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
 from fgd.asyncqueue import Status
-from fgd.model import (
-    AsyncInvokeConfig,
-    DependencyName,
-    DependencyVersion,
-    Description,
-    FunctionConfig,
-)
+from fgd.keys import DESCRIPTION_MAX, KeyInfo
+from fgd.model import DependencyName, Description
 from fgd.store import LogLine
 from fgd.web.api.common import LIST_MAX_ITEMS
 
@@ -35,35 +31,6 @@ class Runtimes(msgspec.Struct, kw_only=True):
     runtimes: list[str]
 
 
-class FunctionList(msgspec.Struct, kw_only=True):
-    """One page of functions; `next_marker` is 0 on the last page."""
-
-    functions: list[FunctionConfig]
-    next_marker: int
-    count: int
-
-
-class FunctionCode(msgspec.Struct, kw_only=True):
-    """What `GET .../code` tells about a function's code package."""
-
-    func_urn: str
-    func_name: str
-    runtime: str
-    code_type: str
-    code_filename: str
-    code_size: int
-    # sha512 of the zip, hex.
-    digest: str
-    last_modified: str
-
-
-class ReservedCount(msgspec.Struct, kw_only=True):
-    """A function's number of reserved instances."""
-
-    func_urn: str
-    count: int
-
-
 class ReservedInstance(msgspec.Struct, kw_only=True):
     func_urn: str
     qualifier_type: str
@@ -73,17 +40,11 @@ class ReservedInstance(msgspec.Struct, kw_only=True):
     running: int
 
 
-class ReservedInstances(msgspec.Struct, kw_only=True):
+class ReservedInstanceList(msgspec.Struct, kw_only=True):
     """The functions of a project that keep reserved instances."""
 
     reservedinstances: list[ReservedInstance]
     count: int
-
-
-class FunctionAsyncConfig(AsyncInvokeConfig, kw_only=True, frozen=True):
-    """A function's asynchronous invocation settings, as `GET/PUT .../async-invoke-config` answer them."""
-
-    func_urn: str
 
 
 class AsyncAccepted(msgspec.Struct, kw_only=True):
@@ -92,44 +53,20 @@ class AsyncAccepted(msgspec.Struct, kw_only=True):
     request_id: str
 
 
-class AsyncInvocation(msgspec.Struct, kw_only=True):
-    request_id: str
-    status: Status
-    error_code: str
-    error_message: str
-    # ISO 8601 (UTC), "" until it happened.
-    start_time: str
-    end_time: str
-    attempts: int
-
-
-class AsyncInvocations(msgspec.Struct, kw_only=True):
-    invocations: list[AsyncInvocation]
-    count: int
-
-
 class Cancelled(msgspec.Struct, kw_only=True):
     request_id: str
     status: Literal["DISCARD"]
 
 
-class DependencyList(msgspec.Struct, kw_only=True):
-    """One page of dependency versions; `next_marker` is 0 on the last page."""
-
-    dependencies: list[DependencyVersion]
-    next_marker: int
-    count: int
-
-
-class DependencyVersions(msgspec.Struct, kw_only=True):
-    """Every version of one dependency."""
-
-    dependencies: list[DependencyVersion]
-    count: int
-
-
 class LogLines(msgspec.Struct, kw_only=True):
     logs: list[LogLine]
+    count: int
+
+
+class KeyList(msgspec.Struct, kw_only=True):
+    """A project's access keys, never their secrets."""
+
+    keys: list[KeyInfo]
     count: int
 
 
@@ -150,29 +87,22 @@ class Health(msgspec.Struct, kw_only=True):
 # Request bodies parsed by hand -----------------------------------------------------------------
 
 
-class ReservedCountBody(msgspec.Struct, kw_only=True):
-    """Body of `PUT .../reservedinstances`: at most the function's max instances."""
-
-    count: Annotated[int, Meta(ge=0, le=1000)]
-
-
 class MaxInstanceBody(msgspec.Struct, kw_only=True):
     """Body of `PUT .../config-max-instance`: -1 (no limit), 0 (refuse every request) or 1-1000."""
 
     max_instance_num: Annotated[int, Meta(ge=-1, le=1000)]
 
 
+class KeyDescription(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of `POST /fgd/keys` (optional): what the key is for."""
+
+    description: Annotated[str, Meta(max_length=DESCRIPTION_MAX)] = ""
+
+
 class CancelBody(msgspec.Struct, kw_only=True):
     """Body of `POST .../cancel`: a waiting (WAIT) asynchronous invocation."""
 
     request_id: Annotated[str, Meta(min_length=1)]
-
-
-class TriggerFields(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of `PUT /triggers/{urn}/{kind}/{trigger_id}`; event_data is merged into the trigger's."""
-
-    trigger_status: Literal["ACTIVE", "DISABLED"]
-    event_data: dict[str, Any]
 
 
 # Query parameters ------------------------------------------------------------------------------

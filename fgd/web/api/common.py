@@ -17,10 +17,12 @@ from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.errors import FgdError, InvalidParameter
 from fgd.functions import Functions
+from fgd.keys import Keys
 from fgd.metrics import Metrics
 from fgd.model import FunctionRecord, check_project, parse_function_ref
 from fgd.store import Store
 from fgd.triggers import Triggers
+from fgd.web.auth import Authenticator
 
 BASE = "/v2/<project_id>/fgs"
 MAX_JSON_BODY = 16 * 1024 * 1024
@@ -41,6 +43,9 @@ class ApiContext:
     metrics: Metrics
     async_config: AsyncConfig
     token: str
+    # AK/SK: access keys, and the check of the admin token or a signature (fgd.web.auth).
+    keys: Keys
+    auth: Authenticator
     # Reports the daemon's health ({"status": "ok" | ...}) for /healthz.
     health: Callable[[], dict[str, Any]]
     # Writes buffered log lines to the store, so a read sees every line written so far.
@@ -149,6 +154,8 @@ class Operation:
     tag: str
     # The JSON request body: a Struct, a Partial, `Any` (any JSON value), or None (no body).
     body: Any = None
+    # The body may be left out (empty).
+    body_optional: bool = False
     # The body may also be a raw zip (Content-Type: application/zip), streamed by fgd.web.front;
     # its other arguments then come as these query parameters.
     raw_zip: type[msgspec.Struct] | None = None

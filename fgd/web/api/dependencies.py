@@ -5,8 +5,8 @@ from __future__ import annotations
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from fgd.model import CreateDependency, DependencyVersion, check_project
-from fgd.web.api.answers import DependencyList, DependencyQuery, DependencyVersions, RawDependencyQuery
+from fgd.model import CreateDependency, DependencyInfo, DependencyList, check_project
+from fgd.web.api.answers import DependencyQuery, RawDependencyQuery
 from fgd.web.api.common import (
     BASE,
     ApiContext,
@@ -23,12 +23,13 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         f"{BASE}/dependencies/version",
         body=CreateDependency,
         raw_zip=RawDependencyQuery,
-        answer=DependencyVersion,
+        answer=DependencyInfo,
         errors=(413,),
     )
-    async def create_dependency(project_id: str) -> DependencyVersion:
+    async def create_dependency(project_id: str) -> DependencyInfo:
         check_project(project_id)
-        return await ctx.dependencies.create(project_id, await body_json())
+        dependency = await ctx.dependencies.create(project_id, await body_json())
+        return ctx.dependencies.info(dependency)
 
     @route(app, "GET", f"{BASE}/dependencies", query=DependencyQuery, answer=DependencyList)
     async def list_dependencies(project_id: str) -> DependencyList:
@@ -37,18 +38,20 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         for name in ("name", "runtime", "owner"):
             if request.args.get(name):
                 found = [d for d in found if getattr(d, name) == request.args[name]]
-        return DependencyList(**page(found, "dependencies"))
+        listing = page(found, "dependencies")
+        listing["dependencies"] = [ctx.dependencies.info(d) for d in listing["dependencies"]]
+        return DependencyList(**listing)
 
-    @route(app, "GET", f"{BASE}/dependencies/<dep_id>/version", answer=DependencyVersions)
-    async def list_dependency_versions(project_id: str, dep_id: str) -> DependencyVersions:
+    @route(app, "GET", f"{BASE}/dependencies/<dep_id>/version", answer=DependencyList)
+    async def list_dependency_versions(project_id: str, dep_id: str) -> DependencyList:
         check_project(project_id)
         versions = ctx.dependencies.versions(project_id, dep_id)
-        return DependencyVersions(dependencies=versions, count=len(versions))
+        return DependencyList(dependencies=[ctx.dependencies.info(d) for d in versions], count=len(versions))
 
-    @route(app, "GET", f"{BASE}/dependencies/<dep_id>/version/<int:number>", answer=DependencyVersion)
-    async def get_dependency_version(project_id: str, dep_id: str, number: int) -> DependencyVersion:
+    @route(app, "GET", f"{BASE}/dependencies/<dep_id>/version/<int:number>", answer=DependencyInfo)
+    async def get_dependency_version(project_id: str, dep_id: str, number: int) -> DependencyInfo:
         check_project(project_id)
-        return ctx.dependencies.version(project_id, dep_id, number)
+        return ctx.dependencies.info(ctx.dependencies.version(project_id, dep_id, number))
 
     @route(app, "DELETE", f"{BASE}/dependencies/<dep_id>/version/<int:number>", status=204, errors=(403, 409))
     async def delete_dependency_version(project_id: str, dep_id: str, number: int) -> Response:

@@ -6,18 +6,24 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from fgd.errors import InvalidParameter
-from fgd.model import CreateFunction, FunctionConfig, FunctionSettings, UpdateCode, check_project
+from fgd.model import (
+    CreateFunction,
+    FunctionCode,
+    FunctionConfig,
+    FunctionList,
+    FunctionSettings,
+    ReservedAnswer,
+    ReservedInstances,
+    UpdateCode,
+    check_project,
+)
 from fgd.web.api.answers import (
     ExportQuery,
-    FunctionCode,
-    FunctionList,
     MaxInstanceBody,
     PageQuery,
     RawCodeQuery,
-    ReservedCount,
-    ReservedCountBody,
     ReservedInstance,
-    ReservedInstances,
+    ReservedInstanceList,
     Runtimes,
 )
 from fgd.web.api.common import (
@@ -60,18 +66,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @route(app, "GET", f"{BASE}/functions/<urn>/code", answer=FunctionCode)
     async def get_code(project_id: str, urn: str) -> FunctionCode:
-        record = ctx.lookup(project_id, urn)
-        config = ctx.functions.config(record)
-        return FunctionCode(
-            func_urn=config.func_urn,
-            func_name=record.func_name,
-            runtime=record.runtime,
-            code_type=record.code_type,
-            code_filename=record.code_filename,
-            code_size=record.code.size,
-            digest=record.code.sha512,
-            last_modified=config.last_modified,
-        )
+        return ctx.functions.code_info(ctx.lookup(project_id, urn))
 
     @route(
         app,
@@ -87,13 +82,13 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         record = await ctx.functions.update_code(ctx.lookup(project_id, urn), await body_json())
         return ctx.functions.config(record)
 
-    @route(app, "PUT", f"{BASE}/functions/<urn>/reservedinstances", body=ReservedCountBody, answer=ReservedCount)
-    async def put_reserved(project_id: str, urn: str) -> ReservedCount:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/reservedinstances", body=ReservedInstances, answer=ReservedAnswer)
+    async def put_reserved(project_id: str, urn: str) -> ReservedAnswer:
         record = await ctx.functions.set_reserved(ctx.lookup(project_id, urn), await body_json())
-        return ReservedCount(func_urn=ctx.functions.config(record).func_urn, count=record.reserved)
+        return ctx.functions.reserved(record)
 
-    @route(app, "GET", f"{BASE}/functions/reservedinstances", answer=ReservedInstances)
-    async def list_reserved(project_id: str) -> ReservedInstances:
+    @route(app, "GET", f"{BASE}/functions/reservedinstances", answer=ReservedInstanceList)
+    async def list_reserved(project_id: str) -> ReservedInstanceList:
         check_project(project_id)
         rows = [
             ReservedInstance(
@@ -106,7 +101,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             for r in ctx.store.list(project_id)
             if r.reserved
         ]
-        return ReservedInstances(reservedinstances=rows, count=len(rows))
+        return ReservedInstanceList(reservedinstances=rows, count=len(rows))
 
     @route(app, "PUT", f"{BASE}/functions/<urn>/config-max-instance", body=MaxInstanceBody, answer=FunctionConfig)
     async def put_max_instances(project_id: str, urn: str) -> FunctionConfig:

@@ -8,23 +8,16 @@ from typing import Any
 from quart import request
 from quart_trio import QuartTrio
 
-from fgd.asyncqueue import AsyncEvent
+from fgd.asyncqueue import AsyncEvent, invocation_answer
 from fgd.errors import Conflict, InvalidParameter, NotFound, Throttled, TooLarge
 from fgd.invoker import check_event, new_request_id
-from fgd.web.api.answers import (
-    AsyncAccepted,
-    AsyncInvocation,
-    AsyncInvocations,
-    AsyncInvocationsQuery,
-    CancelBody,
-    Cancelled,
-)
+from fgd.model import AsyncInvocationList
+from fgd.web.api.answers import AsyncAccepted, AsyncInvocationsQuery, CancelBody, Cancelled
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
     int_arg,
-    iso,
     route,
 )
 
@@ -35,6 +28,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         "POST",
         f"{BASE}/functions/<urn>/invocations-async",
         body=Any,
+        body_optional=True,
         answer=AsyncAccepted,
         status=202,
         errors=(413, 429),
@@ -58,9 +52,9 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         return AsyncAccepted(request_id=event.request_id)
 
     @route(
-        app, "GET", f"{BASE}/functions/<urn>/async-invocations", query=AsyncInvocationsQuery, answer=AsyncInvocations
+        app, "GET", f"{BASE}/functions/<urn>/async-invocations", query=AsyncInvocationsQuery, answer=AsyncInvocationList
     )
-    async def list_async(project_id: str, urn: str) -> AsyncInvocations:
+    async def list_async(project_id: str, urn: str) -> AsyncInvocationList:
         record = ctx.lookup(project_id, urn)
         status = request.args.get("status") or None
         if status is not None and status not in ("WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"):
@@ -69,19 +63,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         events = await ctx.store.run(
             ctx.store.queue.find, record.key, request.args.get("request_id") or None, status, limit
         )
-        rows = [
-            AsyncInvocation(
-                request_id=e.request_id,
-                status=e.status,
-                error_code=e.error_code,
-                error_message=e.error_message,
-                start_time=iso(e.start_time),
-                end_time=iso(e.end_time),
-                attempts=e.attempts,
-            )
-            for e in events
-        ]
-        return AsyncInvocations(invocations=rows, count=len(rows))
+        rows = [invocation_answer(e) for e in events]
+        return AsyncInvocationList(invocations=rows, count=len(rows))
 
     @route(app, "POST", f"{BASE}/functions/<urn>/cancel", body=CancelBody, answer=Cancelled, errors=(409,))
     async def cancel_async(project_id: str, urn: str) -> Cancelled:

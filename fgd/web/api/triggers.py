@@ -5,12 +5,10 @@ from __future__ import annotations
 from quart import Response
 from quart_trio import QuartTrio
 
-from fgd.model import CreateTrigger, Trigger
-from fgd.web.api.answers import TriggerFields
+from fgd.model import CreateTrigger, Trigger, UpdateTrigger
 from fgd.web.api.common import (
     BASE,
     ApiContext,
-    Partial,
     body_json,
     route,
 )
@@ -25,6 +23,12 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     async def list_triggers(project_id: str, urn: str) -> list[Trigger]:
         return ctx.triggers.list(ctx.lookup(project_id, urn))
 
+    @route(app, "DELETE", f"{BASE}/triggers/<urn>", status=204)
+    async def delete_triggers(project_id: str, urn: str) -> Response:
+        # FunctionGraph's BatchDeleteFunctionTriggers: every trigger of the function.
+        await ctx.triggers.delete_all(ctx.lookup(project_id, urn))
+        return Response(b"", status=204)
+
     @route(app, "GET", f"{BASE}/triggers/<urn>/<kind>/<trigger_id>", answer=Trigger)
     async def get_trigger(project_id: str, urn: str, kind: str, trigger_id: str) -> Trigger:
         return ctx.triggers.get(ctx.lookup(project_id, urn), kind, trigger_id)
@@ -33,7 +37,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         app,
         "PUT",
         f"{BASE}/triggers/<urn>/<kind>/<trigger_id>",
-        body=Partial(struct=TriggerFields),
+        body=UpdateTrigger,
         answer=Trigger,
         errors=(409,),
     )
