@@ -33,7 +33,7 @@ from fgd.logs import billed_ms, tail
 from fgd.metrics import Metrics
 from fgd.model import check_project, parse_function_ref
 from fgd.web import auth
-from fgd.web.api.answers import InvokeHeaders
+from fgd.web.api.answers import InvokeAnswerHeaders, InvokeHeaders
 from fgd.web.api.common import BASE, Operation, path_regex
 from fgd.web.server import header_text
 from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
@@ -52,6 +52,7 @@ INVOKE = Operation(
     body=Any,
     body_optional=True,
     headers=InvokeHeaders,
+    answer_headers=InvokeAnswerHeaders,
     answer=Any,
     errors=(413, 429, 503),
 )

@@ -155,6 +155,11 @@ class _Builder:
                     parameter["description"] = "with a raw zip body (Content-Type: application/zip) only"
                     described["parameters"] = [*described.get("parameters", []), parameter]
         responses: dict[str, Any] = {str(op.status): self._answer(op, op.answer, op.content_type)}
+        if op.answer_headers is not None:
+            responses[str(op.status)]["headers"] = {
+                parameter["name"]: {"required": parameter["required"], "schema": parameter["schema"]}
+                for parameter in _struct_parameters(op.answer_headers, "header")
+            }
         for status, kind in (op.alternatives or {}).items():
             responses[str(status)] = self._answer(op, kind, op.content_type)
         for status in sorted(set(op.errors) | self._implied_errors(op)):

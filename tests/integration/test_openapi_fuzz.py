@@ -2,8 +2,8 @@
 
 Every operation of the document is called with inputs generated from its schemas, valid and
 invalid ones (bounded: 25 examples per operation, derandomized so every run sends the same
-requests); each answer must not be a 5xx, must have a documented status and content type, and
-must match the documented schema. The daemon is seeded with a function,
+requests); each answer must not be a 5xx, must have a documented status, content type and
+headers, and must match the documented schema. The daemon is seeded with a function,
 a dependency version and a trigger, and the path parameters are pinned to them, so routes with
 {urn}, {dep_id} or {trigger_id} reach a real resource rather than a 404.
 """
@@ -21,6 +21,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    response_headers_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -29,7 +30,13 @@ from fgd.web.openapi import offline_document
 from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip
 
 FUNCTION = "fuzzed"
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 # A small node: whatever memory sizes or reserved counts the fuzzer sets, few instances can start.
 CONFIG = """
     [scheduler]

@@ -150,3 +150,13 @@ async def test_a_route_answering_another_shape_than_declared_is_a_500_not_an_und
     assert wrong.status_code == 500
     assert await wrong.get_data(as_text=True) == "TypeError"
     assert [op.name for op in operations(app)] == ["good", "bad"]
+
+
+def test_the_invoke_route_documents_its_headers(doc: dict[str, Any]) -> None:
+    invoke = doc["paths"]["/v2/{project_id}/fgs/functions/{urn}/invocations"]["post"]
+    sent = {p["name"]: p for p in invoke["parameters"] if p["in"] == "header"}
+    assert sent["X-Cff-Instance-Memory"]["schema"] == {"type": "integer", "minimum": 64, "maximum": 10240}
+    assert set(sent) == {"X-Cff-Log-Type", "X-Cff-Request-Version", "X-Cff-Instance-Memory"}
+    answered = invoke["responses"]["200"]["headers"]
+    assert answered["X-Cff-Request-Id"]["required"] and answered["X-Is-Func-Err"]["required"]
+    assert not answered["X-Cff-Function-Log"]["required"]

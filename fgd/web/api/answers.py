@@ -173,3 +173,25 @@ class InvokeHeaders(
     request_version: Literal["v0", "v1"] = "v0"
     # The instance memory for this request in MB (needs enable_dynamic_memory).
     instance_memory: Annotated[int, Meta(ge=64, le=10240)] | None = None
+
+
+class InvokeAnswerHeaders(
+    msgspec.Struct,
+    kw_only=True,
+    rename={
+        "request_id": "X-Cff-Request-Id",
+        "summary": "X-Cff-Invoke-Summary",
+        "is_func_err": "X-Is-Func-Err",
+        "func_err_code": "X-Func-Err-Code",
+        "function_log": "X-Cff-Function-Log",
+    },
+):
+    request_id: str
+    # JSON: {duration, billingDuration, memorySize, memoryUsed, coldStart[, initDuration]}.
+    summary: str
+    # "true" when the function raised (or timed out, or its instance died): the body is its error.
+    is_func_err: Literal["true", "false"]
+    # The function's error type, when it failed.
+    func_err_code: str = ""
+    # With X-Cff-Log-Type: Tail, base64 of the invocation's last log bytes.
+    function_log: str = ""

@@ -172,6 +172,8 @@ class Operation:
     # Request headers the route reads: a Struct whose field names are the header names with
     # '-' written '_'.
     headers: type[msgspec.Struct] | None = None
+    # Headers of the success answer, the same way (required: those without a default).
+    answer_headers: type[msgspec.Struct] | None = None
     # FunctionGraph error statuses the route gives beyond those its shape implies (fgd.web.openapi
     # adds 401 for authenticated routes, 400 for any argument, 404 for a {urn} or other id, 413
     # for a body).
