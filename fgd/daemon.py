@@ -26,6 +26,8 @@ from fgd.config import Config, split_host_port
 from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.functions import Functions
+from fgd.history import Sample
+from fgd.instance import State
 from fgd.invoker import Invoker
 from fgd.keys import Keys
 from fgd.logs import LogSink
@@ -115,7 +117,9 @@ async def serve(config: Config) -> None:
     packager = Packager(code)
     dependencies = Dependencies(store, packager, sorted(zygotes))
     invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies)
-    functions = Functions(store, code, invoker, logs, dependencies, config.server.region, sorted(zygotes))
+    functions = Functions(
+        store, code, invoker, logs, dependencies, config.server.region, sorted(zygotes), config.code_fetch
+    )
 
     def health() -> dict:
         missing = [name for name, z in zygotes.items() if not z.ready.is_set()]
@@ -148,10 +152,21 @@ async def serve(config: Config) -> None:
             },
         }
 
+    def instances_of(key: tuple[str, str, str]) -> Sample:
+        """A function's instances now, sampled into the statistics history as an invocation ends."""
+        live = [i for i in invoker.instances.get(key, ()) if i.state is not State.DEAD]
+        return Sample(
+            running=sum(len(i.active) for i in live),
+            instances=len(live),
+            reserved=sum(1 for i in live if i.reserved),
+        )
+
     # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.
     async_depth = [0]
-    metrics = Metrics(gauges, functions=store.functions, logs=logs)
-    dispatcher = Dispatcher(store, invoker, config.async_invoke, async_depth, config.server.region)
+    metrics = Metrics(gauges, functions=store.functions, logs=logs, instances=instances_of)
+    dispatcher = Dispatcher(
+        store, invoker, config.async_invoke, async_depth, config.server.region, on_outcome=metrics.invoked
+    )
     triggers = Triggers(store, dispatcher.notify, dispatcher.full)
     functions.triggers = triggers
     keys = Keys(store, time.time)
@@ -170,6 +185,7 @@ async def serve(config: Config) -> None:
             auth=authenticator,
             health=health,
             logs_flush=logs.flush,
+            config=config,
         )
     )
     inflight = Inflight()

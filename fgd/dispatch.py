@@ -22,6 +22,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Callable
 
 import trio
 
@@ -42,8 +43,18 @@ PRUNE_BATCH = 500
 
 
 class Dispatcher:
-    def __init__(self, store: Store, invoker: Invoker, config: AsyncConfig, depth: list[int], region: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        invoker: Invoker,
+        config: AsyncConfig,
+        depth: list[int],
+        region: str,
+        on_outcome: Callable[[tuple[str, str, str], Outcome], None] | None = None,
+    ) -> None:
         self._depth = depth
+        # Counts each run in the metrics and statistics history (Metrics.invoked), as sync ones are.
+        self._on_outcome = on_outcome
         self.destinations = Destinations(store, region, self.notify)
         self._store = store
         self._invoker = invoker
@@ -203,6 +214,8 @@ class Dispatcher:
             self._final(event, "FAIL", error.code, error.message)
             return None
         event.attempts += 1
+        if self._on_outcome is not None:
+            self._on_outcome(record.key, outcome)
         if outcome.error is None:
             self._final(event, "SUCCESS", "", "")
         elif event.attempts <= policy.max_async_retry_attempts:

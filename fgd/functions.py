@@ -13,7 +13,9 @@ from typing import Any
 import msgspec
 import trio
 
+from fgd.codefetch import fetch_to_file
 from fgd.codestore import CodeStore, inline_zip
+from fgd.config import CodeFetchConfig
 from fgd.dependencies import Dependencies
 from fgd.destinations import check_no_cycle, targets
 from fgd.errors import Conflict, InvalidParameter, NotFound
@@ -23,6 +25,7 @@ from fgd.model import (
     AsyncConfigAnswer,
     AsyncInvokeConfig,
     CodeRef,
+    CodeSource,
     CreateFunction,
     DestinationAnswer,
     DestinationsAnswer,
@@ -61,7 +64,9 @@ class Functions:
         dependencies: Dependencies,
         region: str,
         runtimes: list[str],
+        code_fetch: CodeFetchConfig | None = None,
     ) -> None:
+        self._code_fetch = code_fetch or CodeFetchConfig()
         self._dependencies = dependencies
         # Set by the daemon once triggers exist (they need the dispatcher, which needs the invoker).
         self.triggers = None
@@ -156,13 +161,18 @@ class Functions:
             domain_id=domain_id(self.region),
             runtime=record.runtime,
             code_type=record.code_type,
-            code_url="",
+            code_url=record.code_url,
             code_filename=record.code_filename,
             code_size=record.code.size,
             digest=record.code.sha512,
             last_modified=timestamp(record.last_modified),
-            # The code itself is not repeated here: GET .../export gives the zip.
-            func_code=FuncCode(file="", link=record.code_link),
+            # The code itself is not inlined (it may be 300 MB): the link is the OBS link given at
+            # upload, else the export route that serves the zip.
+            func_code=FuncCode(
+                file="",
+                link=record.code_link
+                or f"/v2/{record.project_id}/fgs/functions/{function_urn(self.region, record)}/export?code=true",
+            ),
             depend_list=list(s.depend_version_list),
             depend_version_list=list(s.depend_version_list),
             strategy_config=s.strategy_config,
@@ -200,8 +210,11 @@ class Functions:
                 f"runtime {runtime!r} is not available on this node; available: {', '.join(self.runtimes)}"
             )
 
-    async def _store_code(self, code_type: str, file_b64: str, handler: str) -> CodeRef:
-        data = decode_inline("func_code.file", file_b64, self._code)
+    async def _store_code(self, code_type: str, source: CodeSource, handler: str) -> CodeRef:
+        if source.url:
+            # Streamed to a staging file and judged like a raw upload.
+            return await self.packager.store_file(await fetch_to_file(source.url, self._code, self._code_fetch))
+        data = decode_inline("func_code.file", source.file, self._code)
         if code_type == "inline":
             data = inline_zip(data, handler)
         return await self.packager.store_bytes(data)
@@ -215,7 +228,7 @@ class Functions:
         if self._store.get(key) is not None:
             raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
         source = check_code_source(request.code_type, request.func_code, request.code_url)
-        code = await self._store_code(request.code_type, source.file, settings.handler)
+        code = await self._store_code(request.code_type, source, settings.handler)
         now = time.time()
         record = FunctionRecord(
             project_id=project_id,
@@ -232,6 +245,7 @@ class Functions:
             func_type=request.type,
             tags=request.tags,
             code_link=source.link,
+            code_url=source.url,
             code_encrypt_kms_key_id=request.code_encrypt_kms_key_id,
         )
         if self._store.get(key) is not None:
@@ -258,13 +272,14 @@ class Functions:
         if request.depend_version_list is not None:
             self._dependencies.resolve(record.project_id, record.runtime, request.depend_version_list)
             settings = msgspec.structs.replace(settings, depend_version_list=list(request.depend_version_list))
-        code = await self._store_code(request.code_type, source.file, record.settings.handler)
+        code = await self._store_code(request.code_type, source, record.settings.handler)
         return await self._replace(
             record,
             code=code,
             code_type=request.code_type,
             code_filename=request.code_filename or record.code_filename,
             code_link=source.link,
+            code_url=source.url,
             code_encrypt_kms_key_id=request.code_encrypt_kms_key_id or record.code_encrypt_kms_key_id,
             settings=settings,
         )

@@ -7,11 +7,13 @@ Exposed at GET /metrics (authenticated like /v2). Function labels are
 from __future__ import annotations
 
 import bisect
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 
+from fgd.history import History, Sample
 from fgd.invoker import Outcome
-from fgd.logs import LogSink
+from fgd.logs import LogSink, billed_ms
 from fgd.model import FunctionRecord
 
 Key = tuple[str, str, str]
@@ -60,6 +62,7 @@ class Metrics:
         gauges: Callable[[], dict[str, dict[str, float]]],
         functions: Mapping[Key, FunctionRecord] | None = None,
         logs: LogSink | None = None,
+        instances: Callable[[Key], Sample] | None = None,
     ) -> None:
         self.invocations: dict[tuple[Key, str], int] = defaultdict(int)
         self.cold_starts: dict[Key, int] = defaultdict(int)
@@ -73,6 +76,10 @@ class Metrics:
         self._functions = functions
         self._created: dict[Key, float] = {}
         self._logs = logs
+        # Per-minute history for the statistics routes (fgd.web.api.statistics), and how a
+        # function's instances are sampled into it as an invocation ends.
+        self.history = History()
+        self._instances = instances
 
     def _seen(self, key: Key) -> None:
         """Before counting for `key`: start from zero if it is a new function of an old name."""
@@ -96,6 +103,7 @@ class Metrics:
             self.cold_starts.pop(key, None)
             self.durations.pop(key, None)
             self.init_durations.pop(key, None)
+        self.history.forget(dead)
         for by_outcome in (self.invocations, self.throttles):
             for label in [label for label in by_outcome if label[0] in dead]:
                 del by_outcome[label]
@@ -109,16 +117,36 @@ class Metrics:
             self.cold_starts[key] += 1
             if outcome.init_ms is not None:
                 self.init_durations[key].observe(outcome.init_ms / 1000)
+        sample = self._instances(key) if self._instances is not None else Sample()
+        self.history.invoked(
+            key,
+            time.time(),
+            outcome.duration_ms,
+            function_error=outcome.error is not None,
+            # FunctionGraph's resource usage: memory in GB times billed duration in seconds.
+            gb_seconds=outcome.memory_size / 1024 * billed_ms(outcome.duration_ms) / 1000,
+            # The invocation has just released its instance: count it as still running.
+            sample=Sample(sample.running + 1, max(sample.instances, 1), sample.reserved),
+        )
+
+    def system_error(self, key: Key) -> None:
+        """An invocation that failed inside fgd (not the function's doing)."""
+        self._seen(key)
+        self.history.system_error(key, time.time())
 
     def refused(self, key: Key, reason: str) -> None:
         self._seen(key)
         self.throttles[key, reason] += 1
+        self.history.refused(key, time.time())
 
-    def render(self) -> str:
-        # Series of deleted functions go (also those an invocation still running at the
-        # delete added afterwards).
+    def prune(self) -> None:
+        """Drop the series of deleted functions (also those an invocation still running at the
+        delete added afterwards), so a new function of an old name starts from zero."""
         known = set(self._created) | {label[0] for series in (self.invocations, self.throttles) for label in series}
         self._forget({key for key in known if not self._alive(key)})
+
+    def render(self) -> str:
+        self.prune()
         out = [
             "# HELP fgd_invocations_total Invocations by function and outcome.",
             "# TYPE fgd_invocations_total counter",

@@ -188,17 +188,30 @@ class UpdateCode(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, froze
     code_encrypt_kms_key_id: Label = ""
 
 
-def check_code_source(code_type: str, func_code: FuncCode | None, code_url: str) -> FuncCode:
+class CodeSource(msgspec.Struct, frozen=True):
+    """Where a create or code update takes its code from: base64 in the body, or a URL to fetch."""
+
+    file: str = ""
+    url: str = ""
+    # FunctionGraph's OBS link, kept and returned as given.
+    link: str = ""
+
+
+def check_code_source(code_type: str, func_code: FuncCode | None, code_url: str) -> CodeSource:
     """The code in the body; 400 for the ways of giving it this node does not take."""
-    if code_type == "obs" or code_url:
-        raise InvalidParameter("code_url is not supported yet: send the zip base64 in func_code.file, or as a raw body")
+    if code_type == "obs":
+        if not code_url:
+            raise InvalidParameter("code_type obs needs code_url: the http or https URL of the code's zip")
+        return CodeSource(url=code_url, link=func_code.link if func_code else "")
+    if code_url:
+        raise InvalidParameter(f"code_url is read only with code_type obs (got code_type {code_type})")
     if code_type == "jar":
         raise InvalidParameter("code_type jar (Java) is not supported on this node; send a zip")
     if code_type == "Custom-Image-Swr":
         raise InvalidParameter("code_type Custom-Image-Swr (custom images) is not supported on this node")
     if func_code is None or not func_code.file:
         raise InvalidParameter(f"missing required field func_code.file (the code, base64) for code_type {code_type}")
-    return func_code
+    return CodeSource(file=func_code.file, link=func_code.link)
 
 
 class AsyncInvokeConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -396,6 +409,8 @@ class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
     func_type: str = "v2"
     tags: str = ""
     code_link: str = ""
+    # code_type obs: the URL the code was fetched from (returned as code_url).
+    code_url: str = ""
     code_encrypt_kms_key_id: str = ""
 
     @property

@@ -231,9 +231,14 @@ class Api:
 
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    # Code from a URL is fetched from loopback test servers only (the default allows public addresses).
     config = """
         [instances]
         idle_keepalive = 30.0
+
+        [code_fetch]
+        allow = ["127.0.0.1/32"]
+        read_timeout = 2.0
     """
     d = Daemon(tmp_path_factory.mktemp("fgd") / "state", config)
     d.start()

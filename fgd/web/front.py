@@ -307,6 +307,7 @@ def build_front(
 
     async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         headers = _headers(scope)
+        record = None
         try:
             admission = authenticator.start_asgi(scope)
             check_project(project_id)
@@ -327,6 +328,8 @@ def build_front(
             return
         except Exception:
             log.exception("unexpected error invoking %s", urn)
+            if record is not None:
+                metrics.system_error(record.key)
             error = InternalError("internal error while invoking the function; see the daemon's log")
             await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
             return

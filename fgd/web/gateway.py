@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from fgd.errors import FgdError, NotFound
+from fgd.errors import FgdError, NotFound, Throttled, Unavailable
 from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
 from fgd.model import Trigger
@@ -181,7 +181,12 @@ def build_gateway(
             )
             request_id = new_request_id()
             event = _encoder.encode(apig_event(scope, body, trigger, request_id, token))
-            outcome = await invoker.invoke(record, event, request_id)
+            try:
+                outcome = await invoker.invoke(record, event, request_id)
+            except (Throttled, Unavailable) as refusal:
+                # Counted as on the API (fgd_throttles_total, the statistics' reject_count).
+                metrics.refused(record.key, "capacity" if isinstance(refusal, Unavailable) else "throttled")
+                raise
             metrics.invoked(record.key, outcome)
         except FgdError as refusal:
             await error(send, refusal.status, refusal.code, refusal.message)

@@ -235,9 +235,22 @@ def register(app: Any) -> None:
         return json_response(app.extensions.setdefault("fgd.openapi", document(app)))
 
 
-def offline_document() -> dict[str, Any]:
-    """The document without a daemon: the app is built only to collect its declarations."""
+class _Unserved:
+    """Stands in for the daemon's services while routes are only declared: a route module may
+    read the context as it registers (ctx.metrics.history); any attribute is another stand-in."""
+
+    def __getattr__(self, name: str) -> _Unserved:
+        return self
+
+
+def declared_app() -> Any:
+    """The management app with every route declared, for its declarations only: no handler may run."""
     # Imported here: fgd.web.api imports this module.
     from fgd.web.api import create_app
 
-    return document(create_app(cast(Any, None)))
+    return create_app(cast(Any, _Unserved()))
+
+
+def offline_document() -> dict[str, Any]:
+    """The document without a daemon (`fgd openapi`)."""
+    return document(declared_app())

@@ -51,6 +51,7 @@ from hypercorn.utils import repr_socket_addr
 
 from fgd.config import ListenerConfig
 from fgd.errors import ErrorBody
+from fgd.web.requestid import with_request_ids
 
 log = logging.getLogger("fgd.http")
 
@@ -452,7 +453,8 @@ async def serve_http(
     config.errorlog = logging.getLogger("hypercorn.error")
     config.keep_alive_timeout = limits.keep_alive_timeout
     slots = _Slots(limits.max_connections)
-    wrapped = ASGIWrapper(guard(app, limits, slots))
+    # Outside the guard, so its own answers (408, 500) get an X-Request-Id too.
+    wrapped = ASGIWrapper(with_request_ids(guard(app, limits, slots)))
     context = WorkerContext(None)
     lifespan_state: dict = {}
     lifespan = Lifespan(wrapped, config, lifespan_state)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import msgspec
@@ -14,9 +14,8 @@ import pytest
 from openapi_spec_validator import validate
 
 from fgd.web import front
-from fgd.web.api import create_app
 from fgd.web.api.common import Operation, operations
-from fgd.web.openapi import offline_document
+from fgd.web.openapi import declared_app, offline_document
 from tests.conftest import RUNTIME, Api, b64, make_zip, unique_name
 
 Call = Callable[["Seeded"], httpx.Response]
@@ -120,6 +119,15 @@ CALLS: dict[str, Call] = {
     "function_logs": lambda s: s.http.get(f"/functions/{s.name}/logs"),
     "healthz": lambda s: httpx.get(f"{s.api.daemon.url}/healthz"),
     "create_key": lambda s: s.http.post("/fgd/keys", json={"description": "round trip"}),
+    "list_reserved_configs": lambda s: s.http.get(
+        "/functions/reservedinstanceconfigs", params={"function_urn": s.name}
+    ),
+    "list_async_invoke_configs": lambda s: s.http.get(f"/functions/{s.name}/async-invoke-configs"),
+    "tenant_statistics": lambda s: s.http.get("/functions/statistics", params={"period": "1"}),
+    "monthly_statistics": lambda s: s.http.get("/functions/statistics", params={"filter": "monthly_report"}),
+    "function_statistics": lambda s: s.http.get(f"/functions/{s.name}/statistics/15"),
+    "function_sla_report": lambda s: s.http.get(f"/functions/{s.name}/slareports/5"),
+    "quotas": lambda s: s.http.get("/quotas"),
     "list_keys": lambda s: s.http.get("/fgd/keys"),
 }
 
@@ -135,16 +143,20 @@ def seeded(api: Api) -> Seeded:
 
 
 def declared() -> list[Operation]:
-    return [*operations(create_app(cast(Any, None))), *front.OPERATIONS]
+    return [*operations(declared_app()), *front.OPERATIONS]
+
+
+# A second answer of an operation whose answer has two forms: {call: operation}.
+ALSO = {"monthly_statistics": "tenant_statistics"}
 
 
 def test_every_structured_answer_has_a_round_trip() -> None:
-    assert {op.name for op in declared() if structured(op)} == set(CALLS)
+    assert {op.name for op in declared() if structured(op)} == set(CALLS) - set(ALSO)
 
 
 @pytest.mark.parametrize("name", list(CALLS))
 def test_the_answer_struct_round_trips_a_real_answer(seeded: Seeded, name: str) -> None:
-    op = next(op for op in declared() if op.name == name)
+    op = next(op for op in declared() if op.name == ALSO.get(name, name))
     answer = CALLS[name](seeded)
     assert answer.status_code == op.status, answer.text
     decoded = msgspec.json.decode(answer.content, type=op.answer)

@@ -87,6 +87,8 @@ def pinned(seeded: Seeded, operation: str) -> dict[str, Any]:
         "number": seeded.dep_version,
         "kind": "TIMER",
         "trigger_id": seeded.trigger_id,
+        # Minutes: a valid period of both statistics/{period} and slareports/{period}.
+        "period": "5",
     }
     if operation == "delete_function":
         values["urn"] = "absent"

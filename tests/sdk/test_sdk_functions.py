@@ -180,7 +180,6 @@ def test_update_config_keeps_metadata_and_changes_settings(sdk: FunctionGraphCli
             {"mount_config": m.MountConfig(func_mounts=[m.FuncMount(mount_type="sfs", local_mount_path="/mnt")])},
             "mount_config.func_mounts",
         ),
-        ({"code_type": "obs", "code_url": "https://bucket.example/code.zip", "func_code": None}, "code_url"),
     ],
 )
 def test_fields_this_node_cannot_honour_are_refused_naming_them(
@@ -288,19 +287,6 @@ def test_code_show_and_update_with_dependencies(sdk: FunctionGraphClient) -> Non
         )
     )
     assert kept.depend_version_list == [dependency.id]
-
-
-def test_code_url_is_refused_on_code_update(sdk: FunctionGraphClient) -> None:
-    created = create(sdk)
-    error = refused(
-        lambda: sdk.update_function_code(
-            m.UpdateFunctionCodeRequest(
-                function_urn=created.func_urn,
-                body=m.UpdateFunctionCodeRequestBody(code_type="obs", code_url="https://bucket.example/c.zip"),
-            )
-        )
-    )
-    assert error.status_code == 400 and "code_url is not supported yet" in error.error_msg
 
 
 def test_max_instances_and_reserved_instances(sdk: FunctionGraphClient) -> None:

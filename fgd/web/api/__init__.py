@@ -13,14 +13,23 @@ from werkzeug.exceptions import HTTPException
 
 from fgd.errors import ErrorBody, FgdError, MethodNotAllowed, NotFound, TooLarge
 from fgd.web import openapi
-from fgd.web.api import asynchronous, dependencies, functions, invocations, keys, observability, triggers
+from fgd.web.api import (
+    asynchronous,
+    dependencies,
+    functions,
+    invocations,
+    keys,
+    observability,
+    statistics,
+    triggers,
+)
 from fgd.web.api.common import MAX_JSON_BODY, ApiContext, error_response, json_response
 
 __all__ = ["ApiContext", "create_app"]
 
 log = logging.getLogger("fgd.web.api")
 
-RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability, keys)
+RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability, keys, statistics)
 
 
 def create_app(ctx: ApiContext) -> QuartTrio:

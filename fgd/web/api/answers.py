@@ -16,7 +16,7 @@ from msgspec import Meta
 
 from fgd.asyncqueue import Status
 from fgd.keys import DESCRIPTION_MAX, KeyInfo
-from fgd.model import DependencyName, Description
+from fgd.model import PACKAGE_RE, AsyncConfigAnswer, DependencyName, Description, TacticsConfig
 from fgd.store import LogLine
 from fgd.web.api.common import LIST_MAX_ITEMS
 
@@ -31,8 +31,17 @@ class Runtimes(msgspec.Struct, kw_only=True):
     runtimes: list[str]
 
 
+class PageInfo(msgspec.Struct, kw_only=True):
+    """Where the next page starts (0: there is none) and where this one started."""
+
+    next_marker: int
+    previous_marker: int
+    current_count: int
+
+
 class ReservedInstance(msgspec.Struct, kw_only=True):
     func_urn: str
+    count: int
     qualifier_type: str
     qualifier_name: str
     min_count: int
@@ -41,10 +50,76 @@ class ReservedInstance(msgspec.Struct, kw_only=True):
 
 
 class ReservedInstanceList(msgspec.Struct, kw_only=True):
-    """The functions of a project that keep reserved instances."""
+    """The functions of a project that keep reserved instances (or the one asked for)."""
 
     reservedinstances: list[ReservedInstance]
+    page_info: PageInfo
     count: int
+
+
+class ReservedInstanceConfig(msgspec.Struct, kw_only=True):
+    function_urn: str
+    qualifier_type: str
+    qualifier_name: str
+    min_count: int
+    idle_mode: bool
+    tactics_config: TacticsConfig
+
+
+class ReservedInstanceConfigList(msgspec.Struct, kw_only=True):
+    reserved_instances: list[ReservedInstanceConfig]
+    page_info: PageInfo
+    count: int
+
+
+class AsyncInvokeConfigList(msgspec.Struct, kw_only=True):
+    """A function's asynchronous invocation settings, if set (fgd functions have one version)."""
+
+    async_invoke_configs: list[AsyncConfigAnswer]
+    page_info: PageInfo
+    count: int
+
+
+class StatisticPoint(msgspec.Struct, kw_only=True):
+    # Milliseconds since the epoch of the start of the point's minutes.
+    timestamp: int
+    # -1: no data (a duration where nothing ran).
+    value: int | float
+
+
+# Series by name (count, duration, fail_count, max_duration, ...): ListFunctionStatistics,
+# ShowFunctionMetrics, ListStatistics' monitor_data.
+Series = dict[str, list[StatisticPoint]]
+
+
+class MonthValue(msgspec.Struct, kw_only=True):
+    date: str
+    value: int | float
+
+
+class TenantStatistics(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """ListStatistics: `statistics` with filter=monitor_data, the monthly lists with monthly_report."""
+
+    statistics: Series | None = None
+    count: list[MonthValue] | None = None
+    gbs: list[MonthValue] | None = None
+    gpu_gbs: list[MonthValue] | None = None
+
+
+class QuotaResource(msgspec.Struct, kw_only=True):
+    type: str
+    # -1: no limit on this node.
+    quota: int
+    used: int
+    unit: str
+
+
+class QuotaResources(msgspec.Struct, kw_only=True):
+    resources: list[QuotaResource]
+
+
+class Quotas(msgspec.Struct, kw_only=True):
+    quotas: QuotaResources
 
 
 class AsyncAccepted(msgspec.Struct, kw_only=True):
@@ -111,6 +186,41 @@ class CancelBody(msgspec.Struct, kw_only=True):
 class PageQuery(msgspec.Struct, kw_only=True):
     marker: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = 0
     maxitems: Annotated[int, Meta(ge=1, le=LIST_MAX_ITEMS)] = LIST_MAX_ITEMS
+
+
+class FunctionListQuery(msgspec.Struct, kw_only=True):
+    # A part of a function name (any case).
+    func_name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,60}$")] | None = None
+    package_name: Annotated[str, Meta(pattern=PACKAGE_RE)] | None = None
+    marker: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = 0
+    # None, 0 or over 400 means 400.
+    maxitems: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = LIST_MAX_ITEMS
+
+
+class LimitQuery(msgspec.Struct, kw_only=True):
+    """FunctionGraph's newer lists: none or 0 means the default page size, more than the most means the most."""
+
+    marker: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = 0
+    limit: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = 0
+
+
+class ReservedQuery(LimitQuery, kw_only=True):
+    # One function (even one with none reserved) instead of every one with reserved instances.
+    urn: str = ""
+
+
+class ReservedConfigsQuery(LimitQuery, kw_only=True):
+    function_urn: str = ""
+
+
+class StatisticsQuery(msgspec.Struct, kw_only=True):
+    filter: Literal["monitor_data", "monthly_report"] = "monitor_data"
+    # Minutes of one point (monitor_data).
+    period: Literal["1", "5", "15", "60"] = "5"
+    # Months back (monthly_report): 0 this month, 1 last month, 2 the last three, 3 the last six.
+    option: Literal["0", "1", "2", "3"] = "0"
+    limit: Annotated[int, Meta(ge=0, le=500)] = 100
+    marker: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = 0
 
 
 class DependencyQuery(PageQuery, kw_only=True):

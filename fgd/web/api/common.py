@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from quart import Response, request
 
-from fgd.config import AsyncConfig
+from fgd.config import AsyncConfig, Config
 from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.errors import FgdError, InvalidParameter
@@ -50,6 +50,8 @@ class ApiContext:
     health: Callable[[], dict[str, Any]]
     # Writes buffered log lines to the store, so a read sees every line written so far.
     logs_flush: Callable[[], Awaitable[None]]
+    # The node's configuration, for the limits GET /quotas reports.
+    config: Config = field(default_factory=Config)
 
     def lookup(self, project_id: str, urn: str) -> FunctionRecord:
         check_project(project_id)
@@ -126,6 +128,52 @@ def page(items: list, key: str) -> dict[str, Any]:
     return {key: chunk, "next_marker": next_marker if next_marker < len(items) else 0, "count": len(items)}
 
 
+class Window(msgspec.Struct, frozen=True):
+    """Where one page of a list starts and how long it may be."""
+
+    marker: int
+    limit: int
+
+
+def window(limit_name: str, default: int, maximum: int) -> Window:
+    """The `marker` and `limit_name` arguments by FunctionGraph's rule for its newer lists: no
+    value or 0 means `default`, over `maximum` means `maximum`; a negative or non-integer value,
+    or a marker past 2**31, is a 400 naming the argument."""
+    marker = int_arg("marker", 0, 0, 1 << 31)
+    raw = request.args.get(limit_name)
+    if raw in (None, ""):
+        return Window(marker, default)
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise InvalidParameter(_limit_rule(limit_name, default, maximum)) from None
+    if not 0 <= limit <= 1 << 31:
+        raise InvalidParameter(_limit_rule(limit_name, default, maximum))
+    return Window(marker, min(limit, maximum) if limit else default)
+
+
+def _limit_rule(name: str, default: int, maximum: int) -> str:
+    return f"{name} must be an integer from 0 to {1 << 31} (none or 0 means {default}; over {maximum} means {maximum})"
+
+
+def paged(items: list, key: str, at: Window) -> dict[str, Any]:
+    """One page of `items` with FunctionGraph's `page_info` and the total `count`.
+
+    next_marker is where the next page starts, 0 once there is none (as in `page`);
+    previous_marker is where this one started."""
+    chunk = items[at.marker : at.marker + at.limit]
+    end = at.marker + len(chunk)
+    return {
+        key: chunk,
+        "page_info": {
+            "next_marker": end if end < len(items) else 0,
+            "previous_marker": at.marker,
+            "current_count": len(chunk),
+        },
+        "count": len(items),
+    }
+
+
 # Route declarations ------------------------------------------------------------------------
 #
 # Every route is declared once, with `route`: the declaration registers the Quart handler and
@@ -194,24 +242,29 @@ def declare(method: str, path: str, handler: Callable[..., Any], tag: str, **fie
 def route(app: Any, method: str, path: str, **fields: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated handler for `method path` and declare it for the OpenAPI document.
 
-    The handler returns a Response, or the declared answer, which is encoded as JSON with the
-    declared status. An answer of another type than the declared Struct is a programming
-    error: it is refused (a 500 and a log line) rather than sent with an undocumented shape.
+    The handler returns a Response, or its answer: the declared type, or plain data (dicts,
+    lists) of that shape, which is converted to it (fields the type lacks are left out) and
+    encoded as JSON with the declared status. An answer that does not fit the declared type is
+    a programming error: it is refused (a 500 and a log line), never sent undocumented.
     """
 
     def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         tag = handler.__module__.rsplit(".", 1)[-1]
         operation = declare(method, path, handler, tag, **fields)
         answer = operation.answer
-        expected = answer if isinstance(answer, type) and issubclass(answer, msgspec.Struct) else None
+        # None (no body), Any (the function's own result), bytes and text go as they are.
+        checked = answer not in (None, Any, bytes, str)
 
         @functools.wraps(handler)
         async def view(**kwargs: Any) -> Any:
             result = await handler(**kwargs)
             if isinstance(result, Response):
                 return result
-            if expected is not None and not isinstance(result, expected):
-                raise TypeError(f"{operation.name} answered a {type(result).__name__}, not a {expected.__name__}")
+            if checked:
+                try:
+                    result = msgspec.convert(result, answer)
+                except msgspec.ValidationError as exc:
+                    raise TypeError(f"{operation.name}'s answer does not fit {answer}: {exc}") from None
             return json_response(result, operation.status)
 
         app.add_url_rule(path, endpoint=operation.name, view_func=view, methods=[method])

@@ -2,39 +2,73 @@
 
 from __future__ import annotations
 
-from quart import Response
+import re
+
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from fgd.errors import InvalidParameter
 from fgd.model import (
+    PACKAGE_RE,
     CreateFunction,
     FunctionCode,
     FunctionConfig,
     FunctionList,
+    FunctionRecord,
     FunctionSettings,
     ReservedAnswer,
     ReservedInstances,
     UpdateCode,
     check_project,
+    parse_function_ref,
 )
 from fgd.web.api.answers import (
     ExportQuery,
+    FunctionListQuery,
     MaxInstanceBody,
-    PageQuery,
     RawCodeQuery,
-    ReservedInstance,
+    ReservedConfigsQuery,
+    ReservedInstanceConfigList,
     ReservedInstanceList,
+    ReservedQuery,
     Runtimes,
 )
 from fgd.web.api.common import (
     BASE,
+    LIST_MAX_ITEMS,
     ApiContext,
     Partial,
     body_json,
     bool_arg,
-    page,
+    paged,
     route,
+    window,
 )
+
+# What a `func_name` filter may hold: a part of a function name (FuncName's characters).
+NAME_FILTER = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+RESERVED_CONFIGS_MAX = 500
+
+
+def _name_filter() -> str | None:
+    value = request.args.get("func_name")
+    if not value:
+        return None
+    if not NAME_FILTER.match(value):
+        raise InvalidParameter(
+            "func_name must be 1-60 letters, digits, '_' or '-' (a part of a function name; "
+            "names have no other characters)"
+        )
+    return value.lower()
+
+
+def _package_filter() -> str | None:
+    value = request.args.get("package_name")
+    if not value:
+        return None
+    if not re.match(PACKAGE_RE, value):
+        raise InvalidParameter("package_name must be 1-64 letters, digits, '_' or '-'")
+    return value
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
@@ -48,12 +82,25 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         record = await ctx.functions.create(project_id, await body_json())
         return ctx.functions.config(record)
 
-    @route(app, "GET", f"{BASE}/functions", query=PageQuery, answer=FunctionList)
+    @route(app, "GET", f"{BASE}/functions", query=FunctionListQuery, answer=FunctionList)
     async def list_functions(project_id: str) -> FunctionList:
+        # FunctionGraph's ListFunctions: func_name matches any part of a name, case aside;
+        # package_name the whole package. maxitems: none, 0 or over 400 means 400 functions.
         check_project(project_id)
-        listing = page(ctx.store.list(project_id), "functions")
-        listing["functions"] = [ctx.functions.config(r) for r in listing["functions"]]
-        return FunctionList(**listing)
+        name, package = _name_filter(), _package_filter()
+        at = window("maxitems", LIST_MAX_ITEMS, LIST_MAX_ITEMS)
+        found = [
+            r
+            for r in ctx.store.list(project_id)
+            if (name is None or name in r.func_name.lower()) and (package is None or r.package == package)
+        ]
+        listing = paged(found, "functions", at)
+        # ListFunctions has the older shape: next_marker at the top, no page_info.
+        return FunctionList(
+            functions=[ctx.functions.config(r) for r in listing["functions"]],
+            next_marker=listing["page_info"]["next_marker"],
+            count=listing["count"],
+        )
 
     @route(app, "GET", f"{BASE}/functions/<urn>/config", answer=FunctionConfig)
     async def get_config(project_id: str, urn: str) -> FunctionConfig:
@@ -87,21 +134,61 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         record = await ctx.functions.set_reserved(ctx.lookup(project_id, urn), await body_json())
         return ctx.functions.reserved(record)
 
-    @route(app, "GET", f"{BASE}/functions/reservedinstances", answer=ReservedInstanceList)
-    async def list_reserved(project_id: str) -> ReservedInstanceList:
+    def reserved_of(project_id: str, urn_arg: str) -> list[FunctionRecord]:
+        """The functions with reserved instances, or the one `urn_arg` names (even with none)."""
         check_project(project_id)
+        urn = request.args.get(urn_arg)
+        if urn:
+            ref = parse_function_ref(project_id, urn, ctx.functions.region)
+            record = ctx.store.get(ref.key)
+            return [record] if record is not None and ref.qualifier == "latest" else []
+        return [r for r in ctx.store.list(project_id) if r.reserved]
+
+    # Fixed names under /functions/ are matched before /functions/<urn> (Werkzeug ranks static
+    # segments first), and no GET route takes /functions/<urn> alone: a function named
+    # "reservedinstances" or "statistics" keeps its own routes (.../functions/statistics/config).
+
+    @route(app, "GET", f"{BASE}/functions/reservedinstances", query=ReservedQuery, answer=ReservedInstanceList)
+    async def list_reserved(project_id: str) -> ReservedInstanceList:
+        # FunctionGraph's ListFunctionReservedInstances ({func_urn, count} items); fgd's own
+        # fields (qualifier, min_count, running) stay alongside.
+        at = window("limit", LIST_MAX_ITEMS, LIST_MAX_ITEMS)
         rows = [
-            ReservedInstance(
-                func_urn=ctx.functions.config(r).func_urn,
-                qualifier_type="version",
-                qualifier_name="latest",
-                min_count=r.reserved,
-                running=ctx.functions.reserved_running(r),
-            )
-            for r in ctx.store.list(project_id)
-            if r.reserved
+            {
+                "func_urn": ctx.functions.config(r).func_urn,
+                "count": r.reserved,
+                "qualifier_type": "version",
+                "qualifier_name": "latest",
+                "min_count": r.reserved,
+                "running": ctx.functions.reserved_running(r),
+            }
+            for r in reserved_of(project_id, "urn")
         ]
-        return ReservedInstanceList(reservedinstances=rows, count=len(rows))
+        return paged(rows, "reservedinstances", at)
+
+    @route(
+        app,
+        "GET",
+        f"{BASE}/functions/reservedinstanceconfigs",
+        query=ReservedConfigsQuery,
+        answer=ReservedInstanceConfigList,
+    )
+    async def list_reserved_configs(project_id: str) -> ReservedInstanceConfigList:
+        # FunctionGraph's ListReservedInstanceConfigs. fgd keeps reserved instances always
+        # started (idle_mode is stored and returned only); no scheduled or metric-driven policies.
+        at = window("limit", 100, RESERVED_CONFIGS_MAX)
+        rows = [
+            {
+                "function_urn": ctx.functions.config(r).func_urn,
+                "qualifier_type": "version",
+                "qualifier_name": "latest",
+                "min_count": r.reserved,
+                "idle_mode": r.reserved_idle_mode,
+                "tactics_config": {"cron_configs": [], "metric_configs": []},
+            }
+            for r in reserved_of(project_id, "function_urn")
+        ]
+        return paged(rows, "reserved_instances", at)
 
     @route(app, "PUT", f"{BASE}/functions/<urn>/config-max-instance", body=MaxInstanceBody, answer=FunctionConfig)
     async def put_max_instances(project_id: str, urn: str) -> FunctionConfig:

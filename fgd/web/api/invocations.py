@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quart import request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from fgd.asyncqueue import AsyncEvent, invocation_answer
@@ -18,6 +18,7 @@ from fgd.web.api.common import (
     ApiContext,
     body_json,
     int_arg,
+    json_response,
     route,
 )
 
@@ -33,7 +34,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         status=202,
         errors=(413, 429),
     )
-    async def invoke_async(project_id: str, urn: str) -> AsyncAccepted:
+    async def invoke_async(project_id: str, urn: str) -> Response:
         record = ctx.lookup(project_id, urn)
         data = await request.get_data()
         if len(data) > ctx.async_config.max_payload:
@@ -49,7 +50,10 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         # Durable before we answer: 202 means it will run (at least once).
         await ctx.store.run(ctx.store.queue.enqueue, event)
         ctx.dispatcher.notify()
-        return AsyncAccepted(request_id=event.request_id)
+        response = json_response(AsyncAccepted(request_id=event.request_id), 202)
+        # As on a sync invocation: the answer's X-Request-Id (fgd.web.requestid) is the event's id.
+        response.headers["X-Cff-Request-Id"] = event.request_id
+        return response
 
     @route(
         app, "GET", f"{BASE}/functions/<urn>/async-invocations", query=AsyncInvocationsQuery, answer=AsyncInvocationList
