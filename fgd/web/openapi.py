@@ -42,6 +42,14 @@ PATH_PARAMETERS: dict[str, tuple[dict[str, Any], str]] = {
         "or a bare name (package default)",
     ),
 }
+# On every answer (fgd.web.requestid): an invocation's is its X-Cff-Request-Id.
+EVERY_ANSWER_HEADERS = {
+    "X-Request-Id": {
+        "required": True,
+        "description": "the request's id (an invocation's X-Cff-Request-Id)",
+        "schema": {"type": "string", "minLength": 1},
+    }
+}
 SECURITY_SCHEMES = {
     "token": {
         "type": "apiKey",
@@ -170,6 +178,8 @@ class _Builder:
                     "content": {"application/json": {"schema": self._schema(ErrorBody)}},
                 },
             )
+        for answer in responses.values():
+            answer["headers"] = {**EVERY_ANSWER_HEADERS, **answer.get("headers", {})}
         described["responses"] = dict(sorted(responses.items()))
         if not op.auth:
             described["security"] = []

@@ -170,3 +170,12 @@ def test_the_invoke_route_documents_its_headers(doc: dict[str, Any]) -> None:
     answered = invoke["responses"]["200"]["headers"]
     assert answered["X-Cff-Request-Id"]["required"] and answered["X-Is-Func-Err"]["required"]
     assert not answered["X-Cff-Function-Log"]["required"]
+
+
+def test_every_answer_documents_its_request_id(doc: dict[str, Any]) -> None:
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for status, answer in op["responses"].items():
+                assert answer["headers"]["X-Request-Id"]["required"], (method, path, status)
+    queued = doc["paths"]["/v2/{project_id}/fgs/functions/{urn}/invocations-async"]["post"]["responses"]["202"]
+    assert queued["headers"]["X-Cff-Request-Id"]["required"]

@@ -305,3 +305,8 @@ class InvokeAnswerHeaders(
     func_err_code: str = ""
     # With X-Cff-Log-Type: Tail, base64 of the invocation's last log bytes.
     function_log: str = ""
+
+
+class AsyncAnswerHeaders(msgspec.Struct, kw_only=True, rename={"request_id": "X-Cff-Request-Id"}):
+    # The queued invocation's id, as on a synchronous invocation.
+    request_id: str

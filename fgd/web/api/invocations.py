@@ -12,7 +12,7 @@ from fgd.asyncqueue import AsyncEvent, invocation_answer
 from fgd.errors import Conflict, InvalidParameter, NotFound, Throttled, TooLarge
 from fgd.invoker import check_event, new_request_id
 from fgd.model import AsyncInvocationList
-from fgd.web.api.answers import AsyncAccepted, AsyncInvocationsQuery, CancelBody, Cancelled
+from fgd.web.api.answers import AsyncAccepted, AsyncAnswerHeaders, AsyncInvocationsQuery, CancelBody, Cancelled
 from fgd.web.api.common import (
     BASE,
     ApiContext,
@@ -31,6 +31,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         body=Any,
         body_optional=True,
         answer=AsyncAccepted,
+        answer_headers=AsyncAnswerHeaders,
         status=202,
         errors=(413, 429),
     )
