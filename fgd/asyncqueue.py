@@ -50,14 +50,19 @@ class AsyncEvent(msgspec.Struct, kw_only=True):
     error_message: str = ""
     # Leases since the daemon last settled this event (see MAX_LEASES).
     leases: int = 0
+    # The version (and alias) resolved when the event was queued (fgd.versions; schema v8).
+    version: str = "latest"
+    alias: str = ""
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.project_id, self.package, self.func_name)
 
     @classmethod
-    def new(cls, key: tuple[str, str, str], request_id: str, payload: bytes) -> AsyncEvent:
-        """A fresh event for the function `key`, due now."""
+    def new(
+        cls, key: tuple[str, str, str], request_id: str, payload: bytes, version: str = "latest", alias: str = ""
+    ) -> AsyncEvent:
+        """A fresh event for the function `key` (the resolved `version`, through `alias`), due now."""
         now = time.time()
         project_id, package, func_name = key
         return cls(
@@ -68,6 +73,8 @@ class AsyncEvent(msgspec.Struct, kw_only=True):
             payload=payload,
             created=now,
             not_before=now,
+            version=version,
+            alias=alias,
         )
 
 

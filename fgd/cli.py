@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from fgd.client import Client, ClientError, ProgressReader, Response, quote, resolve_token
+from fgd.client import ApiError, Client, ClientError, ProgressReader, Response, quote, resolve_token
 
 SKIP_DIRS = {"__pycache__", ".git", ".venv", "node_modules"}
 # Zips up to this size go base64 inside JSON; larger ones as a raw body, with a progress line.
@@ -371,6 +371,88 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    body = {k: v for k, v in (("version", args.version), ("description", args.description)) if v}
+    version = client.json("POST", f"/functions/{quote(args.name)}/versions", body)
+    print(f"published {args.name}:{version['version']} (digest {version['digest'][:16]}...)")
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    rows = client.json("GET", f"/functions/{quote(args.name)}/versions?maxitems=400")["versions"]
+    table = [("VERSION", "MEMORY", "TIMEOUT", "CODE SIZE", "PUBLISHED", "DESCRIPTION")]
+    for v in rows:
+        described = v.get("version_description", "") if v["version"] != "latest" else "(current code and config)"
+        table.append(
+            (
+                v["version"],
+                f"{v['memory_size']} MB",
+                f"{v['timeout']} s",
+                str(v["code_size"]),
+                v["last_modified"],
+                described,
+            )
+        )
+    print_table(table)
+    return 0
+
+
+def parse_weights(pairs: Sequence[str]) -> dict[str, int]:
+    weights = {}
+    for pair in pairs:
+        version, sep, weight = pair.partition("=")
+        if not sep or not version or not weight.isdigit():
+            raise ClientError(f"--weight {pair!r} must be VERSION=PERCENT (an integer 0-100)")
+        weights[version] = int(weight)
+    return weights
+
+
+def cmd_alias_set(args: argparse.Namespace) -> int:
+    """Create the alias, or point an existing one elsewhere."""
+    client = client_of(args)
+    body = {
+        "version": args.version,
+        "description": args.description,
+        "additional_version_weights": parse_weights(args.weight),
+    }
+    path = f"/functions/{quote(args.name)}/aliases"
+    try:
+        client.json("GET", f"{path}/{quote(args.alias)}")
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+        client.json("POST", path, {"name": args.alias, **body})
+        print(f"alias {args.name}:!{args.alias} -> {args.version}")
+        return 0
+    client.json("PUT", f"{path}/{quote(args.alias)}", body)
+    print(f"alias {args.name}:!{args.alias} -> {args.version} (moved)")
+    return 0
+
+
+def cmd_alias_ls(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    rows = client.json("GET", f"/functions/{quote(args.name)}/aliases")
+    if not rows:
+        print(f"{args.name} has no aliases")
+        return 0
+    table = [("ALIAS", "VERSION", "ADDITIONAL", "DESCRIPTION")]
+    for a in rows:
+        extra = ", ".join(f"{v} {w}%" for v, w in a["additional_version_weights"].items())
+        extra = extra or ", ".join(f"{v} by header" for v in a["additional_version_strategy"])
+        table.append((a["name"], a["version"], extra, a["description"]))
+    print_table(table)
+    return 0
+
+
+def cmd_alias_rm(args: argparse.Namespace) -> int:
+    client = client_of(args)
+    client.request("DELETE", f"/functions/{quote(args.name)}/aliases/{quote(args.alias)}")
+    print(f"deleted alias {args.name}:!{args.alias}")
+    return 0
+
+
 def cmd_rm(args: argparse.Namespace) -> int:
     client = client_of(args)
     client.request("DELETE", f"/functions/{quote(args.name)}")
@@ -542,12 +624,42 @@ def build_parser() -> argparse.ArgumentParser:
     dep_rm.set_defaults(func=cmd_dep_rm)
 
     invoke = sub.add_parser("invoke", parents=[common], help="invoke a function synchronously")
-    invoke.add_argument("name")
+    invoke.add_argument("name", help="NAME, or NAME:VERSION / NAME:!ALIAS")
     invoke.add_argument("--data", default="{}", help="event as JSON, or @file")
     invoke.add_argument("--log", action="store_true", help="print the invocation's log tail on stderr")
     invoke.add_argument("-v", "--verbose", action="store_true", help="print the request id and summary")
     invoke.add_argument("--async", dest="async_", action="store_true", help="queue it and print the request id")
     invoke.set_defaults(func=cmd_invoke)
+
+    publish = sub.add_parser("publish", parents=[common], help="publish latest as a new frozen version")
+    publish.add_argument("name")
+    publish.add_argument("--version", help="its name (default vYYYYMMDD-HHMMSS)")
+    publish.add_argument("--description", default="")
+    publish.set_defaults(func=cmd_publish)
+
+    versions = sub.add_parser("versions", parents=[common], help="list a function's versions")
+    versions.add_argument("name")
+    versions.set_defaults(func=cmd_versions)
+
+    alias = sub.add_parser("alias", help="aliases: names that point at a version").add_subparsers(
+        dest="alias_command", required=True
+    )
+    alias_set = alias.add_parser("set", parents=[common], help="create an alias or point it at another version")
+    alias_set.add_argument("name")
+    alias_set.add_argument("alias")
+    alias_set.add_argument("version")
+    alias_set.add_argument(
+        "--weight", action="append", default=[], metavar="VERSION=PERCENT", help="send a share to another version"
+    )
+    alias_set.add_argument("--description", default="")
+    alias_set.set_defaults(func=cmd_alias_set)
+    alias_ls = alias.add_parser("ls", parents=[common], help="list a function's aliases")
+    alias_ls.add_argument("name")
+    alias_ls.set_defaults(func=cmd_alias_ls)
+    alias_rm = alias.add_parser("rm", parents=[common], help="delete an alias")
+    alias_rm.add_argument("name")
+    alias_rm.add_argument("alias")
+    alias_rm.set_defaults(func=cmd_alias_rm)
 
     async_ = sub.add_parser("async", help="asynchronous invocations").add_subparsers(
         dest="async_command", required=True

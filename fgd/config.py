@@ -47,7 +47,7 @@ class ListenerConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 class ServerConfig(ListenerConfig, forbid_unknown_fields=True, frozen=True):
     listen: str = "127.0.0.1:8900"
     # A part of every function URN (urn:fss:<region>:...): no ":" or spaces.
-    region: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "local"
+    region: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")] = "local"
     # Seconds SIGTERM waits for in-flight requests before instances are killed.
     shutdown_grace: NonNegative = 10.0
 
@@ -152,7 +152,7 @@ class CodeFetchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     # CIDRs the daemon may fetch from although they are not public (loopback, private, link-local),
     # e.g. ["192.168.10.5/32"] for an artifact server on the LAN. Empty: public addresses only.
-    allow: list[Annotated[str, Meta(pattern=r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?$")]] = []
+    allow: list[Annotated[str, Meta(pattern=r"^[0-9A-Fa-f.:]+(/[0-9]{1,3})?\Z")]] = []
     connect_timeout: Seconds = 10.0
     # The longest pause between two reads of the answer.
     read_timeout: Seconds = 30.0

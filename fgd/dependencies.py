@@ -160,9 +160,13 @@ class Dependencies:
         dependency = self.version(project_id, dep_id, number)
         if dependency.owner == "public":
             raise Forbidden(f"{dependency.name} is a public dependency; the node's operator manages it")
+        # latest and every published version (fgd.versions): a version's dependencies are frozen with it.
+        records = [*self._store.functions.values()]
+        records += [v for versions in self._store.versions.values() for v in versions.values()]
         users = sorted(
-            f"{r.package}:{r.func_name}" if r.package != "default" else r.func_name
-            for r in self._store.functions.values()
+            (f"{r.package}:{r.func_name}" if r.package != "default" else r.func_name)
+            + (f" (version {r.version})" if r.version != "latest" else "")
+            for r in records
             if dependency.id in r.settings.depend_version_list
         )
         if users:

@@ -25,10 +25,11 @@ import msgspec
 import trio
 
 from fgd.asyncqueue import AsyncEvent
-from fgd.errors import InvalidParameter
+from fgd.errors import InvalidParameter, NotFound
 from fgd.invoker import Outcome, new_request_id
-from fgd.model import FunctionRecord, function_urn, parse_function_ref
+from fgd.model import FunctionRecord, FunctionRef, function_urn, parse_function_ref
 from fgd.store import Store
+from fgd.versions import lookup, route
 
 log = logging.getLogger("fgd.destinations")
 
@@ -111,9 +112,12 @@ def _check_spec(store: Store, record: FunctionRecord, condition: str, spec: obje
         if set(param) - {"func_urn"}:
             raise InvalidParameter(f"{field}.param: unknown field {sorted(set(param) - {'func_urn'})[0]!r}")
         ref = parse_function_ref(record.project_id, urn, region)
-        if store.get(ref.key) is None:
-            raise InvalidParameter(f"{field}: function {urn} does not exist")
-        return ("FunctionGraph", ref.key)
+        try:
+            # A qualified URN names a version or alias (fgd.versions), resolved again at each delivery.
+            target = lookup(store, ref)
+        except NotFound:
+            raise InvalidParameter(f"{field}: function {urn} does not exist") from None
+        return ("FunctionGraph", FunctionRef(target.project_id, target.package, target.func_name, target.qualifier))
     if spec["destination"] == "WEBHOOK":
         if set(param) - {"url"}:
             raise InvalidParameter(f"{field}.param: unknown field {sorted(set(param) - {'url'})[0]!r}")
@@ -136,7 +140,7 @@ def check_no_cycle(store: Store, record: FunctionRecord, new: dict[str, tuple[st
 
     def edges(key: tuple) -> list[tuple]:
         if key == record.key:
-            return [target for kind, target in new.values() if kind == "FunctionGraph"]
+            return [target.key for kind, target in new.values() if kind == "FunctionGraph"]
         other = store.get(key)
         if other is None:
             return []
@@ -183,7 +187,8 @@ class Destinations:
             raise
         payload = msgspec.json.encode(self.payload(record, event, outcome, condition))
         if kind == "FunctionGraph":
-            queued = AsyncEvent.new(target, new_request_id(), payload)
+            chosen = route(self._store, lookup(self._store, target))
+            queued = AsyncEvent.new(chosen.key, new_request_id(), payload, chosen.version, chosen.alias)
             await self._store.run(self._store.queue.enqueue, queued)
             self._notify()
         else:

@@ -31,7 +31,9 @@ from fgd.config import AsyncConfig
 from fgd.destinations import Destinations
 from fgd.errors import FgdError, Throttled, Unavailable
 from fgd.invoker import Invoker, Outcome
+from fgd.model import FunctionRecord
 from fgd.store import Store
+from fgd.versions import alias_view
 
 log = logging.getLogger("fgd.dispatch")
 
@@ -118,7 +120,8 @@ class Dispatcher:
                 outcome = await self._attempt(event)
             except Exception as exc:  # noqa: BLE001 - the boundary of one event (logged in _internal_failure)
                 self._internal_failure(event, "running it", exc)
-            record = self._store.get(event.key)
+            # The destinations of the version or alias that ran (fgd.versions), else latest's.
+            record = self._record_of(event) or self._store.get(event.key)
             if record is not None and event.status in ("SUCCESS", "FAIL", "DISCARD"):
                 # Destination first, settle after: a crash in between re-runs the event and
                 # notifies again (at least once), never settles it with no notification.
@@ -187,11 +190,15 @@ class Dispatcher:
             await trio.sleep(interval)
 
     async def _attempt(self, event: AsyncEvent) -> Outcome | None:
-        record = self._store.get(event.key)
+        latest = self._store.get(event.key)
         now = time.time()
-        if record is None or event.created < record.created:
+        if latest is None or event.created < latest.created:
             # Gone, or deleted and created again since this event was queued: not this function's.
             self._final(event, "DISCARD", "FSS.0404", "the function was deleted")
+            return None
+        record = self._record_of(event)
+        if record is None:
+            self._final(event, "DISCARD", "FSS.1052", f"version {event.version} of the function was deleted")
             return None
         policy = record.async_config
         if now - event.created > policy.max_async_event_age_in_seconds:
@@ -226,6 +233,12 @@ class Dispatcher:
         else:
             self._final(event, "FAIL", outcome.error.error_type, outcome.error.error_message)
         return outcome
+
+    def _record_of(self, event: AsyncEvent) -> FunctionRecord | None:
+        """The version resolved when the event was queued, through its alias if that still exists."""
+        record = self._store.version(event.key, event.version)
+        alias = self._store.aliases.get(event.key, {}).get(event.alias) if event.alias else None
+        return alias_view(record, alias) if record is not None and alias is not None else record
 
     @staticmethod
     def _final(event: AsyncEvent, status: str, code: str, message: str) -> None:

@@ -80,3 +80,44 @@ class InternalError(FgdError):
 class Unavailable(FgdError):
     status = 503
     code = "FSS.0503"
+
+
+# Versions and aliases: FunctionGraph's own codes (docs/errors.md).
+
+
+class VersionNotFound(NotFound):
+    code = "FSS.1052"
+
+
+class AliasNotFound(NotFound):
+    code = "FSS.1053"
+
+
+class VersionExists(Conflict):
+    code = "FSS.1062"
+
+
+class AliasExists(Conflict):
+    code = "FSS.1063"
+
+
+class NothingToPublish(InvalidParameter):
+    """Publishing with no change to code or configuration since the last published version."""
+
+    code = "FSS.1016"
+
+
+class SameVersions(InvalidParameter):
+    """An alias's additional version is its main version."""
+
+    code = "FSS.1093"
+
+
+class AdditionalVersionInUse(Conflict):
+    """Deleting a version an alias sends part of its traffic to."""
+
+    code = "FSS.1094"
+
+
+class AliasHasTriggers(Conflict):
+    code = "FSS.1154"

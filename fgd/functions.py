@@ -49,6 +49,7 @@ from fgd.model import (
     timestamp,
 )
 from fgd.store import Store
+from fgd.versions import Versions, is_latest, lookup
 from fgd.web.uploads import decode_inline
 
 IMMUTABLE_FIELDS = ("func_name", "runtime", "package")
@@ -71,20 +72,27 @@ class Functions:
         # Set by the daemon once triggers exist (they need the dispatcher, which needs the invoker).
         self.triggers = None
         self._store = store
+        self.store = store
         self._logs = logs
         self.packager = dependencies.packager
         self._code = code
         self._invoker = invoker
         self.region = region
         self.runtimes = runtimes
+        self.versions = Versions(store, region)
+        self.versions.on_gone = invoker.stop_qualifier
 
     def get(self, ref: FunctionRef) -> FunctionRecord:
-        if ref.qualifier != "latest":
-            raise NotFound(f"version {ref.qualifier!r} of function {ref.package}:{ref.func_name} does not exist")
-        record = self._store.get(ref.key)
-        if record is None:
-            raise NotFound(f"function {ref.package}:{ref.func_name} does not exist in project {ref.project_id}")
-        return record
+        """The record `ref` names: latest, a published version, or an alias's main version (fgd.versions)."""
+        return lookup(self._store, ref)
+
+    @staticmethod
+    def latest_only(record: FunctionRecord, what: str) -> None:
+        if not is_latest(record):
+            raise InvalidParameter(
+                f"{what}: {record.qualifier} is a published version or an alias, which never changes; "
+                "change latest (the unqualified URN) and publish a new version"
+            )
 
     def config(self, record: FunctionRecord) -> FunctionConfig:
         s = record.settings
@@ -114,7 +122,7 @@ class Functions:
             description=s.description,
             ephemeral_storage=s.ephemeral_storage,
             enable_dynamic_memory=s.enable_dynamic_memory,
-            version="latest",
+            version=record.version,
             xrole=s.xrole,
             app_xrole=s.app_xrole,
             network_controller=s.network_controller,
@@ -183,7 +191,7 @@ class Functions:
     def async_config(self, record: FunctionRecord) -> AsyncConfigAnswer:
         config = record.async_config
         return AsyncConfigAnswer(
-            func_urn=function_urn(self.region, record),
+            func_urn=function_urn(self.region, record, record.qualifier),
             max_async_event_age_in_seconds=config.max_async_event_age_in_seconds,
             max_async_retry_attempts=config.max_async_retry_attempts,
             destination_config=destinations_answer(config.destination_config),
@@ -198,7 +206,7 @@ class Functions:
 
     def reserved(self, record: FunctionRecord) -> ReservedAnswer:
         return ReservedAnswer(
-            func_urn=function_urn(self.region, record),
+            func_urn=function_urn(self.region, record, record.qualifier),
             count=record.reserved,
             idle_mode=record.reserved_idle_mode,
             tactics_config=None,
@@ -254,6 +262,7 @@ class Functions:
         return record
 
     async def update_config(self, record: FunctionRecord, body: object) -> FunctionRecord:
+        self.latest_only(record, "the function config")
         if not isinstance(body, dict):
             raise InvalidParameter("the function config must be a JSON object")
         for field in IMMUTABLE_FIELDS:
@@ -266,6 +275,7 @@ class Functions:
         return await self._replace(record, settings=settings)
 
     async def update_code(self, record: FunctionRecord, body: object) -> FunctionRecord:
+        self.latest_only(record, "the code")
         request: UpdateCode = convert(body, UpdateCode, "the code update")
         source = check_code_source(request.code_type, request.func_code, request.code_url)
         settings = record.settings
@@ -297,12 +307,18 @@ class Functions:
                 "leave it out (or give empty cron_configs and metric_configs)"
             )
         count = request.count
-        cap = record.settings.strategy_config.concurrency
+        cap = record.effective_max_instances
         if not 0 <= count <= 1000 or (cap >= 0 and count > cap):
             raise InvalidParameter(
                 f"count must be 0-1000 and at most the function's max instances "
                 f"(strategy_config.concurrency = {cap}); got {count}"
             )
+        if not is_latest(record):
+            # A version's or an alias's own (fgd.versions).
+            updated = await self.versions.set_scaling(record, reserved=count, reserved_idle_mode=request.idle_mode)
+            self._invoker.reserved_changed()
+            return updated
+        self.versions.check_reserved_rule(record.key, "latest", None, count)
         current = self._current(record)
         updated = msgspec.structs.replace(
             current, reserved=count, reserved_idle_mode=request.idle_mode, last_modified=time.time()
@@ -315,8 +331,18 @@ class Functions:
         config = convert(body, AsyncInvokeConfig, "the async invoke config")
         checked = targets(self._store, record, config.destination_config, self.region)
         check_no_cycle(self._store, record, checked, self.region)
-        current = self._current(record)
         now = time.time()
+        if not is_latest(record):
+            # A version's or an alias's own (fgd.versions); DELETE: back to the version's defaults.
+            if body == {}:
+                return await self.versions.set_scaling(
+                    record, async_config=config, async_created=0.0, async_modified=0.0
+                )
+            created = record.async_created or now
+            return await self.versions.set_scaling(
+                record, async_config=config, async_created=created, async_modified=now
+            )
+        current = self._current(record)
         if body == {}:
             # DELETE: back to the defaults, as if never set.
             updated = msgspec.structs.replace(current, async_config=config, async_created=0.0, async_modified=0.0)
@@ -330,11 +356,20 @@ class Functions:
         """PUT .../config-max-instance {"max_instance_num": n} (FunctionGraph's shortcut)."""
         if not isinstance(body, dict) or "max_instance_num" not in body:
             raise InvalidParameter('the body must be {"max_instance_num": <-1, 0 or 1-1000>}')
+        if not is_latest(record):
+            # A version's or an alias's own: its frozen strategy_config stays as published.
+            value = body["max_instance_num"]
+            if type(value) is not int or not -1 <= value <= 1000:
+                raise InvalidParameter(f"max_instance_num must be an integer from -1 to 1000, not {value!r}")
+            return await self.versions.set_scaling(record, max_instances=value)
         strategy = msgspec.to_builtins(record.settings.strategy_config) | {"concurrency": body["max_instance_num"]}
         return await self.update_config(record, {"strategy_config": strategy})
 
     async def update_code_file(self, record: FunctionRecord, path: Path, code_filename: str) -> FunctionRecord:
         """Replace the code with a zip streamed to `path` (consumed)."""
+        if not is_latest(record):
+            path.unlink(missing_ok=True)
+            self.latest_only(record, "the code")
         code = await self.packager.store_file(path)
         return await self._replace(
             record, code=code, code_type="zip", code_filename=code_filename or record.code_filename
@@ -356,10 +391,15 @@ class Functions:
         current = self._current(record)
         updated = msgspec.structs.replace(current, revision=current.revision + 1, last_modified=time.time(), **changes)
         await self._save(updated)
-        self._invoker.retire(updated.key)
+        self._invoker.retire(updated.key, "latest")
         return updated
 
     async def delete(self, record: FunctionRecord) -> None:
+        if not is_latest(record):
+            # A version's URN: that version only, with its aliases and their triggers. latest's
+            # (with or without :latest) deletes the whole function: latest never goes alone.
+            await self.versions.delete_version(record)
+            return
         if self.triggers is not None:
             await self.triggers.delete_all(record)
         self._logs.discard(record.key)

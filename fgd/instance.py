@@ -92,6 +92,10 @@ class Instance:
         self.revision = -1
         self.key: tuple[str, str, str] = ("", "", "")
         self.pool_key: tuple = ()
+        # (project, package, name, version, alias): never reused for another (fgd.versions).
+        self.qualifier: tuple[str, str, str, str, str] = ("", "", "", "latest", "")
+        # Its version or alias went or moved: not handed out again.
+        self.retired = False
         self.init_ms: float | None = None
         # sha256 of the code and dependency trees this instance mounts.
         self.packages: set[str] = set()

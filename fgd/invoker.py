@@ -28,6 +28,7 @@ from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
+from fgd.versions import exact, qualifier_key, reserved_targets
 from fgd.zygote import Zygote, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
@@ -56,6 +57,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     max_memory_mb: float = 0.0
     memory_size: int = 0
     logs: list[LogLine] = []
+    # The version that ran, and the alias it was reached through (fgd.versions).
+    version: str = "latest"
+    alias: str = ""
 
 
 def check_event(event: bytes) -> bytes:
@@ -71,8 +75,9 @@ def check_event(event: bytes) -> bytes:
 
 
 def pool_key(record: FunctionRecord) -> tuple:
-    """Instances are interchangeable only within one function and one memory size (dynamic memory)."""
-    return (*record.key, record.settings.memory_size)
+    """Instances are interchangeable only within one function, version and alias (never across
+    versions: fgd.versions) and one memory size (dynamic memory)."""
+    return (*qualifier_key(record), record.settings.memory_size)
 
 
 def new_request_id() -> str:
@@ -90,7 +95,8 @@ def function_environment(record: FunctionRecord, code_dir: str) -> dict[str, str
         **settings.encrypted_user_data,
         "RUNTIME_PROJECT_ID": record.project_id,
         "RUNTIME_FUNC_NAME": record.func_name,
-        "RUNTIME_FUNC_VERSION": "latest",
+        "RUNTIME_FUNC_VERSION": record.version,
+        "RUNTIME_ALIAS": record.alias,
         "RUNTIME_PACKAGE": record.package,
         "RUNTIME_HANDLER": settings.handler,
         "RUNTIME_TIMEOUT": str(settings.timeout),
@@ -113,8 +119,8 @@ def specialize_frame(record: FunctionRecord, code_dir: str) -> protocol.Speciali
         project_id=record.project_id,
         package=record.package,
         func_name=record.func_name,
-        version="latest",
-        alias="",
+        version=record.version,
+        alias=record.alias,
         memory_size=settings.memory_size,
         cpu=cpu_millicores(settings.memory_size),
         timeout=settings.timeout,
@@ -275,10 +281,11 @@ class Invoker:
         self._reserved_changed.set()
 
     def reserved_count(self, record: FunctionRecord) -> int:
+        qualifier = qualifier_key(record)
         return sum(
             1
             for i in self.instances.get(record.key, [])
-            if i.reserved and i.revision == record.revision and i.state is not State.DEAD
+            if i.reserved and i.qualifier == qualifier and i.revision == record.revision and i.state is not State.DEAD
         )
 
     def _exited(self, instance: Instance) -> bool:
@@ -295,7 +302,15 @@ class Invoker:
             with trio.move_on_after(RESERVE_CHECK):
                 await self._reserved_changed.wait()
             self._reserved_changed = trio.Event()
-            for record in list(self._store.functions.values()):
+            # latest, each published version, each alias (fgd.versions): each keeps its own.
+            targets = reserved_targets(self._store)
+            wanted = {qualifier_key(r) for r in targets}
+            for instances in list(self.instances.values()):
+                for instance in list(instances):
+                    # The reserved instances of a version or alias that went, or of an alias that moved.
+                    if instance.reserved and instance.qualifier not in wanted and instance.state is State.IDLE:
+                        self._discard(instance.key, instance)
+            for record in targets:
                 try:
                     await self._keep_reserved_of(record)
                 except Exception:
@@ -303,7 +318,8 @@ class Invoker:
                     log.exception("keeping the reserved instances of %s failed", record.func_name)
 
     async def _keep_reserved_of(self, record: FunctionRecord) -> None:
-        reserved = [i for i in self.instances.get(record.key, []) if i.reserved]
+        qualifier = qualifier_key(record)
+        reserved = [i for i in self.instances.get(record.key, []) if i.reserved and i.qualifier == qualifier]
         for instance in reserved:
             if instance.state is State.IDLE and self._exited(instance):
                 self._discard(record.key, instance)
@@ -367,14 +383,30 @@ class Invoker:
                 self.scheduler.set_busy(instance.id)
                 instance.close()
 
-    def retire(self, key: tuple[str, str, str]) -> None:
-        """The function changed or was deleted: idle instances go now, busy ones after their request."""
+    def retire(self, key: tuple[str, str, str], version: str | None = None) -> None:
+        """The function (or one `version` of it) changed or was deleted: idle instances go now,
+        busy ones after their request."""
         self.reserved_changed()
         for instance in list(self.instances.get(key, [])):
+            if version is not None and instance.qualifier[3] != version:
+                continue
             if instance.state is State.IDLE:
                 self._discard(key, instance)
             else:
                 self.scheduler.set_busy(instance.id)
+
+    def stop_qualifier(self, key: tuple[str, str, str], version: str | None, alias: str | None) -> None:
+        """A version (any alias's instances of it too) or an alias went or moved: its idle
+        instances go now, busy ones after their request (fgd.versions)."""
+        self.reserved_changed()
+        for instance in list(self.instances.get(key, [])):
+            _, _, _, its_version, its_alias = instance.qualifier
+            if (version is not None and its_version == version) or (alias is not None and its_alias == alias):
+                instance.retired = True
+                if instance.state is State.IDLE:
+                    self._discard(key, instance)
+                else:
+                    self.scheduler.set_busy(instance.id)
 
     def kill_all(self) -> None:
         for key, instances in list(self.instances.items()):
@@ -415,7 +447,7 @@ class Invoker:
 
     def _limits(self, record: FunctionRecord) -> Limits:
         return Limits(
-            max_instances=record.settings.strategy_config.concurrency,
+            max_instances=record.effective_max_instances,
             slots=record.settings.strategy_config.concurrent_num,
             memory_mb=record.settings.memory_size,
             queue_length=self._config.scheduler.queue_length,
@@ -517,7 +549,9 @@ class Invoker:
 
     async def _run(self, record: FunctionRecord, event: bytes, request_id: str, instance: Instance | None) -> Outcome:
         settings = record.settings
-        outcome = Outcome(request_id=request_id, memory_size=settings.memory_size)
+        outcome = Outcome(
+            request_id=request_id, memory_size=settings.memory_size, version=record.version, alias=record.alias
+        )
         if instance is None:
             outcome.cold = True
             try:
@@ -580,9 +614,9 @@ class Invoker:
         return FunctionError("Runtime.ExitError", gone.message)
 
     async def _cold_start(self, record: FunctionRecord, request_id: str) -> tuple[Instance, ColdStartFailure | None]:
-        if self._store.get(record.key) is None:
-            # Deleted while this request waited in its queue: nothing of it may start again.
-            raise NotFound(f"function {record.package}:{record.func_name} was deleted")
+        if exact(self._store, record) is None:
+            # Deleted (or this version of it) while this request waited in its queue: nothing of it may start again.
+            raise NotFound(f"function {record.package}:{record.func_name} (version {record.version}) was deleted")
         zygote = self.zygotes.get(record.runtime)
         if zygote is None:
             raise Unavailable(f"runtime {record.runtime} is not available on this node")
@@ -597,6 +631,7 @@ class Invoker:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
         instance.revision = record.revision
         instance.key = record.key
+        instance.qualifier = qualifier_key(record)
         instance.pool_key = pool_key(record)
         instance.on_late = functools.partial(self._late_lines, record.key)
         instance.begin(request_id)
@@ -655,16 +690,23 @@ class Invoker:
         instance.add_line(
             "platform",
             summary_line(
-                outcome.request_id, outcome.duration_ms, outcome.memory_size, outcome.max_memory_mb, outcome.init_ms
+                outcome.request_id,
+                outcome.duration_ms,
+                outcome.memory_size,
+                outcome.max_memory_mb,
+                outcome.init_ms,
+                outcome.version,
+                outcome.alias,
             ),
             outcome.request_id,
         )
         outcome.logs = instance.end(outcome.request_id)
-        current = self._store.get(record.key)
-        if current is not None:
+        if self._store.get(record.key) is not None:
             # A function deleted while this request ran keeps no logs.
             self._logs.add(record.key, outcome.logs)
-        if healthy and current is not None and instance.revision == current.revision:
+        # The version it ran (latest, or a published one: fgd.versions) as it is now.
+        current = exact(self._store, record)
+        if healthy and current is not None and instance.revision == current.revision and not instance.retired:
             self._release(instance)
         else:
             self._discard(record.key, instance)

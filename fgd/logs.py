@@ -298,6 +298,8 @@ def summary_line(
     memory_size: int,
     max_memory_mb: float,
     init_ms: float | None,
+    version: str = "latest",
+    alias: str = "",
 ) -> str:
     text = (
         f"Finish Invoke RequestId: {request_id}, Duration: {duration_ms:.3f} ms, "
@@ -306,6 +308,10 @@ def summary_line(
     )
     if init_ms is not None:
         text += f", Init Duration: {init_ms:.3f} ms"
+    # Which version ran, and through which alias (fgd.versions).
+    text += f", Version: {version}"
+    if alias:
+        text += f", Alias: {alias}"
     return text
 
 

@@ -13,11 +13,11 @@ from msgspec import Meta
 from fgd.errors import InvalidParameter
 from runtimes import protocol
 
-FUNC_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?$"
-PACKAGE_RE = r"^[A-Za-z0-9_-]{1,64}$"
-PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-USER_DATA_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-HANDLER_RE = re.compile(r"^(?!/)(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+\.[A-Za-z_][A-Za-z0-9_]*$")
+FUNC_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?\Z"
+PACKAGE_RE = r"^[A-Za-z0-9_-]{1,64}\Z"
+PROJECT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+USER_DATA_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*\Z")
+HANDLER_RE = re.compile(r"^(?!/)(?:[A-Za-z0-9_-]+/)*[A-Za-z0-9_-]+\.[A-Za-z_][A-Za-z0-9_]*\Z")
 USER_DATA_MAX = 4096
 MAX_RESPONSE_BYTES = protocol.MAX_RESPONSE
 
@@ -263,12 +263,12 @@ class CodeRef(msgspec.Struct, frozen=True):
     """A stored code zip: content-addressed by sha256; digest is its sha512."""
 
     # Checked when a stored record is read back: the store's paths are built from it.
-    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
     sha512: str
     size: int
 
 
-DependencyName = Annotated[str, Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*$")]
+DependencyName = Annotated[str, Meta(min_length=1, max_length=96, pattern=r"^[A-Za-z][A-Za-z0-9_.-]*\Z")]
 
 
 class CreateDependency(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -300,7 +300,7 @@ class DependencyVersion(msgspec.Struct, kw_only=True, frozen=True):
     code: CodeRef
 
 
-TriggerName = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+TriggerName = Annotated[str, Meta(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}\Z")]
 
 
 class TimerEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
@@ -320,7 +320,7 @@ class ApigTriggerFuncInfo(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
 
 class ApigEventData(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
     name: TriggerName
-    path: Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./~%-]*$", max_length=512)]
+    path: Annotated[str, Meta(pattern=r"^/[A-Za-z0-9_./~%-]*\Z", max_length=512)]
     req_method: Literal["ANY", "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"] = "ANY"
     auth: Literal["NONE", "TOKEN"] = "NONE"
     match_mode: Literal["SWA", "NORMAL"] = "SWA"
@@ -377,6 +377,9 @@ class Trigger(msgspec.Struct, kw_only=True, frozen=True):
     func_name: str
     created_time: str
     last_updated_time: str
+    # What the trigger invokes: "latest", a version, or "!alias" (fgd.versions), from the URN
+    # it was created on.
+    qualifier: str = "latest"
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -412,10 +415,125 @@ class FunctionRecord(msgspec.Struct, kw_only=True, frozen=True):
     # code_type obs: the URL the code was fetched from (returned as code_url).
     code_url: str = ""
     code_encrypt_kms_key_id: str = ""
+    # Versions (fgd.versions): "latest", or the name of the published version this frozen copy is.
+    version: str = "latest"
+    version_description: str = ""
+    # Set on the copy an invocation resolved through an alias (never stored): the instance's
+    # getAlias() and RUNTIME_ALIAS, and its instances are that alias's own.
+    alias: str = ""
+    # A version's or alias's own max instances (config-max-instance on a qualified URN); None:
+    # the frozen strategy_config.concurrency. latest changes strategy_config itself.
+    max_instances: int | None = None
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.project_id, self.package, self.func_name)
+
+    @property
+    def qualifier(self) -> str:
+        """How a URN names this copy: `latest`, a version, or `!alias`."""
+        return f"!{self.alias}" if self.alias else self.version
+
+    @property
+    def effective_max_instances(self) -> int:
+        return self.strategy_max if self.max_instances is None else self.max_instances
+
+    @property
+    def strategy_max(self) -> int:
+        return self.settings.strategy_config.concurrency
+
+
+# Versions and aliases (fgd.versions) ---------------------------------------------
+
+# FunctionGraph's rules: a version name 1-42 characters (letters, digits, '.', '_', '-'; a letter
+# or digit first); an alias 1-63 (letters, digits, '_', '-'; a letter first, no '-' or '_' last).
+VERSION_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,41}\Z"
+ALIAS_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\Z"
+MAX_VERSIONS = 20  # including latest
+MAX_ALIASES = 10
+# An HTTP header name (RFC 9110 token), as a header rule's `param`. These end in \Z, not $:
+# $ also matches before a final newline, and msgspec (re.search) would take "v1\n".
+HEADER_NAME_RE = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}\Z"
+
+VersionName = Annotated[str, Meta(pattern=VERSION_NAME_RE)]
+AliasName = Annotated[str, Meta(pattern=ALIAS_NAME_RE)]
+Weight = Annotated[int, Meta(ge=0, le=100)]
+
+
+class PublishVersion(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Body of `POST .../versions` (FunctionGraph's CreateFunctionVersionRequestBody)."""
+
+    version: Annotated[str, Meta(max_length=42)] = ""
+    description: Description = ""
+    # When given, the sha512 the caller expects latest's code to have (publish what you tested).
+    digest: Annotated[str, Meta(max_length=128)] = ""
+
+
+class VersionStrategyRule(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    rule_type: Literal["Header"]
+    param: Annotated[str, Meta(pattern=HEADER_NAME_RE)]
+    op: Literal["=", "in"]
+    value: Annotated[str, Meta(min_length=1, max_length=1024)]
+
+
+class VersionStrategy(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    combine_type: Literal["and", "or"] = "or"
+    rules: Annotated[list[VersionStrategyRule], Meta(min_length=1, max_length=10)]
+
+
+# One additional version per alias (FunctionGraph's gray release).
+Weights = Annotated[dict[VersionName, Weight], Meta(max_length=1)]
+Strategies = Annotated[dict[VersionName, VersionStrategy], Meta(max_length=1)]
+
+
+class UpdateAlias(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Body of `PUT .../aliases/{name}` (UpdateVersionAliasRequestBody)."""
+
+    version: VersionName
+    description: Description = ""
+    additional_version_weights: Weights = {}
+    additional_version_strategy: Strategies = {}
+
+
+class CreateAlias(UpdateAlias, kw_only=True, forbid_unknown_fields=True, frozen=True):
+    """Body of `POST .../aliases` (CreateVersionAliasRequestBody)."""
+
+    name: AliasName
+
+
+class AliasRecord(msgspec.Struct, kw_only=True, frozen=True):
+    """An alias as stored: where it points, and its own scaling settings."""
+
+    name: str
+    version: str
+    description: str = ""
+    additional_version_weights: dict[str, int] = {}
+    additional_version_strategy: dict[str, VersionStrategy] = {}
+    created: float
+    last_modified: float
+    reserved: int = 0
+    reserved_idle_mode: bool = False
+    max_instances: int | None = None
+    async_config: AsyncInvokeConfig = AsyncInvokeConfig()
+    async_created: float = 0.0
+    async_modified: float = 0.0
+
+    @property
+    def additional(self) -> str:
+        """The additional version's name, "" if none."""
+        return next(iter(self.additional_version_weights or self.additional_version_strategy), "")
+
+
+class AliasAnswer(msgspec.Struct, kw_only=True, frozen=True):
+    """FunctionGraph's alias model (Show/Create/UpdateVersionAliasResponse)."""
+
+    name: str
+    version: str
+    description: str
+    last_modified: str
+    alias_urn: str
+    additional_version_weights: dict[str, int]
+    additional_version_strategy: dict[str, VersionStrategy]
 
 
 class DependencyInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -605,21 +723,38 @@ def cpu_millicores(memory_size: int) -> int:
     return memory_size * 100 // 128 + 200
 
 
-def function_urn(region: str, record: FunctionRecord, qualifier: str = "latest") -> str:
+def function_urn(region: str, record: FunctionRecord, qualifier: str | None = None) -> str:
+    """The record's URN; by default with its own version (latest, or a published one)."""
+    qualifier = record.version if qualifier is None else qualifier
     return f"urn:fss:{region}:{record.project_id}:function:{record.package}:{record.func_name}:{qualifier}"
 
 
 class FunctionRef(msgspec.Struct, frozen=True):
-    """A function named by a path: `{urn}`, `package:name` or a bare name."""
+    """A function named by a path: `{urn}`, `package:name` or a bare name, maybe with a qualifier."""
 
     project_id: str
     package: str
     func_name: str
+    # "latest", a version name, or "!alias"; a bare name may be either (Functions.get decides).
     qualifier: str = "latest"
+    # `a:b`: package:name, or name:qualifier when no function a/b exists (Functions.get decides).
+    ambiguous: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.project_id, self.package, self.func_name)
+
+
+_QUALIFIER_RE = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,41}|![A-Za-z]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?)\Z")
+
+
+def check_qualifier(text: str, qualifier: str) -> str:
+    if not _QUALIFIER_RE.match(qualifier):
+        raise InvalidParameter(
+            f"{text!r}: qualifier {qualifier!r} is neither a version (1-42 letters, digits, '.', '_' or '-') "
+            "nor !alias (a letter, then up to 62 letters, digits, '_' or '-')"
+        )
+    return qualifier
 
 
 def parse_function_ref(project_id: str, text: str, region: str) -> FunctionRef:
@@ -628,21 +763,32 @@ def parse_function_ref(project_id: str, text: str, region: str) -> FunctionRef:
         if len(parts) not in (7, 8) or parts[1] != "fss" or parts[4] != "function":
             raise InvalidParameter(
                 f"function URN {text!r} is not of the form "
-                "urn:fss:<region>:<project_id>:function:<package>:<name>[:<version>]"
+                "urn:fss:<region>:<project_id>:function:<package>:<name>[:<version>|:!<alias>]"
             )
         if parts[2] != region:
             raise InvalidParameter(f"function URN {text!r} names region {parts[2]!r}; this node is {region!r}")
         if parts[3] != project_id:
             raise InvalidParameter(f"function URN {text!r} names project {parts[3]!r}, not {project_id!r}")
         package, name = parts[5], parts[6]
-        qualifier = parts[7] if len(parts) == 8 else "latest"
-    elif len(parts) == 2:
-        package, name, qualifier = parts[0], parts[1], "latest"
-    elif len(parts) == 1:
-        package, name, qualifier = "default", parts[0], "latest"
-    else:
-        raise InvalidParameter(f"{text!r} is neither a function name, package:name nor a function URN")
-    return FunctionRef(project_id, package, name, qualifier or "latest")
+        qualifier = check_qualifier(text, parts[7]) if len(parts) == 8 else "latest"
+        return FunctionRef(project_id, package, name, qualifier)
+    if len(parts) == 1:
+        return FunctionRef(project_id, "default", parts[0])
+    if len(parts) == 2:
+        # package:name or name:qualifier; a qualifier starting with '!' can only be an alias.
+        if parts[1].startswith("!"):
+            return FunctionRef(project_id, "default", parts[0], check_qualifier(text, parts[1]))
+        return FunctionRef(project_id, parts[0], parts[1], ambiguous=True)
+    if len(parts) in (3, 4):
+        # project:package:name[:qualifier] (FunctionGraph's short URN).
+        if parts[0] != project_id:
+            raise InvalidParameter(f"{text!r} names project {parts[0]!r}, not {project_id!r}")
+        qualifier = check_qualifier(text, parts[3]) if len(parts) == 4 else "latest"
+        return FunctionRef(project_id, parts[1], parts[2], qualifier)
+    raise InvalidParameter(
+        f"{text!r} is neither a function name, package:name, name:qualifier, "
+        "project:package:name[:qualifier] nor a function URN"
+    )
 
 
 def check_project(project_id: str) -> None:

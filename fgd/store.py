@@ -21,7 +21,7 @@ import msgspec
 import trio
 
 from fgd.asyncqueue import SCHEMA, SCHEMA_LEASES, SqliteQueue
-from fgd.model import DependencyVersion, FunctionRecord, Trigger
+from fgd.model import MAX_VERSIONS, AliasRecord, DependencyVersion, FunctionRecord, Trigger
 
 T = TypeVar("T")
 log = logging.getLogger("fgd.store")
@@ -123,6 +123,30 @@ MIGRATIONS: list[str] = [
         last_used REAL NOT NULL DEFAULT 0
     );
     """,
+    # Versions and aliases (fgd.versions): a published version is a frozen FunctionRecord; an
+    # alias points at one. Asynchronous events carry the version (and alias) resolved when
+    # they were queued; events queued before this migration ran on latest.
+    """
+    CREATE TABLE versions (
+        project_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        func_name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        created REAL NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (project_id, package, func_name, version)
+    );
+    CREATE TABLE aliases (
+        project_id TEXT NOT NULL,
+        package TEXT NOT NULL,
+        func_name TEXT NOT NULL,
+        name TEXT NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (project_id, package, func_name, name)
+    );
+    ALTER TABLE async_events ADD COLUMN version TEXT NOT NULL DEFAULT 'latest';
+    ALTER TABLE async_events ADD COLUMN alias TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 
@@ -143,6 +167,7 @@ LogRow = tuple[float, str, str, str, str, str, str, str]
 _record_decoder = msgspec.json.Decoder(FunctionRecord)
 _dependency_decoder = msgspec.json.Decoder(DependencyVersion)
 _trigger_decoder = msgspec.json.Decoder(Trigger)
+_alias_decoder = msgspec.json.Decoder(AliasRecord)
 _encoder = msgspec.json.Encoder()
 
 
@@ -188,6 +213,18 @@ class Store:
                 "functions", "function", "project_id || '/' || package || '/' || func_name", _record_decoder
             )
         }
+        # Published versions and aliases per function, oldest first (fgd.versions).
+        self.versions: dict[Key, dict[str, FunctionRecord]] = {}
+        for record in self._readable(
+            "(SELECT * FROM versions ORDER BY created)",
+            "version",
+            "project_id || '/' || package || '/' || func_name || ':' || version",
+            _record_decoder,
+        ):
+            self.versions.setdefault(record.key, {})[record.version] = record
+        self.aliases: dict[Key, dict[str, AliasRecord]] = {}
+        for key, alias in self._readable_keyed("aliases", "alias", _alias_decoder):
+            self.aliases.setdefault(key, {})[alias.name] = alias
         # Private dependency versions by id (public ones are registered at start, not stored).
         self.dependencies: dict[str, DependencyVersion] = {
             d.id: d for d in self._readable("dependency_versions", "dependency version", "id", _dependency_decoder)
@@ -201,6 +238,20 @@ class Store:
                 found.append(decoder.decode(blob))
             except (msgspec.DecodeError, TypeError) as exc:
                 log.error("ignoring stored %s %s: its record is unreadable: %s", noun, name, exc)
+        return found
+
+    def _readable_keyed(self, table: str, noun: str, decoder: msgspec.json.Decoder) -> list:
+        """(function key, record) of every decodable row of `table` (versions, aliases)."""
+        found = []
+        for project, package, name, blob in self._db.execute(
+            f"SELECT project_id, package, func_name, record FROM {table}"
+        ):
+            try:
+                found.append(((project, package, name), decoder.decode(blob)))
+            except (msgspec.DecodeError, TypeError) as exc:
+                log.error(
+                    "ignoring stored %s of %s/%s/%s: its record is unreadable: %s", noun, project, package, name, exc
+                )
         return found
 
     def _migrate(self) -> None:
@@ -291,10 +342,123 @@ class Store:
             self._db.execute("DELETE FROM functions WHERE project_id=? AND package=? AND func_name=?", key)
             self._db.execute("DELETE FROM logs WHERE project_id=? AND package=? AND func_name=?", key)
             self._db.execute("DELETE FROM log_usage WHERE project_id=? AND package=? AND func_name=?", key)
+            self._db.execute("DELETE FROM versions WHERE project_id=? AND package=? AND func_name=?", key)
+            self._db.execute("DELETE FROM aliases WHERE project_id=? AND package=? AND func_name=?", key)
         self.log_bytes = {k: v for k, v in self.log_bytes.items() if k != key}
+        self.versions.pop(key, None)
+        self.aliases.pop(key, None)
 
     def code_in_use(self) -> set[str]:
-        return {r.code.sha256 for r in self.functions.values()} | {d.code.sha256 for d in self.dependencies.values()}
+        # Published versions keep their code after latest's changes (fgd.versions).
+        published = {r.code.sha256 for versions in self.versions.values() for r in versions.values()}
+        return (
+            {r.code.sha256 for r in self.functions.values()}
+            | published
+            | {d.code.sha256 for d in self.dependencies.values()}
+        )
+
+    # Versions and aliases (fgd.versions) -----------------------------------------
+
+    def version(self, key: Key, name: str) -> FunctionRecord | None:
+        """latest or a published version, as stored."""
+        if name == "latest":
+            return self.functions.get(key)
+        return self.versions.get(key, {}).get(name)
+
+    async def publish(self, record: FunctionRecord) -> str:
+        """Store a new version in one transaction: "ok", "exists" or "full" (MAX_VERSIONS)."""
+        blob = _encoder.encode(record)
+        outcome = await self.run(self._publish, record, blob)
+        if outcome == "ok":
+            self.versions.setdefault(record.key, {})[record.version] = record
+        return outcome
+
+    def _publish(self, record: FunctionRecord, blob: bytes) -> str:
+        with self._db:
+            if not self._db.execute(
+                "SELECT 1 FROM functions WHERE project_id=? AND package=? AND func_name=?", record.key
+            ).fetchone():
+                return "gone"
+            (count,) = self._db.execute(
+                "SELECT count(*) FROM versions WHERE project_id=? AND package=? AND func_name=?", record.key
+            ).fetchone()
+            if count >= MAX_VERSIONS - 1:
+                return "full"
+            try:
+                self._db.execute(
+                    "INSERT INTO versions (project_id, package, func_name, version, created, record)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (*record.key, record.version, record.last_modified, blob),
+                )
+            except sqlite3.IntegrityError:
+                return "exists"
+        return "ok"
+
+    async def replace_version(self, record: FunctionRecord) -> bool:
+        """A version's scaling settings changed (its code and configuration never do)."""
+        blob = _encoder.encode(record)
+        if not await self.run(self._replace_version, record, blob):
+            return False
+        self.versions.setdefault(record.key, {})[record.version] = record
+        return True
+
+    def _replace_version(self, record: FunctionRecord, blob: bytes) -> bool:
+        with self._db:
+            cursor = self._db.execute(
+                "UPDATE versions SET record=? WHERE project_id=? AND package=? AND func_name=? AND version=?",
+                (blob, *record.key, record.version),
+            )
+        return cursor.rowcount > 0
+
+    async def delete_version(self, key: Key, version: str, aliases: list[str], triggers: list[str]) -> None:
+        """A version, the aliases pointing at it and the triggers bound to either, in one transaction."""
+        await self.run(self._delete_version, key, version, aliases, triggers)
+        self.versions.get(key, {}).pop(version, None)
+        for name in aliases:
+            self.aliases.get(key, {}).pop(name, None)
+        for trigger_id in triggers:
+            self.triggers.pop(trigger_id, None)
+
+    def _delete_version(self, key: Key, version: str, aliases: list[str], triggers: list[str]) -> None:
+        with self._db:
+            self._db.execute(
+                "DELETE FROM versions WHERE project_id=? AND package=? AND func_name=? AND version=?", (*key, version)
+            )
+            self._db.executemany(
+                "DELETE FROM aliases WHERE project_id=? AND package=? AND func_name=? AND name=?",
+                [(*key, name) for name in aliases],
+            )
+            self._db.executemany("DELETE FROM triggers WHERE trigger_id=?", [(t,) for t in triggers])
+
+    async def put_alias(self, key: Key, alias: AliasRecord) -> bool:
+        """Create or change an alias; False if its function was deleted meanwhile."""
+        blob = _encoder.encode(alias)
+        if not await self.run(self._put_alias, key, alias.name, blob):
+            return False
+        self.aliases.setdefault(key, {})[alias.name] = alias
+        return True
+
+    def _put_alias(self, key: Key, name: str, blob: bytes) -> bool:
+        with self._db:
+            if not self._db.execute(
+                "SELECT 1 FROM functions WHERE project_id=? AND package=? AND func_name=?", key
+            ).fetchone():
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO aliases (project_id, package, func_name, name, record) VALUES (?, ?, ?, ?, ?)",
+                (*key, name, blob),
+            )
+        return True
+
+    async def delete_alias(self, key: Key, name: str) -> None:
+        await self.run(self._delete_alias, key, name)
+        self.aliases.get(key, {}).pop(name, None)
+
+    def _delete_alias(self, key: Key, name: str) -> None:
+        with self._db:
+            self._db.execute(
+                "DELETE FROM aliases WHERE project_id=? AND package=? AND func_name=? AND name=?", (*key, name)
+            )
 
     # Triggers ------------------------------------------------------------------
 

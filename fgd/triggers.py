@@ -32,6 +32,7 @@ from fgd.model import (
     ApigEventData,
     CreateTrigger,
     FunctionRecord,
+    FunctionRef,
     TimerEventData,
     Trigger,
     UpdateTrigger,
@@ -39,6 +40,7 @@ from fgd.model import (
 )
 from fgd.schedules import Schedule, parse
 from fgd.store import Store
+from fgd.versions import lookup, route
 
 log = logging.getLogger("fgd.triggers")
 
@@ -57,6 +59,10 @@ class Triggers:
         self.drop_unusable()
 
     def list(self, record: FunctionRecord) -> list[Trigger]:
+        """The triggers bound to the version or alias `record` was looked up through."""
+        return [t for t in self.all_of(record) if t.qualifier == record.qualifier]
+
+    def all_of(self, record: FunctionRecord) -> list[Trigger]:
         return sorted((t for t in self._store.triggers.values() if t.key == record.key), key=lambda t: t.created_time)
 
     def get(self, record: FunctionRecord, kind: str, trigger_id: str) -> Trigger:
@@ -90,7 +96,7 @@ class Triggers:
     async def create(self, record: FunctionRecord, body: object) -> Trigger:
         request: CreateTrigger = convert(body, CreateTrigger, "the trigger")
         event_data = self._check(request.trigger_type_code, request.event_data)
-        names = {t.event_data.get("name") for t in self.list(record)}
+        names = {t.event_data.get("name") for t in self.all_of(record)}
         if event_data["name"] in names:
             raise InvalidParameter(f"function {record.func_name} already has a trigger named {event_data['name']!r}")
         now = _now_iso()
@@ -104,6 +110,8 @@ class Triggers:
             func_name=record.func_name,
             created_time=now,
             last_updated_time=now,
+            # Bound to the version or alias of its URN; an alias's trigger follows the alias.
+            qualifier=record.qualifier,
         )
         await self._store.put_trigger(trigger)
         self._changed.set()
@@ -137,7 +145,7 @@ class Triggers:
         self._changed.set()
 
     async def delete_all(self, record: FunctionRecord) -> None:
-        for trigger in self.list(record):
+        for trigger in self.all_of(record):
             await self._store.delete_trigger(trigger.trigger_id)
         self._changed.set()
 
@@ -229,8 +237,10 @@ class Triggers:
             broken[trigger.trigger_id] = trigger
 
     async def _fire(self, trigger: Trigger, schedule: Schedule) -> None:
-        record = self._store.get(trigger.key)
-        if record is None:
+        try:
+            # The version the trigger's qualifier names now (an alias's weights pick one).
+            record = route(self._store, lookup(self._store, trigger_ref(trigger)))
+        except NotFound:
             return
         if self._full():
             log.warning(
@@ -247,9 +257,13 @@ class Triggers:
             "trigger_name": trigger.event_data["name"],
             "user_event": trigger.event_data.get("user_event", ""),
         }
-        queued = AsyncEvent.new(record.key, new_request_id(), msgspec.json.encode(event))
+        queued = AsyncEvent.new(record.key, new_request_id(), msgspec.json.encode(event), record.version, record.alias)
         await self._store.run(self._store.queue.enqueue, queued)
         self._notify()
+
+
+def trigger_ref(trigger: Trigger) -> FunctionRef:
+    return FunctionRef(trigger.project_id, trigger.package, trigger.func_name, trigger.qualifier)
 
 
 def _source(trigger: Trigger) -> tuple:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import itertools
 import os
@@ -229,6 +230,17 @@ class Api:
         )
 
 
+@contextlib.contextmanager
+def running(state_dir: Path, config: str | None = None, **options) -> Iterator[Daemon]:
+    """A started daemon on `state_dir`, stopped when the block ends (for module- and session-wide fixtures)."""
+    d = Daemon(state_dir, config, **options)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
 @pytest.fixture(scope="session")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     # Code from a URL is fetched from loopback test servers only (the default allows public addresses).
@@ -240,10 +252,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         allow = ["127.0.0.1/32"]
         read_timeout = 2.0
     """
-    d = Daemon(tmp_path_factory.mktemp("fgd") / "state", config)
-    d.start()
-    yield d
-    d.stop()
+    with running(tmp_path_factory.mktemp("fgd") / "state", config) as d:
+        yield d
 
 
 @pytest.fixture(scope="session")

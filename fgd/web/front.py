@@ -32,6 +32,7 @@ from fgd.invoker import Invoker, Outcome, new_request_id
 from fgd.logs import billed_ms, tail
 from fgd.metrics import Metrics
 from fgd.model import check_project, parse_function_ref
+from fgd.versions import route
 from fgd.web import auth
 from fgd.web.api.answers import InvokeAnswerHeaders, InvokeHeaders
 from fgd.web.api.common import BASE, Operation, path_regex
@@ -69,13 +70,16 @@ JSON = b"application/json"
 _encoder = msgspec.json.Encoder()
 
 
-class Summary(msgspec.Struct, omit_defaults=True):
+class Summary(msgspec.Struct, omit_defaults=True, kw_only=True):
     duration: float
     billingDuration: int  # noqa: N815 - FunctionGraph's header field names
     memorySize: int  # noqa: N815
     memoryUsed: float  # noqa: N815
     coldStart: bool  # noqa: N815
     initDuration: float | None = None  # noqa: N815
+    # fgd: which version ran (always given), and the alias it was reached through (fgd.versions).
+    version: str
+    alias: str = ""
 
 
 class ErrorPayload(msgspec.Struct):
@@ -93,6 +97,16 @@ class V1Body(msgspec.Struct):
 
 def _headers(scope: dict) -> dict[bytes, bytes]:
     return dict(scope["headers"])
+
+
+def header_getter(headers: dict[bytes, bytes]):
+    """A request's headers as an alias's header rules read them (names lower-case)."""
+
+    def get(name: str) -> str | None:
+        value = headers.get(name.encode("latin-1", "replace"))
+        return None if value is None else value.decode("latin-1")
+
+    return get
 
 
 class BodyBudget:
@@ -160,6 +174,8 @@ def _outcome_headers(outcome: Outcome, log_tail: bool) -> list[tuple[bytes, byte
         memoryUsed=round(outcome.max_memory_mb, 3),
         coldStart=outcome.cold,
         initDuration=round(outcome.init_ms, 3) if outcome.cold and outcome.init_ms is not None else None,
+        version=outcome.version,
+        alias=outcome.alias,
     )
     headers = [
         (b"content-type", JSON),
@@ -288,6 +304,8 @@ def build_front(
                 raise TooLarge(f"the zip is {int(declared):,} bytes; the limit is {raw_limit(code):,}")
             if match.re is CODE_PATH:
                 record = functions.get(parse_function_ref(project_id, match[2], functions.region))
+                # A published version's code never changes: refused before the body is read.
+                functions.latest_only(record, "the code")
                 if len(query.get("code_filename", "")) > CODE_FILENAME_MAX:
                     # The JSON form's limit (UpdateCode.code_filename), checked before the body comes.
                     raise InvalidParameter(f"code_filename may be {CODE_FILENAME_MAX} characters at most")
@@ -312,6 +330,8 @@ def build_front(
             admission = authenticator.start_asgi(scope)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
+            # An alias's weights or header rules pick the version this request runs (fgd.versions).
+            record = route(functions.store, record, header_getter(headers))
             event = await read_body(receive, headers.get(b"content-length"), budget=bodies)
             # A signature covers the event too.
             admission.update(event)

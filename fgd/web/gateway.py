@@ -28,8 +28,10 @@ from fgd.invoker import Invoker, new_request_id
 from fgd.metrics import Metrics
 from fgd.model import Trigger
 from fgd.store import Store
+from fgd.triggers import trigger_ref
+from fgd.versions import lookup, route
 from fgd.web import auth
-from fgd.web.front import BodyBudget, read_body
+from fgd.web.front import BodyBudget, header_getter, read_body
 from fgd.web.server import header_problem, lifespan
 
 log = logging.getLogger("fgd.web.gateway")
@@ -171,9 +173,12 @@ def build_gateway(
         try:
             if trigger is None:
                 raise NotFound(f"no route for {scope['method']} {scope['path']}")
-            record = store.get(trigger.key)
-            if record is None:
-                raise NotFound(f"the function behind {scope['path']} no longer exists")
+            try:
+                # The route's version or alias, resolved now: an alias's weights or header rules
+                # pick the version this request runs (fgd.versions).
+                record = route(store, lookup(store, trigger_ref(trigger)), header_getter(dict(scope["headers"])))
+            except NotFound:
+                raise NotFound(f"the function behind {scope['path']} no longer exists") from None
             if trigger.event_data.get("auth", "NONE") == "TOKEN":
                 auth.check_asgi(token, dict(scope["headers"]))
             body = await read_body(

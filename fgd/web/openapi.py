@@ -84,21 +84,23 @@ def document(app: Any) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in ops:
         paths.setdefault(openapi_path(op.path), {})[op.method.lower()] = builder.operation(op)
-    return {
-        "openapi": OPENAPI_VERSION,
-        "info": {
-            "title": "fgd",
-            "version": __version__,
-            "description": "A single-node serverless function runtime compatible with Huawei Cloud "
-            "FunctionGraph: the management API, synchronous invocation, health and metrics. "
-            "Generated from the code (fgd.web.openapi).",
-        },
-        "servers": [{"url": "http://127.0.0.1:8900", "description": "the default listener"}],
-        "security": [{name: []} for name in SECURITY_SCHEMES],
-        "tags": [{"name": tag} for tag in dict.fromkeys(op.tag for op in ops)],
-        "paths": paths,
-        "components": {"schemas": builder.components(), "securitySchemes": SECURITY_SCHEMES},
-    }
+    return ecma_patterns(
+        {
+            "openapi": OPENAPI_VERSION,
+            "info": {
+                "title": "fgd",
+                "version": __version__,
+                "description": "A single-node serverless function runtime compatible with Huawei Cloud "
+                "FunctionGraph: the management API, synchronous invocation, health and metrics. "
+                "Generated from the code (fgd.web.openapi).",
+            },
+            "servers": [{"url": "http://127.0.0.1:8900", "description": "the default listener"}],
+            "security": [{name: []} for name in SECURITY_SCHEMES],
+            "tags": [{"name": tag} for tag in dict.fromkeys(op.tag for op in ops)],
+            "paths": paths,
+            "components": {"schemas": builder.components(), "securitySchemes": SECURITY_SCHEMES},
+        }
+    )
 
 
 class _Builder:
@@ -213,6 +215,19 @@ class _Builder:
         else:
             schema, description = PATH_PARAMETERS.get(name, ({"type": "string", "minLength": 1}, name))
         return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
+
+
+def ecma_patterns(schema: Any) -> Any:
+    """`schema` with its regular expressions in JSON Schema's dialect (ECMA-262): Python's `\\Z`
+    (the very end, not before a final newline) is `$` there, which never matches before one."""
+    if isinstance(schema, dict):
+        return {
+            key: value.replace("\\Z", "$") if key == "pattern" and isinstance(value, str) else ecma_patterns(value)
+            for key, value in schema.items()
+        }
+    if isinstance(schema, list):
+        return [ecma_patterns(item) for item in schema]
+    return schema
 
 
 def _struct_parameters(struct: type[msgspec.Struct], where: str) -> list[dict[str, Any]]:

@@ -72,6 +72,28 @@ def list_async(s: Seeded) -> httpx.Response:
         time.sleep(0.1)
 
 
+def publish_version(s: Seeded) -> httpx.Response:
+    """A new version of the seeded function (each needs a change since the last)."""
+    changed = s.http.put(f"/functions/{s.name}/config", json={"description": unique_name("v")})
+    assert changed.is_success, changed.text
+    # Named: the default name (the time, to the second) would repeat within a second.
+    return s.http.post(f"/functions/{s.name}/versions", json={"version": unique_name("v"), "description": "round trip"})
+
+
+def alias(s: Seeded) -> str:
+    """The seeded function's alias "live", made on first use (pointing at a published version)."""
+    if s.http.get(f"/functions/{s.name}/aliases/live").status_code == 404:
+        version = publish_version(s).json()["version"]
+        made = s.http.post(f"/functions/{s.name}/aliases", json={"name": "live", "version": version})
+        assert made.is_success, made.text
+    return f"/functions/{s.name}/aliases/live"
+
+
+def create_alias(s: Seeded) -> httpx.Response:
+    version = publish_version(s).json()["version"]
+    return s.http.post(f"/functions/{s.name}/aliases", json={"name": unique_name("a"), "version": version})
+
+
 def dependency_version(s: Seeded) -> str:
     return f"/dependencies/{s.dependency['dep_id']}/version/{s.dependency['version']}"
 
@@ -119,6 +141,17 @@ CALLS: dict[str, Call] = {
     "function_logs": lambda s: s.http.get(f"/functions/{s.name}/logs"),
     "healthz": lambda s: httpx.get(f"{s.api.daemon.url}/healthz"),
     "create_key": lambda s: s.http.post("/fgd/keys", json={"description": "round trip"}),
+    "publish_version": publish_version,
+    "list_versions": lambda s: (publish_version(s), s.http.get(f"/functions/{s.name}/versions"))[1],
+    "create_alias": create_alias,
+    "list_aliases": lambda s: (
+        alias(s),
+        s.http.get(f"/functions/{s.name}/aliases"),
+    )[1],
+    "show_alias": lambda s: s.http.get(alias(s)),
+    "update_alias": lambda s: s.http.put(
+        alias(s), json={"version": s.http.get(alias(s)).json()["version"], "description": "moved"}
+    ),
     "list_reserved_configs": lambda s: s.http.get(
         "/functions/reservedinstanceconfigs", params={"function_urn": s.name}
     ),

@@ -3,9 +3,10 @@
 Every operation of the document is called with inputs generated from its schemas, valid and
 invalid ones (bounded: 25 examples per operation, derandomized so every run sends the same
 requests); each answer must not be a 5xx, must have a documented status, content type and
-headers, and must match the documented schema. The daemon is seeded with a function,
-a dependency version and a trigger, and the path parameters are pinned to them, so routes with
-{urn}, {dep_id} or {trigger_id} reach a real resource rather than a 404.
+headers, and must match the documented schema. The daemon is seeded with a function, a
+dependency version, a trigger, a published version and an alias, and the path parameters are
+pinned to them, so routes with {urn}, {dep_id}, {trigger_id} or an alias {name} reach a real
+resource rather than a 404.
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         json={"trigger_type_code": "TIMER", "event_data": {"name": "daily", "schedule_type": "Rate", "schedule": "1d"}},
     )
     assert trigger.status_code == 201, trigger.text
+    published = api.http.post(f"/functions/{FUNCTION}/versions", json={"version": "v1"})
+    assert published.status_code == 200, published.text
+    alias = api.http.post(f"/functions/{FUNCTION}/aliases", json={"name": "live", "version": "v1"})
+    assert alias.status_code == 200, alias.text
     yield Seeded(daemon, dependency.json()["dep_id"], dependency.json()["version"], trigger.json()["trigger_id"])
     daemon.stop()
     # A 500 is caught by the checks; the log says where it came from.
@@ -89,11 +94,15 @@ def pinned(seeded: Seeded, operation: str) -> dict[str, Any]:
         "trigger_id": seeded.trigger_id,
         # Minutes: a valid period of both statistics/{period} and slareports/{period}.
         "period": "5",
+        # The seeded alias (of version v1).
+        "name": "live",
     }
     if operation == "delete_function":
         values["urn"] = "absent"
     if operation == "delete_trigger":
         values["trigger_id"] = "absent"
+    if operation == "delete_alias":
+        values["name"] = "absent"
     if operation == "delete_dependency_version":
         values["number"] = 999
     return values

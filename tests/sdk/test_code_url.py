@@ -59,25 +59,19 @@ def bomb() -> bytes:
     return buffer.getvalue()
 
 
+def create(sdk: FunctionGraphClient, name: str, **code) -> m.CreateFunctionResponse:
+    body = m.CreateFunctionRequestBody(
+        func_name=name, package="default", runtime=RUNTIME, handler="index.handler", memory_size=128, timeout=10, **code
+    )
+    return sdk.create_function(m.CreateFunctionRequest(body=body))
+
+
 def test_create_and_update_from_a_url(sdk: FunctionGraphClient, api: Api, files) -> None:
     base, served = files
     served["/v1.zip"] = source("from v1")
     served["/v2.zip?token=abc"] = source("from v2")
     name = unique_name()
-    created = sdk.create_function(
-        m.CreateFunctionRequest(
-            body=m.CreateFunctionRequestBody(
-                func_name=name,
-                package="default",
-                runtime=RUNTIME,
-                handler="index.handler",
-                memory_size=128,
-                timeout=10,
-                code_type="obs",
-                code_url=f"{base}/v1.zip",
-            )
-        )
-    )
+    created = create(sdk, name, code_type="obs", code_url=f"{base}/v1.zip")
     assert created.code_type == "obs" and created.code_url == f"{base}/v1.zip"
     assert api.invoke(name).text == "from v1"
     updated = sdk.update_function_code(
@@ -109,20 +103,7 @@ def test_a_bad_url_is_refused_and_the_code_kept(sdk: FunctionGraphClient, api: A
     served["/bomb.zip"] = bomb()
     served["/not-a-zip"] = b"<html>hello</html>"
     name = unique_name()
-    created = sdk.create_function(
-        m.CreateFunctionRequest(
-            body=m.CreateFunctionRequestBody(
-                func_name=name,
-                package="default",
-                runtime=RUNTIME,
-                handler="index.handler",
-                memory_size=128,
-                timeout=10,
-                code_type="zip",
-                func_code=m.FuncCode(file=b64(source("kept"))),
-            )
-        )
-    )
+    created = create(sdk, name, code_type="zip", func_code=m.FuncCode(file=b64(source("kept"))))
     error = refused(
         lambda: sdk.update_function_code(
             m.UpdateFunctionCodeRequest(

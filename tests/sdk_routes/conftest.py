@@ -9,7 +9,7 @@ import pytest
 from huaweicloudsdkcore.exceptions.exceptions import ClientRequestException
 from huaweicloudsdkfunctiongraph.v2 import FunctionGraphClient
 
-from tests.conftest import Api, Daemon, access_key, sdk_client_for
+from tests.conftest import Api, Daemon, access_key, running, sdk_client_for
 
 PROJECT = "default"
 
@@ -28,10 +28,8 @@ def sdk_client(daemon: Daemon, project: str = PROJECT) -> FunctionGraphClient:
 @pytest.fixture(scope="module")
 def sdk_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon of this directory's own: the statistics and quotas tests count what it did."""
-    d = Daemon(tmp_path_factory.mktemp("fgd-sdk") / "state", "[instances]\nidle_keepalive = 45.0\n")
-    d.start()
-    yield d
-    d.stop()
+    with running(tmp_path_factory.mktemp("fgd-sdk") / "state", "[instances]\nidle_keepalive = 45.0\n") as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Api, Daemon, unique_name
+from tests.conftest import Api, Daemon, running, unique_name
 
 ECHO = "def handler(event, context):\n    return event\n"
 SHAPED = """
@@ -21,10 +21,8 @@ def handler(event, context):
 @pytest.fixture(scope="module")
 def quick_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon whose API gives up on a stalled body after 1 s (the listener's own 408)."""
-    d = Daemon(tmp_path_factory.mktemp("fgd-rid") / "state", "[server]\nbody_timeout = 1.0\n")
-    d.start()
-    yield d
-    d.stop()
+    with running(tmp_path_factory.mktemp("fgd-rid") / "state", "[server]\nbody_timeout = 1.0\n") as d:
+        yield d
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import runtimes
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, Daemon, running
 
 UID_BASE, UID_COUNT = 200_000, 65_536
 FGD_SOURCE = str(Path(runtimes.__file__).resolve().parent.parent)
@@ -34,10 +34,8 @@ SECRET = f"operator-secret-{uuid.uuid4().hex}"
 @pytest.fixture(scope="module")
 def secret_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """A daemon started from a shell that holds a secret in its environment."""
-    d = Daemon(tmp_path_factory.mktemp("secret") / "state", env={"FGD_OPERATOR_SECRET": SECRET})
-    d.start()
-    yield d
-    d.stop()
+    with running(tmp_path_factory.mktemp("secret") / "state", env={"FGD_OPERATOR_SECRET": SECRET}) as d:
+        yield d
 
 
 def test_the_daemons_environment_never_reaches_a_function(secret_daemon: Daemon) -> None:

@@ -19,7 +19,11 @@ from fgd.model import (
     ("text", "expected"),
     [
         ("hello", FunctionRef("p1", "default", "hello")),
-        ("pkg:hello", FunctionRef("p1", "pkg", "hello")),
+        # package:name, or name:qualifier when no such package holds it (fgd.versions.lookup).
+        ("pkg:hello", FunctionRef("p1", "pkg", "hello", ambiguous=True)),
+        ("hello:!prod", FunctionRef("p1", "default", "hello", "!prod")),
+        ("p1:pkg:hello", FunctionRef("p1", "pkg", "hello")),
+        ("p1:pkg:hello:v1.2_3-x", FunctionRef("p1", "pkg", "hello", "v1.2_3-x")),
         ("urn:fss:local:p1:function:pkg:hello", FunctionRef("p1", "pkg", "hello")),
         ("urn:fss:local:p1:function:pkg:hello:latest", FunctionRef("p1", "pkg", "hello")),
         ("urn:fss:local:p1:function:pkg:hello:v2", FunctionRef("p1", "pkg", "hello", "v2")),
@@ -38,6 +42,18 @@ def test_function_refs(text: str, expected: FunctionRef) -> None:
         "urn:fss:local:p1:trigger:pkg:hello",
         "urn:fss:local",
         "a:b:c",
+        "p2:pkg:hello:v1",
+        "hello:!",
+        "hello:!-x",
+        "hello:!x_",
+        "urn:fss:local:p1:function:pkg:hello:",
+        "urn:fss:local:p1:function:pkg:hello:!",
+        "urn:fss:local:p1:function:pkg:hello:v1\n",
+        "urn:fss:local:p1:function:pkg:hello:!prod\n",
+        "urn:fss:local:p1:function:pkg:hello:v1:extra",
+        "urn:fss:local:p1:function:pkg:hello:" + "v" * 43,
+        "urn:fss:local:p1:function:pkg:hello:../v1",
+        "p1:pkg:hello:v1:x",
     ],
 )
 def test_bad_function_refs(text: str) -> None:
@@ -135,3 +151,45 @@ def test_code_link_is_bounded() -> None:
     body = {"func_name": "f", "runtime": "Python3.11", "handler": "index.handler"}
     with pytest.raises(InvalidParameter, match=r"func_code\.link"):
         convert({**body, "func_code": {"file": "", "link": "l" * 2049}}, CreateFunction, "the function")
+
+
+# msgspec checks patterns with re.search, where "$" also matches before a final newline:
+# every pattern ends in \Z, so a name with a trailing newline is refused like any other.
+@pytest.mark.parametrize(
+    ("kind", "body", "field"),
+    [
+        ("CreateFunction", {"runtime": "Python3.11", "handler": "index.handler", "func_name": "fn"}, "func_name"),
+        ("CreateFunction", {"runtime": "Python3.11", "handler": "index.handler", "func_name": "fn"}, "package"),
+        ("CreateDependency", {"runtime": "Python3.11", "name": "dep"}, "name"),
+        ("TimerEventData", {"schedule_type": "Rate", "schedule": "1m", "name": "t"}, "name"),
+        ("ApigEventData", {"name": "r", "path": "/p"}, "path"),
+    ],
+)
+def test_a_trailing_newline_is_refused(kind: str, body: dict, field: str) -> None:
+    import fgd.model
+
+    if kind == "CreateFunction":
+        body = {**body, "func_code": {"file": "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="}}
+    good = {**body, field: body.get(field, "pkg")}
+    convert(good, getattr(fgd.model, kind), "the body")
+    with pytest.raises(InvalidParameter, match=field):
+        convert({**good, field: good[field] + "\n"}, getattr(fgd.model, kind), "the body")
+
+
+def test_a_project_with_a_trailing_newline_is_refused() -> None:
+    from fgd.model import check_project
+
+    check_project("default")
+    with pytest.raises(InvalidParameter):
+        check_project("default\n")
+
+
+def test_config_region_with_a_trailing_newline_is_refused(tmp_path) -> None:
+    from fgd.config import ConfigError, load
+
+    path = tmp_path / "fgd.toml"
+    path.write_text('[server]\nregion = "local"\n')
+    load(str(path))
+    path.write_text('[server]\nregion = "local\\n"\n')
+    with pytest.raises(ConfigError):
+        load(str(path))

@@ -179,3 +179,16 @@ def test_every_answer_documents_its_request_id(doc: dict[str, Any]) -> None:
                 assert answer["headers"]["X-Request-Id"]["required"], (method, path, status)
     queued = doc["paths"]["/v2/{project_id}/fgs/functions/{urn}/invocations-async"]["post"]["responses"]["202"]
     assert queued["headers"]["X-Cff-Request-Id"]["required"]
+
+
+def test_patterns_are_in_json_schema_s_dialect(doc: dict[str, Any]) -> None:
+    """fgd's patterns end in Python's \\Z (no match before a final newline); JSON Schema's
+    regular expressions (ECMA-262) have no \\Z, and their $ means the same."""
+    from fgd.model import FUNC_NAME_RE
+
+    assert FUNC_NAME_RE.endswith("\\Z")
+    text = json.dumps(doc)
+    assert "\\\\Z" not in text
+    assert doc["components"]["schemas"]["CreateFunction"]["properties"]["func_name"]["pattern"] == (
+        FUNC_NAME_RE.removesuffix("\\Z") + "$"
+    )

@@ -22,6 +22,7 @@ from fgd.web.api import (
     observability,
     statistics,
     triggers,
+    versions,
 )
 from fgd.web.api.common import MAX_JSON_BODY, ApiContext, error_response, json_response
 
@@ -29,7 +30,7 @@ __all__ = ["ApiContext", "create_app"]
 
 log = logging.getLogger("fgd.web.api")
 
-RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability, keys, statistics)
+RESOURCES = (functions, invocations, asynchronous, triggers, dependencies, observability, keys, statistics, versions)
 
 
 def create_app(ctx: ApiContext) -> QuartTrio:

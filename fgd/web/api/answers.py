@@ -16,7 +16,7 @@ from msgspec import Meta
 
 from fgd.asyncqueue import Status
 from fgd.keys import DESCRIPTION_MAX, KeyInfo
-from fgd.model import PACKAGE_RE, AsyncConfigAnswer, DependencyName, Description, TacticsConfig
+from fgd.model import PACKAGE_RE, AsyncConfigAnswer, DependencyName, Description, FunctionConfig, TacticsConfig
 from fgd.store import LogLine
 from fgd.web.api.common import LIST_MAX_ITEMS
 
@@ -37,6 +37,23 @@ class PageInfo(msgspec.Struct, kw_only=True):
     next_marker: int
     previous_marker: int
     current_count: int
+
+
+class FunctionVersion(FunctionConfig, kw_only=True, frozen=True):
+    """A published version (FunctionGraph's version model): its config, and the version's own."""
+
+    version_description: str
+    concurrency: int
+    concurrent_num: int
+    function_async_config: AsyncConfigAnswer
+
+
+class FunctionVersionList(msgspec.Struct, kw_only=True):
+    """latest and the published versions; `next_marker` is 0 on the last page."""
+
+    versions: list[FunctionVersion]
+    next_marker: int
+    count: int
 
 
 class ReservedInstance(msgspec.Struct, kw_only=True):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from quart import Response
 from quart_trio import QuartTrio
 
-from fgd.model import AsyncConfigAnswer, AsyncInvokeConfig
+from fgd.model import AsyncConfigAnswer, AsyncInvokeConfig, FunctionRef
+from fgd.versions import lookup
 from fgd.web.api.answers import AsyncInvokeConfigList, LimitQuery
 from fgd.web.api.common import (
     BASE,
@@ -38,9 +39,15 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @route(app, "GET", f"{BASE}/functions/<urn>/async-invoke-configs", query=LimitQuery, answer=AsyncInvokeConfigList)
     async def list_async_invoke_configs(project_id: str, urn: str) -> AsyncInvokeConfigList:
-        # FunctionGraph lists one config per version or alias; fgd functions have one version
-        # (latest), so the list holds its config if one was set (not the defaults), else nothing.
+        # FunctionGraph lists one config per version or alias: latest's, each version's and each
+        # alias's own (fgd.versions), those that were set (not the defaults).
         record = ctx.lookup(project_id, urn)
         at = window("limit", CONFIGS_DEFAULT, CONFIGS_MAX)
-        configs = [ctx.functions.async_config(record)] if record.async_config != AsyncInvokeConfig() else []
+        versions = ctx.functions.versions
+        candidates = versions.list(record.key) + [
+            lookup(ctx.store, FunctionRef(*record.key, f"!{a.name}"))
+            for a in versions.aliases(record.key)
+            if a.async_modified
+        ]
+        configs = [ctx.functions.async_config(r) for r in candidates if r.async_config != AsyncInvokeConfig()]
         return paged(configs, "async_invoke_configs", at)

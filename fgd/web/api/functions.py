@@ -7,7 +7,7 @@ import re
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from fgd.errors import InvalidParameter
+from fgd.errors import InvalidParameter, NotFound
 from fgd.model import (
     PACKAGE_RE,
     CreateFunction,
@@ -20,8 +20,10 @@ from fgd.model import (
     ReservedInstances,
     UpdateCode,
     check_project,
+    function_urn,
     parse_function_ref,
 )
+from fgd.versions import reserved_targets
 from fgd.web.api.answers import (
     ExportQuery,
     FunctionListQuery,
@@ -140,9 +142,12 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         urn = request.args.get(urn_arg)
         if urn:
             ref = parse_function_ref(project_id, urn, ctx.functions.region)
-            record = ctx.store.get(ref.key)
-            return [record] if record is not None and ref.qualifier == "latest" else []
-        return [r for r in ctx.store.list(project_id) if r.reserved]
+            try:
+                return [ctx.functions.get(ref)]
+            except NotFound:
+                return []
+        # latest, versions and aliases each keep their own (fgd.versions).
+        return [r for r in reserved_targets(ctx.store) if r.project_id == project_id and r.reserved]
 
     # Fixed names under /functions/ are matched before /functions/<urn> (Werkzeug ranks static
     # segments first), and no GET route takes /functions/<urn> alone: a function named
@@ -155,10 +160,10 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         at = window("limit", LIST_MAX_ITEMS, LIST_MAX_ITEMS)
         rows = [
             {
-                "func_urn": ctx.functions.config(r).func_urn,
+                "func_urn": function_urn(ctx.functions.region, r, r.qualifier),
                 "count": r.reserved,
-                "qualifier_type": "version",
-                "qualifier_name": "latest",
+                "qualifier_type": "alias" if r.alias else "version",
+                "qualifier_name": r.alias or r.version,
                 "min_count": r.reserved,
                 "running": ctx.functions.reserved_running(r),
             }
@@ -179,9 +184,9 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         at = window("limit", 100, RESERVED_CONFIGS_MAX)
         rows = [
             {
-                "function_urn": ctx.functions.config(r).func_urn,
-                "qualifier_type": "version",
-                "qualifier_name": "latest",
+                "function_urn": function_urn(ctx.functions.region, r, r.qualifier),
+                "qualifier_type": "alias" if r.alias else "version",
+                "qualifier_name": r.alias or r.version,
                 "min_count": r.reserved,
                 "idle_mode": r.reserved_idle_mode,
                 "tactics_config": {"cron_configs": [], "metric_configs": []},
@@ -195,7 +200,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         record = await ctx.functions.set_max_instances(ctx.lookup(project_id, urn), await body_json())
         return ctx.functions.config(record)
 
-    @route(app, "DELETE", f"{BASE}/functions/<urn>", status=204)
+    @route(app, "DELETE", f"{BASE}/functions/<urn>", status=204, errors=(409,))
     async def delete_function(project_id: str, urn: str) -> Response:
         await ctx.functions.delete(ctx.lookup(project_id, urn))
         return Response(b"", status=204)

@@ -12,6 +12,7 @@ from fgd.asyncqueue import AsyncEvent, invocation_answer
 from fgd.errors import Conflict, InvalidParameter, NotFound, Throttled, TooLarge
 from fgd.invoker import check_event, new_request_id
 from fgd.model import AsyncInvocationList
+from fgd.versions import route as version_route
 from fgd.web.api.answers import AsyncAccepted, AsyncAnswerHeaders, AsyncInvocationsQuery, CancelBody, Cancelled
 from fgd.web.api.common import (
     BASE,
@@ -47,7 +48,10 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
                 f"the node has {ctx.async_config.max_queued:,} asynchronous invocations waiting or running, "
                 "its limit; send this one again later"
             )
-        event = AsyncEvent.new(record.key, new_request_id(), check_event(data))
+        # The version is chosen now (an alias's weights; header rules are for sync and HTTP
+        # requests) and kept with the event: a retry runs the same one (fgd.versions).
+        record = version_route(ctx.store, record)
+        event = AsyncEvent.new(record.key, new_request_id(), check_event(data), record.version, record.alias)
         # Durable before we answer: 202 means it will run (at least once).
         await ctx.store.run(ctx.store.queue.enqueue, event)
         ctx.dispatcher.notify()
