@@ -5,12 +5,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Per-interpreter shim packages (msgspec, python-prctl, pyseccomp) for every Python 3.9+ the node
+# has besides the daemon's own, so each can serve its Python3.x runtime (fgd.shims). Wheels are
+# kept in WHEELHOUSE, so a rebuild (make clean; make) works offline once they were fetched.
+SHIMS := $(VENV)/runtimes/.built
+WHEELHOUSE ?= $(HOME)/.cache/fgd/wheels
 STATE_DIR ?= $(CURDIR)/.fgd-state
 LISTEN ?= 127.0.0.1:8900
 # libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
 DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
 
-.PHONY: run test lint format bench system-packages clean
+.PHONY: run test lint format bench system-packages runtimes clean
 
 system-packages:
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(DEB_PACKAGES)
@@ -22,11 +27,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
-run: $(STAMP)
+# Rebuilt when the pins change; `make runtimes` looks again (an interpreter installed since).
+$(SHIMS): $(STAMP) runtimes/python/shim-requirements.txt
+	$(BIN)/python -m fgd.shims build --shim-dir $(VENV)/runtimes --wheelhouse "$(WHEELHOUSE)"
+	@touch $(SHIMS)
+
+runtimes: $(STAMP)
+	$(BIN)/python -m fgd.shims build --shim-dir $(VENV)/runtimes --wheelhouse "$(WHEELHOUSE)"
+	@touch $(SHIMS)
+
+run: $(STAMP) $(SHIMS)
 	@./scripts/run-banner "$(STATE_DIR)" "$(LISTEN)"
 	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
 
-test: $(STAMP)
+test: $(STAMP) $(SHIMS)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -39,7 +53,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP)
+bench: $(STAMP) $(SHIMS)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages wrk
 	$(BIN)/python bench/warm_invoke.py
 	$(BIN)/python bench/cold_start.py

@@ -13,6 +13,7 @@ import zipfile
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fgd.client import ApiError, Client, ClientError, ProgressReader, Response, quote, resolve_token
 
@@ -97,12 +98,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     allowed = f"; this cgroup allows {limit // 2**20} MB" if limit is not None else ""
     print(f"{'ok':<8} {'memory':<18} {memory.available // 2**20} MB free of {memory.total // 2**20} MB{allowed}")
     print(f"{'ok':<8} {'instance pool':<18} {config.sandbox.pool_size} pre-contained instances per runtime")
+    usable_runtimes = _doctor_interpreters(config)
     # Each protection that would be off, and why (a missing check above, or [sandbox] disable).
     _protections, off = protections_for(facts, config.sandbox.disable)
     for line in off:
         name, _, why = line.partition(": ")
         print(f"{'off':<8} {name:<18} {why}")
     refused = [line.partition(":")[0] for line in off]
+    if not usable_runtimes:
+        print("fgd serve would refuse to start: no Python interpreter can serve functions")
+        return 1
     if refused and not config.sandbox.allow_degraded:
         print(
             f"fgd serve would refuse to start: missing {', '.join(refused)} "
@@ -114,6 +119,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         print("fgd serve can start with every protection")
     return 0
+
+
+if TYPE_CHECKING:
+    from fgd.config import Config
+
+
+def _doctor_interpreters(config: Config) -> bool:
+    """One line per Python interpreter found (issue 12): what it serves, or why it does not."""
+    from fgd.interpreters import Catalogue, discover
+
+    catalogue = Catalogue(discover(config.runtimes), config.runtimes.exact_versions)
+    for interpreter in catalogue.describe_interpreters():
+        label = f"python {interpreter['version']}"
+        if interpreter["serves"]:
+            print(f"{'ok':<8} {label:<18} {interpreter['path']} serves {', '.join(interpreter['serves'])}")
+        else:
+            print(f"{'info':<8} {label:<18} {interpreter['path']} not used: {interpreter['reason']}")
+    return bool(catalogue.names())
 
 
 # client commands ----------------------------------------------------------

@@ -167,6 +167,38 @@ class CodeFetchConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
                 raise ValueError(f"[code_fetch] allow: {net!r} is not an address or CIDR") from None
 
 
+class RuntimesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """[runtimes] (issue 12): which Python interpreters serve the Python3.x runtime names (fgd.interpreters)."""
+
+    # Interpreters the operator names (absolute paths); for their minor version they are chosen
+    # before any the daemon finds itself.
+    python: list[str] = []
+    # Where the daemon looks for more, as glob patterns ($VARIABLES and ~ are expanded; a pattern
+    # naming an unset variable is skipped). The daemon may run as a systemd service without
+    # $PYENV_ROOT or $HOME, so root's pyenv is also spelled out.
+    search: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "/usr/bin/python3.*",
+            "/usr/local/bin/python3.*",
+            "$PYENV_ROOT/versions/*/bin/python3.*",
+            "~/.pyenv/versions/*/bin/python3.*",
+            "/root/.pyenv/versions/*/bin/python3.*",
+        ]
+    )
+    # True: a name is served only by its own minor version (Python3.10 by 3.10.x), never by the
+    # nearest newer one; a missing one is a 400 naming what is installed.
+    exact_versions: bool = False
+    # Seconds an interpreter may take to answer the probe (its version, whether it can run the
+    # shim); one that does not answer in time is skipped with a log line.
+    probe_timeout: Annotated[float, Meta(gt=0, le=60)] = 10.0
+    # Runtime names whose zygotes (and pools) start at boot rather than on first use, for a
+    # first cold start without the zygote's ~0.1 s start. Each must be a name the node serves.
+    preload: list[str] = []
+    # Where the per-interpreter shim packages are (<shim_dir>/python3.X: msgspec, python-prctl,
+    # pyseccomp built for that interpreter; `make` builds them). Default: <daemon's prefix>/runtimes.
+    shim_dir: str | None = None
+
+
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     state_dir: str = "/var/lib/fgd"
     server: ServerConfig = ServerConfig()
@@ -179,6 +211,7 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     scheduler: SchedulerConfig = SchedulerConfig()
     async_invoke: AsyncConfig = AsyncConfig()
     code_fetch: CodeFetchConfig = CodeFetchConfig()
+    runtimes: RuntimesConfig = RuntimesConfig()
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
     # <name>-<version>.zip files in this directory, registered at start.
     public_dependencies: str | None = None

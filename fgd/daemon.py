@@ -28,6 +28,7 @@ from fgd.dispatch import Dispatcher
 from fgd.functions import Functions
 from fgd.history import Sample
 from fgd.instance import State
+from fgd.interpreters import Catalogue, discover
 from fgd.invoker import Invoker
 from fgd.keys import Keys
 from fgd.logs import LogSink
@@ -41,7 +42,8 @@ from fgd.web.front import BodyBudget, Inflight, build_front
 from fgd.web.gateway import build_gateway
 from fgd.web.server import connection_caps, serve_http
 from fgd.web.uploads import Packager
-from fgd.zygote import python_zygote
+from fgd.zygote import Zygotes
+from sandbox import seccomp
 
 log = logging.getLogger("fgd")
 
@@ -80,6 +82,26 @@ def open_listener(host: str, port: int, listen: str) -> socket.socket:
         raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
 
 
+async def find_runtimes(config: Config) -> Catalogue:
+    """The Python interpreters on this node and the names each serves (fgd.interpreters)."""
+    interpreters = await trio.to_thread.run_sync(discover, config.runtimes)
+    catalogue = Catalogue(interpreters, config.runtimes.exact_versions)
+    if not catalogue.names():
+        found = "; ".join(f"{i.path} ({i.version}): {i.reason}" for i in interpreters) or "none found"
+        raise StartupError(f"no Python interpreter can serve functions: {found}")
+    for interpreter in catalogue.in_use():
+        served = [name for name in catalogue.names() if catalogue.serving(name) == interpreter]
+        log.info("runtime %s: %s (Python %s)", ", ".join(served), interpreter.path, interpreter.version)
+    return catalogue
+
+
+def seccomp_programs(sandbox: Sandbox) -> dict[str, bytes] | None:
+    """Built once here and handed to every zygote (each instance loads one last)."""
+    if not sandbox.protections.seccomp:
+        return None
+    return {profile: seccomp.build(profile) for profile in seccomp.PROFILES}
+
+
 def build_sandbox(config: Config, state_dir: Path) -> Sandbox:
     """Probe the host; refuse to start without a protection unless degraded mode is allowed."""
     facts = probe(config.sandbox)
@@ -112,24 +134,45 @@ async def serve(config: Config) -> None:
     code = CodeStore(state_dir, config.packages)
     logs = LogSink(store, config.logs)
     sandbox = build_sandbox(config, state_dir)
-    zygote = python_zygote(seccomp=sandbox.protections.seccomp)
-    zygotes = {zygote.runtime: zygote}
+    catalogue = await find_runtimes(config)
+    for name in config.runtimes.preload:
+        if catalogue.serving(name) is None:
+            raise StartupError(f"[runtimes] preload: {catalogue.refusal(name)}")
+    # One zygote per interpreter in use, each started on the first cold start that needs it.
+    zygotes = Zygotes(catalogue, seccomp_programs=seccomp_programs(sandbox))
     packager = Packager(code)
-    dependencies = Dependencies(store, packager, sorted(zygotes))
+    # The daemon's own name first: public dependencies are registered for it.
+    default = catalogue.default_name()
+    names = [default, *(n for n in catalogue.names() if n != default)] if default else catalogue.names()
+    dependencies = Dependencies(store, packager, names)
     invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies)
-    functions = Functions(
-        store, code, invoker, logs, dependencies, config.server.region, sorted(zygotes), config.code_fetch
-    )
+    functions = Functions(store, code, invoker, logs, dependencies, config.server.region, catalogue, config.code_fetch)
 
     def health() -> dict:
-        missing = [name for name, z in zygotes.items() if not z.ready.is_set()]
+        # A zygote not started yet is fine (it starts on first use); one being restarted is not.
+        states = {i.key: zygotes.state(i) for i in catalogue.in_use()}
+        missing = [key for key, state in states.items() if state == "restarting"]
         return {
             "status": "starting" if missing else "ok",
             "degraded": sandbox.degraded,
             "version": __version__,
-            "runtimes": {name: ("restarting" if name in missing else "ready") for name in zygotes},
+            "runtimes": {name: states[interpreter.key] for name, interpreter in catalogue.mapping.items()},
+            "interpreters": [
+                {
+                    "path": i.path,
+                    "version": i.version,
+                    "zygote": states[i.key],
+                    "pid": zygotes.running[i.key].pid if states[i.key] != "not started" else None,
+                }
+                for i in catalogue.in_use()
+            ],
             "instances": invoker.count(),
-            "pool": {name: len(pool) for name, pool in invoker.pools.items()},
+            # Per runtime name whose interpreter's zygote runs (names it serves share its pool).
+            "pool": {
+                name: len(invoker.pools[interpreter.key])
+                for name, interpreter in catalogue.mapping.items()
+                if interpreter.key in invoker.pools
+            },
             "functions": len(store.functions),
         }
 
@@ -220,9 +263,10 @@ async def serve(config: Config) -> None:
         async with trio.open_nursery() as services:
             services.start_soon(_watch_signals, shutdown)
             services.start_soon(logs.run)
-            for runtime in zygotes.values():
-                await services.start(runtime.run)
+            await services.start(zygotes.run)
             await services.start(invoker.run)
+            for name in config.runtimes.preload:
+                await zygotes.get(name)
             await dependencies.load_public(config.public_dependencies)
             services.start_soon(_collect_packages, config, store, code, dependencies, invoker)
             services.start_soon(dispatcher.run)

@@ -19,6 +19,7 @@ from fgd.config import CodeFetchConfig
 from fgd.dependencies import Dependencies
 from fgd.destinations import check_no_cycle, targets
 from fgd.errors import Conflict, InvalidParameter, NotFound
+from fgd.interpreters import Catalogue
 from fgd.invoker import Invoker
 from fgd.logs import LogSink
 from fgd.model import (
@@ -64,7 +65,7 @@ class Functions:
         logs: LogSink,
         dependencies: Dependencies,
         region: str,
-        runtimes: list[str],
+        runtimes: Catalogue,
         code_fetch: CodeFetchConfig | None = None,
     ) -> None:
         self._code_fetch = code_fetch or CodeFetchConfig()
@@ -151,7 +152,12 @@ class Functions:
             reserved_instance_count=record.reserved,
             reserved_instance_idle_mode=record.reserved_idle_mode,
             tags=record.tags,
+            runtime_interpreter=self._interpreter_of(record.runtime),
         )
+
+    def _interpreter_of(self, runtime: str) -> dict[str, object] | None:
+        interpreter = self.runtimes.serving(runtime)
+        return None if interpreter is None else interpreter.describe()
 
     def code_info(self, record: FunctionRecord) -> FunctionCode:
         s = record.settings
@@ -213,10 +219,8 @@ class Functions:
         )
 
     def _check_runtime(self, runtime: str) -> None:
-        if runtime not in self.runtimes:
-            raise InvalidParameter(
-                f"runtime {runtime!r} is not available on this node; available: {', '.join(self.runtimes)}"
-            )
+        # Issue 12: a 400 saying why (Python 2 refused, a version the node lacks, exact mode).
+        self.runtimes.check(runtime)
 
     async def _store_code(self, code_type: str, source: CodeSource, handler: str) -> CodeRef:
         if source.url:

@@ -173,7 +173,8 @@ class Instance:
             raise InstanceGone(f"cannot put the instance into its cgroup: {exc}") from None
         if not sandbox.protections.namespaces:
             return
-        await self.send(protocol.Contain(sandbox.contain_policy))
+        # Per interpreter: its own library is bound into the sandbox (fgd.zygote, issue 12).
+        await self.send(protocol.Contain(self.zygote.contain_policy(sandbox.contain_policy)))
         frame = await self.receive()
         if isinstance(frame, protocol.ContainError):
             raise InstanceGone(f"the sandbox could not be built: {frame.message}")

@@ -29,7 +29,7 @@ from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
 from fgd.versions import exact, qualifier_key, reserved_targets
-from fgd.zygote import Zygote, ZygoteUnavailable
+from fgd.zygote import Zygote, Zygotes, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
 from sandbox.cgroups import memory_limit as cgroup_memory_limit
@@ -60,6 +60,8 @@ class Outcome(msgspec.Struct, kw_only=True):
     # The version that ran, and the alias it was reached through (fgd.versions).
     version: str = "latest"
     alias: str = ""
+    # The interpreter that ran it ({"path", "version"}; issue 12), for the invocation summary.
+    runtime_interpreter: dict | None = None
 
 
 def check_event(event: bytes) -> bytes:
@@ -141,7 +143,7 @@ class Invoker:
     def __init__(
         self,
         config: Config,
-        zygotes: dict[str, Zygote],
+        zygotes: Zygotes,
         logs: LogSink,
         store: Store,
         code: CodeStore,
@@ -156,9 +158,11 @@ class Invoker:
         self._code = code
         self.sandbox = sandbox
         self.instances: dict[tuple[str, str, str], list[Instance]] = {}
-        # Per runtime: generic instances already forked and contained, waiting for a function.
-        self.pools: dict[str, list[Instance]] = {runtime: [] for runtime in zygotes}
-        self._pool_wanted = {runtime: trio.Event() for runtime in zygotes}
+        # Per zygote (one per interpreter, started on first use): generic instances already
+        # forked and contained, waiting for a function.
+        self.pools: dict[str, list[Instance]] = {}
+        self._pool_wanted: dict[str, trio.Event] = {}
+        zygotes.on_start.append(self._zygote_started)
         self._releasing: list[Instance] = []
         self._nursery: trio.Nursery | None = None
         scheduling = config.scheduler
@@ -175,8 +179,8 @@ class Invoker:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for runtime in self.zygotes:
-                    nursery.start_soon(self._fill_pool, runtime)
+                for zygote in list(self.zygotes.running.values()):
+                    self._zygote_started(zygote)
                 nursery.start_soon(self._release_cgroups)
                 nursery.start_soon(self._keep_reserved)
                 task_status.started()
@@ -195,9 +199,17 @@ class Invoker:
 
     # The pre-warmed pool ------------------------------------------------------
 
+    def _zygote_started(self, zygote: Zygote) -> None:
+        """A zygote's first start: from now on keep a pool of its instances."""
+        if zygote.runtime in self.pools or self._nursery is None:
+            return
+        self.pools[zygote.runtime] = []
+        self._pool_wanted[zygote.runtime] = trio.Event()
+        self._nursery.start_soon(self._fill_pool, zygote.runtime)
+
     async def _fill_pool(self, runtime: str) -> None:
         """Keep `sandbox.pool_size` contained generic instances ready for cold starts."""
-        zygote = self.zygotes[runtime]
+        zygote = self.zygotes.running[runtime]
         pool = self.pools[runtime]
         failures = 0
         while True:
@@ -224,7 +236,7 @@ class Invoker:
 
     def _take_pooled(self, runtime: str) -> Instance | None:
         pool = self.pools.get(runtime, [])
-        zygote = self.zygotes[runtime]
+        zygote = self.zygotes.running[runtime]
         while pool:
             instance = pool.pop(0)
             self._pool_wanted[runtime].set()
@@ -617,13 +629,12 @@ class Invoker:
         if exact(self._store, record) is None:
             # Deleted (or this version of it) while this request waited in its queue: nothing of it may start again.
             raise NotFound(f"function {record.package}:{record.func_name} (version {record.version}) was deleted")
-        zygote = self.zygotes.get(record.runtime)
-        if zygote is None:
-            raise Unavailable(f"runtime {record.runtime} is not available on this node")
         # Resolved before an instance is taken, so a dependency that went away leaks nothing.
         deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         started = trio.current_time()
-        instance = self._take_pooled(record.runtime)
+        # The interpreter's zygote, started now if this is its first cold start.
+        zygote = await self.zygotes.get(record.runtime)
+        instance = self._take_pooled(zygote.runtime)
         if instance is None:
             try:
                 instance = await self._new_instance(zygote)
@@ -684,6 +695,8 @@ class Invoker:
         return msgspec.structs.replace(frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy)
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
+        if instance.zygote.interpreter is not None:
+            outcome.runtime_interpreter = instance.zygote.interpreter.describe()
         if not healthy:
             instance.kill()
         instance.collect_output()

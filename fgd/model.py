@@ -694,6 +694,9 @@ class FunctionConfig(FunctionCode, kw_only=True, frozen=True):
     is_return_stream: bool = False
     apig_route_enable: bool = False
     enable_cloud_debug: str = ""
+    # fgd (issue 12): the interpreter serving `runtime` on this node ({"path", "version"});
+    # None when no interpreter here serves it.
+    runtime_interpreter: dict[str, object] | None = None
 
 
 class FunctionList(msgspec.Struct, kw_only=True, frozen=True):

@@ -1,9 +1,13 @@
-"""Daemon side of a runtime's zygote: start it, supervise it, ask it to fork.
+"""Daemon side of the zygotes: start them, supervise them, ask them to fork.
 
-The zygote is a child of the daemon connected by a SOCK_SEQPACKET socketpair.
+A zygote is a child of the daemon connected by a SOCK_SEQPACKET socketpair.
 `fork()` sends the instance's descriptors with a `Fork` packet and waits for
 `Forked`; the zygote also reports `Exited` for every instance it reaps, which
 turns an instance's end-of-file into a precise exit status.
+
+There is one zygote per Python interpreter in use (fgd.interpreters), started by
+`Zygotes.get` on the first cold start of a function it serves, not at boot: an
+interpreter nobody uses costs nothing.
 """
 
 from __future__ import annotations
@@ -14,11 +18,15 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import msgspec
 import trio
 
+from fgd.errors import Unavailable
+from fgd.interpreters import Catalogue, Interpreter, zygote_environment
 from runtimes import protocol
+from sandbox.policy import ContainPolicy, Mount
 
 log = logging.getLogger("fgd.zygote")
 
@@ -31,12 +39,26 @@ class ZygoteUnavailable(Exception):
 
 
 class Zygote:
-    def __init__(self, runtime: str, argv: Sequence[str], environment: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        runtime: str,
+        argv: Sequence[str],
+        environment: dict[str, str] | None = None,
+        *,
+        interpreter: Interpreter | None = None,
+        seccomp_programs: dict[str, bytes] | None = None,
+    ) -> None:
+        # The key of the interpreter it runs ("python3.12"): names its pool too.
         self.runtime = runtime
+        self.interpreter = interpreter
         self._argv = list(argv)
         # The zygote starts from an empty environment plus this: never the daemon's (the
         # operator's shell variables, credentials), which every instance would inherit.
-        self._environment = zygote_environment() if environment is None else environment
+        self._environment = zygote_environment(interpreter) if environment is None else environment
+        # Built once by the daemon, handed to every zygote: each instance loads one as its
+        # last containment step. (pyseccomp and the filter builder need not run everywhere.)
+        self._seccomp = msgspec.msgpack.encode(seccomp_programs) if seccomp_programs is not None else None
+        self._policy: tuple[ContainPolicy, ContainPolicy] | None = None
         self._control: trio.socket.SocketType | None = None
         self._fork_lock = trio.Lock()
         self._forked: dict[str, int] = {}
@@ -53,18 +75,37 @@ class Zygote:
         while True:
             parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             argv = [*self._argv, str(child.fileno()), str(os.getpid())]
+            passed = [child.fileno()]
+            if self._seccomp is not None:
+                programs = seccomp_memfd(self._seccomp)
+                argv.append(f"--seccomp-fd={programs}")
+                passed.append(programs)
             # Spawned from this (the main) thread on purpose: the zygote's pdeathsig
             # fires when the *thread* that forked it exits, and trio's open_process
             # forks from a worker thread that is retired after idling for a while.
             # Its own session: a terminal's Ctrl-C or a group-wide SIGTERM is for the
             # daemon, which decides when zygotes and instances stop.
-            process = subprocess.Popen(
-                argv,
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                env=self._environment,
-            )
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    pass_fds=passed,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    env=self._environment,
+                )
+            except OSError as exc:
+                parent.close()
+                child.close()
+                if not started:
+                    raise  # the first start: the cold start that asked for it says why
+                # The interpreter went away under a running daemon (uninstalled): keep trying,
+                # its functions get 503s meanwhile, the daemon and the other zygotes go on.
+                log.error("cannot restart the %s zygote (%s): %s", self.runtime, argv[0], exc)
+                await trio.sleep(RESTART_DELAY * 10)
+                continue
+            finally:
+                for fd in passed[1:]:
+                    os.close(fd)
             pidfd = os.pidfd_open(process.pid)
             child.close()
             self.pid = process.pid
@@ -158,19 +199,99 @@ class Zygote:
         self.exit_codes.pop(pid, None)
         self._exit_events.pop(pid, None)
 
-
-def python_runtime_name() -> str:
-    return f"Python{sys.version_info.major}.{sys.version_info.minor}"
-
-
-def zygote_environment() -> dict[str, str]:
-    """What a zygote needs to start: a PATH, a locale, and where fgd's runtime packages are."""
-    import runtimes
-
-    source_root = os.path.dirname(os.path.dirname(os.path.abspath(runtimes.__file__ or "")))
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": source_root}
+    def contain_policy(self, base: ContainPolicy) -> ContainPolicy:
+        """`base` with this zygote's interpreter bound into the sandbox instead of the daemon's."""
+        if self.interpreter is None:
+            return base
+        if self._policy is None or self._policy[0] is not base:
+            self._policy = (base, interpreter_policy(base, self.interpreter.prefix))
+        return self._policy[1]
 
 
-def python_zygote(*, seccomp: bool) -> Zygote:
-    argv = [sys.executable, "-m", "runtimes.python.zygote"]
-    return Zygote(python_runtime_name(), [*argv, "--seccomp"] if seccomp else argv)
+def seccomp_memfd(data: bytes) -> int:
+    """A descriptor (inheritable, read from its start) holding `data`."""
+    fd = os.memfd_create("fgd-seccomp-programs", 0)
+    try:
+        os.write(fd, data)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _covered(path: str, mounts: Sequence[Mount]) -> bool:
+    return any(path == m.source or path.startswith(m.source.rstrip("/") + "/") for m in mounts)
+
+
+def interpreter_policy(base: ContainPolicy, prefix: str) -> ContainPolicy:
+    """The sandbox's mounts for an interpreter installed under `prefix`: its own library only.
+
+    The base policy binds the daemon's interpreter prefix when it lies outside the host
+    directories (a pyenv or /opt install); an instance of another interpreter needs its own
+    and has no use for the daemon's.
+    """
+    own = os.path.realpath(sys.base_prefix)
+    mounts = [m for m in base.root_mounts if not (m.source == own and m.target == own and own != prefix)]
+    if not _covered(prefix, mounts):
+        mounts.append(Mount(prefix, prefix))
+    return msgspec.structs.replace(base, root_mounts=mounts)
+
+
+def python_zygote(interpreter: Interpreter, *, seccomp_programs: dict[str, bytes] | None) -> Zygote:
+    """A zygote of `interpreter` (not started)."""
+    # -s: not the user's site-packages of whoever installed the interpreter.
+    argv = [interpreter.path, "-s", "-m", "runtimes.python.zygote"]
+    return Zygote(interpreter.key, argv, interpreter=interpreter, seccomp_programs=seccomp_programs)
+
+
+class Zygotes:
+    """The zygotes of the interpreters in use, each started on the first cold start that needs it."""
+
+    def __init__(self, catalogue: Catalogue, *, seccomp_programs: dict[str, bytes] | None) -> None:
+        self.catalogue = catalogue
+        self._seccomp_programs = seccomp_programs
+        # By interpreter key ("python3.12"); a zygote is here from the moment it starts starting.
+        self.running: dict[str, Zygote] = {}
+        # Called with each zygote once it runs (the invoker starts its pool).
+        self.on_start: list[Callable[[Zygote], None]] = []
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the zygotes' tasks until cancelled (which stops them all)."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def state(self, interpreter: Interpreter) -> str:
+        zygote = self.running.get(interpreter.key)
+        if zygote is None or zygote.interpreter != interpreter:
+            return "not started"
+        if zygote.pid is None:
+            return "starting"
+        return "ready" if zygote.ready.is_set() else "restarting"
+
+    async def get(self, runtime: str) -> Zygote:
+        """The zygote serving `runtime`, started now if this is its first use."""
+        interpreter = self.catalogue.serving(runtime)
+        if interpreter is None:
+            raise Unavailable(self.catalogue.refusal(runtime))
+        zygote = self.running.get(interpreter.key)
+        if zygote is not None:
+            return zygote
+        if self._nursery is None:
+            raise Unavailable(f"runtime {runtime} is not available: the daemon is shutting down")
+        zygote = python_zygote(interpreter, seccomp_programs=self._seccomp_programs)
+        # Registered before it has started, so concurrent cold starts share it (they wait on ready).
+        self.running[interpreter.key] = zygote
+        try:
+            await self._nursery.start(zygote.run)
+        except OSError as exc:
+            del self.running[interpreter.key]
+            zygote.ready.set()  # wake whoever waits on it: their fork fails and says so
+            raise Unavailable(f"cannot start the {interpreter.key} zygote ({interpreter.path}): {exc}") from None
+        log.info("started the %s zygote (%s, Python %s)", interpreter.key, interpreter.path, interpreter.version)
+        for hook in self.on_start:
+            hook(zygote)
+        return zygote

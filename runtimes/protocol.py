@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import Union
 
 import msgspec
 
@@ -168,21 +169,11 @@ class Exited(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     exit_code: int
 
 
-Frame = (
-    Contain
-    | Contained
-    | ContainError
-    | Specialize
-    | Invoke
-    | Shutdown
-    | Ready
-    | InitError
-    | Result
-    | Log
-    | Fork
-    | Forked
-    | Exited
-)
+# typing.Union rather than `|`: classes support `|` only from Python 3.10, and this module
+# runs in every interpreter that serves a runtime.
+Frame = Union[
+    Contain, Contained, ContainError, Specialize, Invoke, Shutdown, Ready, InitError, Result, Log, Fork, Forked, Exited
+]
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
@@ -203,7 +194,7 @@ class _BodyResult(msgspec.Struct, tag="Result", frozen=True, forbid_unknown_fiel
     max_rss_kb: int = 0
 
 
-_large_up_decoder = msgspec.msgpack.Decoder(_BodyResult | Log)
+_large_up_decoder = msgspec.msgpack.Decoder(Union[_BodyResult, Log])
 
 
 class ProtocolError(Exception):

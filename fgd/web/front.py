@@ -80,6 +80,8 @@ class Summary(msgspec.Struct, omit_defaults=True, kw_only=True):
     # fgd: which version ran (always given), and the alias it was reached through (fgd.versions).
     version: str
     alias: str = ""
+    # fgd (issue 12): the interpreter that ran the invocation ({"path", "version"}).
+    runtime_interpreter: dict | None = None
 
 
 class ErrorPayload(msgspec.Struct):
@@ -176,6 +178,7 @@ def _outcome_headers(outcome: Outcome, log_tail: bool) -> list[tuple[bytes, byte
         initDuration=round(outcome.init_ms, 3) if outcome.cold and outcome.init_ms is not None else None,
         version=outcome.version,
         alias=outcome.alias,
+        runtime_interpreter=outcome.runtime_interpreter,
     )
     headers = [
         (b"content-type", JSON),

@@ -129,7 +129,9 @@ class _Builder:
         return holder
 
     def components(self) -> dict[str, Any]:
-        schemas, components = msgspec.json.schema_components(self._types, ref_template=REF)
+        schemas, components = msgspec.json.schema_components(
+            self._types, schema_hook=any_object_schema, ref_template=REF
+        )
         for holder, index in self._pending:
             holder.update(schemas[index])
         for name, struct in self._partials.items():
@@ -217,6 +219,14 @@ class _Builder:
         return {"name": name, "in": "path", "required": True, "description": description, "schema": schema}
 
 
+def any_object_schema(kind: Any) -> dict[str, Any]:
+    """`object` in a Struct (any JSON value, e.g. dict[str, object]) has no schema of msgspec's own."""
+    if kind is object:
+        # Not {}: msgspec takes an empty schema for "no schema".
+        return {"description": "any JSON value"}
+    raise NotImplementedError(kind)
+
+
 def ecma_patterns(schema: Any) -> Any:
     """`schema` with its regular expressions in JSON Schema's dialect (ECMA-262): Python's `\\Z`
     (the very end, not before a final newline) is `$` there, which never matches before one."""
@@ -232,7 +242,7 @@ def ecma_patterns(schema: Any) -> Any:
 
 def _struct_parameters(struct: type[msgspec.Struct], where: str) -> list[dict[str, Any]]:
     """One parameter per field of `struct`: its schema inline, required if it has no default."""
-    (schema,), components = msgspec.json.schema_components([struct], ref_template=REF)
+    (schema,), components = msgspec.json.schema_components([struct], schema_hook=any_object_schema, ref_template=REF)
     described = components[cast(str, schema["$ref"]).rsplit("/", 1)[-1]]
     required = set(described.get("required", ()))
     return [

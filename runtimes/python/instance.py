@@ -14,11 +14,15 @@ import posix
 import resource
 import socket
 import sys
+import sysconfig
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
+
+import msgspec
+import prctl
 
 from runtimes import protocol
 from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, Specialize
@@ -29,11 +33,28 @@ from sandbox.contain import ContainmentFailed, contain, enter
 MAX_RESPONSE = protocol.MAX_RESPONSE
 # Resolved while the host filesystem is still visible (the sandbox has no venv symlinks).
 REAL_EXECUTABLE = os.path.realpath(sys.executable)
-# fgd's own files (this shim, the protocol, the sandbox library): their frames, and the host
-# paths in them, are left out of the traces a function is shown.
+# Frames a function's error traces leave out, with the host paths in them (issue 12): fgd's own
+# files (this shim, the protocol, the sandbox library, their packages), and the interpreter's
+# library (importlib's import_module, the stdlib modules a call went through). What is left is
+# the function's code and dependencies, at the paths it sees them (/opt/function/code/...).
 OWN_DIRS = tuple(
-    os.path.dirname(os.path.abspath(path)) + os.sep
-    for path in (sys.modules["runtimes"].__file__ or "", sys.modules["sandbox"].__file__ or "")
+    sorted(
+        {
+            os.path.join(real(directory), "")
+            for directory in (
+                os.path.dirname(os.path.abspath(sys.modules["runtimes"].__file__ or "")),
+                os.path.dirname(os.path.abspath(sys.modules["sandbox"].__file__ or "")),
+                *(os.path.dirname(os.path.abspath(path)) for path in (msgspec.__file__, prctl.__file__)),
+                *(sysconfig.get_paths()[key] for key in ("stdlib", "platstdlib", "purelib", "platlib")),
+                *(
+                    sysconfig.get_paths(vars={"base": prefix, "platbase": prefix})[key]
+                    for prefix in (sys.base_prefix, sys.prefix)
+                    for key in ("stdlib", "platstdlib")
+                ),
+            )
+            for real in (os.path.abspath, os.path.realpath)
+        }
+    )
 )
 
 
@@ -68,8 +89,8 @@ class LoadError(Exception):
 
 
 def _foreign(filename: str) -> bool:
-    """A frame the function did not write: fgd's shim or the import machinery."""
-    return filename.startswith(OWN_DIRS) or filename.startswith("<frozen importlib")
+    """A frame the function did not write: fgd's shim, the interpreter's library, the import machinery."""
+    return filename.startswith(OWN_DIRS) or filename.startswith("<frozen ")
 
 
 def _user_frames(summary: traceback.StackSummary) -> traceback.StackSummary:
@@ -152,7 +173,8 @@ def apply_environment(spec: Specialize, trees: list[int]) -> None:
     os.environ.update(spec.environ)
     # The interpreter's own idea of how it was started names host paths (the venv, this shim).
     sys.argv[:] = [""]
-    sys.orig_argv[:] = [os.path.basename(REAL_EXECUTABLE)]
+    if hasattr(sys, "orig_argv"):  # Python 3.10+
+        sys.orig_argv[:] = [os.path.basename(REAL_EXECUTABLE)]
     sys.prefix, sys.exec_prefix = sys.base_prefix, sys.base_exec_prefix
     sys.executable = REAL_EXECUTABLE
     stdlib = [p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p]

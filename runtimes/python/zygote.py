@@ -6,7 +6,11 @@ share its pages, and forks one instance per `Fork` request. The request
 carries three descriptors by SCM_RIGHTS: the instance's end of its socketpair,
 and the write ends of its stdout and stderr pipes.
 
-Usage: python -m runtimes.python.zygote CONTROL_FD DAEMON_PID [--seccomp]
+Usage: python -m runtimes.python.zygote CONTROL_FD DAEMON_PID [--seccomp-fd=FD]
+
+FD holds the seccomp programs the daemon built (msgpack: profile -> BPF bytes).
+This module runs in every interpreter that serves a Python runtime (3.9 and
+newer): no syntax or library newer than that here.
 """
 
 from __future__ import annotations
@@ -22,11 +26,11 @@ import socket
 import sys
 import traceback
 
+import msgspec
 import prctl
 
 from runtimes import protocol
 from runtimes.python import instance
-from sandbox import seccomp
 
 MAX_FDS = 3
 
@@ -122,6 +126,16 @@ def forget_start_blocks() -> None:
     os.environ.clear()
 
 
+def read_programs(argv: list[str]) -> dict[str, bytes]:
+    """The seccomp programs passed in the descriptor named by --seccomp-fd (none: seccomp is off)."""
+    for arg in argv:
+        if arg.startswith("--seccomp-fd="):
+            fd = int(arg.partition("=")[2])
+            with os.fdopen(fd, "rb") as handle:
+                return msgspec.msgpack.decode(handle.read(), type=dict[str, bytes])
+    return {}
+
+
 def main() -> None:
     forget_start_blocks()
     positional = [arg for arg in sys.argv[1:] if not arg.startswith("--")]
@@ -133,8 +147,8 @@ def main() -> None:
         sys.exit(1)
     # Orphaned grandchildren (a handler's background subprocess) come back to us to be reaped.
     prctl.set_child_subreaper(True)
-    # Built once here, loaded by each instance as its last containment step.
-    programs = {profile: seccomp.build(profile) for profile in seccomp.PROFILES} if "--seccomp" in sys.argv else {}
+    # Built once by the daemon, loaded by each instance as its last containment step.
+    programs = read_programs(sys.argv[1:])
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)

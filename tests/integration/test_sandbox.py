@@ -76,10 +76,18 @@ def test_doctor_reports_each_protection_and_exit_status(tmp_path: Path) -> None:
     assert "would refuse to start" in bad.stdout
 
 
-def test_pool_is_filled_and_refilled_after_a_cold_start(daemon: Daemon, api: Api) -> None:
-    def pool() -> int:
-        return httpx.get(f"{daemon.url}/healthz").json()["pool"][RUNTIME]
+def start_runtime(api: Api) -> None:
+    """Start the runtime's zygote (and so its pool): it starts on first use. Leaves no instance."""
+    name = api.deploy("def handler(e, c):\n    return 1\n")["func_name"]
+    assert api.invoke(name).status_code == 200
+    assert api.http.delete(f"/functions/{name}").status_code in (200, 204)
 
+
+def test_pool_is_filled_and_refilled_after_a_cold_start(daemon: Daemon, api: Api) -> None:
+    def pool() -> int | None:
+        return httpx.get(f"{daemon.url}/healthz").json()["pool"].get(RUNTIME)
+
+    start_runtime(api)
     assert wait_for(lambda: pool() == 2)
     name = api.deploy("def handler(e, c):\n    return 1\n")["func_name"]
     assert api.invoke(name).status_code == 200
@@ -88,6 +96,7 @@ def test_pool_is_filled_and_refilled_after_a_cold_start(daemon: Daemon, api: Api
 
 def test_pool_comes_back_after_the_zygote_is_killed(fresh_daemon: Daemon) -> None:
     fresh_daemon.start()
+    start_runtime(Api(fresh_daemon))
     old = zygote_of(fresh_daemon)
     os.kill(old, signal.SIGKILL)
     assert wait_for(lambda: zygote_of(fresh_daemon) not in (None, old))
@@ -185,6 +194,8 @@ def test_a_fork_bomb_at_128_mb_is_gone_within_a_second_of_its_timeout(fresh_daem
         "        except OSError:\n"
         "            time.sleep(0.001)\n"
     )
+    # The pool exists once the runtime's zygote has started (on first use).
+    start_runtime(api)
     name = api.deploy(source, memory_size=128, timeout=1)["func_name"]
     pool = 3 * 2  # the pre-contained instances: waiter, PID 1 and worker each
     assert wait_for(lambda: _instance_tasks(fresh_daemon.process.pid) == pool)

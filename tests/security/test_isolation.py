@@ -88,6 +88,8 @@ def test_the_daemons_environment_never_reaches_a_function(secret_daemon: Daemon)
 def test_the_zygote_starts_from_an_empty_environment(secret_daemon: Daemon) -> None:
     from tests.conftest import zygote_of
 
+    # Zygotes start on first use (issue 12): run a function first.
+    assert run(Api(secret_daemon), "return 1") == 1
     zygote = zygote_of(secret_daemon)
     assert zygote is not None
     environ = Path(f"/proc/{zygote}/environ").read_bytes()

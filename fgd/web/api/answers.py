@@ -25,10 +25,32 @@ MARKER_MAX = 1 << 31
 # Answers -------------------------------------------------------------------------------------
 
 
+class RuntimeServer(msgspec.Struct, kw_only=True):
+    """The interpreter serving a runtime name; exact: its minor version is the name's."""
+
+    path: str
+    version: str
+    exact: bool
+
+
+class InterpreterInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A Python interpreter the node found, whether it is usable (and why not), and the names it serves."""
+
+    path: str
+    version: str
+    origin: str
+    usable: bool
+    reason: str = ""
+    serves: list[str]
+
+
 class Runtimes(msgspec.Struct, kw_only=True):
-    """The runtimes this node offers."""
+    """The runtimes this node offers (Python3.x names) and the interpreters behind them."""
 
     runtimes: list[str]
+    served_by: dict[str, RuntimeServer]
+    exact_versions: bool
+    interpreters: list[InterpreterInfo]
 
 
 class PageInfo(msgspec.Struct, kw_only=True):
@@ -162,6 +184,17 @@ class KeyList(msgspec.Struct, kw_only=True):
     count: int
 
 
+ZygoteState = Literal["not started", "starting", "ready", "restarting"]
+
+
+class InterpreterHealth(msgspec.Struct, kw_only=True):
+    path: str
+    version: str
+    zygote: ZygoteState
+    # None until its zygote is first started.
+    pid: int | None
+
+
 class Health(msgspec.Struct, kw_only=True):
     """The daemon's health: "ok" once every runtime's zygote runs (200), "starting" while one
     (re)starts (503)."""
@@ -170,7 +203,9 @@ class Health(msgspec.Struct, kw_only=True):
     # Sandbox protections this host lacks or that are switched off, each with its reason.
     degraded: list[str]
     version: str
-    runtimes: dict[str, Literal["ready", "restarting"]]
+    # Per runtime name: its interpreter's zygote.
+    runtimes: dict[str, ZygoteState]
+    interpreters: list[InterpreterHealth]
     instances: int
     pool: dict[str, int]
     functions: int

@@ -76,7 +76,14 @@ def _package_filter() -> str | None:
 def register(app: QuartTrio, ctx: ApiContext) -> None:
     @route(app, "GET", f"{BASE}/runtimes", answer=Runtimes)
     async def list_runtimes(project_id: str) -> Runtimes:
-        return Runtimes(runtimes=ctx.functions.runtimes)
+        # Issue 12: every accepted name, and the interpreter (path, version) serving each.
+        catalogue = ctx.functions.runtimes
+        return {
+            "runtimes": catalogue.names(),
+            "served_by": catalogue.served_by(),
+            "exact_versions": catalogue.exact,
+            "interpreters": catalogue.describe_interpreters(),
+        }
 
     @route(app, "POST", f"{BASE}/functions", body=CreateFunction, answer=FunctionConfig, errors=(409,))
     async def create_function(project_id: str) -> FunctionConfig:
