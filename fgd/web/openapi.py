@@ -24,12 +24,13 @@ from fgd.web.api.common import Operation, Partial, json_response, operations, ro
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{name}"
 RULE_ARGUMENT = re.compile(r"<(?:(?P<converter>[a-z]+):)?(?P<name>[A-Za-z_]+)>")
+# error_code is FSS.0<status>, or one of FunctionGraph's own codes (docs/errors.md).
 ERROR_TEXT = {
-    400: "invalid argument (FSS.0400; FSS.0406 for an unusable X-Cff-Instance-Memory)",
+    400: "invalid argument (FSS.0400; FSS.0406 an unusable X-Cff-Instance-Memory; FSS.1016, FSS.1093 versions)",
     401: "no valid credentials (FSS.0401)",
     403: "not allowed (FSS.0403)",
-    404: "no such function or resource (FSS.0404)",
-    409: "conflicts with the resource's state (FSS.0409)",
+    404: "no such function or resource (FSS.0404; FSS.1052 no such version, FSS.1053 no such alias)",
+    409: "conflicts with the resource's state (FSS.0409, or FunctionGraph's code: FSS.1062, FSS.1063, ...)",
     413: "the request body is over its limit (FSS.0413)",
     429: "over a capacity or queue limit; send again later (FSS.0429)",
     503: "the node cannot take the request now; send again shortly (FSS.0503)",
@@ -200,7 +201,8 @@ class _Builder:
     @staticmethod
     def _implied_errors(op: Operation) -> set[int]:
         """Errors every route of this shape can give, whatever its handler does."""
-        implied = {401} if op.auth else set()
+        # An access key works for its own project only: 403 elsewhere (fgd.web.auth).
+        implied = {401, 403} if op.auth else set()
         arguments = [m["name"] for m in RULE_ARGUMENT.finditer(op.path)]
         if arguments or op.query is not None or op.headers is not None or op.body is not None:
             implied.add(400)
