@@ -15,7 +15,14 @@ LISTEN ?= 127.0.0.1:8900
 # libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
 DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
 
-.PHONY: run test lint format bench system-packages runtimes clean
+.PHONY: run test lint format bench system-packages runtimes clean bundled
+
+# FunctionGraph's bundled Python libraries (fgd/bundled.py), one read-only tree per
+# interpreter under build/bundled/, wheels cached in $(WHEELHOUSE)/bundled (outside the checkout,
+# so a fresh clone on the same machine does not fetch them again) so a rebuild runs offline. BUNDLED_PYTHONS names the interpreters to build for (default: every interpreter
+# the daemon would serve a Python3.x name with, as fgd.interpreters finds them).
+BUNDLED_PYTHONS ?= --discover
+BUNDLED_STAMP := build/bundled/.stamp
 
 system-packages:
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(DEB_PACKAGES)
@@ -36,11 +43,17 @@ runtimes: $(STAMP)
 	$(BIN)/python -m fgd.shims build --shim-dir $(VENV)/runtimes --wheelhouse "$(WHEELHOUSE)"
 	@touch $(SHIMS)
 
-run: $(STAMP) $(SHIMS)
+$(BUNDLED_STAMP): $(STAMP) $(SHIMS) fgd/bundled.py scripts/build-bundled-libs
+	$(BIN)/python scripts/build-bundled-libs --cache "$(WHEELHOUSE)/bundled" $(BUNDLED_PYTHONS)
+	@touch $@
+
+bundled: $(BUNDLED_STAMP)
+
+run: $(STAMP) $(SHIMS) $(BUNDLED_STAMP)
 	@./scripts/run-banner "$(STATE_DIR)" "$(LISTEN)"
 	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
 
-test: $(STAMP) $(SHIMS)
+test: $(STAMP) $(SHIMS) $(BUNDLED_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
@@ -62,4 +75,4 @@ bench: $(STAMP) $(SHIMS)
 	$(BIN)/python bench/async_queue.py
 
 clean:
-	rm -rf $(VENV) .fgd-state .pytest_cache
+	rm -rf $(VENV) .fgd-state .pytest_cache build/bundled

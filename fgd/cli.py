@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fgd import events
 from fgd.client import ApiError, Client, ClientError, ProgressReader, Response, quote, resolve_token
 
 SKIP_DIRS = {"__pycache__", ".git", ".venv", "node_modules"}
@@ -268,7 +269,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_invoke(args: argparse.Namespace) -> int:
     client = client_of(args)
     data = args.data
-    if data.startswith("@"):
+    if data == "@-":
+        # `fgd event apig | fgd invoke NAME --data @-`
+        data = sys.stdin.read()
+    elif data.startswith("@"):
         try:
             data = Path(data[1:]).read_text()
         except OSError as exc:
@@ -295,6 +299,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
     if response.headers.get("x-is-func-err") == "true":
         print(f"fgd: the function failed ({response.headers.get('x-func-err-code')})", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_event(args: argparse.Namespace) -> int:
+    """Print a FunctionGraph-shaped test event (fgd.events) on stdout."""
+    print(json.dumps(events.event(args.name, region=args.region, project=args.project), indent=2))
     return 0
 
 
@@ -648,12 +658,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     invoke = sub.add_parser("invoke", parents=[common], help="invoke a function synchronously")
     invoke.add_argument("name", help="NAME, or NAME:VERSION / NAME:!ALIAS")
-    invoke.add_argument("--data", default="{}", help="event as JSON, or @file")
+    invoke.add_argument("--data", default="{}", help="event as JSON, @file, or @- for standard input")
     invoke.add_argument("--log", action="store_true", help="print the invocation's log tail on stderr")
     invoke.add_argument("-v", "--verbose", action="store_true", help="print the request id and summary")
     invoke.add_argument("--async", dest="async_", action="store_true", help="queue it and print the request id")
     invoke.set_defaults(func=cmd_invoke)
 
+    event = sub.add_parser("event", help="print a FunctionGraph test event: fgd event apig | fgd invoke NAME --data @-")
+    event.add_argument("name", choices=sorted(events.TEMPLATES), help="the trigger whose event to print")
+    event.add_argument("--region", default="local", help="region in URNs and records (default: local)")
+    event.add_argument("--project", default="default", help="project id in URNs and records (default: default)")
+    event.set_defaults(func=cmd_event)
     publish = sub.add_parser("publish", parents=[common], help="publish latest as a new frozen version")
     publish.add_argument("name")
     publish.add_argument("--version", help="its name (default vYYYYMMDD-HHMMSS)")

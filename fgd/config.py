@@ -197,6 +197,26 @@ class RuntimesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # Where the per-interpreter shim packages are (<shim_dir>/python3.X: msgspec, python-prctl,
     # pyseccomp built for that interpreter; `make` builds them). Default: <daemon's prefix>/runtimes.
     shim_dir: str | None = None
+    # Issue 12 (bundled libraries): FunctionGraph's bundled Python libraries (fgd.bundled) on
+    # every Python function's import path, after its own code and dependencies.
+    bundled_libraries: bool = True
+    # Where scripts/build-bundled-libs put the trees (python3.X/ each); "" = build/bundled
+    # next to fgd's source, where `make` builds them.
+    bundled_libraries_dir: str = ""
+
+
+# Issue 12 (agencies): one named credential set of [agencies.NAME]; see fgd.agencies.
+class AgencyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    access_key: str = ""
+    secret_key: str = ""
+    security_token: str = ""
+    auth_token: str = ""
+    # A TOML file holding the four values instead (re-read when it changes); excludes them here.
+    file: str = ""
+
+    def __post_init__(self) -> None:
+        if self.file and (self.access_key or self.secret_key or self.security_token or self.auth_token):
+            raise ValueError("an agency takes either file or its values, not both")
 
 
 class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -212,6 +232,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     async_invoke: AsyncConfig = AsyncConfig()
     code_fetch: CodeFetchConfig = CodeFetchConfig()
     runtimes: RuntimesConfig = RuntimesConfig()
+    # Agency name (a function's xrole / app_xrole) -> credential set.
+    agencies: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")], AgencyConfig] = {}
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or
     # <name>-<version>.zip files in this directory, registered at start.
     public_dependencies: str | None = None

@@ -20,7 +20,8 @@ from pathlib import Path
 import msgspec
 import trio
 
-from fgd import __version__
+from fgd import __version__, bundled
+from fgd.agencies import Agencies
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
 from fgd.dependencies import Dependencies
@@ -44,6 +45,7 @@ from fgd.web.server import connection_caps, serve_http
 from fgd.web.uploads import Packager
 from fgd.zygote import Zygotes
 from sandbox import seccomp
+from sandbox.policy import Mount
 
 log = logging.getLogger("fgd")
 
@@ -102,10 +104,10 @@ def seccomp_programs(sandbox: Sandbox) -> dict[str, bytes] | None:
     return {profile: seccomp.build(profile) for profile in seccomp.PROFILES}
 
 
-def build_sandbox(config: Config, state_dir: Path) -> Sandbox:
+def build_sandbox(config: Config, state_dir: Path, shared_mounts: list[Mount] | None = None) -> Sandbox:
     """Probe the host; refuse to start without a protection unless degraded mode is allowed."""
     facts = probe(config.sandbox)
-    sandbox = Sandbox(config.sandbox, facts, state_dir)
+    sandbox = Sandbox(config.sandbox, facts, state_dir, shared_mounts)
     if sandbox.degraded:
         if not config.sandbox.allow_degraded:
             raise StartupError(
@@ -133,7 +135,10 @@ async def serve(config: Config) -> None:
     store = Store(state_dir / "fgd.db")
     code = CodeStore(state_dir, config.packages)
     logs = LogSink(store, config.logs)
-    sandbox = build_sandbox(config, state_dir)
+    # Issue 12: FunctionGraph's bundled libraries, mounted read-only into every sandbox.
+    bundled_root = bundled.resolve_root(config.runtimes.bundled_libraries, config.runtimes.bundled_libraries_dir)
+    shared = [Mount(str(bundled_root), bundled.SANDBOX_ROOT)] if bundled_root else []
+    sandbox = build_sandbox(config, state_dir, shared)
     catalogue = await find_runtimes(config)
     for name in config.runtimes.preload:
         if catalogue.serving(name) is None:
@@ -145,7 +150,8 @@ async def serve(config: Config) -> None:
     default = catalogue.default_name()
     names = [default, *(n for n in catalogue.names() if n != default)] if default else catalogue.names()
     dependencies = Dependencies(store, packager, names)
-    invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies)
+    invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies, Agencies(config.agencies))
+    invoker.bundled_root = str(bundled_root) if bundled_root else None
     functions = Functions(store, code, invoker, logs, dependencies, config.server.region, catalogue, config.code_fetch)
 
     def health() -> dict:

@@ -235,6 +235,8 @@ class Functions:
         request: CreateFunction = convert(body, CreateFunction, "the function definition")
         self._check_runtime(request.runtime)
         settings = normalise_settings(settings_of(request))
+        # Issue 12: an agency must be one of the node's credential sets.
+        self._invoker.agencies.check(settings.xrole, settings.app_xrole)
         self._dependencies.resolve(project_id, request.runtime, settings.depend_version_list)
         key = (project_id, request.package, request.func_name)
         if self._store.get(key) is not None:
@@ -275,6 +277,12 @@ class Functions:
         changes = {k: v for k, v in body.items() if k not in IMMUTABLE_FIELDS}
         current = msgspec.to_builtins(record.settings)
         settings = normalise_settings(convert({**current, **changes}, FunctionSettings, "the function config"))
+        # Only a changed name is judged: a function whose agency the operator removed stays editable.
+        old = record.settings
+        self._invoker.agencies.check(
+            "" if settings.xrole == old.xrole else settings.xrole,
+            "" if settings.app_xrole == old.app_xrole else settings.app_xrole,
+        )
         self._dependencies.resolve(record.project_id, record.runtime, settings.depend_version_list)
         return await self._replace(record, settings=settings)
 

@@ -124,6 +124,8 @@ class Instance:
         self._output_wanted = trio.Event()
         self._late_dropped = 0
         self.kill_reason = ""
+        # Issue 12: which agency credentials (name, generation) the instance holds (fgd.agencies).
+        self.credentials_token: tuple[str, int] = ("", 0)
         # Kept started and warm for the function (reserved instances), never reaped.
         self.reserved = False
         self._results: dict[str, protocol.Frame] = {}

@@ -18,6 +18,8 @@ import msgspec
 import psutil
 import trio
 
+from fgd.agencies import Agencies
+from fgd.bundled import SANDBOX_ROOT as BUNDLED_SANDBOX_ROOT
 from fgd.codestore import CodeStore
 from fgd.config import Config
 from fgd.dependencies import Dependencies
@@ -149,8 +151,13 @@ class Invoker:
         code: CodeStore,
         sandbox: Sandbox | None,
         dependencies: Dependencies,
+        agencies: Agencies | None = None,
     ) -> None:
         self._dependencies = dependencies
+        # Issue 12: credential sets of the functions' agencies, and the bundled libraries'
+        # root (host path; None when switched off or not built), set by the daemon.
+        self.agencies = agencies or Agencies({})
+        self.bundled_root: str | None = None
         self._config = config
         self.zygotes = zygotes
         self._logs = logs
@@ -587,7 +594,10 @@ class Invoker:
         healthy = True
         with trio.move_on_at(started + settings.timeout) as scope:
             try:
-                await instance.send(protocol.Invoke(request_id, event, time.time() + settings.timeout))
+                credentials = self._renewed_credentials(record, instance)
+                await instance.send(
+                    protocol.Invoke(request_id, event, time.time() + settings.timeout, credentials=credentials)
+                )
                 result = await instance.result(request_id)
                 assert isinstance(result, protocol.Result)
                 outcome.body, outcome.error = checked_answer(result)
@@ -657,7 +667,10 @@ class Invoker:
                 try:
                     if self.sandbox is not None:
                         instance.set_limits(self.sandbox.limits(record))
-                    await instance.send(self._specialize_frame(record, deps, instance.id))
+                    instance.credentials_token = self._credentials_token(record)
+                    specialize = self._specialize_frame(record, deps, instance.id)
+                    # The initializer runs under the id of the start it belongs to (issue 12).
+                    await instance.send(msgspec.structs.replace(specialize, initializer_request_id=request_id))
                     frame = await instance.receive()
                     if isinstance(frame, protocol.InitError):
                         failure = clean_error(frame.error)
@@ -690,9 +703,40 @@ class Invoker:
         policy = None if self.sandbox is None else self.sandbox.enter_policy(record, tree, trees, owner)
         if self.sandbox is None or not (self.sandbox.protections.mounts and self.sandbox.protections.namespaces):
             frame = specialize_frame(record, str(tree))
-            return msgspec.structs.replace(frame, dependency_dirs=[str(t) for _, t in trees], sandbox=policy)
-        frame = specialize_frame(record, CODE_DIR)
-        return msgspec.structs.replace(frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy)
+            frame = msgspec.structs.replace(
+                frame, dependency_dirs=[str(t) for _, t in trees], sandbox=policy, bundled_dir=self.bundled_root or ""
+            )
+        else:
+            frame = specialize_frame(record, CODE_DIR)
+            # The sandbox binds the bundled root at the same place for every instance (fgd.sandboxing).
+            bundled = BUNDLED_SANDBOX_ROOT if self.bundled_root else ""
+            frame = msgspec.structs.replace(
+                frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy, bundled_dir=bundled
+            )
+        return self._with_credentials(record, frame)
+
+    # Agencies (issue 12) --------------------------------------------------------
+
+    def _credentials_token(self, record: FunctionRecord) -> tuple[str, int]:
+        return self.agencies.credentials(record.settings.xrole, record.settings.app_xrole)[1]
+
+    def _with_credentials(self, record: FunctionRecord, frame: protocol.Specialize) -> protocol.Specialize:
+        """The function's agency credentials go in the frame, only to its own instances."""
+        settings = record.settings
+        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole)
+        if not token[0]:
+            return frame
+        identity = msgspec.structs.replace(frame.identity, credentials=credentials.as_frame())
+        return msgspec.structs.replace(frame, identity=identity)
+
+    def _renewed_credentials(self, record: FunctionRecord, instance: Instance) -> dict[str, str] | None:
+        """New values of the agency's credentials (its file changed) for a warm instance, else None."""
+        settings = record.settings
+        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole)
+        if token == instance.credentials_token:
+            return None
+        instance.credentials_token = token
+        return credentials.as_frame()
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
         if instance.zygote.interpreter is not None:

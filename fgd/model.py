@@ -799,6 +799,31 @@ def check_project(project_id: str) -> None:
         raise InvalidParameter(f"project_id {project_id!r} must be 1-64 letters, digits, '_' or '-'")
 
 
+# FunctionGraph's preset variables (issue 12): only these are refused in user data; other
+# RUNTIME_* names are the user's (published samples set RUNTIME_LOG_LEVEL).
+RESERVED_USER_DATA = frozenset(
+    {
+        "RUNTIME_PROJECT_ID",
+        "RUNTIME_FUNC_NAME",
+        "RUNTIME_FUNC_VERSION",
+        "RUNTIME_HANDLER",
+        "RUNTIME_TIMEOUT",
+        "RUNTIME_USERDATA",
+        "RUNTIME_CPU",
+        "RUNTIME_MEMORY",
+        "RUNTIME_MAX_RESP_BODY_SIZE",
+        "RUNTIME_INITIALIZER_HANDLER",
+        "RUNTIME_INITIALIZER_TIMEOUT",
+        "RUNTIME_ROOT",
+        "RUNTIME_CODE_ROOT",
+        "RUNTIME_LOG_DIR",
+        # Set for Custom and http functions.
+        "RUNTIME_PACKAGE",
+        "RUNTIME_API_ADDR",
+    }
+)
+
+
 def _user_data(field: str, value: UserData) -> dict[str, str]:
     """Accept an object or a JSON string of one; enforce names and size."""
     if isinstance(value, str):
@@ -817,8 +842,8 @@ def _user_data(field: str, value: UserData) -> dict[str, str]:
     for key, item in value.items():
         if not USER_DATA_KEY_RE.match(key):
             raise InvalidParameter(f"{field}: variable name {key!r} must match ^[A-Za-z][A-Za-z0-9_]*$")
-        if key.startswith("RUNTIME_"):
-            raise InvalidParameter(f"{field}: variable name {key!r} is reserved (RUNTIME_* is set by the platform)")
+        if key in RESERVED_USER_DATA:
+            raise InvalidParameter(f"{field}: variable name {key!r} is reserved (the platform sets it)")
         total += len(key) + len(item)
     if total > USER_DATA_MAX:
         raise InvalidParameter(f"{field} is {total} characters; the limit is {USER_DATA_MAX}")

@@ -199,7 +199,9 @@ def host_layout() -> tuple[list[Mount], list[tuple[str, str]]]:
 class Sandbox:
     """Policies and cgroups for instances, as this host allows."""
 
-    def __init__(self, config: SandboxConfig, facts: HostFacts, state_dir: Path) -> None:
+    def __init__(
+        self, config: SandboxConfig, facts: HostFacts, state_dir: Path, shared_mounts: list[Mount] | None = None
+    ) -> None:
         self.config = config
         self.facts = facts
         self.protections, self.degraded = protections_for(facts, config.disable)
@@ -217,7 +219,16 @@ class Sandbox:
         new_root.mkdir(mode=0o700, exist_ok=True)
         self.state_dir = state_dir
         self.contain_policy = ContainPolicy(
-            str(new_root), str(state_dir), mounts, links, etc, "localhost", self.protections
+            str(new_root),
+            str(state_dir),
+            mounts,
+            links,
+            etc,
+            "localhost",
+            self.protections,
+            # Read-only trees every instance sees (the bundled libraries, issue 12): mounted once
+            # per sandbox when it is built, from the host, so all instances share one copy.
+            shared_trees=shared_mounts or [],
         )
         self.cpu_cap = (psutil.cpu_count() or 1) * 1000
 

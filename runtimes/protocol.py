@@ -81,6 +81,12 @@ class Specialize(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=Tr
     sandbox: EnterPolicy | None = None
     # Requests served at once (FunctionGraph's concurrent_num).
     concurrency: int = 1
+    # Issue 12: the root of the bundled-library trees (python<X.Y>/ each) as the instance
+    # sees it; "" when switched off. The instance picks its own interpreter's tree.
+    bundled_dir: str = ""
+    # Issue 12: the id the initializer's context and log lines carry: the request (or reserved
+    # start) the instance is being started for.
+    initializer_request_id: str = ""
 
 
 class Invoke(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
@@ -88,6 +94,9 @@ class Invoke(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     event: bytes
     # Absolute wall-clock deadline (time.time() seconds) for getRemainingTime.
     deadline: float
+    # Issue 12: new agency credentials when they changed since the instance got them (a
+    # rotated credential file); None = keep the ones it has.
+    credentials: dict[str, str] | None = None
 
 
 class Shutdown(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):

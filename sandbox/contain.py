@@ -50,6 +50,7 @@ def contain(policy: ContainPolicy) -> None:
             policy.symlinks,
             policy.etc_files,
             policy.sources,
+            policy.shared_trees,
         )
     # 4. Hostname and loopback (network mode "none").
     _step("hostname", namespaces.set_hostname, policy.hostname)

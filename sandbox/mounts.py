@@ -69,6 +69,7 @@ def build_root(
     symlinks: list[tuple[str, str]],
     etc_files: dict[str, str],
     sources: str,
+    shared_trees: list[Mount] | None = None,
 ) -> None:
     # Nothing we mount from here on may propagate back to the host.
     mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -100,12 +101,25 @@ def build_root(
     mount("tmpfs", inside(DEPENDENCY_MOUNT), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     _mkdirs(inside(SOURCES), 0o700)
     mount(sources, inside(SOURCES), None, MS_BIND | MS_REC)
+    # Trees shared by every instance: staged beside the sources now, shown at their targets
+    # after the pivot, when mountinfo can no longer name their host paths.
+    staged = []
+    for index, item in enumerate(shared_trees or []):
+        if os.path.isdir(item.source):
+            stage = f"{SOURCES}-shared{index}"
+            _mkdirs(inside(stage), 0o700)
+            mount(item.source, inside(stage), None, MS_BIND | MS_REC)
+            staged.append((stage, item.target))
     _mkdirs(inside(OLD_ROOT))
     os.chdir(new_root)
     pivot_root(".", OLD_ROOT)
     os.chdir("/")
     umount2(OLD_ROOT, MNT_DETACH)
     os.rmdir(OLD_ROOT)
+    for stage, target in staged:
+        mount_tree_readonly(stage, target)
+        umount2(stage, MNT_DETACH)
+        os.rmdir(stage)
     # Only /tmp and /dev/shm stay writable.
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 

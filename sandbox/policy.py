@@ -50,6 +50,9 @@ class ContainPolicy(msgspec.Struct, frozen=True):
     etc_files: dict[str, str]
     hostname: str = "localhost"
     protections: Protections = Protections()
+    # Host directories every instance sees read-only (the bundled libraries), shown inside
+    # without their host path (mountinfo names only the target).
+    shared_trees: list[Mount] = []
 
 
 class EnterPolicy(msgspec.Struct, frozen=True):

@@ -251,6 +251,10 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         [code_fetch]
         allow = ["127.0.0.1/32"]
         read_timeout = 2.0
+
+        # Agencies the SDK tests name (xrole / app_xrole must be defined on the node).
+        [agencies.cff_admin]
+        [agencies.app_agency]
     """
     with running(tmp_path_factory.mktemp("fgd") / "state", config) as d:
         yield d

@@ -157,13 +157,25 @@ def mounted(spec: Specialize) -> bool:
     return policy is not None and policy.protections.mounts and policy.protections.namespaces
 
 
+def bundled_tree(spec: Specialize) -> str:
+    """This interpreter's tree of FunctionGraph's bundled libraries, "" if there is none
+    (switched off, or not built for this interpreter)."""
+    if not spec.bundled_dir:
+        return ""
+    tree = f"{spec.bundled_dir}/python{sys.version_info[0]}.{sys.version_info[1]}"
+    return tree if os.path.isdir(tree) else ""
+
+
 def open_trees(spec: Specialize) -> list[int]:
     """Without mounts, the code and dependency trees stay at their host paths, inside the
     daemon's state dir, which the function's uid may not traverse: open them while still
-    root; the function reaches them as /proc/self/fd/N."""
-    return [
-        os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for path in (spec.code_dir, *spec.dependency_dirs)
-    ]
+    root; the function reaches them as /proc/self/fd/N. The bundled libraries' tree, if
+    any, comes last."""
+    paths = [spec.code_dir, *spec.dependency_dirs]
+    bundled = bundled_tree(spec)
+    if bundled:
+        paths.append(bundled)
+    return [os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) for path in paths]
 
 
 def apply_environment(spec: Specialize, trees: list[int]) -> None:
@@ -178,16 +190,24 @@ def apply_environment(spec: Specialize, trees: list[int]) -> None:
     sys.prefix, sys.exec_prefix = sys.base_prefix, sys.base_exec_prefix
     sys.executable = REAL_EXECUTABLE
     stdlib = [p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p]
+    # FunctionGraph's bundled libraries come after everything the function brings (its own
+    # `requests` wins) and after the stdlib, where site-packages would be.
     if mounted(spec):
         # Inside the sandbox only the interpreter's own library is mounted, not the
         # daemon's environment: the import path is the code, its dependencies, the stdlib.
-        sys.path[:] = [spec.code_dir, *spec.dependency_dirs, *stdlib]
+        bundled = bundled_tree(spec)
+        sys.path[:] = [spec.code_dir, *spec.dependency_dirs, *stdlib] + ([bundled] if bundled else [])
     elif trees:
         os.fchdir(trees[0])
-        sys.path[:] = [f"/proc/self/fd/{fd}" for fd in trees] + stdlib
+        paths = [f"/proc/self/fd/{fd}" for fd in trees]
+        own = 1 + len(spec.dependency_dirs)
+        sys.path[:] = paths[:own] + stdlib + paths[own:]
     else:
+        bundled = bundled_tree(spec)
         os.chdir(os.path.dirname(spec.code_dir.rstrip("/")) or "/")
         sys.path[:0] = [spec.code_dir, *spec.dependency_dirs]
+        if bundled:
+            sys.path.append(bundled)
     importlib.invalidate_caches()
 
 
@@ -204,12 +224,19 @@ class Instance:
         self._conn = conn
         self._spec = spec
         self._handler = handler
+        # The agency's credentials; an Invoke frame brings new ones when they were renewed.
+        self.credentials = dict(spec.identity.credentials)
+
+    def context(self, frame: Invoke) -> Context:
+        if frame.credentials is not None:
+            self.credentials = dict(frame.credentials)
+        return Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log, self.credentials)
 
     def emit_log(self, request_id: str, level: str, message: str) -> None:
         self._conn.send(protocol.log_line(request_id, level, message))
 
     def invoke(self, frame: Invoke) -> Result:
-        context = Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log)
+        context = self.context(frame)
         try:
             event = json.loads(frame.event) if frame.event else {}
             value = self._handler(event, context)
@@ -219,7 +246,7 @@ class Instance:
 
     async def invoke_async(self, frame: Invoke) -> Result:
         """The same for an `async def handler`, on the instance's event loop."""
-        context = Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log)
+        context = self.context(frame)
         try:
             event = json.loads(frame.event) if frame.event else {}
             value = await self._handler(event, context)
@@ -249,7 +276,8 @@ def _max_rss_kb() -> int:
 def run_initializer(spec: Specialize, instance: Instance) -> None:
     init = resolve(spec.code_dir, spec.initializer, "initializer")
     deadline = time.time() + spec.initializer_timeout
-    context = Context(spec.identity, "initializer", deadline, instance.emit_log)
+    request_id = spec.initializer_request_id or "initializer"
+    context = Context(spec.identity, request_id, deadline, instance.emit_log, instance.credentials)
     try:
         init(context)
     except Exception as exc:  # noqa: BLE001

@@ -103,7 +103,7 @@ def test_duplicate_name_is_409(api: Api) -> None:
         ({"strategy_config": {"concurrent_num": 0}}, ["strategy_config.concurrent_num"]),
         ({"ephemeral_storage": 100}, ["ephemeral_storage"]),
         ({"user_data": {"1bad": "x"}}, ["user_data", "1bad"]),
-        ({"user_data": {"RUNTIME_X": "x"}}, ["reserved"]),
+        ({"user_data": {"RUNTIME_FUNC_NAME": "x"}}, ["reserved"]),
         ({"user_data": {"A": "x" * 4096}}, ["user_data", "4096"]),
         ({"user_data": {"A": 1}}, ["user_data"]),
         ({"user_data": "[1, 2]"}, ["user_data"]),
