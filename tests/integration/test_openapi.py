@@ -210,3 +210,19 @@ def test_the_daemon_serves_the_generated_document_to_authenticated_callers(api: 
     assert refused.json()["error_code"] == "FSS.0401"
     wrong = httpx.get(url, headers={"X-Auth-Token": "not-the-token"})
     assert wrong.status_code == 401
+
+
+def test_the_invoke_answer_is_documented_as_any_media_type(api: Api) -> None:
+    """Found by the fuzzer: a function that returns a string is answered with that string as it
+    is (FunctionGraph's rule), not JSON, though the Content-Type says application/json; the
+    document, which first said application/json, now says any media type."""
+    name = api.deploy("def handler(event, context):\n    return event\n")["func_name"]
+    answer = api.http.post(
+        f"/functions/{name}/invocations", content=b'"\\ud86f\\udfe6"', headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 200
+    assert answer.content == "\U0002bfe6".encode()
+    with pytest.raises(ValueError):
+        json.loads(answer.content)
+    invoke = offline_document()["paths"]["/v2/{project_id}/fgs/functions/{urn}/invocations"]["post"]
+    assert set(invoke["responses"]["200"]["content"]) == {"*/*"}

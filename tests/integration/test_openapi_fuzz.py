@@ -120,6 +120,15 @@ CREATED = itertools.count()
 CODE = make_zip({"index.py": "def handler(event, context):\n    return event\n"})
 
 
+def checks_for(operation: str) -> list[Any]:
+    """CHECKS, but the sync invoke's answer is the function's own result: a string it returns is
+    the body as it is, not JSON, under Content-Type application/json (FunctionGraph's rule; the
+    document says any media type), so there is no schema to parse it against."""
+    if operation == "invoke_function":
+        return [check for check in CHECKS if check is not response_schema_conformance]
+    return CHECKS
+
+
 def usable(operation: str, body: dict[str, Any]) -> None:
     """Make a generated body's runtime, handler and package real, so creates and code updates get
     past those checks and the rest of the body (random settings) reaches the model and the store."""
@@ -167,7 +176,9 @@ def test_every_operation_answers_as_documented(case: Any, seeded: Seeded) -> Non
     if case.query:
         # follow=true streams for up to an hour; the checks read whole answers.
         case.query.pop("follow", None)
-    case.call_and_validate(base_url=seeded.daemon.url, headers={"X-Auth-Token": seeded.daemon.token}, checks=CHECKS)
+    case.call_and_validate(
+        base_url=seeded.daemon.url, headers={"X-Auth-Token": seeded.daemon.token}, checks=checks_for(operation)
+    )
 
 
 # One client for the signed requests (a new one per request costs an SSL context each).
@@ -225,4 +236,4 @@ def test_every_operation_accepts_what_the_sdk_signs(case: Any, seeded: Seeded, k
         query=urllib.parse.parse_qsl(url.query, keep_blank_values=True),
     )
     response = HTTP.request(prepared.method or "GET", signed_url, headers=signed_headers, content=body)
-    case.validate_response(response, checks=[*CHECKS, not_refused])
+    case.validate_response(response, checks=[*checks_for(operation), not_refused])
