@@ -37,6 +37,10 @@ log = logging.getLogger("fgd.agencies")
 
 # How often a credential file's metadata is looked at, at most (seconds).
 RECHECK = 1.0
+# A credential file is read on the daemon's event loop: at most this much of it (an IAM token,
+# the largest value, is a few KB), and only a regular file (a FIFO would wait for a writer and
+# hold every request of the node; /dev/zero would never end).
+MAX_FILE = 256 * 1024
 
 
 class Credentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,21 +83,32 @@ class Agencies:
     def names(self) -> list[str]:
         return sorted(self._configured)
 
-    def check(self, xrole: str, app_xrole: str) -> None:
-        """Refuse a function naming an agency this node does not define (400)."""
+    def check(self, xrole: str, app_xrole: str, project: str | None = None) -> None:
+        """Refuse a function naming an agency this node does not define, or does not let the
+        function's project use (400)."""
         for field, name in (("xrole", xrole), ("app_xrole", app_xrole)):
             if name and name not in self._configured:
-                known = ", ".join(self.names()) or "none are defined"
+                # Only the ones this project may use: another team's agency names stay theirs.
+                usable = [n for n in self.names() if _allowed(self._configured[n], project)]
+                known = ", ".join(usable) or "none are defined"
                 raise InvalidParameter(
                     f"{field}: agency {name!r} is not defined on this node ([agencies.{name}] in the "
                     f"node config); defined: {known}"
                 )
+            if name and not _allowed(self._configured[name], project):
+                raise InvalidParameter(
+                    f"{field}: agency {name!r} is not available to project {project!r} (its projects in "
+                    f"the node config: {', '.join(self._configured[name].projects)})"
+                )
 
-    def credentials(self, xrole: str, app_xrole: str) -> tuple[Credentials, tuple[str, int]]:
+    def credentials(
+        self, xrole: str, app_xrole: str, project: str | None = None
+    ) -> tuple[Credentials, tuple[str, int]]:
         """The function's credentials and a token that changes whenever they do."""
         name = execution_agency(xrole, app_xrole)
         agency = self._configured.get(name) if name else None
-        if agency is None:
+        # A function named it before its projects were limited: it gets nothing.
+        if agency is None or not _allowed(agency, project):
             return NONE, ("", 0)
         if not agency.file:
             return (
@@ -124,7 +139,7 @@ class Agencies:
         if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("agency %s: %s is readable by other users; make it 0600", name, path)
         try:
-            credentials = msgspec.toml.decode(path.read_bytes(), type=Credentials)
+            credentials = msgspec.toml.decode(_read_regular(path), type=Credentials)
         except (OSError, msgspec.DecodeError) as exc:
             # The message names the field, never a value.
             detail = exc.strerror if isinstance(exc, OSError) else str(exc).split("\n")[0]
@@ -136,3 +151,24 @@ class Agencies:
         state.signature, state.credentials = signature, credentials
         state.generation += 1
         log.info("agency %s: credentials read from %s", name, os.fspath(path))
+
+
+def _allowed(agency: AgencyConfig, project: str | None) -> bool:
+    """Whether a function of `project` may use the agency (None: a caller that does not know)."""
+    return not agency.projects or project in agency.projects
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of `path` (symlinks followed: secret stores hand files out through them), if it
+    is a regular file of at most MAX_FILE bytes; OSError with a reason otherwise."""
+    # O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(0, "not a regular file")
+        data = os.read(fd, MAX_FILE + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE:
+        raise OSError(0, f"over {MAX_FILE:,} bytes")
+    return data

@@ -18,10 +18,12 @@ hostile upload going the other way:
 from __future__ import annotations
 
 import ipaddress
+import re
 import ssl
+import string
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import h11
 import trio
@@ -32,10 +34,23 @@ from fgd.errors import InvalidParameter, TooLarge
 from fgd.web.uploads import raw_limit, receive_to_file
 
 MAX_REDIRECTS = 5
+# Longer URLs are refused before anything is sent (a presigned OBS URL is well under 2 KB).
+MAX_URL = 8192
+# Characters a request target keeps as they are: every printable ASCII one, "%" included (escapes
+# already made; a presigned URL's signature must reach the server unchanged). Only space, controls
+# and non-ASCII, which HTTP cannot carry, are percent-encoded (UTF-8), as browsers do.
+TARGET_SAFE = string.punctuation
+HOST_NAME = re.compile(r"[A-Za-z0-9._-]+\Z")
 READ_SIZE = 256 * 1024
 USER_AGENT = b"fgd-code-fetch"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+# IPv6 prefixes that carry an IPv4 address a gateway (NAT64, 6to4) or the kernel (IPv4-compatible)
+# would reach: the IPv4 address is the one judged.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+# RFC 8215 local-use NAT64: the network's own translators, never public.
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")
 
 
 class FetchError(InvalidParameter):
@@ -43,9 +58,23 @@ class FetchError(InvalidParameter):
 
 
 def _is_public(address: Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in LOCAL_NAT64:
+            return False
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            address = embedded
     return address.is_global and not address.is_multicast
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in NAT64 or address in IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def check_address(address: Address, config: CodeFetchConfig) -> None:
@@ -60,6 +89,9 @@ def check_address(address: Address, config: CodeFetchConfig) -> None:
 
 
 def _split(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, request target), host and target in ASCII (IDNA, percent-encoding)."""
+    if len(url) > MAX_URL:
+        raise FetchError(f"code_url is {len(url):,} characters long; at most {MAX_URL:,} are accepted")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise FetchError(f"code_url must be an http or https URL; got {url[:200]!r}")
@@ -74,7 +106,32 @@ def _split(url: str) -> tuple[str, str, int, str]:
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
-    return parts.scheme, parts.hostname, port, target
+    return parts.scheme, _ascii_host(parts.hostname), port, quote(target, safe=TARGET_SAFE)
+
+
+def _ascii_host(host: str) -> str:
+    """The host as DNS and the Host header take it: an address, or a name in its IDNA form."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host
+    try:
+        encoded = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise FetchError(f"the host of code_url is not a valid name: {host[:200]!r}") from None
+    if not HOST_NAME.match(encoded):
+        raise FetchError(f"the host of code_url is not a valid name: {host[:200]!r}")
+    return encoded
+
+
+def _location(value: bytes) -> str:
+    """A Location header as a URL: UTF-8 when it is, else its raw bytes percent-encoded."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return quote(value, safe=TARGET_SAFE)
 
 
 async def _resolve(host: str, port: int, config: CodeFetchConfig) -> Address:
@@ -106,7 +163,10 @@ class _Connection:
         self.h11 = h11.Connection(h11.CLIENT)
 
     async def send(self, event: h11.Event) -> None:
-        data = self.h11.send(event)
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError as exc:
+            raise FetchError(f"code_url cannot be requested: {exc}") from None
         if data:
             await self.stream.send_all(data)
 
@@ -169,7 +229,10 @@ async def fetch_to_file(url: str, code: CodeStore, config: CodeFetchConfig) -> P
                 stream = await _open(scheme, host, address, port, config)
                 async with stream:
                     conn = _Connection(stream, config, url)
-                    host_header = host if port in (80, 443) else f"{host}:{port}"
+                    # An IPv6 address goes in brackets ("::1:8080" would be ambiguous).
+                    authority = f"[{host}]" if ":" in host else host
+                    default_port = 443 if scheme == "https" else 80
+                    host_header = authority if port == default_port else f"{authority}:{port}"
                     headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Accept", "*/*")]
                     await conn.send(h11.Request(method="GET", target=target, headers=headers))
                     await conn.send(h11.EndOfMessage())
@@ -180,7 +243,7 @@ async def fetch_to_file(url: str, code: CodeStore, config: CodeFetchConfig) -> P
                         location = dict(response.headers).get(b"location")
                         if not location:
                             raise FetchError(f"code_url answered {response.status_code} without a Location")
-                        url = urljoin(url, location.decode("latin-1"))
+                        url = urljoin(url, _location(location))
                         continue
                     if response.status_code != 200:
                         raise FetchError(f"fetching code_url failed: the server answered HTTP {response.status_code}")

@@ -213,6 +213,9 @@ class AgencyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     auth_token: str = ""
     # A TOML file holding the four values instead (re-read when it changes); excludes them here.
     file: str = ""
+    # Issue 12 review: the projects whose functions may name it; empty = every project. Agencies
+    # are the node's, and a key of any project could otherwise read another team's credentials.
+    projects: list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}\Z")]] = []
 
     def __post_init__(self) -> None:
         if self.file and (self.access_key or self.secret_key or self.security_token or self.auth_token):

@@ -236,7 +236,7 @@ class Functions:
         self._check_runtime(request.runtime)
         settings = normalise_settings(settings_of(request))
         # Issue 12: an agency must be one of the node's credential sets.
-        self._invoker.agencies.check(settings.xrole, settings.app_xrole)
+        self._invoker.agencies.check(settings.xrole, settings.app_xrole, project_id)
         self._dependencies.resolve(project_id, request.runtime, settings.depend_version_list)
         key = (project_id, request.package, request.func_name)
         if self._store.get(key) is not None:
@@ -282,6 +282,7 @@ class Functions:
         self._invoker.agencies.check(
             "" if settings.xrole == old.xrole else settings.xrole,
             "" if settings.app_xrole == old.app_xrole else settings.app_xrole,
+            record.project_id,
         )
         self._dependencies.resolve(record.project_id, record.runtime, settings.depend_version_list)
         return await self._replace(record, settings=settings)

@@ -48,7 +48,9 @@ OLDEST_MINOR = 6
 # The shim (runtimes/, sandbox/) and msgspec need at least this (msgspec 0.19+ is for 3.9+, with
 # eval_type_backport for the `X | None` annotations on 3.9); older minors are served by newer ones.
 SHIM_MIN = (3, 9)
-NAME = re.compile(r"^Python(\d+)\.(\d+)$")
+# ASCII digits, at most 4 of each (\d also takes other scripts' digits, and int() refuses more
+# than 4,300 of them: "Python3." + 5,000 digits was an uncaught ValueError).
+NAME = re.compile(r"Python([0-9]{1,4})\.([0-9]{1,4})\Z")
 EXECUTABLE = re.compile(r"^python3\.\d+$")
 PYTHON2 = (
     "FunctionGraph's Python 2 runtime is not offered: Python 2 reached its end of life in "
@@ -463,26 +465,27 @@ class Catalogue:
         raise InvalidParameter(self.refusal(name))
 
     def refusal(self, name: str) -> str:
+        shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
         installed = ", ".join(f"{i.version} ({i.path})" for i in self.in_use()) or "none"
         match = NAME.fullmatch(name)
         if match and name != f"Python{int(match[1])}.{int(match[2])}":
             match = None  # "Python3.012": not a name FunctionGraph or fgd uses
         if match and match[1] == "2":
-            return f"runtime {name!r}: {PYTHON2}; available: {', '.join(self.names())}"
+            return f"runtime {shown}: {PYTHON2}; available: {', '.join(self.names())}"
         if match and match[1] == "3":
             minor = int(match[2])
             if minor < OLDEST_MINOR:
-                return f"runtime {name!r} is not a FunctionGraph runtime; available: {', '.join(self.names())}"
+                return f"runtime {shown} is not a FunctionGraph runtime; available: {', '.join(self.names())}"
             if self.exact:
                 return (
-                    f"runtime {name!r} needs Python 3.{minor}, which this node does not have (or cannot use), and "
+                    f"runtime {shown} needs Python 3.{minor}, which this node does not have (or cannot use), and "
                     f"[runtimes] exact_versions = true forbids a newer one; installed: {installed}"
                 )
             return (
-                f"runtime {name!r} needs Python 3.{minor} or newer, which this node does not have; "
+                f"runtime {shown} needs Python 3.{minor} or newer, which this node does not have; "
                 f"installed: {installed}"
             )
-        return f"runtime {name!r} is not available on this node; available: {', '.join(self.names())}"
+        return f"runtime {shown} is not available on this node; available: {', '.join(self.names())}"
 
     def served_by(self) -> dict[str, dict[str, object]]:
         """GET /runtimes: every accepted name and the interpreter that serves it."""

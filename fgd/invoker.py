@@ -718,12 +718,12 @@ class Invoker:
     # Agencies (issue 12) --------------------------------------------------------
 
     def _credentials_token(self, record: FunctionRecord) -> tuple[str, int]:
-        return self.agencies.credentials(record.settings.xrole, record.settings.app_xrole)[1]
+        return self.agencies.credentials(record.settings.xrole, record.settings.app_xrole, record.project_id)[1]
 
     def _with_credentials(self, record: FunctionRecord, frame: protocol.Specialize) -> protocol.Specialize:
         """The function's agency credentials go in the frame, only to its own instances."""
         settings = record.settings
-        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole)
+        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole, record.project_id)
         if not token[0]:
             return frame
         identity = msgspec.structs.replace(frame.identity, credentials=credentials.as_frame())
@@ -732,7 +732,7 @@ class Invoker:
     def _renewed_credentials(self, record: FunctionRecord, instance: Instance) -> dict[str, str] | None:
         """New values of the agency's credentials (its file changed) for a warm instance, else None."""
         settings = record.settings
-        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole)
+        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole, record.project_id)
         if token == instance.credentials_token:
             return None
         instance.credentials_token = token

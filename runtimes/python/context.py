@@ -7,6 +7,7 @@ later): no annotations that need `from __future__`, no syntax or APIs newer than
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from typing import Any, Callable, Dict, Optional
 
 # Logger levels by name; FunctionGraph's samples spell WARN and WARNING, Python's logging
@@ -71,8 +72,10 @@ class RuntimeLogger:
             return
         text = str(message)
         if args:
+            # As logging does: one non-empty mapping fills named fields ("%(user)s").
+            values = args[0] if len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
             try:
-                text = text % args
+                text = text % values
             except (TypeError, ValueError, KeyError):
                 text = " ".join([text] + [str(arg) for arg in args])
         if exc_info:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, Daemon, make_zip, unique_name
+from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
 
 # Distinct, greppable values: none may show up anywhere but in the function's getters.
 SECRETS = {name: f"{name}-{uuid.uuid4().hex}" for name in ("access_key", "secret_key", "security_token", "auth_token")}
@@ -69,6 +69,7 @@ def agency_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         + "[agencies.reader]\n"
         + toml_values(READER)
         + f'[agencies.rotating]\nfile = "{rotating}"\n'
+        + '[agencies.default_only]\nauth_token = "only-for-default"\nprojects = ["default"]\n'
     )
     daemon = Daemon(base / "state", config)
     daemon.start()
@@ -188,3 +189,29 @@ def test_a_credential_file_that_goes_bad_keeps_the_last_values(agency_api: Api, 
     time.sleep(1.1)
     assert agency_api.invoke(name).json()["getToken"] == good
     assert "is not a valid credential file" in agency_daemon.log()
+
+
+def test_an_agency_limited_to_a_project_is_refused_to_functions_of_another(
+    agency_api: Api, agency_daemon: Daemon
+) -> None:
+    name = agency_api.deploy(GETTERS, xrole="default_only")["func_name"]
+    assert agency_api.invoke(name).json()["getToken"] == "only-for-default"
+    other = agency_daemon.client()
+    other.base_url = agency_daemon.url + "/v2/other_team/fgs"
+    body = {
+        "func_name": unique_name(),
+        "runtime": RUNTIME,
+        "handler": "index.handler",
+        "code_type": "zip",
+        "func_code": {"file": b64(make_zip({"index.py": GETTERS}))},
+    }
+    for field in ("xrole", "app_xrole"):
+        response = other.post("/functions", json={**body, field: "default_only"})
+        assert response.status_code == 400, response.text
+        assert "not available to project 'other_team'" in response.json()["error_msg"]
+    created = other.post("/functions", json=body)
+    assert created.status_code == 200, created.text
+    response = other.put(
+        f"/functions/{body['func_name']}/config", json={"handler": "index.handler", "xrole": "default_only"}
+    )
+    assert response.status_code == 400, response.text

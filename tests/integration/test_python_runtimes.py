@@ -286,6 +286,53 @@ def test_the_sandbox_holds_for_a_zygote_of_another_interpreter(narrow_api: Api, 
     assert "PYTHONPATH" not in body["environ"]
 
 
+BUNDLED_WRITER = """
+import errno, os, sys
+
+def handler(event, context):
+    tree = "/opt/function/runtime/bundled/python%d.%d" % sys.version_info[:2]
+    tag = sys.implementation.cache_tag
+    targets = [
+        tree + "/zz-every-function.pth",
+        tree + "/__pycache__/six." + tag + ".pyc",
+        tree + "/sitecustomize.py",
+        tree + "/requests/__pycache__/__init__." + tag + ".pyc",
+        "/opt/function/runtime/bundled/python3.11/usercustomize.py",
+    ]
+    outcome = {}
+    for target in targets:
+        try:
+            with open(target, "wb") as handle:
+                handle.write(b"import os; os.environ['OWNED'] = '1'\\n")
+            outcome[target] = "written"
+        except OSError as exc:
+            outcome[target] = errno.errorcode.get(exc.errno, str(exc.errno))
+    try:
+        os.symlink("/tmp", tree + "/link")
+        outcome["symlink"] = "made"
+    except OSError as exc:
+        outcome["symlink"] = errno.errorcode.get(exc.errno, str(exc.errno))
+    import six, requests
+    return {"outcome": outcome, "owned": os.environ.get("OWNED"), "six": six.__file__}
+"""
+
+
+@pytest.mark.parametrize("minor", [9, 12])
+def test_a_function_on_another_interpreter_cannot_plant_code_in_the_shared_bundled_tree(
+    narrow_api: Api, minor: int
+) -> None:
+    # The tree is shared by every function: a .pth, a sitecustomize or a __pycache__ entry
+    # written there would run in all of them. Every write is refused by the read-only mount.
+    _config, _response, body = run_on(narrow_api, f"Python3.{minor}", BUNDLED_WRITER)
+    assert set(body["outcome"].values()) <= {"EROFS", "EACCES"}, body["outcome"]
+    assert body["outcome"]["symlink"] == "EROFS"
+    assert body["owned"] is None
+    assert body["six"] == f"/opt/function/runtime/bundled/python3.{minor}/six.py"
+    # A second function (another uid) finds nothing planted.
+    _config, _response, second = run_on(narrow_api, f"Python3.{minor}", BUNDLED_WRITER)
+    assert second["owned"] is None
+
+
 # Item 5: errors show the function's frames, at the paths the function sees -------------------
 
 

@@ -94,6 +94,8 @@ def refused(call) -> ClientRequestException:
     ("path", "message"),
     [
         ("/missing.zip", "HTTP 404"),
+        # A space and non-ASCII in the URL were an uncaught h11 error: a 500.
+        ("/missing file ü.zip", "HTTP 404"),
         ("/bomb.zip", "zeros.bin"),
         ("/not-a-zip", "zip"),
     ],

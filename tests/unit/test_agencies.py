@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 
 import msgspec
@@ -112,3 +114,103 @@ def test_the_config_takes_agencies_and_refuses_file_with_values() -> None:
         msgspec.toml.decode(b'[agencies."bad name"]\naccess_key = "a"\n', type=Config)
     with pytest.raises(msgspec.ValidationError):
         msgspec.toml.decode(b'[agencies.x]\npassword = "a"\n', type=Config)
+
+
+def test_a_credential_file_replaced_by_a_fifo_never_blocks_the_daemon(tmp_path: Path, caplog) -> None:
+    # Reading a FIFO waits for a writer: on the daemon's event loop that stopped every request
+    # (and /healthz) of the node. Only a regular file is read; the last values stay.
+    path = tmp_path / "a.toml"
+    path.write_text('access_key = "before"\n')
+    path.chmod(0o600)
+    clock = Clock()
+    agencies = Agencies({"a": AgencyConfig(file=str(path))}, clock)
+    assert agencies.credentials("a", "")[0].access_key == "before"
+    path.unlink()
+    os.mkfifo(path, 0o600)
+    # A writer that answers a blocked reader (so a regression fails here instead of hanging).
+    writer = threading.Thread(target=_feed_fifo, args=(path, b'access_key = "from-the-fifo"\n'), daemon=True)
+    writer.start()
+    clock.now += RECHECK
+    started = time.monotonic()
+    assert agencies.credentials("a", "")[0].access_key == "before"
+    assert time.monotonic() - started < 0.5
+    assert "not a regular file" in caplog.text
+    writer.join()
+
+
+def _feed_fifo(path: Path, data: bytes, within: float = 1.0) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader yet
+            time.sleep(0.02)
+            continue
+        os.write(fd, data)
+        os.close(fd)
+        return
+
+
+@pytest.mark.parametrize("target", ["/dev/null", "/dev/zero"])
+def test_a_credential_file_linked_to_a_device_is_not_read(tmp_path: Path, target: str, caplog) -> None:
+    path = tmp_path / "a.toml"
+    path.symlink_to(target)
+    agencies = Agencies({"a": AgencyConfig(file=str(path))})
+    assert agencies.credentials("a", "")[0] == NONE
+    assert "not a regular file" in caplog.text
+
+
+def test_a_huge_credential_file_is_not_read_into_memory(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text('access_key = "small"\n')
+    path.chmod(0o600)
+    clock = Clock()
+    agencies = Agencies({"a": AgencyConfig(file=str(path))}, clock)
+    assert agencies.credentials("a", "")[0].access_key == "small"
+    with path.open("w") as handle:
+        handle.write('access_key = "' + "k" * (2 * 1024 * 1024) + '"\n')
+    clock.now += RECHECK
+    assert agencies.credentials("a", "")[0].access_key == "small"
+    assert "over 262,144 bytes" in caplog.text
+
+
+def test_a_credential_file_reached_through_a_symlink_is_read(tmp_path: Path) -> None:
+    # Secret stores (Kubernetes secrets, systemd credentials) hand files out through symlinks.
+    real = tmp_path / "..data" / "a.toml"
+    real.parent.mkdir()
+    real.write_text('auth_token = "linked"\n')
+    real.chmod(0o600)
+    link = tmp_path / "a.toml"
+    link.symlink_to(real)
+    assert Agencies({"a": AgencyConfig(file=str(link))}).credentials("a", "")[0].auth_token == "linked"
+
+
+def test_an_agency_limited_to_projects_is_refused_to_the_others_and_gives_them_nothing() -> None:
+    # Agencies are the node's: without a limit, a key of any project could name one meant for
+    # another project and read its credentials from its function's context.
+    agencies = Agencies({"team_a": AgencyConfig(access_key="AKA", projects=["proj_a"]), "shared": READER})
+    agencies.check("team_a", "", project="proj_a")
+    agencies.check("shared", "", project="proj_b")
+    with pytest.raises(InvalidParameter, match=r"xrole: agency 'team_a' is not available to project 'proj_b'"):
+        agencies.check("team_a", "", project="proj_b")
+    with pytest.raises(InvalidParameter, match="app_xrole"):
+        agencies.check("", "team_a", project="proj_b")
+    assert agencies.credentials("team_a", "", project="proj_a")[0].access_key == "AKA"
+    # Named before the limit was set (or the limit changed since): no credentials.
+    assert agencies.credentials("team_a", "", project="proj_b") == (NONE, ("", 0))
+    assert agencies.credentials("shared", "", project="proj_b")[0].access_key == "AKR"
+
+
+def test_the_config_takes_an_agencys_projects() -> None:
+    text = b'[agencies.a]\naccess_key = "a"\nprojects = ["p1", "default"]\n'
+    assert msgspec.toml.decode(text, type=Config).agencies["a"].projects == ["p1", "default"]
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.toml.decode(b'[agencies.a]\nprojects = ["bad project"]\n', type=Config)
+
+
+def test_an_unknown_agency_names_only_the_agencies_the_project_may_use() -> None:
+    agencies = Agencies({"team_a_secret_store": AgencyConfig(projects=["proj_a"]), "shared": READER})
+    with pytest.raises(InvalidParameter) as refused:
+        agencies.check("ghost", "", project="proj_b")
+    assert "defined: shared" in refused.value.message
+    assert "team_a_secret_store" not in refused.value.message

@@ -85,6 +85,13 @@ def test_python2_is_refused_saying_why() -> None:
         ("Python3.12\n", "not available on this node"),
         ("", "not available on this node"),
         ("Python" + "9" * 5000, "not available on this node"),
+        # More digits than int() converts (4,300): was a ValueError, a 500 from the API.
+        ("Python3." + "9" * 5000, "not available on this node"),
+        ("Python" + "3" * 5000 + ".9", "not available on this node"),
+        ("Python3.\u0661\u0662", "not available on this node"),
+        ("Python3.1000", "needs Python 3.1000 or newer"),
+        ("Python3.11 ", "not available on this node"),
+        ("Python3", "not available on this node"),
     ],
 )
 def test_names_nothing_serves_are_refused(name: str, words: str) -> None:
@@ -93,6 +100,12 @@ def test_names_nothing_serves_are_refused(name: str, words: str) -> None:
     with pytest.raises(InvalidParameter) as refused:
         catalogue.check(name)
     assert words in refused.value.message
+
+
+def test_a_refusal_quotes_at_most_the_start_of_a_huge_name() -> None:
+    with pytest.raises(InvalidParameter) as refused:
+        Catalogue([interpreter("3.13.0")]).check("P" * 100_000)
+    assert len(refused.value.message) < 1000
 
 
 def test_no_usable_interpreter_serves_no_name() -> None:
