@@ -69,6 +69,14 @@ def _first(group: BaseException) -> BaseException:
     return group
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    """Print the API's OpenAPI 3.1 document; generated from the code, so no daemon is needed."""
+    from fgd.web.openapi import offline_document
+
+    print(json.dumps(offline_document(), indent=2))
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     """One line per protection; non-zero exit if `fgd serve` would refuse to start."""
     import psutil
@@ -610,6 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check what this host offers the sandbox")
     doctor.add_argument("--config", help="TOML config file")
     doctor.set_defaults(func=cmd_doctor)
+
+    openapi = sub.add_parser("openapi", help="print the API's OpenAPI 3.1 document (JSON)")
+    openapi.set_defaults(func=cmd_openapi)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--endpoint", help="API endpoint (default $FGD_ENDPOINT or http://127.0.0.1:8900)")

@@ -493,6 +493,9 @@ class Invoker:
                         self._discard(evicted.key, evicted)
                 return None
             if isinstance(decision, Reject):
+                if decision.kind == "oversized":
+                    # Not a busy node: no retry can succeed, so not a 503 (issue 10's fuzzer found it).
+                    raise InvalidParameter(f"the node cannot run {record.func_name}: {decision.reason}")
                 if decision.kind == "capacity":
                     raise Unavailable(f"the node cannot run {record.func_name} now: {decision.reason}")
                 raise Throttled(f"function {record.func_name} is throttled: {decision.reason}")

@@ -53,7 +53,8 @@ class Wait:
 
 @dataclass(frozen=True)
 class Reject:
-    """Refuse: `kind` is "disabled", "throttled" (429) or "capacity" (503)."""
+    """Refuse: `kind` is "disabled", "throttled" (429), "capacity" (503) or "oversized" (400: the
+    instance needs more memory than the node's whole budget, so waiting cannot help)."""
 
     kind: str
     reason: str
@@ -116,6 +117,8 @@ class Scheduler:
         function.limits = limits
         if limits.max_instances == 0:
             return Reject("disabled", "the function is disabled: its maximum number of instances is 0")
+        if limits.memory_mb > self.memory_budget_mb:
+            return self._oversized(limits)
         free = [i for i in function.instances.items() if i[1].busy < i[1].capacity]
         if free:
             # Reserved instances first, then most recently used, so on-demand ones can go idle and be reaped.
@@ -161,6 +164,8 @@ class Scheduler:
         total = len(function.instances) + function.starting
         if limits.max_instances == 0 or (limits.max_instances > 0 and total >= limits.max_instances):
             return Reject("throttled", f"reserved instances are capped by max instances ({limits.max_instances})")
+        if limits.memory_mb > self.memory_budget_mb:
+            return self._oversized(limits)
         if not self._within_share(total, limits):
             return Reject(
                 "throttled",
@@ -172,6 +177,14 @@ class Scheduler:
         function.starting += 1
         self._starting_memory += limits.memory_mb
         return Start(evict)
+
+    def _oversized(self, limits: Limits) -> Reject:
+        return Reject(
+            "oversized",
+            f"its instances need {limits.memory_mb} MB, more than the node's whole memory budget for instances "
+            f"({self.memory_budget_mb} MB), so none can start here; use a smaller memory_size "
+            "(or X-Cff-Instance-Memory)",
+        )
 
     def _within_share(self, total: int, limits: Limits) -> bool:
         """May a function with `total` instances (running or starting) start one more? Its first always may."""

@@ -34,6 +34,8 @@ from fgd.metrics import Metrics
 from fgd.model import check_project, parse_function_ref
 from fgd.versions import route
 from fgd.web import auth
+from fgd.web.api.answers import InvokeAnswerHeaders, InvokeHeaders
+from fgd.web.api.common import BASE, Operation, path_regex
 from fgd.web.server import header_text
 from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
 
@@ -41,9 +43,30 @@ log = logging.getLogger("fgd.web.front")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
-INVOKE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/invocations$")
-CODE_PATH = re.compile(r"^/v2/([^/]+)/fgs/functions/([^/]+)/code$")
-DEPENDENCY_PATH = re.compile(r"^/v2/([^/]+)/fgs/dependencies/version$")
+# The sync invoke route, served here only: declared for the OpenAPI document (fgd.web.openapi).
+INVOKE = Operation(
+    method="POST",
+    path=f"{BASE}/functions/<urn>/invocations",
+    name="invoke_function",
+    summary="invoke a function synchronously: the answer is the function's result",
+    tag="invocations",
+    body=Any,
+    body_optional=True,
+    headers=InvokeHeaders,
+    answer_headers=InvokeAnswerHeaders,
+    # The function's result: JSON of what it returned, but a string it returns is the body as it
+    # is (FunctionGraph's rule, runtimes/python/instance.py), under the same Content-Type:
+    # application/json. Any media type is the honest description.
+    answer=Any,
+    content_type="*/*",
+    errors=(413, 429, 503),
+)
+OPERATIONS = (INVOKE,)
+INVOKE_PATH = path_regex(INVOKE.path)
+# Raw zip uploads to these routes are streamed here; the routes are declared (raw_zip=...) in
+# fgd.web.api.functions and fgd.web.api.dependencies, which serve their JSON form.
+CODE_PATH = path_regex(f"{BASE}/functions/<urn>/code")
+DEPENDENCY_PATH = path_regex(f"{BASE}/dependencies/version")
 MAX_EVENT_BYTES = 6 * 1024 * 1024
 CODE_FILENAME_MAX = 128
 JSON = b"application/json"

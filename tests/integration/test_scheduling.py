@@ -50,6 +50,34 @@ def test_max_one_instance_and_queue_of_one_throttles_the_third(tight: Api) -> No
     assert refused_after < 0.3
 
 
+def test_memory_size_over_the_whole_budget_is_400_not_503(tight: Api) -> None:
+    """Found by the OpenAPI fuzzer: a function that can never fit the node's budget (256 MB here)
+    was answered 503 "taken by busy instances; try again shortly", and its async events retried
+    for an hour. Now 400, saying what to change; async events fail at once."""
+    name = tight.deploy("def handler(e, c):\n    return 1\n", memory_size=512)["func_name"]
+    refused = tight.invoke(name)
+    assert refused.status_code == 400
+    assert refused.json()["error_code"] == "FSS.0400"
+    assert "512 MB" in refused.json()["error_msg"] and "256 MB" in refused.json()["error_msg"]
+    queued = tight.http.post(f"/functions/{name}/invocations-async", json={})
+    assert queued.status_code == 202
+    request_id = queued.json()["request_id"]
+    deadline = time.monotonic() + 10
+    row: dict = {}
+    while time.monotonic() < deadline:
+        rows = tight.http.get(f"/functions/{name}/async-invocations", params={"request_id": request_id}).json()
+        row = rows["invocations"][0]
+        if row["status"] == "FAIL":
+            break
+        time.sleep(0.1)
+    assert row["status"] == "FAIL" and "256 MB" in row["error_message"]
+    # The same for a per-request memory size (X-Cff-Instance-Memory) over the budget.
+    small = tight.deploy("def handler(e, c):\n    return 1\n", memory_size=128, enable_dynamic_memory=True)
+    big = tight.invoke(small["func_name"], headers={"X-Cff-Instance-Memory": "1024"})
+    assert big.status_code == 400 and "1024 MB" in big.json()["error_msg"]
+    assert tight.invoke(small["func_name"]).status_code == 200
+
+
 def test_waiting_too_long_is_429_saying_so(tmp_path: Path) -> None:
     daemon = Daemon(tmp_path / "state", "[scheduler]\nqueue_length = 5\nmax_wait = 0.3\n")
     daemon.start()

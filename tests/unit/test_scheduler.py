@@ -211,3 +211,15 @@ def test_random_sequences_keep_the_invariants(seed: int) -> None:
                 assert total <= lims[key].max_instances
             assert total <= 1 or total * lims[key].memory_mb <= budget * share, "a function took over its share"
         assert s.memory_used_mb <= budget
+
+
+def test_an_instance_larger_than_the_whole_budget_is_refused_as_oversized_not_busy() -> None:
+    """Found by the OpenAPI fuzzer: memory_size over the node's budget was a 503 'try again shortly'."""
+    s = Scheduler(Clock(), 1024, function_share=0.5)
+    decision = s.acquire(F1, limits(memory=2048), "r1")
+    assert isinstance(decision, Reject) and decision.kind == "oversized"
+    assert "2048 MB" in decision.reason and "1024 MB" in decision.reason
+    reserved = s.reserve(F1, limits(memory=2048))
+    assert isinstance(reserved, Reject) and reserved.kind == "oversized"
+    # Exactly the budget still fits (the first instance of a function may exceed its share).
+    assert s.acquire(F2, limits(memory=1024), "r2") == Start()

@@ -11,7 +11,8 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from fgd.errors import FgdError, MethodNotAllowed, NotFound, TooLarge
+from fgd.errors import ErrorBody, FgdError, MethodNotAllowed, NotFound, TooLarge
+from fgd.web import openapi
 from fgd.web.api import (
     asynchronous,
     dependencies,
@@ -64,13 +65,15 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             return error_response(
                 TooLarge(f"the request body is over {MAX_JSON_BODY // (1024 * 1024)} MB; send code as a raw zip")
             )
-        return json_response({"error_code": f"FSS.0{error.code}", "error_msg": error.description}, error.code or 500)
+        return json_response(ErrorBody(f"FSS.0{error.code}", error.description or ""), error.code or 500)
 
     @app.errorhandler(Exception)
     async def on_unexpected(error: Exception) -> Response:
         log.exception("unexpected error serving %s %s", request.method, request.path)
-        return json_response({"error_code": "FSS.0500", "error_msg": "internal error; see the daemon's log"}, 500)
+        return json_response(ErrorBody("FSS.0500", "internal error; see the daemon's log"), 500)
 
     for resource in RESOURCES:
         resource.register(app, ctx)
+    # Last: the document describes every route registered above.
+    openapi.register(app)
     return app

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from quart import Response, request
+from quart import Response
 from quart_trio import QuartTrio
 
-from fgd.model import AsyncInvokeConfig, FunctionRef
+from fgd.model import AsyncConfigAnswer, AsyncInvokeConfig, FunctionRef
 from fgd.versions import lookup
+from fgd.web.api.answers import AsyncInvokeConfigList, LimitQuery
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
-    json_response,
     paged,
+    route,
     window,
 )
 
@@ -22,18 +23,22 @@ CONFIGS_MAX = 100
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.route(f"{BASE}/functions/<urn>/async-invoke-config", methods=["GET", "PUT", "DELETE"])
-    async def async_invoke_config(project_id: str, urn: str) -> Response:
-        record = ctx.lookup(project_id, urn)
-        if request.method == "PUT":
-            record = await ctx.functions.set_async_config(record, await body_json())
-        elif request.method == "DELETE":
-            record = await ctx.functions.set_async_config(record, {})
-            return Response(b"", status=204)
-        return json_response(ctx.functions.async_config(record))
+    @route(app, "GET", f"{BASE}/functions/<urn>/async-invoke-config", answer=AsyncConfigAnswer)
+    async def get_async_invoke_config(project_id: str, urn: str) -> AsyncConfigAnswer:
+        return ctx.functions.async_config(ctx.lookup(project_id, urn))
 
-    @app.get(f"{BASE}/functions/<urn>/async-invoke-configs")
-    async def list_async_invoke_configs(project_id: str, urn: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/async-invoke-config", body=AsyncInvokeConfig, answer=AsyncConfigAnswer)
+    async def put_async_invoke_config(project_id: str, urn: str) -> AsyncConfigAnswer:
+        record = await ctx.functions.set_async_config(ctx.lookup(project_id, urn), await body_json())
+        return ctx.functions.async_config(record)
+
+    @route(app, "DELETE", f"{BASE}/functions/<urn>/async-invoke-config", status=204)
+    async def delete_async_invoke_config(project_id: str, urn: str) -> Response:
+        await ctx.functions.set_async_config(ctx.lookup(project_id, urn), {})
+        return Response(b"", status=204)
+
+    @route(app, "GET", f"{BASE}/functions/<urn>/async-invoke-configs", query=LimitQuery, answer=AsyncInvokeConfigList)
+    async def list_async_invoke_configs(project_id: str, urn: str) -> AsyncInvokeConfigList:
         # FunctionGraph lists one config per version or alias: latest's, each version's and each
         # alias's own (fgd.versions), those that were set (not the defaults).
         record = ctx.lookup(project_id, urn)
@@ -45,4 +50,4 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             if a.async_modified
         ]
         configs = [ctx.functions.async_config(r) for r in candidates if r.async_config != AsyncInvokeConfig()]
-        return json_response(paged(configs, "async_invoke_configs", at))
+        return paged(configs, "async_invoke_configs", at)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -170,3 +172,109 @@ def paged(items: list, key: str, at: Window) -> dict[str, Any]:
         },
         "count": len(items),
     }
+
+
+# Route declarations ------------------------------------------------------------------------
+#
+# Every route is declared once, with `route`: the declaration registers the Quart handler and
+# is what fgd.web.openapi turns into the OpenAPI document, so the document cannot miss a route
+# or describe an answer the handler does not give.
+
+OPERATIONS_KEY = "fgd.operations"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Partial:
+    """A request body that may hold any subset of `struct`'s fields (fields left out keep their value)."""
+
+    struct: type[msgspec.Struct]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Operation:
+    """One route of the API as the OpenAPI document describes it."""
+
+    method: str
+    # A Quart rule: `/v2/<project_id>/fgs/functions/<urn>/config`, `<int:number>` for an integer.
+    path: str
+    name: str
+    summary: str
+    tag: str
+    # The JSON request body: a Struct, a Partial, `Any` (any JSON value), or None (no body).
+    body: Any = None
+    # The body may be left out (empty).
+    body_optional: bool = False
+    # The body may also be a raw zip (Content-Type: application/zip), streamed by fgd.web.front;
+    # its other arguments then come as these query parameters.
+    raw_zip: type[msgspec.Struct] | None = None
+    # The success answer: a type msgspec describes (a Struct, list[...], Any), None for no body,
+    # `bytes` for a binary body of `content_type`, `str` for text.
+    answer: Any = None
+    status: int = 200
+    content_type: str = "application/json"
+    # Other answers than errors: {status: type} (e.g. /healthz's 503 carries the same report).
+    alternatives: dict[int, Any] | None = None
+    # Further content types of the success answer: {media type: type}.
+    variants: dict[str, Any] | None = None
+    query: type[msgspec.Struct] | None = None
+    # Request headers the route reads: a Struct whose field names are the header names with
+    # '-' written '_'.
+    headers: type[msgspec.Struct] | None = None
+    # Headers of the success answer, the same way (required: those without a default).
+    answer_headers: type[msgspec.Struct] | None = None
+    # FunctionGraph error statuses the route gives beyond those its shape implies (fgd.web.openapi
+    # adds 401 for authenticated routes, 400 for any argument, 404 for a {urn} or other id, 413
+    # for a body).
+    errors: tuple[int, ...] = ()
+    auth: bool = True
+
+
+def operations(app: Any) -> list[Operation]:
+    """The operations declared on `app` so far, in declaration order."""
+    return app.extensions.setdefault(OPERATIONS_KEY, [])
+
+
+def declare(method: str, path: str, handler: Callable[..., Any], tag: str, **fields: Any) -> Operation:
+    summary = (handler.__doc__ or handler.__name__.replace("_", " ")).strip().splitlines()[0]
+    return Operation(method=method, path=path, name=handler.__name__, summary=summary, tag=tag, **fields)
+
+
+def route(app: Any, method: str, path: str, **fields: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated handler for `method path` and declare it for the OpenAPI document.
+
+    The handler returns a Response, or its answer: the declared type, or plain data (dicts,
+    lists) of that shape, which is converted to it (fields the type lacks are left out) and
+    encoded as JSON with the declared status. An answer that does not fit the declared type is
+    a programming error: it is refused (a 500 and a log line), never sent undocumented.
+    """
+
+    def decorate(handler: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        tag = handler.__module__.rsplit(".", 1)[-1]
+        operation = declare(method, path, handler, tag, **fields)
+        answer = operation.answer
+        # None (no body), Any (the function's own result), bytes and text go as they are.
+        checked = answer not in (None, Any, bytes, str)
+
+        @functools.wraps(handler)
+        async def view(**kwargs: Any) -> Any:
+            result = await handler(**kwargs)
+            if isinstance(result, Response):
+                return result
+            if checked:
+                try:
+                    result = msgspec.convert(result, answer)
+                except msgspec.ValidationError as exc:
+                    raise TypeError(f"{operation.name}'s answer does not fit {answer}: {exc}") from None
+            return json_response(result, operation.status)
+
+        app.add_url_rule(path, endpoint=operation.name, view_func=view, methods=[method])
+        operations(app).append(operation)
+        return view
+
+    return decorate
+
+
+def path_regex(rule: str) -> re.Pattern[str]:
+    """A Quart rule as a regular expression with one group per argument (for fgd.web.front)."""
+    pattern = re.sub(r"<(?:[a-z]+:)?[A-Za-z_]+>", "([^/]+)", re.escape(rule))
+    return re.compile(f"^{pattern}$")

@@ -5,25 +5,34 @@ from __future__ import annotations
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from fgd.model import DependencyList, check_project
+from fgd.model import CreateDependency, DependencyInfo, DependencyList, check_project
+from fgd.web.api.answers import DependencyQuery, RawDependencyQuery
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
-    json_response,
     page,
+    route,
 )
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.post(f"{BASE}/dependencies/version")
-    async def create_dependency(project_id: str) -> Response:
+    @route(
+        app,
+        "POST",
+        f"{BASE}/dependencies/version",
+        body=CreateDependency,
+        raw_zip=RawDependencyQuery,
+        answer=DependencyInfo,
+        errors=(413,),
+    )
+    async def create_dependency(project_id: str) -> DependencyInfo:
         check_project(project_id)
         dependency = await ctx.dependencies.create(project_id, await body_json())
-        return json_response(ctx.dependencies.info(dependency))
+        return ctx.dependencies.info(dependency)
 
-    @app.get(f"{BASE}/dependencies")
-    async def list_dependencies(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/dependencies", query=DependencyQuery, answer=DependencyList)
+    async def list_dependencies(project_id: str) -> DependencyList:
         check_project(project_id)
         found = ctx.dependencies.visible(project_id)
         for name in ("name", "runtime", "owner"):
@@ -31,22 +40,20 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
                 found = [d for d in found if getattr(d, name) == request.args[name]]
         listing = page(found, "dependencies")
         listing["dependencies"] = [ctx.dependencies.info(d) for d in listing["dependencies"]]
-        return json_response(listing)
+        return DependencyList(**listing)
 
-    @app.get(f"{BASE}/dependencies/<dep_id>/version")
-    async def list_dependency_versions(project_id: str, dep_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/dependencies/<dep_id>/version", answer=DependencyList)
+    async def list_dependency_versions(project_id: str, dep_id: str) -> DependencyList:
         check_project(project_id)
         versions = ctx.dependencies.versions(project_id, dep_id)
-        return json_response(
-            DependencyList(dependencies=[ctx.dependencies.info(d) for d in versions], count=len(versions))
-        )
+        return DependencyList(dependencies=[ctx.dependencies.info(d) for d in versions], count=len(versions))
 
-    @app.get(f"{BASE}/dependencies/<dep_id>/version/<int:number>")
-    async def get_dependency_version(project_id: str, dep_id: str, number: int) -> Response:
+    @route(app, "GET", f"{BASE}/dependencies/<dep_id>/version/<int:number>", answer=DependencyInfo)
+    async def get_dependency_version(project_id: str, dep_id: str, number: int) -> DependencyInfo:
         check_project(project_id)
-        return json_response(ctx.dependencies.info(ctx.dependencies.version(project_id, dep_id, number)))
+        return ctx.dependencies.info(ctx.dependencies.version(project_id, dep_id, number))
 
-    @app.delete(f"{BASE}/dependencies/<dep_id>/version/<int:number>")
+    @route(app, "DELETE", f"{BASE}/dependencies/<dep_id>/version/<int:number>", status=204, errors=(403, 409))
     async def delete_dependency_version(project_id: str, dep_id: str, number: int) -> Response:
         check_project(project_id)
         await ctx.dependencies.delete(project_id, dep_id, number)

@@ -8,16 +8,42 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from fgd.errors import InvalidParameter, NotFound
-from fgd.model import PACKAGE_RE, FunctionRecord, check_project, function_urn, parse_function_ref
+from fgd.model import (
+    PACKAGE_RE,
+    CreateFunction,
+    FunctionCode,
+    FunctionConfig,
+    FunctionList,
+    FunctionRecord,
+    FunctionSettings,
+    ReservedAnswer,
+    ReservedInstances,
+    UpdateCode,
+    check_project,
+    function_urn,
+    parse_function_ref,
+)
 from fgd.versions import reserved_targets
+from fgd.web.api.answers import (
+    ExportQuery,
+    FunctionListQuery,
+    MaxInstanceBody,
+    RawCodeQuery,
+    ReservedConfigsQuery,
+    ReservedInstanceConfigList,
+    ReservedInstanceList,
+    ReservedQuery,
+    Runtimes,
+)
 from fgd.web.api.common import (
     BASE,
     LIST_MAX_ITEMS,
     ApiContext,
+    Partial,
     body_json,
     bool_arg,
-    json_response,
     paged,
+    route,
     window,
 )
 
@@ -48,27 +74,25 @@ def _package_filter() -> str | None:
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.get(f"{BASE}/runtimes")
-    async def list_runtimes(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/runtimes", answer=Runtimes)
+    async def list_runtimes(project_id: str) -> Runtimes:
         # Issue 12: every accepted name, and the interpreter (path, version) serving each.
         catalogue = ctx.functions.runtimes
-        return json_response(
-            {
-                "runtimes": catalogue.names(),
-                "served_by": catalogue.served_by(),
-                "exact_versions": catalogue.exact,
-                "interpreters": catalogue.describe_interpreters(),
-            }
-        )
+        return {
+            "runtimes": catalogue.names(),
+            "served_by": catalogue.served_by(),
+            "exact_versions": catalogue.exact,
+            "interpreters": catalogue.describe_interpreters(),
+        }
 
-    @app.post(f"{BASE}/functions")
-    async def create_function(project_id: str) -> Response:
+    @route(app, "POST", f"{BASE}/functions", body=CreateFunction, answer=FunctionConfig, errors=(409,))
+    async def create_function(project_id: str) -> FunctionConfig:
         check_project(project_id)
         record = await ctx.functions.create(project_id, await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.get(f"{BASE}/functions")
-    async def list_functions(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions", query=FunctionListQuery, answer=FunctionList)
+    async def list_functions(project_id: str) -> FunctionList:
         # FunctionGraph's ListFunctions: func_name matches any part of a name, case aside;
         # package_name the whole package. maxitems: none, 0 or over 400 means 400 functions.
         check_project(project_id)
@@ -81,37 +105,43 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         ]
         listing = paged(found, "functions", at)
         # ListFunctions has the older shape: next_marker at the top, no page_info.
-        return json_response(
-            {
-                "functions": [ctx.functions.config(r) for r in listing["functions"]],
-                "next_marker": listing["page_info"]["next_marker"],
-                "count": listing["count"],
-            }
+        return FunctionList(
+            functions=[ctx.functions.config(r) for r in listing["functions"]],
+            next_marker=listing["page_info"]["next_marker"],
+            count=listing["count"],
         )
 
-    @app.get(f"{BASE}/functions/<urn>/config")
-    async def get_config(project_id: str, urn: str) -> Response:
-        return json_response(ctx.functions.config(ctx.lookup(project_id, urn)))
+    @route(app, "GET", f"{BASE}/functions/<urn>/config", answer=FunctionConfig)
+    async def get_config(project_id: str, urn: str) -> FunctionConfig:
+        return ctx.functions.config(ctx.lookup(project_id, urn))
 
-    @app.put(f"{BASE}/functions/<urn>/config")
-    async def update_config(project_id: str, urn: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/config", body=Partial(struct=FunctionSettings), answer=FunctionConfig)
+    async def update_config(project_id: str, urn: str) -> FunctionConfig:
         record = await ctx.functions.update_config(ctx.lookup(project_id, urn), await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.get(f"{BASE}/functions/<urn>/code")
-    async def get_code(project_id: str, urn: str) -> Response:
-        return json_response(ctx.functions.code_info(ctx.lookup(project_id, urn)))
+    @route(app, "GET", f"{BASE}/functions/<urn>/code", answer=FunctionCode)
+    async def get_code(project_id: str, urn: str) -> FunctionCode:
+        return ctx.functions.code_info(ctx.lookup(project_id, urn))
 
-    @app.put(f"{BASE}/functions/<urn>/code")
-    async def update_code(project_id: str, urn: str) -> Response:
+    @route(
+        app,
+        "PUT",
+        f"{BASE}/functions/<urn>/code",
+        body=UpdateCode,
+        raw_zip=RawCodeQuery,
+        answer=FunctionConfig,
+        errors=(413,),
+    )
+    async def update_code(project_id: str, urn: str) -> FunctionConfig:
         # Raw application/zip bodies are streamed by the front (fgd.web.front) and never get here.
         record = await ctx.functions.update_code(ctx.lookup(project_id, urn), await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.put(f"{BASE}/functions/<urn>/reservedinstances")
-    async def put_reserved(project_id: str, urn: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/reservedinstances", body=ReservedInstances, answer=ReservedAnswer)
+    async def put_reserved(project_id: str, urn: str) -> ReservedAnswer:
         record = await ctx.functions.set_reserved(ctx.lookup(project_id, urn), await body_json())
-        return json_response(ctx.functions.reserved(record))
+        return ctx.functions.reserved(record)
 
     def reserved_of(project_id: str, urn_arg: str) -> list[FunctionRecord]:
         """The functions with reserved instances, or the one `urn_arg` names (even with none)."""
@@ -130,8 +160,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     # segments first), and no GET route takes /functions/<urn> alone: a function named
     # "reservedinstances" or "statistics" keeps its own routes (.../functions/statistics/config).
 
-    @app.get(f"{BASE}/functions/reservedinstances")
-    async def list_reserved(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/reservedinstances", query=ReservedQuery, answer=ReservedInstanceList)
+    async def list_reserved(project_id: str) -> ReservedInstanceList:
         # FunctionGraph's ListFunctionReservedInstances ({func_urn, count} items); fgd's own
         # fields (qualifier, min_count, running) stay alongside.
         at = window("limit", LIST_MAX_ITEMS, LIST_MAX_ITEMS)
@@ -146,10 +176,16 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             }
             for r in reserved_of(project_id, "urn")
         ]
-        return json_response(paged(rows, "reservedinstances", at))
+        return paged(rows, "reservedinstances", at)
 
-    @app.get(f"{BASE}/functions/reservedinstanceconfigs")
-    async def list_reserved_configs(project_id: str) -> Response:
+    @route(
+        app,
+        "GET",
+        f"{BASE}/functions/reservedinstanceconfigs",
+        query=ReservedConfigsQuery,
+        answer=ReservedInstanceConfigList,
+    )
+    async def list_reserved_configs(project_id: str) -> ReservedInstanceConfigList:
         # FunctionGraph's ListReservedInstanceConfigs. fgd keeps reserved instances always
         # started (idle_mode is stored and returned only); no scheduled or metric-driven policies.
         at = window("limit", 100, RESERVED_CONFIGS_MAX)
@@ -164,14 +200,14 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             }
             for r in reserved_of(project_id, "function_urn")
         ]
-        return json_response(paged(rows, "reserved_instances", at))
+        return paged(rows, "reserved_instances", at)
 
-    @app.put(f"{BASE}/functions/<urn>/config-max-instance")
-    async def put_max_instances(project_id: str, urn: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/config-max-instance", body=MaxInstanceBody, answer=FunctionConfig)
+    async def put_max_instances(project_id: str, urn: str) -> FunctionConfig:
         record = await ctx.functions.set_max_instances(ctx.lookup(project_id, urn), await body_json())
-        return json_response(ctx.functions.config(record))
+        return ctx.functions.config(record)
 
-    @app.delete(f"{BASE}/functions/<urn>")
+    @route(app, "DELETE", f"{BASE}/functions/<urn>", status=204, errors=(409,))
     async def delete_function(project_id: str, urn: str) -> Response:
         record = ctx.lookup(project_id, urn)
         if names_latest(urn, record):
@@ -185,7 +221,14 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         await ctx.functions.delete(record)
         return Response(b"", status=204)
 
-    @app.get(f"{BASE}/functions/<urn>/export")
+    @route(
+        app,
+        "GET",
+        f"{BASE}/functions/<urn>/export",
+        query=ExportQuery,
+        answer=bytes,
+        content_type="application/zip",
+    )
     async def export_function(project_id: str, urn: str) -> Response:
         record = ctx.lookup(project_id, urn)
         code = bool_arg("code", True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from quart import Response, request
 from quart_trio import QuartTrio
@@ -11,18 +12,30 @@ from fgd.asyncqueue import AsyncEvent, invocation_answer
 from fgd.errors import Conflict, InvalidParameter, NotFound, Throttled, TooLarge
 from fgd.invoker import check_event, new_request_id
 from fgd.model import AsyncInvocationList
-from fgd.versions import route
+from fgd.versions import route as version_route
+from fgd.web.api.answers import AsyncAccepted, AsyncAnswerHeaders, AsyncInvocationsQuery, CancelBody, Cancelled
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
     int_arg,
     json_response,
+    route,
 )
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.post(f"{BASE}/functions/<urn>/invocations-async")
+    @route(
+        app,
+        "POST",
+        f"{BASE}/functions/<urn>/invocations-async",
+        body=Any,
+        body_optional=True,
+        answer=AsyncAccepted,
+        answer_headers=AsyncAnswerHeaders,
+        status=202,
+        errors=(413, 429),
+    )
     async def invoke_async(project_id: str, urn: str) -> Response:
         record = ctx.lookup(project_id, urn)
         data = await request.get_data()
@@ -37,18 +50,20 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             )
         # The version is chosen now (an alias's weights; header rules are for sync and HTTP
         # requests) and kept with the event: a retry runs the same one (fgd.versions).
-        record = route(ctx.store, record)
+        record = version_route(ctx.store, record)
         event = AsyncEvent.new(record.key, new_request_id(), check_event(data), record.version, record.alias)
         # Durable before we answer: 202 means it will run (at least once).
         await ctx.store.run(ctx.store.queue.enqueue, event)
         ctx.dispatcher.notify()
-        response = json_response({"request_id": event.request_id}, 202)
+        response = json_response(AsyncAccepted(request_id=event.request_id), 202)
         # As on a sync invocation: the answer's X-Request-Id (fgd.web.requestid) is the event's id.
         response.headers["X-Cff-Request-Id"] = event.request_id
         return response
 
-    @app.get(f"{BASE}/functions/<urn>/async-invocations")
-    async def list_async(project_id: str, urn: str) -> Response:
+    @route(
+        app, "GET", f"{BASE}/functions/<urn>/async-invocations", query=AsyncInvocationsQuery, answer=AsyncInvocationList
+    )
+    async def list_async(project_id: str, urn: str) -> AsyncInvocationList:
         record = ctx.lookup(project_id, urn)
         status = request.args.get("status") or None
         if status is not None and status not in ("WAIT", "RUNNING", "SUCCESS", "FAIL", "DISCARD"):
@@ -58,17 +73,17 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             ctx.store.queue.find, record.key, request.args.get("request_id") or None, status, limit
         )
         rows = [invocation_answer(e) for e in events]
-        return json_response(AsyncInvocationList(invocations=rows, count=len(rows)))
+        return AsyncInvocationList(invocations=rows, count=len(rows))
 
-    @app.post(f"{BASE}/functions/<urn>/cancel")
-    async def cancel_async(project_id: str, urn: str) -> Response:
+    @route(app, "POST", f"{BASE}/functions/<urn>/cancel", body=CancelBody, answer=Cancelled, errors=(409,))
+    async def cancel_async(project_id: str, urn: str) -> Cancelled:
         record = ctx.lookup(project_id, urn)
         body = await body_json()
         request_id = body.get("request_id") if isinstance(body, dict) else None
         if not isinstance(request_id, str) or not request_id:
             raise InvalidParameter('the body must be {"request_id": "<id of a waiting asynchronous invocation>"}')
         if await ctx.store.run(ctx.store.queue.cancel, record.key, request_id, time.time()):
-            return json_response({"request_id": request_id, "status": "DISCARD"})
+            return Cancelled(request_id=request_id, status="DISCARD")
         found = await ctx.store.run(ctx.store.queue.find, record.key, request_id, None, 1)
         if not found:
             raise NotFound(f"no asynchronous invocation {request_id} of {record.func_name}")

@@ -11,7 +11,9 @@ from quart import Response, g, request
 from quart_trio import QuartTrio
 
 from fgd.errors import Forbidden, InvalidParameter
-from fgd.web.api.common import BASE, ApiContext, body_json, json_response
+from fgd.keys import NewKey
+from fgd.web.api.answers import KeyDescription, KeyList
+from fgd.web.api.common import BASE, ApiContext, body_json, route
 
 
 def require_admin() -> None:
@@ -22,21 +24,30 @@ def require_admin() -> None:
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.post(f"{BASE}/fgd/keys")
-    async def create_key(project_id: str) -> Response:
+    @route(
+        app,
+        "POST",
+        f"{BASE}/fgd/keys",
+        body=KeyDescription,
+        body_optional=True,
+        answer=NewKey,
+        status=201,
+        errors=(403, 409),
+    )
+    async def create_key(project_id: str) -> NewKey:
         require_admin()
         body = await body_json() if await request.get_data() else {}
         if not isinstance(body, dict) or set(body) - {"description"}:
             raise InvalidParameter('the body must be {"description": "<what the key is for>"} or empty')
-        return json_response(await ctx.keys.create(project_id, body.get("description", "")), 201)
+        return await ctx.keys.create(project_id, body.get("description", ""))
 
-    @app.get(f"{BASE}/fgd/keys")
-    async def list_keys(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/fgd/keys", answer=KeyList, errors=(403,))
+    async def list_keys(project_id: str) -> KeyList:
         require_admin()
         keys = ctx.keys.list(project_id)
-        return json_response({"keys": keys, "count": len(keys)})
+        return KeyList(keys=keys, count=len(keys))
 
-    @app.delete(f"{BASE}/fgd/keys/<access>")
+    @route(app, "DELETE", f"{BASE}/fgd/keys/<access>", status=204, errors=(403,))
     async def remove_key(project_id: str, access: str) -> Response:
         require_admin()
         await ctx.keys.remove(project_id, access)

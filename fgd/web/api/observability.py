@@ -6,6 +6,7 @@ import trio
 from quart import Response, request
 from quart_trio import QuartTrio
 
+from fgd.web.api.answers import Health, LogLines, LogsQuery
 from fgd.web.api.common import (
     BASE,
     ApiContext,
@@ -14,6 +15,7 @@ from fgd.web.api.common import (
     float_arg,
     int_arg,
     json_response,
+    route,
 )
 
 FOLLOW_POLL = 0.25
@@ -21,17 +23,24 @@ FOLLOW_MAX_SECONDS = 3600
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.get("/metrics")
+    @route(app, "GET", "/metrics", answer=str, content_type="text/plain")
     async def prometheus() -> Response:
         return Response(ctx.metrics.render(), content_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/healthz")
+    @route(app, "GET", "/healthz", answer=Health, alternatives={503: Health}, auth=False)
     async def healthz() -> Response:
         status = ctx.health()
         return json_response(status, 200 if status["status"] == "ok" else 503)
 
-    @app.get(f"{BASE}/functions/<urn>/logs")
-    async def function_logs(project_id: str, urn: str) -> Response:
+    @route(
+        app,
+        "GET",
+        f"{BASE}/functions/<urn>/logs",
+        query=LogsQuery,
+        answer=LogLines,
+        variants={"application/x-ndjson": str},
+    )
+    async def function_logs(project_id: str, urn: str) -> Response | LogLines:
         record = ctx.lookup(project_id, urn)
         request_id = request.args.get("request_id") or None
         since = float_arg("since")
@@ -46,7 +55,7 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
         rows = await read(0, limit)
         if not follow:
-            return json_response({"logs": [line for _, line in rows], "count": len(rows)})
+            return LogLines(logs=[line for _, line in rows], count=len(rows))
 
         async def stream():
             last = rows[-1][0] if rows else 0

@@ -11,13 +11,14 @@ import math
 import time
 import typing
 
-from quart import Response, request
+from quart import request
 from quart_trio import QuartTrio
 
 from fgd.errors import InvalidParameter
 from fgd.history import SERIES, step_for
 from fgd.model import MaxInstances, check_project
-from fgd.web.api.common import BASE, ApiContext, int_arg, json_response
+from fgd.web.api.answers import Quotas, Series, StatisticsQuery, TenantStatistics
+from fgd.web.api.common import BASE, ApiContext, int_arg, route
 
 # ListStatistics and ShowFunctionMetrics (slareports): `period` is the width of one point.
 STEPS = (1, 5, 15, 60)
@@ -56,8 +57,8 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     def step_window(step: int) -> int:
         return min(POINTS * step, history.minutes)
 
-    @app.get(f"{BASE}/functions/statistics")
-    async def tenant_statistics(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/statistics", query=StatisticsQuery, answer=TenantStatistics)
+    async def tenant_statistics(project_id: str) -> TenantStatistics:
         # ListStatistics. monitor_data: every function of the project together, one point per
         # `period` minutes (default 5); monthly_report: invocations and GB-seconds per month,
         # counted since the daemon started. `limit` and `marker` are checked, and have nothing
@@ -69,38 +70,36 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         if kind == "monitor_data":
             step = step_arg(request.args.get("period") or "5")
             keys = [r.key for r in ctx.store.list(project_id)]
-            return json_response({"statistics": report(keys, step_window(step), step)})
+            return TenantStatistics(statistics=report(keys, step_window(step), step))
         if kind != "monthly_report":
             raise InvalidParameter(f"filter must be monitor_data or monthly_report, not {kind[:64]!r}")
         # FunctionGraph: an option out of range counts as "0" (this month).
         back, keep = MONTHS.get(request.args.get("option") or "0", MONTHS["0"])
         months = history.months(project_id, time.time(), back)[:keep]
-        return json_response(
-            {
-                "count": [{"date": month, "value": count} for month, count, _ in months],
-                "gbs": [{"date": month, "value": round(gbs, 6)} for month, _, gbs in months],
-                "gpu_gbs": [{"date": month, "value": 0} for month, _, _ in months],
-            }
-        )
+        return {
+            "count": [{"date": month, "value": count} for month, count, _ in months],
+            "gbs": [{"date": month, "value": round(gbs, 6)} for month, _, gbs in months],
+            "gpu_gbs": [{"date": month, "value": 0} for month, _, _ in months],
+        }
 
-    @app.get(f"{BASE}/functions/<urn>/statistics/<period>")
-    async def function_statistics(project_id: str, urn: str, period: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/<urn>/statistics/<period>", answer=Series)
+    async def function_statistics(project_id: str, urn: str, period: str) -> Series:
         # ListFunctionStatistics: the last `period` minutes (1 to the 24 h kept), in points of
         # 1, 5, 15 or 60 minutes (60 points at most).
         record = ctx.lookup(project_id, urn)
         minutes = minutes_arg(period, 1, history.minutes)
         series = report([record.key], minutes, step_for(minutes))
-        return json_response({name: series[name] for name in FUNCTION_SERIES})
+        return {name: series[name] for name in FUNCTION_SERIES}
 
-    @app.get(f"{BASE}/functions/<urn>/slareports/<period>")
-    async def function_sla_report(project_id: str, urn: str, period: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/<urn>/slareports/<period>", answer=Series)
+    async def function_sla_report(project_id: str, urn: str, period: str) -> Series:
         # ShowFunctionMetrics: one point per `period` minutes over the last 60 of them (24 h at most).
         record = ctx.lookup(project_id, urn)
         step = step_arg(period)
-        return json_response(report([record.key], step_window(step), step))
+        return report([record.key], step_window(step), step)
 
-    @app.get(f"{BASE}/quotas")
-    async def quotas(project_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/quotas", answer=Quotas)
+    async def quotas(project_id: str) -> Quotas:
         # ListQuotas. fgd's limits on max and reserved instances are per function: `used` is
         # the highest value one function has. -1: no limit on this node.
         check_project(project_id)
@@ -128,4 +127,4 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
                 "unit": "s",
             },
         ]
-        return json_response({"quotas": {"resources": resources}})
+        return {"quotas": {"resources": resources}}

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
-from quart import Response, request
+from quart import Response
 from quart_trio import QuartTrio
 
+from fgd.model import CreateTrigger, Trigger, UpdateTrigger
 from fgd.versions import is_latest
 from fgd.web.api.common import (
     BASE,
     ApiContext,
     body_json,
-    json_response,
+    route,
 )
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
-    @app.post(f"{BASE}/triggers/<urn>")
-    async def create_trigger(project_id: str, urn: str) -> Response:
-        trigger = await ctx.triggers.create(ctx.lookup(project_id, urn), await body_json())
-        return json_response(trigger, 201)
+    @route(app, "POST", f"{BASE}/triggers/<urn>", body=CreateTrigger, answer=Trigger, status=201, errors=(409,))
+    async def create_trigger(project_id: str, urn: str) -> Trigger:
+        return await ctx.triggers.create(ctx.lookup(project_id, urn), await body_json())
 
-    @app.get(f"{BASE}/triggers/<urn>")
-    async def list_triggers(project_id: str, urn: str) -> Response:
-        return json_response(ctx.triggers.list(ctx.lookup(project_id, urn)))
+    @route(app, "GET", f"{BASE}/triggers/<urn>", answer=list[Trigger])
+    async def list_triggers(project_id: str, urn: str) -> list[Trigger]:
+        return ctx.triggers.list(ctx.lookup(project_id, urn))
 
-    @app.delete(f"{BASE}/triggers/<urn>")
+    @route(app, "DELETE", f"{BASE}/triggers/<urn>", status=204)
     async def delete_triggers(project_id: str, urn: str) -> Response:
         # FunctionGraph's BatchDeleteFunctionTriggers: latest's URN (or the bare one) deletes every
         # trigger of the function; a version's or an alias's, only the triggers bound to it.
@@ -35,12 +35,23 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             await ctx.triggers.delete_bound(record)
         return Response(b"", status=204)
 
-    @app.route(f"{BASE}/triggers/<urn>/<kind>/<trigger_id>", methods=["GET", "PUT", "DELETE"])
-    async def one_trigger(project_id: str, urn: str, kind: str, trigger_id: str) -> Response:
+    @route(app, "GET", f"{BASE}/triggers/<urn>/<kind>/<trigger_id>", answer=Trigger)
+    async def get_trigger(project_id: str, urn: str, kind: str, trigger_id: str) -> Trigger:
+        return ctx.triggers.get(ctx.lookup(project_id, urn), kind, trigger_id)
+
+    @route(
+        app,
+        "PUT",
+        f"{BASE}/triggers/<urn>/<kind>/<trigger_id>",
+        body=UpdateTrigger,
+        answer=Trigger,
+        errors=(409,),
+    )
+    async def update_trigger(project_id: str, urn: str, kind: str, trigger_id: str) -> Trigger:
         trigger = ctx.triggers.get(ctx.lookup(project_id, urn), kind, trigger_id)
-        if request.method == "PUT":
-            trigger = await ctx.triggers.update(trigger, await body_json())
-        elif request.method == "DELETE":
-            await ctx.triggers.delete(trigger)
-            return Response(b"", status=204)
-        return json_response(trigger)
+        return await ctx.triggers.update(trigger, await body_json())
+
+    @route(app, "DELETE", f"{BASE}/triggers/<urn>/<kind>/<trigger_id>", status=204)
+    async def delete_trigger(project_id: str, urn: str, kind: str, trigger_id: str) -> Response:
+        await ctx.triggers.delete(ctx.triggers.get(ctx.lookup(project_id, urn), kind, trigger_id))
+        return Response(b"", status=204)

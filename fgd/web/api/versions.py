@@ -11,8 +11,9 @@ import msgspec
 from quart import Response, request
 from quart_trio import QuartTrio
 
-from fgd.model import FunctionRecord
-from fgd.web.api.common import BASE, ApiContext, body_json, json_response, page
+from fgd.model import AliasAnswer, CreateAlias, FunctionRecord, PublishVersion, UpdateAlias
+from fgd.web.api.answers import FunctionVersion, FunctionVersionList, PageQuery
+from fgd.web.api.common import BASE, ApiContext, body_json, page, route
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
@@ -35,46 +36,54 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
             return {}
         return await body_json()
 
-    @app.post(f"{BASE}/functions/<urn>/versions")
-    async def publish_version(project_id: str, urn: str) -> Response:
+    @route(
+        app,
+        "POST",
+        f"{BASE}/functions/<urn>/versions",
+        body=PublishVersion,
+        body_optional=True,
+        answer=FunctionVersion,
+        errors=(409,),
+    )
+    async def publish_version(project_id: str, urn: str) -> dict[str, Any]:
         record = ctx.lookup(project_id, urn)
         version = await ctx.functions.versions.publish(record, await optional_json())
-        return json_response(version_answer(version))
+        return version_answer(version)
 
-    @app.get(f"{BASE}/functions/<urn>/versions")
-    async def list_versions(project_id: str, urn: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/<urn>/versions", query=PageQuery, answer=FunctionVersionList)
+    async def list_versions(project_id: str, urn: str) -> dict[str, Any]:
         record = ctx.lookup(project_id, urn)
         listing = page(ctx.functions.versions.list(record.key), "versions")
         listing["versions"] = [version_answer(v) for v in listing["versions"]]
-        return json_response(listing)
+        return listing
 
-    @app.post(f"{BASE}/functions/<urn>/aliases")
-    async def create_alias(project_id: str, urn: str) -> Response:
+    @route(app, "POST", f"{BASE}/functions/<urn>/aliases", body=CreateAlias, answer=AliasAnswer, errors=(409,))
+    async def create_alias(project_id: str, urn: str) -> AliasAnswer:
         record = ctx.lookup(project_id, urn)
         alias = await ctx.functions.versions.create_alias(record, await body_json())
-        return json_response(ctx.functions.versions.answer(record, alias))
+        return ctx.functions.versions.answer(record, alias)
 
-    @app.get(f"{BASE}/functions/<urn>/aliases")
-    async def list_aliases(project_id: str, urn: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/<urn>/aliases", answer=list[AliasAnswer])
+    async def list_aliases(project_id: str, urn: str) -> list[AliasAnswer]:
         # FunctionGraph answers a bare JSON array (ListVersionAliasesResponse.body).
         record = ctx.lookup(project_id, urn)
         versions = ctx.functions.versions
-        return json_response([versions.answer(record, a) for a in versions.aliases(record.key)])
+        return [versions.answer(record, a) for a in versions.aliases(record.key)]
 
-    @app.get(f"{BASE}/functions/<urn>/aliases/<name>")
-    async def show_alias(project_id: str, urn: str, name: str) -> Response:
+    @route(app, "GET", f"{BASE}/functions/<urn>/aliases/<name>", answer=AliasAnswer)
+    async def show_alias(project_id: str, urn: str, name: str) -> AliasAnswer:
         record = ctx.lookup(project_id, urn)
         versions = ctx.functions.versions
-        return json_response(versions.answer(record, versions.alias(record.key, name)))
+        return versions.answer(record, versions.alias(record.key, name))
 
-    @app.put(f"{BASE}/functions/<urn>/aliases/<name>")
-    async def update_alias(project_id: str, urn: str, name: str) -> Response:
+    @route(app, "PUT", f"{BASE}/functions/<urn>/aliases/<name>", body=UpdateAlias, answer=AliasAnswer, errors=(409,))
+    async def update_alias(project_id: str, urn: str, name: str) -> AliasAnswer:
         record = ctx.lookup(project_id, urn)
         versions = ctx.functions.versions
         alias = await versions.update_alias(record, name, await body_json())
-        return json_response(versions.answer(record, alias))
+        return versions.answer(record, alias)
 
-    @app.delete(f"{BASE}/functions/<urn>/aliases/<name>")
+    @route(app, "DELETE", f"{BASE}/functions/<urn>/aliases/<name>", status=204, errors=(409,))
     async def delete_alias(project_id: str, urn: str, name: str) -> Response:
         record = ctx.lookup(project_id, urn)
         await ctx.functions.versions.delete_alias(record, name)
