@@ -65,7 +65,7 @@ run: $(STAMP) $(SHIMS) $(BUNDLED_STAMP)
 	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
 
 $(INSTALL_WHEELS): $(STAMP) pyproject.toml
-	./scripts/install fetch-wheels --python $(BIN)/python --wheelhouse "$(WHEELHOUSE)"
+	./scripts/install fetch-wheels --wheelhouse "$(WHEELHOUSE)"
 	@touch $@
 
 install:
