@@ -230,6 +230,17 @@ class Api:
         )
 
 
+def skip_unless_served(api: Api, runtime: str, *, exact: bool = False) -> None:
+    """Skip, saying why, when no interpreter on this machine serves `runtime` (exactly, if asked).
+
+    The development and CI machines have pyenv's Pythons 3.6-3.13, so these tests run there; on a
+    machine with only the system Python they cannot, and say so instead of failing.
+    """
+    served = api.http.get("/runtimes").json()["served_by"].get(runtime)
+    if served is None or (exact and not served["exact"]):
+        pytest.skip(f"no interpreter on this machine serves {runtime}{' exactly' if exact else ''} (pyenv install 3.x)")
+
+
 @contextlib.contextmanager
 def running(state_dir: Path, config: str | None = None, **options) -> Iterator[Daemon]:
     """A started daemon on `state_dir`, stopped when the block ends (for module- and session-wide fixtures)."""

@@ -16,7 +16,7 @@ import pytest
 from fgd import events
 from fgd.bundled import libraries_for
 from tests.compat import samples
-from tests.conftest import Api, Daemon, make_zip, unique_name
+from tests.conftest import Api, Daemon, make_zip, skip_unless_served, unique_name
 
 # FunctionGraph's own Python runtime strings, each served by an interpreter of this node.
 FUNCTIONGRAPH_RUNTIMES = ["Python3.9", "Python3.10", "Python3.12"]
@@ -46,6 +46,7 @@ def fg(node: Daemon) -> Api:
 
 def deploy(api: Api, source: str, runtime: str, **settings: object) -> str:
     """Create the function as FunctionGraph's API takes it: runtime string, handler, zip."""
+    skip_unless_served(api, runtime)
     name = unique_name("fg")
     response = api.create(make_zip({"index.py": source}), name=name, runtime=runtime, **settings)
     assert response.status_code == 200, response.text

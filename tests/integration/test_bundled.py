@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fgd.bundled import SOURCE_ROOT, libraries_for, manifest_of, tree_for
-from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, unique_name
+from tests.conftest import RUNTIME, Api, Daemon, b64, make_zip, skip_unless_served, unique_name
 
 VERSION = sys.version_info[:2]
 TREE = tree_for(SOURCE_ROOT, VERSION)
@@ -192,6 +192,7 @@ def test_without_mount_namespaces_the_tree_is_still_on_the_path_last(tmp_path: P
 
 @pytest.mark.parametrize("minor", [9, 10, 12, 13])
 def test_each_interpreter_gets_the_tree_built_for_it(api: Api, minor: int) -> None:
+    skip_unless_served(api, f"Python3.{minor}", exact=True)
     # `make` builds a tree for every interpreter that serves a runtime name (--discover).
     assert tree_for(SOURCE_ROOT, (3, minor)) is not None, f"no bundled tree for 3.{minor}: run `make bundled`"
     response = api.create(make_zip({"index.py": IMPORT_ALL}), runtime=f"Python3.{minor}", memory_size=512, timeout=30)

@@ -36,7 +36,9 @@ def handler(event, context):
 def pyenv_python(minor: int) -> str:
     """The pyenv interpreter 3.<minor> of this machine (they all have 3.6-3.13 and 2.7)."""
     found = sorted(glob.glob(f"{PYENV}/versions/3.{minor}.*/bin/python3.{minor}"))
-    assert found, f"this test needs pyenv's Python 3.{minor} under {PYENV}/versions (pyenv install 3.{minor})"
+    if not found:
+        # The development and CI machines have them; a machine with only its system Python cannot run this.
+        pytest.skip(f"needs pyenv's Python 3.{minor} under {PYENV}/versions (pyenv install 3.{minor})")
     return found[-1]
 
 
