@@ -26,6 +26,7 @@ from fgd.errors import Unavailable
 from fgd.model import FunctionRecord, cpu_millicores
 from sandbox import namespaces, seccomp
 from sandbox.cgroups import V1, V2, CgroupError, Limits, detect, node_pids_max
+from sandbox.cgroups._base import pid_namespace
 from sandbox.policy import ContainPolicy, EnterPolicy, Mount, Protections
 
 log = logging.getLogger("fgd.sandbox")
@@ -85,7 +86,7 @@ def probe(config: SandboxConfig, *, check_only: bool = False) -> HostFacts:
                 detail = cgroups.describe() + f"; all instances together: {node_pids_max(config.node_pids_max)} tasks"
                 if check_only:
                     # `fgd doctor` is not the daemon: name the subtree the daemon will own.
-                    detail = detail.replace(f"fgd-{os.getpid()}", "fgd-<daemon pid>")
+                    detail = detail.replace(f"fgd-{os.getpid()}-{pid_namespace()}", "fgd-<daemon pid>-<pid namespace>")
                 checks.append(Check("cgroups", root, detail if root else "cannot write cgroups without root"))
             except CgroupError as exc:
                 checks.append(Check("cgroups", False, str(exc)))

@@ -179,11 +179,11 @@ def zygote_of(daemon: Daemon) -> int | None:
 def instance_cgroups(daemon_pid: int) -> list[str]:
     """The instance cgroups (any hierarchy) a daemon with this pid has left behind."""
     found = []
-    # `fgd` beneath the daemon's own cgroup; `fgd-<pid>` where that is a hierarchy's root.
-    # os.walk, not Path.glob: other daemons on the host remove cgroups while we look.
+    # `fgd` beneath the daemon's own cgroup; `fgd-<pid>-<pid namespace>` where that is a
+    # hierarchy's root. os.walk, not Path.glob: other daemons on the host remove cgroups while we look.
     for top, dirs, _files in os.walk("/sys/fs/cgroup", onerror=lambda _error: None):
         name = os.path.basename(top)
-        if name == "fgd" or (name.startswith("fgd-") and name[4:].isdigit()):
+        if name == "fgd" or (name.startswith("fgd-") and name[4:].replace("-", "").isdigit()):
             found += [os.path.join(top, d) for d in dirs if d.startswith(f"{daemon_pid}-")]
             dirs[:] = []
     return found

@@ -81,20 +81,40 @@ def check_name(name: str) -> None:
         raise CgroupError(f"invalid cgroup name {name!r}")
 
 
+def pid_namespace() -> int:
+    """The inode of this process's pid namespace: pids mean something only within one."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
 def subtree_name(own: str, owner: int) -> str:
-    """`fgd` beneath a cgroup given to the daemon; `fgd-<pid>` at a hierarchy's root.
+    """`fgd` beneath a cgroup given to the daemon; `fgd-<pid>-<pid namespace>` at a hierarchy's root.
 
     On hybrid v1 hosts the freezer, pids and cpu hierarchies often place every
     process at the root: a plain `fgd` there would be shared by every daemon on
-    the host (and its node-wide limits with it). The pid makes it this daemon's.
+    the host (and its node-wide limits with it). The pid makes it this daemon's;
+    the pid namespace says where that pid means something, so a daemon in a
+    container never takes a host daemon's subtree (whose pid it cannot see) for
+    a dead one's.
     """
-    return FGD_SUBTREE if own.strip("/") else f"{FGD_SUBTREE}-{owner}"
+    return FGD_SUBTREE if own.strip("/") else f"{FGD_SUBTREE}-{owner}-{pid_namespace()}"
 
 
 def subtree_owner(name: str) -> int | None:
-    """The daemon pid in a root-level `fgd-<pid>` subtree name, else None."""
-    prefix, _, pid = name.partition("-")
-    return int(pid) if prefix == FGD_SUBTREE and pid.isdigit() else None
+    """The daemon pid in a root-level subtree name of a daemon in this pid namespace, else None.
+
+    `fgd-<pid>-<namespace>` of another pid namespace is None: its daemon's liveness cannot be
+    told from here. `fgd-<pid>` (releases before the namespace was in the name) counts as ours.
+    """
+    prefix, _, rest = name.partition("-")
+    pid, _, namespace = rest.partition("-")
+    if prefix != FGD_SUBTREE or not pid.isdigit():
+        return None
+    if namespace and (not namespace.isdigit() or int(namespace) != pid_namespace()):
+        return None
+    return int(pid)
 
 
 def kill_procs(path: Path) -> int:

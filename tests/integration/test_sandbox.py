@@ -15,6 +15,9 @@ import httpx
 
 from tests.conftest import BACKGROUND_SLEEP, RUNTIME, Api, Daemon, instance_cgroups, marker, wait_none_with, zygote_of
 
+# Root-level subtrees carry the pid namespace of their daemon (the tests share it).
+PIDNS = os.stat("/proc/self/ns/pid").st_ino
+
 NO_CGROUPS = '[sandbox]\ncgroup_root = "/nonexistent"\n'
 
 
@@ -128,7 +131,7 @@ def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -
 def test_all_instances_together_have_a_task_cap(daemon: Daemon) -> None:
     # This host is hybrid v1 with the pids hierarchy's root as the daemon's cgroup: the
     # subtree is the daemon's own (fgd-<pid>), with the node-wide cap below pid_max.
-    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{daemon.process.pid}")
+    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{daemon.process.pid}-{PIDNS}")
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     assert int((subtree / "pids.max").read_text()) == min(pid_max // 2, 32768)
 
@@ -137,7 +140,7 @@ def test_node_task_cap_is_configurable_and_subtrees_go_with_their_daemon(tmp_pat
     daemon = Daemon(tmp_path / "state", "[sandbox]\nnode_pids_max = 3000\n")
     daemon.start()
     pid = daemon.process.pid
-    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{pid}")
+    subtree = Path(f"/sys/fs/cgroup/pids/fgd-{pid}-{PIDNS}")
     try:
         assert (subtree / "pids.max").read_text().strip() == "3000"
         api = Api(daemon)
@@ -149,7 +152,7 @@ def test_node_task_cap_is_configurable_and_subtrees_go_with_their_daemon(tmp_pat
     # A clean stop leaves neither instance cgroups nor the daemon's own subtree.
     assert instance_cgroups(pid) == []
     assert not subtree.exists()
-    assert not Path(f"/sys/fs/cgroup/freezer/fgd-{pid}").exists()
+    assert not Path(f"/sys/fs/cgroup/freezer/fgd-{pid}-{PIDNS}").exists()
 
 
 def test_a_killed_daemons_cgroups_are_removed_at_the_next_start(tmp_path: Path) -> None:
@@ -167,7 +170,7 @@ def test_a_killed_daemons_cgroups_are_removed_at_the_next_start(tmp_path: Path) 
     try:
         # Another state dir, another daemon: it still cleans what a dead daemon left on the host.
         assert instance_cgroups(old) == []
-        assert not Path(f"/sys/fs/cgroup/pids/fgd-{old}").exists()
+        assert not Path(f"/sys/fs/cgroup/pids/fgd-{old}-{PIDNS}").exists()
         assert wait_none_with(mark)
     finally:
         second.stop()

@@ -23,6 +23,8 @@ from sandbox.cgroups import (
     parse_proc_cgroup,
 )
 
+# Root-level subtrees carry the pid namespace of their daemon (the tests share it).
+PIDNS = os.stat("/proc/self/ns/pid").st_ino
 MIB = 1024 * 1024
 
 
@@ -105,7 +107,7 @@ def test_subtree_is_beneath_the_daemons_own_cgroup(tmp_path) -> None:
     v1 = V1({"memory": (tmp_path / "memory", "/a/b"), "pids": (tmp_path / "pids", "/")}, owner=4242)
     assert v1.bases["memory"] == tmp_path / "memory/a/b/fgd"
     # At a hierarchy's root (hybrid hosts: pids, cpu, freezer) the subtree is this daemon's alone.
-    assert v1.bases["pids"] == tmp_path / "pids/fgd-4242"
+    assert v1.bases["pids"] == tmp_path / f"pids/fgd-4242-{PIDNS}"
     other = V1({"memory": (tmp_path / "memory", "/a/b"), "pids": (tmp_path / "pids", "/")}, owner=4343)
     assert other.bases["pids"] != v1.bases["pids"]
 
@@ -143,7 +145,7 @@ def test_detect_hybrid_uses_v1(tmp_path) -> None:
     backend = detect(HYBRID_CGROUP, HYBRID_MOUNTINFO)
     assert isinstance(backend, V1)
     assert backend.bases["memory"] == Path("/sys/fs/cgroup/memory/process_api/abc/fgd")
-    assert backend.bases["cpu"] == Path(f"/sys/fs/cgroup/cpu,cpuacct/fgd-{os.getpid()}")
+    assert backend.bases["cpu"] == Path(f"/sys/fs/cgroup/cpu,cpuacct/fgd-{os.getpid()}-{PIDNS}")
 
 
 def test_detect_pure_v2(tmp_path) -> None:
@@ -171,9 +173,9 @@ def fake_v1(tmp_path: Path, own: dict[str, str], owner: int = 4242) -> V1:
 def test_v1_setup_caps_all_instances_together(tmp_path) -> None:
     backend = fake_v1(tmp_path, {"memory": "/session"})
     backend.setup(node_pids=5000)
-    assert (tmp_path / "pids/fgd-4242/pids.max").read_text() == "5000"
+    assert (tmp_path / f"pids/fgd-4242-{PIDNS}/pids.max").read_text() == "5000"
     assert (tmp_path / "memory/session/fgd").is_dir()
-    assert (tmp_path / "freezer/fgd-4242").is_dir()
+    assert (tmp_path / f"freezer/fgd-4242-{PIDNS}").is_dir()
 
 
 def test_v2_setup_caps_all_instances_together(tmp_path) -> None:
@@ -186,9 +188,9 @@ def test_v2_at_the_root_moves_nothing_and_is_private(tmp_path) -> None:
     mount = fake_v2(tmp_path, own="/")
     backend = V2(mount, "/", owner=77)
     backend.setup(node_pids=10)
-    assert backend.base == mount / "fgd-77"
+    assert backend.base == mount / f"fgd-77-{PIDNS}"
     assert not (mount / "supervisor").exists()
-    assert (mount / "fgd-77/pids.max").read_text() == "10"
+    assert (mount / f"fgd-77-{PIDNS}/pids.max").read_text() == "10"
 
 
 def test_node_pids_default_is_well_below_pid_max(tmp_path) -> None:
@@ -232,15 +234,22 @@ def test_v1_remove_of_a_busy_cgroup_kills_again_and_says_so(tmp_path) -> None:
 def test_abandoned_subtrees_of_dead_daemons_are_found_not_live_ones(tmp_path) -> None:
     backend = fake_v1(tmp_path, {"memory": "/session"}, owner=10)
     backend.setup()
-    dead = tmp_path / "pids/fgd-11"
+    dead = tmp_path / f"pids/fgd-11-{PIDNS}"
     (dead / "11-x").mkdir(parents=True)
-    live = tmp_path / "pids/fgd-12"
+    live = tmp_path / f"pids/fgd-12-{PIDNS}"
     live.mkdir()
+    # A daemon of another pid namespace (a container): its pid means nothing here, never "dead".
+    elsewhere = tmp_path / f"pids/fgd-13-{PIDNS + 1}"
+    (elsewhere / "13-y").mkdir(parents=True)
+    # A subtree named by an earlier release (no namespace): judged by its pid, as before.
+    legacy = tmp_path / "pids/fgd-14"
+    legacy.mkdir()
     (tmp_path / "pids/unrelated").mkdir()
     found = backend.abandoned(lambda pid: pid == 12)
-    assert found == [dead] or sorted(found) == [dead]
+    assert sorted(found) == sorted([dead, legacy])
     assert backend.remove_abandoned(dead) is True
     assert not dead.exists() and live.exists() and backend.bases["pids"].exists()
+    assert (elsewhere / "13-y").is_dir()
     # The memory subtree is beneath a session cgroup, shared by design: never "abandoned".
     assert all("memory" not in str(p) for p in backend.abandoned(lambda pid: False))
 
