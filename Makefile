@@ -15,7 +15,18 @@ LISTEN ?= 127.0.0.1:8900
 # libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
 DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
 
-.PHONY: run test lint format bench system-packages runtimes clean bundled deb test-install
+.PHONY: run test lint format bench system-packages runtimes clean bundled install uninstall deb test-install
+
+# `make install` / `make uninstall` (issue 16): fgd as a systemd service in a virtualenv at
+# $(PREFIX), by scripts/install (read its header); DESTDIR= stages the files for a package.
+# INSTALL_FLAGS passes more options (--no-systemctl, --no-system-packages, --no-runtimes, ...).
+PREFIX ?= /opt/fgd
+DESTDIR ?=
+INSTALL_FLAGS ?=
+# What `make test` needs besides DEB_PACKAGES: systemd-analyze (tests/install).
+TEST_DEB_PACKAGES := systemd
+# fgd's dependency wheels, fetched once, for the offline DESTDIR install in tests/install.
+INSTALL_WHEELS := $(VENV)/.install-wheels
 
 # FunctionGraph's bundled Python libraries (fgd/bundled.py), one read-only tree per
 # interpreter under build/bundled/, wheels cached in $(WHEELHOUSE)/bundled (outside the checkout,
@@ -53,7 +64,18 @@ run: $(STAMP) $(SHIMS) $(BUNDLED_STAMP)
 	@./scripts/run-banner "$(STATE_DIR)" "$(LISTEN)"
 	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
 
-test: $(STAMP) $(SHIMS) $(BUNDLED_STAMP)
+$(INSTALL_WHEELS): $(STAMP) pyproject.toml
+	./scripts/install fetch-wheels --wheelhouse "$(WHEELHOUSE)"
+	@touch $@
+
+install:
+	./scripts/install install --prefix "$(PREFIX)" --destdir "$(DESTDIR)" --wheelhouse "$(WHEELHOUSE)" $(INSTALL_FLAGS)
+
+uninstall:
+	./scripts/install uninstall --prefix "$(PREFIX)" --destdir "$(DESTDIR)" $(INSTALL_FLAGS)
+
+test: $(STAMP) $(SHIMS) $(BUNDLED_STAMP) $(INSTALL_WHEELS)
+	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(TEST_DEB_PACKAGES)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest

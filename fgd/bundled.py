@@ -13,6 +13,7 @@ dependencies and the standard library, so a function's own copy of a library win
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import msgspec
@@ -22,9 +23,17 @@ log = logging.getLogger("fgd.bundled")
 # Where instances see the root of the trees (one sub-directory per interpreter).
 SANDBOX_ROOT = "/opt/function/runtime/bundled"
 MANIFEST = "fgd-bundled.json"
-# The default root: next to the source tree (what `make` builds); a packaged install sets
-# [runtimes] bundled_libraries_dir.
+# The default root in a checkout: next to the source tree (what `make` builds).
 SOURCE_ROOT = Path(__file__).resolve().parent.parent / "build" / "bundled"
+# The default root of an installed fgd (scripts/install, `make install`, the .deb): in its
+# virtualenv's prefix, next to the shim packages (fgd.interpreters.default_shim_dir).
+INSTALLED_ROOT = Path(sys.prefix) / "bundled"
+
+
+def default_root() -> Path:
+    """Where the trees are unless [runtimes] bundled_libraries_dir says: a checkout has its
+    pyproject.toml above the package; an installed fgd is in site-packages, which has none."""
+    return SOURCE_ROOT if (SOURCE_ROOT.parent.parent / "pyproject.toml").is_file() else INSTALLED_ROOT
 
 
 class Library(msgspec.Struct, frozen=True):
@@ -124,7 +133,7 @@ def resolve_root(enabled: bool, configured: str) -> Path | None:
     if not enabled:
         log.info("bundled libraries: switched off by [runtimes] bundled_libraries")
         return None
-    root = Path(configured) if configured else SOURCE_ROOT
+    root = Path(configured) if configured else default_root()
     trees = sorted(p.name for p in root.glob("python3.*") if (p / MANIFEST).is_file()) if root.is_dir() else []
     if not trees:
         log.warning(

@@ -201,7 +201,8 @@ class RuntimesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     # every Python function's import path, after its own code and dependencies.
     bundled_libraries: bool = True
     # Where scripts/build-bundled-libs put the trees (python3.X/ each); "" = build/bundled
-    # next to fgd's source, where `make` builds them.
+    # next to fgd's source, where `make` builds them, or <prefix>/bundled in an installed fgd
+    # (fgd.bundled.default_root, issue 16).
     bundled_libraries_dir: str = ""
 
 
