@@ -15,7 +15,7 @@ LISTEN ?= 127.0.0.1:8900
 # libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
 DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
 
-.PHONY: run test lint format bench system-packages runtimes clean bundled install uninstall
+.PHONY: run test lint format bench system-packages runtimes clean bundled install uninstall deb test-install
 
 # `make install` / `make uninstall` (issue 16): fgd as a systemd service in a virtualenv at
 # $(PREFIX), by scripts/install (read its header); DESTDIR= stages the files for a package.
@@ -95,6 +95,26 @@ bench: $(STAMP) $(SHIMS)
 	$(BIN)/python bench/packages.py
 	$(BIN)/python bench/density.py
 	$(BIN)/python bench/async_queue.py
+
+# Issue 16: the Debian package (debian/, dh; the install step is scripts/install with --destdir),
+# built from this checkout with the build host's Debian python3. Output: $(DEB_OUT)/fgd_*.deb.
+DEB_OUT ?= build/deb
+DEB_BUILD_DEPS := build-essential debhelper dpkg-dev python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 ca-certificates
+
+deb:
+	@PYTHON=/usr/bin/python3 ./scripts/install-system-packages $(DEB_BUILD_DEPS)
+	rm -rf $(DEB_OUT) && mkdir -p $(DEB_OUT)
+	@# Everything it writes goes to DEB_OUT, none of it to the checkout's parent directory.
+	out=$(abspath $(DEB_OUT)); name=fgd_$$(dpkg-parsechangelog -S Version)_$$(dpkg-architecture -qDEB_HOST_ARCH); \
+	FGD_DEB_OUT=$$out dpkg-buildpackage -b -us -uc --buildinfo-option=-u$$out --changes-option=-u$$out \
+	    --buildinfo-file=$$out/$$name.buildinfo --changes-file=$$out/$$name.changes
+	@ls -l $(DEB_OUT)/*.deb
+
+# Issue 16: boot test of the package in a Debian 12 container (a few minutes; not part of `make test`).
+# Builds the .deb inside a bookworm root (its python3), boots a fresh root with systemd-nspawn,
+# installs, deploys, invokes, restarts, removes and purges. Transcript: build/test-install.log.
+test-install:
+	@./scripts/test-install --log build/test-install.log
 
 clean:
 	rm -rf $(VENV) .fgd-state .pytest_cache build/bundled
