@@ -46,6 +46,19 @@ class AccessKey(msgspec.Struct, frozen=True):
     last_used: float = 0.0
 
 
+def _readable(row: tuple) -> AccessKey | None:
+    """A stored key as it must be to verify with, or None (logged): a bad row fails alone."""
+    try:
+        key = msgspec.convert(dict(zip(AccessKey.__struct_fields__, row, strict=False)), AccessKey)
+    except msgspec.ValidationError as exc:
+        log.error("access key %r in the store is unusable and left out: %s", str(row[0])[:40], exc)
+        return None
+    if not key.access or not key.secret:
+        log.error("access key %r in the store has no access key or secret; left out", key.access[:40])
+        return None
+    return key
+
+
 class NewKey(msgspec.Struct):
     """The answer to creating a key: the only time its secret is shown."""
 
@@ -80,7 +93,11 @@ class Keys:
     def __init__(self, store: Store, now: Callable[[], float]) -> None:
         self._store = store
         self._now = now
-        self._keys: dict[str, AccessKey] = {row[0]: AccessKey(*row) for row in store.load_keys()}
+        self._keys: dict[str, AccessKey] = {}
+        for row in store.load_keys():
+            key = _readable(row)
+            if key is not None:
+                self._keys[key.access] = key
         # access -> when it was last used, not yet written.
         self._used: dict[str, float] = {}
 

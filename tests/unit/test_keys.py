@@ -114,3 +114,23 @@ def test_the_database_holding_secrets_is_readable_by_root_only(tmp_path) -> None
     path.touch(mode=0o644)
     Store(path).close()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+async def test_hand_edited_key_rows_are_left_out_alone(tmp_path, caplog) -> None:
+    clock = Clock()
+    store, keys = open_keys(tmp_path, clock)
+    good = await keys.create("default")
+    store.close()
+    db = sqlite3.connect(tmp_path / "fgd.db")
+    with db:
+        insert = "INSERT INTO access_keys (access, secret, project_id, description, created) VALUES (?, ?, ?, ?, ?)"
+        db.execute(insert, ("BLOBSECRET", b"\x00\xff", "default", "", 0.0))
+        db.execute(insert, ("EMPTYSECRET", "", "default", "", 0.0))
+        db.execute(insert, ("TEXTTIME", "s" * 40, "default", "", "yesterday"))
+    db.close()
+    store, again = open_keys(tmp_path, clock)
+    assert again.lookup(good.access) is not None
+    for access in ("BLOBSECRET", "EMPTYSECRET", "TEXTTIME"):
+        assert again.lookup(access) is None
+        assert access in caplog.text
+    store.close()
