@@ -7,9 +7,21 @@ import io
 import json
 import zipfile
 
+import httpx
 import pytest
 
-from tests.conftest import BACKGROUND_SLEEP, RUNTIME, Api, b64, make_zip, marker, pids_with, unique_name, wait_none_with
+from tests.conftest import (
+    BACKGROUND_SLEEP,
+    RUNTIME,
+    Api,
+    Daemon,
+    b64,
+    make_zip,
+    marker,
+    pids_with,
+    unique_name,
+    wait_none_with,
+)
 
 HELLO = "def handler(event, context):\n    return 'v1'\n"
 
@@ -299,3 +311,23 @@ def test_unknown_route_is_404_json(api: Api) -> None:
     response = api.http.get("/nothing-here")
     assert response.status_code == 404
     assert response.json()["error_code"] == "FSS.0404"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/functions",
+        "/dependencies",
+        "/fgd/keys",
+        "/quotas",
+        "/functions/statistics",
+        "/functions/fn/versions",
+        "/functions/fn/aliases",
+        "/triggers/fn",
+    ],
+)
+def test_a_malformed_project_is_refused_on_every_route(daemon: Daemon, path: str) -> None:
+    # One check for every /v2/<project_id>/ route, before any route's own work.
+    answer = httpx.get(f"{daemon.url}/v2/bad.project/fgs{path}", headers={"X-Auth-Token": daemon.token})
+    assert answer.status_code == 400, answer.text
+    assert "project_id 'bad.project'" in answer.json()["error_msg"]

@@ -12,6 +12,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from fgd.errors import ErrorBody, FgdError, MethodNotAllowed, NotFound, TooLarge
+from fgd.model import check_project
 from fgd.web import openapi
 from fgd.web.api import (
     asynchronous,
@@ -50,6 +51,10 @@ def create_app(ctx: ApiContext) -> QuartTrio:
             admission.finish()
             # Routes that only the admin token may use (keys) look here.
             g.admin = admission.admin
+        # Every route under /v2/<project_id>/: the project's name is checked once, here.
+        project_id = (request.view_args or {}).get("project_id")
+        if project_id is not None:
+            check_project(project_id)
 
     @app.errorhandler(FgdError)
     async def on_platform_error(error: FgdError) -> Response:

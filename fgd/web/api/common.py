@@ -19,7 +19,7 @@ from fgd.errors import FgdError, InvalidParameter
 from fgd.functions import Functions
 from fgd.keys import Keys
 from fgd.metrics import Metrics
-from fgd.model import FunctionRecord, check_project, parse_function_ref
+from fgd.model import FunctionRecord, parse_function_ref
 from fgd.store import Store
 from fgd.triggers import Triggers
 from fgd.web.auth import Authenticator
@@ -54,7 +54,6 @@ class ApiContext:
     config: Config = field(default_factory=Config)
 
     def lookup(self, project_id: str, urn: str) -> FunctionRecord:
-        check_project(project_id)
         return self.functions.get(parse_function_ref(project_id, urn, self.functions.region))
 
 

@@ -19,7 +19,6 @@ from fgd.model import (
     ReservedAnswer,
     ReservedInstances,
     UpdateCode,
-    check_project,
     function_urn,
     parse_function_ref,
 )
@@ -87,7 +86,6 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     @route(app, "POST", f"{BASE}/functions", body=CreateFunction, answer=FunctionConfig, errors=(409,))
     async def create_function(project_id: str) -> FunctionConfig:
-        check_project(project_id)
         record = await ctx.functions.create(project_id, await body_json())
         return ctx.functions.config(record)
 
@@ -95,7 +93,6 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     async def list_functions(project_id: str) -> FunctionList:
         # FunctionGraph's ListFunctions: func_name matches any part of a name, case aside;
         # package_name the whole package. maxitems: none, 0 or over 400 means 400 functions.
-        check_project(project_id)
         name, package = _name_filter(), _package_filter()
         at = window("maxitems", LIST_MAX_ITEMS, LIST_MAX_ITEMS)
         found = [
@@ -145,7 +142,6 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
 
     def reserved_of(project_id: str, urn_arg: str) -> list[FunctionRecord]:
         """The functions with reserved instances, or the one `urn_arg` names (even with none)."""
-        check_project(project_id)
         urn = request.args.get(urn_arg)
         if urn:
             ref = parse_function_ref(project_id, urn, ctx.functions.region)

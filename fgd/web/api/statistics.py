@@ -16,7 +16,7 @@ from quart_trio import QuartTrio
 
 from fgd.errors import InvalidParameter
 from fgd.history import SERIES, step_for
-from fgd.model import MaxInstances, check_project
+from fgd.model import MaxInstances
 from fgd.web.api.answers import Quotas, Series, StatisticsQuery, TenantStatistics
 from fgd.web.api.common import BASE, ApiContext, int_arg, route
 
@@ -63,7 +63,6 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         # `period` minutes (default 5); monthly_report: invocations and GB-seconds per month,
         # counted since the daemon started. `limit` and `marker` are checked, and have nothing
         # to page (the answers are short).
-        check_project(project_id)
         kind = request.args.get("filter") or "monitor_data"
         int_arg("limit", 100, 0, 500)
         int_arg("marker", 0, 0, 1 << 31)
@@ -102,7 +101,6 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     async def quotas(project_id: str) -> Quotas:
         # ListQuotas. fgd's limits on max and reserved instances are per function: `used` is
         # the highest value one function has. -1: no limit on this node.
-        check_project(project_id)
         records = ctx.store.list(project_id)
         code_bytes = sum(r.code.size for r in records)
         resources = [
