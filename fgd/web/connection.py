@@ -49,6 +49,9 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 # The largest request head (request line and headers); over it the answer is 431 (hypercorn's
 # h11_max_incomplete_size, which the listeners used before).
 MAX_HEAD = 16 * 1024
+# A head is read at most this much at a time: h11 checks the limit against what it holds of a
+# head that is not complete yet, so a larger read could bring in a whole head past the limit.
+HEAD_RECV = MAX_HEAD + 1
 MAX_RECV = 64 * 1024
 # A body left unread by a response (401, 404, 405, 413 ...) is read and dropped, up to this
 # much, so the connection can carry the client's next request; past it the response says
@@ -252,7 +255,7 @@ class Connection:
             (self.slots.waiting if started else self.slots.idle)[self] = None
             try:
                 while True:
-                    data = await self.sock.recv(MAX_RECV)
+                    data = await self.sock.recv(HEAD_RECV)
                     if not started and data:
                         started = True
                         wait.deadline = min(wait.deadline, trio.current_time() + limits.header_timeout)
