@@ -311,21 +311,26 @@ class Connection:
 
     async def _close(self) -> None:
         conn = self.h11
-        if self.finished and not self.gone and conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
-            # An answer is out, its request maybe not all in: stop sending, then take what the
-            # client still sends for a moment (see LINGER_SECONDS).
-            try:
+        try:
+            if self.finished and not self.gone and conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+                # An answer is out, its request maybe not all in: stop sending, then take what the
+                # client still sends for a moment (see LINGER_SECONDS). Evictable meanwhile.
                 self.sock.shutdown(trio.socket.SHUT_WR)
-                with trio.move_on_after(LINGER_SECONDS):
+                with trio.move_on_after(LINGER_SECONDS) as wait:
+                    self._wait = wait
+                    self.slots.waiting[self] = None
                     lingered = 0
                     while lingered < LINGER_BYTES:
                         data = await self.sock.recv(MAX_RECV)
                         if not data:
                             break
                         lingered += len(data)
-            except OSError:
-                pass
-        self.sock.close()
+        except OSError:
+            pass
+        finally:
+            self._wait = None
+            self._forget()
+            self.sock.close()
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -347,7 +352,9 @@ class Connection:
         method = request.method.decode("ascii").upper()
         target = request.target
         path, _, query = target.partition(b"?")
-        headers = list(request.headers)
+        # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.
+        items = getattr(request.headers, "_full_items", None)
+        headers = [(name, value) for _, name, value in items] if items is not None else list(request.headers)
         if not self.body_done:
             for name, value in headers:
                 if name == b"content-length":
