@@ -27,6 +27,7 @@ What it keeps of the hardening work (see fgd.web.server for the limits themselve
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -63,7 +64,18 @@ DRAIN_LIMIT = 8 * 1024 * 1024
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 
+try:
+    # h11's header list: a response head built checked here is not checked again by h11.
+    from h11._headers import Headers as _Headers
+except ImportError:  # another h11 than the pinned one: h11 checks each response's headers itself
+    _Headers = None  # type: ignore[assignment,misc]
+# A header name is a token; a value is visible ASCII or obs-text, with spaces or tabs only
+# inside (no control characters: stricter than h11, which lets \x01-\x08 and \x7f through).
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
+_CLOSE = (b"connection", b"connection", b"close")
 _DISCONNECT = {"type": "http.disconnect"}
 _LAST_EMPTY = {"type": "http.request", "body": b"", "more_body": False}
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
@@ -75,14 +87,15 @@ class _Date:
     """The Date header's value, formatted at most once a second."""
 
     second = 0
-    header: tuple[bytes, bytes] = (b"date", b"")
+    header: tuple[bytes, bytes, bytes] = (b"date", b"date", b"")
 
     @classmethod
-    def now(cls) -> tuple[bytes, bytes]:
+    def now(cls) -> tuple[bytes, bytes, bytes]:
+        """(name, lower-case name, value), as h11 keeps headers."""
         second = int(time.time())
         if second != cls.second:
             cls.second = second
-            cls.header = (b"date", formatdate(second, usegmt=True).encode())
+            cls.header = (b"date", b"date", formatdate(second, usegmt=True).encode())
         return cls.header
 
 
@@ -145,14 +158,58 @@ def _request_problem(error: h11.RemoteProtocolError) -> _Refused:
     return _Refused(status, f"FSS.0{status}", f"malformed HTTP/1.1 request: {error}")
 
 
-def _response_problem(status: object, headers: object) -> str | None:
-    """What h11 would not catch in a response start: a status of the wrong kind, text headers."""
+class _Invalid(Exception):
+    """A response start the server will not send."""
+
+
+# Response header names seen before, each with its lower-case form (checked once, then a lookup);
+# a few hundred in practice (fgd's own, Quart's, and those functions behind the gateway use).
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_MAX = 1024
+
+
+def _response_headers(status: object, raw: Any, closing: bool) -> tuple[Any, bytes | None]:
+    """A response's headers as h11 sends them, with one X-Request-Id, Date and maybe
+    `Connection: close`; _Invalid if the start cannot be sent (status, names, values).
+
+    Built as h11's own header list when it can be (the checks h11 would make, with checked
+    names remembered), so h11 does not check every header again for every response."""
     if type(status) is not int or not 200 <= status <= 599:
-        return f"status {status!r} is not a final HTTP status (200-599)"
-    for item in headers:  # type: ignore[attr-defined]
-        if type(item[0]) is not bytes or type(item[1]) is not bytes:
-            return f"header {item[0]!r}: {item[1]!r} is not bytes"
-    return None
+        raise _Invalid(f"status {status!r} is not a final HTTP status (200-599)")
+    items: list[tuple[bytes, bytes, bytes]] = []
+    request_id = None
+    checked = _Headers is not None
+    length_seen = False
+    for name, value in raw:
+        if type(name) is not bytes or type(value) is not bytes:
+            raise _Invalid(f"header {name!r}: {value!r} is not bytes")
+        lowered = _NAMES.get(name)
+        if lowered is None:
+            if not _FIELD_NAME.fullmatch(name):
+                raise _Invalid(f"header name {name[:100]!r} is not an HTTP token")
+            lowered = name.lower()
+            if len(_NAMES) < _NAMES_MAX and len(name) <= 64:
+                _NAMES[name] = lowered
+        if lowered == REQUEST_ID:
+            continue  # one X-Request-Id, the server's (fgd.web.requestid)
+        if not _FIELD_VALUE.fullmatch(value):
+            raise _Invalid(f"the value of header {name.decode('latin-1')!r} is not valid in HTTP")
+        if lowered == CFF_REQUEST_ID:
+            request_id = value
+        elif lowered == b"content-length":
+            # h11 merges and checks lengths itself; the plain case is checked here.
+            checked = checked and not length_seen and value.isdigit() and len(value) <= 20
+            length_seen = True
+        elif lowered == b"transfer-encoding":
+            checked = False
+        items.append((name, lowered, value))
+    items.append((REQUEST_ID, REQUEST_ID, request_id or new_request_id().encode()))
+    items.append(_Date.now())
+    if closing:
+        items.append(_CLOSE)
+    if checked:
+        return _Headers(items), request_id
+    return [(name, value) for name, _, value in items], request_id
 
 
 class Connection:
@@ -516,27 +573,10 @@ class Connection:
 
     async def _start(self, message: dict) -> None:
         status = message.get("status")
-        raw = message.get("headers", ())
-        problem = _response_problem(status, raw)
-        headers: list[tuple[bytes, bytes]] = []
-        request_id = None
-        if problem is None:
-            for name, value in raw:
-                lowered = name.lower()
-                if lowered == REQUEST_ID:
-                    continue  # one X-Request-Id, the server's (fgd.web.requestid)
-                if lowered == CFF_REQUEST_ID:
-                    request_id = value
-                headers.append((name, value))
-        headers.append((REQUEST_ID, request_id or new_request_id().encode()))
-        headers.append(_Date.now())
-        if self._closing_after():
-            headers.append((b"connection", b"close"))
         try:
-            if problem is not None:
-                raise h11.LocalProtocolError(problem)
-            head = self.h11.send(h11.Response(status_code=status, headers=headers))
-        except h11.LocalProtocolError as error:
+            headers, _ = _response_headers(status, message.get("headers", ()), self._closing_after())
+            head = self.h11.send(h11.Response(status_code=status, headers=headers))  # type: ignore[arg-type]
+        except (_Invalid, h11.LocalProtocolError) as error:
             scope = self.scope or {}
             log.error("refused to send an invalid response to %s %s: %s", scope.get("method"), scope.get("path"), error)
             self.started = True  # the app's answer is replaced: what it sends next is dropped
@@ -577,7 +617,7 @@ class Connection:
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (REQUEST_ID, new_request_id().encode()),
-            _Date.now(),
+            _Date.now()[::2],
             (b"connection", b"close"),
         ]
         conn = self.h11
