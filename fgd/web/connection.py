@@ -253,6 +253,7 @@ class Connection:
         self.finished = False
         self.no_body = False
         self.body_done = False
+        self.cut_short = False  # the client closed before its body was complete
         self.pending: dict | None = None  # the body's first message, read with the head
         self.received = 0
         self.declared: int | None = None
@@ -451,6 +452,8 @@ class Connection:
                 log.error("%s %s: the answer was left unfinished", method, scope["path"])
             self.gone = True
             return
+        if self.cut_short:
+            return  # the app stopped when told its client went away: nothing to answer
         if not failed:
             log.error("%s %s: the daemon sent no answer", method, scope["path"])
         await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
@@ -506,7 +509,7 @@ class Connection:
                 if not data:
                     # The client closed (or half-closed) before its body was complete: h11 is not
                     # told, so the connection closes after the answer (which may still be read).
-                    self.body_done = True
+                    self.body_done = self.cut_short = True
                     return _DISCONNECT
                 conn.receive_data(data)
             elif type(event) is h11.Data:

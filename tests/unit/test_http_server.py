@@ -576,3 +576,37 @@ async def test_lifespan_startup_and_shutdown_reach_the_app(nursery: trio.Nursery
     with trio.fail_after(2):
         await listener.stopped.wait()
     assert seen == ["lifespan.startup", "lifespan.shutdown"]
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["app-answers", "app-stops"])
+async def test_body_cut_short_by_the_client_is_a_disconnect_for_the_app(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, answers: bool
+) -> None:
+    seen: list[dict] = []
+
+    async def reader(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        while True:
+            message = await receive()
+            seen.append(message)
+            if message["type"] == "http.disconnect":
+                break
+        if answers:  # as front.py does: the request is refused, never acted on
+            await send({"type": "http.response.start", "status": 400, "headers": [(b"content-length", b"3")]})
+            await send({"type": "http.response.body", "body": b"cut"})
+
+    listener = await listen(nursery, reader)
+    client = Client(listener.port)
+    await client.send(b"POST /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+    await trio.sleep(0.1)
+    client.sock.shutdown(socket.SHUT_WR)
+    if answers:
+        status, _, body = await client.response()  # a half-closed client still reads its answer
+        assert status == 400 and body == b"cut"
+    assert await client.closed_within(2) is not None
+    client.close()
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+    assert seen[0]["body"] == b"0123456789" and seen[0]["more_body"] is True
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
