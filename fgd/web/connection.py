@@ -18,8 +18,9 @@ What it keeps of the hardening work (see fgd.web.server for the limits themselve
 - a body the app did not read is read and dropped after the answer (up to DRAIN_LIMIT), so
   the connection carries the next request; past that the answer says `Connection: close`;
 - an answer the client does not read for `send_timeout` ends the connection;
-- a response start with a status outside 200-599 or a header that is not valid HTTP is
-  replaced by a 500 (the check is h11's own, done while it frames the head anyway);
+- a response start with a status outside 200-599 or a header that is not valid HTTP (a name
+  that is not a token, a value with a control character or edge whitespace) is replaced by
+  a 500; the head is then handed to h11 as its own checked header list, not checked twice;
 - every answer, the server's own errors included, carries one X-Request-Id: the answer's
   X-Cff-Request-Id if it has one, else a fresh id (fgd.web.requestid).
 """
@@ -168,7 +169,7 @@ _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 1024
 
 
-def _response_headers(status: object, raw: Any, closing: bool) -> tuple[Any, bytes | None]:
+def _response_headers(status: object, raw: Any, closing: bool) -> Any:
     """A response's headers as h11 sends them, with one X-Request-Id, Date and maybe
     `Connection: close`; _Invalid if the start cannot be sent (status, names, values).
 
@@ -208,8 +209,8 @@ def _response_headers(status: object, raw: Any, closing: bool) -> tuple[Any, byt
     if closing:
         items.append(_CLOSE)
     if checked:
-        return _Headers(items), request_id
-    return [(name, value) for name, _, value in items], request_id
+        return _Headers(items)
+    return [(name, value) for name, _, value in items]
 
 
 class Connection:
@@ -577,7 +578,7 @@ class Connection:
     async def _start(self, message: dict) -> None:
         status = message.get("status")
         try:
-            headers, _ = _response_headers(status, message.get("headers", ()), self._closing_after())
+            headers = _response_headers(status, message.get("headers", ()), self._closing_after())
             head = self.h11.send(h11.Response(status_code=status, headers=headers))  # type: ignore[arg-type]
         except (_Invalid, h11.LocalProtocolError) as error:
             scope = self.scope or {}
