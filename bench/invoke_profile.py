@@ -6,7 +6,11 @@ difference in calls per request (the daemon's fixed start-up and idle work cance
 with the functions that make most of them. Safe to run on a busy machine: it counts, it
 does not time.
 
-Usage: python bench/invoke_profile.py [--requests 300,1500] [--source DIR] [--top 25] [--keep DIR]
+With --servers, the same count for three bare echo servers instead of the daemon: the ASGI
+echo on hypercorn (bench/baseline_app.py), on fgd's own server (bench/baseline_fgd_server.py),
+and a bare trio + h11 server (bench/baseline_h11.py): what the HTTP server alone costs.
+
+Usage: python bench/invoke_profile.py [--requests 300,1500] [--source DIR] [--top 25] [--keep DIR] [--servers]
   --source: a checkout of fgd to profile instead of this one (e.g. an older commit).
 """
 
@@ -87,6 +91,42 @@ def profile_run(source: Path, requests: int, workdir: Path) -> pstats.Stats:
     return pstats.Stats(str(out))
 
 
+ECHO_SERVERS = {"hypercorn": "baseline_app.py", "fgd": "baseline_fgd_server.py", "h11": "baseline_h11.py"}
+
+
+def profile_server(script: str, requests: int, workdir: Path) -> pstats.Stats:
+    """An echo server under cProfile, sent `requests` POSTs over one keep-alive connection."""
+    port = free_port()
+    out = workdir / f"profile-{script}-{requests}.out"
+    here = Path(__file__).resolve().parent
+    server = subprocess.Popen(
+        [sys.executable, "-m", "cProfile", "-o", str(out), str(here / script), str(port)],
+        env={**os.environ, "PYTHONPATH": str(here.parent)},
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        client = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for _ in range(requests):
+            client.request("POST", "/", b"{}", {"Content-Type": "application/json"})
+            response = client.getresponse()
+            response.read()
+            assert response.status == 200, response.status
+        client.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
+    return pstats.Stats(str(out))
+
+
 def per_request(small: pstats.Stats, large: pstats.Stats, requests: int, top: int) -> dict:
     def calls(stats: pstats.Stats) -> dict:
         return {key: value[1] for key, value in stats.stats.items()}  # type: ignore[attr-defined]
@@ -116,19 +156,32 @@ def main() -> None:
     parser.add_argument("--source", default=str(Path(__file__).resolve().parent.parent))
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--keep", help="keep the cProfile outputs (profile-<requests>.out) in this directory")
+    parser.add_argument("--servers", action="store_true", help="profile the three bare echo servers instead")
     args = parser.parse_args()
     small, large = (int(n) for n in args.requests.split(","))
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="fgd-profile-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
+        if args.servers:
+            result: dict = {
+                name: per_request(
+                    profile_server(script, small, workdir),
+                    profile_server(script, large, workdir),
+                    large - small,
+                    args.top,
+                )
+                for name, script in ECHO_SERVERS.items()
+            }
+            print(json.dumps({"benchmark": "invoke_profile", "servers": result}, indent=2))
+            return
         source = Path(args.source).resolve()
         result = per_request(
             profile_run(source, small, workdir), profile_run(source, large, workdir), large - small, args.top
         )
+        print(json.dumps({"benchmark": "invoke_profile", "source": str(source), **result}, indent=2))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps({"benchmark": "invoke_profile", "source": str(source), **result}, indent=2))
 
 
 if __name__ == "__main__":
