@@ -115,7 +115,6 @@ class Slots:
         # waiting for a request head or the next piece of a body.
         self.idle: dict[Connection, None] = {}
         self.waiting: dict[Connection, None] = {}
-        self.open: set[Connection] = set()
 
     def take(self) -> bool:
         """Count one more connection if the cap allows; at the cap, evict one to make room."""

@@ -173,17 +173,13 @@ async def serve_http(
     server = (address[0], address[1])
 
     async def handle(client: socket.socket) -> None:
-        connection = None
         try:
-            connection = Connection(trio.socket.from_stdlib_socket(client), app, limits, slots, server)
-            slots.open.add(connection)
-            await connection.run()
+            await Connection(trio.socket.from_stdlib_socket(client), app, limits, slots, server).run()
         except Exception:
             # One connection's failure (a bug of ours, a surprise from h11) ends that
             # connection, never the listener.
             log.exception("connection to %s failed", bind)
         finally:
-            slots.open.discard(connection)  # type: ignore[arg-type]
             slots.release()
             client.close()
 
