@@ -435,12 +435,17 @@ class Connection:
             "extensions": {},
         }
         failed = False
-        with trio.CancelScope() as self.app_scope:
-            try:
+        try:
+            if self.body_done:
+                # The whole body came with the head (most requests): nothing left that could
+                # stall or be malformed, so no scope to stop the app with.
                 await self.app(scope, self.receive, self.send)
-            except Exception:
-                failed = True
-                log.exception("error answering %s %s", method, scope["path"])
+            else:
+                with trio.CancelScope() as self.app_scope:
+                    await self.app(scope, self.receive, self.send)
+        except Exception:
+            failed = True
+            log.exception("error answering %s %s", method, scope["path"])
         if self.refusal is not None and not self.started:
             await self._refuse(self.refusal)
             return
