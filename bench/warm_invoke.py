@@ -1,12 +1,17 @@
-"""Warm invocation throughput and latency through the whole path, against bare ASGI.
+"""Warm invocation throughput and latency through the whole path, against two bare servers.
 
-Starts a daemon, deploys a no-op Python function, and drives it with wrk over
-keep-alive connections; in the same run, a bare ASGI echo app on hypercorn
-is driven the same way as the baseline. Prints JSON: req/s, p50, p99 per
-concurrency level, and fgd's ratio to the baseline.
+Starts a daemon, deploys a no-op Python function, and drives it with wrk over keep-alive
+connections. In the same run, two baselines are driven the same way: a bare ASGI echo app on
+hypercorn (bench/baseline_app.py, the server fgd used before issue 15) and a bare trio + h11
+echo server (bench/baseline_h11.py, the floor of fgd's own server). Prints JSON: req/s, p50
+and p99 per connection count, and fgd's ratios to each baseline (req/s: higher is better;
+p50 and p99: lower is better).
 
 Each level is run twice: against a function whose instances take one request at a time
 (`concurrent_num` 1, as many instances as connections) and one whose instances take 16.
+
+Issue 15's targets, at 16 connections: req/s >= 1.5x hypercorn and >= 0.5x h11, p99 <= 10 ms;
+at 1 connection: p50 <= 0.6x hypercorn's.
 
 Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64]
 """
@@ -24,6 +29,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import Daemon, free_port, wait_http, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
+BASELINES = {"hypercorn": "baseline_app.py", "h11": "baseline_h11.py"}
+
+
+def ratios(fgd: dict, base: dict) -> dict:
+    return {
+        "req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3) if base["req_per_s"] else None,
+        "p50": round(fgd["p50_ms"] / base["p50_ms"], 3) if base["p50_ms"] else None,
+        "p99": round(fgd["p99_ms"] / base["p99_ms"], 3) if base["p99_ms"] else None,
+    }
 
 
 def main() -> None:
@@ -33,30 +47,36 @@ def main() -> None:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    port = free_port()
-    baseline = subprocess.Popen([sys.executable, str(Path(__file__).parent / "baseline_app.py"), str(port)])
-    wait_http(f"http://127.0.0.1:{port}/")
-    daemon = Daemon()
+    baselines: dict[str, tuple[subprocess.Popen, str]] = {}
+    daemon = None
     results: dict = {"benchmark": "warm_invoke", "seconds": args.seconds, "levels": {}}
     try:
+        for name, script in BASELINES.items():
+            port = free_port()
+            process = subprocess.Popen([sys.executable, str(Path(__file__).parent / script), str(port)])
+            baselines[name] = (process, f"http://127.0.0.1:{port}/")
+            wait_http(baselines[name][1])
+        daemon = Daemon()
         daemon.deploy("noop1", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
         daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
         for level in levels:
-            base = wrk(f"http://127.0.0.1:{port}/", level, args.seconds)
-            entry: dict = {"baseline": base}
+            entry: dict = {}
+            for name, (_, url) in baselines.items():
+                entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
             for name in ("noop1", "noop16"):
                 wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
                 fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
                 entry[f"concurrent_num_{name[4:]}"] = {
                     **fgd,
-                    "ratio_req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3),
-                    "ratio_p50": round(fgd["p50_ms"] / base["p50_ms"], 3),
+                    **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},
                 }
             results["levels"][str(level)] = entry
     finally:
-        daemon.stop()
-        baseline.terminate()
-        baseline.wait()
+        if daemon is not None:
+            daemon.stop()
+        for process, _ in baselines.values():
+            process.terminate()
+            process.wait()
     print(json.dumps(results, indent=2))
 
 
