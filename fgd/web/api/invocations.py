@@ -52,9 +52,9 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         # requests) and kept with the event: a retry runs the same one (fgd.versions).
         record = version_route(ctx.store, record)
         event = AsyncEvent.new(record.key, new_request_id(), check_event(data), record.version, record.alias)
-        # Durable before we answer: 202 means it will run (at least once).
-        await ctx.store.run(ctx.store.queue.enqueue, event)
-        ctx.dispatcher.notify()
+        # Durable before we answer: 202 means it will run (at least once). Invocations arriving
+        # together share one transaction (fgd.groupcommit); none is answered before it commits.
+        await ctx.dispatcher.enqueue(event)
         response = json_response(AsyncAccepted(request_id=event.request_id), 202)
         # As on a sync invocation: the answer's X-Request-Id (fgd.web.requestid) is the event's id.
         response.headers["X-Cff-Request-Id"] = event.request_id
