@@ -252,6 +252,8 @@ async def serve(config: Config) -> None:
         inflight,
         metrics,
         BodyBudget(config.server.max_body_memory),
+        dispatcher,
+        config.async_invoke,
     )
 
     # Both listeners run fgd.web.server: hypercorn's protocol code behind fgd's connection cap and

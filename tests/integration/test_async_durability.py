@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, Daemon
+from tests.integration.test_keys import MakeKey, signed
 
 NOOP = "def handler(event, context):\n    return {}\n"
 CONFIG = "[async_invoke]\nconcurrency = 8\nper_function = 8\nretry_base = 0.05\n"
@@ -110,3 +111,42 @@ def test_a_ten_thousand_event_backlog_left_by_a_killed_daemon_drains_after_resta
         assert finished(db, name) == {"SUCCESS": 10_000}
     finally:
         daemon.stop()
+
+
+# -- the route on the lean front (fgd.web.front) keeps the API's checks ------------------------------
+
+
+def test_a_signed_async_invocation_is_queued_and_a_tampered_body_is_refused_unqueued(
+    daemon: Daemon, api: Api, make_key: MakeKey
+) -> None:
+    name = api.deploy(NOOP, strategy_config={"concurrency": 0})["func_name"]
+    key = make_key()
+    path = f"/v2/default/fgs/functions/{name}/invocations-async"
+    url, headers = signed(daemon, key, "POST", path, b'{"n": 1}', content_type="application/json")
+    tampered = httpx.post(url, content=b'{"n": 2}', headers=headers)
+    assert tampered.status_code == 401 and tampered.json()["error_code"] == "FSS.0401"
+    accepted = httpx.post(url, content=b'{"n": 1}', headers=headers)
+    assert accepted.status_code == 202, accepted.text
+    request_id = accepted.json()["request_id"]
+    assert accepted.headers["x-cff-request-id"] == request_id == accepted.headers["x-request-id"]
+    rows = api.http.get(f"/functions/{name}/async-invocations").json()["invocations"]
+    assert [row["request_id"] for row in rows] == [request_id]  # the tampered one was never queued
+
+
+def test_async_invocation_refusals_on_the_front(daemon: Daemon, api: Api) -> None:
+    name = api.deploy(NOOP, strategy_config={"concurrency": 0})["func_name"]
+    no_token = httpx.post(f"{daemon.url}/v2/default/fgs/functions/{name}/invocations-async", content=b"{}")
+    assert no_token.status_code == 401 and no_token.json()["error_code"] == "FSS.0401"
+    unknown = api.http.post("/functions/no-such-function/invocations-async", json={})
+    assert unknown.status_code == 404
+    bad_project = httpx.post(
+        f"{daemon.url}/v2/no.such.project/fgs/functions/{name}/invocations-async",
+        content=b"{}",
+        headers={"X-Auth-Token": daemon.token},
+    )
+    assert bad_project.status_code == 400 and "project_id" in bad_project.json()["error_msg"]
+    too_big = api.http.post(f"/functions/{name}/invocations-async", content=b'"' + b"x" * 300_000 + b'"')
+    assert too_big.status_code == 413 and too_big.json()["error_code"] == "FSS.0413"
+    not_json = api.http.post(f"/functions/{name}/invocations-async", content=b"{not json")
+    assert not_json.status_code == 400 and "JSON" in not_json.json()["error_msg"]
+    assert api.http.get(f"/functions/{name}/async-invocations").json()["invocations"] == []
