@@ -379,3 +379,72 @@ def test_link_with_corrupt_data_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PackageRejected, match="'alias': corrupt data"):
         CodeStore(tmp_path).put(corrupt)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# -- issue 15: one pass per file, one sync per package -------------------------------------------
+
+
+def executable_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, mode in (("index.py", 0o644), ("bin/tool", 0o755)):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFREG | mode) << 16
+            info.create_system = 3
+            archive.writestr(info, b"data of " + name.encode())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o277])
+def test_files_get_their_read_only_modes_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    # The mode is given at creation; a umask that takes bits away is made up for with fchmod.
+    monkeypatch.setattr(codestore, "_UMASK", umask)
+    previous = os.umask(umask)
+    try:
+        tree = CodeStore(tmp_path).tree_path(CodeStore(tmp_path).put(executable_zip()).sha256)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.lstat(tree / "index.py").st_mode) == 0o444
+    assert stat.S_IMODE(os.lstat(tree / "bin" / "tool").st_mode) == 0o555
+    assert (tree / "bin" / "tool").read_bytes() == b"data of bin/tool"
+
+
+def test_the_umask_is_read_without_changing_it() -> None:
+    previous = os.umask(0o027)
+    try:
+        assert codestore._umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still what it was set to
+    finally:
+        os.umask(previous)
+
+
+def test_a_package_is_synced_once_not_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real_syncfs, real_fsync = codestore._sync_filesystem, os.fsync
+    monkeypatch.setattr(codestore, "_sync_filesystem", lambda fd: (calls.append("syncfs"), real_syncfs(fd))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    store = CodeStore(tmp_path)
+    data = make_zip({f"pkg{n // 100}/file{n}.py": f"n = {n}\n" for n in range(500)})
+    ref = store.put(data)
+    # One sync of the file system for the 500 files, then the blob and the two renames' directories.
+    assert calls.count("syncfs") == 1
+    assert calls.count("fsync") <= 3
+    # Synced before it is installed: the tree the function record will point at is whole after a crash.
+    assert (store.tree_path(ref.sha256) / "pkg4" / "file499.py").read_text() == "n = 499\n"
+    calls.clear()
+    store.put(data)  # the same package again: nothing new to extract or sync
+    assert calls.count("syncfs") == 0
+
+
+def test_a_failed_sync_refuses_the_package_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(5, "syncfs of the package store failed: Input/output error")
+
+    monkeypatch.setattr(codestore, "_sync_filesystem", failing)
+    store = CodeStore(tmp_path)
+    with pytest.raises(OSError, match="syncfs"):
+        store.put(make_zip({"index.py": "x = 1\n"}))
+    assert list((tmp_path / "code").iterdir()) == []
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
