@@ -174,14 +174,17 @@ class CodeStore:
         with archive:
             entries = check_entries(archive.infolist(), self.limits)
             staging = Path(tempfile.mkdtemp(dir=self.tmp, prefix="tree-"))
+            source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                self._extract(archive, entries, staging)
+                self._extract(archive, source, entries, staging)
             except BaseException:
                 _remove_tree(staging)
                 raise
+            finally:
+                os.close(source)
         return staging
 
-    def _extract(self, archive: zipfile.ZipFile, entries: list[Entry], staging: Path) -> None:
+    def _extract(self, archive: zipfile.ZipFile, source: int, entries: list[Entry], staging: Path) -> None:
         """Write the entries under `staging` without ever following a link.
 
         Every path component is opened relative to its parent's descriptor with O_NOFOLLOW
@@ -212,7 +215,10 @@ class CodeStore:
                     except OSError as exc:
                         raise _unsafe(entry, exc) from None
                     try:
-                        self._inflate(archive, info, entry, fd, budget)
+                        if info.compress_type in _DIRECT_METHODS:
+                            _inflate_direct(source, info, entry, fd, budget)
+                        else:
+                            self._inflate(archive, info, entry, fd, budget)
                         if _UMASK & mode:
                             os.fchmod(fd, mode)  # a umask took bits away at creation
                     finally:
@@ -318,6 +324,87 @@ class CodeStore:
 
 
 _CENTRAL_HEADER = 46  # the fixed part of a central directory entry (zipfile.sizeCentralDir)
+
+# Stored and deflated entries (nearly all) are read here, one pread of header and data for a
+# small entry; zipfile's reader took three seeks, two reads and a file object per entry, a
+# third of the CPU of extracting many small files. bzip2 and lzma go through zipfile.
+_DIRECT_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+_LOCAL_HEADER = struct.Struct(zipfile.structFileHeader)  # type: ignore[attr-defined]
+# Room read past the name for the local extra field, so that header and data come in one read.
+_EXTRA_ROOM = 256
+
+
+def _inflate_direct(source: int, info: zipfile.ZipInfo, entry: Entry, sink: int, budget: InflateBudget) -> None:
+    """Inflate a stored or deflated entry from the zip's descriptor `source` into `sink`.
+
+    What zipfile checks, checked the same way: the local header's signature, its name equal to
+    the central directory's (decoded as its own flag says), the data's CRC and length against
+    the central directory; the budget refuses output past the declared size as it comes.
+    """
+
+    def corrupt(reason: str) -> PackageRejected:
+        return PackageRejected(f"package entry {show(entry.name)}: corrupt data ({reason})")
+
+    if info.flag_bits & 0x60:
+        raise corrupt("patched data or strong encryption (flag bits 5 and 6) cannot be read")
+    fixed = _LOCAL_HEADER.size
+    offset = info.header_offset
+    guess = fixed + len(info.orig_filename.encode()) + _EXTRA_ROOM
+    first = os.pread(source, guess + min(info.compress_size, CHUNK), offset)
+    if len(first) < fixed:
+        raise corrupt("truncated local header")
+    header = _LOCAL_HEADER.unpack_from(first)
+    if header[0] != zipfile.stringFileHeader:  # type: ignore[attr-defined]
+        raise corrupt("bad magic number for the local header")
+    flags, name_length, extra_length = header[3], header[10], header[11]
+    start = fixed + name_length + extra_length
+    if len(first) < start:
+        first += os.pread(source, start - len(first) + min(info.compress_size, CHUNK), offset + len(first))
+    try:
+        name = first[fixed : fixed + name_length].decode("utf-8" if flags & 0x800 else "cp437")
+    except UnicodeDecodeError as exc:
+        raise corrupt(str(exc)) from None
+    if name != info.orig_filename:
+        raise PackageRejected(
+            f"package entry {show(entry.name)}: its local header names it {show(name)} (the two must agree)"
+        )
+    data = memoryview(first)[start : start + info.compress_size]
+    position, left = offset + start + len(data), info.compress_size - len(data)
+    inflater = zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
+    written = crc = 0
+    while True:
+        pending = bytes(data)
+        while pending or inflater is not None:
+            if inflater is None:
+                out, pending = pending, b""
+            else:
+                try:
+                    # At most one byte past the declared size: enough for the budget to refuse it.
+                    out = inflater.decompress(pending, max(entry.size - written, 0) + 1)
+                except zlib.error as exc:
+                    raise corrupt(str(exc)) from None
+                pending = inflater.unconsumed_tail
+                if not out and not pending:
+                    break
+            budget.take(entry, written, len(out))
+            crc = zlib.crc32(out, crc)
+            view = memoryview(out)
+            while view:
+                view = view[os.write(sink, view) :]
+            written += len(out)
+            if inflater is not None and inflater.eof and not pending:
+                break  # the stream's end: nothing is held back (saves a call per entry)
+        if not left:
+            break
+        data = memoryview(os.pread(source, min(left, CHUNK), position))
+        if not data:
+            raise corrupt("the archive ends inside this entry's data")
+        position, left = position + len(data), left - len(data)
+    if inflater is not None and not inflater.eof:
+        raise corrupt("the compressed data ends before its end marker")
+    budget.finish(entry, written)
+    if crc != info.CRC:
+        raise PackageRejected(f"package entry {show(entry.name)}: its data does not match its header (bad CRC)")
 
 
 def _central_entries_over(path: Path, limit: int) -> bool:

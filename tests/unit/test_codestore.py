@@ -448,3 +448,80 @@ def test_a_failed_sync_refuses_the_package_and_leaves_nothing(tmp_path: Path, mo
         store.put(make_zip({"index.py": "x = 1\n"}))
     assert list((tmp_path / "code").iterdir()) == []
     assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
+
+
+# -- the direct reader of stored and deflated entries (issue 15) ---------------------------------
+
+
+def zip_of(entries: list[tuple[str, bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data, method in entries:
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return buffer.getvalue()
+
+
+def test_every_method_and_size_extracts_byte_for_byte(tmp_path: Path) -> None:
+    noise = os.urandom(3 * codestore.CHUNK + 17)  # several reads, in both directions
+    entries = [
+        ("empty-stored", b"", zipfile.ZIP_STORED),
+        ("empty-deflated", b"", zipfile.ZIP_DEFLATED),
+        ("big-stored", noise, zipfile.ZIP_STORED),
+        ("big-deflated", noise, zipfile.ZIP_DEFLATED),
+        # Many times the read size out of one read (under the 1000:1 ratio rule).
+        ("sparse-deflated", (os.urandom(100) + b"\0" * 50_000) * 80, zipfile.ZIP_DEFLATED),
+        ("small-bzip2", b"bz" * 1000, zipfile.ZIP_BZIP2),
+        ("small-lzma", b"xz" * 1000, zipfile.ZIP_LZMA),
+    ]
+    store = CodeStore(tmp_path)
+    tree = store.tree_path(store.put(zip_of(entries)).sha256)
+    for name, data, _ in entries:
+        assert (tree / name).read_bytes() == data, name
+
+
+def patched(data: bytes, find: bytes, replace: bytes, count: int = 1) -> bytes:
+    assert data.count(find) >= count
+    return data.replace(find, replace, count)
+
+
+def test_a_local_header_naming_another_file_is_refused(tmp_path: Path) -> None:
+    # The central directory says a.py; the local header (what some extractors use) says b.py.
+    data = zip_of([("a.py", b"x = 1\n", zipfile.ZIP_DEFLATED)])
+    with pytest.raises(PackageRejected, match=r"local header names it 'b\.py'"):
+        CodeStore(tmp_path).put(patched(data, b"a.py", b"b.py"))
+
+
+def test_data_that_does_not_match_its_crc_is_refused(tmp_path: Path) -> None:
+    data = zip_of([("a.txt", b"hello, world", zipfile.ZIP_STORED)])
+    with pytest.raises(PackageRejected, match="bad CRC"):
+        CodeStore(tmp_path).put(patched(data, b"hello, world", b"HELLO, world"))
+
+
+def test_a_deflate_stream_cut_short_is_refused(tmp_path: Path) -> None:
+    body = os.urandom(4000)
+    data = bytearray(zip_of([("a.bin", body, zipfile.ZIP_DEFLATED)]))
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("a.bin")
+    start = info.header_offset + 30 + len("a.bin")
+    # The stream's first block header says "final, stored" with a length longer than what follows.
+    data[start : start + 5] = bytes([0x01, 0xFF, 0xFF, 0x00, 0x00])
+    with pytest.raises(PackageRejected, match=r"'a\.bin': corrupt data"):
+        CodeStore(tmp_path).put(bytes(data))
+    assert list((tmp_path / "code").iterdir()) == []
+
+
+def test_an_entry_whose_data_runs_past_the_archive_is_refused(tmp_path: Path) -> None:
+    data = zip_of([("a.bin", os.urandom(2000), zipfile.ZIP_STORED)])
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo("a.bin")
+    # Central directory and local header both claim far more compressed data than there is.
+    bigger = (info.compress_size + 10**6).to_bytes(4, "little")
+    declared = info.compress_size.to_bytes(4, "little")
+    with pytest.raises(PackageRejected, match=r"'a\.bin'"):
+        CodeStore(tmp_path).put(patched(data, declared * 2, bigger * 2, count=2))
+
+
+def test_patched_data_flag_is_refused(tmp_path: Path) -> None:
+    data = bytearray(zip_of([("a.txt", b"x", zipfile.ZIP_STORED)]))
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 8] |= 0x20  # general purpose flag bit 5 in the central directory
+    with pytest.raises(PackageRejected, match=r"'a\.txt': corrupt data \(patched data"):
+        CodeStore(tmp_path).put(bytes(data))
