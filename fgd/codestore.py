@@ -23,6 +23,7 @@ import threading
 import time
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from fgd.model import CodeRef
@@ -54,6 +55,55 @@ def inline_zip(source: bytes, handler: str) -> bytes:
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(info, source)
     return buffer.getvalue()
+
+
+# Zips at least this large are hashed in a thread of their own while they are extracted.
+PARALLEL_HASHING = 4 * 1024 * 1024
+
+
+class _Abandoned(Exception):
+    """Extraction stopped: the package turned out to be stored already."""
+
+
+class _StoredCheck:
+    """Asked between entries: is the package being extracted stored already? (Looked up once its hash is known.)"""
+
+    def __init__(self, store: CodeStore, hashing: _Hashing) -> None:
+        self._store = store
+        self._hashing = hashing
+        self._answer: bool | None = None
+
+    def __call__(self) -> bool:
+        if self._answer is None and self._hashing.done.is_set():
+            ref = self._hashing.ref
+            self._answer = ref is not None and self._store.tree_path(ref.sha256).exists()
+        return bool(self._answer)
+
+
+class _Hashing:
+    """A zip's digests, computed in a thread of its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.ref: CodeRef | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(path,), name="fgd-package-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self, path: Path) -> None:
+        try:
+            self.ref = _digests(path)
+        except BaseException as exc:  # noqa: BLE001 - handed to result()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def result(self) -> CodeRef:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.ref is not None
+        return self.ref
 
 
 def _digests(path: Path) -> CodeRef:
@@ -109,10 +159,26 @@ class CodeStore:
         Safe to call from several threads at once, with the same zip too, and while the
         collector runs: extraction goes to a private staging tree; only the install is serialised.
         """
-        ref = _digests(path)
-        tree = self.tree_path(ref.sha256)
         staging: Path | None = None
         try:
+            if path.stat().st_size < PARALLEL_HASHING:
+                ref = _digests(path)
+            else:
+                # Hashing runs beside validation and extraction (hashlib lets go of the GIL): a
+                # large upload takes the longer of the two, not their sum. A re-upload of a package
+                # already stored is found once its hash is known; its extraction stops there.
+                hashing = _Hashing(path)
+                try:
+                    staging = self._validated_tree(path, abandon=_StoredCheck(self, hashing))
+                except _Abandoned:
+                    pass
+                except PackageRejected:
+                    ref = hashing.result()
+                    if not self.tree_path(ref.sha256).exists():
+                        raise
+                    # Refused now, yet the same bytes are stored: judged by the rules in force then.
+                ref = hashing.result()
+            tree = self.tree_path(ref.sha256)
             while True:
                 with self._lock:
                     # The same sha256 is the same bytes: a tree already there was judged by the rules.
@@ -158,8 +224,11 @@ class CodeStore:
     def read(self, ref: CodeRef) -> bytes:
         return self.blob_path(ref.sha256).read_bytes()
 
-    def _validated_tree(self, path: Path) -> Path:
-        """Judge the zip at `path` and extract it into a new staging tree (returned)."""
+    def _validated_tree(self, path: Path, abandon: Callable[[], bool] | None = None) -> Path:
+        """Judge the zip at `path` and extract it into a new staging tree (returned).
+
+        `abandon` is asked between entries; when it says so, _Abandoned is raised (nothing left behind).
+        """
         # Before zipfile reads the central directory into an object per entry (about 430 bytes
         # each: an 84 MB zip of a million empty entries took 433 MB and 7 s of the daemon's).
         limit = self.limits.max_files + self.limits.max_directories
@@ -176,7 +245,7 @@ class CodeStore:
             staging = Path(tempfile.mkdtemp(dir=self.tmp, prefix="tree-"))
             source = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                self._extract(archive, source, entries, staging)
+                self._extract(archive, source, entries, staging, abandon)
             except BaseException:
                 _remove_tree(staging)
                 raise
@@ -184,7 +253,14 @@ class CodeStore:
                 os.close(source)
         return staging
 
-    def _extract(self, archive: zipfile.ZipFile, source: int, entries: list[Entry], staging: Path) -> None:
+    def _extract(
+        self,
+        archive: zipfile.ZipFile,
+        source: int,
+        entries: list[Entry],
+        staging: Path,
+        abandon: Callable[[], bool] | None = None,
+    ) -> None:
         """Write the entries under `staging` without ever following a link.
 
         Every path component is opened relative to its parent's descriptor with O_NOFOLLOW
@@ -199,6 +275,8 @@ class CodeStore:
         try:
             with _Directories(root) as directories:
                 for entry, info in zip(entries, archive.infolist(), strict=True):
+                    if abandon is not None and abandon():
+                        raise _Abandoned
                     target = self._link_target(archive, info, entry) if entry.kind == "symlink" else ""
                     plan.add(entry, target)
                     if entry.kind == "dir":

@@ -525,3 +525,62 @@ def test_patched_data_flag_is_refused(tmp_path: Path) -> None:
     data[central + 8] |= 0x20  # general purpose flag bit 5 in the central directory
     with pytest.raises(PackageRejected, match=r"'a\.txt': corrupt data \(patched data"):
         CodeStore(tmp_path).put(bytes(data))
+
+
+# -- large zips: hashed beside extraction (issue 15) ---------------------------------------------
+
+
+def many_files(count: int, size: int) -> bytes:
+    return zip_of([(f"d{n // 500}/f{n}.bin", os.urandom(size), zipfile.ZIP_STORED) for n in range(count)])
+
+
+class HashedAtOnce(codestore._Hashing):
+    """The hash known before the first entry is extracted (deterministic, unlike the thread's pace)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.result()
+
+
+def test_a_large_zip_is_hashed_beside_its_extraction(tmp_path: Path) -> None:
+    data = many_files(600, 8192)
+    assert len(data) > codestore.PARALLEL_HASHING
+    store = CodeStore(tmp_path)
+    ref = store.put(data)
+    assert (ref.sha256, ref.sha512, ref.size) == (
+        hashlib.sha256(data).hexdigest(),
+        hashlib.sha512(data).hexdigest(),
+        len(data),
+    )
+    assert store.read(ref) == data
+    assert len(list(store.tree_path(ref.sha256).rglob("*.bin"))) == 600
+
+
+def test_a_large_reupload_stops_extracting_once_its_hash_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = many_files(600, 8192)
+    store = CodeStore(tmp_path)
+    first = store.put(data)
+    extracted: list[str] = []
+    real = codestore._inflate_direct
+    monkeypatch.setattr(codestore, "_Hashing", HashedAtOnce)
+    monkeypatch.setattr(codestore, "_inflate_direct", lambda *a: (extracted.append(a[2].name), real(*a))[1])
+    assert store.put(data) == first
+    assert extracted == []  # found stored before the first entry: nothing extracted again
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
+    other = many_files(600, 8192)  # new bytes: extracted in full
+    store.put(other)
+    assert len(extracted) == 600
+
+
+def test_a_stored_package_refused_by_stricter_limits_is_still_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = many_files(600, 8192)
+    ref = CodeStore(tmp_path).put(data)
+    strict = CodeStore(tmp_path, PackageLimits(max_files=10))
+    # Small or large, the same bytes already stored were judged by the rules in force then.
+    assert strict.put(data) == ref
+    with pytest.raises(PackageRejected, match="600 files"):
+        strict.put(many_files(600, 8192))
