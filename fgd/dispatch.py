@@ -142,7 +142,8 @@ class Dispatcher:
                         self.per_function,
                         only,
                     )
-                    self.turns += 1
+                    if finished or lease.events or lease.given_up:
+                        self.turns += 1  # something was written
                     # Settled: their slots are free now (not before: a slot counts until its outcome is stored).
                     for event in finished:
                         self._release(event)
