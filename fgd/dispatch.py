@@ -62,7 +62,6 @@ class Dispatcher:
         self._depth = depth
         # Counts each run in the metrics and statistics history (Metrics.invoked), as sync ones are.
         self._on_outcome = on_outcome
-        self.destinations = Destinations(store, region, self.notify)
         self._store = store
         self._invoker = invoker
         self._config = config
@@ -74,6 +73,7 @@ class Dispatcher:
         self._changes = 0  # bumped whenever events may have come due: a lease running meanwhile proves nothing
         self._counted = 0.0
         self._enqueues: GroupCommit[AsyncEvent] = GroupCommit(store.run, store.queue.enqueue_many, "the event")
+        self.destinations = Destinations(store, region, self.enqueue)
         # Events run and waiting for the loop to store their outcome.
         self._finished: list[AsyncEvent] = []
         self.turns = 0  # transactions of the loop (settle and lease), for fgd_async_writes
