@@ -14,7 +14,7 @@ from fgd.asyncqueue import AsyncEvent
 from fgd.config import AsyncConfig
 from fgd.dispatch import Dispatcher
 from fgd.errors import Unavailable
-from fgd.groupcommit import GroupCommit
+from fgd.groupcommit import MAX_BATCH, GroupCommit
 from fgd.store import Store
 from tests.unit.test_dispatch import Invoker, record
 
@@ -202,3 +202,22 @@ async def test_the_dispatcher_settles_and_leases_many_events_per_transaction(sto
     # One transaction per turn settles what finished and leases the free slots: about one per
     # eight events here (the stand-in invoker answers at once), never one or two per event.
     assert dispatcher.turns <= 2000 / 4, dispatcher.turns
+
+
+async def test_a_flood_is_committed_in_batches_of_at_most_max_batch() -> None:
+    batches: list[list[int]] = []
+
+    async def run(fn, *args):  # the store's thread, as a checkpoint
+        await trio.sleep(0)
+        return fn(*args)
+
+    group: GroupCommit[int] = GroupCommit(run, batches.append, "the event")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(group.run)
+        async with trio.open_nursery() as clients:
+            for n in range(2500):
+                clients.start_soon(group.submit, n)
+        nursery.cancel_scope.cancel()
+    assert sorted(n for batch in batches for n in batch) == list(range(2500))
+    assert max(len(batch) for batch in batches) <= MAX_BATCH
+    assert len(batches) >= 3
