@@ -457,8 +457,9 @@ def _inflate_direct(source: int, info: zipfile.ZipInfo, entry: Entry, sink: int,
                 out, pending = pending, b""
             else:
                 try:
-                    # At most one byte past the declared size: enough for the budget to refuse it.
-                    out = inflater.decompress(pending, max(entry.size - written, 0) + 1)
+                    # At most CHUNK at a time (memory stays flat however far one read inflates), and
+                    # at most one byte past the declared size: enough for the budget to refuse it.
+                    out = inflater.decompress(pending, min(CHUNK, max(entry.size - written, 0) + 1))
                 except zlib.error as exc:
                     raise corrupt(str(exc)) from None
                 pending = inflater.unconsumed_tail

@@ -584,3 +584,16 @@ def test_a_stored_package_refused_by_stricter_limits_is_still_found(
     assert strict.put(data) == ref
     with pytest.raises(PackageRejected, match="600 files"):
         strict.put(many_files(600, 8192))
+
+
+def test_inflating_one_read_never_holds_more_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 40 MiB of zeros deflate to about 40 KiB: one read of the zip; its output comes a chunk at a time.
+    limits = PackageLimits(max_ratio=10_000)
+    data = zip_of([("zeros", b"\0" * (40 * codestore.CHUNK), zipfile.ZIP_DEFLATED)])
+    writes: list[int] = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, view: (writes.append(len(view)), real_write(fd, view))[1])
+    store = CodeStore(tmp_path, limits)
+    tree = store.tree_path(store.put(data).sha256)
+    assert os.path.getsize(tree / "zeros") == 40 * codestore.CHUNK
+    assert max(writes) <= codestore.CHUNK
