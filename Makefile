@@ -90,11 +90,7 @@ format: $(STAMP)
 
 bench: $(STAMP) $(SHIMS)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages wrk
-	$(BIN)/python bench/warm_invoke.py
-	$(BIN)/python bench/cold_start.py
-	$(BIN)/python bench/packages.py
-	$(BIN)/python bench/density.py
-	$(BIN)/python bench/async_queue.py
+	$(BIN)/python bench/report.py
 
 # Issue 16: the Debian package (debian/, dh; the install step is scripts/install with --destdir),
 # built from this checkout with the build host's Debian python3. Output: $(DEB_OUT)/fgd_*.deb.

@@ -195,6 +195,10 @@ async def serve(config: Config) -> None:
             },
             "fgd_queued_requests Requests waiting for a free instance.": {"": invoker.queued()},
             "fgd_async_queue_depth Asynchronous invocations waiting or running.": {"": async_depth[0]},
+            # Issue 15: how well writes are grouped (transactions per event; bench/async_queue.py).
+            "fgd_async_writes Asynchronous events queued, and SQLite transactions of the queue by kind.": {
+                f'kind="{kind}"': count for kind, count in dispatcher.counts.items()
+            },
             "fgd_memory_budget_megabytes The node's memory budget for instances, and the part in use.": {
                 'kind="total"': invoker.scheduler.memory_budget_mb,
                 'kind="used"': invoker.scheduler.memory_used_mb,
@@ -248,6 +252,8 @@ async def serve(config: Config) -> None:
         inflight,
         metrics,
         BodyBudget(config.server.max_body_memory),
+        dispatcher,
+        config.async_invoke,
     )
 
     # Both listeners run fgd.web.server: fgd's HTTP/1.1 server on h11, with its connection cap and
