@@ -44,9 +44,11 @@ ENV_OFF = "FGD_NETWORK_OFF"
 CLONE_NEWNET = 0x40000000
 INSTANCE_IFNAME = "eth0"
 STATS_INTERVAL = 1.0
-# What an instance is told when it reaches something the policy denies: EHOSTUNREACH at once,
-# not a timeout.
-REJECT = {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}
+# What an instance is told when it reaches something the policy denies, at once rather than a
+# timeout: a TCP reset (ECONNREFUSED), else ICMP administratively prohibited (EHOSTUNREACH). The
+# kernel rate-limits ICMP errors per peer, not resets: a function that keeps trying still gets a
+# fast answer on TCP.
+DENY = {"jump": {"target": "deny"}}
 
 
 class NetworkError(Exception):
@@ -356,6 +358,7 @@ class Network:
             chain("egress"),
             chain("input", type="filter", hook="input", prio=0, policy="accept"),
             chain("to_node"),
+            chain("deny"),
             chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
             # Forwarded: from instances through the policy; to instances only answers.
             rule("forward", from_bridge, {"jump": {"target": "egress"}}),
@@ -364,11 +367,11 @@ class Network:
             # Instances have no IPv6; whatever IPv6 reaches the bridge goes nowhere.
             rule("egress", _match(_meta("nfproto"), "ipv6"), {"drop": None}),
             rule("egress", ESTABLISHED, ACCEPT),
-            rule("egress", _match({"ct": {"key": "state"}}, "new", "in"), count_limit, REJECT),
+            rule("egress", _match({"ct": {"key": "state"}}, "new", "in"), count_limit, DENY),
             rule("egress", _match(DESTINATION, "@node_allow"), ACCEPT),
             rule("egress", _match(SOURCE_DESTINATION, "@fn_allow"), ACCEPT),
             *[rule("egress", _match(_field("ip", "daddr"), "@resolvers"), port, ACCEPT) for _, port in dns],
-            rule("egress", _match(_field("ip", "daddr"), "@denied"), REJECT),
+            rule("egress", _match(_field("ip", "daddr"), "@denied"), DENY),
             rule("egress", ACCEPT),
             # Addressed to the node itself (any of its addresses, the bridge's too).
             rule("input", from_bridge, {"jump": {"target": "to_node"}}),
@@ -376,7 +379,9 @@ class Network:
             rule("to_node", ESTABLISHED, ACCEPT),
             rule("to_node", _match(DESTINATION, "@node_allow"), ACCEPT),
             rule("to_node", _match(SOURCE_DESTINATION, "@fn_allow"), ACCEPT),
-            rule("to_node", REJECT),
+            rule("to_node", DENY),
+            rule("deny", _match(_meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}}),
+            rule("deny", {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
             rule(
                 "postrouting",
                 _match(_field("ip", "saddr"), _prefix(self.subnet)),
