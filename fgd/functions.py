@@ -49,7 +49,7 @@ from fgd.model import (
     settings_of,
     timestamp,
 )
-from fgd.netpolicy import OUTBOUND, FunctionNetwork
+from fgd.netpolicy import NONE, OUTBOUND, FunctionNetwork
 from fgd.store import Store
 from fgd.versions import Versions, is_latest, lookup
 from fgd.web.uploads import decode_inline
@@ -289,7 +289,8 @@ class Functions:
         network = settings.network or FunctionNetwork()
         if network.mode is None:
             # An update that gives only `allow` keeps the mode the function had.
-            mode = current.mode if current is not None and current.mode is not None else config.default_mode
+            default = config.default_mode if config.allow_outbound else NONE
+            mode = current.mode if current is not None and current.mode is not None else default
             network = msgspec.structs.replace(network, mode=mode)
         return msgspec.structs.replace(settings, network=network)
 

@@ -296,7 +296,10 @@ class Network:
     def _make_bridge(self) -> None:
         assert self._ipr is not None
         ipr = self._ipr
-        ipr.link("add", ifname=self.config.bridge, kind="bridge")
+        # A MAC of its own: a bridge without one takes the lowest of its ports', which changes as
+        # instances come and go, and every instance's cached gateway address would go stale.
+        mac = "02:" + ":".join(f"{b:02x}" for b in os.urandom(5))
+        ipr.link("add", ifname=self.config.bridge, kind="bridge", address=mac)
         self._bridge_index = ipr.link_lookup(ifname=self.config.bridge)[0]
         # No IPv6 on the bridge: instances have none, and the node must not answer them on it.
         with contextlib.suppress(OSError):

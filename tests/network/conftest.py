@@ -137,27 +137,27 @@ def lab() -> Iterator[Lab]:
         yield made
 
 
-def lab_config(extra: str = "", gateway_port: int | None = None) -> str:
+def lab_config(network: str = "") -> str:
+    """The lab daemon's config; `network` adds lines to its [network] section."""
     return textwrap.dedent(
         f"""
         [instances]
         idle_keepalive = 60.0
 
         [gateway]
-        listen = "0.0.0.0:{gateway_port or free_port()}"
+        listen = "0.0.0.0:{free_port()}"
 
         [network]
         resolvers = ["198.51.100.53"]
         conntrack_limit = 32
         allow = [{{cidr = "192.168.77.2/32", ports = [1884]}}]
         """
-    ) + textwrap.dedent(extra)
+    ) + textwrap.dedent(network)
 
 
-def lab_daemon(tmp: Path, extra: str = "") -> Daemon:
+def lab_daemon(tmp: Path, network: str = "") -> Daemon:
     """A daemon for the lab (not started); its gateway listens on every address of the node."""
-    daemon = Daemon(tmp / "state", lab_config(extra), env={"FGD_NETWORK_OFF": ""})
-    return daemon
+    return Daemon(tmp / "state", lab_config(network), env={"FGD_NETWORK_OFF": ""})
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_lan_host_is_unreachable_unless_allowed_per_function_or_node_wide(node_a
 
 
 def _listen_for_datagram(api: Api, name: str, port: int, into: list) -> None:
-    into.extend(run_steps(api, name, {"do": "udp_listen", "port": port, "seconds": 3}))
+    into.extend(run_steps(api, name, {"do": "udp_listen", "port": port, "seconds": 4}))
 
 
 def test_another_instance_is_unreachable_unless_allowed(node_api: Api) -> None:
@@ -108,7 +108,7 @@ def test_another_instance_is_unreachable_unless_allowed(node_api: Api) -> None:
     results = run_steps(
         node_api,
         sender,
-        {"do": "udp_send", "host": target_ip, "port": 9999, "times": 10},
+        {"do": "udp_send", "host": target_ip, "port": 9999, "times": 20},
         {"do": "tcp", "host": target_ip, "port": 9999},
     )
     listener.join()
@@ -118,7 +118,7 @@ def test_another_instance_is_unreachable_unless_allowed(node_api: Api) -> None:
     heard = []
     listener = threading.Thread(target=_listen_for_datagram, args=(node_api, target, 9999, heard))
     listener.start()
-    sent = run_steps(node_api, allowed, {"do": "udp_send", "host": target_ip, "port": 9999, "times": 10})
+    sent = run_steps(node_api, allowed, {"do": "udp_send", "host": target_ip, "port": 9999, "times": 20})
     listener.join()
     assert sent == [{"ok": True}]
     assert heard and heard[0].get("got") == "hello"
