@@ -140,7 +140,8 @@ def _doctor_network(config: Config, *, namespaces: bool) -> None:
             f"outbound: NAT from {network.subnet} through bridge {network.bridge}, "
             f"default mode of new functions {network.default_mode}"
         )
-    print(f"{'ok' if ok else 'off':<8} {'network':<18} {detail}")
+    # Not a protection: without it functions have loopback only, the safer side ("info", not "off").
+    print(f"{'ok' if ok else 'info':<8} {'network':<18} {detail}")
 
 
 def _doctor_interpreters(config: Config) -> bool:

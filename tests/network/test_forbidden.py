@@ -51,7 +51,7 @@ def test_doctor_reports_networking_and_why_not(tmp_path: Path) -> None:
         [sys.executable, "-m", "fgd", "doctor", "--config", str(config)], capture_output=True, text=True, env=env
     )
     line = next(line for line in done.stdout.splitlines() if " network " in line)
-    assert line.split()[0] == "off"
+    assert line.split()[0] == "info"
     assert "allow_outbound = false" in line
     config.write_text('[network]\nsubnet = "10.99.0.0/16"\n')
     done = subprocess.run(
