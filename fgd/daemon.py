@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from fgd import __version__, bundled
+from fgd import __version__, bundled, dnsforward
 from fgd.agencies import Agencies
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
@@ -290,6 +290,9 @@ async def serve(config: Config) -> None:
             services.start_soon(keys.run)
             services.start_soon(triggers.run_timers)
             services.start_soon(_refresh_traffic, network)
+            if network.available and network.forwarded:
+                # Issue 14: the node's resolver is a loopback stub: instances ask through the daemon.
+                await services.start(dnsforward.serve, network.gateway, network.subnet, network.forwarded)
             async with trio.open_nursery() as http:
                 binds = []
                 for app_, sock, limits in servers:

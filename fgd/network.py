@@ -380,6 +380,12 @@ class Network:
             rule("input", from_bridge, {"jump": {"target": "to_node"}}),
             rule("to_node", _match(_meta("nfproto"), "ipv6"), {"drop": None}),
             rule("to_node", ESTABLISHED, ACCEPT),
+            # The DNS forwarder (fgd.dnsforward), when the node's resolvers are on loopback.
+            *[
+                rule("to_node", _match(_field("ip", "daddr"), self.gateway), port, ACCEPT)
+                for proto, port in dns
+                if self.forwarded and proto == "udp"
+            ],
             rule("to_node", _match(DESTINATION, "@node_allow"), ACCEPT),
             rule("to_node", _match(SOURCE_DESTINATION, "@fn_allow"), ACCEPT),
             rule("to_node", DENY),
@@ -508,8 +514,16 @@ class Network:
         etc = {**policy.etc_files, "resolv.conf": self.resolv_conf()}
         return msgspec.structs.replace(policy, interfaces=True, etc_files=etc)
 
+    @property
+    def forwarded(self) -> list[str]:
+        """The node's loopback resolvers (a local stub): instances reach them through the daemon's
+        forwarder on the bridge address (fgd.dnsforward)."""
+        return [r for r in self.resolvers if _loopback(r)]
+
     def resolv_conf(self) -> str:
         servers = [r for r in self.resolvers if not _loopback(r)]
+        if self.forwarded:
+            servers.insert(0, self.gateway)
         lines = [f"nameserver {server}" for server in servers[:3]]
         return "\n".join([*lines, "options timeout:2 attempts:2", ""])
 
