@@ -306,11 +306,12 @@ class Invoker:
         settings = record.settings
         lease = network.leases.get(instance.id)
         mode = network.mode_of(settings)
-        allow = settings.network.allow if settings.network is not None else []
-        if allow and lease is not None and mode == "outbound":
-            keep = await trio.to_thread.run_sync(network.specialize, lease, record.key, mode, allow)
+        rules = settings.network
+        if rules is not None and (rules.allow or rules.bandwidth_kbps) and lease is not None and mode == "outbound":
+            # Firewall elements of its own (a libnftables batch): in a worker thread.
+            keep = await trio.to_thread.run_sync(network.specialize, lease, record.key, mode, rules)
         else:
-            keep = network.specialize(lease, record.key, mode, [])
+            keep = network.specialize(lease, record.key, mode, None)
         return network.enter_policy(policy, keep)
 
     def _detach_network(self, instance: Instance) -> None:

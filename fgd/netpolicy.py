@@ -72,6 +72,9 @@ class FunctionNetwork(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     # None in a request: the node's default. Stored resolved.
     mode: Mode | None = None
     allow: Annotated[list[Destination], Meta(max_length=MAX_FUNCTION_DESTINATIONS)] = []
+    # Each instance's traffic, each way, in kilobits per second (packets past it are dropped,
+    # which TCP takes as congestion); None: no limit.
+    bandwidth_kbps: Annotated[int, Meta(ge=64, le=100_000_000)] | None = None
 
 
 def effective_mode(network: FunctionNetwork | None, disable_public_network: bool) -> Mode:

@@ -33,7 +33,7 @@ from pathlib import Path
 import msgspec
 
 from fgd.config import NetworkConfig
-from fgd.netpolicy import DENIED_V4, NONE, OUTBOUND, Destination, Mode, effective_mode
+from fgd.netpolicy import DENIED_V4, NONE, OUTBOUND, Destination, FunctionNetwork, Mode, effective_mode
 from sandbox.policy import EnterPolicy
 
 log = logging.getLogger("fgd.network")
@@ -64,6 +64,8 @@ class Lease(msgspec.Struct):
     # The function it was given (for the traffic counters), and its own allowed destinations.
     function: tuple[str, str, str] | None = None
     elements: list[dict] = []
+    # Whether it has bandwidth limit objects (bw_<instance>_out, _in).
+    limited: bool = False
     # Last counters read: rx/tx bytes and packets of the host end (rx = sent by the instance).
     stats: tuple[int, int, int, int] = (0, 0, 0, 0)
 
@@ -143,6 +145,10 @@ def _meta(key: str) -> dict:
 
 def _field(protocol: str, field: str) -> dict:
     return {"payload": {"protocol": protocol, "field": field}}
+
+
+def _limit_by(field: str, limits: str) -> dict:
+    return {"limit": {"map": {"key": _field("ip", field), "data": limits}}}
 
 
 ESTABLISHED = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
@@ -357,12 +363,19 @@ class Network:
             named_set("resolvers", "ipv4_addr", [], [r for r in self.resolvers if not _loopback(r)]),
             named_set("denied", "ipv4_addr", ["interval"], denied),
             {"add": {"set": {**inet, "name": "ctlimit", "type": "ipv4_addr", "size": 65535}}},
+            *[
+                {"add": {"map": {**inet, "name": f"bandwidth_{d}", "type": "ipv4_addr", "map": "limit"}}}
+                for d in ("out", "in")
+            ],
             chain("forward", type="filter", hook="forward", prio=0, policy="accept"),
             chain("egress"),
             chain("input", type="filter", hook="input", prio=0, policy="accept"),
             chain("to_node"),
             chain("deny"),
             chain("postrouting", type="nat", hook="postrouting", prio=100, policy="accept"),
+            # Per-function bandwidth: each instance's own token buckets, both ways.
+            rule("forward", from_bridge, _limit_by("saddr", "@bandwidth_out"), {"drop": None}),
+            rule("forward", to_bridge, _limit_by("daddr", "@bandwidth_in"), {"drop": None}),
             # Forwarded: from instances through the policy; to instances only answers.
             rule("forward", from_bridge, {"jump": {"target": "egress"}}),
             rule("forward", to_bridge, ESTABLISHED, ACCEPT),
@@ -494,17 +507,46 @@ class Network:
         with self._lock:
             self._taken.discard(address)
 
-    def specialize(self, lease: Lease | None, function: tuple[str, str, str], mode: Mode, allow: list) -> bool:
-        """The instance of `lease` is given a function: its own destinations are allowed (for
-        `outbound`). Whether it keeps its interface."""
+    def specialize(
+        self, lease: Lease | None, function: tuple[str, str, str], mode: Mode, network: FunctionNetwork | None
+    ) -> bool:
+        """The instance of `lease` is given a function: its own destinations are allowed and its
+        bandwidth limited (for `outbound`). Whether it keeps its interface."""
         if lease is None:
             return False
         lease.function = function
         if mode != OUTBOUND or self._nft is None:
             return False
-        if allow:
-            lease.elements = [e for d in allow for e in destination_elements(d, lease.address)]
-            self._nft.run([{"add": {"element": self._set("fn_allow", lease.elements)}}])
+        commands: list[dict] = []
+        if network is not None and network.allow:
+            lease.elements = [e for d in network.allow for e in destination_elements(d, lease.address)]
+            commands.append({"add": {"element": self._set("fn_allow", lease.elements)}})
+        if network is not None and network.bandwidth_kbps:
+            rate = network.bandwidth_kbps * 1000 // 8
+            for direction in ("out", "in"):
+                name = f"bw_{lease.instance_id}_{direction}"
+                commands += [
+                    {
+                        "add": {
+                            "limit": {
+                                "family": "inet",
+                                "table": self.config.table,
+                                "name": name,
+                                "rate": rate,
+                                "per": "second",
+                                "rate_unit": "bytes",
+                                # A tenth of a second's worth at once (at least 16 KiB).
+                                "burst": max(rate // 10, 16384),
+                                "burst_unit": "bytes",
+                                "inv": True,
+                            }
+                        }
+                    },
+                    {"add": {"element": self._set(f"bandwidth_{direction}", [[lease.address, name]])}},
+                ]
+            lease.limited = True
+        if commands:
+            self._nft.run(commands)
         return True
 
     def enter_policy(self, policy: EnterPolicy, keep_interface: bool) -> EnterPolicy:
@@ -549,6 +591,16 @@ class Network:
         if lease.elements and self._nft is not None:
             with contextlib.suppress(Exception):
                 self._nft.run([{"delete": {"element": self._set("fn_allow", lease.elements)}}])
+        if lease.limited and self._nft is not None:
+            for direction in ("out", "in"):
+                name = f"bw_{lease.instance_id}_{direction}"
+                with contextlib.suppress(Exception):
+                    self._nft.run(
+                        [
+                            {"delete": {"element": self._set(f"bandwidth_{direction}", [lease.address])}},
+                            {"delete": {"limit": {"family": "inet", "table": self.config.table, "name": name}}},
+                        ]
+                    )
         self._give_back(lease.address)
 
     # Traffic counters ------------------------------------------------------------------

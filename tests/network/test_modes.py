@@ -43,7 +43,7 @@ def test_disable_public_network_means_none_whatever_the_mode(node_api: Api) -> N
 
 def test_new_functions_get_the_node_default_stored_and_returned(node_api: Api) -> None:
     created = node_api.deploy("def handler(event, context):\n    return 1\n")
-    assert created["network"] == {"mode": "outbound", "allow": []}
+    assert created["network"] == {"mode": "outbound", "allow": [], "bandwidth_kbps": None}
     assert created["network_controller"] is None
     name = created["func_name"]
     # An update giving only allowed destinations keeps the mode the function has.
@@ -54,6 +54,7 @@ def test_new_functions_get_the_node_default_stored_and_returned(node_api: Api) -
     assert changed.json()["network"] == {
         "mode": "outbound",
         "allow": [{"cidr": "192.168.77.2", "ports": [], "protocol": "tcp"}],
+        "bandwidth_kbps": None,
     }
 
 
@@ -64,6 +65,8 @@ def test_bad_network_fields_are_refused_naming_them(node_api: Api) -> None:
         ({"allow": [{"cidr": "192.168.77.2", "ports": [70000]}]}, "ports"),
         ({"allow": [{"cidr": "192.168.77.2", "protocol": "icmp"}]}, "protocol"),
         ({"allow": [{"cidr": "10.0.0.1"}] * 65}, "allow"),
+        ({"bandwidth_kbps": 10}, "bandwidth_kbps"),
+        ({"mode": "outbound", "extra": 1}, "extra"),
     ]:
         response = node_api.create(b"PK\x05\x06" + b"\0" * 18, network=network)
         assert response.status_code == 400, (network, response.text)

@@ -93,3 +93,16 @@ def test_traffic_counts_per_function_in_metrics(node_api: Api) -> None:
     packets = metric_value(metrics_text(node_api), f'fgd_function_network_packets_total{{{label},direction="in"}}')
     # Segments may arrive coalesced (GRO, up to 64 KiB each): at least that many.
     assert packets >= 2_000_000 // 65536
+
+
+def test_bandwidth_limit_per_function(node_api: Api) -> None:
+    size = 1_500_000
+    limited = deploy_probe(node_api, network={"bandwidth_kbps": 4000})  # 500 kB/s
+    free = deploy_probe(node_api)
+    (slow,) = run_steps(node_api, limited, {"do": "download", "host": "198.51.100.10", "size": size})
+    (fast,) = run_steps(node_api, free, {"do": "download", "host": "198.51.100.10", "size": size})
+    assert slow["bytes"] >= size
+    assert fast["bytes"] >= size
+    # 1.5 MB at 500 kB/s: about 3 s (less its burst); unlimited, a small fraction of that.
+    assert slow["seconds"] > 2.0, slow
+    assert fast["seconds"] < 1.0, fast
