@@ -312,6 +312,9 @@ class Invoker:
             keep = await trio.to_thread.run_sync(network.specialize, lease, record.key, mode, rules)
         else:
             keep = network.specialize(lease, record.key, mode, None)
+        if lease is not None and not keep and self._nursery is not None:
+            # The instance leaves its interface behind (sandbox.network): it goes in the background.
+            self._nursery.start_soon(functools.partial(trio.to_thread.run_sync, network.drop_interface, lease))
         return network.enter_policy(policy, keep)
 
     def _detach_network(self, instance: Instance) -> None:

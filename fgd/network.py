@@ -572,6 +572,14 @@ class Network:
     def _set(self, name: str, elements: list[dict]) -> dict:
         return {"family": "inet", "table": self.config.table, "name": name, "elem": elements}
 
+    def drop_interface(self, lease: Lease) -> None:
+        """A `none` function's instance left its interface behind: delete the pair (its address
+        stays taken until the instance is gone)."""
+        if self._ipr is None:
+            return
+        with self._lock, contextlib.suppress(Exception):
+            self._ipr.link("del", ifname=lease.ifname)
+
     def release(self, lease: Lease) -> None:
         """The instance is gone (or going): its counters are kept, its interface, rules and address go."""
         self.leases.pop(lease.instance_id, None)

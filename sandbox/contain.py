@@ -80,7 +80,7 @@ def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) ->
     if enabled.namespaces and not policy.interfaces:
         # Issue 14, network mode `none`: only loopback, whatever the pooled instance was given.
         # (Only in the instance's own network namespace: without one this is the node's.)
-        _step("network", network.keep_only_loopback)
+        _step("network", network.leave_interfaces)
     parent = os.getppid()
     if enabled.capabilities:
         # Needs CAP_SETPCAP, so before the uid changes (which empties the other sets anyway).
