@@ -326,7 +326,8 @@ class Invoker:
         if self._nursery is not None:
             self._nursery.start_soon(functools.partial(trio.to_thread.run_sync, network.release, lease))
         else:
-            network.release(lease)
+            # Shutting down: Network.stop removes every interface at once after this.
+            network.leases.pop(instance.id, None)
 
     async def _release_cgroups(self) -> None:
         while True:

@@ -71,3 +71,22 @@ def test_config_refuses_a_public_or_malformed_instance_range(tmp_path: Path) -> 
         )
         assert done.returncode != 0
         assert "subnet" in done.stderr, done.stderr
+
+
+def test_an_instance_range_the_node_uses_makes_networking_unavailable_not_broken(lab: Lab, tmp_path: Path) -> None:
+    daemon = lab_daemon(
+        tmp_path, 'bridge = "fgdo0"\ntable = "fgdo"\nveth_prefix = "fgdo"\nsubnet = "192.168.77.0/24"\n'
+    )
+    daemon.start()
+    try:
+        network = httpx.get(f"{daemon.url}/healthz").json()["network"]
+        assert network["available"] is False
+        assert "overlaps the node's address 192.168.77.5/24" in network["detail"]
+        # Nothing half-made is left, and functions run (with loopback only).
+        assert not [link for link in lab.node_links() if link.startswith("fgdo")]
+        assert "fgdo" not in lab.node_tables()
+        api = Api(daemon)
+        name = deploy_probe(api)
+        assert run_steps(api, name, {"do": "interfaces"}) == [{"names": ["lo"]}]
+    finally:
+        daemon.stop()
