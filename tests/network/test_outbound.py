@@ -106,3 +106,9 @@ def test_bandwidth_limit_per_function(node_api: Api) -> None:
     # 1.5 MB at 500 kB/s: about 3 s (less its burst); unlimited, a small fraction of that.
     assert slow["seconds"] > 2.0, slow
     assert fast["seconds"] < 1.0, fast
+
+
+def test_ipv6_goes_nowhere(node_api: Api) -> None:
+    name = deploy_probe(node_api)
+    (documentation,) = run_steps(node_api, name, {"do": "tcp", "host": "2001:db8::1", "port": 80})
+    assert documentation == {"error": "ENETUNREACH"}

@@ -85,3 +85,47 @@ def test_destination_refuses_ipv6_and_garbage() -> None:
         msgspec.convert({"cidr": "1.2.3.4", "ports": [0]}, Destination)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"cidr": "1.2.3.4", "ports": [65536]}, Destination)
+
+
+def test_effective_mode_disable_public_network_wins() -> None:
+    from fgd.netpolicy import FunctionNetwork, effective_mode
+
+    assert effective_mode(None, False) == "outbound"  # stored before networking: FunctionGraph's default
+    assert effective_mode(FunctionNetwork(mode="none"), False) == "none"
+    assert effective_mode(FunctionNetwork(mode="outbound"), True) == "none"
+    assert effective_mode(FunctionNetwork(mode="outbound"), False) == "outbound"
+
+
+def test_unavailable_networking_gives_every_function_loopback_only() -> None:
+    from fgd.model import FunctionSettings
+    from fgd.netpolicy import FunctionNetwork
+
+    network = Network(NetworkConfig(), available=False, detail="not root")
+    settings = FunctionSettings(handler="index.handler", network=FunctionNetwork(mode="outbound"))
+    assert network.mode_of(settings) == "none"
+    assert Network(NetworkConfig(), available=True, detail="ok").mode_of(settings) == "outbound"
+
+
+def test_addresses_are_handed_out_round_robin_and_run_out_with_a_message() -> None:
+    import pytest
+
+    from fgd.network import NetworkError
+
+    network = Network(NetworkConfig(subnet="10.9.0.0/24"), available=True, detail="")
+    assert network.gateway == "10.9.0.1"
+    taken = [network._take_address() for _ in range(253)]
+    assert taken[:3] == ["10.9.0.2", "10.9.0.3", "10.9.0.4"] and taken[-1] == "10.9.0.254"
+    with pytest.raises(NetworkError, match="all 253 addresses"):
+        network._take_address()
+    network._give_back("10.9.0.3")
+    network._give_back("10.9.0.7")
+    # The one freed first comes back first, each only once.
+    assert [network._take_address(), network._take_address()] == ["10.9.0.3", "10.9.0.7"]
+
+
+def test_resolv_conf_names_the_forwarder_for_a_loopback_stub() -> None:
+    network = Network(NetworkConfig(), available=True, detail="")
+    network.resolvers = ["127.0.0.53"]
+    assert network.resolv_conf().splitlines()[0] == "nameserver 10.213.0.1"
+    network.resolvers = ["192.168.1.1", "9.9.9.9"]
+    assert network.resolv_conf().splitlines()[:2] == ["nameserver 192.168.1.1", "nameserver 9.9.9.9"]
