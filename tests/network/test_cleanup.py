@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import RUNTIME
 from tests.network.conftest import Lab, lab_daemon
@@ -52,6 +53,7 @@ def start_pool(daemon) -> None:
     assert api.post("/functions/warm/invocations", json={}).status_code == 200
 
 
+@pytest.mark.slow
 def test_everything_goes_at_sigterm_and_after_a_sigkill_at_the_next_start(lab: Lab, tmp_path: Path) -> None:
     daemon = lab_daemon(tmp_path, OWN_NAMES)
     daemon.start()

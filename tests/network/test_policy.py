@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from tests.conftest import Api, Daemon
 from tests.network.conftest import NODE_ADDRESS, Lab, deploy_probe, run_steps
 
@@ -97,6 +99,7 @@ def _listen_for_datagram(api: Api, name: str, port: int, into: list) -> None:
     into.extend(run_steps(api, name, {"do": "udp_listen", "port": port, "seconds": 4}))
 
 
+@pytest.mark.slow
 def test_another_instance_is_unreachable_unless_allowed(node_api: Api) -> None:
     target = deploy_probe(node_api)
     ((address),) = run_steps(node_api, target, {"do": "address"})
