@@ -222,7 +222,7 @@ async def serve(config: Config) -> None:
     async_depth = [0]
     metrics = Metrics(gauges, functions=store.functions, logs=logs, instances=instances_of)
     if network.available:
-        metrics.extra.append(functools.partial(network.metric_lines, label_of))
+        metrics.extra.append(functools.partial(network.metric_lines, label_of, store.functions.__contains__))
     dispatcher = Dispatcher(
         store, invoker, config.async_invoke, async_depth, config.server.region, on_outcome=metrics.invoked
     )

@@ -650,9 +650,12 @@ class Network:
                 total[i] += value
         return result
 
-    def metric_lines(self, label) -> list[str]:
-        """Prometheus lines: fgd_function_network_{bytes,packets}_total{function, direction}."""
-        traffic = self.traffic()
+    def metric_lines(self, label, alive) -> list[str]:
+        """Prometheus lines: fgd_function_network_{bytes,packets}_total{function, direction}, for
+        the functions `alive` says exist (a deleted function's totals are dropped)."""
+        for key in [k for k in self.totals if not alive(k)]:
+            del self.totals[key]
+        traffic = {key: values for key, values in self.traffic().items() if alive(key)}
         out = []
         for metric, what, offset in (("bytes", "Bytes", 0), ("packets", "Packets", 1)):
             name = f"fgd_function_network_{metric}_total"

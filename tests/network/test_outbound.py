@@ -93,6 +93,9 @@ def test_traffic_counts_per_function_in_metrics(node_api: Api) -> None:
     packets = metric_value(metrics_text(node_api), f'fgd_function_network_packets_total{{{label},direction="in"}}')
     # Segments may arrive coalesced (GRO, up to 64 KiB each): at least that many.
     assert packets >= 2_000_000 // 65536
+    # A deleted function's series go.
+    assert node_api.http.delete(f"/functions/{name}").status_code in (200, 204)
+    assert label not in metrics_text(node_api)
 
 
 def test_bandwidth_limit_per_function(node_api: Api) -> None:
