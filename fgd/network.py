@@ -468,6 +468,12 @@ class Network:
         except OSError as exc:
             self._give_back(address)
             raise NetworkError(f"the instance's network namespace is gone: {exc.strerror}") from None
+        if os.fstat(netns).st_ino == os.stat("/proc/thread-self/ns/net").st_ino:
+            # The pid is no longer the instance's (it died and the number was reused): never give
+            # the node's own namespace an instance's interface, address and routes.
+            os.close(netns)
+            self._give_back(address)
+            raise NetworkError("the instance has no network namespace of its own (it is gone)")
         try:
             with self._lock:
                 # The peer is made inside the instance's namespace: it never exists on the node.

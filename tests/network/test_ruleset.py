@@ -129,3 +129,18 @@ def test_resolv_conf_names_the_forwarder_for_a_loopback_stub() -> None:
     assert network.resolv_conf().splitlines()[0] == "nameserver 10.213.0.1"
     network.resolvers = ["192.168.1.1", "9.9.9.9"]
     assert network.resolv_conf().splitlines()[:2] == ["nameserver 192.168.1.1", "nameserver 9.9.9.9"]
+
+
+def test_attach_refuses_the_daemons_own_namespace() -> None:
+    """A pid that is not an instance's (here our own) is never given an instance's interface."""
+    import os
+
+    import pytest
+
+    from fgd.network import NetworkError
+
+    network = Network(NetworkConfig(), available=True, detail="")
+    network._ipr = object()  # never reached: the check comes first
+    with pytest.raises(NetworkError, match="no network namespace of its own"):
+        network.attach("abc", os.getpid())
+    assert network._taken == set()
