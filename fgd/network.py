@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
+import psutil
 
 from fgd.config import NetworkConfig
 from fgd.netpolicy import DENIED_V4, NONE, OUTBOUND, Destination, FunctionNetwork, Mode, effective_mode
@@ -193,6 +194,8 @@ class Network:
         self._nft = None
         self._bridge_index = 0
         self._forwarding_was = ""
+        # Whether the names are this daemon's to remove (no other live daemon's).
+        self._owned = False
 
     # Mode of a function ----------------------------------------------------------
 
@@ -219,6 +222,8 @@ class Network:
         try:
             self._ipr = IPRoute()
             self._nft = Nft()
+            self._check_owner()
+            self._owned = True
             removed = self.remove_stale()
             if removed:
                 log.info("removed network objects left by a previous run: %s", ", ".join(removed))
@@ -231,8 +236,9 @@ class Network:
             self.available = False
             self.detail = f"cannot set up instance networking: {exc}"
             log.error("%s; functions get loopback only", self.detail)
-            with contextlib.suppress(Exception):
-                self.remove_stale()
+            if self._owned:
+                with contextlib.suppress(Exception):
+                    self.remove_stale()
             self._close_handles()
             return
         log.info(
@@ -249,7 +255,7 @@ class Network:
 
     def stop(self) -> None:
         """At exit: the tables, the bridge and every instance interface go."""
-        if self._ipr is None:
+        if self._ipr is None or not self._owned:
             return
         with contextlib.suppress(Exception):
             self.remove_stale()
@@ -288,6 +294,28 @@ class Network:
                         self._ipr.link("del", index=link["index"])
                         removed.append(name)
         return removed
+
+    def _check_owner(self) -> None:
+        """Another live daemon's tables and bridge (the same names, in this network namespace) are
+        left alone: networking is unavailable here until the names differ."""
+        from fgd.nft import NftError
+
+        assert self._nft is not None
+        try:
+            answer = self._nft.run([{"list": {"set": {"family": "inet", "table": self.config.table, "name": "owner"}}}])
+        except NftError:
+            return  # no table, or one without an owner: stale either way
+        owners = [e for obj in answer if "set" in obj for e in obj["set"].get("elem", []) if isinstance(e, int)]
+        for pid in owners:
+            if pid == os.getpid():
+                continue
+            with contextlib.suppress(psutil.Error):
+                if any("fgd" in part for part in psutil.Process(pid).cmdline()):
+                    raise NetworkError(
+                        f"the fgd daemon with pid {pid} owns the table {self.config.table} and bridge "
+                        f"{self.config.bridge}; give this daemon other [network] names (table, bridge, "
+                        "veth_prefix, subnet)"
+                    )
 
     def _check_subnet(self) -> None:
         """The instance range must not be one the node already uses (its LAN, a VPN)."""
@@ -362,6 +390,8 @@ class Network:
             named_set("fn_allow", ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], ["interval"], []),
             named_set("resolvers", "ipv4_addr", [], [r for r in self.resolvers if not _loopback(r)]),
             named_set("denied", "ipv4_addr", ["interval"], denied),
+            # The daemon that owns the tables (a second daemon on the node leaves them alone).
+            named_set("owner", "mark", [], [os.getpid()]),
             {"add": {"set": {**inet, "name": "ctlimit", "type": "ipv4_addr", "size": 65535}}},
             *[
                 {"add": {"map": {**inet, "name": f"bandwidth_{d}", "type": "ipv4_addr", "map": "limit"}}}

@@ -84,3 +84,27 @@ def test_everything_goes_at_sigterm_and_after_a_sigkill_at_the_next_start(lab: L
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.stop(signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_second_daemon_with_the_same_names_leaves_the_first_ones_alone(lab: Lab, tmp_path: Path) -> None:
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    first = lab_daemon(tmp_path / "first", OWN_NAMES)
+    second = lab_daemon(tmp_path / "second", OWN_NAMES)
+    first.start()
+    try:
+        second.start()
+        try:
+            network = httpx.get(f"{second.url}/healthz").json()["network"]
+            assert network["available"] is False
+            assert f"pid {first.process.pid} owns the table fgdc" in network["detail"]
+        finally:
+            second.stop()
+        # The first one's bridge and tables are still there, and still its own.
+        assert "fgdc0" in ours(lab)
+        assert "table inet fgdc" in lab.node_tables()
+        assert httpx.get(f"{first.url}/healthz").json()["network"]["available"] is True
+    finally:
+        first.stop()
+    assert ours(lab) == []
