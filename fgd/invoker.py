@@ -290,7 +290,7 @@ class Invoker:
     # Issue 14: the instance's interface (fgd.network) --------------------------------
 
     async def _attach_network(self, instance: Instance) -> None:
-        """A pooled instance gets its veth now, off the request path (a `none` function's removes it)."""
+        """A pooled instance gets its veth now, off the request path (a `none` function's leaves it)."""
         network = self.network
         if network is None or not network.available or self.sandbox is None or not self.sandbox.protections.namespaces:
             return
