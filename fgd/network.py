@@ -224,6 +224,7 @@ class Network:
             self._nft = Nft()
             self._check_owner()
             self._owned = True
+            self._forwarding_was = self._node_forwarding()
             removed = self.remove_stale()
             if removed:
                 log.info("removed network objects left by a previous run: %s", ", ".join(removed))
@@ -259,11 +260,26 @@ class Network:
             return
         with contextlib.suppress(Exception):
             self.remove_stale()
-        if self._forwarding_was == "0":
+        if self._forwarding_was == "0" and not self._other_daemons():
             with contextlib.suppress(OSError):
                 Path("/proc/sys/net/ipv4/ip_forward").write_text("0")
         self.leases.clear()
         self._close_handles()
+
+    def _other_daemons(self) -> bool:
+        """Whether another fgd's tables (other names, this namespace) still need forwarding."""
+        from fgd.nft import NftError
+
+        assert self._nft is not None
+        try:
+            tables = [o["table"]["name"] for o in self._nft.run([{"list": {"tables": None}}]) if "table" in o]
+        except NftError:
+            return False
+        for name in tables:
+            with contextlib.suppress(NftError):
+                self._nft.run([{"list": {"set": {"family": "inet", "table": name, "name": "owner"}}}])
+                return True
+        return False
 
     def _close_handles(self) -> None:
         if self._ipr is not None:
@@ -343,12 +359,28 @@ class Network:
         ipr.addr("add", index=self._bridge_index, address=self.gateway, prefixlen=self.prefixlen)
         ipr.link("set", index=self._bridge_index, state="up")
 
+    def _node_forwarding(self) -> str:
+        """Whether the node forwarded IPv4 before any fgd: as a daemon killed with SIGKILL left it
+        noted in its tables (it had turned forwarding on), else as it is now."""
+        from fgd.nft import NftError
+
+        assert self._nft is not None
+        with contextlib.suppress(NftError):
+            listed = self._nft.run(
+                [{"list": {"set": {"family": "inet", "table": self.config.table, "name": "node_forwarding"}}}]
+            )
+            noted = [e for obj in listed if "set" in obj for e in obj["set"].get("elem", []) if isinstance(e, int)]
+            if noted:
+                return str(noted[0])
+        return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+
     def _enable_forwarding(self) -> None:
-        path = Path("/proc/sys/net/ipv4/ip_forward")
-        self._forwarding_was = path.read_text().strip()
         if self._forwarding_was != "1":
-            path.write_text("1")
-            log.info("enabled IPv4 forwarding (net.ipv4.ip_forward) for instance traffic")
+            Path("/proc/sys/net/ipv4/ip_forward").write_text("1")
+            log.info(
+                "enabled IPv4 forwarding (net.ipv4.ip_forward) for instance traffic only: the node "
+                "still forwards nothing else"
+            )
 
     def ruleset(self) -> list[dict]:
         """The daemon's tables as one atomic batch."""
@@ -392,6 +424,8 @@ class Network:
             named_set("denied", "ipv4_addr", ["interval"], denied),
             # The daemon that owns the tables (a second daemon on the node leaves them alone).
             named_set("owner", "mark", [], [os.getpid()]),
+            # Whether the node forwarded before fgd turned forwarding on (restored at exit).
+            named_set("node_forwarding", "mark", [], [1 if self._forwarding_was == "1" else 0]),
             {"add": {"set": {**inet, "name": "ctlimit", "type": "ipv4_addr", "size": 65535}}},
             *[
                 {"add": {"map": {**inet, "name": f"bandwidth_{d}", "type": "ipv4_addr", "map": "limit"}}}
@@ -410,6 +444,20 @@ class Network:
             rule("forward", from_bridge, {"jump": {"target": "egress"}}),
             rule("forward", to_bridge, ESTABLISHED, ACCEPT),
             rule("forward", to_bridge, {"drop": None}),
+            # Forwarding was off before fgd: it stays off for everything but the instances (a node
+            # with two interfaces does not become a router between them).
+            *(
+                [
+                    rule(
+                        "forward",
+                        _match(_meta("iifname"), bridge, "!="),
+                        _match(_meta("oifname"), bridge, "!="),
+                        {"drop": None},
+                    )
+                ]
+                if self._forwarding_was != "1"
+                else []
+            ),
             # Instances have no IPv6; whatever IPv6 reaches the bridge goes nowhere.
             rule("egress", _match(_meta("nfproto"), "ipv6"), {"drop": None}),
             rule("egress", ESTABLISHED, ACCEPT),

@@ -21,6 +21,11 @@ OWN_NAMES = """
 """
 
 
+def forwarding() -> str:
+    """net.ipv4.ip_forward of this thread's network namespace (the lab's node)."""
+    return Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
+
+
 def ours(lab: Lab) -> list[str]:
     return [name for name in lab.node_links() if name.startswith("fgdc")]
 
@@ -63,9 +68,12 @@ def test_everything_goes_at_sigterm_and_after_a_sigkill_at_the_next_start(lab: L
         links = wait_for_pool(lab)
         assert "fgdc0" in links
         assert "table inet fgdc" in lab.node_tables()
+        assert forwarding() == "1"
         assert daemon.stop(signal.SIGTERM) == 0
         assert ours(lab) == []
         assert "fgdc" not in lab.node_tables()
+        # The node did not forward before the daemon: it does not after.
+        assert forwarding() == "0"
 
         daemon.start()
         start_pool(daemon)
@@ -81,6 +89,8 @@ def test_everything_goes_at_sigterm_and_after_a_sigkill_at_the_next_start(lab: L
         assert daemon.stop(signal.SIGTERM) == 0
         assert ours(lab) == []
         assert "fgdc" not in lab.node_tables()
+        # The killed daemon's note in its tables said forwarding was off before it.
+        assert forwarding() == "0"
     finally:
         if daemon.process is not None and daemon.process.poll() is None:
             daemon.stop(signal.SIGKILL)

@@ -144,3 +144,32 @@ def test_attach_refuses_the_daemons_own_namespace() -> None:
     with pytest.raises(NetworkError, match="no network namespace of its own"):
         network.attach("abc", os.getpid())
     assert network._taken == set()
+
+
+def test_a_node_that_did_not_forward_forwards_only_for_instances() -> None:
+    network = Network(NetworkConfig(), available=True, detail="")
+    network._forwarding_was = "0"
+    rules = [c["add"]["rule"] for c in network.ruleset() if "rule" in c.get("add", {})]
+    neither = [
+        r["expr"]
+        for r in rules
+        if r["chain"] == "forward" and [m.get("match", {}).get("op") for m in r["expr"][:2]] == ["!=", "!="]
+    ]
+    assert neither == [
+        [
+            {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "fgd0"}},
+            {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": "fgd0"}},
+            {"drop": None},
+        ]
+    ]
+    # A node that forwarded already (a router, docker) keeps forwarding as it did.
+    network._forwarding_was = "1"
+    rules = [c["add"]["rule"] for c in network.ruleset() if "rule" in c.get("add", {})]
+    assert not [
+        r
+        for r in rules
+        if r["chain"] == "forward"
+        and r["expr"][-1] == {"drop": None}
+        and len(r["expr"]) == 3
+        and r["expr"][0]["match"]["op"] == "!="
+    ]
