@@ -179,10 +179,12 @@ class Network:
         self.available = available
         self.detail = detail
         self.subnet = ipaddress.IPv4Network(config.subnet)
-        hosts = self.subnet.hosts()
-        self.gateway = str(next(hosts))
+        # The first address is the bridge's; instances get the rest but the broadcast address
+        # (computed, not listed: a /8 has 16 million).
+        self.gateway = str(self.subnet.network_address + 1)
         self.prefixlen = self.subnet.prefixlen
-        self._addresses = [str(a) for a in hosts]
+        self._first = int(self.subnet.network_address) + 2
+        self._count = self.subnet.num_addresses - 3
         self._next = 0
         self._taken: set[str] = set()
         self.leases: dict[str, Lease] = {}
@@ -524,14 +526,14 @@ class Network:
 
     def _take_address(self) -> str:
         """Round-robin, so an address freed a moment ago (its conntrack entries) comes back last."""
-        count = len(self._addresses)
-        for step in range(count):
-            address = self._addresses[(self._next + step) % count]
+        for step in range(min(self._count, len(self._taken) + 1)):
+            offset = (self._next + step) % self._count
+            address = str(ipaddress.IPv4Address(self._first + offset))
             if address not in self._taken:
-                self._next = (self._next + step + 1) % count
+                self._next = (offset + 1) % self._count
                 self._taken.add(address)
                 return address
-        raise NetworkError(f"all {count} addresses of [network] subnet {self.subnet} are in use")
+        raise NetworkError(f"all {self._count} addresses of [network] subnet {self.subnet} are in use")
 
     def attach(self, instance_id: str, pid: int) -> Lease:
         """Give the instance whose sandbox process is `pid` its interface (a pooled instance)."""

@@ -173,3 +173,12 @@ def test_a_node_that_did_not_forward_forwards_only_for_instances() -> None:
         and len(r["expr"]) == 3
         and r["expr"][0]["match"]["op"] == "!="
     ]
+
+
+def test_a_large_instance_range_costs_nothing_up_front() -> None:
+    import time
+
+    started = time.perf_counter()
+    network = Network(NetworkConfig(subnet="10.0.0.0/8"), available=True, detail="")
+    assert network._take_address() == "10.0.0.2"
+    assert time.perf_counter() - started < 0.05
