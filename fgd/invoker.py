@@ -309,7 +309,10 @@ class Invoker:
         rules = settings.network
         if rules is not None and (rules.allow or rules.bandwidth_kbps) and lease is not None and mode == "outbound":
             # Firewall elements of its own (a libnftables batch): in a worker thread.
-            keep = await trio.to_thread.run_sync(network.specialize, lease, record.key, mode, rules)
+            try:
+                keep = await trio.to_thread.run_sync(network.specialize, lease, record.key, mode, rules)
+            except NetworkError as exc:
+                raise InstanceGone(str(exc)) from None
         else:
             keep = network.specialize(lease, record.key, mode, None)
         if lease is not None and not keep and self._nursery is not None:

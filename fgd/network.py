@@ -632,7 +632,12 @@ class Network:
                 ]
             lease.limited = True
         if commands:
-            self._nft.run(commands)
+            from fgd.nft import NftError
+
+            try:
+                self._nft.run(commands)
+            except NftError as exc:
+                raise NetworkError(f"cannot apply the function's network rules: {exc}") from None
         return True
 
     def enter_policy(self, policy: EnterPolicy, keep_interface: bool) -> EnterPolicy:
