@@ -13,7 +13,9 @@ WHEELHOUSE ?= $(HOME)/.cache/fgd/wheels
 STATE_DIR ?= $(CURDIR)/.fgd-state
 LISTEN ?= 127.0.0.1:8900
 # libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
-DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
+# Issue 14: libnftables1 is the instances' firewall (fgd.nft); nftables (the nft command) and
+# iproute2 (ip) are for the operator and tests/network's lab.
+DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps libnftables1 nftables iproute2
 
 .PHONY: run test lint format bench system-packages runtimes clean bundled install uninstall deb test-install
 

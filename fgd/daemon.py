@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from fgd import __version__, bundled
+from fgd import __version__, bundled, dnsforward
 from fgd.agencies import Agencies
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
@@ -33,7 +33,8 @@ from fgd.interpreters import Catalogue, discover
 from fgd.invoker import Invoker
 from fgd.keys import Keys
 from fgd.logs import LogSink
-from fgd.metrics import Metrics
+from fgd.metrics import Metrics, label_of
+from fgd.network import Network, availability
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.triggers import Triggers
@@ -140,6 +141,9 @@ async def serve(config: Config) -> None:
     shared = [Mount(str(bundled_root), bundled.SANDBOX_ROOT)] if bundled_root else []
     sandbox = build_sandbox(config, state_dir, shared)
     catalogue = await find_runtimes(config)
+    # Issue 14: the bridge, the firewall tables, stale ones removed first (fgd.network).
+    network = build_network(config, sandbox)
+    await trio.to_thread.run_sync(network.start)
     for name in config.runtimes.preload:
         if catalogue.serving(name) is None:
             raise StartupError(f"[runtimes] preload: {catalogue.refusal(name)}")
@@ -152,7 +156,9 @@ async def serve(config: Config) -> None:
     dependencies = Dependencies(store, packager, names)
     invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies, Agencies(config.agencies))
     invoker.bundled_root = str(bundled_root) if bundled_root else None
+    invoker.network = network
     functions = Functions(store, code, invoker, logs, dependencies, config.server.region, catalogue, config.code_fetch)
+    functions.network_config = config.network
 
     def health() -> dict:
         # A zygote not started yet is fine (it starts on first use); one being restarted is not.
@@ -180,6 +186,8 @@ async def serve(config: Config) -> None:
                 if interpreter.key in invoker.pools
             },
             "functions": len(store.functions),
+            # Issue 14: whether functions can have `outbound`, and why not.
+            "network": network.health(),
         }
 
     def gauges() -> dict[str, dict[str, float]]:
@@ -217,6 +225,8 @@ async def serve(config: Config) -> None:
     # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.
     async_depth = [0]
     metrics = Metrics(gauges, functions=store.functions, logs=logs, instances=instances_of)
+    if network.available:
+        metrics.extra.append(functools.partial(network.metric_lines, label_of, store.functions.__contains__))
     dispatcher = Dispatcher(
         store, invoker, config.async_invoke, async_depth, config.server.region, on_outcome=metrics.invoked
     )
@@ -285,6 +295,10 @@ async def serve(config: Config) -> None:
             services.start_soon(dispatcher.run)
             services.start_soon(keys.run)
             services.start_soon(triggers.run_timers)
+            services.start_soon(_refresh_traffic, network)
+            if network.available and network.forwarded:
+                # Issue 14: the node's resolver is a loopback stub: instances ask through the daemon.
+                await services.start(dnsforward.serve, network.gateway, network.subnet, network.forwarded)
             async with trio.open_nursery() as http:
                 binds = []
                 for app_, sock, limits in servers:
@@ -313,10 +327,30 @@ async def serve(config: Config) -> None:
             services.cancel_scope.cancel()
     finally:
         invoker.kill_all()
+        # Issue 14: the tables, the bridge and every instance interface go with the daemon.
+        network.stop()
         sandbox.close()
         keys.flush_at_exit()
         store.close()
     log.info("fgd stopped")
+
+
+def build_network(config: Config, sandbox: Sandbox) -> Network:
+    """Issue 14: whether instances can have `outbound` here; said once at start when they cannot."""
+    root = os.geteuid() == 0
+    available, detail = availability(config.network, root=root, namespaces=sandbox.protections.namespaces)
+    if not available:
+        log.warning("instance networking unavailable: %s; every function has loopback only", detail)
+    return Network(config.network, available=available, detail=detail)
+
+
+async def _refresh_traffic(network: Network) -> None:
+    """Per-instance traffic counters for /metrics, read in a worker thread."""
+    if not network.available:
+        return
+    while True:
+        await trio.sleep(1.0)
+        await trio.to_thread.run_sync(network.refresh_stats)
 
 
 async def _collect_packages(

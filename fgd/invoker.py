@@ -27,6 +27,7 @@ from fgd.errors import InvalidParameter, NotFound, Throttled, Unavailable
 from fgd.instance import Instance, InstanceGone, LogLimits, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
+from fgd.network import Network, NetworkError
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
@@ -35,6 +36,7 @@ from fgd.zygote import Zygote, Zygotes, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
 from sandbox.cgroups import memory_limit as cgroup_memory_limit
+from sandbox.policy import EnterPolicy
 
 # An instance OOM-killed while using less than this share of its own limit was killed because
 # the node (the daemon's own cgroup) ran out, not for its own use.
@@ -183,6 +185,8 @@ class Invoker:
         budget = scheduling.memory_budget_mb or int(usable / 2**20 * scheduling.memory_budget_fraction)
         self.scheduler = Scheduler(time.monotonic, budget, scheduling.function_memory_share)
         self._by_id: dict[str, Instance] = {}
+        # Issue 14: the instances' network (fgd.network), set by the daemon; None: loopback only.
+        self.network: Network | None = None
         self._waiters: dict[str, _Waiter] = {}
         self._reserved_changed = trio.Event()
 
@@ -271,6 +275,7 @@ class Invoker:
                 assert self._nursery is not None
                 self._nursery.start_soon(instance.pump_output)
                 await instance.contain()
+                await self._attach_network(instance)
         except BaseException as exc:
             # Whatever stopped it (a dead zygote, a deadline, shutdown mid-start), it leaves nothing behind.
             self._retire_instance(instance)
@@ -285,6 +290,52 @@ class Invoker:
         """Kill an instance and queue its cgroup for removal."""
         instance.close()
         self._releasing.append(instance)
+        self._detach_network(instance)
+
+    # Issue 14: the instance's interface (fgd.network) --------------------------------
+
+    async def _attach_network(self, instance: Instance) -> None:
+        """A pooled instance gets its veth now, off the request path (a `none` function's leaves it)."""
+        network = self.network
+        if network is None or not network.available or self.sandbox is None or not self.sandbox.protections.namespaces:
+            return
+        try:
+            await trio.to_thread.run_sync(network.attach, instance.id, instance.pid)
+        except NetworkError as exc:
+            raise InstanceGone(str(exc)) from None
+
+    async def _network_policy(self, record: FunctionRecord, instance: Instance, policy: EnterPolicy) -> EnterPolicy:
+        network = self.network
+        if network is None:
+            return policy
+        settings = record.settings
+        lease = network.leases.get(instance.id)
+        mode = network.mode_of(settings)
+        rules = settings.network
+        if rules is not None and (rules.allow or rules.bandwidth_kbps) and lease is not None and mode == "outbound":
+            # Firewall elements of its own (a libnftables batch): in a worker thread.
+            try:
+                keep = await trio.to_thread.run_sync(network.specialize, lease, record.key, mode, rules)
+            except NetworkError as exc:
+                raise InstanceGone(str(exc)) from None
+        else:
+            keep = network.specialize(lease, record.key, mode, None)
+        if lease is not None and not keep and self._nursery is not None:
+            # The instance leaves its interface behind (sandbox.network): it goes in the background.
+            self._nursery.start_soon(functools.partial(trio.to_thread.run_sync, network.drop_interface, lease))
+        return network.enter_policy(policy, keep)
+
+    def _detach_network(self, instance: Instance) -> None:
+        network = self.network
+        lease = network.leases.get(instance.id) if network is not None else None
+        if lease is None:
+            return
+        assert network is not None
+        if self._nursery is not None:
+            self._nursery.start_soon(functools.partial(trio.to_thread.run_sync, network.release, lease))
+        else:
+            # Shutting down: Network.stop removes every interface at once after this.
+            network.leases.pop(instance.id, None)
 
     async def _release_cgroups(self) -> None:
         while True:
@@ -674,6 +725,9 @@ class Invoker:
                         instance.set_limits(self.sandbox.limits(record))
                     instance.credentials_token = self._credentials_token(record)
                     specialize = self._specialize_frame(record, deps, instance.id)
+                    if specialize.sandbox is not None:
+                        policy = await self._network_policy(record, instance, specialize.sandbox)
+                        specialize = msgspec.structs.replace(specialize, sandbox=policy)
                     # The initializer runs under the id of the start it belongs to (issue 12).
                     await instance.send(msgspec.structs.replace(specialize, initializer_request_id=request_id))
                     frame = await instance.receive()

@@ -77,6 +77,10 @@ def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) ->
     enabled = policy.protections
     if enabled.mounts and enabled.namespaces:
         _step("mounts", mounts.enter_root, policy.binds, policy.tmp_size_mb, policy.workdir, policy.etc_files)
+    if enabled.namespaces and not policy.interfaces:
+        # Issue 14, network mode `none`: only loopback, whatever the pooled instance was given.
+        # (Only in the instance's own network namespace: without one this is the node's.)
+        _step("network", network.leave_interfaces)
     parent = os.getppid()
     if enabled.capabilities:
         # Needs CAP_SETPCAP, so before the uid changes (which empties the other sets anyway).
