@@ -87,6 +87,10 @@ class Specialize(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=Tr
     # Issue 12: the id the initializer's context and log lines carry: the request (or reserved
     # start) the instance is being started for.
     initializer_request_id: str = ""
+    # Issue 13 (Custom/http): what the instance becomes. "python" imports the handler;
+    # "custom" runs the agent serving the runtime API to `bootstrap`; "http" runs the agent
+    # forwarding invocations to the server `bootstrap` starts (runtimes/custom/).
+    mode: str = "python"
 
 
 class Invoke(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
@@ -116,6 +120,9 @@ class Result(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     body: bytes | None = None
     error: FunctionError | None = None
     max_rss_kb: int = 0
+    # Issue 13: the instance cannot serve again (a Custom/http `bootstrap` exited): the daemon
+    # retires it instead of handing it the next request.
+    fatal: bool = False
 
 
 class Log(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
@@ -201,6 +208,7 @@ class _BodyResult(msgspec.Struct, tag="Result", frozen=True, forbid_unknown_fiel
     body: bytes | None = None
     error: None = None
     max_rss_kb: int = 0
+    fatal: bool = False
 
 
 _large_up_decoder = msgspec.msgpack.Decoder(Union[_BodyResult, Log])
@@ -246,7 +254,7 @@ def decode_up(body: bytes | memoryview) -> Frame:
             f"(error reports and every other frame are limited to {MAX_UP_REPORT:,} bytes)"
         ) from None
     if isinstance(frame, _BodyResult):
-        return Result(frame.request_id, frame.body, None, frame.max_rss_kb)
+        return Result(frame.request_id, frame.body, None, frame.max_rss_kb, frame.fatal)
     return frame
 
 

@@ -1,0 +1,165 @@
+"""Helpers for Custom and http function tests: packages with an executable bootstrap, a C compiler."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Api, unique_name
+
+
+def package(files: dict[str, str | bytes], executable: tuple[str, ...] = ("bootstrap",)) -> bytes:
+    """A zip whose `executable` entries have mode 0755 (the others 0644), made on "Unix"."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3
+            info.external_attr = (0o100755 if name in executable else 0o100644) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, content)
+    return buffer.getvalue()
+
+
+def create(api: Api, runtime: str, files: dict[str, str | bytes], **settings: object):
+    body = {
+        "func_name": settings.pop("func_name", None) or unique_name(runtime.lower()),
+        "runtime": runtime,
+        "handler": "bootstrap",
+        "code_type": "zip",
+        "func_code": {"file": base64.b64encode(package(files, **settings.pop("zip", {}))).decode()},
+        **settings,
+    }
+    return api.http.post("/functions", json=body)
+
+
+def deploy(api: Api, runtime: str, files: dict[str, str | bytes], **settings: object) -> str:
+    response = create(api, runtime, files, **settings)
+    assert response.status_code == 200, response.text
+    return response.json()["func_name"]
+
+
+def script(text: str) -> str:
+    return textwrap.dedent(text).lstrip()
+
+
+def compile_c(source: str) -> bytes:
+    """A static executable built from `source` with the host's gcc (skip without one)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("no gcc on this machine")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp)
+        (path / "main.c").write_text(textwrap.dedent(source))
+        subprocess.run([gcc, "-O1", "-o", str(path / "bootstrap"), str(path / "main.c")], check=True)
+        return (path / "bootstrap").read_bytes()
+
+
+# A shell bootstrap speaking the runtime API with curl: answers {"echo": event, "id": request id}.
+SHELL_ECHO = script(
+    """
+    #!/bin/sh
+    set -eu
+    while true; do
+      HEADERS=$(mktemp)
+      EVENT=$(curl -sS -D "$HEADERS" "http://$RUNTIME_API_ADDR/v1/runtime/invocation/request")
+      ID=$(grep -i '^X-Cff-Request-Id:' "$HEADERS" | cut -d' ' -f2 | tr -d '\\r')
+      echo "working on $ID"
+      curl -sS -o /dev/null -X POST "http://$RUNTIME_API_ADDR/v1/runtime/invocation/response/$ID" \\
+        -d "{\\"echo\\": $EVENT, \\"id\\": \\"$ID\\"}"
+      rm -f "$HEADERS"
+    done
+    """
+)
+
+PYTHON = "/opt/function/runtime/python3.12/rtsp/python/bin/python3"
+
+# A Python bootstrap driven by its events: {"op": ...} picks what it does (see `work`).
+PYTHON_WORKER = script(
+    f"""
+    #!{PYTHON}
+    import json, os, subprocess, sys, threading, time, urllib.error, urllib.request
+
+    API = "http://" + os.environ["RUNTIME_API_ADDR"] + "/v1/runtime/invocation/"
+    LAST = {{}}
+
+    def post(path, data):
+        request = urllib.request.Request(API + path, data=data, method="POST")
+        try:
+            with urllib.request.urlopen(request) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def work(event, headers):
+        op = event.get("op", "echo")
+        rid = headers["X-Cff-Request-Id"]
+        if op == "echo":
+            return {{"event": event, "headers": dict(headers)}}
+        if op == "env":
+            return {{"env": dict(os.environ), "cwd": os.getcwd(), "uid": os.getuid()}}
+        if op == "print":
+            for i in range(event.get("lines", 1)):
+                print(f"{{rid}} {{event.get('tag', '')}} line {{i}}", flush=True)
+                time.sleep(event.get("pause", 0))
+            return {{"printed": rid}}
+        if op == "sleep":
+            time.sleep(event["seconds"])
+            return {{"slept": event["seconds"]}}
+        if op == "child":
+            subprocess.Popen(["sleep", "1000"])
+            time.sleep(1000)
+        if op == "memory":
+            hog = bytearray(event["mb"] * 1024 * 1024)
+            for i in range(0, len(hog), 4096):
+                hog[i] = 1
+            return {{"held": len(hog)}}
+        if op == "exit":
+            print("about to exit", flush=True)
+            os._exit(event.get("code", 3))
+        if op == "crash":
+            import ctypes
+            ctypes.string_at(0)
+        if op == "error":
+            return post("error/" + rid, json.dumps({{"errorType": "MyError", "errorMessage": "it failed"}}).encode())
+        if op == "misuse":
+            results = {{
+                "unknown": post("response/not-a-request", b"{{}}"),
+                "bad_error": post("error/" + rid, b"not json"),
+                "bad_error_shape": post("error/" + rid, b"[1, 2]"),
+                "huge": post("response/" + rid + "x", b"x" * (6 * 1024 * 1024 + 10)),
+            }}
+            first = post("response/" + rid, json.dumps(results).encode())
+            second = post("response/" + rid, b"again")
+            LAST.update(first=first, second=second)
+            return None
+        if op == "last":
+            return LAST
+        if op == "toolarge":
+            return post("response/" + rid, b"y" * (6 * 1024 * 1024 + 1))
+        return {{"unknown op": op}}
+
+    def loop():
+        while True:
+            with urllib.request.urlopen(API + "request") as answer:
+                event = json.loads(answer.read() or b"{{}}")
+                headers = answer.headers
+            result = work(event, headers)
+            if isinstance(result, dict):
+                post("response/" + headers["X-Cff-Request-Id"], json.dumps(result).encode())
+
+    workers = int(os.environ.get("WORKERS", "1"))
+    for _ in range(workers - 1):
+        threading.Thread(target=loop, daemon=True).start()
+    print("bootstrap started", flush=True)
+    loop()
+    """
+)

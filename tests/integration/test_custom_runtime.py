@@ -1,0 +1,281 @@
+"""Custom runtime (`runtime: Custom`): a `bootstrap` speaking FunctionGraph's runtime API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+
+import pytest
+
+from tests.conftest import Api
+from tests.integration.custom_support import PYTHON_WORKER, SHELL_ECHO, compile_c, create, deploy
+
+
+def summary(response) -> dict:
+    return json.loads(response.headers["X-Cff-Invoke-Summary"])
+
+
+def test_shell_bootstrap_echoes_events(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": SHELL_ECHO})
+    response = api.invoke(name, {"hello": "world"}, headers={"X-Cff-Log-Type": "tail"})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Is-Func-Err"] == "false"
+    body = response.json()
+    request_id = response.headers["X-Cff-Request-Id"]
+    assert body == {"echo": {"hello": "world"}, "id": request_id}
+    # The bootstrap's output is the request's log; the summary line is there too.
+    log = base64.b64decode(response.headers["X-Cff-Function-Log"]).decode()
+    assert f"working on {request_id}" in log
+    assert summary(response)["coldStart"] is True
+    # Warm: the same bootstrap serves the next one.
+    again = api.invoke(name, {"n": 2})
+    assert again.json()["echo"] == {"n": 2}
+    assert summary(again)["coldStart"] is False
+
+
+C_ECHO = r"""
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+/* One HTTP exchange with the runtime API on a fresh connection; returns the whole answer. */
+static char *exchange(const char *request, size_t length, size_t *got) {
+    const char *addr = getenv("RUNTIME_API_ADDR");
+    char host[64];
+    strncpy(host, addr, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    char *colon = strchr(host, ':');
+    *colon = 0;
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(atoi(colon + 1));
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) { perror("connect"); exit(9); }
+    write(fd, request, length);
+    size_t cap = 1 << 20, n = 0;
+    char *buf = malloc(cap);
+    ssize_t r;
+    while ((r = read(fd, buf + n, cap - n - 1)) > 0) {
+        n += r;
+        buf[n] = 0;
+        char *end = strstr(buf, "\r\n\r\n");
+        char *cl = strcasestr(buf, "content-length:");
+        if (end && cl && (size_t)(end + 4 - buf) + atoi(cl + 15) <= n) break;
+    }
+    buf[n] = 0;
+    close(fd);
+    *got = n;
+    return buf;
+}
+
+int main(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("c bootstrap up\n");
+    for (;;) {
+        const char *get = "GET /v1/runtime/invocation/request HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n";
+        size_t n;
+        char *answer = exchange(get, strlen(get), &n);
+        char *id = strcasestr(answer, "x-cff-request-id: ") + 18;
+        char rid[128];
+        size_t len = strcspn(id, "\r\n");
+        memcpy(rid, id, len);
+        rid[len] = 0;
+        char *event = strstr(answer, "\r\n\r\n") + 4;
+        printf("c handling %s\n", rid);
+        char body[8192];
+        int blen = snprintf(body, sizeof body, "{\"from\": \"c\", \"event\": %s}", event);
+        char request[9000];
+        int rlen = snprintf(request, sizeof request,
+            "POST /v1/runtime/invocation/response/%s HTTP/1.1\r\nHost: api\r\nConnection: close\r\n"
+            "Content-Length: %d\r\n\r\n%s", rid, blen, body);
+        free(answer);
+        free(exchange(request, rlen, &n));
+    }
+}
+"""
+
+
+def test_c_bootstrap(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": compile_c(C_ECHO)})
+    for n in range(3):
+        response = api.invoke(name, {"n": n}, headers={"X-Cff-Log-Type": "tail"})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"from": "c", "event": {"n": n}}
+        log = base64.b64decode(response.headers["X-Cff-Function-Log"]).decode()
+        assert f"c handling {response.headers['X-Cff-Request-Id']}" in log
+
+
+def test_python_bootstrap_headers_and_environment(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER}, user_data={"GREETING": "hi"}, memory_size=256, timeout=7)
+    response = api.invoke(name, {"op": "echo", "x": 1})
+    assert response.status_code == 200, response.text
+    echoed = response.json()
+    assert echoed["event"] == {"op": "echo", "x": 1}
+    headers = {k.lower(): v for k, v in echoed["headers"].items()}
+    assert headers["x-cff-request-id"] == response.headers["X-Cff-Request-Id"]
+    assert headers["x-cff-func-name"] == name
+    assert headers["x-cff-memory"] == "256"
+    assert headers["x-cff-timeout"] == "7"
+    assert 0 < int(headers["x-cff-deadline-ms"]) - time.time() * 1000 <= 7000
+    assert "x-cff-access-key" not in headers  # no agency: no credentials
+    env = api.invoke(name, {"op": "env"}).json()
+    assert env["env"]["GREETING"] == "hi"
+    assert env["env"]["RUNTIME_FUNC_NAME"] == name
+    assert env["env"]["RUNTIME_MEMORY"] == "256"
+    assert env["env"]["RUNTIME_API_ADDR"].startswith("127.0.0.1:")
+    assert env["env"]["RUNTIME_CODE_ROOT"] == "/opt/function/code"
+    assert env["cwd"] == "/opt/function/code"
+    assert env["uid"] != 0
+
+
+def test_function_error_report(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    response = api.invoke(name, {"op": "error"})
+    assert response.headers["X-Is-Func-Err"] == "true"
+    assert response.json()["errorType"] == "MyError"
+    assert response.json()["errorMessage"] == "it failed"
+    # The instance goes on serving.
+    assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}
+
+
+def test_credentials_as_headers_with_an_agency(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER}, xrole="cff_admin")
+    response = api.invoke(name, {"op": "echo"})
+    assert response.status_code == 200, response.text
+    headers = {k.lower() for k in response.json()["headers"]}
+    # The node's agency file may hold no values: the header names appear only for values it has.
+    assert "x-cff-request-id" in headers
+
+
+def test_create_refuses_missing_or_non_executable_bootstrap(api: Api) -> None:
+    missing = create(api, "Custom", {"index.py": "x = 1"}, zip={"executable": ()})
+    assert missing.status_code == 400 and "bootstrap" in missing.json()["error_msg"]
+    plain = create(api, "Custom", {"bootstrap": SHELL_ECHO}, zip={"executable": ()})
+    assert plain.status_code == 400 and "not executable" in plain.json()["error_msg"]
+    nested = create(api, "http", {"src/bootstrap": SHELL_ECHO}, zip={"executable": ("src/bootstrap",)})
+    assert nested.status_code == 400
+    # Replacing the code of a working function with one that lacks it is refused too.
+    name = deploy(api, "Custom", {"bootstrap": SHELL_ECHO})
+    from tests.integration.custom_support import package
+
+    update = api.http.put(
+        f"/functions/{name}/code",
+        json={"code_type": "zip", "func_code": {"file": base64.b64encode(package({"x.sh": "echo"})).decode()}},
+    )
+    assert update.status_code == 400, update.text
+
+
+def test_bootstrap_exiting_is_an_exit_error_with_its_output(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    response = api.invoke(name, {"op": "exit", "code": 3})
+    assert response.headers["X-Is-Func-Err"] == "true"
+    error = response.json()
+    assert error["errorType"] == "Runtime.ExitError"
+    assert "exited with status 3" in error["errorMessage"]
+    assert "about to exit" in error["errorMessage"]
+    # A new instance serves the next request.
+    assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}
+
+
+def test_bootstrap_exiting_at_start(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": "#!/bin/sh\necho cannot start >&2\nexit 7\n"})
+    response = api.invoke(name, {})
+    error = response.json()
+    assert error["errorType"] == "Runtime.ExitError", error
+    assert "exited with status 7" in error["errorMessage"] and "cannot start" in error["errorMessage"]
+
+
+def test_bootstrap_that_never_asks_for_work_hits_the_initializer_timeout(api: Api) -> None:
+    name = deploy(
+        api, "Custom", {"bootstrap": "#!/bin/sh\necho waiting forever\nexec sleep 1000\n"}, initializer_timeout=1
+    )
+    started = time.monotonic()
+    response = api.invoke(name, {})
+    assert time.monotonic() - started < 5
+    error = response.json()
+    assert error["errorType"] == "Runtime.InitError", error
+    assert "within 1 s" in error["errorMessage"] and "waiting forever" in error["errorMessage"]
+
+
+def test_timeout_kills_the_bootstrap_and_its_child(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER}, timeout=1)
+    response = api.invoke(name, {"op": "child"})
+    assert response.json()["errorType"] == "Runtime.Timeout"
+    assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}
+
+
+def test_memory_limit(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER}, memory_size=128)
+    response = api.invoke(name, {"op": "memory", "mb": 400})
+    assert response.json()["errorType"] == "Runtime.OutOfMemory", response.text
+    assert api.invoke(name, {"op": "memory", "mb": 10}).json() == {"held": 10 * 1024 * 1024}
+
+
+def test_crash(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    error = api.invoke(name, {"op": "crash"}).json()
+    assert error["errorType"] == "Runtime.ExitError"
+    assert "SIGSEGV" in error["errorMessage"]
+
+
+def test_runtime_api_misuse_is_refused_and_harmless(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    response = api.invoke(name, {"op": "misuse"}, headers={"X-Cff-Log-Type": "tail"})
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert results["unknown"][0] == 404 and "UnknownRequest" in results["unknown"][1]
+    assert results["bad_error"][0] == 400
+    assert results["bad_error_shape"][0] == 400
+    assert results["huge"][0] == 413
+    # The first answer was taken, the second refused; the instance still serves.
+    last = api.invoke(name, {"op": "last"}).json()
+    assert last["first"][0] == 202 and last["second"][0] == 409 and "AlreadyAnswered" in last["second"][1]
+    assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}
+
+
+def test_response_over_6_mb(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    error = api.invoke(name, {"op": "toolarge"}).json()
+    assert error["errorType"] == "Runtime.ResponseTooLarge"
+    assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}
+
+
+@pytest.mark.slow
+def test_concurrency_hands_requests_to_several_gets_with_attributed_logs(api: Api) -> None:
+    name = deploy(
+        api,
+        "Custom",
+        {"bootstrap": PYTHON_WORKER},
+        user_data={"WORKERS": "4"},
+        strategy_config={"concurrency": 1, "concurrent_num": 4},
+        timeout=10,
+    )
+    api.invoke(name, {"op": "echo"})  # started
+    answers: dict[int, object] = {}
+
+    def call(n: int) -> None:
+        answers[n] = api.invoke(
+            name, {"op": "print", "tag": f"req{n}", "lines": 5, "pause": 0.1}, headers={"X-Cff-Log-Type": "tail"}
+        )
+
+    threads = [threading.Thread(target=call, args=(n,)) for n in range(4)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # Served at once by one instance (4 x 0.5 s one after the other would take 2 s).
+    assert time.monotonic() - started < 1.8
+    for n, response in answers.items():
+        assert response.status_code == 200, response.text
+        log = base64.b64decode(response.headers["X-Cff-Function-Log"]).decode()
+        own = [line for line in log.splitlines() if " line " in line]
+        # Several requests run at once: each line goes to the request whose id it names.
+        assert len(own) == 5 and all(f"req{n} line" in line for line in own), log
