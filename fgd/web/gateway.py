@@ -101,6 +101,16 @@ def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str, toke
     }
 
 
+def as_it_came(scope: dict, token: str) -> dict[str, Any]:
+    """Issue 13: what an HTTP function's request needs beyond the APIG event to reach its server as
+    it came: the query string untouched and every header with all its values (runtimes/custom/http.py)."""
+    headers: dict[str, list[str]] = {}
+    for name, value in scope["headers"]:
+        if not carries_token(name, value, token):
+            headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return {"rawQueryString": scope.get("query_string", b"").decode("latin-1"), "multiValueHeaders": headers}
+
+
 # Headers about this hop or the message's framing: fgd's HTTP server sets these itself, and a
 # function's copy would contradict it (a wrong Content-Length desynchronises the connection).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
@@ -185,7 +195,10 @@ def build_gateway(
                 receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body", bodies
             )
             request_id = new_request_id()
-            event = _encoder.encode(apig_event(scope, body, trigger, request_id, token))
+            fields = apig_event(scope, body, trigger, request_id, token)
+            if record.runtime == "http":
+                fields.update(as_it_came(scope, token))
+            event = _encoder.encode(fields)
             try:
                 outcome = await invoker.invoke(record, event, request_id)
             except (Throttled, Unavailable) as refusal:

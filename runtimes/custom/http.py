@@ -18,6 +18,7 @@ import base64
 import http.client
 import json
 import socket
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -32,6 +33,8 @@ PORT = 8000
 # How often readiness is probed: often at first (a small server starts in milliseconds), then less.
 FIRST_PROBE = 0.002
 LAST_PROBE = 0.05
+# How long a failed exchange waits to see whether the server exited (then the exit is the error).
+EXIT_GRACE = 0.3
 # Headers about one hop or the framing: http.client and the gateway set their own.
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "host"}
@@ -88,7 +91,11 @@ class HttpAgent(Agent):
             body, error = self.exchange(frame), None
         except BadEvent as exc:
             body, error = None, FunctionError("Runtime.InvalidRequest", str(exc))
+        except BadResponse as exc:
+            body, error = None, FunctionError("Runtime.ResponseTooLarge", str(exc))
         except (OSError, http.client.HTTPException) as exc:
+            if self.exiting():
+                return  # the server went with its bootstrap: the exit answers every request it held
             body = None
             error = FunctionError(
                 "Runtime.InvalidResponse", f"the server on {HOST}:{PORT} did not answer: {type(exc).__name__}: {exc}"
@@ -102,6 +109,15 @@ class HttpAgent(Agent):
         with self.lock:
             if frame.request_id in self.active:
                 self.active.remove(frame.request_id)
+
+    def exiting(self) -> bool:
+        """Whether the bootstrap has exited (or does within a moment): its connection failed."""
+        assert self.process is not None
+        try:
+            self.process.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def connection(self, fresh: bool = False) -> http.client.HTTPConnection:
         conn = getattr(self.local, "conn", None)
@@ -129,7 +145,7 @@ class HttpAgent(Agent):
         data = response.read(protocol.MAX_RESPONSE + 1)
         if len(data) > protocol.MAX_RESPONSE:
             self.connection(fresh=True)
-            raise BadResponse(f"the response body is over the limit of {protocol.MAX_RESPONSE:,} bytes")
+            raise BadResponse(f"the server's response body is over the limit of {protocol.MAX_RESPONSE:,} bytes")
         if response.will_close:
             self.connection(fresh=True)
         return answer_of(response, data)

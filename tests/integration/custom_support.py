@@ -163,3 +163,80 @@ PYTHON_WORKER = script(
     loop()
     """
 )
+
+HTTP_BOOTSTRAP = "#!/bin/sh\nexec /opt/function/runtime/python3.9/rtsp/python/bin/python3 -u server.py\n"
+
+# A small server for HTTP functions: echoes requests, and a few paths that misbehave on purpose.
+HTTP_SERVER = script(
+    """
+    import base64, json, os, subprocess, sys, time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def answer(self, status, body, headers=()):
+            self.send_response(status)
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def handle_any(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length)
+            # The last segment: a gateway route forwards its whole path (/route/binary).
+            path = "/" + self.path.split("?")[0].rsplit("/", 1)[-1]
+            rid = self.headers.get("X-CFF-Request-Id", "")
+            if path == "/binary":
+                return self.answer(200, bytes(range(256)) * 4, [("Content-Type", "application/octet-stream")])
+            if path == "/mirror":
+                return self.answer(200, body, [("Content-Type", "application/octet-stream")])
+            if path == "/sleep":
+                time.sleep(float(self.headers.get("X-Seconds", "1")))
+            if path == "/child":
+                subprocess.Popen(["sleep", "1000"])
+                time.sleep(1000)
+            if path == "/exit":
+                print("server exiting", flush=True)
+                os._exit(4)
+            if path == "/memory":
+                hog = bytearray(int(self.headers["X-MB"]) * 1024 * 1024)
+                for i in range(0, len(hog), 4096):
+                    hog[i] = 1
+            if path == "/print":
+                for i in range(5):
+                    print(f"{rid} {self.headers.get('X-Tag')} line {i}", flush=True)
+                    time.sleep(0.1)
+            if path == "/big":
+                return self.answer(200, b"z" * (6 * 1024 * 1024 + 1))
+            echo = {
+                "method": self.command,
+                "path": self.path,
+                "headers": [[k, v] for k, v in self.headers.items()],
+                "body": base64.b64encode(body).decode(),
+                "env": dict(os.environ),
+                "pid": os.getpid(),
+            }
+            self.answer(
+                int(self.headers.get("X-Status", "200")),
+                json.dumps(echo).encode(),
+                [
+                    ("Content-Type", "application/json"),
+                    ("Set-Cookie", "a=1"),
+                    ("Set-Cookie", "b=2"),
+                    ("X-Server", "small"),
+                ],
+            )
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = handle_any
+
+    print("server starting", flush=True)
+    ThreadingHTTPServer(("127.0.0.1", 8000), Handler).serve_forever()
+    """
+)
+HTTP_FILES = {"bootstrap": HTTP_BOOTSTRAP, "server.py": HTTP_SERVER}

@@ -145,15 +145,6 @@ def test_function_error_report(api: Api) -> None:
     assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}
 
 
-def test_credentials_as_headers_with_an_agency(api: Api) -> None:
-    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER}, xrole="cff_admin")
-    response = api.invoke(name, {"op": "echo"})
-    assert response.status_code == 200, response.text
-    headers = {k.lower() for k in response.json()["headers"]}
-    # The node's agency file may hold no values: the header names appear only for values it has.
-    assert "x-cff-request-id" in headers
-
-
 def test_create_refuses_missing_or_non_executable_bootstrap(api: Api) -> None:
     missing = create(api, "Custom", {"index.py": "x = 1"}, zip={"executable": ()})
     assert missing.status_code == 400 and "bootstrap" in missing.json()["error_msg"]

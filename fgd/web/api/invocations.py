@@ -38,6 +38,11 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
     )
     async def invoke_async(project_id: str, urn: str) -> Response:
         record = ctx.lookup(project_id, urn)
+        if record.runtime == "http":
+            # Issue 13: as on FunctionGraph, an HTTP function answers requests; nobody would get its answer.
+            raise InvalidParameter(
+                "HTTP functions (runtime http) cannot be invoked asynchronously; invoke them synchronously"
+            )
         data = await request.get_data()
         if len(data) > ctx.async_config.max_payload:
             raise TooLarge(
