@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from fgd import __version__, bundled
+from fgd import __version__, bundled, custom
 from fgd.agencies import Agencies
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
@@ -95,6 +95,11 @@ async def find_runtimes(config: Config) -> Catalogue:
         served = [name for name in catalogue.names() if catalogue.serving(name) == interpreter]
         log.info("runtime %s: %s (Python %s)", ", ".join(served), interpreter.path, interpreter.version)
     return catalogue
+
+
+def pool_of(name: str, interpreter_key: str) -> str:
+    """The pool serving runtime `name` (issue 13: Custom and http have their own, fgd.custom)."""
+    return custom.POOL if custom.mode_of(name) != "python" else interpreter_key
 
 
 def seccomp_programs(sandbox: Sandbox) -> dict[str, bytes] | None:
@@ -175,9 +180,9 @@ async def serve(config: Config) -> None:
             "instances": invoker.count(),
             # Per runtime name whose interpreter's zygote runs (names it serves share its pool).
             "pool": {
-                name: len(invoker.pools[interpreter.key])
+                name: len(invoker.pools[pool_of(name, interpreter.key)])
                 for name, interpreter in catalogue.mapping.items()
-                if interpreter.key in invoker.pools
+                if pool_of(name, interpreter.key) in invoker.pools
             },
             "functions": len(store.functions),
         }
