@@ -319,6 +319,11 @@ def make_handler(api: RuntimeApi) -> type:
             else:
                 self.close_connection = True
 
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # A method http.server has no do_<METHOD> for is a 501 there; to a client of the API
+            # it is a method the API does not have.
+            super().send_error(405 if code == 501 else code, message, explain)
+
         def version_string(self) -> str:
             return "fgd-runtime-api"
 

@@ -108,7 +108,9 @@ PYTHON_WORKER = script(
             return {{"env": dict(os.environ), "cwd": os.getcwd(), "uid": os.getuid()}}
         if op == "print":
             for i in range(event.get("lines", 1)):
-                print(f"{{rid}} {{event.get('tag', '')}} line {{i}}", flush=True)
+                # One write per line: print() writes the text and its newline apart, and threads interleave.
+                sys.stdout.write(f"{{rid}} {{event.get('tag', '')}} line {{i}}\\n")
+                sys.stdout.flush()
                 time.sleep(event.get("pause", 0))
             return {{"printed": rid}}
         if op == "sleep":
@@ -143,6 +145,27 @@ PYTHON_WORKER = script(
             return None
         if op == "last":
             return LAST
+        if op == "garbage":
+            # Raw bytes at the API while another request waits: each gets its 4xx, nothing else moves.
+            import socket
+            host, port = os.environ["RUNTIME_API_ADDR"].split(":")
+            answers = []
+            for raw in (b"GARBAGE\\r\\n\\r\\n",
+                        b"POST /v1/runtime/invocation/response/x HTTP/1.1\\r\\nContent-Length: zz\\r\\n\\r\\n",
+                        b"POST /v1/runtime/invocation/error/" + event["other"].encode() + b" HTTP/1.1\\r\\n"
+                        b"Transfer-Encoding: chunked\\r\\n\\r\\nnot-hex\\r\\n",
+                        b"DELETE /v1/runtime/invocation/request HTTP/1.1\\r\\n\\r\\n",
+                        b"BREW /v1/runtime/invocation/request HTTP/1.1\\r\\n\\r\\n",
+                        b"GET /elsewhere HTTP/1.1\\r\\n\\r\\n"):
+                with socket.create_connection((host, int(port))) as conn:
+                    conn.sendall(raw)
+                    conn.shutdown(socket.SHUT_WR)
+                    data = b""
+                    while chunk := conn.recv(65536):
+                        data += chunk
+                # A request line too broken to name an HTTP version is answered in HTTP/0.9: no status line.
+                answers.append(int(data.split(b" ")[1]) if data.startswith(b"HTTP/") else b"400" in data and 400)
+            return {{"answers": answers}}
         if op == "toolarge":
             return post("response/" + rid, b"y" * (6 * 1024 * 1024 + 1))
         return {{"unknown op": op}}
@@ -210,7 +233,8 @@ HTTP_SERVER = script(
                     hog[i] = 1
             if path == "/print":
                 for i in range(5):
-                    print(f"{rid} {self.headers.get('X-Tag')} line {i}", flush=True)
+                    # One write per line: print() writes the text and its newline apart, and threads interleave.
+                    sys.stdout.write(f"{rid} {self.headers.get('X-Tag')} line {i}\\n")
                     time.sleep(0.1)
             if path == "/big":
                 return self.answer(200, b"z" * (6 * 1024 * 1024 + 1))

@@ -270,3 +270,57 @@ def test_concurrency_hands_requests_to_several_gets_with_attributed_logs(api: Ap
         own = [line for line in log.splitlines() if " line " in line]
         # Several requests run at once: each line goes to the request whose id it names.
         assert len(own) == 5 and all(f"req{n} line" in line for line in own), log
+
+
+def test_garbage_at_the_api_never_disturbs_another_request(api: Api) -> None:
+    name = deploy(
+        api,
+        "Custom",
+        {"bootstrap": PYTHON_WORKER},
+        user_data={"WORKERS": "2"},
+        strategy_config={"concurrency": 1, "concurrent_num": 2},
+        timeout=10,
+    )
+    api.invoke(name, {"op": "echo"})
+    slow: dict = {}
+
+    def sleeper() -> None:
+        slow["response"] = api.invoke(name, {"op": "sleep", "seconds": 1})
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    time.sleep(0.3)
+    # The sleeping request's id is not known here; an id that was never handed out stands in.
+    response = api.invoke(name, {"op": "garbage", "other": "someone-elses"})
+    thread.join()
+    assert response.status_code == 200, response.text
+    assert response.json().get("answers") == [400, 400, 400, 405, 405, 404], response.text
+    assert slow["response"].json() == {"slept": 1}
+
+
+def test_stored_code_that_lost_bootstrap_is_an_init_error(api: Api) -> None:
+    code_root = api.daemon.state_dir / "code"
+    before = set(code_root.iterdir())
+    name = deploy(api, "Custom", {"bootstrap": SHELL_ECHO + "# unique " + name_marker() + "\n"})
+    (tree,) = [path for path in set(code_root.iterdir()) - before if (path / "bootstrap").exists()]
+    (tree / "bootstrap").chmod(0o444)
+    try:
+        error = api.invoke(name, {}).json()
+        assert error["errorType"] == "Runtime.InitError", error
+        assert "not executable" in error["errorMessage"]
+    finally:
+        (tree / "bootstrap").chmod(0o555)
+
+
+def name_marker() -> str:
+    return str(time.time_ns())
+
+
+def test_logs_api_has_the_bootstrap_output_under_its_request(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": SHELL_ECHO})
+    response = api.invoke(name, {"x": 1})
+    request_id = response.headers["X-Cff-Request-Id"]
+    logs = api.http.get(f"/functions/{name}/logs", params={"request_id": request_id}).json()["logs"]
+    messages = [line["message"] for line in logs if line["request_id"] == request_id]
+    assert f"working on {request_id}" in messages
+    assert any(m.startswith(f"Finish Invoke RequestId: {request_id}") for m in messages)
