@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.conftest import Api
-from tests.integration.custom_support import PYTHON_WORKER, SHELL_ECHO, compile_c, create, deploy
+from tests.conftest import Api, b64, make_zip, unique_name
+from tests.integration.custom_support import PYTHON_WORKER, SHELL_ECHO, compile_c, create, deploy, package, script
 
 
 def summary(response) -> dict:
@@ -154,8 +154,6 @@ def test_create_refuses_missing_or_non_executable_bootstrap(api: Api) -> None:
     assert nested.status_code == 400
     # Replacing the code of a working function with one that lacks it is refused too.
     name = deploy(api, "Custom", {"bootstrap": SHELL_ECHO})
-    from tests.integration.custom_support import package
-
     update = api.http.put(
         f"/functions/{name}/code",
         json={"code_type": "zip", "func_code": {"file": base64.b64encode(package({"x.sh": "echo"})).decode()}},
@@ -324,3 +322,26 @@ def test_logs_api_has_the_bootstrap_output_under_its_request(api: Api) -> None:
     messages = [line["message"] for line in logs if line["request_id"] == request_id]
     assert f"working on {request_id}" in messages
     assert any(m.startswith(f"Finish Invoke RequestId: {request_id}") for m in messages)
+
+
+def test_dependency_is_mounted_read_only(api: Api) -> None:
+    files = {"lib/greeting.txt": "hello from a dependency"}
+    dep_name = unique_name("dep")
+    body = {"name": dep_name, "runtime": "Custom", "depend_type": "zip", "depend_file": b64(make_zip(files))}
+    dependency = api.http.post("/dependencies/version", json=body)
+    assert dependency.status_code == 200, dependency.text
+    bootstrap = script(
+        f"""
+        #!/bin/sh
+        while true; do
+          ID=$(curl -sS -D - -o /dev/null "http://$RUNTIME_API_ADDR/v1/runtime/invocation/request" \\
+               | grep -i '^X-Cff-Request-Id:' | cut -d' ' -f2 | tr -d '\\r')
+          TEXT=$(cat /opt/function/dependency/{dep_name}/1/lib/greeting.txt)
+          if touch /opt/function/dependency/{dep_name}/1/lib/x 2>/dev/null; then W=yes; else W=no; fi
+          curl -sS -o /dev/null -X POST "http://$RUNTIME_API_ADDR/v1/runtime/invocation/response/$ID" \\
+               -d "{{\\"text\\": \\"$TEXT\\", \\"writable\\": \\"$W\\"}}"
+        done
+        """
+    )
+    name = deploy(api, "Custom", {"bootstrap": bootstrap}, depend_version_list=[dependency.json()["id"]])
+    assert api.invoke(name, {}).json() == {"text": "hello from a dependency", "writable": "no"}
