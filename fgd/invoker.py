@@ -726,7 +726,7 @@ class Invoker:
                 frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy, bundled_dir=bundled
             )
         # Issue 13: what the instance becomes ("python", or the agent of a Custom/http function).
-        frame = msgspec.structs.replace(frame, mode=custom.mode_of(record.runtime))
+        frame = msgspec.structs.replace(frame, mode=custom.mode_of(record.runtime), region=self._config.server.region)
         return self._with_credentials(record, frame)
 
     # Agencies (issue 12) --------------------------------------------------------

@@ -91,6 +91,8 @@ class Specialize(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=Tr
     # "custom" runs the agent serving the runtime API to `bootstrap`; "http" runs the agent
     # forwarding invocations to the server `bootstrap` starts (runtimes/custom/).
     mode: str = "python"
+    # Issue 13: the node's region (HTTP functions' X-CFF-Region header).
+    region: str = ""
 
 
 class Invoke(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):

@@ -189,7 +189,7 @@ class HttpAgent(Agent):
             ("X-CFF-Func-Name", identity.func_name),
             ("X-CFF-Project-Id", identity.project_id),
             ("X-CFF-Package", identity.package),
-            ("X-CFF-Region", self.spec.environ.get("RUNTIME_REGION", "local")),
+            ("X-CFF-Region", self.spec.region),
         ]
         with self.lock:
             credentials = dict(self.credentials)

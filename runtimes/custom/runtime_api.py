@@ -128,7 +128,6 @@ class RuntimeApi(Agent):
             ("X-CFF-Project-Id", identity.project_id),
             ("X-CFF-Memory", str(identity.memory_size)),
             ("X-CFF-Timeout", str(identity.timeout)),
-            ("X-CFF-Invoke-Type", "invoke"),
         ]
         if identity.alias:
             headers.append(("X-CFF-Alias", identity.alias))

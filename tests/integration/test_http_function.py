@@ -55,6 +55,7 @@ def test_sync_invocation_with_an_apig_event(api: Api) -> None:
     assert headers["x-cff-timeout"] == "3"
     assert headers["x-cff-func-version"] == "latest"
     assert headers["x-cff-package"] == "default" and headers["x-cff-project-id"] == "default"
+    assert headers["x-cff-region"] == "local"
     assert "x-cff-auth-token" not in headers  # no agency
     # User variables are plain environment variables.
     assert echo["env"]["COLOUR"] == "blue"
