@@ -30,9 +30,11 @@ from runtimes.protocol import FunctionError, Invoke, Shutdown, Specialize
 
 HOST = "127.0.0.1"
 PORT = 8000
-# How often readiness is probed: often at first (a small server starts in milliseconds), then less.
-FIRST_PROBE = 0.002
-LAST_PROBE = 0.05
+# How often readiness is probed: often at first (a small server starts in milliseconds), then
+# every few milliseconds (a refused connect on loopback costs microseconds; a coarse poll would
+# add up to its period to every cold start).
+FIRST_PROBE = 0.001
+LAST_PROBE = 0.004
 # How long a failed exchange waits to see whether the server exited (then the exit is the error).
 EXIT_GRACE = 0.3
 # Headers about one hop or the framing: http.client and the gateway set their own.

@@ -345,3 +345,38 @@ def test_dependency_is_mounted_read_only(api: Api) -> None:
     )
     name = deploy(api, "Custom", {"bootstrap": bootstrap}, depend_version_list=[dependency.json()["id"]])
     assert api.invoke(name, {}).json() == {"text": "hello from a dependency", "writable": "no"}
+
+
+NODE_BOOTSTRAP = script(
+    """
+    #!/opt/function/runtime/nodejs20.15/rtsp/nodejs/bin/node
+    const http = require("http");
+    const api = process.env.RUNTIME_API_ADDR.split(":");
+    function next() {
+      http.get({host: api[0], port: api[1], path: "/v1/runtime/invocation/request"}, (res) => {
+        let body = "";
+        res.on("data", (chunk) => (body += chunk));
+        res.on("end", () => {
+          const id = res.headers["x-cff-request-id"];
+          console.log("node handling " + id);
+          const answer = JSON.stringify({node: process.version, event: JSON.parse(body)});
+          const post = http.request(
+            {host: api[0], port: api[1], method: "POST", path: "/v1/runtime/invocation/response/" + id},
+            (r) => { r.resume(); r.on("end", next); });
+          post.end(answer);
+        });
+      });
+    }
+    next();
+    """
+)
+
+
+def test_node_script_bootstrap(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": NODE_BOOTSTRAP})
+    for n in range(2):
+        response = api.invoke(name, {"n": n}, headers={"X-Cff-Log-Type": "tail"})
+        answer = response.json()
+        assert answer["event"] == {"n": n} and answer["node"].startswith("v"), answer
+        log = base64.b64decode(response.headers["X-Cff-Function-Log"]).decode()
+        assert f"node handling {response.headers['X-Cff-Request-Id']}" in log
