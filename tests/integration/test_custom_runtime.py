@@ -380,3 +380,22 @@ def test_node_script_bootstrap(api: Api) -> None:
         assert answer["event"] == {"n": n} and answer["node"].startswith("v"), answer
         log = base64.b64decode(response.headers["X-Cff-Function-Log"]).decode()
         assert f"node handling {response.headers['X-Cff-Request-Id']}" in log
+
+
+def test_cli_deploys_a_directory_keeping_bootstraps_mode(api: Api, tmp_path) -> None:
+    from tests.integration.test_cli import fgd
+
+    (tmp_path / "bootstrap").write_text(SHELL_ECHO)
+    (tmp_path / "bootstrap").chmod(0o755)
+    name = unique_name("cli")
+    deployed = fgd(api.daemon, "deploy", str(tmp_path), "--name", name, "--runtime", "Custom", "--handler", "bootstrap")
+    assert deployed.returncode == 0, deployed.stderr
+    invoked = fgd(api.daemon, "invoke", name, "--data", '{"via": "cli"}')
+    assert invoked.returncode == 0, invoked.stderr
+    assert json.loads(invoked.stdout)["echo"] == {"via": "cli"}
+    # Without the executable bit, the CLI says why on one line.
+    (tmp_path / "bootstrap").chmod(0o644)
+    refused = fgd(
+        api.daemon, "deploy", str(tmp_path), "--name", name + "x", "--runtime", "Custom", "--handler", "bootstrap"
+    )
+    assert refused.returncode != 0 and "not executable" in refused.stderr
