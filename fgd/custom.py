@@ -15,6 +15,7 @@ interpreter.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import stat
@@ -27,6 +28,7 @@ from fgd.interpreters import CUSTOM_RUNTIMES, Catalogue, Interpreter
 from fgd.zygote import Zygote, _covered
 from sandbox.policy import ContainPolicy, Mount
 
+_encoder = msgspec.json.Encoder()
 # FunctionGraph runtime string -> what the instance becomes (Specialize.mode).
 MODES = {"Custom": "custom", "http": "http"}
 assert set(MODES) == set(CUSTOM_RUNTIMES)
@@ -67,6 +69,26 @@ def check_bootstrap(tree: Path, runtime: str) -> None:
             f"{BOOTSTRAP!r} is not executable: set its mode (chmod +x bootstrap) before zipping; "
             "zip keeps Unix modes (zip -X is fine, an archive made on Windows is not)"
         )
+
+
+def apig_answer(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    """An HTTP function's answer as the APIG response a sync invocation returns: the body as text
+    when it is UTF-8, else base64; a header the server sent several times is a list."""
+    merged: dict[str, str | list[str]] = {}
+    for name, value in headers:
+        key = name.lower()
+        previous = merged.get(key)
+        if previous is None:
+            merged[key] = value
+        elif isinstance(previous, list):
+            previous.append(value)
+        else:
+            merged[key] = [previous, value]
+    try:
+        text, encoded = body.decode(), False
+    except UnicodeDecodeError:
+        text, encoded = base64.b64encode(body).decode(), True
+    return _encoder.encode({"statusCode": status, "headers": merged, "body": text, "isBase64Encoded": encoded})
 
 
 def _installation(executable: str) -> str:

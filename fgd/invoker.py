@@ -65,6 +65,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     alias: str = ""
     # The interpreter that ran it ({"path", "version"}; issue 12), for the invocation summary.
     runtime_interpreter: dict | None = None
+    # Issue 13: an HTTP function's answer as its server sent it (status, headers, body), for a
+    # gateway route; `body` holds its APIG response for everyone else (fgd.custom).
+    http_response: tuple[int, list[tuple[str, str]], bytes] | None = None
 
 
 def check_event(event: bytes) -> bytes:
@@ -602,6 +605,10 @@ class Invoker:
                 result = await instance.result(request_id)
                 assert isinstance(result, protocol.Result)
                 outcome.body, outcome.error = checked_answer(result)
+                if result.http_status and outcome.error is None:
+                    raw = outcome.body or b""
+                    outcome.http_response = (result.http_status, list(result.http_headers), raw)
+                    outcome.body = custom.apig_answer(result.http_status, list(result.http_headers), raw)
                 if result.fatal:
                     # Issue 13: its bootstrap exited; the instance is not reused (an OOM kill says so).
                     healthy = False

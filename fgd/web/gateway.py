@@ -130,9 +130,6 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
         ) from None
     except RecursionError:
         raise ValueError("the function's result is JSON nested too deeply") from None
-    # 1xx are not final answers (101 would switch the connection to another protocol).
-    if not 200 <= answer.statusCode <= 599:
-        raise ValueError(f"the function's statusCode {answer.statusCode} is not a final HTTP status (200-599)")
     try:
         body = base64.b64decode(answer.body, validate=True) if answer.isBase64Encoded else answer.body.encode()
     except (binascii.Error, ValueError):
@@ -142,6 +139,15 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
         for name, value in answer.headers.items()
         for item in (value if isinstance(value, list) else [value])
     ]
+    return http_parts(answer.statusCode, items, body)
+
+
+def http_parts(status: int, items: list[tuple[str, str]], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A status, headers and body as the gateway sends them, or ValueError saying why it cannot."""
+    # 1xx are not final answers (101 would switch the connection to another protocol).
+    if not 200 <= status <= 599:
+        raise ValueError(f"the function's statusCode {status} is not a final HTTP status (200-599)")
+    items = [(name.lower(), value) for name, value in items]
     connection_tokens = {
         token.strip() for name, value in items if name == "connection" for token in value.lower().split(",")
     }
@@ -154,9 +160,9 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
         if problem is not None:
             raise ValueError(f"the function's response header is refused: {problem}")
         headers.append(encoded)
-    if answer.statusCode in (204, 304):
+    if status in (204, 304):
         body = b""  # these statuses have no body, and no Content-Length describes one
-    return answer.statusCode, headers, body
+    return status, headers, body
 
 
 def build_gateway(
@@ -215,7 +221,11 @@ def build_gateway(
             )
             return
         try:
-            status, headers, body = to_http(outcome.body)
+            if outcome.http_response is not None:
+                # Issue 13: an HTTP function's server answered: sent on as it came.
+                status, headers, body = http_parts(*outcome.http_response)
+            else:
+                status, headers, body = to_http(outcome.body)
         except ValueError as exc:
             await error(send, 502, "FSS.0502", str(exc))
             return

@@ -280,10 +280,26 @@ class Agent:
         self.conn.send(protocol.InitError(protocol.bounded(FunctionError("Runtime.InitError", message))))
         os._exit(0)
 
-    def answer(self, request_id: str, body: bytes | None = None, error: FunctionError | None = None) -> None:
+    def answer(
+        self,
+        request_id: str,
+        body: bytes | None = None,
+        error: FunctionError | None = None,
+        http: tuple[int, list[tuple[str, str]]] = (0, []),
+    ) -> None:
         """Send a request's Result, after the output it printed before answering."""
         self.output.drain()
-        self.conn.send(Result(request_id, body=body, error=error, max_rss_kb=max_rss_kb()))
+        status, headers = http
+        self.conn.send(
+            Result(
+                request_id,
+                body=body,
+                error=error,
+                max_rss_kb=max_rss_kb(),
+                http_status=status,
+                http_headers=headers,
+            )
+        )
 
 
 def max_rss_kb() -> int:

@@ -7,9 +7,11 @@ event (`httpMethod`, `path`, `headers`, `queryStringParameters`, `body`,
 `multiValueHeaders` so a request is forwarded exactly as it came); an event of
 another shape is POSTed to `/` as JSON. FunctionGraph's `X-CFF-*` headers are
 added (any the caller sent are removed first: they cannot be forged), and the
-agency's credentials when the function has one. The server's answer becomes
-`{statusCode, headers, body, isBase64Encoded}` (body as text when it is UTF-8,
-else base64; a header sent several times is a list).
+agency's credentials when the function has one. The server's answer goes back
+as it came: its status and headers in the Result frame's `http_*` fields, its
+body (at most 6 MB) as the body; the daemon makes the APIG response
+`{statusCode, headers, body, isBase64Encoded}` of it where one is wanted
+(fgd.custom.apig_answer) and a gateway route sends it as it is.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ PORT = 8000
 # add up to its period to every cold start).
 FIRST_PROBE = 0.001
 LAST_PROBE = 0.004
+# Headers of the server's answer about this hop or its framing: the daemon frames the answer anew.
+FRAMING = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
 # How long a failed exchange waits to see whether the server exited (then the exit is the error).
 EXIT_GRACE = 0.3
 # Headers about one hop or the framing: http.client and the gateway set their own.
@@ -89,12 +93,14 @@ class HttpAgent(Agent):
             delay = min(delay * 2, LAST_PROBE)
 
     def forward(self, frame: Invoke) -> None:
+        http: tuple[int, list[tuple[str, str]]] = (0, [])
         try:
-            body, error = self.exchange(frame), None
+            status, headers, body = self.exchange(frame)
+            http, error = (status, headers), None
         except BadEvent as exc:
             body, error = None, FunctionError("Runtime.InvalidRequest", str(exc))
         except BadResponse as exc:
-            body, error = None, FunctionError("Runtime.ResponseTooLarge", str(exc))
+            body, error = None, FunctionError(exc.error_type, str(exc))
         except (OSError, http.client.HTTPException) as exc:
             if self.exiting():
                 return  # the server went with its bootstrap: the exit answers every request it held
@@ -107,7 +113,7 @@ class HttpAgent(Agent):
         with self.lock:
             if self.dead:
                 return  # the bootstrap's exit answers it
-        self.answer(frame.request_id, body=body, error=error)
+        self.answer(frame.request_id, body=body, error=error, http=http)
         with self.lock:
             if frame.request_id in self.active:
                 self.active.remove(frame.request_id)
@@ -129,7 +135,8 @@ class HttpAgent(Agent):
             conn = self.local.conn = http.client.HTTPConnection(HOST, PORT, timeout=None)
         return conn
 
-    def exchange(self, frame: Invoke) -> bytes:
+    def exchange(self, frame: Invoke) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The server's status, headers and body for the invocation's request."""
         method, target, headers, body = self.request_of(frame)
         for attempt in (0, 1):
             conn = self.connection(fresh=attempt == 1)
@@ -147,10 +154,16 @@ class HttpAgent(Agent):
         data = response.read(protocol.MAX_RESPONSE + 1)
         if len(data) > protocol.MAX_RESPONSE:
             self.connection(fresh=True)
-            raise BadResponse(f"the server's response body is over the limit of {protocol.MAX_RESPONSE:,} bytes")
+            raise BadResponse(
+                f"the server's response body is over the limit of {protocol.MAX_RESPONSE:,} bytes",
+                "Runtime.ResponseTooLarge",
+            )
         if response.will_close:
             self.connection(fresh=True)
-        return answer_of(response, data)
+        headers = [(name, value) for name, value in response.getheaders() if name.lower() not in FRAMING]
+        if len(headers) > protocol.MAX_HTTP_HEADERS:
+            raise BadResponse(f"the server sent {len(headers)} headers; at most {protocol.MAX_HTTP_HEADERS} pass")
+        return response.status, headers, data
 
     def request_of(self, frame: Invoke) -> tuple[str, str, list[tuple[str, str]], bytes]:
         try:
@@ -202,7 +215,9 @@ class HttpAgent(Agent):
 
 
 class BadResponse(http.client.HTTPException):
-    pass
+    def __init__(self, message: str, error_type: str = "Runtime.InvalidResponse") -> None:
+        super().__init__(message)
+        self.error_type = error_type
 
 
 def raw_query(event: dict) -> str:
@@ -243,27 +258,3 @@ def event_body(event: dict) -> bytes:
         except ValueError:
             raise BadEvent("isBase64Encoded is true but the body is not base64") from None
     return body.encode()
-
-
-def answer_of(response: http.client.HTTPResponse, data: bytes) -> bytes:
-    headers: dict[str, object] = {}
-    for name, value in response.getheaders():
-        key = name.lower()
-        if key in ("connection", "keep-alive", "transfer-encoding", "content-length"):
-            continue
-        if key in headers:
-            previous = headers[key]
-            headers[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        else:
-            headers[key] = value
-    answer: dict[str, object] = {"statusCode": response.status, "headers": headers}
-    text: str | None
-    try:
-        text = data.decode()
-    except UnicodeDecodeError:
-        text = None
-    if text is not None:
-        answer.update(body=text, isBase64Encoded=False)
-    else:
-        answer.update(body=base64.b64encode(data).decode(), isBase64Encoded=True)
-    return json.dumps(answer, ensure_ascii=False).encode()

@@ -236,6 +236,8 @@ HTTP_SERVER = script(
                     # One write per line: print() writes the text and its newline apart, and threads interleave.
                     sys.stdout.write(f"{rid} {self.headers.get('X-Tag')} line {i}\\n")
                     time.sleep(0.1)
+            if path == "/sixmb":
+                return self.answer(200, bytes(range(256)) * (6 * 1024 * 1024 // 256))
             if path == "/big":
                 return self.answer(200, b"z" * (6 * 1024 * 1024 + 1))
             echo = {

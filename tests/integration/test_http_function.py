@@ -120,10 +120,25 @@ def test_gateway_4_mb_binary_body(api: Api) -> None:
     assert response.content == body
 
 
+def test_a_6_mb_binary_response_passes_as_it_is(api: Api) -> None:
+    name = deploy(api, "http", HTTP_FILES, memory_size=512)
+    api.route(name, f"/six-{name}")
+    expected = bytes(range(256)) * (6 * 1024 * 1024 // 256)
+    response = httpx.get(f"{api.daemon.gateway_url}/six-{name}/sixmb", timeout=30)
+    assert response.status_code == 200, response.text[:500]
+    assert response.content == expected
+    # Through the API: the APIG response, its binary body base64-encoded.
+    answer = api.invoke(name, {"httpMethod": "GET", "path": "/sixmb"}).json()
+    assert answer["isBase64Encoded"] is True and base64.b64decode(answer["body"]) == expected
+
+
 def test_response_over_6_mb_is_refused(api: Api) -> None:
     name = deploy(api, "http", HTTP_FILES, memory_size=256)
     error = api.invoke(name, {"httpMethod": "GET", "path": "/big"}).json()
     assert error["errorType"] == "Runtime.ResponseTooLarge", error
+    api.route(name, f"/toobig-{name}")
+    refused = httpx.get(f"{api.daemon.gateway_url}/toobig-{name}/big", timeout=30)
+    assert refused.status_code == 502 and "ResponseTooLarge" in refused.json()["error_msg"]
 
 
 def test_async_invocation_is_refused(api: Api) -> None:
