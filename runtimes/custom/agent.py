@@ -60,6 +60,8 @@ TAIL_BYTES = 2000
 # The agent reports a start that takes too long itself (with the bootstrap's output) a little
 # before the daemon's own deadline would end it with a bare "did not finish".
 INIT_MARGIN = 0.2
+# How long an exiting instance waits for answers being sent when its bootstrap exited.
+CLAIM_WAIT = 0.5
 
 
 def exit_description(returncode: int) -> str:
@@ -182,6 +184,8 @@ class Agent:
         self.active: list[str] = []
         self.ready = False
         self.dead = False
+        # Requests whose answer is being sent: the bootstrap's exit must not answer them again.
+        self.claimed: set[str] = set()
         self.output = Output(conn, self.owner_of)
         self.process: subprocess.Popen | None = None
         # The agency's credentials; an Invoke frame brings new ones when they were renewed.
@@ -248,11 +252,32 @@ class Agent:
         for request_id in holding:
             error = protocol.bounded(FunctionError("Runtime.ExitError", message))
             self.conn.send(Result(request_id, error=error, max_rss_kb=max_rss_kb(), fatal=True))
+        # Answers another thread is sending right now go out before the instance ends.
+        deadline = time.monotonic() + CLAIM_WAIT
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.claimed:
+                    break
+            time.sleep(0.005)
         os._exit(0)
 
     def holding(self) -> list[str]:
         """Every request the instance was given and has not answered (under the lock)."""
-        return list(self.active)
+        return [request_id for request_id in self.active if request_id not in self.claimed]
+
+    def claim(self, request_id: str) -> bool:
+        """Take the right to answer `request_id` (under the lock); False once the bootstrap's exit
+        answers everything the instance holds."""
+        if self.dead:
+            return False
+        self.claimed.add(request_id)
+        return True
+
+    def done(self, request_id: str) -> None:
+        with self.lock:
+            self.claimed.discard(request_id)
+            if request_id in self.active:
+                self.active.remove(request_id)
 
     def became_ready(self) -> None:
         with self.lock:

@@ -111,12 +111,10 @@ class HttpAgent(Agent):
         except Exception as exc:  # noqa: BLE001 - a request must always be answered
             body, error = None, FunctionError("Runtime.InvalidResponse", f"{type(exc).__name__}: {exc}")
         with self.lock:
-            if self.dead:
+            if not self.claim(frame.request_id):
                 return  # the bootstrap's exit answers it
         self.answer(frame.request_id, body=body, error=error, http=http)
-        with self.lock:
-            if frame.request_id in self.active:
-                self.active.remove(frame.request_id)
+        self.done(frame.request_id)
 
     def exiting(self) -> bool:
         """Whether the bootstrap has exited (or does within a moment): its connection failed."""

@@ -69,7 +69,7 @@ class RuntimeApi(Agent):
         self.arrived = threading.Condition(self.lock)
 
     def holding(self) -> list[str]:
-        return list(self.active) + [frame.request_id for frame in self.queue]
+        return super().holding() + [frame.request_id for frame in self.queue]
 
     def run(self, environ: dict[str, str]) -> None:
         environ["RUNTIME_API_ADDR"] = self.address
@@ -158,15 +158,17 @@ class RuntimeApi(Agent):
     def finish(self, request_id: str, body: bytes | None, error: FunctionError | None) -> None:
         with self.lock:
             # Checked again under the lock: two answers to one request may race.
-            if self.given.pop(request_id, None) is None:
+            if request_id not in self.given:
                 raise Refusal(409, "AlreadyAnswered", f"request {request_id[:64]!r} was already answered")
+            if not self.claim(request_id):
+                raise Refusal(409, "AlreadyAnswered", "the bootstrap exited: every request was answered with its exit")
+            del self.given[request_id]
             self.answered[request_id] = None
             if len(self.answered) > RECENT:
                 del self.answered[next(iter(self.answered))]
         # Its output first (still attributed to it), then its answer.
         self.answer(request_id, body=body, error=error)
-        with self.lock:
-            self.active.remove(request_id)
+        self.done(request_id)
 
     def too_large_response(self, kind: str, request_id: str, refusal: Refusal) -> None:
         """A response over the limit fails its request, as a Python handler's would."""
