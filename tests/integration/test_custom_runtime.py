@@ -399,3 +399,17 @@ def test_cli_deploys_a_directory_keeping_bootstraps_mode(api: Api, tmp_path) -> 
         api.daemon, "deploy", str(tmp_path), "--name", name + "x", "--runtime", "Custom", "--handler", "bootstrap"
     )
     assert refused.returncode != 0 and "not executable" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("#!/no/such/interpreter\n", "No such file or directory"),
+        ("echo a script without a #! line\n", "Exec format error"),
+    ],
+)
+def test_a_bootstrap_that_cannot_be_started(api: Api, content: str, reason: str) -> None:
+    name = deploy(api, "Custom", {"bootstrap": content})
+    error = api.invoke(name, {}).json()
+    assert error["errorType"] == "Runtime.InitError", error
+    assert "bootstrap cannot be started" in error["errorMessage"] and reason in error["errorMessage"]
