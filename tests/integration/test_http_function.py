@@ -218,3 +218,22 @@ def test_concurrency_in_one_instance_with_attributed_logs(api: Api) -> None:
         log = base64.b64decode(response.headers["X-Cff-Function-Log"]).decode()
         own = [line for line in log.splitlines() if " line " in line]
         assert len(own) == 5 and all(f"req{n} line" in line for line in own), log
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"httpMethod": "GET", "path": "/x\r\nX-Injected: 1"},
+        {"httpMethod": "GET", "path": "/", "headers": {"X-Bad": "a\r\nX-Injected: 1"}},
+        {"httpMethod": "POST", "path": "/", "body": "%%%", "isBase64Encoded": True},
+        {"httpMethod": "GET /admin HTTP/1.1\r\n", "path": "/"},
+        {"httpMethod": "GET", "path": "no-slash"},
+    ],
+)
+def test_an_event_that_is_no_http_request_is_refused_and_harmless(api: Api, event: dict) -> None:
+    name = deploy(api, "http", HTTP_FILES)
+    error = api.invoke(name, event).json()
+    assert error["errorType"] == "Runtime.InvalidRequest", error
+    # Nothing was injected, and the instance still serves.
+    echo = echo_of(api.invoke(name, {"httpMethod": "GET", "path": "/ok"}))
+    assert "x-injected" not in headers_of(echo)
