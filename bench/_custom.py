@@ -85,7 +85,7 @@ int main(void) {
 }
 """
 
-NODE = shutil.which("node")
+NODE = shutil.which("node")  # without it, the http cases are left out
 # A small server: node's http module, answering {} to anything (PORT for the direct baseline).
 SERVER_JS = """
 require("http").createServer((req, res) => {
@@ -221,8 +221,15 @@ def http_baseline(directory: Path, count: int) -> list[float]:
     return samples
 
 
+def missing() -> str:
+    """Why the Custom cases cannot run here ("" when they can)."""
+    return "" if shutil.which("gcc") else "no gcc to build the C bootstrap"
+
+
 def cold_start(count: int, percentiles) -> dict:
     """The Custom and http cold-start figures and their baselines."""
+    if missing():
+        return {"skipped": missing()}
     results: dict = {}
     work = Path(tempfile.mkdtemp(prefix="fgd-bench-custom-"))
     bootstrap = compile_bootstrap(work)
@@ -257,6 +264,8 @@ def cold_start(count: int, percentiles) -> dict:
 def warm_invoke(levels: list[int], seconds: int, baseline_url: str) -> dict:
     """Warm Custom (C bootstrap, through the invoke API) and http (node server, through a gateway
     route) figures per level; the http baseline is the same server hit directly."""
+    if missing():
+        return {"skipped": missing()}
     results: dict = {}
     work = Path(tempfile.mkdtemp(prefix="fgd-bench-custom-"))
     bootstrap = compile_bootstrap(work)
