@@ -107,12 +107,13 @@ PYTHON_WORKER = script(
         if op == "env":
             return {{"env": dict(os.environ), "cwd": os.getcwd(), "uid": os.getuid()}}
         if op == "print":
+            started = time.time()
             for i in range(event.get("lines", 1)):
                 # One write per line: print() writes the text and its newline apart, and threads interleave.
                 sys.stdout.write(f"{{rid}} {{event.get('tag', '')}} line {{i}}\\n")
                 sys.stdout.flush()
                 time.sleep(event.get("pause", 0))
-            return {{"printed": rid}}
+            return {{"printed": rid, "start": started, "end": time.time()}}
         if op == "sleep":
             time.sleep(event["seconds"])
             return {{"slept": event["seconds"]}}
@@ -210,6 +211,7 @@ HTTP_SERVER = script(
             self.wfile.write(body)
 
         def handle_any(self):
+            started = time.time()
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             # The last segment: a gateway route forwards its whole path (/route/binary).
@@ -247,6 +249,8 @@ HTTP_SERVER = script(
                 "body": base64.b64encode(body).decode(),
                 "env": dict(os.environ),
                 "pid": os.getpid(),
+                "start": started,
+                "end": time.time(),
             }
             self.answer(
                 int(self.headers.get("X-Status", "200")),
