@@ -238,3 +238,14 @@ def test_an_event_that_is_no_http_request_is_refused_and_harmless(api: Api, even
     # Nothing was injected, and the instance still serves.
     echo = echo_of(api.invoke(name, {"httpMethod": "GET", "path": "/ok"}))
     assert "x-injected" not in headers_of(echo)
+
+
+def test_reserved_instances_have_their_server_up_before_the_first_request(api: Api) -> None:
+    from tests.integration.test_reserved import wait_running
+
+    name = deploy(api, "http", HTTP_FILES)
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 1}).status_code == 200
+    assert wait_running(api, name, 1)
+    response = api.invoke(name, {"httpMethod": "GET", "path": "/"})
+    assert echo_of(response)["method"] == "GET"
+    assert json.loads(response.headers["X-Cff-Invoke-Summary"])["coldStart"] is False
