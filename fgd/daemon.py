@@ -162,12 +162,25 @@ async def serve(config: Config) -> None:
     def health() -> dict:
         # A zygote not started yet is fine (it starts on first use); one being restarted is not.
         states = {i.key: zygotes.state(i) for i in catalogue.in_use()}
+        # Issue 13: Custom and http functions have a zygote of their own (fgd.custom).
+        own = zygotes.running.get(custom.POOL)
+        states[custom.POOL] = (
+            "not started"
+            if own is None
+            else "starting"
+            if own.pid is None
+            else "ready"
+            if own.ready.is_set()
+            else "restarting"
+        )
         missing = [key for key, state in states.items() if state == "restarting"]
         return {
             "status": "starting" if missing else "ok",
             "degraded": sandbox.degraded,
             "version": __version__,
-            "runtimes": {name: states[interpreter.key] for name, interpreter in catalogue.mapping.items()},
+            "runtimes": {
+                name: states[pool_of(name, interpreter.key)] for name, interpreter in catalogue.mapping.items()
+            },
             "interpreters": [
                 {
                     "path": i.path,

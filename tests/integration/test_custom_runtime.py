@@ -413,3 +413,15 @@ def test_a_bootstrap_that_cannot_be_started(api: Api, content: str, reason: str)
     error = api.invoke(name, {}).json()
     assert error["errorType"] == "Runtime.InitError", error
     assert "bootstrap cannot be started" in error["errorMessage"] and reason in error["errorMessage"]
+
+
+def test_healthz_shows_the_custom_pool(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": SHELL_ECHO})
+    assert api.invoke(name, {}).status_code == 200
+    health = api.http.get(f"{api.daemon.url}/healthz").json()
+    assert health["runtimes"]["Custom"] == health["runtimes"]["http"] == "ready"
+    deadline = time.monotonic() + 5
+    while health["pool"].get("Custom", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        health = api.http.get(f"{api.daemon.url}/healthz").json()
+    assert health["pool"]["Custom"] >= 1 and health["pool"]["Custom"] == health["pool"]["http"]
