@@ -425,3 +425,14 @@ def test_healthz_shows_the_custom_pool(api: Api) -> None:
         time.sleep(0.05)
         health = api.http.get(f"{api.daemon.url}/healthz").json()
     assert health["pool"]["Custom"] >= 1 and health["pool"]["Custom"] == health["pool"]["http"]
+
+
+def test_published_version_and_alias(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    assert api.http.post(f"/functions/{name}/versions", json={"version": "v1"}).status_code == 200
+    alias = api.http.post(f"/functions/{name}/aliases", json={"name": "prod", "version": "v1"})
+    assert alias.status_code == 200, alias.text
+    for qualifier, version, alias_name in ((f"{name}:v1", "v1", None), (f"{name}:!prod", "v1", "prod")):
+        headers = {k.lower(): v for k, v in api.invoke(qualifier, {"op": "echo"}).json()["headers"].items()}
+        assert headers["x-cff-func-version"] == version
+        assert headers.get("x-cff-alias") == alias_name
