@@ -217,6 +217,9 @@ class Agent:
         try:
             self.process = subprocess.Popen(
                 [self.bootstrap_path()],
+                # Relative to the working directory: without mounts the code directory is one of
+                # our descriptors (/proc/self/fd/N), which the child closes before it executes.
+                executable=f"./{BOOTSTRAP}",
                 cwd=self.code_dir,
                 env=environ,
                 stdin=subprocess.DEVNULL,
