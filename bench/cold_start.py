@@ -7,7 +7,10 @@ same run, spawns a fresh `python3` per invocation under `unshare` (new mount,
 pid, net, ipc and uts namespaces) that imports and runs the same handler.
 Also reports the memory (USS) an idle specialised instance costs.
 
-Usage: python bench/cold_start.py [--count 100]
+Custom (a C bootstrap) and HTTP functions (a small node server) are measured by bench/_custom.py,
+against their own baselines (the bootstrap or server started fresh under `unshare`).
+
+Usage: python bench/cold_start.py [--count 100] [--runtimes python,custom]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _custom
 from _common import Daemon
 
 NOOP = "def handler(event, context):\n    return {}\n"
@@ -102,8 +106,16 @@ def baseline(count: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--runtimes", default="python,custom", help="python, custom (Custom and http)")
     args = parser.parse_args()
+    runtimes = args.runtimes.split(",")
     results: dict = {"benchmark": "cold_start", "count": args.count}
+    if "custom" in runtimes:
+        # Issue 13: Custom with a C bootstrap, http with a small node server (bench/_custom.py).
+        results["custom_and_http"] = _custom.cold_start(args.count, percentiles)
+    if "python" not in runtimes:
+        print(json.dumps(results, indent=2))
+        return
 
     daemon = Daemon()
     try:

@@ -13,7 +13,10 @@ Each level is run twice: against a function whose instances take one request at 
 Issue 15's targets, at 16 connections: req/s >= 1.5x hypercorn and >= 0.5x h11, p99 <= 10 ms;
 at 1 connection: p50 <= 0.6x hypercorn's.
 
-Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64]
+Custom (a C bootstrap, through the invoke API) and HTTP functions (a small node server, through a
+gateway route, against the same server hit directly) come from bench/_custom.py.
+
+Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64] [--runtimes python,custom]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _custom
 from _common import Daemon, free_port, wait_http, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
@@ -44,8 +48,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
+    parser.add_argument("--runtimes", default="python,custom", help="python, custom (Custom and http)")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    runtimes = args.runtimes.split(",")
 
     baselines: dict[str, tuple[subprocess.Popen, str]] = {}
     daemon = None
@@ -57,20 +63,24 @@ def main() -> None:
             baselines[name] = (process, f"http://127.0.0.1:{port}/")
             wait_http(baselines[name][1])
         daemon = Daemon()
-        daemon.deploy("noop1", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
-        daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
-        for level in levels:
-            entry: dict = {}
-            for name, (_, url) in baselines.items():
-                entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
-            for name in ("noop1", "noop16"):
-                wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
-                fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
-                entry[f"concurrent_num_{name[4:]}"] = {
-                    **fgd,
-                    **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},
-                }
-            results["levels"][str(level)] = entry
+        if "custom" in runtimes:
+            # Issue 13: Custom (C bootstrap) and http (node server, against itself hit directly).
+            results["custom_and_http"] = _custom.warm_invoke(levels, args.seconds, baselines["hypercorn"][1])
+        if "python" in runtimes:
+            daemon.deploy("noop1", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
+            daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
+            for level in levels:
+                entry: dict = {}
+                for name, (_, url) in baselines.items():
+                    entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
+                for name in ("noop1", "noop16"):
+                    wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
+                    fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
+                    entry[f"concurrent_num_{name[4:]}"] = {
+                        **fgd,
+                        **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},
+                    }
+                results["levels"][str(level)] = entry
     finally:
         if daemon is not None:
             daemon.stop()

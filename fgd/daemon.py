@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from fgd import __version__, bundled, dnsforward
+from fgd import __version__, bundled, custom, dnsforward
 from fgd.agencies import Agencies
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
@@ -98,6 +98,11 @@ async def find_runtimes(config: Config) -> Catalogue:
     return catalogue
 
 
+def pool_of(name: str, interpreter_key: str) -> str:
+    """The pool serving runtime `name` (issue 13: Custom and http have their own, fgd.custom)."""
+    return custom.POOL if custom.mode_of(name) != "python" else interpreter_key
+
+
 def seccomp_programs(sandbox: Sandbox) -> dict[str, bytes] | None:
     """Built once here and handed to every zygote (each instance loads one last)."""
     if not sandbox.protections.seccomp:
@@ -163,12 +168,25 @@ async def serve(config: Config) -> None:
     def health() -> dict:
         # A zygote not started yet is fine (it starts on first use); one being restarted is not.
         states = {i.key: zygotes.state(i) for i in catalogue.in_use()}
+        # Issue 13: Custom and http functions have a zygote of their own (fgd.custom).
+        own = zygotes.running.get(custom.POOL)
+        states[custom.POOL] = (
+            "not started"
+            if own is None
+            else "starting"
+            if own.pid is None
+            else "ready"
+            if own.ready.is_set()
+            else "restarting"
+        )
         missing = [key for key, state in states.items() if state == "restarting"]
         return {
             "status": "starting" if missing else "ok",
             "degraded": sandbox.degraded,
             "version": __version__,
-            "runtimes": {name: states[interpreter.key] for name, interpreter in catalogue.mapping.items()},
+            "runtimes": {
+                name: states[pool_of(name, interpreter.key)] for name, interpreter in catalogue.mapping.items()
+            },
             "interpreters": [
                 {
                     "path": i.path,
@@ -181,9 +199,9 @@ async def serve(config: Config) -> None:
             "instances": invoker.count(),
             # Per runtime name whose interpreter's zygote runs (names it serves share its pool).
             "pool": {
-                name: len(invoker.pools[interpreter.key])
+                name: len(invoker.pools[pool_of(name, interpreter.key)])
                 for name, interpreter in catalogue.mapping.items()
-                if interpreter.key in invoker.pools
+                if pool_of(name, interpreter.key) in invoker.pools
             },
             "functions": len(store.functions),
             # Issue 14: whether functions can have `outbound`, and why not.

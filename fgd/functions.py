@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import trio
 
+from fgd import custom
 from fgd.codefetch import fetch_to_file
 from fgd.codestore import CodeStore, inline_zip
 from fgd.config import CodeFetchConfig, NetworkConfig
@@ -226,6 +227,11 @@ class Functions:
         # Issue 12: a 400 saying why (Python 2 refused, a version the node lacks, exact mode).
         self.runtimes.check(runtime)
 
+    def _check_bootstrap(self, runtime: str, code: CodeRef) -> None:
+        # Issue 13: a Custom/http function's code must start with an executable `bootstrap`.
+        if custom.mode_of(runtime) != "python":
+            custom.check_bootstrap(self._code.tree_path(code.sha256), runtime)
+
     async def _store_code(self, code_type: str, source: CodeSource, handler: str) -> CodeRef:
         if source.url:
             # Streamed to a staging file and judged like a raw upload.
@@ -238,7 +244,7 @@ class Functions:
     async def create(self, project_id: str, body: object) -> FunctionRecord:
         request: CreateFunction = convert(body, CreateFunction, "the function definition")
         self._check_runtime(request.runtime)
-        settings = normalise_settings(settings_of(request))
+        settings = normalise_settings(settings_of(request), request.runtime)
         settings = self._network_settings(settings, body)
         # Issue 12: an agency must be one of the node's credential sets.
         self._invoker.agencies.check(settings.xrole, settings.app_xrole, project_id)
@@ -248,6 +254,7 @@ class Functions:
             raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
         source = check_code_source(request.code_type, request.func_code, request.code_url)
         code = await self._store_code(request.code_type, source, settings.handler)
+        self._check_bootstrap(request.runtime, code)
         now = time.time()
         record = FunctionRecord(
             project_id=project_id,
@@ -306,7 +313,7 @@ class Functions:
                     raise InvalidParameter(f"{field} cannot be changed; create a new function instead")
             changes = {k: v for k, v in body.items() if k not in IMMUTABLE_FIELDS}
             merged = {**msgspec.to_builtins(current.settings), **changes}
-            settings = normalise_settings(convert(merged, FunctionSettings, "the function config"))
+            settings = normalise_settings(convert(merged, FunctionSettings, "the function config"), current.runtime)
             settings = self._network_settings(settings, body, current.settings.network)
             # Only a changed name is judged: a function whose agency the operator removed stays editable.
             old = current.settings
@@ -327,6 +334,7 @@ class Functions:
         if request.depend_version_list is not None:
             self._dependencies.resolve(record.project_id, record.runtime, request.depend_version_list)
         code = await self._store_code(request.code_type, source, record.settings.handler)
+        self._check_bootstrap(record.runtime, code)
 
         def change(current: FunctionRecord) -> dict[str, object]:
             # Storing the code may take a while (a download): a config change made meanwhile stays.

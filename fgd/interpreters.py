@@ -413,6 +413,10 @@ def _standby(candidate: tuple[str, str], identity: Identity, chosen: Interpreter
     )
 
 
+# Issue 13 (fgd.custom): Custom and http functions run an agent on the daemon's own interpreter.
+CUSTOM_RUNTIMES = ("Custom", "http")
+
+
 class Catalogue:
     """Which interpreter serves each accepted `Python3.x` name."""
 
@@ -430,6 +434,11 @@ class Catalogue:
             serving = self._serving_minor(minor)
             if serving is not None:
                 self.mapping[f"Python3.{minor}"] = serving
+        # Issue 13: Custom and http are served by the daemon's interpreter (their agent's).
+        daemon = next((i for i in self.interpreters if i.origin == "daemon" and i.usable), None)
+        if daemon is not None:
+            for name in CUSTOM_RUNTIMES:
+                self.mapping[name] = daemon
 
     def _serving_minor(self, minor: int) -> Interpreter | None:
         if minor in self.chosen:
@@ -440,7 +449,8 @@ class Catalogue:
         return self.chosen[min(newer)] if newer else None
 
     def names(self) -> list[str]:
-        return sorted(self.mapping, key=lambda name: int(name.rpartition(".")[2]))
+        # Python3.x by minor, then the others (issue 13: Custom, http) in their order.
+        return sorted(self.mapping, key=lambda name: (not name.startswith("Python3."), _minor_of(name), name))
 
     def serving(self, name: str) -> Interpreter | None:
         return self.mapping.get(name)
@@ -490,7 +500,7 @@ class Catalogue:
     def served_by(self) -> dict[str, dict[str, object]]:
         """GET /runtimes: every accepted name and the interpreter that serves it."""
         return {
-            name: {**self.mapping[name].describe(), "exact": self.mapping[name].minor == int(name.rpartition(".")[2])}
+            name: {**self.mapping[name].describe(), "exact": self.mapping[name].minor == _minor_of(name)}
             for name in self.names()
         }
 
@@ -509,6 +519,11 @@ class Catalogue:
             }
             for i in self.interpreters
         ]
+
+
+def _minor_of(name: str) -> int:
+    """3.x's x of a `Python3.x` name; -1 for the names no minor version serves (issue 13: Custom, http)."""
+    return int(name.rpartition(".")[2]) if name.startswith("Python3.") else -1
 
 
 def catalogue(config: RuntimesConfig) -> Catalogue:

@@ -18,6 +18,7 @@ import msgspec
 import psutil
 import trio
 
+from fgd import custom
 from fgd.agencies import Agencies
 from fgd.bundled import SANDBOX_ROOT as BUNDLED_SANDBOX_ROOT
 from fgd.codestore import CodeStore
@@ -66,6 +67,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     alias: str = ""
     # The interpreter that ran it ({"path", "version"}; issue 12), for the invocation summary.
     runtime_interpreter: dict | None = None
+    # Issue 13: an HTTP function's answer as its server sent it (status, headers, body), for a
+    # gateway route; `body` holds its APIG response for everyone else (fgd.custom).
+    http_response: tuple[int, list[tuple[str, str]], bytes] | None = None
 
 
 def check_event(event: bytes) -> bytes:
@@ -657,6 +661,15 @@ class Invoker:
                 result = await instance.result(request_id)
                 assert isinstance(result, protocol.Result)
                 outcome.body, outcome.error = checked_answer(result)
+                if result.http_status and outcome.error is None:
+                    raw = outcome.body or b""
+                    outcome.http_response = (result.http_status, list(result.http_headers), raw)
+                    outcome.body = custom.apig_answer(result.http_status, list(result.http_headers), raw)
+                if result.fatal:
+                    # Issue 13: its bootstrap exited; the instance is not reused (an OOM kill says so).
+                    healthy = False
+                    if instance.oom_killed():
+                        outcome.error = self._gone_error(instance, InstanceGone(""), settings.memory_size)
                 outcome.max_memory_mb = instance.memory_peak_mb() or max(result.max_rss_kb, 0) / 1024
             except InstanceGone as gone:
                 healthy = False
@@ -715,6 +728,10 @@ class Invoker:
         instance.packages = {record.code.sha256} | {d.code.sha256 for d in deps}
         settings = record.settings
         limit = settings.initializer_timeout if settings.initializer_handler else self._config.instances.spawn_timeout
+        if custom.mode_of(record.runtime) != "python":
+            # Issue 13: bootstrap's start (first GET of the runtime API, or its server accepting)
+            # is the initializer of a Custom/http function.
+            limit = settings.initializer_timeout
         self.instances.setdefault(record.key, []).append(instance)
         instance.state = State.BUSY
         failure: FunctionError | None = None
@@ -759,7 +776,9 @@ class Invoker:
         tree = self._code.tree_path(record.code.sha256)
         trees = [(f"{DEPENDENCY_DIR}/{d.name}/{d.version}", self._code.tree_path(d.code.sha256)) for d in deps]
         # Every other protection holds without mounts: the policy always goes (uid, seccomp...).
-        policy = None if self.sandbox is None else self.sandbox.enter_policy(record, tree, trees, owner)
+        # Issue 13: an http function's server listens (seccomp profile "http"); fgd.custom.
+        profile = custom.seccomp_profile(record.runtime)
+        policy = None if self.sandbox is None else self.sandbox.enter_policy(record, tree, trees, owner, profile)
         if self.sandbox is None or not (self.sandbox.protections.mounts and self.sandbox.protections.namespaces):
             frame = specialize_frame(record, str(tree))
             frame = msgspec.structs.replace(
@@ -772,6 +791,8 @@ class Invoker:
             frame = msgspec.structs.replace(
                 frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy, bundled_dir=bundled
             )
+        # Issue 13: what the instance becomes ("python", or the agent of a Custom/http function).
+        frame = msgspec.structs.replace(frame, mode=custom.mode_of(record.runtime), region=self._config.server.region)
         return self._with_credentials(record, frame)
 
     # Agencies (issue 12) --------------------------------------------------------

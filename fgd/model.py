@@ -854,9 +854,14 @@ def _user_data(field: str, value: UserData) -> dict[str, str]:
     return dict(value)
 
 
-def normalise_settings(settings: FunctionSettings) -> FunctionSettings:
+# Issue 13: a Custom or http function's handler names its `bootstrap`, not file.function
+# (fgd.interpreters.CUSTOM_RUNTIMES; FunctionGraph's default for them is "bootstrap").
+BOOTSTRAP_RUNTIMES = ("Custom", "http")
+
+
+def normalise_settings(settings: FunctionSettings, runtime: str = "") -> FunctionSettings:
     """Checks the type system cannot express; returns the canonical form."""
-    if not HANDLER_RE.match(settings.handler):
+    if runtime not in BOOTSTRAP_RUNTIMES and not HANDLER_RE.match(settings.handler):
         raise InvalidParameter(f"handler {settings.handler!r} must be file.function or dir/file.function")
     if settings.initializer_handler and not HANDLER_RE.match(settings.initializer_handler):
         raise InvalidParameter(

@@ -277,21 +277,28 @@ class Zygotes:
         interpreter = self.catalogue.serving(runtime)
         if interpreter is None:
             raise Unavailable(self.catalogue.refusal(runtime))
-        zygote = self.running.get(interpreter.key)
+        # Issue 13: Custom and http functions have their own pool of the daemon's interpreter.
+        from fgd import custom
+
+        key = custom.POOL if custom.mode_of(runtime) != "python" else interpreter.key
+        zygote = self.running.get(key)
         if zygote is not None:
             return zygote
         if self._nursery is None:
             raise Unavailable(f"runtime {runtime} is not available: the daemon is shutting down")
-        zygote = python_zygote(interpreter, seccomp_programs=self._seccomp_programs)
+        if key == custom.POOL:
+            zygote = custom.custom_zygote(interpreter, self.catalogue, self._seccomp_programs)
+        else:
+            zygote = python_zygote(interpreter, seccomp_programs=self._seccomp_programs)
         # Registered before it has started, so concurrent cold starts share it (they wait on ready).
-        self.running[interpreter.key] = zygote
+        self.running[key] = zygote
         try:
             await self._nursery.start(zygote.run)
         except OSError as exc:
-            del self.running[interpreter.key]
+            del self.running[key]
             zygote.ready.set()  # wake whoever waits on it: their fork fails and says so
             raise Unavailable(f"cannot start the {interpreter.key} zygote ({interpreter.path}): {exc}") from None
-        log.info("started the %s zygote (%s, Python %s)", interpreter.key, interpreter.path, interpreter.version)
+        log.info("started the %s zygote (%s, Python %s)", key, interpreter.path, interpreter.version)
         for hook in self.on_start:
             hook(zygote)
         return zygote

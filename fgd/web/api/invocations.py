@@ -34,6 +34,11 @@ def async_event(
 
     Shared by this route and fgd.web.front, which serves it on the hot path (without Quart).
     """
+    if record.runtime == "http":
+        # Issue 13: as on FunctionGraph, an HTTP function answers requests; nobody would get its answer.
+        raise InvalidParameter(
+            "HTTP functions (runtime http) cannot be invoked asynchronously; invoke them synchronously"
+        )
     if len(data) > config.max_payload:
         raise TooLarge(f"the event is {len(data):,} bytes; asynchronous events may be {config.max_payload:,} at most")
     if dispatcher.full():
