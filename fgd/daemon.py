@@ -34,6 +34,7 @@ from fgd.invoker import Invoker
 from fgd.keys import Keys
 from fgd.logs import LogSink
 from fgd.metrics import Metrics
+from fgd.nodejs import NodeCatalogue, find_node
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.triggers import Triggers
@@ -94,6 +95,13 @@ async def find_runtimes(config: Config) -> Catalogue:
     for interpreter in catalogue.in_use():
         served = [name for name in catalogue.names() if catalogue.serving(name) == interpreter]
         log.info("runtime %s: %s (Python %s)", ", ".join(served), interpreter.path, interpreter.version)
+    # Issue 13 (nodejs): the Node.js names, served by the node's `node` (fgd.nodejs).
+    catalogue.nodejs = NodeCatalogue(await trio.to_thread.run_sync(find_node), config.runtimes.exact_versions)
+    if catalogue.nodejs.node is not None:
+        node = catalogue.nodejs.node
+        log.info("runtime %s: %s (Node.js %s)", ", ".join(catalogue.nodejs.names()), node.path, node.version)
+    else:
+        log.info("no Node.js runtime: %s", catalogue.nodejs.refusal("Node.js20.15"))
     return catalogue
 
 
@@ -145,6 +153,7 @@ async def serve(config: Config) -> None:
             raise StartupError(f"[runtimes] preload: {catalogue.refusal(name)}")
     # One zygote per interpreter in use, each started on the first cold start that needs it.
     zygotes = Zygotes(catalogue, seccomp_programs=seccomp_programs(sandbox))
+    zygotes.nodejs_bundled = config.runtimes.bundled_libraries  # Issue 13 (nodejs)
     packager = Packager(code)
     # The daemon's own name first: public dependencies are registered for it.
     default = catalogue.default_name()

@@ -27,6 +27,7 @@ from fgd.errors import InvalidParameter, NotFound, Throttled, Unavailable
 from fgd.instance import Instance, InstanceGone, LogLimits, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
+from fgd.nodejs import NodeZygote, launch_policy
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
@@ -266,6 +267,9 @@ class Invoker:
                 assert self._nursery is not None
                 self._nursery.start_soon(instance.pump_output)
                 await instance.contain()
+                if isinstance(zygote, NodeZygote):
+                    # Issue 13 (nodejs): a Node pool member runs its node from the start, as its own uid.
+                    await instance.launch(zygote.launch(launch_policy(self.sandbox, instance.id)))
         except BaseException as exc:
             # Whatever stopped it (a dead zygote, a deadline, shutdown mid-start), it leaves nothing behind.
             self._retire_instance(instance)
@@ -739,8 +743,10 @@ class Invoker:
         return credentials.as_frame()
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
-        if instance.zygote.interpreter is not None:
-            outcome.runtime_interpreter = instance.zygote.interpreter.describe()
+        # Issue 13 (nodejs): a Node instance was run by its zygote's node.
+        served_by = getattr(instance.zygote, "node", None) or instance.zygote.interpreter
+        if served_by is not None:
+            outcome.runtime_interpreter = served_by.describe()
         if not healthy:
             instance.kill()
         instance.collect_output()
