@@ -203,7 +203,10 @@ class NodeZygote(Zygote):
         """The daemon interpreter's sandbox, with node's installation and the Node trees."""
         if self._node_policy is None or self._node_policy[0] is not base:
             policy = super().contain_policy(base)
-            mounts = list(policy.root_mounts)
+            # The keeper has everything it runs loaded before the sandbox is built: the daemon
+            # interpreter's own installation (a pyenv under /root, a venv) is not shown to node.
+            own = self.interpreter.prefix if self.interpreter is not None else ""
+            mounts = [m for m in policy.root_mounts if not (m.source == own and m.target == own)]
             prefix = self.node.prefix
             if not any(prefix == m.source or prefix.startswith(m.source.rstrip("/") + "/") for m in mounts):
                 mounts.append(Mount(prefix, prefix))
