@@ -187,6 +187,12 @@ async def serve(config: Config) -> None:
                 name: len(invoker.pools[interpreter.key])
                 for name, interpreter in catalogue.mapping.items()
                 if interpreter.key in invoker.pools
+            }
+            # Issue 13 (nodejs): the Node pool, under each name its node serves.
+            | {
+                name: len(invoker.pools[node.key])
+                for name, node in (catalogue.nodejs.mapping.items() if catalogue.nodejs is not None else ())
+                if node.key in invoker.pools
             },
             "functions": len(store.functions),
         }

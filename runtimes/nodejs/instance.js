@@ -15,6 +15,7 @@
 //   <- Shutdown                      exit
 // The daemon enforces timeouts and memory (it kills the whole instance).
 
+const fs = require('fs');
 const net = require('net');
 const path = require('path');
 const { AsyncLocalStorage } = require('async_hooks');
@@ -406,21 +407,25 @@ async function resolve(codeDir, handler, role) {
   try {
     exported = require(modulePath);
   } catch (error) {
-    if (error && error.code === 'ERR_REQUIRE_ESM') {
+    const missing = error && error.code === 'MODULE_NOT_FOUND' && String(error.message).includes(`'${modulePath}'`);
+    // An ES module: `"type": "module"` (require refuses it) or a .mjs file (require does not look for one).
+    const esm = error && error.code === 'ERR_REQUIRE_ESM' ? require.resolve(modulePath) : missing && fs.existsSync(`${modulePath}.mjs`) ? `${modulePath}.mjs` : '';
+    if (esm) {
       try {
-        exported = await import(pathToFileURL(require.resolve(modulePath)).href);
+        exported = await import(pathToFileURL(esm).href);
       } catch (esmError) {
         const report = errorFrom(esmError);
         throw new LoadError('Runtime.ImportModuleError', `importing '${file}' failed: ${report.error_type}: ${report.error_message}`, report.stack_trace);
       }
-    } else if (error && error.code === 'MODULE_NOT_FOUND' && String(error.message).includes(`'${modulePath}'`)) {
+    } else if (missing) {
       throw new LoadError('Runtime.ImportModuleError', `no module '${file}' in ${codeDir} for ${role} '${handler}'`);
     } else {
       const report = errorFrom(error);
       throw new LoadError('Runtime.ImportModuleError', `importing '${file}' failed: ${report.error_type}: ${report.error_message}`, report.stack_trace);
     }
   }
-  const func = exported == null ? undefined : exported[name];
+  let func = exported == null ? undefined : exported[name];
+  if (typeof func !== 'function' && exported != null && exported.default != null) func = exported.default[name];
   if (typeof func !== 'function') {
     throw new LoadError('Runtime.HandlerNotFound', `${file}.js exports no function '${name}' (${role} '${handler}')`);
   }

@@ -125,6 +125,16 @@ def test_handler_in_a_subdirectory_and_a_missing_handler(api: Api) -> None:
     assert "nothere" in body["errorMessage"]
 
 
+def test_es_modules_are_loaded_with_import(api: Api) -> None:
+    mjs = {"index.mjs": "export const handler = async (event) => 'mjs ' + event.n;\n"}
+    assert api.invoke(deploy_js(api, "", files=mjs), {"n": 1}).text == "mjs 1"
+    typed = {
+        "package.json": '{"type": "module"}',
+        "index.js": "import os from 'os';\nexport async function handler() { return typeof os.cpus; }\n",
+    }
+    assert api.invoke(deploy_js(api, "", files=typed)).text == "function"
+
+
 def test_a_module_that_throws_while_loading_is_an_import_error(api: Api) -> None:
     name = deploy_js(api, "throw new RangeError('broken at load');\nexports.handler = async () => 1;\n")
     body = api.invoke(name).json()
@@ -461,6 +471,9 @@ def test_tail_log_header_and_summary(api: Api) -> None:
     summary = json.loads(response.headers["x-cff-invoke-summary"])
     assert summary["coldStart"] is False
     assert 5 <= summary["memoryUsed"] <= 128, summary
+    assert summary["runtime_interpreter"]["path"].endswith("node"), summary
+    config = api.http.get(f"/functions/{name}/config").json()
+    assert config["runtime_interpreter"] == summary["runtime_interpreter"]
 
 
 # Dependencies and bundled modules -------------------------------------------------------
