@@ -9,6 +9,8 @@ import base64
 import concurrent.futures
 import json
 import shutil
+import subprocess
+import sys
 import textwrap
 import time
 
@@ -526,3 +528,68 @@ def test_the_bundled_modules_and_the_shim_are_read_only(api: Api) -> None:
     """
     body = api.invoke(deploy_js(api, source)).json()
     assert body == {"bundled": "EROFS", "shim": "EROFS", "code": "EROFS", "tmp": "written"}
+
+
+def test_what_functions_commonly_use_works_in_the_sandbox(api: Api) -> None:
+    source = """
+        const { Worker } = require('worker_threads');
+        const { execFile, fork } = require('child_process');
+        const crypto = require('crypto');
+        const dgram = require('dgram');
+        const dns = require('dns').promises;
+        const zlib = require('zlib');
+        const fsp = require('fs/promises');
+        const os = require('os');
+
+        exports.handler = async () => {
+          const worker = await new Promise((resolve, reject) => {
+            const w = new Worker('require("worker_threads").parentPort.postMessage(6 * 7)', {eval: true});
+            w.on('message', resolve);
+            w.on('error', reject);
+          });
+          await fsp.writeFile('/tmp/child.js', 'process.send(process.pid > 0 ? "child ok" : "no")');
+          const child = await new Promise((resolve, reject) => {
+            const c = fork('/tmp/child.js');
+            c.on('message', resolve);
+            c.on('error', reject);
+          });
+          const shell = await new Promise((resolve) => {
+            execFile('sh', ['-c', 'echo $RUNTIME_MEMORY'], (e, out) => resolve(out.trim()));
+          });
+          const udp = await new Promise((resolve) => {
+            const socket = dgram.createSocket('udp4');
+            socket.on('message', (message) => { socket.close(); resolve(message.toString()); });
+            socket.bind(0, '127.0.0.1', () => socket.send('dgram', socket.address().port, '127.0.0.1'));
+          });
+          return {
+            worker, child, shell, udp,
+            hash: crypto.createHash('sha256').update('x').digest('hex').slice(0, 8),
+            zlib: zlib.gunzipSync(zlib.gzipSync('round trip')).toString(),
+            localhost: (await dns.lookup('localhost')).address,
+            hostname: os.hostname(),
+            cpus: os.cpus().length > 0,
+          };
+        };
+    """
+    response = api.invoke(deploy_js(api, source, timeout=10))
+    assert response.headers["x-is-func-err"] == "false", response.text
+    assert response.json() == {
+        "worker": 42,
+        "child": "child ok",
+        "shell": "128",
+        "udp": "dgram",
+        "hash": "2d711642",
+        "zlib": "round trip",
+        "localhost": "127.0.0.1",
+        "hostname": "localhost",
+        "cpus": True,
+    }
+
+
+@pytest.mark.slow
+def test_doctor_names_the_node_and_the_names_it_serves() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "fgd", "doctor"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    line = next(line for line in out.splitlines() if " node " in f" {line} ")
+    assert line.startswith("ok") and "serves Node.js6.10" in line and "Node.js20.15" in line, line
