@@ -283,3 +283,26 @@ exports.handler = async () => {
     assert body["errorType"] == "Runtime.ExitError", body
     assert reason in body["errorMessage"], body
     assert_still_serving(api, canary)
+
+
+@pytest.mark.slow
+def test_a_synchronous_log_flood_is_bounded_and_the_daemon_stays_responsive(api: Api, canary: str) -> None:
+    # node cannot block on its socket: a loop that never yields buffers its Log frames in its own
+    # memory (held to the function's size by its cgroup); the daemon keeps the transcript bounded.
+    source = """
+        exports.handler = async (event) => {
+          for (let i = 0; i < event.lines; i++) console.log('flood line ' + i + ' ' + 'x'.repeat(100));
+          return 'flooded';
+        };
+    """
+    name = deploy_js(api, source, memory_size=256, timeout=20)
+    response = api.invoke(name, {"lines": 100_000})
+    assert response.content == b"flooded", response.text
+    request_id = response.headers["x-cff-request-id"]
+    answer = api.http.get(f"/functions/{name}/logs", params={"request_id": request_id})
+    assert answer.status_code == 200, answer.text
+    messages = [line["message"] for line in answer.json()["logs"]]
+    assert any(m.startswith("flood line ") for m in messages)
+    # The transcript keeps the first 1 MB of the request's 11 MB and says what it dropped.
+    assert any(" log lines (" in m and "dropped" in m for m in messages), messages[-3:]
+    assert_still_serving(api, canary)
