@@ -163,15 +163,21 @@ async def serve(config: Config) -> None:
     invoker.bundled_root = str(bundled_root) if bundled_root else None
     functions = Functions(store, code, invoker, logs, dependencies, config.server.region, catalogue, config.code_fetch)
 
+    def nodejs_mapping() -> list:
+        return list(catalogue.nodejs.mapping.items()) if catalogue.nodejs is not None else []
+
     def health() -> dict:
         # A zygote not started yet is fine (it starts on first use); one being restarted is not.
         states = {i.key: zygotes.state(i) for i in catalogue.in_use()}
-        missing = [key for key, state in states.items() if state == "restarting"]
+        # Issue 13 (nodejs): the Node pool's zygote, under each Node.js name.
+        node_states = {name: zygotes.pool_state(node.key) for name, node in nodejs_mapping()}
+        missing = [key for key, state in [*states.items(), *node_states.items()] if state == "restarting"]
         return {
             "status": "starting" if missing else "ok",
             "degraded": sandbox.degraded,
             "version": __version__,
-            "runtimes": {name: states[interpreter.key] for name, interpreter in catalogue.mapping.items()},
+            "runtimes": {name: states[interpreter.key] for name, interpreter in catalogue.mapping.items()}
+            | node_states,
             "interpreters": [
                 {
                     "path": i.path,
@@ -189,11 +195,7 @@ async def serve(config: Config) -> None:
                 if interpreter.key in invoker.pools
             }
             # Issue 13 (nodejs): the Node pool, under each name its node serves.
-            | {
-                name: len(invoker.pools[node.key])
-                for name, node in (catalogue.nodejs.mapping.items() if catalogue.nodejs is not None else ())
-                if node.key in invoker.pools
-            },
+            | {name: len(invoker.pools[node.key]) for name, node in nodejs_mapping() if node.key in invoker.pools},
             "functions": len(store.functions),
         }
 

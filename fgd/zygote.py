@@ -275,6 +275,15 @@ class Zygotes:
             return "starting"
         return "ready" if zygote.ready.is_set() else "restarting"
 
+    def pool_state(self, key: str) -> str:
+        """Issue 13 (nodejs): `state` for a zygote named by its key (a Node pool's "node20")."""
+        zygote = self.running.get(key)
+        if zygote is None:
+            return "not started"
+        if zygote.pid is None:
+            return "starting"
+        return "ready" if zygote.ready.is_set() else "restarting"
+
     async def get(self, runtime: str) -> Zygote:
         """The zygote serving `runtime`, started now if this is its first use."""
         if is_nodejs(runtime):

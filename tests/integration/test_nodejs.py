@@ -84,6 +84,9 @@ def test_async_handler_answers_with_json(api: Api) -> None:
     body = response.json()
     assert body == {"got": {"a": 1}, "id": response.headers["x-cff-request-id"]}
     assert json.loads(response.headers["x-cff-invoke-summary"])["coldStart"] is True
+    health = api.daemon.client().get(f"{api.daemon.url}/healthz").json()
+    assert health["runtimes"]["Node.js20.15"] == health["runtimes"]["Node.js6.10"] == "ready"
+    assert "Node.js20.15" in health["pool"]
     warm = api.invoke(name, {"a": 2})
     assert warm.json()["got"] == {"a": 2}
     assert json.loads(warm.headers["x-cff-invoke-summary"])["coldStart"] is False
