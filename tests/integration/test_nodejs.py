@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.conftest import Api, b64, make_zip, marker, unique_name, wait_none_with
+from tests.conftest import Api, Daemon, b64, make_zip, marker, unique_name, wait_none_with
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="no `node` on this machine (make installs it)")
 
@@ -596,3 +596,38 @@ def test_doctor_names_the_node_and_the_names_it_serves() -> None:
     ).stdout
     line = next(line for line in out.splitlines() if " node " in f" {line} ")
     assert line.startswith("ok") and "serves Node.js6.10" in line and "Node.js20.15" in line, line
+
+
+def test_lone_surrogates_in_output_errors_and_results_do_not_break_the_protocol(api: Api) -> None:
+    source = r"""
+        exports.handler = async (event, context) => {
+          console.log('half a pair: \ud800');
+          context.getLogger().info('other half: \udfff');
+          if (event.fail) throw new Error('broken \ud83d');
+          return 'result \udc00';
+        };
+    """
+    name = deploy_js(api, source)
+    response = api.invoke(name)
+    assert response.headers["x-is-func-err"] == "false", response.text
+    assert response.content == "result \ufffd".encode()
+    logged = [line["message"] for line in logs_of(api, name, response.headers["x-cff-request-id"])]
+    assert "half a pair: \ufffd" in logged and "[INFO] other half: \ufffd" in logged
+    body = api.invoke(name, {"fail": True}).json()
+    assert (body["errorType"], body["errorMessage"]) == ("Error", "broken \ufffd")
+    assert api.invoke(name).headers["x-is-func-err"] == "false"  # the same instance, still there
+
+
+def test_bundled_modules_can_be_switched_off(tmp_path) -> None:
+    daemon = Daemon(tmp_path / "state", "[runtimes]\nbundled_libraries = false\n")
+    daemon.start()
+    try:
+        api = Api(daemon)
+        source = """
+            exports.handler = async () => {
+              try { require('lodash'); return 'found'; } catch (e) { return e.code + ' ' + process.env.NODE_PATH; }
+            };
+        """
+        assert api.invoke(deploy_js(api, source)).text == "MODULE_NOT_FOUND "
+    finally:
+        daemon.stop()
