@@ -411,6 +411,7 @@ def test_a_crash_is_an_exit_error_and_the_next_request_starts_cold(api: Api, sou
 # Concurrency and logs -------------------------------------------------------------------
 
 CONCURRENT = """
+    const INSTANCE = require('crypto').randomBytes(8).toString('hex');
     let calls = 0;
     exports.handler = async (event, context) => {
       calls += 1;
@@ -423,7 +424,7 @@ CONCURRENT = """
       }
       process.stdout.write(`partial of ${id}`);
       await new Promise((resolve) => setTimeout(resolve, event.s * 1000));
-      return {pid: process.pid, calls};
+      return {instance: INSTANCE, calls};
     };
 """
 
@@ -438,7 +439,7 @@ def test_concurrent_requests_share_one_node_and_their_logs_stay_apart(api: Api) 
         )
     elapsed = time.monotonic() - started
     assert all(r.headers["x-is-func-err"] == "false" for r in responses), [r.text for r in responses]
-    assert len({r.json()["pid"] for r in responses}) == 1
+    assert len({r.json()["instance"] for r in responses}) == 1
     assert max(r.json()["calls"] for r in responses) == 5
     assert elapsed < 1.5  # together, not one after another (4 x 0.6 s)
     for response in responses:
@@ -629,5 +630,45 @@ def test_bundled_modules_can_be_switched_off(tmp_path) -> None:
             };
         """
         assert api.invoke(deploy_js(api, source)).text == "MODULE_NOT_FOUND "
+    finally:
+        daemon.stop()
+
+
+def test_agency_credentials_reach_the_getters_and_a_rotation_reaches_a_warm_instance(tmp_path) -> None:
+    rotating = tmp_path / "rotating.toml"
+    fields = ("access_key", "secret_key", "security_token", "auth_token")
+    rotating.write_text("".join(f'{k} = "v1-{k}"\n' for k in fields))
+    rotating.chmod(0o600)
+    daemon = Daemon(tmp_path / "state", f'[agencies.rotating]\nfile = "{rotating}"\n')
+    daemon.start()
+    try:
+        api = Api(daemon)
+        source = """
+            const INSTANCE = require('crypto').randomBytes(8).toString('hex');
+            exports.handler = async (event, context) => ({
+              instance: INSTANCE,
+              ak: context.getAccessKey(), sk: context.getSecretKey(),
+              sak: context.getSecurityAccessKey(), ssk: context.getSecuritySecretKey(),
+              st: context.getSecurityToken(), token: context.getToken(),
+              inEnv: Object.values(process.env).filter((v) => v.startsWith('v1-') || v.startsWith('v2-')),
+            });
+        """
+        name = deploy_js(api, source, xrole="rotating")
+        first = api.invoke(name).json()
+        assert first == {
+            "instance": first["instance"],
+            "ak": "v1-access_key",
+            "sk": "v1-secret_key",
+            "sak": "v1-access_key",
+            "ssk": "v1-secret_key",
+            "st": "v1-security_token",
+            "token": "v1-auth_token",
+            "inEnv": [],
+        }
+        rotating.write_text("".join(f'{k} = "v2-{k}"\n' for k in fields))
+        time.sleep(1.1)  # the daemon looks at the file at most once a second
+        second = api.invoke(name).json()
+        assert second["instance"] == first["instance"], "the same warm instance"
+        assert (second["st"], second["ak"], second["token"]) == ("v2-security_token", "v2-access_key", "v2-auth_token")
     finally:
         daemon.stop()
