@@ -220,17 +220,24 @@ class NodeZygote(Zygote):
 
     def launch(self, policy: EnterPolicy | None) -> protocol.Launch:
         """What a contained pool member starts: node on the shim, as `policy`'s uid."""
-        argv = [
-            self.node.path,
-            f"--max-old-space-size={MAX_OLD_SPACE_MB}",
-            f"{SHIM_DIR}/instance.js",
-        ]
+        mounted = policy is not None and policy.protections.mounts and policy.protections.namespaces
+        # Without the sandbox's mounts (a degraded host) the trees are read where they are.
+        shim, modules, bundled = (
+            (SHIM_DIR, SHIM_MODULES_DIR, BUNDLED_DIR)
+            if mounted
+            else (
+                str(SHIM_SOURCE),
+                str(self._build_dir / "runtime" / "node_modules"),
+                str(self._build_dir / "bundled" / "node_modules"),
+            )
+        )
+        argv = [self.node.path, f"--max-old-space-size={MAX_OLD_SPACE_MB}", f"{shim}/instance.js"]
         environ = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "HOME": "/tmp",
-            "FGD_NODEJS_SHIM_MODULES": SHIM_MODULES_DIR,
-            "FGD_NODEJS_BUNDLED": BUNDLED_DIR if self.bundled else "",
+            "FGD_NODEJS_SHIM_MODULES": modules,
+            "FGD_NODEJS_BUNDLED": bundled if self.bundled else "",
         }
         return protocol.Launch(argv, environ, policy)
 

@@ -114,6 +114,14 @@ def _serve_one_request(channel: socket.socket, frame: Launch) -> None:
         if spec.sandbox is not None and frame.sandbox is not None:
             if (spec.sandbox.uid, spec.sandbox.gid) != (frame.sandbox.uid, frame.sandbox.gid):
                 raise ContainmentFailed("the Specialize frame names another uid than the launched process has")
+            enabled = spec.sandbox.protections
+            if enabled.credentials and not (enabled.mounts and enabled.namespaces):
+                # Without mounts the code stays in the daemon's state dir, which the function's uid
+                # cannot read, and node cannot be handed open directories the way Python is.
+                raise ContainmentFailed(
+                    "Node.js functions need the sandbox's mounts to show their code, and this host runs "
+                    "without them; enable mounts (or, on a test host, switch credentials off too)"
+                )
             enter_mounts(spec.sandbox)
         answer = b"ok"
     except (ContainmentFailed, protocol.ProtocolError, OSError) as exc:

@@ -672,3 +672,35 @@ def test_agency_credentials_reach_the_getters_and_a_rotation_reaches_a_warm_inst
         assert (second["st"], second["ak"], second["token"]) == ("v2-security_token", "v2-access_key", "v2-auth_token")
     finally:
         daemon.stop()
+
+
+def test_without_mounts_a_nodejs_function_fails_to_start_saying_why(tmp_path) -> None:
+    config = '[sandbox]\nallow_degraded = true\ndisable = ["mounts"]\n'
+    daemon = Daemon(tmp_path / "state", config)
+    daemon.start()
+    try:
+        api = Api(daemon)
+        response = api.invoke(deploy_js(api, "exports.handler = async () => 1;\n"))
+        body = response.json()
+        assert body["errorType"] == "Runtime.InitError", body
+        assert "need the sandbox's mounts" in body["errorMessage"], body
+    finally:
+        daemon.stop()
+
+
+def test_without_mounts_and_credentials_a_nodejs_function_runs_from_the_host_paths(tmp_path) -> None:
+    # A degraded test host: no mounts and no uid change; the code is read where the daemon keeps it.
+    config = '[sandbox]\nallow_degraded = true\ndisable = ["mounts", "credentials"]\n'
+    daemon = Daemon(tmp_path / "state", config)
+    daemon.start()
+    try:
+        api = Api(daemon)
+        source = (
+            "exports.handler = async () => [require('lodash').VERSION.split('.')[0], process.env.RUNTIME_CODE_ROOT];\n"
+        )
+        response = api.invoke(deploy_js(api, source))
+        assert response.headers["x-is-func-err"] == "false", response.text
+        major, code_root = response.json()
+        assert major == "4" and code_root.startswith(str(tmp_path / "state")), response.text
+    finally:
+        daemon.stop()
