@@ -704,3 +704,25 @@ def test_without_mounts_and_credentials_a_nodejs_function_runs_from_the_host_pat
         assert major == "4" and code_root.startswith(str(tmp_path / "state")), response.text
     finally:
         daemon.stop()
+
+
+def test_a_reserved_nodejs_instance_is_started_ahead_and_answers_warm(api: Api) -> None:
+    name = deploy_js(
+        api,
+        "exports.initializer = async () => {};\nexports.handler = async () => 'reserved';\n",
+        initializer_handler="index.initializer",
+    )
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 1}).status_code == 200
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            response = api.invoke(name)
+            assert response.text == "reserved", response.text
+            if not json.loads(response.headers["x-cff-invoke-summary"])["coldStart"] or time.monotonic() > deadline:
+                break
+            # A request that came before the reserved instance was up started its own; retire it.
+            api.http.put(f"/functions/{name}/config", json={"handler": "index.handler", "description": "again"})
+            time.sleep(0.5)
+        assert json.loads(response.headers["x-cff-invoke-summary"])["coldStart"] is False
+    finally:
+        api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
