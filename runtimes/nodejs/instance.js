@@ -157,6 +157,12 @@ class LoadError extends Error {
 
 // The request whose code is running (through every callback and promise it starts).
 const current = new AsyncLocalStorage();
+// Requests (and the initializer) running now. A timer or promise a request left behind still
+// carries its id after it ended: its output then goes to the pipes untagged, where the daemon
+// treats it as any late output (a Log frame for an id it forgot would be a protocol breach).
+const running = new Set();
+// process.stdout's and process.stderr's own write, for output that belongs to no running request.
+const untagged = {};
 
 // process.stdout / process.stderr (and so console.*): lines written while a request runs go
 // to the daemon as Log frames carrying its id, so concurrent requests' output never mixes.
@@ -169,11 +175,12 @@ class RequestStreams {
 
   wrap(stream, name) {
     const original = stream.write.bind(stream);
+    untagged[name] = original;
     const self = this;
     stream.write = function write(chunk, encoding, callback) {
       const store = current.getStore();
-      if (!store) return original(chunk, encoding, callback);
-      const text = typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString(typeof encoding === 'string' && encoding !== 'buffer' ? 'utf8' : 'utf8');
+      if (!store || !running.has(store.id)) return original(chunk, encoding, callback);
+      const text = typeof chunk === 'string' ? chunk : Buffer.from(chunk).toString('utf8');
       self.write(store.id, name, text);
       const done = typeof encoding === 'function' ? encoding : callback;
       if (typeof done === 'function') process.nextTick(done);
@@ -275,7 +282,11 @@ class Context {
     this.requestId = requestId;
     this.deadline = deadline;
     this.credentials = credentials || {};
-    this.logger = new RuntimeLogger((level, text) => logFrame(requestId, level, text), identity.user_data || {});
+    const emit = (level, text) => {
+      if (running.has(requestId) || !untagged.stdout) logFrame(requestId, level, text);
+      else untagged.stdout(`[${level}] ${text}\n`);
+    };
+    this.logger = new RuntimeLogger(emit, identity.user_data || {});
   }
 
   getRequestID() {
@@ -493,8 +504,10 @@ class Instance {
     if (frame.credentials) this.credentials = frame.credentials;
     const requestId = frame.request_id;
     const context = new Context(this.spec.identity, requestId, frame.deadline, this.credentials);
+    running.add(requestId);
     const result = await current.run({ id: requestId }, () => this.run(frame, context));
     this.streams.finish(requestId);
+    running.delete(requestId);
     send(result);
   }
 
@@ -553,6 +566,7 @@ async function specialize(spec, raw) {
       const init = await resolve(spec.code_dir, spec.initializer, 'initializer');
       const deadline = Date.now() / 1000 + spec.initializer_timeout;
       const context = new Context(spec.identity, initializerId, deadline, instance.credentials);
+      running.add(initializerId);
       try {
         await current.run({ id: initializerId }, () => call(init, [context], init.length >= 2));
       } catch (failure) {
@@ -560,6 +574,7 @@ async function specialize(spec, raw) {
         throw new LoadError('Runtime.InitError', `initializer '${spec.initializer}' failed: ${report.error_type}: ${report.error_message}`, report.stack_trace);
       } finally {
         streams.finish(initializerId);
+        running.delete(initializerId);
       }
     }
   } catch (error) {

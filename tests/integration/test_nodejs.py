@@ -726,3 +726,26 @@ def test_a_reserved_nodejs_instance_is_started_ahead_and_answers_warm(api: Api) 
         assert json.loads(response.headers["x-cff-invoke-summary"])["coldStart"] is False
     finally:
         api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
+
+
+def test_output_of_timers_a_request_left_behind_never_breaks_the_instance(api: Api) -> None:
+    # The daemon remembers the last 256 finished requests; a timer started by an early request still
+    # carries its id hundreds of requests later. Its output must go out as late output, not as a
+    # Log frame for a request the daemon no longer knows (which it would take for a forgery).
+    source = """
+        const INSTANCE = require('crypto').randomBytes(8).toString('hex');
+        let ticking = false;
+        exports.handler = async (event, context) => {
+          if (!ticking) {
+            ticking = true;
+            setInterval(() => { console.log('tick'); context.getLogger().info('tock'); }, 2);
+          }
+          return INSTANCE;
+        };
+    """
+    name = deploy_js(api, source, timeout=5)
+    client = api.daemon.client()
+    instances = {client.post(f"/functions/{name}/invocations", json={}).text for _ in range(300)}
+    assert len(instances) == 1, instances
+    logged = [line["message"] for line in api.http.get(f"/functions/{name}/logs").json()["logs"]]
+    assert "tick" in logged and "[INFO] tock" in logged

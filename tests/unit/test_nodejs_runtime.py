@@ -64,8 +64,10 @@ def test_the_python_catalogue_answers_for_node_names_once_given_them() -> None:
     assert catalogue.default_name() is None  # never a Node.js name
 
 
-def specialize(uid: int) -> bytes:
-    policy = EnterPolicy([], "/opt/function", 512, uid, uid, protections=Protections(mounts=False))
+def specialize(uid: int, protections: Protections | None = None) -> bytes:
+    # (Nothing is mounted here: without mounts and credentials the keeper has nothing to do.)
+    protections = protections or Protections(mounts=False, credentials=False)
+    policy = EnterPolicy([], "/opt/function", 512, uid, uid, protections=protections)
     identity = protocol.FunctionIdentity("p", "default", "f", "latest", "", 128, 300, 3)
     frame = protocol.Specialize("/opt/function/code", "index.handler", "", 3, {}, identity, sandbox=policy)
     return protocol.encode(frame)
@@ -99,3 +101,9 @@ def test_the_keeper_refuses_a_frame_for_another_uid_or_of_another_kind() -> None
 
 def test_the_keeper_does_not_read_a_request_larger_than_a_specialize_frame() -> None:
     assert answer(protocol.HEADER.pack(keeper.MAX_REQUEST + 1), launch(1)) == b""
+
+
+def test_the_keeper_refuses_to_start_a_function_its_uid_could_not_read() -> None:
+    # Without mounts the code stays in the state dir: only a function running as root could read it.
+    refused = answer(specialize(7, Protections(mounts=False)), launch(7))
+    assert refused.startswith(b"error: Node.js functions need the sandbox's mounts")
