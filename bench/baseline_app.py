@@ -1,4 +1,5 @@
-"""The baseline for invoke benchmarks: a bare ASGI echo app on hypercorn's trio worker.
+"""The first baseline for invoke benchmarks: a bare ASGI echo app on hypercorn's trio worker
+(the HTTP server fgd's listeners ran on before issue 15).
 
 Usage: python bench/baseline_app.py PORT
 """

@@ -1,12 +1,17 @@
-"""Warm invocation throughput and latency through the whole path, against bare ASGI.
+"""Warm invocation throughput and latency through the whole path, against two bare servers.
 
-Starts a daemon, deploys a no-op Python function, and drives it with wrk over
-keep-alive connections; in the same run, a bare ASGI echo app on hypercorn
-is driven the same way as the baseline. Prints JSON: req/s, p50, p99 per
-concurrency level, and fgd's ratio to the baseline.
+Starts a daemon, deploys a no-op Python function, and drives it with wrk over keep-alive
+connections. In the same run, two baselines are driven the same way: a bare ASGI echo app on
+hypercorn (bench/baseline_app.py, the server fgd used before issue 15) and a bare trio + h11
+echo server (bench/baseline_h11.py, the floor of fgd's own server). Prints JSON: req/s, p50
+and p99 per connection count, and fgd's ratios to each baseline (req/s: higher is better;
+p50 and p99: lower is better).
 
 Each level is run twice: against a function whose instances take one request at a time
 (`concurrent_num` 1, as many instances as connections) and one whose instances take 16.
+
+Issue 15's targets, at 16 connections: req/s >= 1.5x hypercorn and >= 0.5x h11, p99 <= 10 ms;
+at 1 connection: p50 <= 0.6x hypercorn's.
 
 Issue 13: the same for a no-op Node.js function, against the same handler behind a bare node
 `http` server (bench/_nodejs.py).
@@ -29,24 +34,80 @@ import _nodejs
 from _common import Daemon, free_port, wait_http, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
+BASELINES = {"hypercorn": "baseline_app.py", "h11": "baseline_h11.py"}
 
 
-def run_levels(daemon: Daemon, base_url: str, names: list[str], levels: list[int], seconds: int) -> dict:
-    """Per level: the baseline at `base_url`, then each function, with fgd's ratio to the baseline."""
-    out: dict = {}
-    for level in levels:
-        base = wrk(base_url, level, seconds)
-        entry: dict = {"baseline": base}
-        for name in names:
-            wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
-            fgd = wrk(daemon.invoke_url(name), level, seconds, daemon.token)
-            entry[f"concurrent_num_{name.rpartition('noop')[2]}"] = {
-                **fgd,
-                "ratio_req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3),
-                "ratio_p50": round(fgd["p50_ms"] / base["p50_ms"], 3),
-            }
-        out[str(level)] = entry
-    return out
+def ratios(fgd: dict, base: dict) -> dict:
+    return {
+        "req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3) if base["req_per_s"] else None,
+        "p50": round(fgd["p50_ms"] / base["p50_ms"], 3) if base["p50_ms"] else None,
+        "p99": round(fgd["p99_ms"] / base["p99_ms"], 3) if base["p99_ms"] else None,
+    }
+
+
+def measure_python(args: argparse.Namespace, levels: list[int], results: dict) -> None:
+    """The no-op Python functions against the hypercorn and h11 baselines (issue 15)."""
+    baselines: dict[str, tuple[subprocess.Popen, str]] = {}
+    daemon = None
+    try:
+        for name, script in BASELINES.items():
+            port = free_port()
+            process = subprocess.Popen([sys.executable, str(Path(__file__).parent / script), str(port)])
+            baselines[name] = (process, f"http://127.0.0.1:{port}/")
+            wait_http(baselines[name][1])
+        daemon = Daemon()
+        daemon.deploy("noop1", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
+        daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
+        for level in levels:
+            entry: dict = {}
+            for name, (_, url) in baselines.items():
+                entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
+            for name in ("noop1", "noop16"):
+                wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
+                fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
+                entry[f"concurrent_num_{name[4:]}"] = {
+                    **fgd,
+                    **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},
+                }
+            results["levels"][str(level)] = entry
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        for process, _ in baselines.values():
+            process.terminate()
+            process.wait()
+
+
+def measure_nodejs(args: argparse.Namespace, levels: list[int], results: dict) -> None:
+    """Issue 13: a no-op Node.js function against a bare node http server running the same handler."""
+    if not _nodejs.available():
+        results["nodejs"] = {"skipped": "no node on this machine (make installs it)"}
+        return
+    port = free_port()
+    baseline = _nodejs.warm_baseline(port)
+    daemon = None
+    node: dict = {"levels": {}}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        daemon = Daemon()
+        for num in (1, 16):
+            _nodejs.deploy(
+                daemon, f"nodenoop{num}", strategy_config={"concurrency": max(levels), "concurrent_num": num}
+            )
+        for level in levels:
+            entry: dict = {"baseline_node_http": wrk(f"http://127.0.0.1:{port}/", level, args.seconds)}
+            for num in (1, 16):
+                url = daemon.invoke_url(f"nodenoop{num}")
+                wrk(url, level, 1, daemon.token)  # warm up instances
+                fgd = wrk(url, level, args.seconds, daemon.token)
+                entry[f"concurrent_num_{num}"] = {**fgd, "vs_node_http": ratios(fgd, entry["baseline_node_http"])}
+            node["levels"][str(level)] = entry
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        baseline.terminate()
+        baseline.wait()
+    results["nodejs"] = node
 
 
 def main() -> None:
@@ -58,45 +119,10 @@ def main() -> None:
     levels = [int(c) for c in args.concurrency.split(",")]
     runtimes = args.runtimes.split(",")
     results: dict = {"benchmark": "warm_invoke", "seconds": args.seconds, "levels": {}}
-
     if "python" in runtimes:
-        port = free_port()
-        baseline = subprocess.Popen([sys.executable, str(Path(__file__).parent / "baseline_app.py"), str(port)])
-        wait_http(f"http://127.0.0.1:{port}/")
-        daemon = Daemon()
-        try:
-            for num in (1, 16):
-                strategy = {"concurrency": max(levels), "concurrent_num": num}
-                daemon.deploy(f"noop{num}", NOOP, strategy_config=strategy)
-            results["levels"] = run_levels(
-                daemon, f"http://127.0.0.1:{port}/", ["noop1", "noop16"], levels, args.seconds
-            )
-        finally:
-            daemon.stop()
-            baseline.terminate()
-            baseline.wait()
-
+        measure_python(args, levels, results)
     if "nodejs" in runtimes:
-        # Issue 13: Node.js against a bare node http server running the same handler.
-        if not _nodejs.available():
-            results["nodejs"] = {"skipped": "no node on this machine (make installs it)"}
-        else:
-            port = free_port()
-            baseline = _nodejs.warm_baseline(port)
-            wait_http(f"http://127.0.0.1:{port}/")
-            daemon = Daemon()
-            try:
-                for num in (1, 16):
-                    strategy = {"concurrency": max(levels), "concurrent_num": num}
-                    _nodejs.deploy(daemon, f"nodenoop{num}", strategy_config=strategy)
-                names = ["nodenoop1", "nodenoop16"]
-                results["nodejs"] = {
-                    "levels": run_levels(daemon, f"http://127.0.0.1:{port}/", names, levels, args.seconds)
-                }
-            finally:
-                daemon.stop()
-                baseline.terminate()
-                baseline.wait()
+        measure_nodejs(args, levels, results)
     print(json.dumps(results, indent=2))
 
 

@@ -267,7 +267,7 @@ async def serve(config: Config) -> None:
         BodyBudget(config.server.max_body_memory),
     )
 
-    # Both listeners run fgd.web.server: hypercorn's protocol code behind fgd's connection cap and
+    # Both listeners run fgd.web.server: fgd's HTTP/1.1 server on h11, with its connection cap and
     # header, body, keep-alive and send timeouts ([server] and [gateway] in the config).
     listeners = [(front, open_listener(host, port, config.server.listen), config.server)]
     if config.gateway.listen:
@@ -312,8 +312,8 @@ async def serve(config: Config) -> None:
                 log.info("fgd %s serving on %s; state in %s", __version__, ", ".join(binds), state_dir)
                 log.info("admin token: %s", state_dir / "admin.token")
                 await shutdown.wait()
-                # hypercorn has stopped accepting; let in-flight requests finish. Its own
-                # graceful wait also waits on idle keep-alive connections, so we end it.
+                # The listeners have stopped accepting; let in-flight requests finish. Their own
+                # graceful wait also waits on connections still busy, so we end it.
                 with trio.move_on_after(config.server.shutdown_grace):
                     await inflight.drained()
                 if inflight.count:

@@ -532,3 +532,84 @@ def test_client_that_never_reads_its_answer_is_dropped_after_send_timeout(hard: 
     sock.close()
     assert received < size, "the whole answer fit in the buffers: the test proves nothing"
     assert httpx.get(f"{hard.gateway_url}/m", timeout=5).status_code == 200
+
+
+# -- framing: pipelining, chunked bodies, 100-continue, oversized heads ---------------------------
+
+ECHO = "def handler(event, context):\n    return event\n"
+
+
+def read_all(sock: socket.socket, count: int) -> list[tuple[h11.Response, bytes]]:
+    conn = h11.Connection(h11.CLIENT)
+    answers = []
+    for _ in range(count):
+        conn.send(h11.Request(method="POST", target="/", headers=[("Host", "x"), ("Content-Length", "0")]))
+        conn.send(h11.EndOfMessage())
+        answers.append(read_response(sock, conn, 10))
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+    return answers
+
+
+def test_pipelined_invocations_are_answered_in_order(hard: Daemon, hapi: Api) -> None:
+    name = hapi.deploy(ECHO, name=unique_name("pipe"))["func_name"]
+    requests = b""
+    for n in range(10):
+        event = json.dumps({"n": n}).encode()
+        requests += invoke_head(hard, name, len(event)) + event
+    sock = connect(hard.port)
+    sock.sendall(requests + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")  # one write
+    answers = read_all(sock, 11)
+    assert [json.loads(body) for _, body in answers[:10]] == [{"n": n} for n in range(10)]
+    assert json.loads(answers[10][1])["status"] == "ok"
+    ids = [dict(response.headers)[b"x-request-id"] for response, _ in answers]
+    assert len(set(ids)) == 11
+    sock.close()
+
+
+def test_chunked_event_is_invoked_whole_on_both_listeners(hard: Daemon, hapi: Api, marked: str) -> None:
+    name = hapi.deploy(ECHO, name=unique_name("chunk"))["func_name"]
+    sock = connect(hard.port)
+    sock.sendall(
+        f"POST /v2/default/fgs/functions/{name}/invocations HTTP/1.1\r\nHost: x\r\n"
+        f"X-Auth-Token: {hard.token}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        + b'6\r\n{"a": \r\n'
+    )
+    time.sleep(0.2)
+    sock.sendall(b'4\r\n"bc"\r\n1\r\n}\r\n0\r\n\r\n')
+    ((response, body),) = read_all(sock, 1)
+    assert response.status_code == 200 and json.loads(body) == {"a": "bc"}
+    sock.close()
+    # The gateway: the function reads its size from the APIG event's query.
+    sock = connect(hard.gateway_port)
+    sock.sendall(b"POST /m?size=7 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    ((response, body),) = read_all(sock, 1)
+    assert response.status_code == 200 and body == b"x" * 7
+    sock.close()
+
+
+def test_expect_100_continue_refused_by_its_head_gets_no_100(hard: Daemon, marked: str) -> None:
+    """A request whose token is missing is refused before its client sends the body."""
+    sock = connect(hard.port)
+    sock.sendall(invoke_head(hard, marked, 1000, token=False).replace(b"\r\n\r\n", b"\r\nExpect: 100-continue\r\n\r\n"))
+    ((response, body),) = read_all(sock, 1)
+    assert response.status_code == 401 and json.loads(body)["error_code"] == "FSS.0401"
+    assert (b"connection", b"close") in [(k.lower(), v) for k, v in response.headers]
+    assert closed_within(sock, 3) is not None
+
+
+@pytest.mark.parametrize("listener", [0, 1], ids=["api", "gateway"])
+def test_oversized_head_is_431_and_malformed_is_400_with_a_request_id(hard: Daemon, listener: int) -> None:
+    for request, status in (
+        (b"GET /m HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 20_000 + b"\r\n\r\n", 431),
+        (b"GET /m HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n", 400),
+    ):
+        sock = connect(ports(hard)[listener])
+        sock.sendall(request)
+        ((response, body),) = read_all(sock, 1)
+        headers = {k.lower(): v for k, v in response.headers}
+        assert response.status_code == status and headers[b"connection"] == b"close"
+        assert json.loads(body)["error_code"] == f"FSS.0{status}"
+        assert len(headers[b"x-request-id"]) == 36
+        assert closed_within(sock, 3) is not None
+    assert httpx.get(f"{hard.url}/healthz", timeout=5).status_code == 200

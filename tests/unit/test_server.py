@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from fgd.config import ServerConfig
-from fgd.web import server
+from fgd.web.connection import Connection
 from fgd.web.gateway import to_http
 from fgd.web.server import header_text, lifespan, serve_http
 
@@ -75,6 +75,13 @@ async def nursery() -> AsyncIterator[trio.Nursery]:
         (True, []),
         (200, [(b"x-a", b"one\r\nx-injected: 1")]),
         (200, [(b"x-a", b"nul\x00")]),
+        (200, [(b"x-a", b"soh\x01")]),
+        (200, [(b"x-a", b"del\x7f")]),
+        (200, [(b"x-a", b"vt\x0bx")]),
+        (200, [(b"x-a", b" leading space")]),
+        (200, [(b"content-length", b"12"), (b"content-length", b"13")]),
+        (200, [(b"content-length", b"twelve")]),
+        (200, [(b"transfer-encoding", b"gzip")]),
         (200, [(b"bad name", b"1")]),
         (200, [(b"x-a", "text, not bytes")]),
     ],
@@ -94,15 +101,15 @@ async def test_a_connection_that_fails_inside_the_server_ends_alone(
     nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     failures = []
-    original = server._Connection._read_data
+    original = Connection._next_request
 
-    async def broken_once(self: server._Connection) -> None:
+    async def broken_once(self: Connection) -> object:
         if not failures:
             failures.append(self)
             raise RuntimeError("a bug in the connection's bookkeeping")
-        await original(self)
+        return await original(self)
 
-    monkeypatch.setattr(server._Connection, "_read_data", broken_once)
+    monkeypatch.setattr(Connection, "_next_request", broken_once)
     port = await serving(responder(200, [(b"content-type", b"text/plain")]), nursery)
     try:
         first = (await get(port))[0]
@@ -112,7 +119,7 @@ async def test_a_connection_that_fails_inside_the_server_ends_alone(
     assert (await get(port))[0] == 200
     assert (await get(port))[0] == 200
     logged = [r for r in caplog.records if r.name == "fgd.http" and r.exc_info]
-    assert logged and "a bug in the connection's bookkeeping" in str(logged[0].exc_info[1].exceptions[0])
+    assert logged and "a bug in the connection's bookkeeping" in str(logged[0].exc_info[1])
 
 
 def test_header_text_keeps_printable_ascii_only() -> None:

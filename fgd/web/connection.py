@@ -1,0 +1,675 @@
+"""One HTTP/1.1 connection: h11 parses and frames, the ASGI app runs in the connection's own task.
+
+The listener (fgd.web.server) accepts and counts connections; this module serves one of them.
+A request is read, the app is called with an http scope and `receive`/`send` functions that
+read from and write to the socket directly, and the next request on the connection is read
+when the answer is complete (pipelined requests wait in h11's buffer, so they are answered in
+order). No task is started per request and no queue stands between the socket and the app: a
+request costs the parse, the app, and one write of the whole answer.
+
+What it keeps of the hardening work (see fgd.web.server for the limits themselves):
+- a request head must arrive within `header_timeout` of the connection opening or of its
+  first byte; an idle kept-alive connection lives `keep_alive_timeout`; a head over MAX_HEAD
+  bytes is 431; a malformed request is 400; either closes the connection;
+- each pause in a body may last `body_timeout`, then the app is stopped and the answer is
+  408 (the connection closes);
+- `Expect: 100-continue` is answered when the app first asks for the body, so a request
+  refused from its head (401, 404, 413) is refused before its body is sent;
+- a body the app did not read is read and dropped after the answer (up to DRAIN_LIMIT), so
+  the connection carries the next request; past that the answer says `Connection: close`;
+- an answer the client does not read for `send_timeout` ends the connection;
+- a response start with a status outside 200-599 or a header that is not valid HTTP (a name
+  that is not a token, a value with a control character or edge whitespace) is replaced by
+  a 500; the head is then handed to h11 as its own checked header list, not checked twice;
+- every answer, the server's own errors included, carries one X-Request-Id: the answer's
+  X-Cff-Request-Id if it has one, else a fresh id (fgd.web.requestid).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Any
+from urllib.parse import unquote
+
+import h11
+import msgspec
+import trio
+
+from fgd.config import ListenerConfig
+from fgd.errors import ErrorBody
+from fgd.invoker import new_request_id
+from fgd.web.requestid import CFF_REQUEST_ID, REQUEST_ID
+
+log = logging.getLogger("fgd.http")
+
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+# The largest request head (request line and headers); over it the answer is 431 (hypercorn's
+# h11_max_incomplete_size, which the listeners used before).
+MAX_HEAD = 16 * 1024
+# A head is read at most this much at a time: h11 checks the limit against what it holds of a
+# head that is not complete yet, so a larger read could bring in a whole head past the limit.
+HEAD_RECV = MAX_HEAD + 1
+MAX_RECV = 64 * 1024
+# A body left unread by a response (401, 404, 405, 413 ...) is read and dropped, up to this
+# much, so the connection can carry the client's next request; past it the response says
+# `Connection: close`.
+DRAIN_LIMIT = 8 * 1024 * 1024
+# Closing a socket with unread bytes in its buffer sends a reset, which can destroy the answer
+# still on its way to the client. So a connection closed before its request was read whole
+# stops sending and reads (and drops) what comes for this long first.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 1024 * 1024
+
+try:
+    # h11's header list: a response head built checked here is not checked again by h11.
+    from h11._headers import Headers as _Headers
+except ImportError:  # another h11 than the pinned one: h11 checks each response's headers itself
+    _Headers = None  # type: ignore[assignment,misc]
+# A header name is a token; a value is visible ASCII or obs-text, with spaces or tabs only
+# inside (no control characters: stricter than h11, which lets \x01-\x08 and \x7f through).
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+_CLOSE = (b"connection", b"connection", b"close")
+_DISCONNECT = {"type": "http.disconnect"}
+_LAST_EMPTY = {"type": "http.request", "body": b"", "more_body": False}
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
+_NO_BODY_STATUSES = frozenset({204, 304})
+_encoder = msgspec.json.Encoder()
+
+
+class _Date:
+    """The Date header's value, formatted at most once a second."""
+
+    second = 0
+    header: tuple[bytes, bytes, bytes] = (b"date", b"date", b"")
+
+    @classmethod
+    def now(cls) -> tuple[bytes, bytes, bytes]:
+        """(name, lower-case name, value), as h11 keeps headers."""
+        second = int(time.time())
+        if second != cls.second:
+            cls.second = second
+            cls.header = (b"date", b"date", formatdate(second, usegmt=True).encode())
+        return cls.header
+
+
+class Slots:
+    """The connection cap of one listener, and the connections that wait on their clients."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        # An evicted connection takes a few scheduler rounds to close; meanwhile up to this many
+        # more may be accepted, so a flood is not served one eviction round-trip at a time.
+        self.overshoot = max(1, min(limit // 8, 256))
+        self.count = 0
+        self.closing = False
+        self._released = trio.Event()
+        # Evicted in this order, oldest first: idle kept-alive connections, then connections
+        # waiting for a request head or the next piece of a body.
+        self.idle: dict[Connection, None] = {}
+        self.waiting: dict[Connection, None] = {}
+
+    def take(self) -> bool:
+        """Count one more connection if the cap allows; at the cap, evict one to make room."""
+        if self.count >= self.limit and not (self.count < self.limit + self.overshoot and self._evict_one()):
+            return False
+        self.count += 1
+        return True
+
+    async def released(self) -> None:
+        """Until a connection closes, or a moment has passed (one may have started to wait)."""
+        with trio.move_on_after(0.05):
+            await self._released.wait()
+
+    def release(self) -> None:
+        self.count -= 1
+        self._released.set()
+        self._released = trio.Event()
+
+    def _evict_one(self) -> bool:
+        for group in (self.idle, self.waiting):
+            for victim in group:
+                victim.evict()
+                return True
+        return False
+
+
+class _Refused(Exception):
+    """The request cannot be served: answered by the server itself, then the connection closes."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _request_problem(error: h11.RemoteProtocolError) -> _Refused:
+    status = error.error_status_hint
+    if status == 431:
+        return _Refused(431, "FSS.0431", f"the request head is over {MAX_HEAD:,} bytes; send a shorter one")
+    return _Refused(status, f"FSS.0{status}", f"malformed HTTP/1.1 request: {error}")
+
+
+class _Invalid(Exception):
+    """A response start the server will not send."""
+
+
+# Response header names seen before, each with its lower-case form (checked once, then a lookup);
+# a few hundred in practice (fgd's own, Quart's, and those functions behind the gateway use).
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_MAX = 1024
+
+
+def _response_headers(status: object, raw: Any, closing: bool) -> Any:
+    """A response's headers as h11 sends them, with one X-Request-Id, Date and maybe
+    `Connection: close`; _Invalid if the start cannot be sent (status, names, values).
+
+    Built as h11's own header list when it can be (the checks h11 would make, with checked
+    names remembered), so h11 does not check every header again for every response."""
+    if type(status) is not int or not 200 <= status <= 599:
+        raise _Invalid(f"status {status!r} is not a final HTTP status (200-599)")
+    items: list[tuple[bytes, bytes, bytes]] = []
+    request_id = None
+    checked = _Headers is not None
+    length_seen = False
+    for name, value in raw:
+        if type(name) is not bytes or type(value) is not bytes:
+            raise _Invalid(f"header {name!r}: {value!r} is not bytes")
+        lowered = _NAMES.get(name)
+        if lowered is None:
+            if not _FIELD_NAME.fullmatch(name):
+                raise _Invalid(f"header name {name[:100]!r} is not an HTTP token")
+            lowered = name.lower()
+            if len(_NAMES) < _NAMES_MAX and len(name) <= 64:
+                _NAMES[name] = lowered
+        if lowered == REQUEST_ID:
+            continue  # one X-Request-Id, the server's (fgd.web.requestid)
+        if not _FIELD_VALUE.fullmatch(value):
+            raise _Invalid(f"the value of header {name.decode('latin-1')!r} is not valid in HTTP")
+        if lowered == CFF_REQUEST_ID:
+            request_id = value
+        elif lowered == b"content-length":
+            # h11 merges and checks lengths itself; the plain case is checked here.
+            checked = checked and not length_seen and value.isdigit() and len(value) <= 20
+            length_seen = True
+        elif lowered == b"transfer-encoding":
+            checked = False
+        items.append((name, lowered, value))
+    items.append((REQUEST_ID, REQUEST_ID, request_id or new_request_id().encode()))
+    items.append(_Date.now())
+    if closing:
+        items.append(_CLOSE)
+    if checked:
+        return _Headers(items)
+    return [(name, value) for name, _, value in items]
+
+
+class Connection:
+    """One client's connection: its requests one after another, each through the app."""
+
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        app: ASGIApp,
+        limits: ListenerConfig,
+        slots: Slots,
+        server: tuple[str, int] | None,
+    ) -> None:
+        self.sock = sock
+        # The socket under trio's: writes try it directly first (most answers fit its buffer).
+        self.raw = sock._sock  # type: ignore[attr-defined]
+        self.app = app
+        self.limits = limits
+        self.slots = slots
+        self.server = server
+        try:
+            peer = sock.getpeername()
+            self.client: tuple[str, int] | None = (peer[0], peer[1])
+        except OSError:
+            self.client = None
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        # Whether a request was answered: later idle spells are keep-alive ones.
+        self.served = False
+        # The client is gone (reset, closed, or it read nothing for send_timeout): writes are dropped.
+        self.gone = False
+        self.evicted = False
+        # Where the connection waits on its client (a head, a body piece), so that eviction or a
+        # shutdown can end the wait.
+        self._wait: trio.CancelScope | None = None
+        self._reset_request()
+
+    def _reset_request(self) -> None:
+        self.scope: dict[str, Any] | None = None
+        self.head: bytes | None = None  # a response head not yet written (sent with the body)
+        self.started = False
+        self.finished = False
+        self.no_body = False
+        self.body_done = False
+        self.cut_short = False  # the client closed before its body was complete
+        self.pending: dict | None = None  # the body's first message, read with the head
+        self.received = 0
+        self.declared: int | None = None
+        self.continue_due = False
+        self.refusal: _Refused | None = None
+        self.app_scope: trio.CancelScope | None = None
+        self._finished_event: trio.Event | None = None
+
+    # -- the connection's loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    request = await self._next_request()
+                except _Refused as refusal:
+                    await self._refuse(refusal)
+                    return
+                if request is None:
+                    return
+                await self._serve(request)
+                if not await self._next_cycle():
+                    return
+        finally:
+            self._forget()
+            await self._close()
+
+    def evict(self) -> None:
+        """End the wait on the client now (the listener is full, or shutting down)."""
+        self.evicted = True
+        self._forget()
+        if self._wait is not None:
+            self._wait.cancel()
+
+    def _forget(self) -> None:
+        self.slots.idle.pop(self, None)
+        self.slots.waiting.pop(self, None)
+
+    async def _next_request(self) -> h11.Request | None:
+        """The next request's head, or None if the client closed, was too slow, or was evicted."""
+        conn = self.h11
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as error:
+            raise _request_problem(error) from None
+        if type(event) is h11.Request:
+            return event
+        if event is not h11.NEED_DATA or self.slots.closing:
+            return None
+        limits = self.limits
+        # A fresh connection, or one with part of a head already in: header_timeout. An idle
+        # kept-alive connection: keep_alive_timeout until its next head's first byte.
+        started = not self.served or bool(conn.trailing_data[0])
+        deadline = trio.current_time() + (limits.header_timeout if started else limits.keep_alive_timeout)
+        with trio.CancelScope(deadline=deadline) as wait:
+            self._wait = wait
+            (self.slots.waiting if started else self.slots.idle)[self] = None
+            try:
+                while True:
+                    data = await self.sock.recv(HEAD_RECV)
+                    if not started and data:
+                        started = True
+                        wait.deadline = min(wait.deadline, trio.current_time() + limits.header_timeout)
+                        self.slots.idle.pop(self, None)
+                        self.slots.waiting[self] = None
+                    conn.receive_data(data)
+                    try:
+                        event = conn.next_event()
+                    except h11.RemoteProtocolError as error:
+                        raise _request_problem(error) from None
+                    if type(event) is h11.Request:
+                        return event
+                    if event is not h11.NEED_DATA:
+                        return None  # closed before a request began
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            finally:
+                self._wait = None
+                self._forget()
+        return None  # timed out, or evicted: closed without an answer
+
+    async def _next_cycle(self) -> bool:
+        """Ready the connection for the next request: read and drop what is left of this one's body."""
+        conn = self.h11
+        if self.gone or self.slots.closing or conn.our_state is not h11.DONE:
+            return False
+        if conn.their_state is h11.SEND_BODY and not await self._drain():
+            return False
+        if conn.their_state is not h11.DONE:
+            return False
+        conn.start_next_cycle()
+        self.served = True
+        self._reset_request()
+        return True
+
+    async def _drain(self) -> bool:
+        dropped = 0
+        while dropped <= DRAIN_LIMIT:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError:
+                return False
+            if event is h11.NEED_DATA:
+                data = await self._read_body_piece()
+                if not data:
+                    return False
+                self.h11.receive_data(data)
+            elif type(event) is h11.Data:
+                dropped += len(event.data)
+            else:
+                return type(event) is h11.EndOfMessage
+        return False
+
+    async def _close(self) -> None:
+        conn = self.h11
+        try:
+            if self.finished and not self.gone and conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+                # An answer is out, its request maybe not all in: stop sending, then take what the
+                # client still sends for a moment (see LINGER_SECONDS). Evictable meanwhile.
+                self.sock.shutdown(trio.socket.SHUT_WR)
+                with trio.move_on_after(LINGER_SECONDS) as wait:
+                    self._wait = wait
+                    self.slots.waiting[self] = None
+                    lingered = 0
+                    while lingered < LINGER_BYTES:
+                        data = await self.sock.recv(MAX_RECV)
+                        if not data:
+                            break
+                        lingered += len(data)
+        except OSError:
+            pass
+        finally:
+            self._wait = None
+            self._forget()
+            self.sock.close()
+
+    # -- one request ----------------------------------------------------------------------------
+
+    async def _serve(self, request: h11.Request) -> None:
+        conn = self.h11
+        # The body's first piece is often in with the head; reading it now also finds a malformed
+        # body (a bad chunk size) before the app answers, so that answer is the 400.
+        try:
+            first = conn.next_event()
+        except h11.RemoteProtocolError as error:
+            await self._refuse(_request_problem(error))
+            return
+        if type(first) is h11.EndOfMessage:
+            self.body_done = True
+            self.pending = _LAST_EMPTY
+        elif type(first) is h11.Data:
+            self.pending = self._data_message(first.data)
+        self.continue_due = conn.they_are_waiting_for_100_continue
+        method = request.method.decode("ascii").upper()
+        target = request.target
+        path, _, query = target.partition(b"?")
+        # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.
+        items = getattr(request.headers, "_full_items", None)
+        headers = [(name, value) for _, name, value in items] if items is not None else list(request.headers)
+        if not self.body_done:
+            for name, value in headers:
+                if name == b"content-length":
+                    self.declared = int(value)
+                    break
+        self.no_body = method == "HEAD"
+        self.scope = scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": request.http_version.decode("ascii"),
+            "method": method,
+            "scheme": "http",
+            "path": unquote(path.decode("ascii")),
+            "raw_path": path,
+            "query_string": query,
+            "root_path": "",
+            "headers": headers,
+            "client": self.client,
+            "server": self.server,
+            "extensions": {},
+        }
+        failed = False
+        try:
+            if self.body_done:
+                # The whole body came with the head (most requests): nothing left that could
+                # stall or be malformed, so no scope to stop the app with.
+                await self.app(scope, self.receive, self.send)
+            else:
+                with trio.CancelScope() as self.app_scope:
+                    await self.app(scope, self.receive, self.send)
+        except Exception:
+            failed = True
+            log.exception("error answering %s %s", method, scope["path"])
+        if self.refusal is not None and not self.started:
+            await self._refuse(self.refusal)
+            return
+        if self.finished:
+            return
+        if self.started:
+            # Half an answer: the client cannot tell it from a whole one but by the close.
+            if not failed:
+                log.error("%s %s: the answer was left unfinished", method, scope["path"])
+            self.gone = True
+            return
+        if self.cut_short:
+            return  # the app stopped when told its client went away: nothing to answer
+        if not failed:
+            log.error("%s %s: the daemon sent no answer", method, scope["path"])
+        await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
+
+    def _data_message(self, data: bytes) -> dict:
+        """An http.request message for `data`; the last one if the body's end is already in."""
+        self.received += len(data)
+        try:
+            following = self.h11.next_event()
+        except h11.RemoteProtocolError:
+            following = None  # reported on the next read
+        if type(following) is h11.EndOfMessage:
+            self.body_done = True
+            return {"type": "http.request", "body": data, "more_body": False}
+        if type(following) is h11.Data:
+            # Not the case with h11 (one Data per buffer), but nothing is lost if it changes.
+            self.received += len(following.data)
+            return {"type": "http.request", "body": data + following.data, "more_body": True}
+        return {"type": "http.request", "body": data, "more_body": True}
+
+    # -- ASGI -------------------------------------------------------------------------------------
+
+    async def receive(self) -> dict:
+        message = self.pending
+        if message is not None:
+            self.pending = None
+            return message
+        if self.body_done or self.gone:
+            # The whole body is in: the app waits for the end of its answer (Quart reads in a
+            # task of its own until then).
+            if not self.finished:
+                if self._finished_event is None:
+                    self._finished_event = trio.Event()
+                await self._finished_event.wait()
+            return _DISCONNECT
+        if self.continue_due:
+            self.continue_due = False
+            await self._write(self.h11.send(_CONTINUE))
+        conn = self.h11
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as error:
+                self._stop_app(_request_problem(error))
+                await trio.lowlevel.checkpoint()
+                return _DISCONNECT  # not reached: the app was cancelled
+            if event is h11.NEED_DATA:
+                data = await self._read_body_piece()
+                if data is None:
+                    self._stop_app(self._stalled())
+                    await trio.lowlevel.checkpoint()
+                    return _DISCONNECT  # not reached
+                if not data:
+                    # The client closed (or half-closed) before its body was complete: h11 is not
+                    # told, so the connection closes after the answer (which may still be read).
+                    self.body_done = self.cut_short = True
+                    return _DISCONNECT
+                conn.receive_data(data)
+            elif type(event) is h11.Data:
+                return self._data_message(event.data)
+            else:
+                self.body_done = True
+                return _LAST_EMPTY
+
+    async def _read_body_piece(self) -> bytes | None:
+        """The next bytes of a body (b"" if the client closed), or None if none came in body_timeout."""
+        with trio.move_on_after(self.limits.body_timeout) as wait:
+            self._wait = wait
+            self.slots.waiting[self] = None
+            try:
+                return await self.sock.recv(MAX_RECV)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
+            finally:
+                self._wait = None
+                self.slots.waiting.pop(self, None)
+        return None
+
+    def _stalled(self) -> _Refused:
+        if self.evicted and self.slots.closing:
+            message = "the daemon is shutting down; send the request again when it is back"
+        elif self.evicted:
+            message = "the listener is full and this request's body was the slowest to arrive; send it at once"
+        else:
+            message = f"the request body stalled for more than {self.limits.body_timeout:g} s; send it at once"
+        return _Refused(408, "FSS.0408", message)
+
+    def _stop_app(self, refusal: _Refused) -> None:
+        """Stop the app (it may hold part of the body) and answer `refusal` instead."""
+        log.debug("%s %s: %s", self.scope["method"], self.scope["path"], refusal.message)  # type: ignore[index]
+        self.refusal = refusal
+        self.gone = self.gone or self.started  # an answer already begun cannot be completed
+        assert self.app_scope is not None
+        self.app_scope.cancel()
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.started or self.refusal is not None:
+                return
+            await self._start(message)
+        elif kind == "http.response.body":
+            if not self.started or self.finished:
+                return
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            conn = self.h11
+            out = self.head or b""
+            self.head = None
+            if body and not self.no_body:
+                out += conn.send(h11.Data(data=body))
+            if not more:
+                out += conn.send(h11.EndOfMessage())
+                self.finished = True
+            if out:
+                await self._write(out)
+            if not more and self._finished_event is not None:
+                # After the write: quart-trio stops its request task when it sees http.disconnect.
+                self._finished_event.set()
+
+    async def _start(self, message: dict) -> None:
+        status = message.get("status")
+        try:
+            headers = _response_headers(status, message.get("headers", ()), self._closing_after())
+            head = self.h11.send(h11.Response(status_code=status, headers=headers))  # type: ignore[arg-type]
+        except (_Invalid, h11.LocalProtocolError) as error:
+            scope = self.scope or {}
+            log.error("refused to send an invalid response to %s %s: %s", scope.get("method"), scope.get("path"), error)
+            self.started = True  # the app's answer is replaced: what it sends next is dropped
+            self.finished = True
+            await self._error(500, "FSS.0500", "the daemon produced an invalid HTTP response; see its log")
+            return
+        self.started = True
+        if status in _NO_BODY_STATUSES:
+            self.no_body = True
+        self.head = head
+
+    def _closing_after(self) -> bool:
+        """Whether this answer ends the connection (said with `Connection: close`)."""
+        if self.slots.closing:
+            return True
+        if self.body_done:
+            return False
+        if self.continue_due:
+            # The client waits for 100 Continue before it sends its body; refused without it, it
+            # may send the body or the next request: only a close makes that clear.
+            return True
+        return self.declared is not None and self.declared - self.received > DRAIN_LIMIT
+
+    # -- the server's own answers -----------------------------------------------------------------
+
+    async def _refuse(self, refusal: _Refused) -> None:
+        conn = self.h11
+        if self.started or conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            self.gone = True
+            return
+        log.debug("answering %d: %s", refusal.status, refusal.message)
+        await self._error(refusal.status, refusal.code, refusal.message)
+
+    async def _error(self, status: int, code: str, message: str) -> None:
+        """An error answer of the server's own; the connection closes after it."""
+        body = _encoder.encode(ErrorBody(code, message))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (REQUEST_ID, new_request_id().encode()),
+            _Date.now()[::2],
+            (b"connection", b"close"),
+        ]
+        conn = self.h11
+        try:
+            out = conn.send(h11.Response(status_code=status, headers=headers))
+            if not self.no_body:
+                out += conn.send(h11.Data(data=body))
+            out += conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            self.gone = True
+            return
+        self.head = None
+        self.finished = True
+        await self._write(out)
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    async def _write(self, data: bytes) -> None:
+        """Send `data` whole; a client that has not taken it within send_timeout is dropped."""
+        if self.gone:
+            return
+        raw = self.raw
+        try:
+            sent = raw.send(data)  # the socket is non-blocking: most answers go at once
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.gone = True
+            return
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
+        # Until the whole answer is out the connection cannot carry another: if the wait ends any
+        # other way (send_timeout, the app cancelled, shutdown) the connection goes.
+        self.gone = True
+        with trio.move_on_after(self.limits.send_timeout):
+            while view:
+                await trio.lowlevel.wait_writable(raw)
+                try:
+                    view = view[raw.send(view) :]
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+            self.gone = False
+            return
+        log.debug("the client did not read its answer within %g s; dropping it", self.limits.send_timeout)
