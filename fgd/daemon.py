@@ -34,7 +34,7 @@ from fgd.invoker import Invoker
 from fgd.keys import Keys
 from fgd.logs import LogSink
 from fgd.metrics import Metrics
-from fgd.nodejs import NodeCatalogue, find_node
+from fgd.nodejs import NodeCatalogue, find_node, shim_built
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.triggers import Triggers
@@ -96,7 +96,8 @@ async def find_runtimes(config: Config) -> Catalogue:
         served = [name for name in catalogue.names() if catalogue.serving(name) == interpreter]
         log.info("runtime %s: %s (Python %s)", ", ".join(served), interpreter.path, interpreter.version)
     # Issue 13 (nodejs): the Node.js names, served by the node's `node` (fgd.nodejs).
-    catalogue.nodejs = NodeCatalogue(await trio.to_thread.run_sync(find_node), config.runtimes.exact_versions)
+    node = await trio.to_thread.run_sync(find_node)
+    catalogue.nodejs = NodeCatalogue(node, config.runtimes.exact_versions, built=shim_built())
     if catalogue.nodejs.node is not None:
         node = catalogue.nodejs.node
         log.info("runtime %s: %s (Node.js %s)", ", ".join(catalogue.nodejs.names()), node.path, node.version)

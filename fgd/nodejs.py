@@ -122,8 +122,11 @@ def find_node(path: str = "") -> NodeRuntime | None:
 class NodeCatalogue:
     """Which node serves each accepted Node.js name (none: every Node.js name is refused)."""
 
-    def __init__(self, node: NodeRuntime | None, exact: bool = False) -> None:
-        self.node = node if node is not None and node.major >= OLDEST_MAJOR else None
+    def __init__(self, node: NodeRuntime | None, exact: bool = False, *, built: bool = True) -> None:
+        # Without the shim's codec (`make nodejs` not run) no node can serve.
+        self.unbuilt = node is not None and not built
+        usable = node is not None and node.major >= OLDEST_MAJOR and built
+        self.node = node if usable else None
         self.unusable = node if node is not None and self.node is None else None
         self.exact = exact
         self.mapping: dict[str, NodeRuntime] = {}
@@ -148,7 +151,9 @@ class NodeCatalogue:
     def refusal(self, name: str) -> str:
         shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
         if self.node is None:
-            if self.unusable is not None:
+            if self.unbuilt:
+                why = f"the Node.js runtime's npm modules are not built (run `make nodejs`: {shim_codec()} is missing)"
+            elif self.unusable is not None:
                 why = f"its node {self.unusable.version} ({self.unusable.path}) is older than Node.js {OLDEST_MAJOR}"
             else:
                 why = "it has no `node` (install Debian's nodejs package: `make` does)"
@@ -170,6 +175,15 @@ class NodeCatalogue:
             name: {**node.describe(), "exact": int(NAME.fullmatch(name)[1]) == node.major}  # type: ignore[index]
             for name, node in self.mapping.items()
         }
+
+
+def shim_codec(build_dir: Path = BUILD_DIR) -> Path:
+    """The msgpack codec instance.js needs, as `make nodejs` installs it."""
+    return build_dir / "runtime" / "node_modules" / "@msgpack" / "msgpack" / "package.json"
+
+
+def shim_built(build_dir: Path = BUILD_DIR) -> bool:
+    return shim_codec(build_dir).is_file()
 
 
 def shared_trees(bundled: bool, build_dir: Path = BUILD_DIR) -> list[Mount]:
@@ -253,4 +267,13 @@ def launch_policy(sandbox, instance_id: str) -> EnterPolicy | None:
     )
 
 
-__all__ = ["NAMES", "NodeCatalogue", "NodeRuntime", "NodeZygote", "find_node", "is_nodejs", "launch_policy"]
+__all__ = [
+    "NAMES",
+    "NodeCatalogue",
+    "NodeRuntime",
+    "NodeZygote",
+    "find_node",
+    "is_nodejs",
+    "launch_policy",
+    "shim_built",
+]

@@ -55,6 +55,13 @@ def test_no_node_or_one_too_old_refuses_every_name_saying_why() -> None:
         NodeCatalogue(node(16)).check("Node.js16.17")
 
 
+def test_without_the_built_codec_every_name_is_refused_naming_make_nodejs() -> None:
+    catalogue = NodeCatalogue(node(20), built=False)
+    assert catalogue.names() == []
+    with pytest.raises(InvalidParameter, match="make nodejs"):
+        catalogue.check("Node.js20.15")
+
+
 def test_the_python_catalogue_answers_for_node_names_once_given_them() -> None:
     catalogue = Catalogue([])
     catalogue.nodejs = NodeCatalogue(node(20))
