@@ -171,7 +171,7 @@ async def serve(config: Config) -> None:
         # A zygote not started yet is fine (it starts on first use); one being restarted is not.
         states = {i.key: zygotes.state(i) for i in catalogue.in_use()}
         # Issue 13 (nodejs): the Node pool's zygote, under each Node.js name.
-        node_states = {name: zygotes.pool_state(node.key) for name, node in nodejs_mapping()}
+        node_states = {name: zygotes.node_state(node.key) for name, node in nodejs_mapping()}
         missing = [key for key, state in [*states.items(), *node_states.items()] if state == "restarting"]
         return {
             "status": "starting" if missing else "ok",
@@ -195,8 +195,12 @@ async def serve(config: Config) -> None:
                 for name, interpreter in catalogue.mapping.items()
                 if interpreter.key in invoker.pools
             }
-            # Issue 13 (nodejs): the Node pool, under each name its node serves.
-            | {name: len(invoker.pools[node.key]) for name, node in nodejs_mapping() if node.key in invoker.pools},
+            # Issue 13 (nodejs): the Node pools (one per memory size), under each name their node serves.
+            | {
+                name: sum(len(pool) for key, pool in invoker.pools.items() if key.startswith(f"{node.key}-"))
+                for name, node in nodejs_mapping()
+                if any(key.startswith(f"{node.key}-") for key in invoker.pools)
+            },
             "functions": len(store.functions),
         }
 

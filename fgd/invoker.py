@@ -652,7 +652,8 @@ class Invoker:
         deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         started = trio.current_time()
         # The interpreter's zygote, started now if this is its first cold start.
-        zygote = await self.zygotes.get(record.runtime)
+        # (Issue 13: a Node.js function's pool is that of its memory size, which sizes V8's heap.)
+        zygote = await self.zygotes.get(record.runtime, memory_size=record.settings.memory_size)
         instance = self._take_pooled(zygote.runtime)
         if instance is None:
             try:

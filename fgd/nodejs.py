@@ -14,11 +14,14 @@ instance's own uid under seccomp. The shim, its msgpack codec and FunctionGraph'
 modules are shown read-only in these sandboxes only (shared trees, mounted once per sandbox).
 
 V8 heap: `v8.setFlagsFromString('--max-old-space-size=N')` after start does not change the
-limit (measured: heap_size_limit stays what node started with), and a pool member is
-started before its function's memory is known. So node starts with its old space bounded
-at the largest memory a function may have, and the instance's cgroup is the limit that
-acts: a function that uses more than its memory is OOM-killed by the kernel and reported
-as `Runtime.OutOfMemory` like a Python one, never a V8 abort at a smaller size.
+limit (measured: heap_size_limit stays what node started with). A bound far above the
+function's memory is no answer either: V8 then lets garbage pile up past the cgroup's limit
+(a function allocating 2 GB of short-lived arrays was OOM-killed at 128 MB). So there is one
+Node pool per memory size in use (`node20-128m`, `node20-1024m`, each its own zygote, started
+on first use), whose nodes start with `--max-old-space-size` = that memory size: V8 collects
+within the function's memory, and since the process always holds more than its heap, the
+cgroup's limit is reached before V8's own: a function that needs more is OOM-killed by the
+kernel and reported as `Runtime.OutOfMemory` like a Python one.
 """
 
 from __future__ import annotations
@@ -66,9 +69,8 @@ BUILD_DIR = SOURCE_ROOT / "build" / "nodejs"
 SHIM_DIR = "/opt/function/runtime/nodejs-shim"
 SHIM_MODULES_DIR = "/opt/function/runtime/nodejs-shim-modules"
 BUNDLED_DIR = "/opt/function/runtime/nodejs-bundled"
-# The old space V8 may grow to: the largest memory_size (fgd.model.MemorySize); the
-# instance's cgroup holds each function to its own (see the module's docstring).
-MAX_OLD_SPACE_MB = 10240
+# A Node pool's memory size when none is asked for (a preloaded name): FunctionGraph's default.
+DEFAULT_MEMORY_MB = 128
 
 
 class NodeRuntime(msgspec.Struct, frozen=True, kw_only=True):
@@ -194,6 +196,11 @@ def shared_trees(bundled: bool, build_dir: Path = BUILD_DIR) -> list[Mount]:
     return trees
 
 
+def pool_key(node: NodeRuntime, memory_mb: int) -> str:
+    """The key of the Node pool (and its zygote) for functions of `memory_mb`: "node20-128m"."""
+    return f"{node.key}-{memory_mb}m"
+
+
 class NodeZygote(Zygote):
     """A Node pool: the daemon interpreter's zygote; each instance is launched into a node."""
 
@@ -203,12 +210,15 @@ class NodeZygote(Zygote):
         interpreter: Interpreter,
         argv: list[str],
         *,
+        memory_mb: int,
         seccomp_programs: dict[str, bytes] | None,
         bundled: bool,
         build_dir: Path = BUILD_DIR,
     ) -> None:
-        super().__init__(node.key, argv, interpreter=interpreter, seccomp_programs=seccomp_programs)
+        super().__init__(pool_key(node, memory_mb), argv, interpreter=interpreter, seccomp_programs=seccomp_programs)
         self.node = node
+        # Its nodes' V8 heap bound: the memory size of the functions this pool serves.
+        self.memory_mb = memory_mb
         self.bundled = bundled and (build_dir / "bundled" / "node_modules").is_dir()
         self._build_dir = build_dir
         self._node_policy: tuple[ContainPolicy, ContainPolicy] | None = None
@@ -245,7 +255,7 @@ class NodeZygote(Zygote):
                 str(self._build_dir / "bundled" / "node_modules"),
             )
         )
-        argv = [self.node.path, f"--max-old-space-size={MAX_OLD_SPACE_MB}", f"{shim}/instance.js"]
+        argv = [self.node.path, f"--max-old-space-size={self.memory_mb}", f"{shim}/instance.js"]
         environ = {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
             "LANG": "C.UTF-8",
@@ -275,5 +285,6 @@ __all__ = [
     "find_node",
     "is_nodejs",
     "launch_policy",
+    "pool_key",
     "shim_built",
 ]

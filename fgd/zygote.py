@@ -275,19 +275,22 @@ class Zygotes:
             return "starting"
         return "ready" if zygote.ready.is_set() else "restarting"
 
-    def pool_state(self, key: str) -> str:
-        """Issue 13 (nodejs): `state` for a zygote named by its key (a Node pool's "node20")."""
-        zygote = self.running.get(key)
-        if zygote is None:
-            return "not started"
-        if zygote.pid is None:
-            return "starting"
-        return "ready" if zygote.ready.is_set() else "restarting"
+    def node_state(self, key: str) -> str:
+        """Issue 13 (nodejs): `state` for the Node pools of one node ("node20"; one pool per memory
+        size): "restarting" if one is, "ready" if one runs, else "starting" or "not started"."""
+        states = set()
+        for name, zygote in self.running.items():
+            if name.startswith(f"{key}-"):
+                states.add("starting" if zygote.pid is None else "ready" if zygote.ready.is_set() else "restarting")
+        for state in ("restarting", "ready", "starting"):
+            if state in states:
+                return state
+        return "not started"
 
-    async def get(self, runtime: str) -> Zygote:
+    async def get(self, runtime: str, memory_size: int = 0) -> Zygote:
         """The zygote serving `runtime`, started now if this is its first use."""
         if is_nodejs(runtime):
-            return await self._get_nodejs(runtime)  # Issue 13 (nodejs)
+            return await self._get_nodejs(runtime, memory_size)  # Issue 13 (nodejs)
         interpreter = self.catalogue.serving(runtime)
         if interpreter is None:
             raise Unavailable(self.catalogue.refusal(runtime))
@@ -297,24 +300,27 @@ class Zygotes:
             return zygote
         return await self._start(python_zygote(interpreter, seccomp_programs=self._seccomp_programs))
 
-    async def _get_nodejs(self, runtime: str) -> Zygote:
-        """Issue 13 (nodejs): the Node pool's zygote: the daemon interpreter's, whose instances
-        are launched into a contained node (fgd.nodejs)."""
-        from fgd.nodejs import NodeZygote
+    async def _get_nodejs(self, runtime: str, memory_size: int) -> Zygote:
+        """Issue 13 (nodejs): the zygote of the Node pool for functions of `memory_size` MB: the
+        daemon interpreter's, whose instances are launched into a contained node whose V8 heap
+        is sized for that memory (fgd.nodejs)."""
+        from fgd.nodejs import DEFAULT_MEMORY_MB, NodeZygote, pool_key
 
         node = self.catalogue.nodejs.serving(runtime) if self.catalogue.nodejs is not None else None
         if node is None:
             raise Unavailable(self.catalogue.refusal(runtime))
-        zygote = self.running.get(node.key)
+        memory_mb = memory_size or DEFAULT_MEMORY_MB
+        zygote = self.running.get(pool_key(node, memory_mb))
         if zygote is not None:
             return zygote
         own = next((i for i in self.catalogue.interpreters if i.origin == "daemon" and i.usable), None)
         if own is None:
             raise Unavailable(f"runtime {runtime} is not available: the daemon's own interpreter cannot run the shim")
         argv = [own.path, "-s", "-m", "runtimes.python.zygote"]
-        return await self._start(
-            NodeZygote(node, own, argv, seccomp_programs=self._seccomp_programs, bundled=self.nodejs_bundled)
+        zygote = NodeZygote(
+            node, own, argv, memory_mb=memory_mb, seccomp_programs=self._seccomp_programs, bundled=self.nodejs_bundled
         )
+        return await self._start(zygote)
 
     async def _start(self, zygote: Zygote) -> Zygote:
         key = zygote.runtime

@@ -369,6 +369,22 @@ def test_memory_beyond_the_functions_size_is_out_of_memory(api: Api) -> None:
     assert json.loads(again.headers["x-cff-invoke-summary"])["coldStart"] is True
 
 
+def test_garbage_far_beyond_the_memory_size_is_collected_not_out_of_memory(api: Api) -> None:
+    # V8's heap bound is far above the cgroup's limit: its collector must still keep a function
+    # that allocates 2 GB of short-lived arrays (never more than a few MB live) inside 128 MB.
+    source = """
+        exports.handler = async () => {
+          let total = 0;
+          for (let i = 0; i < 2000; i++) total += new Array(128 * 1024).fill(i).length;
+          return total;
+        };
+    """
+    response = api.invoke(deploy_js(api, source, memory_size=128, timeout=20))
+    assert response.headers["x-is-func-err"] == "false", response.text
+    assert response.json() == 2000 * 128 * 1024
+    assert json.loads(response.headers["x-cff-invoke-summary"])["memoryUsed"] < 128
+
+
 def test_a_larger_memory_size_lets_node_use_more_than_the_pools_128_mb(api: Api) -> None:
     # The pool member starts under the generic 128 MB limit: V8 must not have sized its heap from it.
     source = """
@@ -380,7 +396,15 @@ def test_a_larger_memory_size_lets_node_use_more_than_the_pools_128_mb(api: Api)
     """
     response = api.invoke(deploy_js(api, source, memory_size=512, timeout=20))
     assert response.headers["x-is-func-err"] == "false", response.text
-    assert response.json() >= 512
+    assert 512 <= response.json() < 640
+
+
+def test_v8s_heap_is_sized_from_each_functions_memory(api: Api) -> None:
+    # One Node pool per memory size: its nodes start with the heap bound of that size.
+    source = "exports.handler = async () => Math.floor(require('v8').getHeapStatistics().heap_size_limit / 2 ** 20);\n"
+    limits = {size: api.invoke(deploy_js(api, source, memory_size=size)).json() for size in (128, 256, 1024)}
+    for size, limit in limits.items():
+        assert size <= limit < size + 128, limits
 
 
 @pytest.mark.parametrize(
