@@ -13,7 +13,9 @@ WHEELHOUSE ?= $(HOME)/.cache/fgd/wheels
 STATE_DIR ?= $(CURDIR)/.fgd-state
 LISTEN ?= 127.0.0.1:8900
 # libcap-dev builds python-prctl; libseccomp2 backs pyseccomp; util-linux gives unshare.
-DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps
+# Issue 14: libnftables1 is the instances' firewall (fgd.nft); nftables (the nft command) and
+# iproute2 (ip) are for the operator and tests/network's lab.
+DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps libnftables1 nftables iproute2
 
 .PHONY: run test lint format bench system-packages runtimes clean bundled nodejs install uninstall deb test-install
 
@@ -106,11 +108,7 @@ format: $(STAMP)
 
 bench: $(STAMP) $(SHIMS) $(NODE_STAMP)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages wrk
-	$(BIN)/python bench/warm_invoke.py
-	$(BIN)/python bench/cold_start.py
-	$(BIN)/python bench/packages.py
-	$(BIN)/python bench/density.py
-	$(BIN)/python bench/async_queue.py
+	$(BIN)/python bench/report.py
 
 # Issue 16: the Debian package (debian/, dh; the install step is scripts/install with --destdir),
 # built from this checkout with the build host's Debian python3. Output: $(DEB_OUT)/fgd_*.deb.

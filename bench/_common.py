@@ -94,6 +94,9 @@ class Daemon:
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.dir / "fgd.log", "ab"),  # noqa: SIM115
+            # Issue 14: benchmarks run on the machine's own network: no instance networking there
+            # (bench/network.py runs its daemon inside network namespaces of its own).
+            env={**os.environ, "FGD_NETWORK_OFF": os.environ.get("FGD_NETWORK_OFF", "1")},
         )
         wait_http(f"{self.url}/healthz")
         self.token = (self.dir / "state" / "admin.token").read_text().strip()

@@ -9,8 +9,10 @@ Also reports the memory (USS) an idle specialised instance costs.
 
 Issue 13: the same for a Node.js function (a pool of contained, started nodes), against a
 fresh `node` under `unshare` loading and running the same handler (bench/_nodejs.py).
+Custom (a C bootstrap) and HTTP functions (a small node server) are measured by bench/_custom.py,
+against their own baselines (the bootstrap or server started fresh under `unshare`).
 
-Usage: python bench/cold_start.py [--count 100] [--runtimes python,nodejs]
+Usage: python bench/cold_start.py [--count 100] [--runtimes python,nodejs,custom]
 (`--count 2` proves it runs without measuring anything worth keeping.)
 """
 
@@ -30,6 +32,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _custom
 import _nodejs
 from _common import Daemon
 
@@ -145,10 +148,15 @@ def measure(results: dict, count: int, runtime: str, code_file: str, base: list[
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=100)
-    parser.add_argument("--runtimes", default="python,nodejs", help="comma-separated: python, nodejs")
+    parser.add_argument(
+        "--runtimes", default="python,nodejs,custom", help="comma-separated: python, nodejs, custom (Custom and http)"
+    )
     args = parser.parse_args()
     runtimes = args.runtimes.split(",")
     results: dict = {"benchmark": "cold_start", "count": args.count}
+    if "custom" in runtimes:
+        # Issue 13: Custom with a C bootstrap, http with a small node server (bench/_custom.py).
+        results["custom_and_http"] = _custom.cold_start(args.count, percentiles)
 
     if "python" in runtimes:
         measure(

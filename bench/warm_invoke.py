@@ -13,10 +13,13 @@ Each level is run twice: against a function whose instances take one request at 
 Issue 15's targets, at 16 connections: req/s >= 1.5x hypercorn and >= 0.5x h11, p99 <= 10 ms;
 at 1 connection: p50 <= 0.6x hypercorn's.
 
-Issue 13: the same for a no-op Node.js function, against the same handler behind a bare node
-`http` server (bench/_nodejs.py).
+Custom (a C bootstrap, through the invoke API) and HTTP functions (a small node server, through a
+gateway route, against the same server hit directly) come from bench/_custom.py.
 
-Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64] [--runtimes python,nodejs]
+Issue 13: a no-op Node.js function, against the same handler behind a bare node `http` server
+(bench/_nodejs.py).
+
+Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64] [--runtimes python,nodejs,custom]
 (`--seconds 1 --concurrency 1` proves it runs without measuring anything worth keeping.)
 """
 
@@ -30,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _custom
 import _nodejs
 from _common import Daemon, free_port, wait_http, wrk
 
@@ -43,39 +47,6 @@ def ratios(fgd: dict, base: dict) -> dict:
         "p50": round(fgd["p50_ms"] / base["p50_ms"], 3) if base["p50_ms"] else None,
         "p99": round(fgd["p99_ms"] / base["p99_ms"], 3) if base["p99_ms"] else None,
     }
-
-
-def measure_python(args: argparse.Namespace, levels: list[int], results: dict) -> None:
-    """The no-op Python functions against the hypercorn and h11 baselines (issue 15)."""
-    baselines: dict[str, tuple[subprocess.Popen, str]] = {}
-    daemon = None
-    try:
-        for name, script in BASELINES.items():
-            port = free_port()
-            process = subprocess.Popen([sys.executable, str(Path(__file__).parent / script), str(port)])
-            baselines[name] = (process, f"http://127.0.0.1:{port}/")
-            wait_http(baselines[name][1])
-        daemon = Daemon()
-        daemon.deploy("noop1", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
-        daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
-        for level in levels:
-            entry: dict = {}
-            for name, (_, url) in baselines.items():
-                entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
-            for name in ("noop1", "noop16"):
-                wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
-                fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
-                entry[f"concurrent_num_{name[4:]}"] = {
-                    **fgd,
-                    **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},
-                }
-            results["levels"][str(level)] = entry
-    finally:
-        if daemon is not None:
-            daemon.stop()
-        for process, _ in baselines.values():
-            process.terminate()
-            process.wait()
 
 
 def measure_nodejs(args: argparse.Namespace, levels: list[int], results: dict) -> None:
@@ -114,13 +85,47 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--runtimes", default="python,nodejs", help="comma-separated: python, nodejs")
+    parser.add_argument(
+        "--runtimes", default="python,nodejs,custom", help="comma-separated: python, nodejs, custom (Custom and http)"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     runtimes = args.runtimes.split(",")
+
+    baselines: dict[str, tuple[subprocess.Popen, str]] = {}
+    daemon = None
     results: dict = {"benchmark": "warm_invoke", "seconds": args.seconds, "levels": {}}
-    if "python" in runtimes:
-        measure_python(args, levels, results)
+    try:
+        for name, script in BASELINES.items():
+            port = free_port()
+            process = subprocess.Popen([sys.executable, str(Path(__file__).parent / script), str(port)])
+            baselines[name] = (process, f"http://127.0.0.1:{port}/")
+            wait_http(baselines[name][1])
+        daemon = Daemon()
+        if "custom" in runtimes:
+            # Issue 13: Custom (C bootstrap) and http (node server, against itself hit directly).
+            results["custom_and_http"] = _custom.warm_invoke(levels, args.seconds, baselines["hypercorn"][1])
+        if "python" in runtimes:
+            daemon.deploy("noop1", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 1})
+            daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
+            for level in levels:
+                entry: dict = {}
+                for name, (_, url) in baselines.items():
+                    entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
+                for name in ("noop1", "noop16"):
+                    wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
+                    fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
+                    entry[f"concurrent_num_{name[4:]}"] = {
+                        **fgd,
+                        **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},
+                    }
+                results["levels"][str(level)] = entry
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        for process, _ in baselines.values():
+            process.terminate()
+            process.wait()
     if "nodejs" in runtimes:
         measure_nodejs(args, levels, results)
     print(json.dumps(results, indent=2))

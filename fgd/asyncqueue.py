@@ -106,18 +106,42 @@ FUNCTION_ERROR = 1
 
 
 class Lease(msgspec.Struct):
-    """What one lease took: events to run, and events given up after MAX_LEASES (now FAIL)."""
+    """What one lease took: events to run, and events given up after MAX_LEASES (now FAIL).
+
+    `only`, when not None, is what the lease proved: every event still due belongs to one of
+    these functions (all at their share when it looked). The caller may pass it back to the next
+    lease, which then does not look past them while they are full (see `SqliteQueue.lease`).
+    """
 
     events: list[AsyncEvent]
     given_up: list[AsyncEvent]
+    only: frozenset[Key] | None = None
 
 
 class AsyncQueue(Protocol):
     def enqueue(self, event: AsyncEvent) -> None: ...
+    def enqueue_many(self, events: list[AsyncEvent]) -> None: ...
     def lease(
-        self, now: float, limit: int, lease_seconds: float, running: Mapping[Key, int], per_function: int
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        running: Mapping[Key, int],
+        per_function: int,
+        only: frozenset[Key] | None = None,
     ) -> Lease: ...
     def settle(self, event: AsyncEvent) -> None: ...
+    def settle_many(self, events: list[AsyncEvent]) -> None: ...
+    def settle_and_lease(
+        self,
+        settled: list[AsyncEvent],
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        running: Mapping[Key, int],
+        per_function: int,
+        only: frozenset[Key] | None = None,
+    ) -> Lease: ...
     def recover(self) -> tuple[int, int]: ...
     def cancel(self, key: tuple[str, str, str], request_id: str, now: float) -> bool: ...
     def find(self, key: tuple[str, str, str], request_id: str | None, status: str | None, limit: int) -> list: ...
@@ -172,6 +196,7 @@ _MALFORMED = """
 """
 
 _COLUMNS = [f for f in AsyncEvent.__struct_fields__]
+_NOT_BEFORE = _COLUMNS.index("not_before")
 
 
 def _row(event: AsyncEvent) -> tuple:
@@ -185,59 +210,135 @@ class SqliteQueue:
         self._db = db
 
     def enqueue(self, event: AsyncEvent) -> None:
-        with self._db:
-            self._db.execute(
-                f"INSERT INTO async_events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
-                _row(event),
-            )
+        self.enqueue_many([event])
+
+    def enqueue_many(self, events: list[AsyncEvent]) -> None:
+        """Queue `events` in one transaction, on disk when this returns (the API answers 202 after).
+
+        The store runs WAL with synchronous=NORMAL: a commit survives the daemon's death but
+        not the machine's. Queued events are promises (202), so their commit is synchronous=FULL:
+        SQLite syncs the WAL before it returns. Many 202s share one transaction and one sync
+        (fgd.groupcommit); leases and settles stay NORMAL, since losing one reruns an event, which
+        at-least-once delivery allows.
+        """
+        if not events:
+            return
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._db:
+                self._db.executemany(
+                    f"INSERT INTO async_events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+                    [_row(event) for event in events],
+                )
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     def lease(
-        self, now: float, limit: int, lease_seconds: float, running: Mapping[Key, int], per_function: int
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        running: Mapping[Key, int],
+        per_function: int,
+        only: frozenset[Key] | None = None,
     ) -> Lease:
-        """Up to `limit` due events, oldest first, no function past `per_function` running."""
+        """Up to `limit` due events, oldest first, no function past `per_function` running.
+
+        `only`: what an earlier lease proved (`Lease.only`) and nothing has changed since: the
+        due events all belong to these functions. While all of them are full there is nothing
+        to take, and the lease stops instead of scanning past their backlog (a flood of one
+        function's events would otherwise cost a scan of the whole backlog per event).
+        """
+        with self._db:
+            return self._lease(now, limit, lease_seconds, running, per_function, only)
+
+    def settle_and_lease(
+        self,
+        settled: list[AsyncEvent],
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        running: Mapping[Key, int],
+        per_function: int,
+        only: frozenset[Key] | None = None,
+    ) -> Lease:
+        """Record the outcome of `settled` and lease up to `limit` more, in one transaction.
+
+        The dispatcher's loop does one of these per turn: the events that finished since the
+        last turn, and as many new ones as slots are free (theirs included).
+        """
+        with self._db:
+            self._settle(settled)
+            return self._lease(now, limit, lease_seconds, running, per_function, only)
+
+    def _lease(
+        self,
+        now: float,
+        limit: int,
+        lease_seconds: float,
+        running: Mapping[Key, int],
+        per_function: int,
+        only: frozenset[Key] | None,
+    ) -> Lease:
         taken: list[AsyncEvent] = []
         given_up: list[AsyncEvent] = []
         counts = dict(running)
-        with self._db:
-            while len(taken) < limit:
-                # Functions at their share are left out in SQL, so a flood of one function's
-                # events costs an index scan, not a Python loop over its rows.
-                full = [key for key, count in counts.items() if count >= per_function]
-                wanted = limit - len(taken)
-                batch = self._due(now, wanted, full)
-                for event in batch:
-                    if event.leases >= MAX_LEASES:
-                        given_up.append(event)
-                        self._give_up(event, now)
-                    elif counts.get(event.key, 0) < per_function:
-                        counts[event.key] = counts.get(event.key, 0) + 1
-                        event.status = "RUNNING"
-                        event.lease_until = now + lease_seconds
-                        event.start_time = event.start_time or now
-                        event.leases += 1
-                        self._db.execute(
-                            "UPDATE async_events SET status='RUNNING', lease_until=?, start_time=?, leases=? "
-                            "WHERE request_id=?",
-                            (event.lease_until, event.start_time, event.leases, event.request_id),
-                        )
-                        taken.append(event)
-                    # else: its function filled up within this batch; the next query leaves it out.
-                if len(batch) < wanted:
-                    break  # every due event of a function with room was in this batch
-        return Lease(taken, given_up)
+        while len(taken) < limit:
+            # Functions at their share are left out in SQL, so a flood of one function's
+            # events costs an index scan, not a Python loop over its rows.
+            full = [key for key, count in counts.items() if count >= per_function]
+            if only is not None and only.issubset(full):
+                break  # every due event belongs to a function at its share
+            wanted = limit - len(taken)
+            batch = self._due(now, wanted, full)
+            skipped: set[Key] = set()
+            for event in batch:
+                if event.leases >= MAX_LEASES:
+                    given_up.append(event)
+                    self._give_up(event, now)
+                elif counts.get(event.key, 0) < per_function:
+                    counts[event.key] = counts.get(event.key, 0) + 1
+                    event.status = "RUNNING"
+                    event.lease_until = now + lease_seconds
+                    event.start_time = event.start_time or now
+                    event.leases += 1
+                    self._db.execute(
+                        "UPDATE async_events SET status='RUNNING', lease_until=?, start_time=?, leases=? "
+                        "WHERE request_id=?",
+                        (event.lease_until, event.start_time, event.leases, event.request_id),
+                    )
+                    taken.append(event)
+                else:
+                    # Its function filled up within this batch; the next query leaves it out.
+                    skipped.add(event.key)
+            if len(batch) < wanted:
+                # Every due event of a function with room was in this batch: what is still
+                # due belongs to the functions full before it, or filled by it.
+                only = frozenset(full) | skipped
+                break
+        return Lease(taken, given_up, only)
 
     def _due(self, now: float, limit: int, full: list[Key]) -> list[AsyncEvent]:
-        query = (
-            f"SELECT {', '.join(_COLUMNS)} FROM async_events "
-            "WHERE ((status='WAIT' AND not_before<=?) OR (status='RUNNING' AND lease_until<?))"
-        )
-        params: list = [now, now]
+        # Two queries, each read in order from the async_due index: one with an OR between
+        # them made SQLite collect and sort every due row (the whole backlog) for each lease.
+        exclude, params = "", []
         if full:
-            query += f" AND (project_id, package, func_name) NOT IN (VALUES {', '.join(['(?, ?, ?)'] * len(full))})"
-            params += [part for key in full for part in key]
-        query += " ORDER BY not_before LIMIT ?"
-        params.append(limit)
-        return [AsyncEvent(**dict(zip(_COLUMNS, row, strict=True))) for row in self._db.execute(query, params)]
+            exclude = f" AND (project_id, package, func_name) NOT IN (VALUES {', '.join(['(?, ?, ?)'] * len(full))})"
+            params = [part for key in full for part in key]
+        columns = ", ".join(_COLUMNS)
+        rows = self._db.execute(
+            f"SELECT {columns} FROM async_events WHERE status='WAIT' AND not_before<=?{exclude} "
+            "ORDER BY not_before LIMIT ?",
+            [now, *params, limit],
+        ).fetchall()
+        # Leases that ran out: few (a lease outlives the longest timeout; a restart requeues them).
+        rows += self._db.execute(
+            f"SELECT {columns} FROM async_events WHERE status='RUNNING' AND lease_until<?{exclude} "
+            "ORDER BY not_before LIMIT ?",
+            [now, *params, limit],
+        ).fetchall()
+        rows.sort(key=lambda row: row[_NOT_BEFORE])
+        return [AsyncEvent(**dict(zip(_COLUMNS, row, strict=True))) for row in rows[:limit]]
 
     def _give_up(self, event: AsyncEvent, now: float) -> None:
         event.status = "FAIL"
@@ -255,20 +356,31 @@ class SqliteQueue:
         )
 
     def settle(self, event: AsyncEvent) -> None:
+        self.settle_many([event])
+
+    def settle_many(self, events: list[AsyncEvent]) -> None:
+        """Record the outcome of `events`, in one transaction."""
         with self._db:
+            self._settle(events)
+
+    def _settle(self, events: list[AsyncEvent]) -> None:
+        if events:
             # The daemon handled this lease: the crash counter starts over.
-            self._db.execute(
+            self._db.executemany(
                 "UPDATE async_events SET status=?, attempts=?, not_before=?, lease_until=0, end_time=?, "
                 "error_code=?, error_message=?, leases=0 WHERE request_id=?",
-                (
-                    event.status,
-                    event.attempts,
-                    event.not_before,
-                    event.end_time,
-                    event.error_code,
-                    event.error_message,
-                    event.request_id,
-                ),
+                [
+                    (
+                        event.status,
+                        event.attempts,
+                        event.not_before,
+                        event.end_time,
+                        event.error_code,
+                        event.error_message,
+                        event.request_id,
+                    )
+                    for event in events
+                ],
             )
 
     def recover(self) -> tuple[int, int]:

@@ -106,6 +106,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         name, _, why = line.partition(": ")
         print(f"{'off':<8} {name:<18} {why}")
     refused = [line.partition(":")[0] for line in off]
+    _doctor_network(config, namespaces="namespaces" not in refused)
     if not usable_runtimes:
         print("fgd serve would refuse to start: no Python interpreter can serve functions")
         return 1
@@ -124,6 +125,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 if TYPE_CHECKING:
     from fgd.config import Config
+
+
+def _doctor_network(config: Config, *, namespaces: bool) -> None:
+    """Issue 14: whether functions can have `outbound` here, and why not (nothing is created)."""
+    import os
+
+    from fgd.network import availability
+
+    network = config.network
+    ok, detail = availability(network, root=os.geteuid() == 0, namespaces=namespaces)
+    if ok:
+        detail = (
+            f"outbound: NAT from {network.subnet} through bridge {network.bridge}, "
+            f"default mode of new functions {network.default_mode}"
+        )
+    # Not a protection: without it functions have loopback only, the safer side ("info", not "off").
+    print(f"{'ok' if ok else 'info':<8} {'network':<18} {detail}")
 
 
 def _doctor_interpreters(config: Config) -> bool:

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from fgd.netpolicy import Destination, Mode
 from fgd.packages import PackageLimits
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -206,6 +207,42 @@ class RuntimesConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     bundled_libraries_dir: str = ""
 
 
+# Issue 14 (networking): [network], read by fgd.network; the rules are in fgd.netpolicy.
+class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    # False forbids `outbound` on this node: every function runs with loopback only, no bridge,
+    # firewall table or forwarding is set up, and a function asking for outbound is refused.
+    allow_outbound: bool = True
+    # The mode of a new function that does not say (network.mode, disable_public_network).
+    default_mode: Mode = "outbound"
+    # Instance addresses (IPv4, private, at most /8 and at least /24); the first is the bridge's.
+    subnet: str = "10.213.0.0/16"
+    # Names of the daemon's bridge and nftables tables (inet and bridge families); each instance's
+    # host-side veth is <veth_prefix><instance id>.
+    bridge: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,15}\Z")] = "fgd0"
+    table: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_]{1,32}\Z")] = "fgd"
+    veth_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,4}\Z")] = "fgdv"
+    # Destinations every instance may reach although the policy denies them (a broker on the LAN).
+    allow: Annotated[list[Destination], Meta(max_length=1024)] = []
+    # Name servers instances use; empty: those of the node's /etc/resolv.conf. Loopback ones
+    # (a local stub such as systemd-resolved) are reached through the daemon's forwarder.
+    resolvers: list[Annotated[str, Meta(max_length=64)]] = []
+    # Tracked connections one instance may hold; new ones past it are refused.
+    conntrack_limit: Annotated[int, Meta(ge=16, le=1_000_000)] = 512
+
+    def __post_init__(self) -> None:
+        try:
+            subnet = ipaddress.ip_network(self.subnet)
+        except ValueError:
+            raise ValueError(f"[network] subnet {self.subnet!r} is not a CIDR (e.g. 10.213.0.0/16)") from None
+        if subnet.version != 4 or not subnet.is_private or not 8 <= subnet.prefixlen <= 24:
+            raise ValueError(f"[network] subnet {self.subnet}: an IPv4 private range between /8 and /24")
+        for resolver in self.resolvers:
+            try:
+                ipaddress.IPv4Address(resolver)
+            except ValueError:
+                raise ValueError(f"[network] resolvers: {resolver!r} is not an IPv4 address") from None
+
+
 # Issue 12 (agencies): one named credential set of [agencies.NAME]; see fgd.agencies.
 class AgencyConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     access_key: str = ""
@@ -236,6 +273,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     async_invoke: AsyncConfig = AsyncConfig()
     code_fetch: CodeFetchConfig = CodeFetchConfig()
     runtimes: RuntimesConfig = RuntimesConfig()
+    # Issue 14: the instances' network (fgd.network).
+    network: NetworkConfig = NetworkConfig()
     # Agency name (a function's xrole / app_xrole) -> credential set.
     agencies: dict[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")], AgencyConfig] = {}
     # Dependency zips the operator ships to every function (owner "public"): <name>.zip or

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import trio
 
-from fgd import __version__, bundled
+from fgd import __version__, bundled, custom, dnsforward
 from fgd.agencies import Agencies
 from fgd.codestore import CodeStore
 from fgd.config import Config, split_host_port
@@ -33,7 +33,8 @@ from fgd.interpreters import Catalogue, discover
 from fgd.invoker import Invoker
 from fgd.keys import Keys
 from fgd.logs import LogSink
-from fgd.metrics import Metrics
+from fgd.metrics import Metrics, label_of
+from fgd.network import Network, availability
 from fgd.nodejs import NodeCatalogue, find_node, shim_built
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
@@ -106,6 +107,11 @@ async def find_runtimes(config: Config) -> Catalogue:
     return catalogue
 
 
+def pool_of(name: str, interpreter_key: str) -> str:
+    """The pool serving runtime `name` (issue 13: Custom and http have their own, fgd.custom)."""
+    return custom.POOL if custom.mode_of(name) != "python" else interpreter_key
+
+
 def seccomp_programs(sandbox: Sandbox) -> dict[str, bytes] | None:
     """Built once here and handed to every zygote (each instance loads one last)."""
     if not sandbox.protections.seccomp:
@@ -149,6 +155,9 @@ async def serve(config: Config) -> None:
     shared = [Mount(str(bundled_root), bundled.SANDBOX_ROOT)] if bundled_root else []
     sandbox = build_sandbox(config, state_dir, shared)
     catalogue = await find_runtimes(config)
+    # Issue 14: the bridge, the firewall tables, stale ones removed first (fgd.network).
+    network = build_network(config, sandbox)
+    await trio.to_thread.run_sync(network.start)
     for name in config.runtimes.preload:
         if catalogue.serving(name) is None:
             raise StartupError(f"[runtimes] preload: {catalogue.refusal(name)}")
@@ -162,7 +171,9 @@ async def serve(config: Config) -> None:
     dependencies = Dependencies(store, packager, names)
     invoker = Invoker(config, zygotes, logs, store, code, sandbox, dependencies, Agencies(config.agencies))
     invoker.bundled_root = str(bundled_root) if bundled_root else None
+    invoker.network = network
     functions = Functions(store, code, invoker, logs, dependencies, config.server.region, catalogue, config.code_fetch)
+    functions.network_config = config.network
 
     def nodejs_mapping() -> list:
         return list(catalogue.nodejs.mapping.items()) if catalogue.nodejs is not None else []
@@ -170,14 +181,27 @@ async def serve(config: Config) -> None:
     def health() -> dict:
         # A zygote not started yet is fine (it starts on first use); one being restarted is not.
         states = {i.key: zygotes.state(i) for i in catalogue.in_use()}
-        # Issue 13 (nodejs): the Node pool's zygote, under each Node.js name.
+        # Issue 13: Custom and http functions have a zygote of their own (fgd.custom).
+        own = zygotes.running.get(custom.POOL)
+        states[custom.POOL] = (
+            "not started"
+            if own is None
+            else "starting"
+            if own.pid is None
+            else "ready"
+            if own.ready.is_set()
+            else "restarting"
+        )
+        # Issue 13 (nodejs): the Node pools' zygotes, under each Node.js name.
         node_states = {name: zygotes.node_state(node.key) for name, node in nodejs_mapping()}
         missing = [key for key, state in [*states.items(), *node_states.items()] if state == "restarting"]
         return {
             "status": "starting" if missing else "ok",
             "degraded": sandbox.degraded,
             "version": __version__,
-            "runtimes": {name: states[interpreter.key] for name, interpreter in catalogue.mapping.items()}
+            "runtimes": {
+                name: states[pool_of(name, interpreter.key)] for name, interpreter in catalogue.mapping.items()
+            }
             | node_states,
             "interpreters": [
                 {
@@ -191,9 +215,9 @@ async def serve(config: Config) -> None:
             "instances": invoker.count(),
             # Per runtime name whose interpreter's zygote runs (names it serves share its pool).
             "pool": {
-                name: len(invoker.pools[interpreter.key])
+                name: len(invoker.pools[pool_of(name, interpreter.key)])
                 for name, interpreter in catalogue.mapping.items()
-                if interpreter.key in invoker.pools
+                if pool_of(name, interpreter.key) in invoker.pools
             }
             # Issue 13 (nodejs): the Node pools (one per memory size), under each name their node serves.
             | {
@@ -202,6 +226,8 @@ async def serve(config: Config) -> None:
                 if any(key.startswith(f"{node.key}-") for key in invoker.pools)
             },
             "functions": len(store.functions),
+            # Issue 14: whether functions can have `outbound`, and why not.
+            "network": network.health(),
         }
 
     def gauges() -> dict[str, dict[str, float]]:
@@ -217,6 +243,10 @@ async def serve(config: Config) -> None:
             },
             "fgd_queued_requests Requests waiting for a free instance.": {"": invoker.queued()},
             "fgd_async_queue_depth Asynchronous invocations waiting or running.": {"": async_depth[0]},
+            # Issue 15: how well writes are grouped (transactions per event; bench/async_queue.py).
+            "fgd_async_writes Asynchronous events queued, and SQLite transactions of the queue by kind.": {
+                f'kind="{kind}"': count for kind, count in dispatcher.counts.items()
+            },
             "fgd_memory_budget_megabytes The node's memory budget for instances, and the part in use.": {
                 'kind="total"': invoker.scheduler.memory_budget_mb,
                 'kind="used"': invoker.scheduler.memory_used_mb,
@@ -235,6 +265,8 @@ async def serve(config: Config) -> None:
     # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.
     async_depth = [0]
     metrics = Metrics(gauges, functions=store.functions, logs=logs, instances=instances_of)
+    if network.available:
+        metrics.extra.append(functools.partial(network.metric_lines, label_of, store.functions.__contains__))
     dispatcher = Dispatcher(
         store, invoker, config.async_invoke, async_depth, config.server.region, on_outcome=metrics.invoked
     )
@@ -270,6 +302,8 @@ async def serve(config: Config) -> None:
         inflight,
         metrics,
         BodyBudget(config.server.max_body_memory),
+        dispatcher,
+        config.async_invoke,
     )
 
     # Both listeners run fgd.web.server: fgd's HTTP/1.1 server on h11, with its connection cap and
@@ -301,6 +335,10 @@ async def serve(config: Config) -> None:
             services.start_soon(dispatcher.run)
             services.start_soon(keys.run)
             services.start_soon(triggers.run_timers)
+            services.start_soon(_refresh_traffic, network)
+            if network.available and network.forwarded:
+                # Issue 14: the node's resolver is a loopback stub: instances ask through the daemon.
+                await services.start(dnsforward.serve, network.gateway, network.subnet, network.forwarded)
             async with trio.open_nursery() as http:
                 binds = []
                 for app_, sock, limits in servers:
@@ -329,10 +367,30 @@ async def serve(config: Config) -> None:
             services.cancel_scope.cancel()
     finally:
         invoker.kill_all()
+        # Issue 14: the tables, the bridge and every instance interface go with the daemon.
+        network.stop()
         sandbox.close()
         keys.flush_at_exit()
         store.close()
     log.info("fgd stopped")
+
+
+def build_network(config: Config, sandbox: Sandbox) -> Network:
+    """Issue 14: whether instances can have `outbound` here; said once at start when they cannot."""
+    root = os.geteuid() == 0
+    available, detail = availability(config.network, root=root, namespaces=sandbox.protections.namespaces)
+    if not available:
+        log.warning("instance networking unavailable: %s; every function has loopback only", detail)
+    return Network(config.network, available=available, detail=detail)
+
+
+async def _refresh_traffic(network: Network) -> None:
+    """Per-instance traffic counters for /metrics, read in a worker thread."""
+    if not network.available:
+        return
+    while True:
+        await trio.sleep(1.0)
+        await trio.to_thread.run_sync(network.refresh_stats)
 
 
 async def _collect_packages(

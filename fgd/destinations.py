@@ -18,6 +18,7 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -171,10 +172,11 @@ def check_no_cycle(store: Store, record: FunctionRecord, new: dict[str, tuple[st
 
 
 class Destinations:
-    def __init__(self, store: Store, region: str, notify) -> None:
+    def __init__(self, store: Store, region: str, enqueue: Callable[[AsyncEvent], Awaitable[None]]) -> None:
         self._store = store
         self._region = region
-        self._notify = notify
+        # The dispatcher's: queued with other events in one transaction (fgd.groupcommit), then looked at.
+        self._enqueue = enqueue
 
     async def deliver(
         self, record: FunctionRecord, event: AsyncEvent, outcome: Outcome | None, success: bool, condition: str
@@ -194,8 +196,7 @@ class Destinations:
         if kind == "FunctionGraph":
             chosen = route(self._store, lookup(self._store, target))
             queued = AsyncEvent.new(chosen.key, new_request_id(), payload, chosen.version, chosen.alias)
-            await self._store.run(self._store.queue.enqueue, queued)
-            self._notify()
+            await self._enqueue(queued)
         else:
             await self._post(target, payload)
 

@@ -13,6 +13,10 @@ the reason; the dispatcher goes on. Only the store's own failures (sqlite3
 errors) propagate and stop the daemon. One function may hold at most
 `per_function` of the slots, so a flood of one slow function leaves room for
 the others. Finished events are deleted after `retention_days`, in batches.
+
+Writes are grouped (fgd.groupcommit): the 202s of many invocations share one
+transaction (durable before any of them is answered), and so do the outcomes
+of events that finish while one is being written; a lease takes every free slot.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from fgd.asyncqueue import AsyncEvent
 from fgd.config import AsyncConfig
 from fgd.destinations import Destinations
 from fgd.errors import FgdError, Throttled, Unavailable
+from fgd.groupcommit import GroupCommit
 from fgd.invoker import Invoker, Outcome
 from fgd.model import FunctionRecord
 from fgd.store import Store
@@ -57,21 +62,52 @@ class Dispatcher:
         self._depth = depth
         # Counts each run in the metrics and statistics history (Metrics.invoked), as sync ones are.
         self._on_outcome = on_outcome
-        self.destinations = Destinations(store, region, self.notify)
         self._store = store
         self._invoker = invoker
         self._config = config
         self._wakeup = trio.Event()
+        # What the last lease proved about the due events (Lease.only), and when: forgotten when
+        # events are queued or retried, and after IDLE_POLL (waiting events come due with time).
+        self._only: frozenset | None = None
+        self._only_since = 0.0
+        self._changes = 0  # bumped whenever events may have come due: a lease running meanwhile proves nothing
+        self._counted = 0.0
+        self._enqueues: GroupCommit[AsyncEvent] = GroupCommit(store.run, store.queue.enqueue_many, "the event")
+        self.destinations = Destinations(store, region, self.enqueue)
+        # Events run and waiting for the loop to store their outcome.
+        self._finished: list[AsyncEvent] = []
+        self.turns = 0  # transactions of the loop (settle and lease), for fgd_async_writes
         self._running = 0
         self._running_by: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.per_function = config.per_function or max(1, config.concurrency // 2)
 
     def notify(self) -> None:
         """A new event was queued: look now rather than at the next poll."""
+        self._forget_only()
         self._wakeup.set()
 
+    def _forget_only(self) -> None:
+        self._only = None
+        self._changes += 1
+
+    async def enqueue(self, event: AsyncEvent) -> None:
+        """Queue `event`; returns once it is on disk (grouped with others arriving meanwhile)."""
+        await self._enqueues.submit(event)
+        # Counted again by the loop; until then full() errs on the side of refusing.
+        self._depth[0] += 1
+        self.notify()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Transactions and items of the grouped writes (for the metrics and the benchmark)."""
+        return {
+            "enqueue_transactions": self._enqueues.transactions,
+            "enqueued": self._enqueues.items,
+            "settle_lease_transactions": self.turns,
+        }
+
     def full(self) -> bool:
-        """Whether the queue holds max_queued events (as last counted: the loop counts again on every notify)."""
+        """Whether the queue holds max_queued events (as counted a few times a second, plus those queued since)."""
         return self._depth[0] >= self._config.max_queued
 
     async def run(self) -> None:
@@ -81,20 +117,43 @@ class Dispatcher:
         if malformed:
             log.error("%d stored asynchronous invocations are malformed and were settled FAIL", malformed)
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._enqueues.run)
             nursery.start_soon(self._prune)
             while True:
-                free = self._config.concurrency - self._running
-                events = []
-                if free > 0:
+                # One transaction per turn: the outcomes of the events that finished since the
+                # last turn, and a lease for every free slot (theirs included).
+                finished, self._finished = self._finished, []
+                running_by = self._running_by.copy()
+                running_by.subtract(event.key for event in finished)
+                free = self._config.concurrency - (self._running - len(finished))
+                events: list[AsyncEvent] = []
+                if free > 0 or finished:
+                    if time.monotonic() - self._only_since > IDLE_POLL:
+                        self._forget_only()
+                    only, changes = self._only, self._changes
                     # The lease outlives the longest timeout; an event whose lease ran out is leased again.
                     lease = await self._store.run(
-                        self._store.queue.lease,
+                        self._store.queue.settle_and_lease,
+                        finished,
                         time.time(),
-                        free,
+                        max(free, 0),
                         259200 + LEASE_MARGIN,
-                        dict(self._running_by),
+                        {key: count for key, count in running_by.items() if count > 0},
                         self.per_function,
+                        only,
                     )
+                    if finished or lease.events or lease.given_up:
+                        self.turns += 1  # something was written
+                    # Settled: their slots are free now (not before: a slot counts until its outcome is stored).
+                    for event in finished:
+                        self._release(event)
+                    if any(event.status == "WAIT" for event in finished):
+                        # Retries, due again soon, maybe of a function the lease had ruled out.
+                        self._forget_only()
+                    elif self._changes == changes:  # nothing was queued or retried while it ran
+                        if lease.only is not None and lease.only is not only:
+                            self._only_since = time.monotonic()
+                        self._only = lease.only
                     events = lease.events
                     for event in lease.given_up:
                         log.error(
@@ -107,11 +166,22 @@ class Dispatcher:
                     self._running += 1
                     self._running_by[event.key] += 1
                     nursery.start_soon(self._deliver, event)
-                if not events or self._running >= self._config.concurrency:
-                    self._depth[0] = await self._store.run(self._store.queue.depth)
-                    with trio.move_on_after(IDLE_POLL):
-                        await self._wakeup.wait()
-                    self._wakeup = trio.Event()
+                if (not events or self._running >= self._config.concurrency) and not self._finished:
+                    # Counting walks an index of every waiting event: a few times a second at most,
+                    # not once per finished event while a backlog drains.
+                    if time.monotonic() - self._counted >= IDLE_POLL:
+                        self._depth[0] = await self._store.run(self._store.queue.depth)
+                        self._counted = time.monotonic()
+                    if not self._finished:
+                        with trio.move_on_after(IDLE_POLL):
+                            await self._wakeup.wait()
+                self._wakeup = trio.Event()
+
+    def _release(self, event: AsyncEvent) -> None:
+        self._running -= 1
+        self._running_by[event.key] -= 1
+        if self._running_by[event.key] <= 0:
+            del self._running_by[event.key]
 
     async def _deliver(self, event: AsyncEvent) -> None:
         try:
@@ -142,12 +212,9 @@ class Dispatcher:
                     )
                     reason = f"notifying the destination failed: {type(exc).__name__}: {exc}"
                     event.error_message = f"{event.error_message}; {reason}" if event.error_message else reason
-            await self._store.run(self._store.queue.settle, event)
         finally:
-            self._running -= 1
-            self._running_by[event.key] -= 1
-            if self._running_by[event.key] <= 0:
-                del self._running_by[event.key]
+            # Settled by the loop, with the next lease (its slot stays taken until then).
+            self._finished.append(event)
             self._wakeup.set()
 
     def _internal_failure(self, event: AsyncEvent, step: str, exc: Exception) -> None:

@@ -13,9 +13,10 @@ from typing import Any
 import msgspec
 import trio
 
+from fgd import custom
 from fgd.codefetch import fetch_to_file
 from fgd.codestore import CodeStore, inline_zip
-from fgd.config import CodeFetchConfig
+from fgd.config import CodeFetchConfig, NetworkConfig
 from fgd.dependencies import Dependencies
 from fgd.destinations import check_no_cycle, targets
 from fgd.errors import Conflict, InvalidParameter, NotFound
@@ -49,6 +50,7 @@ from fgd.model import (
     settings_of,
     timestamp,
 )
+from fgd.netpolicy import NONE, OUTBOUND, FunctionNetwork
 from fgd.store import Store
 from fgd.versions import Versions, is_latest, lookup
 from fgd.web.uploads import decode_inline
@@ -80,6 +82,8 @@ class Functions:
         self._invoker = invoker
         self.region = region
         self.runtimes = runtimes
+        # Issue 14: the node's [network] (default mode, whether outbound is allowed); set by the daemon.
+        self.network_config: NetworkConfig | None = None
         self.versions = Versions(store, region)
         self.versions.on_gone = invoker.stop_qualifier
 
@@ -127,6 +131,7 @@ class Functions:
             xrole=s.xrole,
             app_xrole=s.app_xrole,
             network_controller=s.network_controller,
+            network=s.network,
             enterprise_project_id=s.enterprise_project_id,
             log_config=s.log_config,
             log_group_id=log.group_id,
@@ -222,6 +227,11 @@ class Functions:
         # Issue 12: a 400 saying why (Python 2 refused, a version the node lacks, exact mode).
         self.runtimes.check(runtime)
 
+    def _check_bootstrap(self, runtime: str, code: CodeRef) -> None:
+        # Issue 13: a Custom/http function's code must start with an executable `bootstrap`.
+        if custom.mode_of(runtime) != "python":
+            custom.check_bootstrap(self._code.tree_path(code.sha256), runtime)
+
     async def _store_code(self, code_type: str, source: CodeSource, handler: str) -> CodeRef:
         if source.url:
             # Streamed to a staging file and judged like a raw upload.
@@ -234,7 +244,8 @@ class Functions:
     async def create(self, project_id: str, body: object) -> FunctionRecord:
         request: CreateFunction = convert(body, CreateFunction, "the function definition")
         self._check_runtime(request.runtime)
-        settings = normalise_settings(settings_of(request))
+        settings = normalise_settings(settings_of(request), request.runtime)
+        settings = self._network_settings(settings, body)
         # Issue 12: an agency must be one of the node's credential sets.
         self._invoker.agencies.check(settings.xrole, settings.app_xrole, project_id)
         self._dependencies.resolve(project_id, request.runtime, settings.depend_version_list)
@@ -243,6 +254,7 @@ class Functions:
             raise Conflict(f"function {request.package}:{request.func_name} already exists in project {project_id}")
         source = check_code_source(request.code_type, request.func_code, request.code_url)
         code = await self._store_code(request.code_type, source, settings.handler)
+        self._check_bootstrap(request.runtime, code)
         now = time.time()
         record = FunctionRecord(
             project_id=project_id,
@@ -267,6 +279,28 @@ class Functions:
         await self._store.put(record)
         return record
 
+    def _network_settings(
+        self, settings: FunctionSettings, body: object, current: FunctionNetwork | None = None
+    ) -> FunctionSettings:
+        """Issue 14: the mode stored resolved (the node's default when the body gives none), and
+        `outbound` asked for explicitly on a node that forbids it refused."""
+        config = self.network_config
+        if config is None:
+            return settings
+        asked = body.get("network") if isinstance(body, dict) else None
+        if isinstance(asked, dict) and asked.get("mode") == OUTBOUND and not config.allow_outbound:
+            raise InvalidParameter(
+                "network.mode: outbound is forbidden on this node ([network] allow_outbound = false); "
+                "use mode none or leave it out"
+            )
+        network = settings.network or FunctionNetwork()
+        if network.mode is None:
+            # An update that gives only `allow` keeps the mode the function had.
+            default = config.default_mode if config.allow_outbound else NONE
+            mode = current.mode if current is not None and current.mode is not None else default
+            network = msgspec.structs.replace(network, mode=mode)
+        return msgspec.structs.replace(settings, network=network)
+
     async def update_config(self, record: FunctionRecord, body: object) -> FunctionRecord:
         self.latest_only(record, "the function config")
         if not isinstance(body, dict):
@@ -279,7 +313,8 @@ class Functions:
                     raise InvalidParameter(f"{field} cannot be changed; create a new function instead")
             changes = {k: v for k, v in body.items() if k not in IMMUTABLE_FIELDS}
             merged = {**msgspec.to_builtins(current.settings), **changes}
-            settings = normalise_settings(convert(merged, FunctionSettings, "the function config"))
+            settings = normalise_settings(convert(merged, FunctionSettings, "the function config"), current.runtime)
+            settings = self._network_settings(settings, body, current.settings.network)
             # Only a changed name is judged: a function whose agency the operator removed stays editable.
             old = current.settings
             self._invoker.agencies.check(
@@ -299,6 +334,7 @@ class Functions:
         if request.depend_version_list is not None:
             self._dependencies.resolve(record.project_id, record.runtime, request.depend_version_list)
         code = await self._store_code(request.code_type, source, record.settings.handler)
+        self._check_bootstrap(record.runtime, code)
 
         def change(current: FunctionRecord) -> dict[str, object]:
             # Storing the code may take a while (a download): a config change made meanwhile stays.

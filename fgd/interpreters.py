@@ -422,6 +422,10 @@ def is_nodejs(name: str) -> bool:
     return name.startswith("Node.js")
 
 
+# Issue 13 (fgd.custom): Custom and http functions run an agent on the daemon's own interpreter.
+CUSTOM_RUNTIMES = ("Custom", "http")
+
+
 class Catalogue:
     """Which interpreter serves each accepted `Python3.x` name."""
 
@@ -441,6 +445,11 @@ class Catalogue:
             serving = self._serving_minor(minor)
             if serving is not None:
                 self.mapping[f"Python3.{minor}"] = serving
+        # Issue 13: Custom and http are served by the daemon's interpreter (their agent's).
+        daemon = next((i for i in self.interpreters if i.origin == "daemon" and i.usable), None)
+        if daemon is not None:
+            for name in CUSTOM_RUNTIMES:
+                self.mapping[name] = daemon
 
     def _serving_minor(self, minor: int) -> Interpreter | None:
         if minor in self.chosen:
@@ -451,11 +460,16 @@ class Catalogue:
         return self.chosen[min(newer)] if newer else None
 
     def python_names(self) -> list[str]:
-        return sorted(self.mapping, key=lambda name: int(name.rpartition(".")[2]))
+        """The names the interpreters serve: Python3.x by minor, then Custom and http (issue 13)."""
+        return sorted(self.mapping, key=lambda name: (not name.startswith("Python3."), _minor_of(name), name))
 
     def names(self) -> list[str]:
-        # Issue 13 (nodejs): and the Node.js names the node's `node` serves.
-        return self.python_names() + (self.nodejs.names() if self.nodejs is not None else [])
+        # Issue 13 (nodejs): the Node.js names the node's `node` serves come after Python's, before
+        # Custom and http (FunctionGraph's order).
+        names = self.python_names()
+        pythons = [name for name in names if name.startswith("Python")]
+        nodes = self.nodejs.names() if self.nodejs is not None else []
+        return pythons + nodes + names[len(pythons) :]
 
     def serving(self, name: str) -> Interpreter | NodeRuntime | None:
         if self.nodejs is not None and is_nodejs(name):  # Issue 13 (nodejs)
@@ -511,7 +525,7 @@ class Catalogue:
     def served_by(self) -> dict[str, dict[str, object]]:
         """GET /runtimes: every accepted name and the interpreter that serves it."""
         served = {
-            name: {**self.mapping[name].describe(), "exact": self.mapping[name].minor == int(name.rpartition(".")[2])}
+            name: {**self.mapping[name].describe(), "exact": self.mapping[name].minor == _minor_of(name)}
             for name in self.python_names()
         }
         # Issue 13 (nodejs)
@@ -532,6 +546,11 @@ class Catalogue:
             }
             for i in self.interpreters
         ]
+
+
+def _minor_of(name: str) -> int:
+    """3.x's x of a `Python3.x` name; -1 for the names no minor version serves (issue 13: Custom, http)."""
+    return int(name.rpartition(".")[2]) if name.startswith("Python3.") else -1
 
 
 def catalogue(config: RuntimesConfig) -> Catalogue:

@@ -18,6 +18,7 @@ import msgspec
 import psutil
 import trio
 
+from fgd import custom
 from fgd.agencies import Agencies
 from fgd.bundled import SANDBOX_ROOT as BUNDLED_SANDBOX_ROOT
 from fgd.codestore import CodeStore
@@ -27,6 +28,7 @@ from fgd.errors import InvalidParameter, NotFound, Throttled, Unavailable
 from fgd.instance import Instance, InstanceGone, LogLimits, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
+from fgd.network import Network, NetworkError
 from fgd.nodejs import NodeZygote, launch_policy
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
@@ -36,6 +38,7 @@ from fgd.zygote import Zygote, Zygotes, ZygoteUnavailable
 from runtimes import protocol
 from runtimes.protocol import FunctionError
 from sandbox.cgroups import memory_limit as cgroup_memory_limit
+from sandbox.policy import EnterPolicy
 
 # An instance OOM-killed while using less than this share of its own limit was killed because
 # the node (the daemon's own cgroup) ran out, not for its own use.
@@ -65,6 +68,9 @@ class Outcome(msgspec.Struct, kw_only=True):
     alias: str = ""
     # The interpreter that ran it ({"path", "version"}; issue 12), for the invocation summary.
     runtime_interpreter: dict | None = None
+    # Issue 13: an HTTP function's answer as its server sent it (status, headers, body), for a
+    # gateway route; `body` holds its APIG response for everyone else (fgd.custom).
+    http_response: tuple[int, list[tuple[str, str]], bytes] | None = None
 
 
 def check_event(event: bytes) -> bytes:
@@ -184,6 +190,8 @@ class Invoker:
         budget = scheduling.memory_budget_mb or int(usable / 2**20 * scheduling.memory_budget_fraction)
         self.scheduler = Scheduler(time.monotonic, budget, scheduling.function_memory_share)
         self._by_id: dict[str, Instance] = {}
+        # Issue 14: the instances' network (fgd.network), set by the daemon; None: loopback only.
+        self.network: Network | None = None
         self._waiters: dict[str, _Waiter] = {}
         self._reserved_changed = trio.Event()
 
@@ -272,6 +280,7 @@ class Invoker:
                 assert self._nursery is not None
                 self._nursery.start_soon(instance.pump_output)
                 await instance.contain()
+                await self._attach_network(instance)
                 if isinstance(zygote, NodeZygote):
                     # Issue 13 (nodejs): a Node pool member runs its node from the start, as its own uid.
                     await instance.launch(zygote.launch(launch_policy(self.sandbox, instance.id)))
@@ -289,6 +298,52 @@ class Invoker:
         """Kill an instance and queue its cgroup for removal."""
         instance.close()
         self._releasing.append(instance)
+        self._detach_network(instance)
+
+    # Issue 14: the instance's interface (fgd.network) --------------------------------
+
+    async def _attach_network(self, instance: Instance) -> None:
+        """A pooled instance gets its veth now, off the request path (a `none` function's leaves it)."""
+        network = self.network
+        if network is None or not network.available or self.sandbox is None or not self.sandbox.protections.namespaces:
+            return
+        try:
+            await trio.to_thread.run_sync(network.attach, instance.id, instance.pid)
+        except NetworkError as exc:
+            raise InstanceGone(str(exc)) from None
+
+    async def _network_policy(self, record: FunctionRecord, instance: Instance, policy: EnterPolicy) -> EnterPolicy:
+        network = self.network
+        if network is None:
+            return policy
+        settings = record.settings
+        lease = network.leases.get(instance.id)
+        mode = network.mode_of(settings)
+        rules = settings.network
+        if rules is not None and (rules.allow or rules.bandwidth_kbps) and lease is not None and mode == "outbound":
+            # Firewall elements of its own (a libnftables batch): in a worker thread.
+            try:
+                keep = await trio.to_thread.run_sync(network.specialize, lease, record.key, mode, rules)
+            except NetworkError as exc:
+                raise InstanceGone(str(exc)) from None
+        else:
+            keep = network.specialize(lease, record.key, mode, None)
+        if lease is not None and not keep and self._nursery is not None:
+            # The instance leaves its interface behind (sandbox.network): it goes in the background.
+            self._nursery.start_soon(functools.partial(trio.to_thread.run_sync, network.drop_interface, lease))
+        return network.enter_policy(policy, keep)
+
+    def _detach_network(self, instance: Instance) -> None:
+        network = self.network
+        lease = network.leases.get(instance.id) if network is not None else None
+        if lease is None:
+            return
+        assert network is not None
+        if self._nursery is not None:
+            self._nursery.start_soon(functools.partial(trio.to_thread.run_sync, network.release, lease))
+        else:
+            # Shutting down: Network.stop removes every interface at once after this.
+            network.leases.pop(instance.id, None)
 
     async def _release_cgroups(self) -> None:
         while True:
@@ -610,6 +665,15 @@ class Invoker:
                 result = await instance.result(request_id)
                 assert isinstance(result, protocol.Result)
                 outcome.body, outcome.error = checked_answer(result)
+                if result.http_status and outcome.error is None:
+                    raw = outcome.body or b""
+                    outcome.http_response = (result.http_status, list(result.http_headers), raw)
+                    outcome.body = custom.apig_answer(result.http_status, list(result.http_headers), raw)
+                if result.fatal:
+                    # Issue 13: its bootstrap exited; the instance is not reused (an OOM kill says so).
+                    healthy = False
+                    if instance.oom_killed():
+                        outcome.error = self._gone_error(instance, InstanceGone(""), settings.memory_size)
                 outcome.max_memory_mb = instance.memory_peak_mb() or max(result.max_rss_kb, 0) / 1024
             except InstanceGone as gone:
                 healthy = False
@@ -669,6 +733,10 @@ class Invoker:
         instance.packages = {record.code.sha256} | {d.code.sha256 for d in deps}
         settings = record.settings
         limit = settings.initializer_timeout if settings.initializer_handler else self._config.instances.spawn_timeout
+        if custom.mode_of(record.runtime) != "python":
+            # Issue 13: bootstrap's start (first GET of the runtime API, or its server accepting)
+            # is the initializer of a Custom/http function.
+            limit = settings.initializer_timeout
         self.instances.setdefault(record.key, []).append(instance)
         instance.state = State.BUSY
         failure: FunctionError | None = None
@@ -679,6 +747,9 @@ class Invoker:
                         instance.set_limits(self.sandbox.limits(record))
                     instance.credentials_token = self._credentials_token(record)
                     specialize = self._specialize_frame(record, deps, instance.id)
+                    if specialize.sandbox is not None:
+                        policy = await self._network_policy(record, instance, specialize.sandbox)
+                        specialize = msgspec.structs.replace(specialize, sandbox=policy)
                     # The initializer runs under the id of the start it belongs to (issue 12).
                     await instance.send(msgspec.structs.replace(specialize, initializer_request_id=request_id))
                     frame = await instance.receive()
@@ -710,7 +781,9 @@ class Invoker:
         tree = self._code.tree_path(record.code.sha256)
         trees = [(f"{DEPENDENCY_DIR}/{d.name}/{d.version}", self._code.tree_path(d.code.sha256)) for d in deps]
         # Every other protection holds without mounts: the policy always goes (uid, seccomp...).
-        policy = None if self.sandbox is None else self.sandbox.enter_policy(record, tree, trees, owner)
+        # Issue 13: an http function's server listens (seccomp profile "http"); fgd.custom.
+        profile = custom.seccomp_profile(record.runtime)
+        policy = None if self.sandbox is None else self.sandbox.enter_policy(record, tree, trees, owner, profile)
         if self.sandbox is None or not (self.sandbox.protections.mounts and self.sandbox.protections.namespaces):
             frame = specialize_frame(record, str(tree))
             frame = msgspec.structs.replace(
@@ -723,6 +796,8 @@ class Invoker:
             frame = msgspec.structs.replace(
                 frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy, bundled_dir=bundled
             )
+        # Issue 13: what the instance becomes ("python", or the agent of a Custom/http function).
+        frame = msgspec.structs.replace(frame, mode=custom.mode_of(record.runtime), region=self._config.server.region)
         return self._with_credentials(record, frame)
 
     # Agencies (issue 12) --------------------------------------------------------

@@ -34,6 +34,9 @@ def _label(key: Key) -> str:
     return f"{project}/{package}:{name}"
 
 
+label_of = _label
+
+
 class Histogram:
     def __init__(self) -> None:
         self.counts = [0] * (len(DURATION_BUCKETS) + 1)
@@ -70,6 +73,8 @@ class Metrics:
         self.durations: dict[Key, Histogram] = defaultdict(Histogram)
         self.init_durations: dict[Key, Histogram] = defaultdict(Histogram)
         self._gauges = gauges
+        # More series, rendered as given (issue 14: fgd.network's per-function traffic counters).
+        self.extra: list[Callable[[], list[str]]] = []
         # The live functions (the store's map): series of a deleted function are dropped at
         # the next scrape, also those an invocation still running at the delete adds later,
         # and a new function of the same name (another `created`) starts from zero.
@@ -201,6 +206,9 @@ class Metrics:
                 "# TYPE fgd_log_stored_bytes gauge",
                 f"fgd_log_stored_bytes {self._logs.stored_bytes}",
             ]
+        # Issue 14: the per-function traffic counters (fgd.network), when the node has networking.
+        for lines in self.extra:
+            out += lines()
         for name, series in self._gauges().items():
             metric, _, help_text = name.partition(" ")
             out += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]

@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from fgd.errors import InvalidParameter
+from fgd.netpolicy import FunctionNetwork
 from runtimes import protocol
 
 FUNC_NAME_RE = r"^[A-Za-z]([A-Za-z0-9_-]*[A-Za-z0-9])?\Z"
@@ -108,8 +109,7 @@ class VpcConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen
 
 
 class NetworkControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, frozen=True):
-    # Instances run in a network namespace of their own with no interface but loopback: no
-    # public network either way, so both values are kept and returned, neither is a lie.
+    # Issue 14: true runs the function with loopback only (network mode `none`, fgd.netpolicy).
     disable_public_network: bool = False
     trigger_access_vpcs: Annotated[list[VpcConfig], Meta(max_length=64)] = []
 
@@ -137,6 +137,8 @@ class FunctionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True,
     xrole: Label = ""
     app_xrole: Label = ""
     network_controller: NetworkControlConfig | None = None
+    # Issue 14 (fgd): network mode and allowed destinations of this function (fgd.netpolicy).
+    network: FunctionNetwork | None = None
     # Metadata: kept and returned unchanged, no effect on this node.
     enterprise_project_id: Label = "0"
     log_config: FuncLogConfig | None = None
@@ -663,6 +665,8 @@ class FunctionConfig(FunctionCode, kw_only=True, frozen=True):
     xrole: str
     app_xrole: str
     network_controller: NetworkControlConfig | None
+    # Issue 14 (fgd): the function's network mode and allowed destinations.
+    network: FunctionNetwork | None = None
     enterprise_project_id: str
     log_config: FuncLogConfig | None
     log_group_id: str
@@ -850,9 +854,14 @@ def _user_data(field: str, value: UserData) -> dict[str, str]:
     return dict(value)
 
 
-def normalise_settings(settings: FunctionSettings) -> FunctionSettings:
+# Issue 13: a Custom or http function's handler names its `bootstrap`, not file.function
+# (fgd.interpreters.CUSTOM_RUNTIMES; FunctionGraph's default for them is "bootstrap").
+BOOTSTRAP_RUNTIMES = ("Custom", "http")
+
+
+def normalise_settings(settings: FunctionSettings, runtime: str = "") -> FunctionSettings:
     """Checks the type system cannot express; returns the canonical form."""
-    if not HANDLER_RE.match(settings.handler):
+    if runtime not in BOOTSTRAP_RUNTIMES and not HANDLER_RE.match(settings.handler):
         raise InvalidParameter(f"handler {settings.handler!r} must be file.function or dir/file.function")
     if settings.initializer_handler and not HANDLER_RE.match(settings.initializer_handler):
         raise InvalidParameter(

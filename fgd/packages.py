@@ -12,6 +12,7 @@ caller feeds it what it reads.
 from __future__ import annotations
 
 import posixpath
+import re
 import stat
 import unicodedata
 import zipfile
@@ -80,9 +81,14 @@ def _reject(name: str, rule: str) -> PackageRejected:
     return PackageRejected(f"package entry {show(name)}: {rule}")
 
 
+# Control characters (NUL included) and DEL. A regular expression, not a loop over the
+# characters in Python: that was a sixth of a 30,000-file package's extraction time.
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def check_name(name: str, limits: PackageLimits) -> tuple[str, ...]:
     """The path components of a safe entry name; raises for every unsafe one."""
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _CONTROL.search(name):
         raise _reject(name, "control characters (including NUL) are not allowed in names")
     if "\\" in name:
         raise _reject(name, "backslashes are not allowed in names")

@@ -215,6 +215,9 @@ class Sandbox:
             "group": "root:x:0:\n",
             "hostname": "localhost\n",
             "hosts": "127.0.0.1 localhost\n::1 localhost\n",
+            # Issue 14: empty (no name server) unless the function's mode is outbound, when the
+            # instance's own is bound over it (fgd.network.Network.enter_policy).
+            "resolv.conf": "",
         }
         new_root = state_dir / "sandbox-root"
         new_root.mkdir(mode=0o700, exist_ok=True)

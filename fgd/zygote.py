@@ -295,9 +295,15 @@ class Zygotes:
         if interpreter is None:
             raise Unavailable(self.catalogue.refusal(runtime))
         assert isinstance(interpreter, Interpreter)
-        zygote = self.running.get(interpreter.key)
+        # Issue 13: Custom and http functions have their own pool of the daemon's interpreter.
+        from fgd import custom
+
+        key = custom.POOL if custom.mode_of(runtime) != "python" else interpreter.key
+        zygote = self.running.get(key)
         if zygote is not None:
             return zygote
+        if key == custom.POOL:
+            return await self._start(custom.custom_zygote(interpreter, self.catalogue, self._seccomp_programs))
         return await self._start(python_zygote(interpreter, seccomp_programs=self._seccomp_programs))
 
     async def _get_nodejs(self, runtime: str, memory_size: int) -> Zygote:

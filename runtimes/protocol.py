@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Union
+from typing import Annotated, Union
 
 import msgspec
 
@@ -33,6 +33,11 @@ MAX_ERROR_TYPE = 128
 MAX_ERROR_MESSAGE = 64 * 1024
 MAX_STACK_LINES = 200
 SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+# Issue 13: an HTTP function's response headers, bounded so decoding one costs little.
+MAX_HTTP_HEADERS = 1024
+HttpHeaders = Annotated[list[tuple[str, str]], msgspec.Meta(max_length=MAX_HTTP_HEADERS)]
 
 
 class FunctionError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -89,6 +94,12 @@ class Specialize(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=Tr
     # Issue 12: the id the initializer's context and log lines carry: the request (or reserved
     # start) the instance is being started for.
     initializer_request_id: str = ""
+    # Issue 13 (Custom/http): what the instance becomes. "python" imports the handler;
+    # "custom" runs the agent serving the runtime API to `bootstrap`; "http" runs the agent
+    # forwarding invocations to the server `bootstrap` starts (runtimes/custom/).
+    mode: str = "python"
+    # Issue 13: the node's region (HTTP functions' X-CFF-Region header).
+    region: str = ""
 
 
 class Invoke(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
@@ -118,6 +129,13 @@ class Result(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     body: bytes | None = None
     error: FunctionError | None = None
     max_rss_kb: int = 0
+    # Issue 13: the instance cannot serve again (a Custom/http `bootstrap` exited): the daemon
+    # retires it instead of handing it the next request.
+    fatal: bool = False
+    # Issue 13: an HTTP function's answer as its server sent it: `body` is the response body,
+    # these its status and headers (0: not an HTTP answer).
+    http_status: int = 0
+    http_headers: HttpHeaders = []
 
 
 class Log(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
@@ -233,6 +251,9 @@ class _BodyResult(msgspec.Struct, tag="Result", frozen=True, forbid_unknown_fiel
     body: bytes | None = None
     error: None = None
     max_rss_kb: int = 0
+    fatal: bool = False
+    http_status: int = 0
+    http_headers: HttpHeaders = []
 
 
 _large_up_decoder = msgspec.msgpack.Decoder(Union[_BodyResult, Log])
@@ -278,7 +299,9 @@ def decode_up(body: bytes | memoryview) -> Frame:
             f"(error reports and every other frame are limited to {MAX_UP_REPORT:,} bytes)"
         ) from None
     if isinstance(frame, _BodyResult):
-        return Result(frame.request_id, frame.body, None, frame.max_rss_kb)
+        return Result(
+            frame.request_id, frame.body, None, frame.max_rss_kb, frame.fatal, frame.http_status, frame.http_headers
+        )
     return frame
 
 

@@ -79,7 +79,8 @@ def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) ->
 
 
 def enter_mounts(policy: EnterPolicy) -> None:
-    """Step 3, the mount half of `enter`: the workload's binds, /etc user tables, /tmp size.
+    """Step 3 and the network step, the privileged half of `enter`: the workload's binds, /etc
+    user tables, /tmp size, and (network mode `none`) only loopback left.
 
     Issue 13: a Node.js instance's keeper runs it alone at specialise time, in the
     sandbox where its node already runs (started under `drop`).
@@ -87,6 +88,10 @@ def enter_mounts(policy: EnterPolicy) -> None:
     enabled = policy.protections
     if enabled.mounts and enabled.namespaces:
         _step("mounts", mounts.enter_root, policy.binds, policy.tmp_size_mb, policy.workdir, policy.etc_files)
+    if enabled.namespaces and not policy.interfaces:
+        # Issue 14, network mode `none`: only loopback, whatever the pooled instance was given.
+        # (Only in the instance's own network namespace: without one this is the node's.)
+        _step("network", network.leave_interfaces)
 
 
 def drop(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:

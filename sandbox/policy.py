@@ -69,3 +69,6 @@ class EnterPolicy(msgspec.Struct, frozen=True):
     protections: Protections = Protections()
     # Files put over the sandbox's /etc (passwd and group naming this instance's uid).
     etc_files: dict[str, str] = {}
+    # Issue 14: keep the interface the daemon gave the pooled instance (network mode
+    # `outbound`). False (mode `none`): every interface but loopback is removed first.
+    interfaces: bool = False

@@ -22,6 +22,10 @@ import httpx
 import psutil
 import pytest
 
+# Issue 14: a daemon a test starts outside the network namespaces of tests/network never sets up
+# instance networking (bridge, firewall tables, forwarding) on this machine's own network.
+os.environ.setdefault("FGD_NETWORK_OFF", "1")
+
 RUNTIME = f"Python{sys.version_info.major}.{sys.version_info.minor}"
 _names = itertools.count()
 

@@ -17,7 +17,9 @@ from typing import Any
 import msgspec
 import trio
 
+from fgd.config import AsyncConfig
 from fgd.dependencies import Dependencies
+from fgd.dispatch import Dispatcher
 from fgd.errors import (
     FgdError,
     InternalError,
@@ -34,8 +36,9 @@ from fgd.metrics import Metrics
 from fgd.model import check_project, parse_function_ref
 from fgd.versions import route
 from fgd.web import auth
-from fgd.web.api.answers import InvokeAnswerHeaders, InvokeHeaders
+from fgd.web.api.answers import AsyncAccepted, InvokeAnswerHeaders, InvokeHeaders
 from fgd.web.api.common import BASE, Operation, path_regex
+from fgd.web.api.invocations import async_event
 from fgd.web.server import header_text
 from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
 
@@ -67,6 +70,9 @@ INVOKE_PATH = path_regex(INVOKE.path)
 # fgd.web.api.functions and fgd.web.api.dependencies, which serve their JSON form.
 CODE_PATH = path_regex(f"{BASE}/functions/<urn>/code")
 DEPENDENCY_PATH = path_regex(f"{BASE}/dependencies/version")
+# Async invocations are queued here too (issue 15: Quart cost more than the rest of the path);
+# the route is declared in fgd.web.api.invocations, which shares the checks (async_event).
+ASYNC_PATH = path_regex(f"{BASE}/functions/<urn>/invocations-async")
 MAX_EVENT_BYTES = 6 * 1024 * 1024
 CODE_FILENAME_MAX = 128
 JSON = b"application/json"
@@ -294,6 +300,8 @@ def build_front(
     inflight: Inflight,
     metrics: Metrics,
     bodies: BodyBudget | None = None,
+    dispatcher: Dispatcher | None = None,
+    async_config: AsyncConfig | None = None,
 ) -> ASGIApp:
     code = functions.packager.code
 
@@ -364,6 +372,34 @@ def build_front(
         version = headers.get(b"x-cff-request-version", b"v0").lower()
         await _respond(send, 200, _outcome_headers(outcome, log_tail), _outcome_body(outcome, version))
 
+    async def invoke_async(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
+        assert dispatcher is not None and async_config is not None
+        headers = _headers(scope)
+        try:
+            admission = authenticator.start_asgi(scope)
+            check_project(project_id)
+            record = functions.get(parse_function_ref(project_id, urn, functions.region))
+            data = await read_body(
+                receive, headers.get(b"content-length"), async_config.max_payload, "the event", bodies
+            )
+            admission.update(data)
+            admission.finish()
+            event = async_event(functions.store, dispatcher, async_config, record, data)
+            # Durable before we answer: 202 means it will run (at least once). Invocations arriving
+            # together share one transaction (fgd.groupcommit); none is answered before it commits.
+            await dispatcher.enqueue(event)
+        except FgdError as error:
+            await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
+            return
+        except Exception:
+            log.exception("unexpected error queueing an invocation of %s", urn)
+            error = InternalError("internal error while queueing the invocation; see the daemon's log")
+            await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
+            return
+        # As on a sync invocation: the answer's X-Request-Id (fgd.web.requestid) is the event's id.
+        answer_headers = [(b"content-type", JSON), (b"x-cff-request-id", event.request_id.encode())]
+        await _respond(send, 202, answer_headers, _encoder.encode(AsyncAccepted(request_id=event.request_id)))
+
     async def front(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await api(scope, receive, send)
@@ -374,6 +410,10 @@ def build_front(
                 match = INVOKE_PATH.match(path)
                 if match:
                     await invoke(scope, receive, send, match[1], match[2])
+                    return
+                match = ASYNC_PATH.match(path) if dispatcher is not None else None
+                if match:
+                    await invoke_async(scope, receive, send, match[1], match[2])
                     return
             if method in ("PUT", "POST") and is_raw_zip(_headers(scope).get(b"content-type", b"").decode("latin-1")):
                 match = (CODE_PATH if method == "PUT" else DEPENDENCY_PATH).match(path)

@@ -101,6 +101,16 @@ def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str, toke
     }
 
 
+def as_it_came(scope: dict, token: str) -> dict[str, Any]:
+    """Issue 13: what an HTTP function's request needs beyond the APIG event to reach its server as
+    it came: the query string untouched and every header with all its values (runtimes/custom/http.py)."""
+    headers: dict[str, list[str]] = {}
+    for name, value in scope["headers"]:
+        if not carries_token(name, value, token):
+            headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+    return {"rawQueryString": scope.get("query_string", b"").decode("latin-1"), "multiValueHeaders": headers}
+
+
 # Headers about this hop or the message's framing: fgd's HTTP server sets these itself, and a
 # function's copy would contradict it (a wrong Content-Length desynchronises the connection).
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
@@ -120,9 +130,6 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
         ) from None
     except RecursionError:
         raise ValueError("the function's result is JSON nested too deeply") from None
-    # 1xx are not final answers (101 would switch the connection to another protocol).
-    if not 200 <= answer.statusCode <= 599:
-        raise ValueError(f"the function's statusCode {answer.statusCode} is not a final HTTP status (200-599)")
     try:
         body = base64.b64decode(answer.body, validate=True) if answer.isBase64Encoded else answer.body.encode()
     except (binascii.Error, ValueError):
@@ -132,6 +139,15 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
         for name, value in answer.headers.items()
         for item in (value if isinstance(value, list) else [value])
     ]
+    return http_parts(answer.statusCode, items, body)
+
+
+def http_parts(status: int, items: list[tuple[str, str]], body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A status, headers and body as the gateway sends them, or ValueError saying why it cannot."""
+    # 1xx are not final answers (101 would switch the connection to another protocol).
+    if not 200 <= status <= 599:
+        raise ValueError(f"the function's statusCode {status} is not a final HTTP status (200-599)")
+    items = [(name.lower(), value) for name, value in items]
     connection_tokens = {
         token.strip() for name, value in items if name == "connection" for token in value.lower().split(",")
     }
@@ -144,9 +160,9 @@ def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes
         if problem is not None:
             raise ValueError(f"the function's response header is refused: {problem}")
         headers.append(encoded)
-    if answer.statusCode in (204, 304):
+    if status in (204, 304):
         body = b""  # these statuses have no body, and no Content-Length describes one
-    return answer.statusCode, headers, body
+    return status, headers, body
 
 
 def build_gateway(
@@ -185,7 +201,10 @@ def build_gateway(
                 receive, dict(scope["headers"]).get(b"content-length"), MAX_BODY, "the request body", bodies
             )
             request_id = new_request_id()
-            event = _encoder.encode(apig_event(scope, body, trigger, request_id, token))
+            fields = apig_event(scope, body, trigger, request_id, token)
+            if record.runtime == "http":
+                fields.update(as_it_came(scope, token))
+            event = _encoder.encode(fields)
             try:
                 outcome = await invoker.invoke(record, event, request_id)
             except (Throttled, Unavailable) as refusal:
@@ -202,7 +221,11 @@ def build_gateway(
             )
             return
         try:
-            status, headers, body = to_http(outcome.body)
+            if outcome.http_response is not None:
+                # Issue 13: an HTTP function's server answered: sent on as it came.
+                status, headers, body = http_parts(*outcome.http_response)
+            else:
+                status, headers, body = to_http(outcome.body)
         except ValueError as exc:
             await error(send, 502, "FSS.0502", str(exc))
             return

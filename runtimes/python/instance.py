@@ -312,6 +312,12 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         keeper.launch(sock, spec, seccomp_programs)
     if not isinstance(spec, Specialize):
         os._exit(2)
+    if spec.mode != "python":
+        # Issue 13: a Custom or http function; the agent applies `enter` itself (it opens the
+        # runtime API's socket first) and starts `bootstrap` (runtimes/custom/agent.py).
+        from runtimes.custom import agent
+
+        agent.serve(conn, sock, spec, seccomp_programs)
     started = time.monotonic()
     trees: list[int] = []
     if spec.sandbox is not None:

@@ -19,6 +19,7 @@ import array
 import contextlib
 import ctypes
 import gc
+import importlib
 import os
 import select
 import signal
@@ -149,6 +150,12 @@ def main() -> None:
     prctl.set_child_subreaper(True)
     # Built once by the daemon, loaded by each instance as its last containment step.
     programs = read_programs(sys.argv[1:])
+    # Issue 13: modules the instances need that the sandbox will not show (fgd's own packages are
+    # not mounted in it): the Custom/http pool's zygote preloads its agent (fgd.custom).
+    for arg in sys.argv[1:]:
+        if arg.startswith("--preload="):
+            for module in arg.partition("=")[2].split(","):
+                importlib.import_module(module)
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from sandbox.cgroups._base import (
     CPU_PERIOD_US,
+    FGD_SUBTREE,
     CgroupError,
     Limits,
     abandoned_subtrees,
@@ -56,8 +57,15 @@ class V1:
             write(self.bases["pids"] / "pids.max", str(node_pids))
 
     def teardown(self) -> None:
-        """Remove the (empty) subtree at exit; one still busy stays for the next start to clean."""
+        """Remove our own (empty) `fgd-<pid>` subtree at exit; one still busy stays for the next start.
+
+        A plain `fgd` subtree beneath a cgroup is shared by every daemon placed in that cgroup
+        (two daemons started from one shell, one service's test daemons): it stays, or the
+        others would lose the directory their next instance is created in, and its task cap.
+        """
         for base in self.bases.values():
+            if base.name == FGD_SUBTREE:
+                continue
             with contextlib.suppress(CgroupError):
                 remove_dir(base)
 

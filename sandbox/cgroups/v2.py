@@ -16,6 +16,7 @@ from pathlib import Path
 
 from sandbox.cgroups._base import (
     CPU_PERIOD_US,
+    FGD_SUBTREE,
     CgroupError,
     Limits,
     abandoned_subtrees,
@@ -69,7 +70,9 @@ class V2:
             write(self.base / "pids.max", str(node_pids))
 
     def teardown(self) -> None:
-        """Remove the (empty) subtree at exit; one still busy stays for the next start to clean."""
+        """Remove our own (empty) `fgd-<pid>` subtree at exit; a shared `fgd` stays (see V1.teardown)."""
+        if self.base.name == FGD_SUBTREE:
+            return
         with contextlib.suppress(CgroupError):
             remove_dir(self.base)
 

@@ -147,8 +147,10 @@ def test_a_missing_minor_is_served_by_the_nearest_newer_one(narrow_api: Api) -> 
 
 def test_runtimes_lists_every_name_with_its_interpreter(narrow_api: Api) -> None:
     answer = narrow_api.http.get("/runtimes").json()
-    # (Issue 13: the Node.js names follow the Python ones; tests/integration/test_nodejs.py checks them.)
     assert [n for n in answer["runtimes"] if n.startswith("Python")] == [f"Python3.{m}" for m in range(6, 14)]
+    # Issue 13: Custom and http run on the daemon's own interpreter, listed after the Python names.
+    assert answer["runtimes"][-2:] == ["Custom", "http"]
+    assert answer["served_by"]["Custom"]["path"] == answer["served_by"]["http"]["path"]
     served = answer["served_by"]
     assert served["Python3.12"] == {"path": pyenv_python(12), "version": served["Python3.12"]["version"], "exact": True}
     assert served["Python3.10"]["exact"] is False and served["Python3.10"]["version"].startswith("3.11.")
@@ -207,8 +209,8 @@ def test_exact_versions_refuses_a_missing_minor_naming_what_is_installed(
             assert "exact_versions" in message
             for installed in (pyenv_python(9), pyenv_python(12)):
                 assert f"{'.'.join(map(str, version_of(installed)))} ({installed})" in message
-        names = [n for n in api.http.get("/runtimes").json()["runtimes"] if n.startswith("Python")]  # (issue 13)
-        assert names == ["Python3.9", f"Python3.{DAEMON_MINOR}", "Python3.12"]
+        names = api.http.get("/runtimes").json()["runtimes"]
+        assert [n for n in names if n.startswith("Python")] == ["Python3.9", f"Python3.{DAEMON_MINOR}", "Python3.12"]
         assert run_on(api, "Python3.12")[2]["version"] == version_of(pyenv_python(12))
     finally:
         daemon.stop()

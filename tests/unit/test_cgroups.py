@@ -330,3 +330,33 @@ def test_v1_kill_of_a_fork_bomb_leaves_nothing_within_a_second() -> None:
                     break
             time.sleep(0.02)
         backend.teardown()
+
+
+def test_v1_teardown_leaves_a_shared_fgd_subtree_for_the_other_daemons(tmp_path) -> None:
+    # Two daemons in one cgroup share its `fgd` subtree: the first to stop must not take it away.
+    first = fake_v1(tmp_path, {c: "/session" for c in ("memory", "pids", "cpu", "freezer")}, owner=4242)
+    second = fake_v1(tmp_path, {c: "/session" for c in ("memory", "pids", "cpu", "freezer")}, owner=4343)
+    first.setup()
+    second.setup()
+    assert first.bases == second.bases
+    first.teardown()
+    for base in second.bases.values():
+        assert base.is_dir()
+    second.create("4343-abc")
+    assert all((base / "4343-abc").is_dir() for base in second.bases.values())
+
+
+def test_v1_teardown_removes_its_own_root_level_subtree(tmp_path) -> None:
+    backend = fake_v1(tmp_path, {}, owner=4242)
+    backend.setup()
+    assert all(base.name.startswith("fgd-4242") for base in backend.bases.values())
+    backend.teardown()
+    assert not any(base.exists() for base in backend.bases.values())
+
+
+def test_v2_teardown_leaves_a_shared_fgd_subtree(tmp_path) -> None:
+    mount = fake_v2(tmp_path)
+    first = V2(mount, "/system.slice/fgd.service", owner=4242)
+    first.setup()
+    first.teardown()
+    assert first.base.name == "fgd" and first.base.is_dir()

@@ -379,3 +379,221 @@ def test_link_with_corrupt_data_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PackageRejected, match="'alias': corrupt data"):
         CodeStore(tmp_path).put(corrupt)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+# -- issue 15: one pass per file, one sync per package -------------------------------------------
+
+
+def executable_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, mode in (("index.py", 0o644), ("bin/tool", 0o755)):
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFREG | mode) << 16
+            info.create_system = 3
+            archive.writestr(info, b"data of " + name.encode())
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o277])
+def test_files_get_their_read_only_modes_whatever_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int
+) -> None:
+    # The mode is given at creation; a umask that takes bits away is made up for with fchmod.
+    monkeypatch.setattr(codestore, "_UMASK", umask)
+    previous = os.umask(umask)
+    try:
+        tree = CodeStore(tmp_path).tree_path(CodeStore(tmp_path).put(executable_zip()).sha256)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.lstat(tree / "index.py").st_mode) == 0o444
+    assert stat.S_IMODE(os.lstat(tree / "bin" / "tool").st_mode) == 0o555
+    assert (tree / "bin" / "tool").read_bytes() == b"data of bin/tool"
+
+
+def test_the_umask_is_read_without_changing_it() -> None:
+    previous = os.umask(0o027)
+    try:
+        assert codestore._umask() == 0o027
+        assert os.umask(0o027) == 0o027  # still what it was set to
+    finally:
+        os.umask(previous)
+
+
+def test_a_package_is_synced_once_not_file_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real_syncfs, real_fsync = codestore._sync_filesystem, os.fsync
+    monkeypatch.setattr(codestore, "_sync_filesystem", lambda fd: (calls.append("syncfs"), real_syncfs(fd))[1])
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    store = CodeStore(tmp_path)
+    data = make_zip({f"pkg{n // 100}/file{n}.py": f"n = {n}\n" for n in range(500)})
+    ref = store.put(data)
+    # One sync of the file system for the 500 files, then the blob and the two renames' directories.
+    assert calls.count("syncfs") == 1
+    assert calls.count("fsync") <= 3
+    # Synced before it is installed: the tree the function record will point at is whole after a crash.
+    assert (store.tree_path(ref.sha256) / "pkg4" / "file499.py").read_text() == "n = 499\n"
+    calls.clear()
+    store.put(data)  # the same package again: nothing new to extract or sync
+    assert calls.count("syncfs") == 0
+
+
+def test_a_failed_sync_refuses_the_package_and_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(5, "syncfs of the package store failed: Input/output error")
+
+    monkeypatch.setattr(codestore, "_sync_filesystem", failing)
+    store = CodeStore(tmp_path)
+    with pytest.raises(OSError, match="syncfs"):
+        store.put(make_zip({"index.py": "x = 1\n"}))
+    assert list((tmp_path / "code").iterdir()) == []
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
+
+
+# -- the direct reader of stored and deflated entries (issue 15) ---------------------------------
+
+
+def zip_of(entries: list[tuple[str, bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data, method in entries:
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return buffer.getvalue()
+
+
+def test_every_method_and_size_extracts_byte_for_byte(tmp_path: Path) -> None:
+    noise = os.urandom(3 * codestore.CHUNK + 17)  # several reads, in both directions
+    entries = [
+        ("empty-stored", b"", zipfile.ZIP_STORED),
+        ("empty-deflated", b"", zipfile.ZIP_DEFLATED),
+        ("big-stored", noise, zipfile.ZIP_STORED),
+        ("big-deflated", noise, zipfile.ZIP_DEFLATED),
+        # Many times the read size out of one read (under the 1000:1 ratio rule).
+        ("sparse-deflated", (os.urandom(100) + b"\0" * 50_000) * 80, zipfile.ZIP_DEFLATED),
+        ("small-bzip2", b"bz" * 1000, zipfile.ZIP_BZIP2),
+        ("small-lzma", b"xz" * 1000, zipfile.ZIP_LZMA),
+    ]
+    store = CodeStore(tmp_path)
+    tree = store.tree_path(store.put(zip_of(entries)).sha256)
+    for name, data, _ in entries:
+        assert (tree / name).read_bytes() == data, name
+
+
+def patched(data: bytes, find: bytes, replace: bytes, count: int = 1) -> bytes:
+    assert data.count(find) >= count
+    return data.replace(find, replace, count)
+
+
+def test_a_local_header_naming_another_file_is_refused(tmp_path: Path) -> None:
+    # The central directory says a.py; the local header (what some extractors use) says b.py.
+    data = zip_of([("a.py", b"x = 1\n", zipfile.ZIP_DEFLATED)])
+    with pytest.raises(PackageRejected, match=r"local header names it 'b\.py'"):
+        CodeStore(tmp_path).put(patched(data, b"a.py", b"b.py"))
+
+
+def test_data_that_does_not_match_its_crc_is_refused(tmp_path: Path) -> None:
+    data = zip_of([("a.txt", b"hello, world", zipfile.ZIP_STORED)])
+    with pytest.raises(PackageRejected, match="bad CRC"):
+        CodeStore(tmp_path).put(patched(data, b"hello, world", b"HELLO, world"))
+
+
+def test_a_deflate_stream_cut_short_is_refused(tmp_path: Path) -> None:
+    body = os.urandom(4000)
+    data = bytearray(zip_of([("a.bin", body, zipfile.ZIP_DEFLATED)]))
+    info = zipfile.ZipFile(io.BytesIO(bytes(data))).getinfo("a.bin")
+    start = info.header_offset + 30 + len("a.bin")
+    # The stream's first block header says "final, stored" with a length longer than what follows.
+    data[start : start + 5] = bytes([0x01, 0xFF, 0xFF, 0x00, 0x00])
+    with pytest.raises(PackageRejected, match=r"'a\.bin': corrupt data"):
+        CodeStore(tmp_path).put(bytes(data))
+    assert list((tmp_path / "code").iterdir()) == []
+
+
+def test_an_entry_whose_data_runs_past_the_archive_is_refused(tmp_path: Path) -> None:
+    data = zip_of([("a.bin", os.urandom(2000), zipfile.ZIP_STORED)])
+    info = zipfile.ZipFile(io.BytesIO(data)).getinfo("a.bin")
+    # Central directory and local header both claim far more compressed data than there is.
+    bigger = (info.compress_size + 10**6).to_bytes(4, "little")
+    declared = info.compress_size.to_bytes(4, "little")
+    with pytest.raises(PackageRejected, match=r"'a\.bin'"):
+        CodeStore(tmp_path).put(patched(data, declared * 2, bigger * 2, count=2))
+
+
+def test_patched_data_flag_is_refused(tmp_path: Path) -> None:
+    data = bytearray(zip_of([("a.txt", b"x", zipfile.ZIP_STORED)]))
+    central = data.rindex(b"PK\x01\x02")
+    data[central + 8] |= 0x20  # general purpose flag bit 5 in the central directory
+    with pytest.raises(PackageRejected, match=r"'a\.txt': corrupt data \(patched data"):
+        CodeStore(tmp_path).put(bytes(data))
+
+
+# -- large zips: hashed beside extraction (issue 15) ---------------------------------------------
+
+
+def many_files(count: int, size: int) -> bytes:
+    return zip_of([(f"d{n // 500}/f{n}.bin", os.urandom(size), zipfile.ZIP_STORED) for n in range(count)])
+
+
+class HashedAtOnce(codestore._Hashing):
+    """The hash known before the first entry is extracted (deterministic, unlike the thread's pace)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.result()
+
+
+def test_a_large_zip_is_hashed_beside_its_extraction(tmp_path: Path) -> None:
+    data = many_files(600, 8192)
+    assert len(data) > codestore.PARALLEL_HASHING
+    store = CodeStore(tmp_path)
+    ref = store.put(data)
+    assert (ref.sha256, ref.sha512, ref.size) == (
+        hashlib.sha256(data).hexdigest(),
+        hashlib.sha512(data).hexdigest(),
+        len(data),
+    )
+    assert store.read(ref) == data
+    assert len(list(store.tree_path(ref.sha256).rglob("*.bin"))) == 600
+
+
+def test_a_large_reupload_stops_extracting_once_its_hash_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = many_files(600, 8192)
+    store = CodeStore(tmp_path)
+    first = store.put(data)
+    extracted: list[str] = []
+    real = codestore._inflate_direct
+    monkeypatch.setattr(codestore, "_Hashing", HashedAtOnce)
+    monkeypatch.setattr(codestore, "_inflate_direct", lambda *a: (extracted.append(a[2].name), real(*a))[1])
+    assert store.put(data) == first
+    assert extracted == []  # found stored before the first entry: nothing extracted again
+    assert [p.name for p in (tmp_path / "tmp").iterdir()] == []
+    other = many_files(600, 8192)  # new bytes: extracted in full
+    store.put(other)
+    assert len(extracted) == 600
+
+
+def test_a_stored_package_refused_by_stricter_limits_is_still_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = many_files(600, 8192)
+    ref = CodeStore(tmp_path).put(data)
+    strict = CodeStore(tmp_path, PackageLimits(max_files=10))
+    # Small or large, the same bytes already stored were judged by the rules in force then.
+    assert strict.put(data) == ref
+    with pytest.raises(PackageRejected, match="600 files"):
+        strict.put(many_files(600, 8192))
+
+
+def test_inflating_one_read_never_holds_more_than_a_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 40 MiB of zeros deflate to about 40 KiB: one read of the zip; its output comes a chunk at a time.
+    limits = PackageLimits(max_ratio=10_000)
+    data = zip_of([("zeros", b"\0" * (40 * codestore.CHUNK), zipfile.ZIP_DEFLATED)])
+    writes: list[int] = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, view: (writes.append(len(view)), real_write(fd, view))[1])
+    store = CodeStore(tmp_path, limits)
+    tree = store.tree_path(store.put(data).sha256)
+    assert os.path.getsize(tree / "zeros") == 40 * codestore.CHUNK
+    assert max(writes) <= codestore.CHUNK

@@ -195,6 +195,19 @@ class InterpreterHealth(msgspec.Struct, kw_only=True):
     pid: int | None
 
 
+class NetworkHealth(msgspec.Struct, kw_only=True):
+    """Issue 14 (fgd.network): whether functions can have `outbound` here, and why not."""
+
+    available: bool
+    detail: str
+    # The mode a new function gets when it does not say.
+    default_mode: Literal["none", "outbound"]
+    subnet: str
+    # Instances holding an interface now.
+    interfaces: int
+    resolvers: list[str]
+
+
 class Health(msgspec.Struct, kw_only=True):
     """The daemon's health: "ok" once every runtime's zygote runs (200), "starting" while one
     (re)starts (503)."""
@@ -209,6 +222,7 @@ class Health(msgspec.Struct, kw_only=True):
     instances: int
     pool: dict[str, int]
     functions: int
+    network: NetworkHealth
 
 
 # Request bodies parsed by hand -----------------------------------------------------------------

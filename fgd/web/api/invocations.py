@@ -9,9 +9,12 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from fgd.asyncqueue import AsyncEvent, invocation_answer
+from fgd.config import AsyncConfig
+from fgd.dispatch import Dispatcher
 from fgd.errors import Conflict, InvalidParameter, NotFound, Throttled, TooLarge
 from fgd.invoker import check_event, new_request_id
-from fgd.model import AsyncInvocationList
+from fgd.model import AsyncInvocationList, FunctionRecord
+from fgd.store import Store
 from fgd.versions import route as version_route
 from fgd.web.api.answers import AsyncAccepted, AsyncAnswerHeaders, AsyncInvocationsQuery, CancelBody, Cancelled
 from fgd.web.api.common import (
@@ -22,6 +25,31 @@ from fgd.web.api.common import (
     json_response,
     route,
 )
+
+
+def async_event(
+    store: Store, dispatcher: Dispatcher, config: AsyncConfig, record: FunctionRecord, data: bytes
+) -> AsyncEvent:
+    """The event an async invocation of `record` with body `data` queues, or the error refusing it.
+
+    Shared by this route and fgd.web.front, which serves it on the hot path (without Quart).
+    """
+    if record.runtime == "http":
+        # Issue 13: as on FunctionGraph, an HTTP function answers requests; nobody would get its answer.
+        raise InvalidParameter(
+            "HTTP functions (runtime http) cannot be invoked asynchronously; invoke them synchronously"
+        )
+    if len(data) > config.max_payload:
+        raise TooLarge(f"the event is {len(data):,} bytes; asynchronous events may be {config.max_payload:,} at most")
+    if dispatcher.full():
+        raise Throttled(
+            f"the node has {config.max_queued:,} asynchronous invocations waiting or running, "
+            "its limit; send this one again later"
+        )
+    # The version is chosen now (an alias's weights; header rules are for sync and HTTP
+    # requests) and kept with the event: a retry runs the same one (fgd.versions).
+    record = version_route(store, record)
+    return AsyncEvent.new(record.key, new_request_id(), check_event(data), record.version, record.alias)
 
 
 def register(app: QuartTrio, ctx: ApiContext) -> None:
@@ -37,24 +65,12 @@ def register(app: QuartTrio, ctx: ApiContext) -> None:
         errors=(413, 429),
     )
     async def invoke_async(project_id: str, urn: str) -> Response:
+        # fgd.web.front serves this route on the hot path (without Quart); both use async_event.
         record = ctx.lookup(project_id, urn)
-        data = await request.get_data()
-        if len(data) > ctx.async_config.max_payload:
-            raise TooLarge(
-                f"the event is {len(data):,} bytes; asynchronous events may be {ctx.async_config.max_payload:,} at most"
-            )
-        if ctx.dispatcher.full():
-            raise Throttled(
-                f"the node has {ctx.async_config.max_queued:,} asynchronous invocations waiting or running, "
-                "its limit; send this one again later"
-            )
-        # The version is chosen now (an alias's weights; header rules are for sync and HTTP
-        # requests) and kept with the event: a retry runs the same one (fgd.versions).
-        record = version_route(ctx.store, record)
-        event = AsyncEvent.new(record.key, new_request_id(), check_event(data), record.version, record.alias)
-        # Durable before we answer: 202 means it will run (at least once).
-        await ctx.store.run(ctx.store.queue.enqueue, event)
-        ctx.dispatcher.notify()
+        event = async_event(ctx.store, ctx.dispatcher, ctx.async_config, record, await request.get_data())
+        # Durable before we answer: 202 means it will run (at least once). Invocations arriving
+        # together share one transaction (fgd.groupcommit); none is answered before it commits.
+        await ctx.dispatcher.enqueue(event)
         response = json_response(AsyncAccepted(request_id=event.request_id), 202)
         # As on a sync invocation: the answer's X-Request-Id (fgd.web.requestid) is the event's id.
         response.headers["X-Cff-Request-Id"] = event.request_id

@@ -1,0 +1,258 @@
+"""HTTP functions: each invocation becomes an HTTP request to the bootstrap's server.
+
+The server must listen on 127.0.0.1:8000 (FunctionGraph's rule); the instance is
+ready when that port accepts a connection. An invocation's event is an APIG
+event (`httpMethod`, `path`, `headers`, `queryStringParameters`, `body`,
+`isBase64Encoded`; fgd's gateway adds `rawQueryString` and
+`multiValueHeaders` so a request is forwarded exactly as it came); an event of
+another shape is POSTed to `/` as JSON. FunctionGraph's `X-CFF-*` headers are
+added (any the caller sent are removed first: they cannot be forged), and the
+agency's credentials when the function has one. The server's answer goes back
+as it came: its status and headers in the Result frame's `http_*` fields, its
+body (at most 6 MB) as the body; the daemon makes the APIG response
+`{statusCode, headers, body, isBase64Encoded}` of it where one is wanted
+(fgd.custom.apig_answer) and a gateway route sends it as it is.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
+
+from runtimes import protocol
+from runtimes.custom.agent import Agent
+from runtimes.protocol import FunctionError, Invoke, Shutdown, Specialize
+
+HOST = "127.0.0.1"
+PORT = 8000
+# How often readiness is probed: often at first (a small server starts in milliseconds), then
+# every few milliseconds (a refused connect on loopback costs microseconds; a coarse poll would
+# add up to its period to every cold start).
+FIRST_PROBE = 0.001
+LAST_PROBE = 0.004
+# Headers of the server's answer about this hop or its framing: the daemon frames the answer anew.
+FRAMING = frozenset({"connection", "keep-alive", "transfer-encoding", "content-length"})
+# How long a failed exchange waits to see whether the server exited (then the exit is the error).
+EXIT_GRACE = 0.3
+# Headers about one hop or the framing: http.client and the gateway set their own.
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "host"}
+)
+CREDENTIAL_HEADERS = {
+    "auth_token": "x-cff-auth-token",
+    "access_key": "x-cff-security-access-key",
+    "secret_key": "x-cff-security-secret-key",
+    "security_token": "x-cff-security-token",
+}
+
+
+class BadEvent(Exception):
+    pass
+
+
+class HttpAgent(Agent):
+    def __init__(self, conn, spec: Specialize, code_dir: str) -> None:
+        super().__init__(conn, spec, code_dir)
+        self.local = threading.local()
+
+    def run(self, environ: dict[str, str]) -> None:
+        self.start(environ)
+        threading.Thread(target=self.watch_init, args=(f"start a server on {HOST}:{PORT}",), daemon=True).start()
+        self.wait_listening()
+        self.became_ready()
+        pool = ThreadPoolExecutor(max_workers=max(1, self.spec.concurrency), thread_name_prefix="forward")
+        while True:
+            frame = self.conn.receive()
+            if isinstance(frame, Invoke):
+                with self.lock:
+                    if frame.credentials is not None:
+                        self.credentials = dict(frame.credentials)
+                    self.active.append(frame.request_id)
+                pool.submit(self.forward, frame)
+            elif isinstance(frame, Shutdown):
+                return
+            else:
+                return
+
+    def wait_listening(self) -> None:
+        delay = FIRST_PROBE
+        while True:
+            try:
+                with socket.create_connection((HOST, PORT), timeout=1.0):
+                    return
+            except OSError:
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, LAST_PROBE)
+
+    def forward(self, frame: Invoke) -> None:
+        http: tuple[int, list[tuple[str, str]]] = (0, [])
+        try:
+            status, headers, body = self.exchange(frame)
+            http, error = (status, headers), None
+        except BadEvent as exc:
+            body, error = None, FunctionError("Runtime.InvalidRequest", str(exc))
+        except BadResponse as exc:
+            body, error = None, FunctionError(exc.error_type, str(exc))
+        except (OSError, http.client.HTTPException) as exc:
+            if self.exiting():
+                return  # the server went with its bootstrap: the exit answers every request it held
+            body = None
+            error = FunctionError(
+                "Runtime.InvalidResponse", f"the server on {HOST}:{PORT} did not answer: {type(exc).__name__}: {exc}"
+            )
+        except Exception as exc:  # noqa: BLE001 - a request must always be answered
+            body, error = None, FunctionError("Runtime.InvalidResponse", f"{type(exc).__name__}: {exc}")
+        with self.lock:
+            if not self.claim(frame.request_id):
+                return  # the bootstrap's exit answers it
+        self.answer(frame.request_id, body=body, error=error, http=http)
+        self.done(frame.request_id)
+
+    def exiting(self) -> bool:
+        """Whether the bootstrap has exited (or does within a moment): its connection failed."""
+        assert self.process is not None
+        try:
+            self.process.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def connection(self, fresh: bool = False) -> http.client.HTTPConnection:
+        conn = getattr(self.local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            conn = self.local.conn = http.client.HTTPConnection(HOST, PORT, timeout=None)
+        return conn
+
+    def exchange(self, frame: Invoke) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The server's status, headers and body for the invocation's request."""
+        method, target, headers, body = self.request_of(frame)
+        for attempt in (0, 1):
+            conn = self.connection(fresh=attempt == 1)
+            try:
+                conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
+                for name, value in headers:
+                    conn.putheader(name, value)
+                conn.endheaders(body if body else None)
+                response = conn.getresponse()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # A kept-alive connection the server closed meanwhile: once more on a new one.
+                if attempt == 1:
+                    raise
+        data = response.read(protocol.MAX_RESPONSE + 1)
+        if len(data) > protocol.MAX_RESPONSE:
+            self.connection(fresh=True)
+            raise BadResponse(
+                f"the server's response body is over the limit of {protocol.MAX_RESPONSE:,} bytes",
+                "Runtime.ResponseTooLarge",
+            )
+        if response.will_close:
+            self.connection(fresh=True)
+        headers = [(name, value) for name, value in response.getheaders() if name.lower() not in FRAMING]
+        if len(headers) > protocol.MAX_HTTP_HEADERS:
+            raise BadResponse(f"the server sent {len(headers)} headers; at most {protocol.MAX_HTTP_HEADERS} pass")
+        return response.status, headers, data
+
+    def request_of(self, frame: Invoke) -> tuple[str, str, list[tuple[str, str]], bytes]:
+        try:
+            event = json.loads(frame.event) if frame.event else {}
+        except ValueError:
+            raise BadEvent("the event is not JSON") from None
+        if not isinstance(event, dict) or "httpMethod" not in event:
+            method, path, query, body = "POST", "/", "", bytes(frame.event)
+            pairs: list[tuple[str, str]] = [("content-type", "application/json")]
+        else:
+            method = str(event.get("httpMethod") or "GET").upper()
+            path = str(event.get("path") or "/")
+            query = raw_query(event)
+            pairs = header_pairs(event)
+            body = event_body(event)
+        if not path.startswith("/") or any(c in path + query for c in " \r\n\t\x00"):
+            raise BadEvent(f"the event's path {path[:200]!r} is not a valid HTTP path")
+        if not method.isalpha() or len(method) > 32:
+            raise BadEvent(f"the event's httpMethod {method[:40]!r} is not an HTTP method")
+        headers = [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and not n.lower().startswith("x-cff-")]
+        host = next((v for n, v in pairs if n.lower() == "host"), f"{HOST}:{PORT}")
+        headers.insert(0, ("Host", host))
+        headers += self.cff_headers(frame)
+        if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            headers.append(("Content-Length", str(len(body))))
+        for name, value in headers:
+            if not name or any(c in name + value for c in "\r\n\x00") or ":" in name:
+                raise BadEvent(f"the event's header {name[:100]!r} is not valid HTTP")
+        return method, path + (f"?{query}" if query else ""), headers, body
+
+    def cff_headers(self, frame: Invoke) -> list[tuple[str, str]]:
+        identity = self.spec.identity
+        headers = [
+            ("X-CFF-Request-Id", frame.request_id),
+            ("X-CFF-Memory", str(identity.memory_size)),
+            ("X-CFF-Timeout", str(identity.timeout)),
+            ("X-CFF-Func-Version", identity.version),
+            ("X-CFF-Func-Name", identity.func_name),
+            ("X-CFF-Project-Id", identity.project_id),
+            ("X-CFF-Package", identity.package),
+            ("X-CFF-Region", self.spec.region),
+        ]
+        with self.lock:
+            credentials = dict(self.credentials)
+        for key, name in CREDENTIAL_HEADERS.items():
+            if credentials.get(key):
+                headers.append((name, credentials[key]))
+        return headers
+
+
+class BadResponse(http.client.HTTPException):
+    def __init__(self, message: str, error_type: str = "Runtime.InvalidResponse") -> None:
+        super().__init__(message)
+        self.error_type = error_type
+
+
+def raw_query(event: dict) -> str:
+    raw = event.get("rawQueryString")
+    if isinstance(raw, str):
+        return raw
+    params = event.get("queryStringParameters") or {}
+    if not isinstance(params, dict):
+        raise BadEvent("queryStringParameters must be an object")
+    items = []
+    for name, value in params.items():
+        for item in value if isinstance(value, list) else [value]:
+            items.append((str(name), "" if item is None else str(item)))
+    return urllib.parse.urlencode(items)
+
+
+def header_pairs(event: dict) -> list[tuple[str, str]]:
+    multi = event.get("multiValueHeaders")
+    source = multi if isinstance(multi, dict) and multi else event.get("headers") or {}
+    if not isinstance(source, dict):
+        raise BadEvent("headers must be an object")
+    pairs = []
+    for name, value in source.items():
+        for item in value if isinstance(value, list) else [value]:
+            pairs.append((str(name), str(item)))
+    return pairs
+
+
+def event_body(event: dict) -> bytes:
+    body = event.get("body")
+    if body is None:
+        return b""
+    if not isinstance(body, str):
+        body = json.dumps(body)
+    if event.get("isBase64Encoded"):
+        try:
+            return base64.b64decode(body, validate=True)
+        except ValueError:
+            raise BadEvent("isBase64Encoded is true but the body is not base64") from None
+    return body.encode()
