@@ -106,9 +106,10 @@ def test_bandwidth_limit_per_function(node_api: Api) -> None:
     (fast,) = run_steps(node_api, free, {"do": "download", "host": "198.51.100.10", "size": size})
     assert slow["bytes"] >= size
     assert fast["bytes"] >= size
-    # 1.5 MB at 500 kB/s: about 3 s (less its burst); unlimited, a small fraction of that.
+    # 1.5 MB at 500 kB/s: about 3 s (less its burst); unlimited, a small fraction of that (a
+    # ratio, not a bound: a loaded machine slows the unlimited download too).
     assert slow["seconds"] > 2.0, slow
-    assert fast["seconds"] < 1.0, fast
+    assert fast["seconds"] < slow["seconds"] / 3, (fast, slow)
 
 
 def test_ipv6_goes_nowhere(node_api: Api) -> None:
