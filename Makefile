@@ -17,7 +17,7 @@ LISTEN ?= 127.0.0.1:8900
 # iproute2 (ip) are for the operator and tests/network's lab.
 DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps libnftables1 nftables iproute2
 
-.PHONY: run test lint format bench system-packages runtimes clean bundled install uninstall deb test-install
+.PHONY: run test lint format bench system-packages runtimes clean bundled nodejs install uninstall deb test-install
 
 # `make install` / `make uninstall` (issue 16): fgd as a systemd service in a virtualenv at
 # $(PREFIX), by scripts/install (read its header); DESTDIR= stages the files for a package.
@@ -62,7 +62,23 @@ $(BUNDLED_STAMP): $(STAMP) $(SHIMS) fgd/bundled.py scripts/build-bundled-libs
 
 bundled: $(BUNDLED_STAMP)
 
-run: $(STAMP) $(SHIMS) $(BUNDLED_STAMP)
+# Issue 13 (nodejs): Debian's nodejs and npm when `node` is missing, then what the Node.js runtime
+# needs from npm (scripts/build-nodejs): the msgpack codec runtimes/nodejs/instance.js speaks the
+# frames with, and FunctionGraph's bundled Node.js modules, in build/nodejs/. npm's cache is kept
+# outside the checkout (NPM_CACHE), so a rebuild (make clean; make) runs offline.
+NODE_BUILD := build/nodejs
+NODE_STAMP := $(NODE_BUILD)/.stamp
+NPM_CACHE ?= $(HOME)/.cache/fgd/npm
+
+$(NODE_STAMP): runtimes/nodejs/package.json runtimes/nodejs/bundled.json scripts/build-nodejs
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	    PYTHON=$(PYTHON) ./scripts/install-system-packages nodejs npm; fi
+	./scripts/build-nodejs $(NODE_BUILD) "$(NPM_CACHE)"
+	@touch $@
+
+nodejs: $(NODE_STAMP)
+
+run: $(STAMP) $(SHIMS) $(BUNDLED_STAMP) $(NODE_STAMP)
 	@./scripts/run-banner "$(STATE_DIR)" "$(LISTEN)"
 	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
 
@@ -76,7 +92,7 @@ install:
 uninstall:
 	./scripts/install uninstall --prefix "$(PREFIX)" --destdir "$(DESTDIR)" $(INSTALL_FLAGS)
 
-test: $(STAMP) $(SHIMS) $(BUNDLED_STAMP) $(INSTALL_WHEELS)
+test: $(STAMP) $(SHIMS) $(BUNDLED_STAMP) $(NODE_STAMP) $(INSTALL_WHEELS)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(TEST_DEB_PACKAGES)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -90,7 +106,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) $(SHIMS)
+bench: $(STAMP) $(SHIMS) $(NODE_STAMP)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages wrk
 	$(BIN)/python bench/report.py
 
@@ -115,4 +131,4 @@ test-install:
 	@./scripts/test-install --log build/test-install.log
 
 clean:
-	rm -rf $(VENV) .fgd-state .pytest_cache build/bundled
+	rm -rf $(VENV) .fgd-state .pytest_cache build/bundled $(NODE_BUILD)

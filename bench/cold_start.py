@@ -7,10 +7,13 @@ same run, spawns a fresh `python3` per invocation under `unshare` (new mount,
 pid, net, ipc and uts namespaces) that imports and runs the same handler.
 Also reports the memory (USS) an idle specialised instance costs.
 
+Issue 13: the same for a Node.js function (a pool of contained, started nodes), against a
+fresh `node` under `unshare` loading and running the same handler (bench/_nodejs.py).
 Custom (a C bootstrap) and HTTP functions (a small node server) are measured by bench/_custom.py,
 against their own baselines (the bootstrap or server started fresh under `unshare`).
 
-Usage: python bench/cold_start.py [--count 100] [--runtimes python,custom]
+Usage: python bench/cold_start.py [--count 100] [--runtimes python,nodejs,custom]
+(`--count 2` proves it runs without measuring anything worth keeping.)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _custom
+import _nodejs
 from _common import Daemon
 
 NOOP = "def handler(event, context):\n    return {}\n"
@@ -45,18 +49,29 @@ def percentiles(samples: list[float]) -> dict:
     }
 
 
-def pool_size(daemon: Daemon) -> int:
+PYTHON_RUNTIME = f"Python{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def pool_size(daemon: Daemon, runtime: str = PYTHON_RUNTIME) -> int:
+    """The pool serving `runtime` (one pool serves several names: each lists it)."""
     with urllib.request.urlopen(f"{daemon.url}/healthz") as response:
-        return sum(json.loads(response.read())["pool"].values())
+        return json.loads(response.read())["pool"].get(runtime, 0)
 
 
-def cold_invocations(daemon: Daemon, count: int, wait_for_pool: int) -> tuple[list[float], list[float]]:
-    daemon.deploy("noop", NOOP)
+def cold_invocations(
+    daemon: Daemon, count: int, wait_for_pool: int, runtime: str = PYTHON_RUNTIME
+) -> tuple[list[float], list[float]]:
+    if runtime == _nodejs.RUNTIME:
+        _nodejs.deploy(daemon, "noop")
+    else:
+        daemon.deploy("noop", NOOP)
     wall, init = [], []
+    # One unmeasured start first: it starts the runtime's zygote, and with it the pool.
+    daemon.request("POST", "/functions/noop/invocations", {})
     for i in range(count):
         daemon.request("PUT", "/functions/noop/config", {"description": f"round {i}"})
         deadline = time.monotonic() + 10
-        while wait_for_pool and pool_size(daemon) < wait_for_pool and time.monotonic() < deadline:
+        while wait_for_pool and pool_size(daemon, runtime) < wait_for_pool and time.monotonic() < deadline:
             time.sleep(0.005)
         started = time.perf_counter()
         answer = daemon.request("POST", "/functions/noop/invocations", {})
@@ -67,7 +82,7 @@ def cold_invocations(daemon: Daemon, count: int, wait_for_pool: int) -> tuple[li
     return wall, init
 
 
-def idle_instance_uss(daemon: Daemon) -> dict:
+def idle_instance_uss(daemon: Daemon, code_file: str = "index.py") -> dict:
     """USS of each process of one idle, specialised instance (found through its cgroup)."""
     daemon.request("PUT", "/functions/noop/config", {"description": "uss"})
     daemon.request("POST", "/functions/noop/invocations", {})
@@ -76,7 +91,7 @@ def idle_instance_uss(daemon: Daemon) -> dict:
     for procs in Path("/sys/fs/cgroup").glob(f"pids/**/fgd/{daemon_pid}-*/cgroup.procs"):
         pids = [int(p) for p in procs.read_text().split()]
         # Pooled (generic) instances are there too; only the specialised one has code mounted.
-        if not any(Path(f"/proc/{p}/root/opt/function/code/index.py").exists() for p in pids):
+        if not any(Path(f"/proc/{p}/root/opt/function/code/{code_file}").exists() for p in pids):
             continue
         pids_uss = {p: psutil.Process(p).memory_full_info().uss for p in pids}
         return {
@@ -103,39 +118,59 @@ def baseline(count: int) -> list[float]:
     return samples
 
 
+def measure(results: dict, count: int, runtime: str, code_file: str, base: list[float], base_name: str) -> None:
+    """From the pool and without one, for `runtime`, against `base` (the same run's baseline)."""
+    daemon = Daemon()
+    try:
+        wall, init = cold_invocations(daemon, count, wait_for_pool=2, runtime=runtime)
+        results["from_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
+        results["idle_instance"] = idle_instance_uss(daemon, code_file)
+    finally:
+        daemon.stop()
+
+    daemon = Daemon("[sandbox]\npool_size = 0\n")
+    try:
+        wall, init = cold_invocations(daemon, count, wait_for_pool=0, runtime=runtime)
+        results["no_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
+    finally:
+        daemon.stop()
+
+    baseline_figures = percentiles(base)
+    results[base_name] = baseline_figures
+    results["ratio_p50_from_pool_vs_baseline"] = round(
+        results["from_pool"]["http"]["p50_ms"] / baseline_figures["p50_ms"], 3
+    )
+    results["ratio_p50_no_pool_vs_baseline"] = round(
+        results["no_pool"]["http"]["p50_ms"] / baseline_figures["p50_ms"], 3
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=100)
-    parser.add_argument("--runtimes", default="python,custom", help="python, custom (Custom and http)")
+    parser.add_argument(
+        "--runtimes", default="python,nodejs,custom", help="comma-separated: python, nodejs, custom (Custom and http)"
+    )
     args = parser.parse_args()
     runtimes = args.runtimes.split(",")
     results: dict = {"benchmark": "cold_start", "count": args.count}
     if "custom" in runtimes:
         # Issue 13: Custom with a C bootstrap, http with a small node server (bench/_custom.py).
         results["custom_and_http"] = _custom.cold_start(args.count, percentiles)
-    if "python" not in runtimes:
-        print(json.dumps(results, indent=2))
-        return
 
-    daemon = Daemon()
-    try:
-        wall, init = cold_invocations(daemon, args.count, wait_for_pool=2)
-        results["from_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
-        results["idle_instance"] = idle_instance_uss(daemon)
-    finally:
-        daemon.stop()
-
-    daemon = Daemon("[sandbox]\npool_size = 0\n")
-    try:
-        wall, init = cold_invocations(daemon, args.count, wait_for_pool=0)
-        results["no_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
-    finally:
-        daemon.stop()
-
-    base = percentiles(baseline(args.count))
-    results["baseline_fresh_python_under_unshare"] = base
-    results["ratio_p50_from_pool_vs_baseline"] = round(results["from_pool"]["http"]["p50_ms"] / base["p50_ms"], 3)
-    results["ratio_p50_no_pool_vs_baseline"] = round(results["no_pool"]["http"]["p50_ms"] / base["p50_ms"], 3)
+    if "python" in runtimes:
+        measure(
+            results, args.count, PYTHON_RUNTIME, "index.py", baseline(args.count), "baseline_fresh_python_under_unshare"
+        )
+    if "nodejs" in runtimes:
+        # Issue 13: Node.js (bench/_nodejs.py).
+        if not _nodejs.available():
+            results["nodejs"] = {"skipped": "no node on this machine (make installs it)"}
+        else:
+            node: dict = {}
+            base = _nodejs.cold_baseline(args.count)
+            measure(node, args.count, _nodejs.RUNTIME, "index.js", base, "baseline_fresh_node_under_unshare")
+            results["nodejs"] = node
     print(json.dumps(results, indent=2))
 
 

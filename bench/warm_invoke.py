@@ -16,7 +16,11 @@ at 1 connection: p50 <= 0.6x hypercorn's.
 Custom (a C bootstrap, through the invoke API) and HTTP functions (a small node server, through a
 gateway route, against the same server hit directly) come from bench/_custom.py.
 
-Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64] [--runtimes python,custom]
+Issue 13: a no-op Node.js function, against the same handler behind a bare node `http` server
+(bench/_nodejs.py).
+
+Usage: python bench/warm_invoke.py [--seconds 5] [--concurrency 1,16,64] [--runtimes python,nodejs,custom]
+(`--seconds 1 --concurrency 1` proves it runs without measuring anything worth keeping.)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import _custom
+import _nodejs
 from _common import Daemon, free_port, wait_http, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
@@ -44,11 +49,45 @@ def ratios(fgd: dict, base: dict) -> dict:
     }
 
 
+def measure_nodejs(args: argparse.Namespace, levels: list[int], results: dict) -> None:
+    """Issue 13: a no-op Node.js function against a bare node http server running the same handler."""
+    if not _nodejs.available():
+        results["nodejs"] = {"skipped": "no node on this machine (make installs it)"}
+        return
+    port = free_port()
+    baseline = _nodejs.warm_baseline(port)
+    daemon = None
+    node: dict = {"levels": {}}
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        daemon = Daemon()
+        for num in (1, 16):
+            _nodejs.deploy(
+                daemon, f"nodenoop{num}", strategy_config={"concurrency": max(levels), "concurrent_num": num}
+            )
+        for level in levels:
+            entry: dict = {"baseline_node_http": wrk(f"http://127.0.0.1:{port}/", level, args.seconds)}
+            for num in (1, 16):
+                url = daemon.invoke_url(f"nodenoop{num}")
+                wrk(url, level, 1, daemon.token)  # warm up instances
+                fgd = wrk(url, level, args.seconds, daemon.token)
+                entry[f"concurrent_num_{num}"] = {**fgd, "vs_node_http": ratios(fgd, entry["baseline_node_http"])}
+            node["levels"][str(level)] = entry
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        baseline.terminate()
+        baseline.wait()
+    results["nodejs"] = node
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
-    parser.add_argument("--runtimes", default="python,custom", help="python, custom (Custom and http)")
+    parser.add_argument(
+        "--runtimes", default="python,nodejs,custom", help="comma-separated: python, nodejs, custom (Custom and http)"
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     runtimes = args.runtimes.split(",")
@@ -87,6 +126,8 @@ def main() -> None:
         for process, _ in baselines.values():
             process.terminate()
             process.wait()
+    if "nodejs" in runtimes:
+        measure_nodejs(args, levels, results)
     print(json.dumps(results, indent=2))
 
 

@@ -155,7 +155,16 @@ def _doctor_interpreters(config: Config) -> bool:
             print(f"{'ok':<8} {label:<18} {interpreter['path']} serves {', '.join(interpreter['serves'])}")
         else:
             print(f"{'info':<8} {label:<18} {interpreter['path']} not used: {interpreter['reason']}")
-    return bool(catalogue.names())
+    # Issue 13 (nodejs): the node serving the Node.js names, or why none does (not needed to start).
+    from fgd.nodejs import NodeCatalogue, find_node, shim_built
+
+    nodejs = NodeCatalogue(find_node(), config.runtimes.exact_versions, built=shim_built())
+    if nodejs.node is not None:
+        label = f"node {nodejs.node.version}"
+        print(f"{'ok':<8} {label:<18} {nodejs.node.path} serves {', '.join(nodejs.names())}")
+    else:
+        print(f"{'info':<8} {'node':<18} {nodejs.refusal('Node.js20.15')}")
+    return bool(catalogue.python_names())
 
 
 # client commands ----------------------------------------------------------

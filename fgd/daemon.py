@@ -35,6 +35,7 @@ from fgd.keys import Keys
 from fgd.logs import LogSink
 from fgd.metrics import Metrics, label_of
 from fgd.network import Network, availability
+from fgd.nodejs import NodeCatalogue, find_node, shim_built
 from fgd.sandboxing import Sandbox, probe
 from fgd.store import Store
 from fgd.triggers import Triggers
@@ -95,6 +96,14 @@ async def find_runtimes(config: Config) -> Catalogue:
     for interpreter in catalogue.in_use():
         served = [name for name in catalogue.names() if catalogue.serving(name) == interpreter]
         log.info("runtime %s: %s (Python %s)", ", ".join(served), interpreter.path, interpreter.version)
+    # Issue 13 (nodejs): the Node.js names, served by the node's `node` (fgd.nodejs).
+    node = await trio.to_thread.run_sync(find_node)
+    catalogue.nodejs = NodeCatalogue(node, config.runtimes.exact_versions, built=shim_built())
+    if catalogue.nodejs.node is not None:
+        node = catalogue.nodejs.node
+        log.info("runtime %s: %s (Node.js %s)", ", ".join(catalogue.nodejs.names()), node.path, node.version)
+    else:
+        log.info("no Node.js runtime: %s", catalogue.nodejs.refusal("Node.js20.15"))
     return catalogue
 
 
@@ -154,6 +163,7 @@ async def serve(config: Config) -> None:
             raise StartupError(f"[runtimes] preload: {catalogue.refusal(name)}")
     # One zygote per interpreter in use, each started on the first cold start that needs it.
     zygotes = Zygotes(catalogue, seccomp_programs=seccomp_programs(sandbox))
+    zygotes.nodejs_bundled = config.runtimes.bundled_libraries  # Issue 13 (nodejs)
     packager = Packager(code)
     # The daemon's own name first: public dependencies are registered for it.
     default = catalogue.default_name()
@@ -164,6 +174,9 @@ async def serve(config: Config) -> None:
     invoker.network = network
     functions = Functions(store, code, invoker, logs, dependencies, config.server.region, catalogue, config.code_fetch)
     functions.network_config = config.network
+
+    def nodejs_mapping() -> list:
+        return list(catalogue.nodejs.mapping.items()) if catalogue.nodejs is not None else []
 
     def health() -> dict:
         # A zygote not started yet is fine (it starts on first use); one being restarted is not.
@@ -179,14 +192,17 @@ async def serve(config: Config) -> None:
             if own.ready.is_set()
             else "restarting"
         )
-        missing = [key for key, state in states.items() if state == "restarting"]
+        # Issue 13 (nodejs): the Node pools' zygotes, under each Node.js name.
+        node_states = {name: zygotes.node_state(node.key) for name, node in nodejs_mapping()}
+        missing = [key for key, state in [*states.items(), *node_states.items()] if state == "restarting"]
         return {
             "status": "starting" if missing else "ok",
             "degraded": sandbox.degraded,
             "version": __version__,
             "runtimes": {
                 name: states[pool_of(name, interpreter.key)] for name, interpreter in catalogue.mapping.items()
-            },
+            }
+            | node_states,
             "interpreters": [
                 {
                     "path": i.path,
@@ -202,6 +218,12 @@ async def serve(config: Config) -> None:
                 name: len(invoker.pools[pool_of(name, interpreter.key)])
                 for name, interpreter in catalogue.mapping.items()
                 if pool_of(name, interpreter.key) in invoker.pools
+            }
+            # Issue 13 (nodejs): the Node pools (one per memory size), under each name their node serves.
+            | {
+                name: sum(len(pool) for key, pool in invoker.pools.items() if key.startswith(f"{node.key}-"))
+                for name, node in nodejs_mapping()
+                if any(key.startswith(f"{node.key}-") for key in invoker.pools)
             },
             "functions": len(store.functions),
             # Issue 14: whether functions can have `outbound`, and why not.

@@ -183,6 +183,16 @@ class Instance:
         if not isinstance(frame, protocol.Contained):
             raise InstanceGone(f"unexpected {type(frame).__name__} while building the sandbox")
 
+    async def launch(self, frame: protocol.Launch) -> None:
+        """Issue 13 (nodejs): start the language's own process in the contained instance and
+        wait until it runs (fgd.nodejs, runtimes/nodejs/keeper.py)."""
+        await self.send(frame)
+        reply = await self.receive()
+        if isinstance(reply, protocol.ContainError):
+            raise InstanceGone(f"the runtime could not start: {reply.message}")
+        if not isinstance(reply, protocol.Launched):
+            raise InstanceGone(f"unexpected {type(reply).__name__} while starting the runtime")
+
     def set_limits(self, limits: Limits) -> None:
         if self.cgroup is not None and self.sandbox is not None and self.sandbox.cgroups is not None:
             try:

@@ -35,11 +35,15 @@ import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from fgd.config import RuntimesConfig
 from fgd.errors import InvalidParameter
+
+if TYPE_CHECKING:
+    from fgd.nodejs import NodeCatalogue, NodeRuntime
 
 log = logging.getLogger("fgd.interpreters")
 
@@ -413,6 +417,11 @@ def _standby(candidate: tuple[str, str], identity: Identity, chosen: Interpreter
     )
 
 
+def is_nodejs(name: str) -> bool:
+    """Issue 13 (nodejs): a Node.js runtime name (fgd.nodejs serves those)."""
+    return name.startswith("Node.js")
+
+
 # Issue 13 (fgd.custom): Custom and http functions run an agent on the daemon's own interpreter.
 CUSTOM_RUNTIMES = ("Custom", "http")
 
@@ -429,6 +438,8 @@ class Catalogue:
             if interpreter.usable and interpreter.minor not in self.chosen:
                 self.chosen[interpreter.minor] = interpreter
         self.mapping: dict[str, Interpreter] = {}
+        # Issue 13 (nodejs): the Node.js names (fgd.nodejs.NodeCatalogue), set by the daemon.
+        self.nodejs: NodeCatalogue | None = None
         newest = max(self.chosen, default=OLDEST_MINOR - 1)
         for minor in range(OLDEST_MINOR, newest + 1):
             serving = self._serving_minor(minor)
@@ -448,11 +459,21 @@ class Catalogue:
         newer = [m for m in self.chosen if m > minor]
         return self.chosen[min(newer)] if newer else None
 
-    def names(self) -> list[str]:
-        # Python3.x by minor, then the others (issue 13: Custom, http) in their order.
+    def python_names(self) -> list[str]:
+        """The names the interpreters serve: Python3.x by minor, then Custom and http (issue 13)."""
         return sorted(self.mapping, key=lambda name: (not name.startswith("Python3."), _minor_of(name), name))
 
-    def serving(self, name: str) -> Interpreter | None:
+    def names(self) -> list[str]:
+        # Issue 13 (nodejs): the Node.js names the node's `node` serves come after Python's, before
+        # Custom and http (FunctionGraph's order).
+        names = self.python_names()
+        pythons = [name for name in names if name.startswith("Python")]
+        nodes = self.nodejs.names() if self.nodejs is not None else []
+        return pythons + nodes + names[len(pythons) :]
+
+    def serving(self, name: str) -> Interpreter | NodeRuntime | None:
+        if self.nodejs is not None and is_nodejs(name):  # Issue 13 (nodejs)
+            return self.nodejs.serving(name)
         return self.mapping.get(name)
 
     def in_use(self) -> list[Interpreter]:
@@ -464,17 +485,21 @@ class Catalogue:
         for name, interpreter in self.mapping.items():
             if interpreter.origin == "daemon" and name == f"Python3.{interpreter.minor}":
                 return name
-        names = self.names()
+        names = self.python_names()
         return names[-1] if names else None
 
     def check(self, name: str) -> Interpreter:
         """The interpreter for `name`, or a 400 saying why there is none."""
+        if self.nodejs is not None and is_nodejs(name):  # Issue 13 (nodejs)
+            return self.nodejs.check(name)
         interpreter = self.mapping.get(name)
         if interpreter is not None:
             return interpreter
         raise InvalidParameter(self.refusal(name))
 
     def refusal(self, name: str) -> str:
+        if self.nodejs is not None and is_nodejs(name):  # Issue 13 (nodejs)
+            return self.nodejs.refusal(name)
         shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
         installed = ", ".join(f"{i.version} ({i.path})" for i in self.in_use()) or "none"
         match = NAME.fullmatch(name)
@@ -499,14 +524,16 @@ class Catalogue:
 
     def served_by(self) -> dict[str, dict[str, object]]:
         """GET /runtimes: every accepted name and the interpreter that serves it."""
-        return {
+        served = {
             name: {**self.mapping[name].describe(), "exact": self.mapping[name].minor == _minor_of(name)}
-            for name in self.names()
+            for name in self.python_names()
         }
+        # Issue 13 (nodejs)
+        return served | (self.nodejs.served_by() if self.nodejs is not None else {})
 
     def describe_interpreters(self) -> list[dict[str, object]]:
         served = {}
-        for name in self.names():
+        for name in self.python_names():
             served.setdefault(self.mapping[name].path, []).append(name)
         return [
             {

@@ -29,6 +29,7 @@ from fgd.instance import Instance, InstanceGone, LogLimits, State
 from fgd.logs import LogSink, summary_line
 from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
 from fgd.network import Network, NetworkError
+from fgd.nodejs import NodeZygote, launch_policy
 from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.store import LogLine, Store
@@ -280,6 +281,9 @@ class Invoker:
                 self._nursery.start_soon(instance.pump_output)
                 await instance.contain()
                 await self._attach_network(instance)
+                if isinstance(zygote, NodeZygote):
+                    # Issue 13 (nodejs): a Node pool member runs its node from the start, as its own uid.
+                    await instance.launch(zygote.launch(launch_policy(self.sandbox, instance.id)))
         except BaseException as exc:
             # Whatever stopped it (a dead zygote, a deadline, shutdown mid-start), it leaves nothing behind.
             self._retire_instance(instance)
@@ -712,7 +716,8 @@ class Invoker:
         deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         started = trio.current_time()
         # The interpreter's zygote, started now if this is its first cold start.
-        zygote = await self.zygotes.get(record.runtime)
+        # (Issue 13: a Node.js function's pool is that of its memory size, which sizes V8's heap.)
+        zygote = await self.zygotes.get(record.runtime, memory_size=record.settings.memory_size)
         instance = self._take_pooled(zygote.runtime)
         if instance is None:
             try:
@@ -819,8 +824,10 @@ class Invoker:
         return credentials.as_frame()
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
-        if instance.zygote.interpreter is not None:
-            outcome.runtime_interpreter = instance.zygote.interpreter.describe()
+        # Issue 13 (nodejs): a Node instance was run by its zygote's node.
+        served_by = getattr(instance.zygote, "node", None) or instance.zygote.interpreter
+        if served_by is not None:
+            outcome.runtime_interpreter = served_by.describe()
         if not healthy:
             instance.kill()
         instance.collect_output()

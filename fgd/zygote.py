@@ -24,7 +24,7 @@ import msgspec
 import trio
 
 from fgd.errors import Unavailable
-from fgd.interpreters import Catalogue, Interpreter, zygote_environment
+from fgd.interpreters import Catalogue, Interpreter, is_nodejs, zygote_environment
 from runtimes import protocol
 from sandbox.policy import ContainPolicy, Mount
 
@@ -52,6 +52,7 @@ class Zygote:
         self.runtime = runtime
         self.interpreter = interpreter
         self._argv = list(argv)
+        self.argv0 = self._argv[0] if self._argv else ""
         # The zygote starts from an empty environment plus this: never the daemon's (the
         # operator's shell variables, credentials), which every instance would inherit.
         self._environment = zygote_environment(interpreter) if environment is None else environment
@@ -255,6 +256,8 @@ class Zygotes:
         self.running: dict[str, Zygote] = {}
         # Called with each zygote once it runs (the invoker starts its pool).
         self.on_start: list[Callable[[Zygote], None]] = []
+        # Issue 13 (nodejs): whether Node sandboxes show FunctionGraph's bundled Node modules.
+        self.nodejs_bundled = True
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -272,11 +275,26 @@ class Zygotes:
             return "starting"
         return "ready" if zygote.ready.is_set() else "restarting"
 
-    async def get(self, runtime: str) -> Zygote:
+    def node_state(self, key: str) -> str:
+        """Issue 13 (nodejs): `state` for the Node pools of one node ("node20"; one pool per memory
+        size): "restarting" if one is, "ready" if one runs, else "starting" or "not started"."""
+        states = set()
+        for name, zygote in self.running.items():
+            if name.startswith(f"{key}-"):
+                states.add("starting" if zygote.pid is None else "ready" if zygote.ready.is_set() else "restarting")
+        for state in ("restarting", "ready", "starting"):
+            if state in states:
+                return state
+        return "not started"
+
+    async def get(self, runtime: str, memory_size: int = 0) -> Zygote:
         """The zygote serving `runtime`, started now if this is its first use."""
+        if is_nodejs(runtime):
+            return await self._get_nodejs(runtime, memory_size)  # Issue 13 (nodejs)
         interpreter = self.catalogue.serving(runtime)
         if interpreter is None:
             raise Unavailable(self.catalogue.refusal(runtime))
+        assert isinstance(interpreter, Interpreter)
         # Issue 13: Custom and http functions have their own pool of the daemon's interpreter.
         from fgd import custom
 
@@ -284,12 +302,36 @@ class Zygotes:
         zygote = self.running.get(key)
         if zygote is not None:
             return zygote
-        if self._nursery is None:
-            raise Unavailable(f"runtime {runtime} is not available: the daemon is shutting down")
         if key == custom.POOL:
-            zygote = custom.custom_zygote(interpreter, self.catalogue, self._seccomp_programs)
-        else:
-            zygote = python_zygote(interpreter, seccomp_programs=self._seccomp_programs)
+            return await self._start(custom.custom_zygote(interpreter, self.catalogue, self._seccomp_programs))
+        return await self._start(python_zygote(interpreter, seccomp_programs=self._seccomp_programs))
+
+    async def _get_nodejs(self, runtime: str, memory_size: int) -> Zygote:
+        """Issue 13 (nodejs): the zygote of the Node pool for functions of `memory_size` MB: the
+        daemon interpreter's, whose instances are launched into a contained node whose V8 heap
+        is sized for that memory (fgd.nodejs)."""
+        from fgd.nodejs import DEFAULT_MEMORY_MB, NodeZygote, pool_key
+
+        node = self.catalogue.nodejs.serving(runtime) if self.catalogue.nodejs is not None else None
+        if node is None:
+            raise Unavailable(self.catalogue.refusal(runtime))
+        memory_mb = memory_size or DEFAULT_MEMORY_MB
+        zygote = self.running.get(pool_key(node, memory_mb))
+        if zygote is not None:
+            return zygote
+        own = next((i for i in self.catalogue.interpreters if i.origin == "daemon" and i.usable), None)
+        if own is None:
+            raise Unavailable(f"runtime {runtime} is not available: the daemon's own interpreter cannot run the shim")
+        argv = [own.path, "-s", "-m", "runtimes.python.zygote"]
+        zygote = NodeZygote(
+            node, own, argv, memory_mb=memory_mb, seccomp_programs=self._seccomp_programs, bundled=self.nodejs_bundled
+        )
+        return await self._start(zygote)
+
+    async def _start(self, zygote: Zygote) -> Zygote:
+        key = zygote.runtime
+        if self._nursery is None:
+            raise Unavailable(f"runtime {key} is not available: the daemon is shutting down")
         # Registered before it has started, so concurrent cold starts share it (they wait on ready).
         self.running[key] = zygote
         try:
@@ -297,8 +339,10 @@ class Zygotes:
         except OSError as exc:
             del self.running[key]
             zygote.ready.set()  # wake whoever waits on it: their fork fails and says so
-            raise Unavailable(f"cannot start the {interpreter.key} zygote ({interpreter.path}): {exc}") from None
-        log.info("started the %s zygote (%s, Python %s)", key, interpreter.path, interpreter.version)
+            raise Unavailable(f"cannot start the {key} zygote ({zygote.argv0}): {exc}") from None
+        interpreter = zygote.interpreter
+        if interpreter is not None:
+            log.info("started the %s zygote (%s, Python %s)", key, interpreter.path, interpreter.version)
         for hook in self.on_start:
             hook(zygote)
         return zygote

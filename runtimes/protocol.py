@@ -4,6 +4,8 @@ Every frame is a 4-byte big-endian length followed by a msgpack body; the body
 is a tagged union so either side can decode any frame with one decoder.
 Down (daemon -> instance): Contain, Specialize, Invoke, Shutdown.
 Up (instance -> daemon): Contained, ContainError, Ready, InitError, Result, Log.
+Issue 13 (nodejs): Launch down after Contain (start the language's own process under the drop
+half of the sandbox), Launched up from that process once it waits for its function.
 Zygote control: Fork down (with fds passed by SCM_RIGHTS); Forked and Exited up.
 """
 
@@ -181,6 +183,22 @@ def log_line(request_id: str, level: str, message: str) -> Log:
     return Log(request_id, level, utf8(message))
 
 
+class Launch(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
+    """Issue 13 (nodejs): the contained worker forks a child that takes `sandbox`'s drop half
+    (uid, no capabilities, rlimits, closed descriptors, seccomp) and execs `argv` with `environ`,
+    the protocol socket as fd 3 and a private channel to the worker (its keeper) as fd 4."""
+
+    argv: list[str]
+    environ: dict[str, str]
+    sandbox: EnterPolicy | None = None
+
+
+class Launched(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
+    """Issue 13 (nodejs): the launched process runs and waits for its Specialize."""
+
+    pid: int = 0
+
+
 class Fork(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     instance_id: str
 
@@ -199,7 +217,21 @@ class Exited(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
 # typing.Union rather than `|`: classes support `|` only from Python 3.10, and this module
 # runs in every interpreter that serves a runtime.
 Frame = Union[
-    Contain, Contained, ContainError, Specialize, Invoke, Shutdown, Ready, InitError, Result, Log, Fork, Forked, Exited
+    Contain,
+    Contained,
+    ContainError,
+    Specialize,
+    Invoke,
+    Shutdown,
+    Ready,
+    InitError,
+    Result,
+    Log,
+    Fork,
+    Forked,
+    Exited,
+    Launch,
+    Launched,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -74,6 +74,17 @@ def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) ->
     are: a host without namespaces still gets the uid, no capabilities, the
     rlimits, closed descriptors and seccomp.
     """
+    enter_mounts(policy)
+    drop(policy, keep, seccomp_program)
+
+
+def enter_mounts(policy: EnterPolicy) -> None:
+    """Step 3 and the network step, the privileged half of `enter`: the workload's binds, /etc
+    user tables, /tmp size, and (network mode `none`) only loopback left.
+
+    Issue 13: a Node.js instance's keeper runs it alone at specialise time, in the
+    sandbox where its node already runs (started under `drop`).
+    """
     enabled = policy.protections
     if enabled.mounts and enabled.namespaces:
         _step("mounts", mounts.enter_root, policy.binds, policy.tmp_size_mb, policy.workdir, policy.etc_files)
@@ -81,6 +92,14 @@ def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) ->
         # Issue 14, network mode `none`: only loopback, whatever the pooled instance was given.
         # (Only in the instance's own network namespace: without one this is the node's.)
         _step("network", network.leave_interfaces)
+
+
+def drop(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:
+    """Steps 5-9, the drop half of `enter`: uid, capabilities, rlimits, descriptors, seccomp.
+
+    Issue 13: a Node.js pool member's launched child runs it alone, before it execs node.
+    """
+    enabled = policy.protections
     parent = os.getppid()
     if enabled.capabilities:
         # Needs CAP_SETPCAP, so before the uid changes (which empties the other sets anyway).

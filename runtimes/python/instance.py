@@ -25,6 +25,9 @@ import msgspec
 import prctl
 
 from runtimes import protocol
+
+# Issue 13 (nodejs): imported now, while fgd's source is visible (the sandbox does not show it).
+from runtimes.nodejs import keeper
 from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, Specialize
 from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
@@ -304,6 +307,9 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         # From here on we are the worker inside the sandbox.
         conn.send(protocol.Contained())
         spec = conn.receive()
+    if isinstance(spec, protocol.Launch):
+        # Issue 13 (nodejs): this worker starts the language's own process and keeps it.
+        keeper.launch(sock, spec, seccomp_programs)
     if not isinstance(spec, Specialize):
         os._exit(2)
     if spec.mode != "python":
