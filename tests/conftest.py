@@ -27,6 +27,26 @@ import pytest
 os.environ.setdefault("FGD_NETWORK_OFF", "1")
 
 RUNTIME = f"Python{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _namespaces() -> dict[str, int]:
+    return {kind: os.stat(f"/proc/thread-self/ns/{kind}").st_ino for kind in ("net", "mnt", "pid", "uts")}
+
+
+@pytest.fixture(autouse=True)
+def _test_process_keeps_its_namespaces() -> Iterator[None]:
+    """A test that ran sandbox code in this process (not in a child) must not leave it elsewhere.
+
+    Moved into another network namespace, every later test loses the daemons on loopback and
+    fails far from the cause. (The network lab's module fixtures move in and out around their
+    tests; this compares each test's start with its end.)
+    """
+    before = _namespaces()
+    yield
+    after = _namespaces()
+    assert after == before, f"the test left the test process in other namespaces: {before} -> {after}"
+
+
 _names = itertools.count()
 
 

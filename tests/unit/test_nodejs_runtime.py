@@ -72,8 +72,10 @@ def test_the_python_catalogue_answers_for_node_names_once_given_them() -> None:
 
 
 def specialize(uid: int, protections: Protections | None = None) -> bytes:
-    # (Nothing is mounted here: without mounts and credentials the keeper has nothing to do.)
-    protections = protections or Protections(mounts=False, credentials=False)
+    # (Nothing is mounted here: without namespaces, mounts and credentials the keeper has nothing
+    # to do. With namespaces on it would leave the network for an empty namespace of its own, and
+    # in this process that is the test run's: it would lose every daemon on loopback.)
+    protections = protections or Protections(namespaces=False, mounts=False, credentials=False)
     policy = EnterPolicy([], "/opt/function", 512, uid, uid, protections=protections)
     identity = protocol.FunctionIdentity("p", "default", "f", "latest", "", 128, 300, 3)
     frame = protocol.Specialize("/opt/function/code", "index.handler", "", 3, {}, identity, sandbox=policy)
