@@ -151,10 +151,14 @@ class _Refused(Exception):
         self.message = message
 
 
+def _head_too_large() -> _Refused:
+    return _Refused(431, "FSS.0431", f"the request head is over {MAX_HEAD:,} bytes; send a shorter one")
+
+
 def _request_problem(error: h11.RemoteProtocolError) -> _Refused:
     status = error.error_status_hint
     if status == 431:
-        return _Refused(431, "FSS.0431", f"the request head is over {MAX_HEAD:,} bytes; send a shorter one")
+        return _head_too_large()
     return _Refused(status, f"FSS.0{status}", f"malformed HTTP/1.1 request: {error}")
 
 
@@ -236,6 +240,8 @@ class Connection:
         except OSError:
             self.client = None
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        # What h11 holds of the client's bytes, measured to learn how long a head was.
+        self._buffer: Any = getattr(self.h11, "_receive_buffer", None)
         # Whether a request was answered: later idle spells are keep-alive ones.
         self.served = False
         # The client is gone (reset, closed, or it read nothing for send_timeout): writes are dropped.
@@ -292,13 +298,24 @@ class Connection:
         self.slots.idle.pop(self, None)
         self.slots.waiting.pop(self, None)
 
+    def _next_head_event(self) -> Any:
+        """h11's next event, a head at most MAX_HEAD bytes long (else a 431)."""
+        buffer = self._buffer
+        held = len(buffer) if buffer is not None else 0
+        try:
+            event = self.h11.next_event()
+        except h11.RemoteProtocolError as error:
+            raise _request_problem(error) from None
+        # h11 checks the limit only against a head it holds incomplete: a head completed by one
+        # read (a second piece, or the rest of a read that ended a body) is measured here.
+        if type(event) is h11.Request and buffer is not None and held - len(buffer) > MAX_HEAD:
+            raise _head_too_large()
+        return event
+
     async def _next_request(self) -> h11.Request | None:
         """The next request's head, or None if the client closed, was too slow, or was evicted."""
         conn = self.h11
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as error:
-            raise _request_problem(error) from None
+        event = self._next_head_event()
         if type(event) is h11.Request:
             return event
         if event is not h11.NEED_DATA or self.slots.closing:
@@ -320,10 +337,7 @@ class Connection:
                         self.slots.idle.pop(self, None)
                         self.slots.waiting[self] = None
                     conn.receive_data(data)
-                    try:
-                        event = conn.next_event()
-                    except h11.RemoteProtocolError as error:
-                        raise _request_problem(error) from None
+                    event = self._next_head_event()
                     if type(event) is h11.Request:
                         return event
                     if event is not h11.NEED_DATA:
