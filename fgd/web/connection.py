@@ -421,7 +421,9 @@ class Connection:
         elif type(first) is h11.Data:
             self.pending = self._data_message(first.data)
         self.continue_due = conn.they_are_waiting_for_100_continue
-        method = request.method.decode("ascii").upper()
+        # As sent: methods are case-sensitive, and h11 frames the answer by this one ("head" is
+        # not HEAD, its answer has a body).
+        method = request.method.decode("ascii")
         target = request.target
         path, _, query = target.partition(b"?")
         # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.

@@ -16,7 +16,7 @@ import trio
 
 from fgd.web.connection import MAX_HEAD
 from fgd.web.server import lifespan
-from tests.unit.test_http_server import Client, echo, listen
+from tests.unit.test_http_server import Client, echo, listen, post
 
 
 @pytest.fixture
@@ -88,3 +88,27 @@ async def test_head_of_exactly_the_limit_is_served_one_byte_more_is_431(nursery:
         await client.send(head)
         assert (await client.response())[0] == expected, size
         client.close()
+
+
+# -- methods ---------------------------------------------------------------------------------------
+
+
+async def test_lower_case_head_is_a_method_of_its_own_answered_whole(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # was: the method was upper-cased for the app ("HEAD", so no body was sent) while h11 framed
+    # the answer for "head", a method like any other (methods are case-sensitive): the answer
+    # never went out, the connection closed and each such request logged a traceback
+    app = Recorder()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(b"head / HTTP/1.1\r\nHost: x\r\n\r\n" + b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await client.response()
+    assert (status, body) == (200, b"hello")
+    status, headers, body = await client.response(head_only=True)
+    assert status == 200 and headers["content-length"] == "5"
+    await client.send(post("/after", b""))
+    assert (await client.response())[2] == b"hello"  # nothing of a body came after the HEAD answer
+    client.close()
+    assert [scope["method"] for scope in app.scopes] == ["head", "HEAD", "POST"]
+    assert errors(caplog) == []

@@ -1,0 +1,45 @@
+"""A hostile client of the daemon's own HTTP server, on both listeners of a real daemon.
+
+The server's guarantees are tested against a bare listener in tests/unit/test_http_attacks.py;
+these check the same attacks end to end, through the apps the daemon really serves (the
+management API on Quart, the sync invoke route, the gateway). "was: ..." marks a hole found
+this way and fixed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import Api, unique_name
+from tests.integration.test_attack_client import healthy, raw_exchange
+
+BODY = "def handler(event, context):\n    return {'statusCode': 200, 'body': event['httpMethod'] + 'x' * 20}\n"
+
+
+@pytest.fixture(scope="module")
+def route(api: Api) -> str:
+    name = unique_name("srv")
+    api.deploy(BODY, name=name)
+    path = f"/{name}"
+    assert api.route(name, path).status_code == 201
+    return path
+
+
+@pytest.mark.parametrize("listener", ["api", "gateway"])
+def test_lower_case_head_gets_a_whole_answer(api: Api, route: str, listener: str) -> None:
+    # was: no answer at all (the app saw HEAD and sent no body, h11 expected one for "head"),
+    # and a traceback in the daemon's log for each request
+    logged = len(api.daemon.log())
+    port = api.daemon.port if listener == "api" else api.daemon.gateway_port
+    path = route if listener == "gateway" else "/healthz"
+    answer = raw_exchange(port, f"head {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 "), answer[:200]
+    length = next(
+        int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length")
+    )
+    assert len(body) == length
+    if listener == "gateway":
+        assert body == b"head" + b"x" * 20  # the function saw the method as sent
+    assert " ERROR " not in api.daemon.log()[logged:]
+    assert healthy(api.daemon)
