@@ -408,6 +408,10 @@ class Connection:
 
     async def _serve(self, request: h11.Request) -> None:
         conn = self.h11
+        if request.method == b"CONNECT":
+            # No tunnels: h11 would take a 2xx answer as the start of one (and refuse its body).
+            await self._refuse(_Refused(501, "FSS.0501", "CONNECT is not supported: the daemon is not a proxy"))
+            return
         # The body's first piece is often in with the head; reading it now also finds a malformed
         # body (a bad chunk size) before the app answers, so that answer is the 400.
         try:

@@ -210,9 +210,11 @@ def test_gateway_head_answers_no_body_and_the_pipelined_request_after_it_is_serv
 
 
 def test_gateway_does_not_proxy_absolute_form_or_connect(api: Api) -> None:
-    for line in (b"GET http://127.0.0.2/ HTTP/1.1", b"CONNECT 127.0.0.1:22 HTTP/1.1"):
-        answer = raw_exchange(api.daemon.gateway_port, line + b"\r\nHost: x\r\n\r\n")
-        assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
+    answer = raw_exchange(api.daemon.gateway_port, b"GET http://127.0.0.2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:200]
+    # CONNECT is refused by the HTTP server itself (tests/unit/test_http_attacks.py).
+    answer = raw_exchange(api.daemon.gateway_port, b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 501"), answer[:200]
 
 
 @pytest.mark.parametrize(

@@ -43,3 +43,13 @@ def test_lower_case_head_gets_a_whole_answer(api: Api, route: str, listener: str
         assert body == b"head" + b"x" * 20  # the function saw the method as sent
     assert " ERROR " not in api.daemon.log()[logged:]
     assert healthy(api.daemon)
+
+
+def test_connect_to_a_route_for_any_method_is_refused_not_left_unanswered(api: Api, route: str) -> None:
+    # was: the function ran and answered 200, h11 took that for the start of a tunnel and refused
+    # the body: the client got nothing and the daemon logged a traceback
+    logged = len(api.daemon.log())
+    answer = raw_exchange(api.daemon.gateway_port, f"CONNECT {route} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 501") and b"connection: close" in answer.lower(), answer[:200]
+    assert b"FSS.0501" in answer
+    assert " ERROR " not in api.daemon.log()[logged:]

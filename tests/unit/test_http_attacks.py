@@ -16,7 +16,7 @@ import trio
 
 from fgd.web.connection import MAX_HEAD
 from fgd.web.server import lifespan
-from tests.unit.test_http_server import Client, echo, listen, post
+from tests.unit.test_http_server import Client, echo, listen, post, request_id
 
 
 @pytest.fixture
@@ -111,4 +111,25 @@ async def test_lower_case_head_is_a_method_of_its_own_answered_whole(
     assert (await client.response())[2] == b"hello"  # nothing of a body came after the HEAD answer
     client.close()
     assert [scope["method"] for scope in app.scopes] == ["head", "HEAD", "POST"]
+    assert errors(caplog) == []
+
+
+@pytest.mark.parametrize("target", [b"/", b"127.0.0.1:22"])
+async def test_connect_is_refused_by_the_server_never_passed_to_the_app(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, target: bytes
+) -> None:
+    # was: CONNECT went to the app; when it answered 2xx (a gateway route for any method), h11
+    # took the answer as the start of a tunnel and refused its body: the function ran, the client
+    # got nothing and each such request logged a traceback
+    app = Recorder()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(b"CONNECT " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await client.response()
+    assert status == 501 and headers["connection"] == "close"
+    assert json.loads(body)["error_code"] == "FSS.0501" and "CONNECT" in json.loads(body)["error_msg"]
+    request_id(headers)
+    assert await client.closed_within(2) is not None
+    client.close()
+    assert app.scopes == []
     assert errors(caplog) == []
