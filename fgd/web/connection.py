@@ -162,6 +162,29 @@ def _request_problem(error: h11.RemoteProtocolError) -> _Refused:
     return _Refused(status, f"FSS.0{status}", f"malformed HTTP/1.1 request: {error}")
 
 
+# The scheme and authority of an absolute-form target (RFC 9112 3.2.2), which a server must take.
+_ABSOLUTE = re.compile(rb"(?i:https?)://[^/?#]*")
+
+
+def _target_parts(method: bytes, target: bytes) -> tuple[bytes, bytes] | None:
+    """A request target's path and query, or None if it is not one an origin server takes.
+
+    Apps see a path starting with "/" (or the "*" of OPTIONS): an absolute URL is reduced to
+    its path, anything else is refused (Quart fails on an empty path or a URL it cannot parse)."""
+    if target[:1] == b"/":  # origin form: almost every request
+        path, _, query = target.partition(b"?")
+        return path, query
+    if target == b"*" and method == b"OPTIONS":
+        return target, b""
+    match = _ABSOLUTE.match(target)
+    if match is None:
+        return None
+    path, _, query = target[match.end() :].partition(b"?")
+    if not path:
+        return b"/", query
+    return (path, query) if path[:1] == b"/" else None
+
+
 class _Invalid(Exception):
     """A response start the server will not send."""
 
@@ -428,8 +451,15 @@ class Connection:
         # As sent: methods are case-sensitive, and h11 frames the answer by this one ("head" is
         # not HEAD, its answer has a body).
         method = request.method.decode("ascii")
-        target = request.target
-        path, _, query = target.partition(b"?")
+        parts = _target_parts(request.method, request.target)
+        if parts is None:
+            await self._refuse(
+                _Refused(
+                    400, "FSS.0400", "malformed HTTP/1.1 request: the request target is not a path starting with /"
+                )
+            )
+            return
+        path, query = parts
         # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.
         items = getattr(request.headers, "_full_items", None)
         headers = [(name, value) for _, name, value in items] if items is not None else list(request.headers)

@@ -53,3 +53,20 @@ def test_connect_to_a_route_for_any_method_is_refused_not_left_unanswered(api: A
     assert answer.startswith(b"HTTP/1.1 501") and b"connection: close" in answer.lower(), answer[:200]
     assert b"FSS.0501" in answer
     assert " ERROR " not in api.daemon.log()[logged:]
+
+
+@pytest.mark.parametrize(
+    ("target", "status"), [(b"?", 400), (b"?a=1", 400), (b"%2fhealthz", 400), (b"http://[::1", 404)]
+)
+@pytest.mark.parametrize("listener", ["api", "gateway"])
+def test_request_target_that_is_not_a_path_is_not_a_500(api: Api, target: bytes, status: int, listener: str) -> None:
+    # was: the management API (Quart) failed on the first three and on an absolute URL it could
+    # not parse, with a 500 and a traceback; the server now refuses a target that is not a path
+    # and reduces an absolute URL to its path ("/" here)
+    logged = len(api.daemon.log())
+    port = api.daemon.port if listener == "api" else api.daemon.gateway_port
+    answer = raw_exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 %d" % status), answer[:200]
+    assert " ERROR " not in api.daemon.log()[logged:]
+    answer = raw_exchange(port, b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200" if listener == "api" else b"HTTP/1.1 404"), answer[:200]

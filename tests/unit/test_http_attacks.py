@@ -133,3 +133,59 @@ async def test_connect_is_refused_by_the_server_never_passed_to_the_app(
     client.close()
     assert app.scopes == []
     assert errors(caplog) == []
+
+
+# -- request targets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"GET ?a HTTP/1.1",
+        b"GET x HTTP/1.1",
+        b"GET %2fx HTTP/1.1",
+        b"GET * HTTP/1.1",
+        b"GET http:x HTTP/1.1",
+        b"GET ftp://h/x HTTP/1.1",
+        b"GET http://h#x HTTP/1.1",
+        b"OPTIONS *x HTTP/1.1",
+    ],
+)
+async def test_request_target_that_is_not_a_path_is_400(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, line: bytes
+) -> None:
+    # was: passed to the app as its path; Quart fails on an empty one ("GET ?a", a 500 with a
+    # traceback) and on an absolute URL it cannot parse ("GET http://[::1")
+    app = Recorder()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(line + b"\r\nHost: x\r\n\r\n")
+    status, headers, body = await client.response()
+    assert status == 400 and headers["connection"] == "close"
+    assert json.loads(body)["error_code"] == "FSS.0400" and "request target" in json.loads(body)["error_msg"]
+    client.close()
+    assert app.scopes == []
+    assert errors(caplog) == []
+
+
+@pytest.mark.parametrize(
+    ("line", "path", "query"),
+    [
+        (b"GET /a/b?c=d HTTP/1.1", "/a/b", b"c=d"),
+        (b"GET http://h:1/p?q=1 HTTP/1.1", "/p", b"q=1"),
+        (b"GET HTTPS://user@h HTTP/1.1", "/", b""),
+        (b"GET http://h?q HTTP/1.1", "/", b"q"),
+        (b"OPTIONS * HTTP/1.1", "*", b""),
+    ],
+)
+async def test_absolute_form_reaches_the_app_as_its_path(
+    nursery: trio.Nursery, line: bytes, path: str, query: bytes
+) -> None:
+    app = Recorder()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(line + b"\r\nHost: x\r\n\r\n")
+    assert (await client.response())[0] == 200
+    client.close()
+    scope = app.scopes[0]
+    assert (scope["path"], scope["raw_path"], scope["query_string"]) == (path, path.encode(), query)
