@@ -155,6 +155,10 @@ def _head_too_large() -> _Refused:
     return _Refused(431, "FSS.0431", f"the request head is over {MAX_HEAD:,} bytes; send a shorter one")
 
 
+def _malformed(reason: object) -> _Refused:
+    return _Refused(400, "FSS.0400", f"malformed HTTP/1.1 request: {reason}")
+
+
 def _request_problem(error: h11.RemoteProtocolError) -> _Refused:
     status = error.error_status_hint
     if status == 431:
@@ -435,6 +439,26 @@ class Connection:
             # No tunnels: h11 would take a 2xx answer as the start of one (and refuse its body).
             await self._refuse(_Refused(501, "FSS.0501", "CONNECT is not supported: the daemon is not a proxy"))
             return
+        parts = _target_parts(request.method, request.target)
+        if parts is None:
+            await self._refuse(_malformed("the request target is not a path starting with /"))
+            return
+        path, query = parts
+        # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.
+        items = getattr(request.headers, "_full_items", None)
+        headers = [(name, value) for _, name, value in items] if items is not None else list(request.headers)
+        declared = None
+        chunked = False
+        for name, value in headers:
+            if name == b"content-length":
+                declared = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if chunked and declared is not None:
+            # h11 would go by the chunks; a proxy in front may go by the length, and take what the
+            # daemon reads as a second request for part of this one's body (request smuggling).
+            await self._refuse(_malformed("Content-Length and Transfer-Encoding together; send one of them"))
+            return
         # The body's first piece is often in with the head; reading it now also finds a malformed
         # body (a bad chunk size) before the app answers, so that answer is the 400.
         try:
@@ -448,26 +472,11 @@ class Connection:
         elif type(first) is h11.Data:
             self.pending = self._data_message(first.data)
         self.continue_due = conn.they_are_waiting_for_100_continue
+        if not self.body_done:
+            self.declared = declared
         # As sent: methods are case-sensitive, and h11 frames the answer by this one ("head" is
         # not HEAD, its answer has a body).
         method = request.method.decode("ascii")
-        parts = _target_parts(request.method, request.target)
-        if parts is None:
-            await self._refuse(
-                _Refused(
-                    400, "FSS.0400", "malformed HTTP/1.1 request: the request target is not a path starting with /"
-                )
-            )
-            return
-        path, query = parts
-        # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.
-        items = getattr(request.headers, "_full_items", None)
-        headers = [(name, value) for _, name, value in items] if items is not None else list(request.headers)
-        if not self.body_done:
-            for name, value in headers:
-                if name == b"content-length":
-                    self.declared = int(value)
-                    break
         self.no_body = method == "HEAD"
         self.scope = scope = {
             "type": "http",

@@ -189,3 +189,32 @@ async def test_absolute_form_reaches_the_app_as_its_path(
     client.close()
     scope = app.scopes[0]
     assert (scope["path"], scope["raw_path"], scope["query_string"]) == (path, path.encode(), query)
+
+
+# -- framing: request smuggling ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 5\r\n\r\n",
+    ],
+    ids=["length-then-chunked", "chunked-then-length", "two-hosts"],
+)
+async def test_ambiguous_request_is_400_and_what_follows_is_never_served(nursery: trio.Nursery, head: bytes) -> None:
+    # was: served, and the connection kept: with Content-Length and Transfer-Encoding both, a
+    # proxy in front that frames by the length sees one request where the daemon (by the
+    # chunks) sees two, the second one smuggled past the proxy (RFC 9112 6.3: close at least);
+    # two Host headers were served too (RFC 9112 3.2: 400)
+    app = Recorder()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    await client.send(head + b"0\r\n\r\n" + smuggled)
+    status, headers, _ = await client.response()
+    assert status == 400 and headers["connection"] == "close"
+    assert await client.closed_within(2) is not None
+    client.close()
+    assert app.scopes == []
