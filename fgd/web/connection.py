@@ -112,9 +112,11 @@ class Slots:
         self.closing = False
         self._released = trio.Event()
         # Evicted in this order, oldest first: idle kept-alive connections, then connections
-        # waiting for a request head or the next piece of a body.
+        # waiting for a request head or the next piece of a body, then connections whose client
+        # does not take its answer (these are left to send_timeout on shutdown, not evicted).
         self.idle: dict[Connection, None] = {}
         self.waiting: dict[Connection, None] = {}
+        self.writing: dict[Connection, None] = {}
 
     def take(self) -> bool:
         """Count one more connection if the cap allows; at the cap, evict one to make room."""
@@ -134,7 +136,7 @@ class Slots:
         self._released = trio.Event()
 
     def _evict_one(self) -> bool:
-        for group in (self.idle, self.waiting):
+        for group in (self.idle, self.waiting, self.writing):
             for victim in group:
                 victim.evict()
                 return True
@@ -277,6 +279,8 @@ class Connection:
         # Where the connection waits on its client (a head, a body piece), so that eviction or a
         # shutdown can end the wait.
         self._wait: trio.CancelScope | None = None
+        # Where it waits for its client to take an answer (the app may read and write at once).
+        self._send_wait: trio.CancelScope | None = None
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -320,10 +324,13 @@ class Connection:
         self._forget()
         if self._wait is not None:
             self._wait.cancel()
+        if self._send_wait is not None:
+            self._send_wait.cancel()
 
     def _forget(self) -> None:
         self.slots.idle.pop(self, None)
         self.slots.waiting.pop(self, None)
+        self.slots.writing.pop(self, None)
 
     def _next_head_event(self) -> Any:
         """h11's next event, a head at most MAX_HEAD bytes long (else a 431)."""
@@ -718,17 +725,25 @@ class Connection:
             return
         view = memoryview(data)[sent:]
         # Until the whole answer is out the connection cannot carry another: if the wait ends any
-        # other way (send_timeout, the app cancelled, shutdown) the connection goes.
+        # other way (send_timeout, eviction, the app cancelled, shutdown) the connection goes.
         self.gone = True
-        with trio.move_on_after(self.limits.send_timeout):
-            while view:
-                await trio.lowlevel.wait_writable(raw)
-                try:
-                    view = view[raw.send(view) :]
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
+        with trio.move_on_after(self.limits.send_timeout) as wait:
+            # A client that reads nothing waits on its client like a slow one: evictable when the
+            # listener is full (else a full listener of them makes new clients wait send_timeout).
+            self._send_wait = wait
+            self.slots.writing[self] = None
+            try:
+                while view:
+                    await trio.lowlevel.wait_writable(raw)
+                    try:
+                        view = view[raw.send(view) :]
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        return
+            finally:
+                self._send_wait = None
+                self.slots.writing.pop(self, None)
             self.gone = False
             return
         log.debug("the client did not read its answer within %g s; dropping it", self.limits.send_timeout)

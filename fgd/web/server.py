@@ -20,7 +20,8 @@ Per connection:
 Per listener: at most `max_connections` at once (briefly up to 1/8 more while evicted ones
 close). A new connection past the cap evicts one that is waiting on its client: an idle
 kept-alive connection first, else the one that has waited longest for a request head or the
-next piece of a body. A client that sends its request at once (a health check, an SDK) is
+next piece of a body, else the one whose client has left its answer unread longest. A
+client that sends its request at once (a health check, an SDK) and reads its answer is
 never that one, so it gets in however many slow clients hold connections; only if every
 connection is busy inside the daemon (functions running) does a new client wait.
 

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 import trio
 
 from fgd.web.connection import MAX_HEAD
 from fgd.web.server import lifespan
-from tests.unit.test_http_server import Client, echo, listen, post, request_id
+from tests.unit.test_http_server import LIMITS, Client, echo, listen, post, request_id
 
 
 @pytest.fixture
@@ -218,3 +221,43 @@ async def test_ambiguous_request_is_400_and_what_follows_is_never_served(nursery
     assert await client.closed_within(2) is not None
     client.close()
     assert app.scopes == []
+
+
+# -- the connection cap --------------------------------------------------------------------------------
+
+
+async def big_answers(scope: dict, receive: Callable, send: Callable) -> None:
+    """Answers every request with 256 KB."""
+    if scope["type"] == "lifespan":
+        await lifespan(receive, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"262144")]})
+    await send({"type": "http.response.body", "body": b"x" * 262144})
+
+
+def non_reader(port: int) -> socket.socket:
+    """A client that sends a request and never reads its answer (its receive window stays shut)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    return sock
+
+
+async def test_full_listener_evicts_a_client_that_does_not_read_its_answer(nursery: trio.Nursery) -> None:
+    # was: a connection writing to a client that reads nothing was not counted as waiting on its
+    # client: a listener full of such clients made every new client wait send_timeout (30 s by
+    # default) for a slot, and the attacker only had to reconnect as often
+    limits = msgspec.structs.replace(LIMITS, max_connections=4, send_timeout=5.0)
+    listener = await listen(nursery, big_answers, limits)
+    stuck = [non_reader(listener.port) for _ in range(4)]
+    await trio.sleep(0.3)  # each is now blocked writing its answer
+    start = time.monotonic()
+    client = Client(listener.port)
+    await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = await client.response()
+    assert status == 200 and len(body) == 262144
+    assert time.monotonic() - start < 2
+    client.close()
+    for sock in stuck:
+        sock.close()
