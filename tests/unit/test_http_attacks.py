@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -261,3 +263,122 @@ async def test_full_listener_evicts_a_client_that_does_not_read_its_answer(nurse
     client.close()
     for sock in stuck:
         sock.close()
+
+
+# -- connections opened and dropped in every way -------------------------------------------------------
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def reset(sock: trio.socket.SocketType) -> None:
+    """Close with a reset (RST), as a client that crashes or is killed does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+async def drop(port: int, how: str) -> None:
+    sock = trio.socket.socket()
+    if how == "answer-reset":
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", port))
+    request = b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n"
+    if how == "close":
+        sock.close()
+    elif how == "reset":
+        reset(sock)
+    elif how == "half-head-reset":
+        await sock.send(b"GET / HTTP/1.1\r\nHo")
+        reset(sock)
+    elif how == "request-reset":
+        await sock.send(request)
+        reset(sock)
+    elif how == "request-close":
+        await sock.send(request)
+        sock.close()
+    elif how == "body-reset":
+        await sock.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        reset(sock)
+    elif how == "half-close":
+        await sock.send(request)
+        sock.shutdown(socket.SHUT_WR)
+        await sock.recv(1000)
+        reset(sock)
+    elif how == "answer-reset":
+        await sock.send(request * 3)
+        await sock.recv(1000)  # the answer has begun
+        reset(sock)
+
+
+async def test_thousands_of_connections_dropped_in_every_way_leave_no_descriptor_behind(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = await listen(nursery, big_answers)
+    before = open_fds()
+    ways = ["close", "reset", "half-head-reset", "request-reset", "request-close", "body-reset", "half-close"]
+    ways.append("answer-reset")
+    for how in ways:
+        for _ in range(250):
+            await drop(listener.port, how)
+    # Each closes at once, or within its linger (1 s) or header_timeout (0.5 s here).
+    with trio.fail_after(5):
+        while open_fds() > before:
+            await trio.sleep(0.1)
+    client = Client(listener.port)
+    await client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await client.response())[0] == 200
+    client.close()
+    assert errors(caplog) == []
+
+
+# -- pipelining ---------------------------------------------------------------------------------------
+
+
+async def test_a_thousand_requests_in_one_packet_are_answered_in_order(nursery: trio.Nursery) -> None:
+    listener = await listen(nursery, echo)
+    client = Client(listener.port)
+    await client.send(b"".join(f"GET /{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for n in range(1000)))
+    paths = [json.loads((await client.response())[2])["path"] for _ in range(1000)]
+    assert paths == [f"/{n}" for n in range(1000)]
+    client.close()
+
+
+async def test_client_that_pipelines_and_never_reads_is_not_read_ahead_of(nursery: trio.Nursery) -> None:
+    """The server reads the next request only when an answer is out: a client that sends
+    thousands and reads nothing gets a few served, then the connection goes at send_timeout."""
+    served = 0
+
+    async def counting(scope: dict, receive: Callable, send: Callable) -> None:
+        nonlocal served
+        if scope["type"] == "http":
+            served += 1
+        await big_answers(scope, receive, send)
+
+    listener = await listen(nursery, counting)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", listener.port))
+    sock.setblocking(False)
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 1000
+    sent = 0
+    start = time.monotonic()
+    while time.monotonic() - start < 0.5:  # until the server's receive window is shut
+        try:
+            sent += sock.send(request)
+        except BlockingIOError:
+            await trio.sleep(0.01)
+    assert sent // 30 > 20_000  # requests sent (all in the kernel's buffers, not the daemon's)
+    assert served < 20
+    # send_timeout (1 s here) ends it.
+    await trio.sleep(1.5)
+    sock.setblocking(True)
+    sock.settimeout(2)
+    received = 0
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    sock.close()
+    assert received < served * 262144 + 4096
