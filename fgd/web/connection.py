@@ -64,6 +64,9 @@ DRAIN_LIMIT = 8 * 1024 * 1024
 # stops sending and reads (and drops) what comes for this long first.
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
+# On shutdown an answer still goes to a client that keeps taking it, but one that takes nothing
+# for this long is dropped: a client that reads nothing cannot hold shutdown for its grace.
+SHUTDOWN_SEND_STALL = 1.0
 
 try:
     # h11's header list: a response head built checked here is not checked again by h11.
@@ -326,6 +329,12 @@ class Connection:
             self._wait.cancel()
         if self._send_wait is not None:
             self._send_wait.cancel()
+
+    def hurry(self) -> None:
+        """On shutdown: the answer being sent may now pause at most SHUTDOWN_SEND_STALL."""
+        wait = self._send_wait
+        if wait is not None:
+            wait.deadline = min(wait.deadline, trio.current_time() + SHUTDOWN_SEND_STALL)
 
     def _forget(self) -> None:
         self.slots.idle.pop(self, None)
@@ -727,13 +736,17 @@ class Connection:
         # Until the whole answer is out the connection cannot carry another: if the wait ends any
         # other way (send_timeout, eviction, the app cancelled, shutdown) the connection goes.
         self.gone = True
-        with trio.move_on_after(self.limits.send_timeout) as wait:
+        slots = self.slots
+        deadline = trio.current_time() + self.limits.send_timeout
+        with trio.CancelScope(deadline=deadline) as wait:
             # A client that reads nothing waits on its client like a slow one: evictable when the
             # listener is full (else a full listener of them makes new clients wait send_timeout).
             self._send_wait = wait
-            self.slots.writing[self] = None
+            slots.writing[self] = None
             try:
                 while view:
+                    if slots.closing:
+                        self.hurry()
                     await trio.lowlevel.wait_writable(raw)
                     try:
                         view = view[raw.send(view) :]
@@ -741,9 +754,14 @@ class Connection:
                         continue
                     except OSError:
                         return
+                    if slots.closing:
+                        wait.deadline = min(deadline, trio.current_time() + SHUTDOWN_SEND_STALL)
             finally:
                 self._send_wait = None
-                self.slots.writing.pop(self, None)
+                slots.writing.pop(self, None)
             self.gone = False
             return
-        log.debug("the client did not read its answer within %g s; dropping it", self.limits.send_timeout)
+        if slots.closing:
+            log.debug("shutting down and the client stopped reading its answer; dropping it")
+        else:
+            log.debug("the client did not read its answer within %g s; dropping it", self.limits.send_timeout)

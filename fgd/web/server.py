@@ -27,7 +27,8 @@ connection is busy inside the daemon (functions running) does a new client wait.
 
 On shutdown the listener stops accepting, closes idle connections and those waiting for a
 head, answers 408 to those waiting for a body, and lets the others finish their current
-request (with `Connection: close`) within `graceful_timeout`.
+request (with `Connection: close`) within `graceful_timeout`; an answer being sent goes on
+while its client reads it, and is dropped once the client has taken nothing for 1 s.
 """
 
 from __future__ import annotations
@@ -237,6 +238,9 @@ async def serve_http(
             slots.closing = True
             for waiter in [*slots.idle, *slots.waiting]:
                 waiter.evict()
+            # An answer on its way goes on while its client takes it, not while it takes nothing.
+            for writer in [*slots.writing]:
+                writer.hurry()
             connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
         await lifespan.shutdown(graceful_timeout)
         lifespan_nursery.cancel_scope.cancel()

@@ -382,3 +382,37 @@ async def test_client_that_pipelines_and_never_reads_is_not_read_ahead_of(nurser
         pass
     sock.close()
     assert received < served * 262144 + 4096
+
+
+# -- shutdown ---------------------------------------------------------------------------------------
+
+
+async def test_shutdown_is_not_held_by_a_client_that_reads_nothing_but_a_slow_reader_gets_its_answer(
+    nursery: trio.Nursery,
+) -> None:
+    # was: a connection writing to a client that read nothing held shutdown for the whole
+    # graceful_timeout (shutdown_grace, 10 s by default): 40 such clients on a daemon made each
+    # SIGTERM take 10.6 s
+    listener = await listen(nursery, big_answers, msgspec.structs.replace(LIMITS, send_timeout=30.0), grace=4.0)
+    stuck = non_reader(listener.port)
+    slow = non_reader(listener.port)
+    await trio.sleep(0.3)  # both answers are blocked on their clients
+    start = time.monotonic()
+    listener.stop.set()
+
+    def read_slowly() -> bytes:
+        answer = b""
+        while chunk := slow.recv(8192):
+            answer += chunk
+            time.sleep(0.03)
+        return answer
+
+    answer = await trio.to_thread.run_sync(read_slowly)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"\r\n\r\n" + b"x" * 262144)
+    with trio.fail_after(3):
+        await listener.stopped.wait()
+    # The reader took about a second; the client that reads nothing was dropped 1 s after it
+    # last took anything, not at the end of the grace.
+    assert time.monotonic() - start < 3
+    stuck.close()
+    slow.close()
