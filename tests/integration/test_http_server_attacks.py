@@ -8,9 +8,14 @@ this way and fixed.
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
+import time
+
 import pytest
 
-from tests.conftest import Api, unique_name
+from tests.conftest import Api, Daemon, unique_name
 from tests.integration.test_attack_client import healthy, raw_exchange
 
 BODY = "def handler(event, context):\n    return {'statusCode': 200, 'body': event['httpMethod'] + 'x' * 20}\n"
@@ -70,3 +75,36 @@ def test_request_target_that_is_not_a_path_is_not_a_500(api: Api, target: bytes,
     assert " ERROR " not in api.daemon.log()[logged:]
     answer = raw_exchange(port, b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200" if listener == "api" else b"HTTP/1.1 404"), answer[:200]
+
+
+def test_sigterm_under_hostile_clients_exits_well_within_shutdown_grace(fresh_daemon: Daemon) -> None:
+    # was: 10.6 s (the whole shutdown_grace): clients that pipelined requests and read no
+    # answer held their connections until the grace ran out
+    fresh_daemon.start()
+    socks: list[socket.socket] = []
+
+    def connect(port: int, sent: bytes = b"") -> socket.socket:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(sent)
+        socks.append(sock)
+        return sock
+
+    for port in (fresh_daemon.port, fresh_daemon.gateway_port):
+        for _ in range(10):
+            connect(port)
+            connect(port, b"GET / HTTP/1.1\r\nHost: x\r\n")
+            connect(port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+            reader = connect(port)
+            reader.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                for _ in range(100):
+                    reader.send(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+    time.sleep(0.5)
+    start = time.monotonic()
+    assert fresh_daemon.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - start < 4
+    assert "still running after" not in fresh_daemon.log()
+    for sock in socks:
+        sock.close()
