@@ -299,6 +299,7 @@ class Connection:
         self.declared: int | None = None
         self.continue_due = False
         self.refusal: _Refused | None = None
+        self.body_error: h11.RemoteProtocolError | None = None
         self.app_scope: trio.CancelScope | None = None
         self._finished_event: trio.Event | None = None
 
@@ -539,19 +540,31 @@ class Connection:
         await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
 
     def _data_message(self, data: bytes) -> dict:
-        """An http.request message for `data`; the last one if the body's end is already in."""
+        """An http.request message for `data` and whatever more of the body h11 already holds;
+        the last one if the body's end is already in.
+
+        h11 gives one Data event per chunk: a body of one-byte chunks would otherwise be a
+        message (a bytes object) per byte, kept by the routes until the body is whole, 30-40
+        times the memory the body budget counts. Joined here, a message is about one read."""
+        conn = self.h11
+        pieces: list[bytes] | None = None
+        while True:
+            try:
+                following = conn.next_event()
+            except h11.RemoteProtocolError as error:
+                following = None
+                self.body_error = error  # reported on the next read
+            if type(following) is not h11.Data:
+                break
+            if pieces is None:
+                pieces = [data]
+            pieces.append(following.data)
+        if pieces is not None:
+            data = b"".join(pieces)
         self.received += len(data)
-        try:
-            following = self.h11.next_event()
-        except h11.RemoteProtocolError:
-            following = None  # reported on the next read
         if type(following) is h11.EndOfMessage:
             self.body_done = True
             return {"type": "http.request", "body": data, "more_body": False}
-        if type(following) is h11.Data:
-            # Not the case with h11 (one Data per buffer), but nothing is lost if it changes.
-            self.received += len(following.data)
-            return {"type": "http.request", "body": data + following.data, "more_body": True}
         return {"type": "http.request", "body": data, "more_body": True}
 
     # -- ASGI -------------------------------------------------------------------------------------
@@ -577,7 +590,8 @@ class Connection:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as error:
-                self._stop_app(_request_problem(error))
+                # The first error h11 found in the body (later ones only say it is in error).
+                self._stop_app(_request_problem(self.body_error or error))
                 await trio.lowlevel.checkpoint()
                 return _DISCONNECT  # not reached: the app was cancelled
             if event is h11.NEED_DATA:

@@ -416,3 +416,34 @@ async def test_shutdown_is_not_held_by_a_client_that_reads_nothing_but_a_slow_re
     assert time.monotonic() - start < 3
     stuck.close()
     slow.close()
+
+
+# -- chunked bodies ----------------------------------------------------------------------------------
+
+
+async def test_body_of_one_byte_chunks_reaches_the_app_in_few_pieces(nursery: trio.Nursery) -> None:
+    # was: one ASGI message per chunk; the invoke route and the gateway keep each piece until
+    # the body is whole, so a body of 3 million one-byte chunks (under the gateway's 4 MB limit,
+    # unauthenticated) held 83 MB in the daemon where the body budget counted 3 MB
+    pieces: list[bytes] = []
+
+    async def collect(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        while True:
+            message = await receive()
+            pieces.append(message["body"])
+            if not message["more_body"]:
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    listener = await listen(nursery, collect)
+    client = Client(listener.port)
+    await client.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    await client.send(b"1\r\na\r\n" * 100_000 + b"0\r\n\r\n")
+    assert (await client.response())[0] == 200
+    client.close()
+    assert b"".join(pieces) == b"a" * 100_000
+    assert len(pieces) < 200  # about one per read from the socket
