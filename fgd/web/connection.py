@@ -194,6 +194,12 @@ def _target_parts(method: bytes, target: bytes) -> tuple[bytes, bytes] | None:
     return (path, query) if path[:1] == b"/" else None
 
 
+def _logged_path(scope: dict) -> str:
+    """The path as the client sent it (visible ASCII, h11 checked): the decoded one may hold a
+    line break (%0a) that would forge log lines."""
+    return scope.get("raw_path", b"").decode("ascii", "replace")
+
+
 class _Invalid(Exception):
     """A response start the server will not send."""
 
@@ -521,7 +527,7 @@ class Connection:
                     await self.app(scope, self.receive, self.send)
         except Exception:
             failed = True
-            log.exception("error answering %s %s", method, scope["path"])
+            log.exception("error answering %s %s", method, _logged_path(scope))
         if self.refusal is not None and not self.started:
             await self._refuse(self.refusal)
             return
@@ -530,13 +536,13 @@ class Connection:
         if self.started:
             # Half an answer: the client cannot tell it from a whole one but by the close.
             if not failed:
-                log.error("%s %s: the answer was left unfinished", method, scope["path"])
+                log.error("%s %s: the answer was left unfinished", method, _logged_path(scope))
             self.gone = True
             return
         if self.cut_short:
             return  # the app stopped when told its client went away: nothing to answer
         if not failed:
-            log.error("%s %s: the daemon sent no answer", method, scope["path"])
+            log.error("%s %s: the daemon sent no answer", method, _logged_path(scope))
         await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
 
     def _data_message(self, data: bytes) -> dict:
@@ -637,7 +643,7 @@ class Connection:
 
     def _stop_app(self, refusal: _Refused) -> None:
         """Stop the app (it may hold part of the body) and answer `refusal` instead."""
-        log.debug("%s %s: %s", self.scope["method"], self.scope["path"], refusal.message)  # type: ignore[index]
+        log.debug("%s %s: %s", self.scope["method"], _logged_path(self.scope), refusal.message)  # type: ignore[index,arg-type]
         self.refusal = refusal
         self.gone = self.gone or self.started  # an answer already begun cannot be completed
         assert self.app_scope is not None
@@ -675,7 +681,9 @@ class Connection:
             head = self.h11.send(h11.Response(status_code=status, headers=headers))  # type: ignore[arg-type]
         except (_Invalid, h11.LocalProtocolError) as error:
             scope = self.scope or {}
-            log.error("refused to send an invalid response to %s %s: %s", scope.get("method"), scope.get("path"), error)
+            log.error(
+                "refused to send an invalid response to %s %s: %s", scope.get("method"), _logged_path(scope), error
+            )
             self.started = True  # the app's answer is replaced: what it sends next is dropped
             self.finished = True
             await self._error(500, "FSS.0500", "the daemon produced an invalid HTTP response; see its log")

@@ -447,3 +447,27 @@ async def test_body_of_one_byte_chunks_reaches_the_app_in_few_pieces(nursery: tr
     client.close()
     assert b"".join(pieces) == b"a" * 100_000
     assert len(pieces) < 200  # about one per read from the socket
+
+
+# -- the daemon's log ---------------------------------------------------------------------------------
+
+
+async def test_a_path_with_an_encoded_line_break_cannot_forge_log_lines(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # was: the server's own error lines named the decoded path: "GET /x%0a<forged line>" wrote
+    # a line of the client's choosing into the daemon's log whenever the app failed
+    async def failing(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+            return
+        raise RuntimeError("a bug in the app")
+
+    listener = await listen(nursery, failing)
+    client = Client(listener.port)
+    await client.send(b"GET /x%0a2026-12-01%2000:00:00,000%20ERROR%20fgd:%20forged HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await client.response())[0] == 500
+    client.close()
+    logged = errors(caplog)
+    assert logged and all("\n" not in line and "\r" not in line for line in logged), logged
+    assert "/x%0a2026" in logged[0]
