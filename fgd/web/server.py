@@ -7,7 +7,7 @@ events passed between them, its own wrappers) was most of the daemon's CPU on th
 The apps see plain ASGI (http scope, receive, send; lifespan for the Quart app), so front.py,
 gateway.py and the management API run on it unchanged. HTTP/1.1 only: no upgrade to HTTP/2
 (its flow control is outside send_timeout) or WebSocket; `Upgrade` is ignored and an HTTP/2
-preface is a request like any other (404, then 400 and close).
+preface is a request like any other (400, its target `*` being for OPTIONS only, and close).
 
 Per connection:
 - the head of a request (request line and headers) must arrive within `header_timeout` of
