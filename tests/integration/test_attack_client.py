@@ -335,7 +335,7 @@ def test_listeners_speak_http1_only(api: Api, listener: str) -> None:
     answer = raw_exchange(port, _h2_zero_window_streams(f"/{name}"), wait=5)
     # An HTTP/1.1 400 to "PRI * HTTP/2.0" ("*" is a target of OPTIONS only), and close: no SETTINGS frame.
     assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
-    assert answer.count(b"HTTP/1.1 ") == 1 and b"connection: close" in answer
+    assert answer.count(b"HTTP/1.1 4") == 1 and b"connection: close" in answer
     upgraded = raw_exchange(port, H2C_UPGRADE)
     assert upgraded.startswith(b"HTTP/1.1 200" if listener == "api" else b"HTTP/1.1 404"), upgraded[:100]
     assert b" 101 " not in upgraded
