@@ -471,3 +471,43 @@ async def test_a_path_with_an_encoded_line_break_cannot_forge_log_lines(
     logged = errors(caplog)
     assert logged and all("\n" not in line and "\r" not in line for line in logged), logged
     assert "/x%0a2026" in logged[0]
+
+
+# -- guarantees kept (each passed when written; pinned so they stay) ------------------------------------
+
+
+async def test_pipelined_requests_then_half_close_are_all_answered_then_closed(nursery: trio.Nursery) -> None:
+    listener = await listen(nursery, echo)
+    client = Client(listener.port)
+    await client.send(b"".join(post(f"/{n}", b"x") for n in range(3)))
+    client.sock.shutdown(socket.SHUT_WR)
+    paths = [json.loads((await client.response())[2])["path"] for _ in range(3)]
+    assert paths == ["/0", "/1", "/2"]
+    assert await client.closed_within(1) is not None
+    client.close()
+
+
+async def test_expect_100_continue_with_the_body_sent_at_once_and_a_request_behind_it(
+    nursery: trio.Nursery,
+) -> None:
+    listener = await listen(nursery, echo)
+    client = Client(listener.port)
+    await client.send(post("/first", b"body", "Expect: 100-continue\r\n") + post("/second", b""))
+    answers = []
+    while len(answers) < 2:
+        status, _, body = await client.response()
+        if status != 100:  # a 100 Continue may come first; nothing else may
+            answers.append((status, json.loads(body)["path"], json.loads(body)["body"]))
+    assert answers == [(200, "/first", "body"), (200, "/second", "")]
+    client.close()
+
+
+async def test_http_1_0_keep_alive_is_answered_once_and_closed(nursery: trio.Nursery) -> None:
+    listener = await listen(nursery, echo)
+    client = Client(listener.port)
+    await client.send(b"GET /one HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /two HTTP/1.0\r\n\r\n")
+    status, headers, body = await client.response()
+    assert status == 200 and json.loads(body)["path"] == "/one"
+    assert headers["connection"].lower() == "close"
+    assert await client.closed_within(1.5) is not None
+    client.close()
