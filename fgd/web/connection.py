@@ -10,14 +10,18 @@ request costs the parse, the app, and one write of the whole answer.
 What it keeps of the hardening work (see fgd.web.server for the limits themselves):
 - a request head must arrive within `header_timeout` of the connection opening or of its
   first byte; an idle kept-alive connection lives `keep_alive_timeout`; a head over MAX_HEAD
-  bytes is 431; a malformed request is 400; either closes the connection;
+  bytes is 431 however it arrives; a malformed request is 400 (so is one with both
+  Content-Length and Transfer-Encoding, or whose target is not a path); CONNECT is 501; each
+  closes the connection;
 - each pause in a body may last `body_timeout`, then the app is stopped and the answer is
   408 (the connection closes);
 - `Expect: 100-continue` is answered when the app first asks for the body, so a request
   refused from its head (401, 404, 413) is refused before its body is sent;
 - a body the app did not read is read and dropped after the answer (up to DRAIN_LIMIT), so
   the connection carries the next request; past that the answer says `Connection: close`;
-- an answer the client does not read for `send_timeout` ends the connection;
+- a chunked body reaches the app in pieces of about one read, not one per chunk;
+- an answer the client does not read for `send_timeout` ends the connection; meanwhile the
+  connection can be evicted, and on shutdown it goes once its client takes nothing for 1 s;
 - a response start with a status outside 200-599 or a header that is not valid HTTP (a name
   that is not a token, a value with a control character or edge whitespace) is replaced by
   a 500; the head is then handed to h11 as its own checked header list, not checked twice;
