@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import struct
 import time
 
+import psutil
 import pytest
 
 from tests.conftest import Api, Daemon, unique_name
@@ -108,3 +110,53 @@ def test_sigterm_under_hostile_clients_exits_well_within_shutdown_grace(fresh_da
     assert "still running after" not in fresh_daemon.log()
     for sock in socks:
         sock.close()
+
+
+def _reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def _drop(port: int, how: str, path: bytes) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    request = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    if how == "reset":
+        _reset(sock)
+    elif how == "half-head":
+        sock.sendall(request[:20])
+        _reset(sock)
+    elif how == "request-reset":
+        sock.sendall(request)
+        _reset(sock)
+    elif how == "request-close":
+        sock.sendall(request * 3)
+        sock.close()
+    elif how == "body-reset":
+        sock.sendall(b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        _reset(sock)
+    elif how == "half-close":
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(100)
+        sock.close()
+    else:
+        sock.close()
+
+
+def test_thousands_of_dropped_connections_leave_no_descriptor_in_the_daemon(fresh_daemon: Daemon) -> None:
+    fresh_daemon.start()
+    daemon = psutil.Process(fresh_daemon.process.pid)  # type: ignore[union-attr]
+    before = daemon.num_fds()
+    ways = ["close", "reset", "half-head", "request-reset", "request-close", "body-reset", "half-close"]
+    for port, path in ((fresh_daemon.port, b"/healthz"), (fresh_daemon.gateway_port, b"/nowhere")):
+        for how in ways:
+            for _ in range(150):
+                _drop(port, how, path)
+    # Each connection closes at once, within its linger (1 s) or at header_timeout.
+    deadline = time.monotonic() + 8
+    while daemon.num_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert daemon.num_fds() <= before, (before, daemon.num_fds())
+    assert not [c for c in daemon.net_connections("tcp") if c.status != psutil.CONN_LISTEN]
+    assert healthy(fresh_daemon)
+    assert " ERROR " not in fresh_daemon.log()
