@@ -10,14 +10,18 @@ request costs the parse, the app, and one write of the whole answer.
 What it keeps of the hardening work (see fgd.web.server for the limits themselves):
 - a request head must arrive within `header_timeout` of the connection opening or of its
   first byte; an idle kept-alive connection lives `keep_alive_timeout`; a head over MAX_HEAD
-  bytes is 431; a malformed request is 400; either closes the connection;
+  bytes is 431 however it arrives; a malformed request is 400 (so is one with both
+  Content-Length and Transfer-Encoding, or whose target is not a path); CONNECT is 501; each
+  closes the connection;
 - each pause in a body may last `body_timeout`, then the app is stopped and the answer is
   408 (the connection closes);
 - `Expect: 100-continue` is answered when the app first asks for the body, so a request
   refused from its head (401, 404, 413) is refused before its body is sent;
 - a body the app did not read is read and dropped after the answer (up to DRAIN_LIMIT), so
   the connection carries the next request; past that the answer says `Connection: close`;
-- an answer the client does not read for `send_timeout` ends the connection;
+- a chunked body reaches the app in pieces of about one read, not one per chunk;
+- an answer the client does not read for `send_timeout` ends the connection; meanwhile the
+  connection can be evicted, and on shutdown it goes once its client takes nothing for 1 s;
 - a response start with a status outside 200-599 or a header that is not valid HTTP (a name
   that is not a token, a value with a control character or edge whitespace) is replaced by
   a 500; the head is then handed to h11 as its own checked header list, not checked twice;
@@ -64,6 +68,9 @@ DRAIN_LIMIT = 8 * 1024 * 1024
 # stops sending and reads (and drops) what comes for this long first.
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
+# On shutdown an answer still goes to a client that keeps taking it, but one that takes nothing
+# for this long is dropped: a client that reads nothing cannot hold shutdown for its grace.
+SHUTDOWN_SEND_STALL = 1.0
 
 try:
     # h11's header list: a response head built checked here is not checked again by h11.
@@ -112,9 +119,11 @@ class Slots:
         self.closing = False
         self._released = trio.Event()
         # Evicted in this order, oldest first: idle kept-alive connections, then connections
-        # waiting for a request head or the next piece of a body.
+        # waiting for a request head or the next piece of a body, then connections whose client
+        # does not take its answer (these are left to send_timeout on shutdown, not evicted).
         self.idle: dict[Connection, None] = {}
         self.waiting: dict[Connection, None] = {}
+        self.writing: dict[Connection, None] = {}
 
     def take(self) -> bool:
         """Count one more connection if the cap allows; at the cap, evict one to make room."""
@@ -134,7 +143,7 @@ class Slots:
         self._released = trio.Event()
 
     def _evict_one(self) -> bool:
-        for group in (self.idle, self.waiting):
+        for group in (self.idle, self.waiting, self.writing):
             for victim in group:
                 victim.evict()
                 return True
@@ -151,11 +160,48 @@ class _Refused(Exception):
         self.message = message
 
 
+def _head_too_large() -> _Refused:
+    return _Refused(431, "FSS.0431", f"the request head is over {MAX_HEAD:,} bytes; send a shorter one")
+
+
+def _malformed(reason: object) -> _Refused:
+    return _Refused(400, "FSS.0400", f"malformed HTTP/1.1 request: {reason}")
+
+
 def _request_problem(error: h11.RemoteProtocolError) -> _Refused:
     status = error.error_status_hint
     if status == 431:
-        return _Refused(431, "FSS.0431", f"the request head is over {MAX_HEAD:,} bytes; send a shorter one")
+        return _head_too_large()
     return _Refused(status, f"FSS.0{status}", f"malformed HTTP/1.1 request: {error}")
+
+
+# The scheme and authority of an absolute-form target (RFC 9112 3.2.2), which a server must take.
+_ABSOLUTE = re.compile(rb"(?i:https?)://[^/?#]*")
+
+
+def _target_parts(method: bytes, target: bytes) -> tuple[bytes, bytes] | None:
+    """A request target's path and query, or None if it is not one an origin server takes.
+
+    Apps see a path starting with "/" (or the "*" of OPTIONS): an absolute URL is reduced to
+    its path, anything else is refused (Quart fails on an empty path or a URL it cannot parse)."""
+    if target[:1] == b"/":  # origin form: almost every request
+        path, _, query = target.partition(b"?")
+        return path, query
+    if target == b"*" and method == b"OPTIONS":
+        return target, b""
+    match = _ABSOLUTE.match(target)
+    if match is None:
+        return None
+    path, _, query = target[match.end() :].partition(b"?")
+    if not path:
+        return b"/", query
+    return (path, query) if path[:1] == b"/" else None
+
+
+def _logged_path(scope: dict) -> str:
+    """The path as the client sent it (visible ASCII, h11 checked): the decoded one may hold a
+    line break (%0a) that would forge log lines."""
+    return scope.get("raw_path", b"").decode("ascii", "replace")
 
 
 class _Invalid(Exception):
@@ -236,6 +282,8 @@ class Connection:
         except OSError:
             self.client = None
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        # What h11 holds of the client's bytes, measured to learn how long a head was.
+        self._buffer: Any = getattr(self.h11, "_receive_buffer", None)
         # Whether a request was answered: later idle spells are keep-alive ones.
         self.served = False
         # The client is gone (reset, closed, or it read nothing for send_timeout): writes are dropped.
@@ -244,6 +292,8 @@ class Connection:
         # Where the connection waits on its client (a head, a body piece), so that eviction or a
         # shutdown can end the wait.
         self._wait: trio.CancelScope | None = None
+        # Where it waits for its client to take an answer (the app may read and write at once).
+        self._send_wait: trio.CancelScope | None = None
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -259,6 +309,7 @@ class Connection:
         self.declared: int | None = None
         self.continue_due = False
         self.refusal: _Refused | None = None
+        self.body_error: h11.RemoteProtocolError | None = None
         self.app_scope: trio.CancelScope | None = None
         self._finished_event: trio.Event | None = None
 
@@ -287,18 +338,38 @@ class Connection:
         self._forget()
         if self._wait is not None:
             self._wait.cancel()
+        if self._send_wait is not None:
+            self._send_wait.cancel()
+
+    def hurry(self) -> None:
+        """On shutdown: the answer being sent may now pause at most SHUTDOWN_SEND_STALL."""
+        wait = self._send_wait
+        if wait is not None:
+            wait.deadline = min(wait.deadline, trio.current_time() + SHUTDOWN_SEND_STALL)
 
     def _forget(self) -> None:
         self.slots.idle.pop(self, None)
         self.slots.waiting.pop(self, None)
+        self.slots.writing.pop(self, None)
+
+    def _next_head_event(self) -> Any:
+        """h11's next event, a head at most MAX_HEAD bytes long (else a 431)."""
+        buffer = self._buffer
+        held = len(buffer) if buffer is not None else 0
+        try:
+            event = self.h11.next_event()
+        except h11.RemoteProtocolError as error:
+            raise _request_problem(error) from None
+        # h11 checks the limit only against a head it holds incomplete: a head completed by one
+        # read (a second piece, or the rest of a read that ended a body) is measured here.
+        if type(event) is h11.Request and buffer is not None and held - len(buffer) > MAX_HEAD:
+            raise _head_too_large()
+        return event
 
     async def _next_request(self) -> h11.Request | None:
         """The next request's head, or None if the client closed, was too slow, or was evicted."""
         conn = self.h11
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError as error:
-            raise _request_problem(error) from None
+        event = self._next_head_event()
         if type(event) is h11.Request:
             return event
         if event is not h11.NEED_DATA or self.slots.closing:
@@ -320,10 +391,7 @@ class Connection:
                         self.slots.idle.pop(self, None)
                         self.slots.waiting[self] = None
                     conn.receive_data(data)
-                    try:
-                        event = conn.next_event()
-                    except h11.RemoteProtocolError as error:
-                        raise _request_problem(error) from None
+                    event = self._next_head_event()
                     if type(event) is h11.Request:
                         return event
                     if event is not h11.NEED_DATA:
@@ -394,6 +462,30 @@ class Connection:
 
     async def _serve(self, request: h11.Request) -> None:
         conn = self.h11
+        if request.method == b"CONNECT":
+            # No tunnels: h11 would take a 2xx answer as the start of one (and refuse its body).
+            await self._refuse(_Refused(501, "FSS.0501", "CONNECT is not supported: the daemon is not a proxy"))
+            return
+        parts = _target_parts(request.method, request.target)
+        if parts is None:
+            await self._refuse(_malformed("the request target is not a path starting with /"))
+            return
+        path, query = parts
+        # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.
+        items = getattr(request.headers, "_full_items", None)
+        headers = [(name, value) for _, name, value in items] if items is not None else list(request.headers)
+        declared = None
+        chunked = False
+        for name, value in headers:
+            if name == b"content-length":
+                declared = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+        if chunked and declared is not None:
+            # h11 would go by the chunks; a proxy in front may go by the length, and take what the
+            # daemon reads as a second request for part of this one's body (request smuggling).
+            await self._refuse(_malformed("Content-Length and Transfer-Encoding together; send one of them"))
+            return
         # The body's first piece is often in with the head; reading it now also finds a malformed
         # body (a bad chunk size) before the app answers, so that answer is the 400.
         try:
@@ -407,17 +499,11 @@ class Connection:
         elif type(first) is h11.Data:
             self.pending = self._data_message(first.data)
         self.continue_due = conn.they_are_waiting_for_100_continue
-        method = request.method.decode("ascii").upper()
-        target = request.target
-        path, _, query = target.partition(b"?")
-        # ASGI's (name, value) pairs, names lower-case: h11 keeps them so, beside the raw names.
-        items = getattr(request.headers, "_full_items", None)
-        headers = [(name, value) for _, name, value in items] if items is not None else list(request.headers)
         if not self.body_done:
-            for name, value in headers:
-                if name == b"content-length":
-                    self.declared = int(value)
-                    break
+            self.declared = declared
+        # As sent: methods are case-sensitive, and h11 frames the answer by this one ("head" is
+        # not HEAD, its answer has a body).
+        method = request.method.decode("ascii")
         self.no_body = method == "HEAD"
         self.scope = scope = {
             "type": "http",
@@ -445,7 +531,7 @@ class Connection:
                     await self.app(scope, self.receive, self.send)
         except Exception:
             failed = True
-            log.exception("error answering %s %s", method, scope["path"])
+            log.exception("error answering %s %s", method, _logged_path(scope))
         if self.refusal is not None and not self.started:
             await self._refuse(self.refusal)
             return
@@ -454,29 +540,41 @@ class Connection:
         if self.started:
             # Half an answer: the client cannot tell it from a whole one but by the close.
             if not failed:
-                log.error("%s %s: the answer was left unfinished", method, scope["path"])
+                log.error("%s %s: the answer was left unfinished", method, _logged_path(scope))
             self.gone = True
             return
         if self.cut_short:
             return  # the app stopped when told its client went away: nothing to answer
         if not failed:
-            log.error("%s %s: the daemon sent no answer", method, scope["path"])
+            log.error("%s %s: the daemon sent no answer", method, _logged_path(scope))
         await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
 
     def _data_message(self, data: bytes) -> dict:
-        """An http.request message for `data`; the last one if the body's end is already in."""
+        """An http.request message for `data` and whatever more of the body h11 already holds;
+        the last one if the body's end is already in.
+
+        h11 gives one Data event per chunk: a body of one-byte chunks would otherwise be a
+        message (a bytes object) per byte, kept by the routes until the body is whole, 30-40
+        times the memory the body budget counts. Joined here, a message is about one read."""
+        conn = self.h11
+        pieces: list[bytes] | None = None
+        while True:
+            try:
+                following = conn.next_event()
+            except h11.RemoteProtocolError as error:
+                following = None
+                self.body_error = error  # reported on the next read
+            if type(following) is not h11.Data:
+                break
+            if pieces is None:
+                pieces = [data]
+            pieces.append(following.data)
+        if pieces is not None:
+            data = b"".join(pieces)
         self.received += len(data)
-        try:
-            following = self.h11.next_event()
-        except h11.RemoteProtocolError:
-            following = None  # reported on the next read
         if type(following) is h11.EndOfMessage:
             self.body_done = True
             return {"type": "http.request", "body": data, "more_body": False}
-        if type(following) is h11.Data:
-            # Not the case with h11 (one Data per buffer), but nothing is lost if it changes.
-            self.received += len(following.data)
-            return {"type": "http.request", "body": data + following.data, "more_body": True}
         return {"type": "http.request", "body": data, "more_body": True}
 
     # -- ASGI -------------------------------------------------------------------------------------
@@ -502,7 +600,8 @@ class Connection:
             try:
                 event = conn.next_event()
             except h11.RemoteProtocolError as error:
-                self._stop_app(_request_problem(error))
+                # The first error h11 found in the body (later ones only say it is in error).
+                self._stop_app(_request_problem(self.body_error or error))
                 await trio.lowlevel.checkpoint()
                 return _DISCONNECT  # not reached: the app was cancelled
             if event is h11.NEED_DATA:
@@ -548,7 +647,7 @@ class Connection:
 
     def _stop_app(self, refusal: _Refused) -> None:
         """Stop the app (it may hold part of the body) and answer `refusal` instead."""
-        log.debug("%s %s: %s", self.scope["method"], self.scope["path"], refusal.message)  # type: ignore[index]
+        log.debug("%s %s: %s", self.scope["method"], _logged_path(self.scope), refusal.message)  # type: ignore[index,arg-type]
         self.refusal = refusal
         self.gone = self.gone or self.started  # an answer already begun cannot be completed
         assert self.app_scope is not None
@@ -586,7 +685,9 @@ class Connection:
             head = self.h11.send(h11.Response(status_code=status, headers=headers))  # type: ignore[arg-type]
         except (_Invalid, h11.LocalProtocolError) as error:
             scope = self.scope or {}
-            log.error("refused to send an invalid response to %s %s: %s", scope.get("method"), scope.get("path"), error)
+            log.error(
+                "refused to send an invalid response to %s %s: %s", scope.get("method"), _logged_path(scope), error
+            )
             self.started = True  # the app's answer is replaced: what it sends next is dropped
             self.finished = True
             await self._error(500, "FSS.0500", "the daemon produced an invalid HTTP response; see its log")
@@ -659,17 +760,34 @@ class Connection:
             return
         view = memoryview(data)[sent:]
         # Until the whole answer is out the connection cannot carry another: if the wait ends any
-        # other way (send_timeout, the app cancelled, shutdown) the connection goes.
+        # other way (send_timeout, eviction, the app cancelled, shutdown) the connection goes.
         self.gone = True
-        with trio.move_on_after(self.limits.send_timeout):
-            while view:
-                await trio.lowlevel.wait_writable(raw)
-                try:
-                    view = view[raw.send(view) :]
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    return
+        slots = self.slots
+        deadline = trio.current_time() + self.limits.send_timeout
+        with trio.CancelScope(deadline=deadline) as wait:
+            # A client that reads nothing waits on its client like a slow one: evictable when the
+            # listener is full (else a full listener of them makes new clients wait send_timeout).
+            self._send_wait = wait
+            slots.writing[self] = None
+            try:
+                while view:
+                    if slots.closing:
+                        self.hurry()
+                    await trio.lowlevel.wait_writable(raw)
+                    try:
+                        view = view[raw.send(view) :]
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        return
+                    if slots.closing:
+                        wait.deadline = min(deadline, trio.current_time() + SHUTDOWN_SEND_STALL)
+            finally:
+                self._send_wait = None
+                slots.writing.pop(self, None)
             self.gone = False
             return
-        log.debug("the client did not read its answer within %g s; dropping it", self.limits.send_timeout)
+        if slots.closing:
+            log.debug("shutting down and the client stopped reading its answer; dropping it")
+        else:
+            log.debug("the client did not read its answer within %g s; dropping it", self.limits.send_timeout)

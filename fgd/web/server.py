@@ -7,7 +7,7 @@ events passed between them, its own wrappers) was most of the daemon's CPU on th
 The apps see plain ASGI (http scope, receive, send; lifespan for the Quart app), so front.py,
 gateway.py and the management API run on it unchanged. HTTP/1.1 only: no upgrade to HTTP/2
 (its flow control is outside send_timeout) or WebSocket; `Upgrade` is ignored and an HTTP/2
-preface is a request like any other (404, then 400 and close).
+preface is a request like any other (400, its target `*` being for OPTIONS only, and close).
 
 Per connection:
 - the head of a request (request line and headers) must arrive within `header_timeout` of
@@ -20,13 +20,15 @@ Per connection:
 Per listener: at most `max_connections` at once (briefly up to 1/8 more while evicted ones
 close). A new connection past the cap evicts one that is waiting on its client: an idle
 kept-alive connection first, else the one that has waited longest for a request head or the
-next piece of a body. A client that sends its request at once (a health check, an SDK) is
+next piece of a body, else the one whose client has left its answer unread longest. A
+client that sends its request at once (a health check, an SDK) and reads its answer is
 never that one, so it gets in however many slow clients hold connections; only if every
 connection is busy inside the daemon (functions running) does a new client wait.
 
 On shutdown the listener stops accepting, closes idle connections and those waiting for a
 head, answers 408 to those waiting for a body, and lets the others finish their current
-request (with `Connection: close`) within `graceful_timeout`.
+request (with `Connection: close`) within `graceful_timeout`; an answer being sent goes on
+while its client reads it, and is dropped once the client has taken nothing for 1 s.
 """
 
 from __future__ import annotations
@@ -236,6 +238,9 @@ async def serve_http(
             slots.closing = True
             for waiter in [*slots.idle, *slots.waiting]:
                 waiter.evict()
+            # An answer on its way goes on while its client takes it, not while it takes nothing.
+            for writer in [*slots.writing]:
+                writer.hurry()
             connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
         await lifespan.shutdown(graceful_timeout)
         lifespan_nursery.cancel_scope.cancel()
