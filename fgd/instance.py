@@ -152,7 +152,9 @@ class Instance:
         self._socket = trio.socket.from_stdlib_socket(ours)
         self.zygote_generation = self.zygote.generation
         try:
-            self.pid = await self.zygote.fork(self.id, [theirs.fileno(), out_w, err_w])
+            # Issue 15: a contained instance is forked as PID 1 of its own pid namespace.
+            namespaced = self.sandbox is not None and self.sandbox.protections.namespaces
+            self.pid = await self.zygote.fork(self.id, [theirs.fileno(), out_w, err_w], pid_namespace=namespaced)
         except BaseException:
             self.close()
             raise

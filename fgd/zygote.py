@@ -169,14 +169,17 @@ class Zygote:
             event.set()
         self._exit_events.clear()
 
-    async def fork(self, instance_id: str, fds: Sequence[int]) -> int:
-        """Fork an instance that inherits `fds` (socket, stdout, stderr); return its pid."""
+    async def fork(self, instance_id: str, fds: Sequence[int], *, pid_namespace: bool = False) -> int:
+        """Fork an instance that inherits `fds` (socket, stdout, stderr); return its pid.
+
+        With `pid_namespace` the instance is PID 1 of a new pid namespace (it will be contained):
+        the pid returned is the sandbox's PID 1, whose exit the zygote reports as its worker's."""
         async with self._fork_lock:
             control = self._control
             if control is None:
                 raise ZygoteUnavailable(f"the {self.runtime} zygote is restarting")
             done = self._fork_done[instance_id] = trio.Event()
-            packet = protocol.encode_packet(protocol.Fork(instance_id))
+            packet = protocol.encode_packet(protocol.Fork(instance_id, pid_namespace))
             try:
                 await control.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
             except OSError as exc:

@@ -201,6 +201,9 @@ class Launched(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True
 
 class Fork(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     instance_id: str
+    # Issue 15: the child is forked as PID 1 of a new pid namespace (the sandbox's reaper), so
+    # the zygote reaps and reports it directly, with no waiter process outside the namespace.
+    pid_namespace: bool = False
 
 
 class Forked(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):

@@ -1,8 +1,10 @@
 """Containment of one instance, in order. The order is the documentation.
 
-`contain` is the generic half, run when a pooled instance is made: it returns
-only in the worker, PID 2 of a new pid namespace; the process that called it
-waits for the sandbox and exits with its status, and PID 1 stays as a reaper.
+`contain` is the generic half, run when a pooled instance is made, in the
+process the zygote forked as PID 1 of a new pid namespace: it returns only in
+the worker, PID 2, and PID 1 stays as the sandbox's reaper, exiting like the
+worker; the zygote reaps PID 1 and reports that status (issue 15: no waiter
+process outside the namespace any more).
 `enter` is the specific half, run in the worker when it is given a workload.
 Either raises `ContainmentFailed` in whichever process a step failed.
 """
@@ -13,7 +15,7 @@ import os
 
 from sandbox import capabilities, credentials, fds, mounts, namespaces, network, rlimits, seccomp
 from sandbox.policy import ContainPolicy, EnterPolicy
-from sandbox.reaper import become_reaper, wait_and_exit_like
+from sandbox.reaper import become_reaper
 
 
 class ContainmentFailed(Exception):
@@ -32,13 +34,12 @@ def contain(policy: ContainPolicy) -> None:
     enabled = policy.protections
     if not enabled.namespaces:
         return
-    # 2. New mount, pid, net, ipc, uts and cgroup namespaces; fork into the pid namespace.
+    # 2. New mount, net, ipc, uts and cgroup namespaces. The pid namespace is already ours: the
+    # zygote forked us as its PID 1 (after step 1, so the cgroup namespace's root is our cgroup).
+    if os.getpid() != 1:
+        raise ContainmentFailed("namespaces: the zygote could not fork this instance into a new pid namespace")
     _step("namespaces", namespaces.enter_new_namespaces)
-    reaper = os.fork()
-    if reaper:
-        fds.close_all_but({0, 1, 2})
-        wait_and_exit_like(reaper)
-    # Our parent is outside the new pid namespace, so getppid() reads 0 here.
+    # Our parent (the zygote) is outside the new pid namespace, so getppid() reads 0 here.
     capabilities.die_with_parent(0)
     # 3. A new root on tmpfs with read-only binds of the runtime's host directories.
     if enabled.mounts:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from sandbox._libc import unshare
+from sandbox._libc import setns, unshare
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -20,8 +20,33 @@ ALL_NAMESPACES = INSTANCE_NAMESPACES | CLONE_NEWUSER
 
 
 def enter_new_namespaces() -> None:
-    """Unshare every instance namespace; the caller's next child is PID 1 of the new pid namespace."""
-    unshare(INSTANCE_NAMESPACES)
+    """Unshare every instance namespace but the pid one, which the caller already heads as its PID 1
+    (the zygote forked it so: `PidNamespaceForker`)."""
+    unshare(INSTANCE_NAMESPACES & ~CLONE_NEWPID)
+
+
+class PidNamespaceForker:
+    """Forks children that are PID 1 of their own new pid namespace, for a long-lived parent
+    (the zygote) whose other children stay in its own namespace.
+
+    unshare(CLONE_NEWPID) changes only where the caller's *next* children go; setns back to the
+    caller's own namespace (allowed: it is the caller's active one) undoes it after the fork.
+    The child is the caller's own child, so the caller reaps it and learns its exit status
+    directly: no waiter process stands between them.
+    """
+
+    def __init__(self) -> None:
+        self._own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+
+    def fork(self) -> int:
+        """os.fork() into a new pid namespace; raises OSError (nothing forked) if it cannot be made."""
+        unshare(CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() != 1:
+                setns(self._own, CLONE_NEWPID)
+        return pid
 
 
 def set_hostname(name: str) -> None:

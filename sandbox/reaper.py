@@ -1,9 +1,11 @@
-"""The two small processes that carry an instance's life and exit status.
+"""How an instance's exit status reaches the zygote.
 
-The instance process (a zygote's child) forks PID 1 of the new pid namespace
-and waits for it; PID 1 forks the worker and reaps every orphan until the
-worker exits. Each then exits "like" its child: the same exit code, or the
-same signal, so the zygote reports what really happened to the worker.
+The zygote forks the instance as PID 1 of a new pid namespace (issue 15); PID 1
+forks the worker and reaps every orphan until the worker exits, then exits
+"like" it. PID 1 cannot kill itself with a signal it has no handler for, so a
+signal death is encoded as 128 + signal, which the zygote turns back into the
+signal (`decode_pid1_exit`). A process that is not PID 1 (the Node.js keeper)
+exits like its child with `wait_and_exit_like`, re-raising the same signal.
 """
 
 from __future__ import annotations
@@ -31,8 +33,15 @@ def become_reaper(worker: int) -> NoReturn:
             os._exit(code if code >= 0 else SIGNAL_BASE - code)
 
 
+def decode_pid1_exit(code: int) -> int:
+    """PID 1's exit code (os.waitstatus_to_exitcode) as the worker's: 128 + n is signal n (-n)."""
+    if SIGNAL_BASE < code < SIGNAL_BASE + 65:
+        return SIGNAL_BASE - code
+    return code
+
+
 def wait_and_exit_like(child: int) -> NoReturn:
-    """The instance process: wait for PID 1 and leave with the worker's exit code or signal."""
+    """Wait for `child` and leave with its exit code or signal (or the signal its 128 + n names)."""
     while True:
         try:
             _pid, status = os.waitpid(child, 0)

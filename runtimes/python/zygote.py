@@ -32,6 +32,8 @@ import prctl
 
 from runtimes import protocol
 from runtimes.python import instance
+from sandbox.namespaces import PidNamespaceForker
+from sandbox.reaper import decode_pid1_exit
 
 MAX_FDS = 3
 
@@ -91,7 +93,7 @@ def run_child(control: socket.socket, wakeup_r: int, fds: list[int], programs: d
     return 0
 
 
-def reap(control: socket.socket) -> None:
+def reap(control: socket.socket, namespaced: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -100,6 +102,10 @@ def reap(control: socket.socket) -> None:
         if pid == 0:
             return
         code = os.waitstatus_to_exitcode(status)
+        if pid in namespaced:
+            # PID 1 of the instance's sandbox exited like its worker, a signal as 128 + n.
+            namespaced.discard(pid)
+            code = decode_pid1_exit(code)
         control.send(protocol.encode_packet(protocol.Exited(pid, code)))
 
 
@@ -156,6 +162,10 @@ def main() -> None:
         if arg.startswith("--preload="):
             for module in arg.partition("=")[2].split(","):
                 importlib.import_module(module)
+    # Issue 15: instances that will be contained are forked as PID 1 of their own pid namespace.
+    forker: PidNamespaceForker | None = None
+    # Our children that are PID 1 of a sandbox: their exit status is their worker's, encoded.
+    namespaced: set[int] = set()
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -168,7 +178,7 @@ def main() -> None:
         readable, _, _ = select.select([control, wakeup_r], [], [])
         if wakeup_r in readable:
             os.read(wakeup_r, 4096)
-            reap(control)
+            reap(control, namespaced)
         if control not in readable:
             continue
         received = receive_fork(control)
@@ -179,7 +189,19 @@ def main() -> None:
             for fd in fds:
                 os.close(fd)
             continue
-        pid = os.fork()
+        pid = -1
+        if frame.pid_namespace:
+            try:
+                if forker is None:
+                    forker = PidNamespaceForker()
+                pid = forker.fork()
+            except OSError as exc:
+                # Forked plainly instead: its Contain step fails and says why.
+                print(f"zygote: cannot fork into a new pid namespace: {exc}", file=sys.stderr)
+        if pid < 0:
+            pid = os.fork()
+        elif pid > 0:
+            namespaced.add(pid)
         if pid == 0:
             os._exit(run_child(control, wakeup_r, fds, programs))
         for fd in fds:

@@ -40,6 +40,24 @@ def test_crash_after_an_earlier_child_oom_is_an_exit_error_not_out_of_memory(api
     assert "status 3" in body["errorMessage"]
 
 
+def test_the_workers_exit_code_and_signal_reach_the_caller_through_pid_1(api: Api) -> None:
+    # Issue 15: the zygote reaps the sandbox's PID 1, which exits like the worker (a signal as
+    # 128 + n); the caller learns the worker's own status or signal, whichever it was.
+    name = api.deploy(
+        "import os, signal\n"
+        "def handler(event, context):\n"
+        "    if event['how'] == 'exit':\n"
+        "        os._exit(event['code'])\n"
+        "    os.kill(os.getpid(), getattr(signal, event['signal']))\n",
+    )["func_name"]
+    cases = [({"how": "exit", "code": 5}, "exited with status 5"), ({"how": "exit", "code": 0}, "status 0")]
+    cases += [({"how": "kill", "signal": sig}, f"killed by signal {sig}") for sig in ("SIGTERM", "SIGSEGV")]
+    for event, expected in cases:
+        body = api.invoke(name, event).json()
+        assert body["errorType"] == "Runtime.ExitError", (event, body)
+        assert expected in body["errorMessage"], (event, body)
+
+
 def test_delete_stops_running_invocations(api: Api) -> None:
     mark = marker()
     name = api.deploy(
