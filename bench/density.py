@@ -26,32 +26,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from _common import Daemon
-
-from fgd.scheduler import Limits, Scheduler
+from scheduler import decision_us as scheduler_decision_us
 
 
 def reserved_running(daemon: Daemon) -> int:
     answer = daemon.request("GET", "/functions/reservedinstances")
     return sum(row["running"] for row in answer["body"]["reservedinstances"])
-
-
-def scheduler_decision_us(instances: int) -> dict:
-    clock = iter(range(10**9)).__next__
-    scheduler = Scheduler(lambda: float(clock()), 10**9)
-    key = ("p", "default", "f")
-    limits = Limits(-1, 1, 128, 10)
-    for n in range(instances):
-        scheduler.acquire(key, limits, f"s{n}")
-        scheduler.started(key, f"i{n}")
-    for n in range(instances):
-        scheduler.release(f"i{n}")
-    samples = []
-    for n in range(2000):
-        started = time.perf_counter()
-        decision = scheduler.acquire(key, limits, f"r{n}")
-        scheduler.release(decision.instance)
-        samples.append((time.perf_counter() - started) * 1e6)
-    return {"p50_us": round(statistics.median(samples), 2), "max_us": round(max(samples), 2)}
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ Requests and instances are named by opaque hashable tokens the caller picks.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ class _Instance:
     busy: int = 0
     last_used: float = 0.0
     reserved: bool = False
+    # Bumped on every change: an index entry with an older version is stale.
+    version: int = 0
 
 
 @dataclass
@@ -79,6 +82,37 @@ class _Function:
     instances: dict[Hashable, _Instance] = field(default_factory=dict)
     starting: int = 0
     queue: deque[Hashable] = field(default_factory=deque)
+    # Issue 15: the index of instances with a free slot, best first (reserved, then busy, then most
+    # recently used): a heap of (rank..., seq, token, version) whose stale entries (the instance
+    # changed or went since) are dropped when they surface, and all at once when they outnumber
+    # the instances. A decision is O(log n), not a scan of the function's instances.
+    free: list[tuple] = field(default_factory=list)
+    pushes: int = 0
+
+    def index(self, token: Hashable, record: _Instance) -> None:
+        """`record` changed: its old entry is stale; a new one if it has a free slot."""
+        record.version += 1
+        if record.busy >= record.capacity:
+            return
+        self.pushes += 1
+        entry = (not record.reserved, record.busy == 0, -record.last_used, self.pushes, token, record.version)
+        heapq.heappush(self.free, entry)
+        if len(self.free) > 2 * len(self.instances) + 16:
+            self.free = [e for e in self.free if self._current(e)]
+            heapq.heapify(self.free)
+
+    def _current(self, entry: tuple) -> bool:
+        record = self.instances.get(entry[4])
+        return record is not None and record.version == entry[5] and record.busy < record.capacity
+
+    def best_free(self) -> tuple[Hashable, _Instance] | None:
+        """The instance a request should take, or None if none has a free slot."""
+        while self.free:
+            entry = self.free[0]
+            if self._current(entry):
+                return entry[4], self.instances[entry[4]]
+            heapq.heappop(self.free)
+        return None
 
 
 class Scheduler:
@@ -89,14 +123,15 @@ class Scheduler:
         self.function_cap_mb = int(memory_budget_mb * function_share)
         self._functions: dict[Key, _Function] = {}
         self._starting_memory = 0
+        # The memory of live instances, kept as they come and go (not summed per decision).
+        self._live_memory = 0
         self._owner: dict[Hashable, Key] = {}
 
     # Queries ------------------------------------------------------------------
 
     @property
     def memory_used_mb(self) -> int:
-        live = sum(i.memory_mb for f in self._functions.values() for i in f.instances.values())
-        return live + self._starting_memory
+        return self._live_memory + self._starting_memory
 
     def instances(self, key: Key) -> int:
         function = self._functions.get(key)
@@ -119,12 +154,13 @@ class Scheduler:
             return Reject("disabled", "the function is disabled: its maximum number of instances is 0")
         if limits.memory_mb > self.memory_budget_mb:
             return self._oversized(limits)
-        free = [i for i in function.instances.items() if i[1].busy < i[1].capacity]
-        if free:
+        free = function.best_free()
+        if free is not None:
             # Reserved instances first, then most recently used, so on-demand ones can go idle and be reaped.
-            token, instance = max(free, key=lambda item: (item[1].reserved, item[1].busy > 0, item[1].last_used))
+            token, instance = free
             instance.busy += 1
             instance.last_used = self._clock()
+            function.index(token, instance)
             return Assign(token)
         total = len(function.instances) + function.starting
         if (limits.max_instances < 0 or total < limits.max_instances) and self._within_share(total, limits):
@@ -223,6 +259,7 @@ class Scheduler:
         record.last_used = self._clock()
         function.instances[instance] = record
         self._owner[instance] = key
+        self._live_memory += record.memory_mb
         return self._hand_out(function, instance)
 
     def start_failed(self, key: Key) -> None:
@@ -247,6 +284,7 @@ class Scheduler:
         while function.queue and record.busy < record.capacity:
             handed.append(function.queue.popleft())
             record.busy += 1
+        function.index(instance, record)
         return handed
 
     def cancel(self, key: Key, request: Hashable) -> bool:
@@ -261,14 +299,18 @@ class Scheduler:
         """The instance died or was retired; its slots are gone with it."""
         key = self._owner.pop(instance, None)
         if key is not None:
-            self._functions[key].instances.pop(instance, None)
+            record = self._functions[key].instances.pop(instance, None)
+            if record is not None:
+                self._live_memory -= record.memory_mb
 
     def set_busy(self, instance: Hashable) -> None:
         """Take every slot of an instance that must take no more work (it is being retired)."""
         key = self._owner.get(instance)
         if key is not None:
-            record = self._functions[key].instances[instance]
+            function = self._functions[key]
+            record = function.instances[instance]
             record.busy = max(record.busy, record.capacity)
+            function.index(instance, record)
 
     def idle_since(self, before: float) -> list[Hashable]:
         """Idle on-demand instances last used before `before` (for the reaper)."""

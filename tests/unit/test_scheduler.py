@@ -223,3 +223,68 @@ def test_an_instance_larger_than_the_whole_budget_is_refused_as_oversized_not_bu
     assert isinstance(reserved, Reject) and reserved.kind == "oversized"
     # Exactly the budget still fits (the first instance of a function may exceed its share).
     assert s.acquire(F2, limits(memory=1024), "r2") == Start()
+
+
+def _linear_choice(s: Scheduler, key: tuple) -> object | None:
+    """The rule the index replaces (issue 15): a scan for the best instance with a free slot."""
+    function = s._functions.get(key)
+    free = [item for item in (function.instances.items() if function else ()) if item[1].busy < item[1].capacity]
+    if not free:
+        return None
+    return max(free, key=lambda item: (item[1].reserved, item[1].busy > 0, item[1].last_used))[0]
+
+
+@pytest.mark.parametrize("seed", range(100))
+def test_the_per_function_index_chooses_what_a_linear_scan_would(seed: int) -> None:
+    rng = random.Random(seed)
+    s = Scheduler(Clock(), 10**6)
+    lim = Limits(-1, rng.choice([1, 2, 4]), 128, 0)
+    running: list[tuple[str, str]] = []
+    ids = itertools.count()
+    for _ in range(300):
+        action = rng.random()
+        if action < 0.5:
+            expected = _linear_choice(s, F1)
+            decision = s.acquire(F1, lim, f"r{next(ids)}")
+            if expected is None:
+                assert isinstance(decision, Start)
+                instance = f"i{next(ids)}"
+                s.started(F1, instance, reserved=rng.random() < 0.2)
+            else:
+                assert decision == Assign(expected)
+                instance = expected
+            running.append(("r", instance))
+        elif action < 0.85 and running:
+            _request, instance = running.pop(rng.randrange(len(running)))
+            s.release(instance)
+        elif action < 0.92 and running:
+            # Retired or died: gone with its slots (and its running requests).
+            _request, instance = rng.choice(running)
+            s.gone(instance)
+            running = [r for r in running if r[1] != instance]
+        elif running:
+            s.set_busy(rng.choice(running)[1])
+        function = s._functions.get(F1)
+        # Stale index entries never outnumber the instances by much, and memory is kept exactly.
+        assert function is None or len(function.free) <= 2 * len(function.instances) + 16
+        assert s.memory_used_mb == sum(i.memory_mb for i in (function.instances.values() if function else ()))
+
+
+def test_among_500_idle_instances_the_most_recently_used_is_taken() -> None:
+    s = Scheduler(Clock(), 10**6)
+    lim = Limits(-1, 1, 128, 0)
+    for n in range(500):
+        s.acquire(F1, lim, f"s{n}")
+        s.started(F1, f"i{n}")
+    for n in range(500):
+        s.release(f"i{n}")
+    assert s.acquire(F1, lim, "a") == Assign("i499")
+    assert s.acquire(F1, lim, "b") == Assign("i498")
+    s.release("i499")
+    assert s.acquire(F1, lim, "c") == Assign("i499")
+    s.gone("i498")
+    s.release("i499")
+    s.set_busy("i497")
+    # Retired (i497, all its slots taken) and gone (i498) instances are skipped.
+    assert [s.acquire(F1, lim, r) for r in ("d", "e")] == [Assign("i499"), Assign("i496")]
+    assert s.memory_used_mb == 499 * 128
