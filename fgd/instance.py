@@ -8,7 +8,6 @@ that was running when the bytes arrived.
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
 import signal
@@ -20,6 +19,7 @@ from collections.abc import Callable
 import msgspec
 import trio
 
+from fgd.demux import INITIALIZER, Demultiplexer
 from fgd.output import LINE_COST, LINES_PER_DRAIN, OutputPipe, Transcript, cut_line
 from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
@@ -28,10 +28,6 @@ from runtimes import protocol
 from sandbox.cgroups import CgroupError, Limits, parse_key_value
 
 READ_CHUNK = 1 << 16
-# Request ids an instance finished lately: a Log frame for one of them is late, not forged.
-RECENT_REQUESTS = 256
-# The request id the runtime gives its initializer's context.
-INITIALIZER = "initializer"
 # How long to wait for the zygote's exit report after the socket closed.
 EXIT_REPORT_WAIT = 0.5
 # What the transcripts of all requests running on one instance hold together (Transcript.cost):
@@ -103,14 +99,11 @@ class Instance:
         self._counter_fds: dict[str, int] = {}
         self._oom_baseline = 0
         self.last_used = time.monotonic()
-        # Requests running on the instance now; output from its pipes goes to the one
-        # running (to none when several run: their prints come tagged as Log frames).
-        self.active: list[str] = []
+        # Which request each frame from the instance's socket belongs to (sans-IO).
+        self._demux = Demultiplexer(protocol.MAX_UP_FRAME)
         self._transcripts: dict[str, Transcript] = {}
         # Transcript.cost of every transcript held now, against INSTANCE_LOG_BYTES.
         self._held = 0
-        # Requests finished lately, oldest first (a dict as an ordered set).
-        self._finished: dict[str, None] = {}
         # The request that ended last with no other running: output while none runs is its.
         self._ended_alone = ""
         # Output that belongs to no running request (printed after its request ended, or by
@@ -128,15 +121,12 @@ class Instance:
         self.credentials_token: tuple[str, int] = ("", 0)
         # Kept started and warm for the function (reserved instances), never reaped.
         self.reserved = False
-        self._results: dict[str, protocol.Frame] = {}
-        self._waiting: dict[str, trio.Event] = {}
-        self._reading = False
+        # Tasks waiting for their answer while another reads the socket, by request id.
+        self._wakers: dict[str, trio.Event] = {}
         self._gone: str | None = None
         self._send_lock = trio.Lock()
         self._log_limits = log_limits
         self._socket: trio.socket.SocketType | None = None
-        self._buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME, from_instance=True)
-        self._frames: collections.deque[protocol.Frame] = collections.deque()
         self._pipes: list[OutputPipe] = []
 
     # Life cycle ------------------------------------------------------------
@@ -288,6 +278,12 @@ class Instance:
             self.add_line(stream, text)
 
     @property
+    def active(self) -> list[str]:
+        """Requests running on the instance now; output from its pipes goes to the one
+        running (to none when several run: their prints come tagged as Log frames)."""
+        return self._demux.running
+
+    @property
     def request_id(self) -> str:
         """The request untagged output belongs to: the only one running; with none running, the
         last one to end if it was running alone then (a background thread it left); else none."""
@@ -300,8 +296,7 @@ class Instance:
         if not self.active:
             # A child killed for memory in an earlier request must not make a later crash an OOM.
             self._oom_baseline = self.oom_kills()
-        if request_id not in self.active:
-            self.active.append(request_id)
+        self._demux.begin(request_id)
         self._late_budget = self._log_limits.max_lines
         self._output_wanted.set()
         self._output_wanted = trio.Event()
@@ -312,12 +307,8 @@ class Instance:
 
     def end(self, request_id: str) -> list[LogLine]:
         """`request_id` finished: its transcript; later output for it counts as late."""
-        if request_id in self.active:
-            self.active.remove(request_id)
+        self._demux.end(request_id)
         self._ended_alone = "" if self.active else request_id
-        self._finished[request_id] = None
-        if len(self._finished) > RECENT_REQUESTS:
-            del self._finished[next(iter(self._finished))]
         return self.take_lines(request_id)
 
     def add_line(self, stream: str, text: str, request_id: str | None = None) -> None:
@@ -412,63 +403,73 @@ class Instance:
 
     async def result(self, request_id: str) -> protocol.Frame:
         """The answer to `request_id`. Whoever waits and finds no one reading reads for everyone."""
+        demux = self._demux
         while True:
-            if request_id in self._results:
-                return self._results.pop(request_id)
+            held = demux.take(request_id)
+            if held is not None:
+                return held
             if self._gone is not None:
                 raise InstanceGone(self._gone)
-            if self._reading:
-                event = self._waiting[request_id] = trio.Event()
+            if demux.reading:
+                event = self._wakers[request_id] = trio.Event()
+                demux.wait(request_id)
                 try:
                     await event.wait()
                 except BaseException:
-                    if self._waiting.get(request_id) is event:
-                        del self._waiting[request_id]
-                    elif not self._reading:
+                    if demux.stop_waiting(request_id):
+                        self._wakers.pop(request_id, None)
+                    elif not demux.reading:
                         self._hand_over()  # we were handed the reading and are leaving: pass it on
                     raise
                 continue
-            self._reading = True
+            demux.reading = True
             try:
                 frame = await self.receive()
                 if not isinstance(frame, protocol.Result):
                     raise InstanceGone(f"the instance answered with an unexpected {type(frame).__name__} frame")
-                if frame.request_id not in self.active or frame.request_id in self._results:
-                    raise InstanceGone(
-                        f"the instance broke the protocol: it answered request {frame.request_id[:64]!r}, "
-                        "which it was not given (or answered it twice)"
-                    )
+                try:
+                    demux.check_answer(frame)
+                except protocol.ProtocolError as exc:
+                    raise InstanceGone(f"the instance broke the protocol: {exc}") from None
                 if frame.request_id == request_id:
                     return frame
-                self._results[frame.request_id] = frame
-                waiter = self._waiting.pop(frame.request_id, None)
-                if waiter is not None:
-                    waiter.set()
+                demux.hold(frame)
+                if demux.answered(frame.request_id):
+                    self._wake(frame.request_id)
             except InstanceGone as gone:
                 self._gone = self.kill_reason or gone.message
                 raise InstanceGone(self._gone) from None
             finally:
-                self._reading = False
+                demux.reading = False
                 self._hand_over()
+
+    def _wake(self, request_id: str) -> None:
+        event = self._wakers.pop(request_id, None)
+        if event is not None:
+            event.set()
 
     def _hand_over(self) -> None:
         """Wake one waiter to read next (or all of them, if the instance is gone)."""
         if self._gone is not None:
-            for waiter in self._waiting.values():
-                waiter.set()
-            self._waiting.clear()
-        elif self._waiting:
-            self._waiting.pop(next(iter(self._waiting))).set()
+            for request_id in self._demux.wake_all():
+                self._wake(request_id)
+        else:
+            request_id = self._demux.next_reader()
+            if request_id is not None:
+                self._wake(request_id)
 
     async def receive(self) -> protocol.Frame:
         """Next frame that is not a Log; Log frames are collected as log lines."""
         assert self._socket is not None
         while True:
-            while self._frames:
-                frame = self._frames.popleft()
-                if isinstance(frame, protocol.Log):
-                    self._log_frame(frame)
-                    continue
+            try:
+                frame = self._demux.next_frame()
+            except protocol.ProtocolError as exc:
+                raise InstanceGone(f"the instance broke the protocol: {exc}") from None
+            if isinstance(frame, protocol.Log):
+                self._log_frame(frame)
+                continue
+            if frame is not None:
                 return frame
             try:
                 data = await self._socket.recv(READ_CHUNK)
@@ -479,18 +480,12 @@ class Instance:
             if not data:
                 raise InstanceGone(self.kill_reason or await self.exit_reason())
             try:
-                self._frames.extend(self._buffer.feed(data))
+                self._demux.feed(data)
             except protocol.ProtocolError as exc:
                 raise InstanceGone(f"the instance broke the protocol: {exc}") from None
 
     def _log_frame(self, frame: protocol.Log) -> None:
-        owner = frame.request_id
-        if owner and owner != INITIALIZER and owner not in self.active and owner not in self._finished:
-            raise InstanceGone(
-                f"the instance broke the protocol: it sent a log line for request {owner[:64]!r}, "
-                "which it was not given"
-            )
         if frame.level in ("stdout", "stderr"):
-            self.add_line(frame.level, frame.message, owner)
+            self.add_line(frame.level, frame.message, frame.request_id)
         else:
-            self.add_line("logger", f"[{frame.level[:16]}] {frame.message}", owner)
+            self.add_line("logger", f"[{frame.level[:16]}] {frame.message}", frame.request_id)
