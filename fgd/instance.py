@@ -340,6 +340,15 @@ class Instance:
     def take_all_lines(self) -> list[LogLine]:
         return [line for owner in list(self._transcripts) for line in self.take_lines(owner)]
 
+    def exited(self) -> bool:
+        """The zygote reported its exit, or the zygote itself died (and took it along)."""
+        zygote = self.zygote
+        return self.zygote_generation != zygote.generation or self.pid in zygote.exit_codes
+
+    def unusable(self) -> bool:
+        """Known to be unusable: killed, exited, or of a zygote that died (restarting or replaced)."""
+        return self.state is State.DEAD or not self.zygote.ready.is_set() or self.exited()
+
     def kill(self) -> None:
         """Kill every process of the instance (its whole cgroup); idempotent."""
         if self.state is State.DEAD:
