@@ -16,11 +16,11 @@ import time
 import uuid
 from collections.abc import Callable
 
-import msgspec
 import trio
 
-from fgd.demux import INITIALIZER, Demultiplexer
-from fgd.output import LINE_COST, LINES_PER_DRAIN, OutputPipe, Transcript, cut_line
+from fgd.demux import Demultiplexer
+from fgd.instance_output import InstanceOutput, LogLimits
+from fgd.output import OutputPipe
 from fgd.sandboxing import Sandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
@@ -30,11 +30,6 @@ from sandbox.cgroups import CgroupError, Limits, parse_key_value
 READ_CHUNK = 1 << 16
 # How long to wait for the zygote's exit report after the socket closed.
 EXIT_REPORT_WAIT = 0.5
-# What the transcripts of all requests running on one instance hold together (Transcript.cost):
-# up to 1,000 requests share an instance, and each must not bring its own per-invocation limit.
-INSTANCE_LOG_BYTES = 16 * 1024 * 1024
-# Drains of each pipe when a request ends: up to 10,240 lines, the default transcript's 10,000.
-DRAINS_AT_END = 10
 
 
 class State(enum.Enum):
@@ -50,13 +45,6 @@ class InstanceGone(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-class LogLimits(msgspec.Struct, frozen=True):
-    """What one invocation's transcript may hold, and what a function may print between requests."""
-
-    max_lines: int
-    max_bytes: int
 
 
 def signal_name(number: int) -> str:
@@ -101,21 +89,8 @@ class Instance:
         self.last_used = time.monotonic()
         # Which request each frame from the instance's socket belongs to (sans-IO).
         self._demux = Demultiplexer(protocol.MAX_UP_FRAME)
-        self._transcripts: dict[str, Transcript] = {}
-        # Transcript.cost of every transcript held now, against INSTANCE_LOG_BYTES.
-        self._held = 0
-        # The request that ended last with no other running: output while none runs is its.
-        self._ended_alone = ""
-        # Output that belongs to no running request (printed after its request ended, or by
-        # concurrent requests without a tag) goes straight to the function's log through
-        # `on_late`, at most `log_limits.max_lines` lines between two requests; the rest is counted.
-        self.on_late: Callable[[list[LogLine]], None] | None = None
-        self._late_budget = log_limits.max_lines
-        # Set by begin() and close(): the pipes are read again after a pause. With no request
-        # running and the late allowance used up, output would only be counted: the pipes are left
-        # unread instead, so the instance's writers block and cost the daemon nothing.
-        self._output_wanted = trio.Event()
-        self._late_dropped = 0
+        # Its stdout and stderr, and the transcripts of its requests.
+        self.output = InstanceOutput(self.id, self._demux.running, log_limits)
         self.kill_reason = ""
         # Issue 12: which agency credentials (name, generation) the instance holds (fgd.agencies).
         self.credentials_token: tuple[str, int] = ("", 0)
@@ -125,9 +100,7 @@ class Instance:
         self._wakers: dict[str, trio.Event] = {}
         self._gone: str | None = None
         self._send_lock = trio.Lock()
-        self._log_limits = log_limits
         self._socket: trio.socket.SocketType | None = None
-        self._pipes: list[OutputPipe] = []
 
     # Life cycle ------------------------------------------------------------
 
@@ -138,7 +111,7 @@ class Instance:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
-        self._pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
+        self.output.pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
         self._socket = trio.socket.from_stdlib_socket(ours)
         self.zygote_generation = self.zygote.generation
         try:
@@ -236,60 +209,11 @@ class Instance:
             self.sandbox.release_uid(self.id)
         return gone
 
-    async def pump_output(self) -> None:
-        """Read the output pipes until both are closed (run in the pool's nursery)."""
-        async with trio.open_nursery() as nursery:
-            for pipe in self._pipes:
-                nursery.start_soon(self._pump, pipe)
-
-    async def _pump(self, pipe: OutputPipe) -> None:
-        while not pipe.closed or pipe.pending:
-            if not pipe.closed and not self.active and self._late_budget <= 0:
-                await self._output_wanted.wait()
-                continue
-            if pipe.pending:
-                # Lines already read wait for their turn: let the rest of the daemon run first.
-                await trio.lowlevel.checkpoint()
-            else:
-                try:
-                    await trio.lowlevel.wait_readable(pipe.fd)
-                except (trio.ClosedResourceError, OSError):
-                    return
-            self._collect(pipe.stream, pipe.drain())
-
-    def collect_output(self) -> None:
-        """Take in what the pipes hold right now (called when a request ends)."""
-        for pipe in self._pipes:
-            # What the request printed last is still its own: take up to about one transcript's
-            # worth of lines now (a few ms at worst), not just one turn's.
-            for _ in range(DRAINS_AT_END):
-                if pipe.closed and not pipe.pending:
-                    break
-                lines = pipe.drain()
-                self._collect(pipe.stream, lines)
-                if len(lines) < LINES_PER_DRAIN:
-                    break  # the pipe is empty (or held only long lines, bounded by the reads of one drain)
-            if not pipe.pending:
-                # (With lines still pending, the partial line is not the last one: it waits for them.)
-                self._collect(pipe.stream, pipe.flush_partial())
-
-    def _collect(self, stream: str, lines: list[str]) -> None:
-        for text in lines:
-            self.add_line(stream, text)
-
     @property
     def active(self) -> list[str]:
         """Requests running on the instance now; output from its pipes goes to the one
         running (to none when several run: their prints come tagged as Log frames)."""
         return self._demux.running
-
-    @property
-    def request_id(self) -> str:
-        """The request untagged output belongs to: the only one running; with none running, the
-        last one to end if it was running alone then (a background thread it left); else none."""
-        if not self.active:
-            return self._ended_alone
-        return self.active[0] if len(self.active) == 1 else ""
 
     def begin(self, request_id: str) -> None:
         """`request_id` starts running here: its output is kept from now on."""
@@ -297,48 +221,37 @@ class Instance:
             # A child killed for memory in an earlier request must not make a later crash an OOM.
             self._oom_baseline = self.oom_kills()
         self._demux.begin(request_id)
-        self._late_budget = self._log_limits.max_lines
-        self._output_wanted.set()
-        self._output_wanted = trio.Event()
-        if self._late_dropped and self.on_late is not None:
-            note = f"{self._late_dropped:,} log lines printed outside any request were dropped"
-            self.on_late([LogLine(time.time(), "", self.id, "platform", note)])
-            self._late_dropped = 0
+        self.output.begin()
 
     def end(self, request_id: str) -> list[LogLine]:
         """`request_id` finished: its transcript; later output for it counts as late."""
         self._demux.end(request_id)
-        self._ended_alone = "" if self.active else request_id
-        return self.take_lines(request_id)
+        return self.output.end(request_id)
+
+    # What it prints (fgd.instance_output) ----------------------------------------------
+
+    @property
+    def on_late(self) -> Callable[[list[LogLine]], None] | None:
+        return self.output.on_late
+
+    @on_late.setter
+    def on_late(self, on_late: Callable[[list[LogLine]], None] | None) -> None:
+        self.output.on_late = on_late
+
+    async def pump_output(self) -> None:
+        await self.output.pump()
+
+    def collect_output(self) -> None:
+        self.output.collect()
 
     def add_line(self, stream: str, text: str, request_id: str | None = None) -> None:
-        # The initializer runs for the request that caused the cold start: its lines are that request's.
-        owner = self.request_id if request_id is None or request_id == INITIALIZER else request_id
-        line = LogLine(time.time(), owner, self.id, stream, cut_line(text))
-        if owner in self.active:
-            transcript = self._transcripts.get(owner)
-            if transcript is None:
-                transcript = self._transcripts[owner] = Transcript()
-            # (The platform's one summary line per request is never crowded out by the others' output.)
-            if stream != "platform" and self._held + len(line.message) + LINE_COST > INSTANCE_LOG_BYTES:
-                transcript.drop(line)
-            elif transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes):
-                self._held += len(line.message) + LINE_COST
-        elif self.on_late is not None and self._late_budget > 0:
-            self._late_budget -= 1
-            self.on_late([line])
-        else:
-            self._late_dropped += 1
+        self.output.add_line(stream, text, request_id)
 
     def take_lines(self, request_id: str = "") -> list[LogLine]:
-        transcript = self._transcripts.pop(request_id, None)
-        if transcript is None:
-            return []
-        self._held -= transcript.cost()
-        return transcript.finish(request_id, self.id)
+        return self.output.take_lines(request_id)
 
     def take_all_lines(self) -> list[LogLine]:
-        return [line for owner in list(self._transcripts) for line in self.take_lines(owner)]
+        return self.output.take_all_lines()
 
     def exited(self) -> bool:
         """The zygote reported its exit, or the zygote itself died (and took it along)."""
@@ -370,19 +283,12 @@ class Instance:
 
     def close(self) -> None:
         self.kill()
-        self._output_wanted.set()
         for fd in self._counter_fds.values():
             os.close(fd)
         self._counter_fds.clear()
         if self._socket is not None:
             self._socket.close()
-        for pipe in self._pipes:
-            if pipe.fd >= 0:
-                # Wake a pump blocked on this fd before closing it.
-                trio.lowlevel.notify_closing(pipe.fd)
-                os.close(pipe.fd)
-                pipe.fd = -1
-                pipe.closed = True
+        self.output.close()
 
     async def exit_reason(self) -> str:
         """A sentence saying how the process ended, from the zygote's report."""

@@ -3,15 +3,13 @@ specialises an instance for a function, what comes back (Outcome) and how errors
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import msgspec
 
 from fgd.errors import InvalidParameter
 from fgd.instance import Instance, InstanceGone
-from fgd.model import MAX_RESPONSE_BYTES, FunctionRecord, cpu_millicores
-from fgd.sandboxing import CODE_DIR, WORKDIR
+from fgd.model import MAX_RESPONSE_BYTES, FunctionRecord
 from fgd.store import LogLine
 from fgd.versions import qualifier_key
 from runtimes import protocol
@@ -69,59 +67,6 @@ def pool_key(record: FunctionRecord) -> tuple:
 
 def new_request_id() -> str:
     return str(uuid.uuid4())
-
-
-def function_environment(record: FunctionRecord, code_dir: str) -> dict[str, str]:
-    settings = record.settings
-    user_data = dict(settings.user_data)
-    return {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/tmp",
-        "LANG": "C.UTF-8",
-        **user_data,
-        **settings.encrypted_user_data,
-        "RUNTIME_PROJECT_ID": record.project_id,
-        "RUNTIME_FUNC_NAME": record.func_name,
-        "RUNTIME_FUNC_VERSION": record.version,
-        "RUNTIME_ALIAS": record.alias,
-        "RUNTIME_PACKAGE": record.package,
-        "RUNTIME_HANDLER": settings.handler,
-        "RUNTIME_TIMEOUT": str(settings.timeout),
-        "RUNTIME_USERDATA": json.dumps(user_data),
-        "RUNTIME_CPU": str(cpu_millicores(settings.memory_size)),
-        "RUNTIME_MEMORY": str(settings.memory_size),
-        "RUNTIME_MAX_RESP_BODY_SIZE": str(MAX_RESPONSE_BYTES),
-        "RUNTIME_INITIALIZER_HANDLER": settings.initializer_handler,
-        "RUNTIME_INITIALIZER_TIMEOUT": str(settings.initializer_timeout),
-        "RUNTIME_ROOT": WORKDIR if code_dir == CODE_DIR else code_dir.rsplit("/", 1)[0],
-        "RUNTIME_CODE_ROOT": code_dir,
-        "RUNTIME_LOG_DIR": "/tmp",
-        "TMPDIR": "/tmp",
-    }
-
-
-def specialize_frame(record: FunctionRecord, code_dir: str) -> protocol.Specialize:
-    settings = record.settings
-    identity = protocol.FunctionIdentity(
-        project_id=record.project_id,
-        package=record.package,
-        func_name=record.func_name,
-        version=record.version,
-        alias=record.alias,
-        memory_size=settings.memory_size,
-        cpu=cpu_millicores(settings.memory_size),
-        timeout=settings.timeout,
-        user_data={**settings.user_data, **settings.encrypted_user_data},
-    )
-    return protocol.Specialize(
-        code_dir=code_dir,
-        handler=settings.handler,
-        initializer=settings.initializer_handler,
-        initializer_timeout=settings.initializer_timeout,
-        environ=function_environment(record, code_dir),
-        identity=identity,
-        concurrency=settings.strategy_config.concurrent_num,
-    )
 
 
 def checked_answer(result: protocol.Result) -> tuple[bytes | None, FunctionError | None]:

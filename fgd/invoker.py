@@ -18,7 +18,6 @@ import trio
 
 from fgd import custom
 from fgd.agencies import Agencies
-from fgd.bundled import SANDBOX_ROOT as BUNDLED_SANDBOX_ROOT
 from fgd.codestore import CodeStore
 from fgd.config import Config
 from fgd.dependencies import Dependencies
@@ -33,15 +32,15 @@ from fgd.invocation import (
     gone_error,
     new_request_id,
     pool_key,
-    specialize_frame,
 )
 from fgd.logs import LogSink, summary_line
-from fgd.model import DependencyVersion, FunctionRecord
+from fgd.model import FunctionRecord
 from fgd.network import Network
 from fgd.pool import Pool
 from fgd.reserved import Reserved
-from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, Sandbox
+from fgd.sandboxing import Sandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
+from fgd.specialize import Specializer
 from fgd.store import LogLine, Store
 from fgd.versions import exact, qualifier_key
 from fgd.zygote import Zygotes
@@ -70,10 +69,7 @@ class Invoker:
         agencies: Agencies | None = None,
     ) -> None:
         self._dependencies = dependencies
-        # Issue 12: credential sets of the functions' agencies, and the bundled libraries'
-        # root (host path; None when switched off or not built), set by the daemon.
-        self.agencies = agencies or Agencies({})
-        self.bundled_root: str | None = None
+        self.specializer = Specializer(config, code, sandbox, agencies or Agencies({}))
         self._config = config
         self.zygotes = zygotes
         self._logs = logs
@@ -101,6 +97,24 @@ class Invoker:
     @network.setter
     def network(self, network: Network | None) -> None:
         self.pool.network = network
+
+    @property
+    def agencies(self) -> Agencies:
+        """Issue 12: credential sets of the functions' agencies."""
+        return self.specializer.agencies
+
+    @agencies.setter
+    def agencies(self, agencies: Agencies) -> None:
+        self.specializer.agencies = agencies
+
+    @property
+    def bundled_root(self) -> str | None:
+        """The bundled libraries' root (host path; None when switched off or not built), set by the daemon."""
+        return self.specializer.bundled_root
+
+    @bundled_root.setter
+    def bundled_root(self, root: str | None) -> None:
+        self.specializer.bundled_root = root
 
     @property
     def pools(self) -> dict[str, list[Instance]]:
@@ -343,7 +357,7 @@ class Invoker:
         healthy = True
         with trio.move_on_at(started + settings.timeout) as scope:
             try:
-                credentials = self._renewed_credentials(record, instance)
+                credentials = self.specializer.renewed_credentials(record, instance)
                 await instance.send(
                     protocol.Invoke(request_id, event, time.time() + settings.timeout, credentials=credentials)
                 )
@@ -414,8 +428,8 @@ class Invoker:
                 try:
                     if self.sandbox is not None:
                         instance.set_limits(self.sandbox.limits(record))
-                    instance.credentials_token = self._credentials_token(record)
-                    specialize = self._specialize_frame(record, deps, instance.id)
+                    instance.credentials_token = self.specializer.credentials_token(record)
+                    specialize = self.specializer.frame(record, deps, instance.id)
                     if specialize.sandbox is not None:
                         policy = await self.pool.network_policy(record, instance, specialize.sandbox)
                         specialize = msgspec.structs.replace(specialize, sandbox=policy)
@@ -443,54 +457,6 @@ class Invoker:
         if failure is not None:
             return instance, ColdStartFailure(failure, init_ms)
         return instance, None
-
-    def _specialize_frame(
-        self, record: FunctionRecord, deps: list[DependencyVersion], owner: str = ""
-    ) -> protocol.Specialize:
-        tree = self._code.tree_path(record.code.sha256)
-        trees = [(f"{DEPENDENCY_DIR}/{d.name}/{d.version}", self._code.tree_path(d.code.sha256)) for d in deps]
-        # Every other protection holds without mounts: the policy always goes (uid, seccomp...).
-        # Issue 13: an http function's server listens (seccomp profile "http"); fgd.custom.
-        profile = custom.seccomp_profile(record.runtime)
-        policy = None if self.sandbox is None else self.sandbox.enter_policy(record, tree, trees, owner, profile)
-        if self.sandbox is None or not (self.sandbox.protections.mounts and self.sandbox.protections.namespaces):
-            frame = specialize_frame(record, str(tree))
-            frame = msgspec.structs.replace(
-                frame, dependency_dirs=[str(t) for _, t in trees], sandbox=policy, bundled_dir=self.bundled_root or ""
-            )
-        else:
-            frame = specialize_frame(record, CODE_DIR)
-            # The sandbox binds the bundled root at the same place for every instance (fgd.sandboxing).
-            bundled = BUNDLED_SANDBOX_ROOT if self.bundled_root else ""
-            frame = msgspec.structs.replace(
-                frame, dependency_dirs=[inside for inside, _ in trees], sandbox=policy, bundled_dir=bundled
-            )
-        # Issue 13: what the instance becomes ("python", or the agent of a Custom/http function).
-        frame = msgspec.structs.replace(frame, mode=custom.mode_of(record.runtime), region=self._config.server.region)
-        return self._with_credentials(record, frame)
-
-    # Agencies (issue 12) --------------------------------------------------------
-
-    def _credentials_token(self, record: FunctionRecord) -> tuple[str, int]:
-        return self.agencies.credentials(record.settings.xrole, record.settings.app_xrole, record.project_id)[1]
-
-    def _with_credentials(self, record: FunctionRecord, frame: protocol.Specialize) -> protocol.Specialize:
-        """The function's agency credentials go in the frame, only to its own instances."""
-        settings = record.settings
-        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole, record.project_id)
-        if not token[0]:
-            return frame
-        identity = msgspec.structs.replace(frame.identity, credentials=credentials.as_frame())
-        return msgspec.structs.replace(frame, identity=identity)
-
-    def _renewed_credentials(self, record: FunctionRecord, instance: Instance) -> dict[str, str] | None:
-        """New values of the agency's credentials (its file changed) for a warm instance, else None."""
-        settings = record.settings
-        credentials, token = self.agencies.credentials(settings.xrole, settings.app_xrole, record.project_id)
-        if token == instance.credentials_token:
-            return None
-        instance.credentials_token = token
-        return credentials.as_frame()
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
         # Issue 13 (nodejs): a Node instance was run by its zygote's node.
