@@ -23,8 +23,10 @@ HEADER = struct.Struct(">I")
 # Frames down (events, policies) may be large; frames up come from user code and are held to
 # what a legitimate answer needs: the response limit plus room for an error report.
 MAX_FRAME = 64 * 1024 * 1024
-# FunctionGraph's limit on a synchronous response body (RUNTIME_MAX_RESP_BODY_SIZE).
-MAX_RESPONSE = 6 * 1024 * 1024
+# FunctionGraph's 6 MB limit on a synchronous invocation's payload, both ways: the event the daemon
+# accepts (fgd.web.front) and the response body (RUNTIME_MAX_RESP_BODY_SIZE). Defined here only.
+MAX_PAYLOAD = 6 * 1024 * 1024
+MAX_RESPONSE = MAX_PAYLOAD
 MAX_UP_FRAME = MAX_RESPONSE + 1024 * 1024
 # One log line (bytes of UTF-8); longer lines are cut with a marker, on both sides.
 MAX_LOG_LINE = 64 * 1024
