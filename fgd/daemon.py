@@ -228,6 +228,8 @@ async def serve(config: Config) -> None:
             "functions": len(store.functions),
             # Issue 14: whether functions can have `outbound`, and why not.
             "network": network.health(),
+            # Issue 15: each step of the last cold start in ms, daemon's and instance's view (bench/cold_start.py).
+            "last_cold_start": invoker.last_cold_start,
         }
 
     def gauges() -> dict[str, dict[str, float]]:

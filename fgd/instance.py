@@ -85,6 +85,8 @@ class Instance:
         self.packages: set[str] = set()
         # Kept-open descriptors of cgroup files read per invocation (memory peak, OOM kills).
         self._counter_fds: dict[str, int] = {}
+        # The limits written on its cgroup (None: none yet).
+        self.limits: Limits | None = None
         self._oom_baseline = 0
         self.last_used = time.monotonic()
         # Which request each frame from the instance's socket belongs to (sans-IO).
@@ -124,16 +126,21 @@ class Instance:
             os.close(out_w)
             os.close(err_w)
 
-    async def contain(self) -> None:
-        """Step 1 (cgroup placement) here, then the generic sandbox steps in the instance."""
+    async def contain(self, memory_size: int | None = None) -> None:
+        """Step 1 (cgroup placement) here, then the generic sandbox steps in the instance.
+
+        With `memory_size`, the cgroup gets that size's limits now, off the request path: a
+        function of that size is specialised without writing any (issue 15)."""
         sandbox = self.sandbox
         if sandbox is None:
             return
         try:
             if self.cgroup is not None and sandbox.cgroups is not None:
                 cgroups, name, pid = sandbox.cgroups, self.cgroup, self.pid
+                limits = sandbox.limits_for(memory_size)
                 # A v1 cgroup move can stall for milliseconds: keep it off the event loop.
-                await trio.to_thread.run_sync(_create_and_place, cgroups, name, pid, sandbox.limits(None))
+                await trio.to_thread.run_sync(_create_and_place, cgroups, name, pid, limits)
+                self.limits = limits
         except CgroupError as exc:
             raise InstanceGone(f"cannot put the instance into its cgroup: {exc}") from None
         if not sandbox.protections.namespaces:
@@ -157,11 +164,15 @@ class Instance:
             raise InstanceGone(f"unexpected {type(reply).__name__} while starting the runtime")
 
     def set_limits(self, limits: Limits) -> None:
+        """The function's limits on the instance's cgroup; nothing is written when they are set already."""
+        if limits == self.limits:
+            return
         if self.cgroup is not None and self.sandbox is not None and self.sandbox.cgroups is not None:
             try:
                 self.sandbox.cgroups.set_limits(self.cgroup, limits)
             except CgroupError as exc:
                 raise InstanceGone(f"cannot set the instance's limits: {exc}") from None
+            self.limits = limits
 
     def oom_kills(self) -> int:
         """The kernel's count of OOM kills in this instance's cgroup (0 without one)."""

@@ -88,6 +88,9 @@ class Invoker:
         self.scheduler = Scheduler(time.monotonic, budget, scheduling.function_memory_share)
         self._by_id: dict[str, Instance] = {}
         self._waiters: dict[str, _Waiter] = {}
+        # Issue 15: the steps of the last successful cold start, in ms, as the daemon and the
+        # instance saw them (served on /healthz for bench/cold_start.py).
+        self.last_cold_start: dict[str, dict[str, float]] = {}
 
     @property
     def network(self) -> Network | None:
@@ -398,15 +401,21 @@ class Invoker:
         # Resolved before an instance is taken, so a dependency that went away leaks nothing.
         deps = self._dependencies.resolve(record.project_id, record.runtime, record.settings.depend_version_list)
         started = trio.current_time()
+        laps = Laps(started)
         # The interpreter's zygote, started now if this is its first cold start.
         # (Issue 13: a Node.js function's pool is that of its memory size, which sizes V8's heap.)
         zygote = await self.zygotes.get(record.runtime, memory_size=record.settings.memory_size)
+        laps.lap("zygote")
+        # Pool members made from now on get this size's cgroup limits already (fgd.pool).
+        self.pool.usual_memory[zygote.runtime] = record.settings.memory_size
         instance = self.pool.take(zygote.runtime)
+        laps.lap("take_pooled")
         if instance is None:
             try:
                 instance = await self.pool.new_instance(zygote)
             except InstanceGone as gone:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
+            laps.lap("fork_and_contain")
         instance.revision = record.revision
         instance.key = record.key
         instance.qualifier = qualifier_key(record)
@@ -427,15 +436,22 @@ class Invoker:
             with trio.move_on_at(started + limit) as scope:
                 try:
                     if self.sandbox is not None:
+                        # (No write at all when the pool member was made with this size's limits.)
                         instance.set_limits(self.sandbox.limits(record))
+                        laps.lap("cgroup_limits")
                     instance.credentials_token = self.specializer.credentials_token(record)
                     specialize = self.specializer.frame(record, deps, instance.id)
+                    laps.lap("specialize_frame")
                     if specialize.sandbox is not None:
                         policy = await self.pool.network_policy(record, instance, specialize.sandbox)
                         specialize = msgspec.structs.replace(specialize, sandbox=policy)
+                        laps.lap("network")
                     # The initializer runs under the id of the start it belongs to (issue 12).
                     await instance.send(msgspec.structs.replace(specialize, initializer_request_id=request_id))
                     frame = await instance.receive()
+                    laps.lap("specialize_in_instance")
+                    if isinstance(frame, protocol.Ready):
+                        self.last_cold_start = {"daemon": laps.steps, "instance": dict(frame.timings)}
                     if isinstance(frame, protocol.InitError):
                         failure = clean_error(frame.error)
                     elif not isinstance(frame, protocol.Ready):
@@ -489,6 +505,19 @@ class Invoker:
             self._release(instance)
         else:
             self._discard(record.key, instance)
+
+
+class Laps:
+    """Milliseconds of each step of a cold start, from the daemon's side."""
+
+    def __init__(self, started: float) -> None:
+        self._last = started
+        self.steps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = trio.current_time()
+        self.steps[name] = round((now - self._last) * 1000, 3)
+        self._last = now
 
 
 class _Waiter:

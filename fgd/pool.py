@@ -39,6 +39,9 @@ class Pool:
         # Per zygote runtime: generic instances already forked and contained, waiting for a function.
         self.pools: dict[str, list[Instance]] = {}
         self._wanted: dict[str, trio.Event] = {}
+        # Per zygote runtime: the memory size of the function specialised last, whose cgroup limits
+        # new pool members get when they are made, so its next cold start writes none (issue 15).
+        self.usual_memory: dict[str, int] = {}
         # Instances killed whose cgroup is not removed yet.
         self._releasing: list[Instance] = []
         # Issue 14: the instances' network (fgd.network), set by the daemon; None: loopback only.
@@ -134,7 +137,7 @@ class Pool:
                 await instance.start()
                 assert self._nursery is not None
                 self._nursery.start_soon(instance.pump_output)
-                await instance.contain()
+                await instance.contain(self.usual_memory.get(zygote.runtime))
                 await self._attach_network(instance)
                 if isinstance(zygote, NodeZygote):
                     # Issue 13 (nodejs): a Node pool member runs its node from the start, as its own uid.

@@ -120,6 +120,9 @@ class Shutdown(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True
 
 class Ready(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     init_ms: float
+    # Issue 15: milliseconds of each step of specialisation as the instance saw them (sandbox
+    # entry, environment, loading the handler, the initializer), for bench/cold_start.py.
+    timings: dict[str, float] = {}
 
 
 class InitError(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):

@@ -276,6 +276,13 @@ def _max_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    """Record the ms since `since` as step `name`; the time now, for the next step."""
+    now = time.monotonic()
+    timings[name] = round((now - since) * 1000, 3)
+    return now
+
+
 def run_initializer(spec: Specialize, instance: Instance) -> None:
     init = resolve(spec.code_dir, spec.initializer, "initializer")
     deadline = time.time() + spec.initializer_timeout
@@ -319,6 +326,9 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
 
         agent.serve(conn, sock, spec, seccomp_programs)
     started = time.monotonic()
+    # Each step of specialisation, in ms (issue 15: bench/cold_start.py prints them).
+    timings: dict[str, float] = {}
+    step = started
     trees: list[int] = []
     if spec.sandbox is not None:
         try:
@@ -328,16 +338,20 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         except (ContainmentFailed, OSError) as exc:
             conn.send(protocol.InitError(FunctionError("Runtime.InitError", f"sandbox: {exc}")))
             os._exit(71)
+        step = _lap(timings, "enter_sandbox", step)
     apply_environment(spec, trees)
+    step = _lap(timings, "environment", step)
     try:
         handler = resolve(spec.code_dir, spec.handler, "handler")
         instance = Instance(conn, spec, handler)
+        step = _lap(timings, "load_handler", step)
         if spec.initializer:
             run_initializer(spec, instance)
+            _lap(timings, "initializer", step)
     except LoadError as exc:
         conn.send(protocol.InitError(exc.error))
         os._exit(0)
-    conn.send(protocol.Ready((time.monotonic() - started) * 1000))
+    conn.send(protocol.Ready((time.monotonic() - started) * 1000, timings))
     if spec.concurrency > 1 or inspect.iscoroutinefunction(handler):
         serve_concurrently(conn, instance, spec.concurrency, inspect.iscoroutinefunction(handler))
     while True:
