@@ -23,7 +23,7 @@ from runtimes import protocol
 from runtimes.protocol import Invoke, Shutdown
 
 if TYPE_CHECKING:
-    from runtimes.python.instance import Connection, Instance
+    from runtimes.python.instance import Connection, LoadedFunction
 
 current_request: contextvars.ContextVar[str] = contextvars.ContextVar("current_request", default="")
 
@@ -69,7 +69,7 @@ class RequestStream(io.TextIOBase):
         return self._fallback.fileno()
 
 
-def serve_concurrently(conn: Connection, instance: Instance, slots: int, is_async: bool) -> NoReturn:
+def serve_concurrently(conn: Connection, instance: LoadedFunction, slots: int, is_async: bool) -> NoReturn:
     streams = [RequestStream("stdout", sys.stdout, conn), RequestStream("stderr", sys.stderr, conn)]
     sys.stdout, sys.stderr = streams  # type: ignore[assignment]
 

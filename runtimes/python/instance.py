@@ -222,7 +222,10 @@ def encode_result(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-class Instance:
+class LoadedFunction:
+    """The function as this process runs it: its handler, identity and credentials (the daemon's
+    view of the same process is fgd.instance.Instance)."""
+
     def __init__(self, conn: Connection, spec: Specialize, handler: Callable[..., Any]) -> None:
         self._conn = conn
         self._spec = spec
@@ -283,7 +286,7 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
     return now
 
 
-def run_initializer(spec: Specialize, instance: Instance) -> None:
+def run_initializer(spec: Specialize, instance: LoadedFunction) -> None:
     init = resolve(spec.code_dir, spec.initializer, "initializer")
     deadline = time.time() + spec.initializer_timeout
     request_id = spec.initializer_request_id or "initializer"
@@ -343,7 +346,7 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
     step = _lap(timings, "environment", step)
     try:
         handler = resolve(spec.code_dir, spec.handler, "handler")
-        instance = Instance(conn, spec, handler)
+        instance = LoadedFunction(conn, spec, handler)
         step = _lap(timings, "load_handler", step)
         if spec.initializer:
             run_initializer(spec, instance)
