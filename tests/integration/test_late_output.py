@@ -77,3 +77,35 @@ def handler(event, context):
     assert len(invoke_many(api, name)) == 1
     messages = logged(api, name)
     assert "tick" in messages and "[INFO] tock" in messages
+
+
+def test_a_log_frame_for_a_request_the_instance_was_not_given_drops_only_that_instance(api: Api) -> None:
+    # What the daemon does with the breach the runtimes now avoid: a Log frame (here forged by the
+    # function on its own protocol socket) for an id the instance was never given nor finished
+    # lately. The instance is dropped and the request it served fails saying why; the function's
+    # next request gets a fresh instance, and the forged line is nowhere in the log.
+    source = (
+        INSTANCE_TOKEN
+        + """
+import gc, sys
+
+def handler(event, context):
+    if event.get("forge"):
+        instance = sys.modules["runtimes.python.instance"]
+        protocol = sys.modules["runtimes.protocol"]
+        conn = next(o for o in gc.get_objects() if isinstance(o, instance.Connection))
+        conn.send(protocol.log_line("forged-" + "0" * 30, "stdout", "forged line"))
+        import time; time.sleep(1)
+    return INSTANCE
+"""
+    )
+    name = api.deploy(source, timeout=5)["func_name"]
+    first = api.invoke(name).text
+    forged = api.invoke(name, {"forge": True})
+    assert forged.headers["x-is-func-err"] == "true"
+    error = forged.json()
+    assert error["errorType"] == "Runtime.ExitError"
+    assert "broke the protocol: it sent a log line for request 'forged-" in error["errorMessage"]
+    after = api.invoke(name)
+    assert after.headers["x-is-func-err"] == "false" and after.text != first
+    assert "forged line" not in logged(api, name)
