@@ -1,0 +1,121 @@
+"""An HTTP function's server and its gateway clients as attackers (issue 13, §4).
+
+The server is a raw socket: it writes exactly the bytes each test names, so the
+agent (runtimes/custom/http.py) and the gateway (fgd/web/gateway.py) see what a
+hostile or broken server would send. Each misdeed must fail alone, with an error
+saying what was wrong, and the next request on the same instance must be served.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import Api
+from tests.integration.custom_support import deploy, script
+
+# Answers by the request's path: the answer's raw bytes, chosen by a word in the path; anything
+# else is echoed (the request line as the server got it).
+SERVER = script(
+    r'''
+    import socket, threading
+
+    def answer(path):
+        if b"forge-ids" in path:
+            return (b"HTTP/1.1 200 OK\r\nX-Cff-Request-Id: forged\r\nX-Request-Id: forged\r\n"
+                    b"X-Cff-Invoke-Summary: forged\r\nContent-Length: 2\r\n\r\nok")
+        if b"fat-headers" in path:
+            # 99 headers of 60 kB (each under http.client's line limit) and a 6 MB body.
+            headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 60000) for i in range(99))
+            body = b"b" * (6 * 1024 * 1024)
+            return b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
+
+    def handle(conn):
+        stream = conn.makefile("rb")
+        while True:
+            line = stream.readline()
+            if not line:
+                return
+            path, length = line.split(b" ")[1], 0
+            while True:
+                header = stream.readline()
+                if header.lower().startswith(b"content-length:"):
+                    length = int(header.split(b":")[1])
+                if header in (b"\r\n", b""):
+                    break
+            stream.read(length)
+            conn.sendall(answer(path))
+
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 8000))
+    server.listen(64)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    '''
+)
+BOOTSTRAP = "#!/bin/sh\nexec /opt/function/runtime/python3.9/rtsp/python/bin/python3 -u server.py\n"
+
+
+@pytest.fixture(scope="module")
+def route(api: Api) -> str:
+    name = deploy(api, "http", {"bootstrap": BOOTSTRAP, "server.py": SERVER}, memory_size=512)
+    assert api.route(name, f"/atk-{name}").status_code == 201
+    return f"/atk-{name}"
+
+
+def raw_get(api: Api, target: bytes) -> tuple[int, bytes]:
+    """A GET with `target` sent byte for byte (httpx would normalise it): status and body."""
+    port = int(api.daemon.gateway_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), body
+
+
+def test_the_server_cannot_forge_fgds_own_response_headers(api: Api, route: str) -> None:
+    response = httpx.get(f"{api.daemon.gateway_url}{route}/forge-ids")
+    assert response.status_code == 200 and response.content == b"ok"
+    # One request id, fgd's: a client (or a log) keyed on it is not led to another request.
+    ids = response.headers.get_list("x-cff-request-id")
+    assert len(ids) == 1 and ids[0] != "forged", response.headers.raw
+    assert response.headers.get_list("x-request-id") == ids
+    assert "x-cff-invoke-summary" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("target", "seen"),
+    [
+        (b"/a%20b", b"/a%20b"),  # was refused: the decoded space is no valid HTTP path
+        (b"/a%2Fb/%2e%2e/c", b"/a%2Fb/%2e%2e/c"),  # was forwarded as /a/b/../c
+        (b"/x?q=%0d%0a&r=%20", b"/x?q=%0d%0a&r=%20"),
+        (b"/a%0d%0aSet-Cookie:%20x=1", b"/a%0d%0aSet-Cookie:%20x=1"),  # no header splitting either
+    ],
+)
+def test_a_percent_encoded_path_reaches_the_server_as_it_came(
+    api: Api, route: str, target: bytes, seen: bytes
+) -> None:
+    status, body = raw_get(api, route.encode() + target)
+    assert status == 200, body
+    assert body == route.encode() + seen
+
+
+def test_response_headers_too_large_for_a_frame_are_a_clear_error(api: Api, route: str) -> None:
+    started = time.monotonic()
+    response = httpx.get(f"{api.daemon.gateway_url}{route}/fat-headers", timeout=30)
+    assert response.status_code == 502
+    error = response.json()["error_msg"]
+    assert "Runtime.InvalidResponse" in error and "headers" in error, error
+    assert time.monotonic() - started < 2.5, "answered at once, not at the function's timeout"
+    # Through the API too, and the instance goes on serving.
+    answer = api.invoke(route.removeprefix("/atk-"), {"httpMethod": "GET", "path": "/fat-headers"})
+    assert answer.json()["errorType"] == "Runtime.InvalidResponse", answer.text[:300]
+    assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
