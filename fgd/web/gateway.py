@@ -7,7 +7,8 @@ function's `{statusCode, headers, body, isBase64Encoded}` result becomes the
 HTTP response. A result of another shape, a status outside 200-599, a header
 that is not valid HTTP, or a failed function, is a 502 with a message saying
 what was wrong. Headers about the connection or the framing (Content-Length,
-Transfer-Encoding, Connection, ...) are the server's: the function's are dropped.
+Transfer-Encoding, Connection, ...) are the server's: the function's are dropped, and so
+are its copies of fgd's own (X-Cff-*, X-Request-Id, X-Is-Func-Err).
 The node's admin token, if a caller sends it, is removed from the event.
 """
 
@@ -116,8 +117,20 @@ def as_it_came(scope: dict, token: str) -> dict[str, Any]:
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
 
 
+# fgd's own answer headers (FunctionGraph's X-Cff-*, X-Request-Id): the gateway sets those it
+# sends, and a function's copy would stand beside them (a forged request id, a fake summary).
+OWN_PREFIX = "x-cff-"
+OWN = frozenset({"x-request-id", "x-is-func-err"})
+
+
 def _dropped(name: str, connection_tokens: set[str]) -> bool:
-    return name in HOP_BY_HOP or name.startswith("proxy-") or name in connection_tokens
+    return (
+        name in HOP_BY_HOP
+        or name.startswith("proxy-")
+        or name in connection_tokens
+        or name in OWN
+        or name.startswith(OWN_PREFIX)
+    )
 
 
 def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
