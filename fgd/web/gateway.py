@@ -104,12 +104,18 @@ def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str, toke
 
 def as_it_came(scope: dict, token: str) -> dict[str, Any]:
     """Issue 13: what an HTTP function's request needs beyond the APIG event to reach its server as
-    it came: the query string untouched and every header with all its values (runtimes/custom/http.py)."""
+    it came: the path and query string untouched and every header with all its values (runtimes/custom/http.py)."""
     headers: dict[str, list[str]] = {}
     for name, value in scope["headers"]:
         if not carries_token(name, value, token):
             headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
-    return {"rawQueryString": scope.get("query_string", b"").decode("latin-1"), "multiValueHeaders": headers}
+    return {
+        # The path as sent, percent-encoding kept: the decoded `path` turns %2F into a separator
+        # and %20 into a space no HTTP request line may hold.
+        "rawPath": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+        "rawQueryString": scope.get("query_string", b"").decode("latin-1"),
+        "multiValueHeaders": headers,
+    }
 
 
 # Headers about this hop or the message's framing: fgd's HTTP server sets these itself, and a

@@ -3,7 +3,7 @@
 The server must listen on 127.0.0.1:8000 (FunctionGraph's rule); the instance is
 ready when that port accepts a connection. An invocation's event is an APIG
 event (`httpMethod`, `path`, `headers`, `queryStringParameters`, `body`,
-`isBase64Encoded`; fgd's gateway adds `rawQueryString` and
+`isBase64Encoded`; fgd's gateway adds `rawPath`, `rawQueryString` and
 `multiValueHeaders` so a request is forwarded exactly as it came); an event of
 another shape is POSTed to `/` as JSON. FunctionGraph's `X-CFF-*` headers are
 added (any the caller sent are removed first: they cannot be forged), and the
@@ -173,7 +173,9 @@ class HttpAgent(Agent):
             pairs: list[tuple[str, str]] = [("content-type", "application/json")]
         else:
             method = str(event.get("httpMethod") or "GET").upper()
-            path = str(event.get("path") or "/")
+            # The gateway's rawPath (percent-encoding kept) is the path as the client sent it.
+            raw_path = event.get("rawPath")
+            path = raw_path if isinstance(raw_path, str) and raw_path else str(event.get("path") or "/")
             query = raw_query(event)
             pairs = header_pairs(event)
             body = event_body(event)

@@ -20,7 +20,7 @@ from tests.integration.custom_support import deploy, script
 # Answers by the request's path: the answer's raw bytes, chosen by a word in the path; anything
 # else is echoed (the request line as the server got it).
 SERVER = script(
-    r'''
+    r"""
     import socket, threading
 
     def answer(path):
@@ -57,7 +57,7 @@ SERVER = script(
     while True:
         conn, _ = server.accept()
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
-    '''
+    """
 )
 BOOTSTRAP = "#!/bin/sh\nexec /opt/function/runtime/python3.9/rtsp/python/bin/python3 -u server.py\n"
 
@@ -100,9 +100,7 @@ def test_the_server_cannot_forge_fgds_own_response_headers(api: Api, route: str)
         (b"/a%0d%0aSet-Cookie:%20x=1", b"/a%0d%0aSet-Cookie:%20x=1"),  # no header splitting either
     ],
 )
-def test_a_percent_encoded_path_reaches_the_server_as_it_came(
-    api: Api, route: str, target: bytes, seen: bytes
-) -> None:
+def test_a_percent_encoded_path_reaches_the_server_as_it_came(api: Api, route: str, target: bytes, seen: bytes) -> None:
     status, body = raw_get(api, route.encode() + target)
     assert status == 200, body
     assert body == route.encode() + seen
