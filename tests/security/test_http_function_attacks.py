@@ -28,10 +28,16 @@ SERVER = script(
             return (b"HTTP/1.1 200 OK\r\nX-Cff-Request-Id: forged\r\nX-Request-Id: forged\r\n"
                     b"X-Cff-Invoke-Summary: forged\r\nContent-Length: 2\r\n\r\nok")
         if b"fat-headers" in path:
-            # 99 headers of 60 kB (each under http.client's line limit) and a 6 MB body.
-            headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 60000) for i in range(99))
+            # 90 headers of 60 kB (each under http.client's line limit) and a 6 MB body.
+            headers = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 60000) for i in range(90))
             body = b"b" * (6 * 1024 * 1024)
             return b"HTTP/1.1 200 OK\r\n" + headers + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        if b"many-headers" in path:
+            return b"HTTP/1.1 200 OK\r\n" + b"X-A: a\r\n" * 2000 + b"Content-Length: 0\r\n\r\n"
+        if b"bad-status" in path:
+            return b"HTTP/1.1 1000 Nope\r\nContent-Length: 0\r\n\r\n"
+        if b"cut-short" in path:
+            return b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort"
         return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path)
 
     def handle(conn):
@@ -49,6 +55,9 @@ SERVER = script(
                     break
             stream.read(length)
             conn.sendall(answer(path))
+            if b"cut-short" in path:
+                conn.close()  # mid-answer: 95 bytes of the body never come
+                return
 
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,4 +125,24 @@ def test_response_headers_too_large_for_a_frame_are_a_clear_error(api: Api, rout
     # Through the API too, and the instance goes on serving.
     answer = api.invoke(route.removeprefix("/atk-"), {"httpMethod": "GET", "path": "/fat-headers"})
     assert answer.json()["errorType"] == "Runtime.InvalidResponse", answer.text[:300]
+    assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("many-headers", "more than 100 headers"),
+        ("bad-status", "BadStatusLine"),
+        ("cut-short", "IncompleteRead"),
+    ],
+)
+def test_a_broken_answer_is_an_invalid_response_at_once(api: Api, route: str, path: str, says: str) -> None:
+    started = time.monotonic()
+    response = httpx.get(f"{api.daemon.gateway_url}{route}/{path}", timeout=30)
+    assert response.status_code == 502
+    error = response.json()["error_msg"]
+    # It was a bare Runtime.Timeout at the function's timeout: the forwarding thread died
+    # naming the answer's error (a local `http` hid the module).
+    assert "Runtime.InvalidResponse" in error and says in error, error
+    assert time.monotonic() - started < 2.5
     assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
