@@ -161,6 +161,12 @@ class HttpAgent(Agent):
         headers = [(name, value) for name, value in response.getheaders() if name.lower() not in FRAMING]
         if len(headers) > protocol.MAX_HTTP_HEADERS:
             raise BadResponse(f"the server sent {len(headers)} headers; at most {protocol.MAX_HTTP_HEADERS} pass")
+        size = sum(len(name) + len(value) for name, value in headers)
+        if size > protocol.MAX_HTTP_HEADER_BYTES:
+            # Beside a 6 MB body they would not fit the frame up: the daemon would drop the instance.
+            raise BadResponse(
+                f"the server's response headers total {size:,} bytes; at most {protocol.MAX_HTTP_HEADER_BYTES:,} pass"
+            )
         return response.status, headers, data
 
     def request_of(self, frame: Invoke) -> tuple[str, str, list[tuple[str, str]], bytes]:
