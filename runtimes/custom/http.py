@@ -93,10 +93,12 @@ class HttpAgent(Agent):
             delay = min(delay * 2, LAST_PROBE)
 
     def forward(self, frame: Invoke) -> None:
-        http: tuple[int, list[tuple[str, str]]] = (0, [])
+        # Not named `http`: that would hide the module the except clauses below name, and a
+        # failed exchange would kill this thread (its request unanswered until the timeout).
+        answered: tuple[int, list[tuple[str, str]]] = (0, [])
         try:
             status, headers, body = self.exchange(frame)
-            http, error = (status, headers), None
+            answered, error = (status, headers), None
         except BadEvent as exc:
             body, error = None, FunctionError("Runtime.InvalidRequest", str(exc))
         except BadResponse as exc:
@@ -113,7 +115,7 @@ class HttpAgent(Agent):
         with self.lock:
             if not self.claim(frame.request_id):
                 return  # the bootstrap's exit answers it
-        self.answer(frame.request_id, body=body, error=error, http=http)
+        self.answer(frame.request_id, body=body, error=error, http=answered)
         self.done(frame.request_id)
 
     def exiting(self) -> bool:
@@ -136,6 +138,17 @@ class HttpAgent(Agent):
     def exchange(self, frame: Invoke) -> tuple[int, list[tuple[str, str]], bytes]:
         """The server's status, headers and body for the invocation's request."""
         method, target, headers, body = self.request_of(frame)
+        try:
+            return self._exchange(method, target, headers, body)
+        except BaseException:
+            # A connection an exchange failed on is in no state for the next request (half an
+            # answer unread, or http.client's "Request-sent"): the next one opens its own.
+            self.connection(fresh=True)
+            raise
+
+    def _exchange(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         for attempt in (0, 1):
             conn = self.connection(fresh=attempt == 1)
             try:
