@@ -163,6 +163,10 @@ class HttpAgent(Agent):
                 if attempt == 1:
                     raise
         data = response.read(protocol.MAX_RESPONSE + 1)
+        if response.length and len(data) <= protocol.MAX_RESPONSE:
+            # read(n) returns what came before the server closed: a body cut short of its
+            # Content-Length would pass as the whole answer.
+            raise http.client.IncompleteRead(data, response.length)
         if len(data) > protocol.MAX_RESPONSE:
             self.connection(fresh=True)
             raise BadResponse(
