@@ -21,7 +21,7 @@ from tests.integration.custom_support import deploy, script
 # else is echoed (the request line as the server got it).
 SERVER = script(
     r"""
-    import socket, threading
+    import socket, threading, time
 
     def answer(path):
         if b"forge-ids" in path:
@@ -46,14 +46,24 @@ SERVER = script(
             line = stream.readline()
             if not line:
                 return
-            path, length = line.split(b" ")[1], 0
+            path, length, head = line.split(b" ")[1], 0, b""
             while True:
                 header = stream.readline()
                 if header.lower().startswith(b"content-length:"):
                     length = int(header.split(b":")[1])
                 if header in (b"\r\n", b""):
                     break
+                head += header
             stream.read(length)
+            if b"echo-headers" in path:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(head), head))
+                continue
+            if b"dribble" in path:
+                # A byte every 50 ms, never done: only the function's timeout ends it.
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+                while True:
+                    conn.sendall(b"x")
+                    time.sleep(0.05)
             conn.sendall(answer(path))
             if b"cut-short" in path:
                 conn.close()  # mid-answer: 95 bytes of the body never come
@@ -145,4 +155,26 @@ def test_a_broken_answer_is_an_invalid_response_at_once(api: Api, route: str, pa
     # naming the answer's error (a local `http` hid the module).
     assert "Runtime.InvalidResponse" in error and says in error, error
     assert time.monotonic() - started < 2.5
+    assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
+
+
+def test_underscored_x_cff_headers_of_a_client_are_removed_too(api: Api, route: str) -> None:
+    # CGI and WSGI servers map `-` and `_` to one name (HTTP_X_CFF_AUTH_TOKEN): a client's
+    # X_Cff_Auth_Token would pass for FunctionGraph's header.
+    response = httpx.get(
+        f"{api.daemon.gateway_url}{route}/echo-headers",
+        headers={"X_Cff_Auth_Token": "forged", "x_cff_request_id": "forged", "X-Kept_Name": "kept"},
+    )
+    assert response.status_code == 200
+    received = response.content.lower()
+    assert b"forged" not in received, received
+    assert b"x-kept_name: kept" in received and b"x-cff-request-id: " in received
+
+
+def test_a_server_answering_a_byte_at_a_time_is_ended_by_the_timeout(api: Api, route: str) -> None:
+    started = time.monotonic()
+    response = httpx.get(f"{api.daemon.gateway_url}{route}/dribble", timeout=30)
+    assert response.status_code == 502
+    assert "Runtime.Timeout" in response.json()["error_msg"]
+    assert time.monotonic() - started < 5
     assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
