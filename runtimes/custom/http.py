@@ -206,7 +206,7 @@ class HttpAgent(Agent):
             raise BadEvent(f"the event's path {path[:200]!r} is not a valid HTTP path")
         if not method.isalpha() or len(method) > 32:
             raise BadEvent(f"the event's httpMethod {method[:40]!r} is not an HTTP method")
-        headers = [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and not n.lower().startswith("x-cff-")]
+        headers = [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and not forged_cff(n)]
         host = next((v for n, v in pairs if n.lower() == "host"), f"{HOST}:{PORT}")
         headers.insert(0, ("Host", host))
         headers += self.cff_headers(frame)
@@ -235,6 +235,12 @@ class HttpAgent(Agent):
             if credentials.get(key):
                 headers.append((name, credentials[key]))
         return headers
+
+
+def forged_cff(name: str) -> bool:
+    """Whether a caller's header passes for one of FunctionGraph's X-CFF-*: CGI and WSGI servers map
+    `_` and `-` to one name (HTTP_X_CFF_AUTH_TOKEN), so X_Cff_Auth_Token counts too."""
+    return name.lower().replace("_", "-").startswith("x-cff-")
 
 
 class BadResponse(http.client.HTTPException):
