@@ -23,6 +23,8 @@ SERVER = script(
     r"""
     import socket, threading, time
 
+    VANISHED = []
+
     def answer(path):
         if b"forge-ids" in path:
             return (b"HTTP/1.1 200 OK\r\nX-Cff-Request-Id: forged\r\nX-Request-Id: forged\r\n"
@@ -55,6 +57,15 @@ SERVER = script(
                     break
                 head += header
             stream.read(length)
+            if b"vanish" in path:
+                # Read the request, then close without a word: a crash mid-request.
+                VANISHED.append(path)
+                conn.close()
+                return
+            if b"tally" in path:
+                count = b"%d" % len(VANISHED)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(count), count))
+                continue
             if b"echo-headers" in path:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(head), head))
                 continue
@@ -65,6 +76,9 @@ SERVER = script(
                     conn.sendall(b"x")
                     time.sleep(0.05)
             conn.sendall(answer(path))
+            if b"then-close" in path:
+                conn.close()  # an idle keep-alive connection the server ends, as servers do
+                return
             if b"cut-short" in path:
                 conn.close()  # mid-answer: 95 bytes of the body never come
                 return
@@ -178,3 +192,21 @@ def test_a_server_answering_a_byte_at_a_time_is_ended_by_the_timeout(api: Api, r
     assert "Runtime.Timeout" in response.json()["error_msg"]
     assert time.monotonic() - started < 5
     assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
+
+
+def test_a_request_the_server_dropped_is_not_sent_again(api: Api, route: str) -> None:
+    # A POST the server read and then dropped was sent a second time on a new connection
+    # (a payment made twice); only a kept-alive connection the server had already closed is
+    # replaced, before the request goes out.
+    before = int(httpx.get(f"{api.daemon.gateway_url}{route}/tally").content)
+    response = httpx.post(f"{api.daemon.gateway_url}{route}/vanish", content=b"pay 10")
+    assert response.status_code == 502
+    assert "Runtime.InvalidResponse" in response.json()["error_msg"]
+    assert int(httpx.get(f"{api.daemon.gateway_url}{route}/tally").content) == before + 1
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced(api: Api, route: str) -> None:
+    assert httpx.get(f"{api.daemon.gateway_url}{route}/then-close").status_code == 200
+    time.sleep(0.1)
+    response = httpx.post(f"{api.daemon.gateway_url}{route}/after", content=b"x")
+    assert response.status_code == 200 and response.content == f"{route}/after".encode()
