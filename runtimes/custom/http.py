@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import select
 import socket
 import subprocess
 import threading
@@ -45,6 +46,8 @@ EXIT_GRACE = 0.3
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "host"}
 )
+# Methods a request of may be sent twice with the effect of once (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 CREDENTIAL_HEADERS = {
     "auth_token": "x-cff-auth-token",
     "access_key": "x-cff-security-access-key",
@@ -129,6 +132,11 @@ class HttpAgent(Agent):
 
     def connection(self, fresh: bool = False) -> http.client.HTTPConnection:
         conn = getattr(self.local, "conn", None)
+        if conn is not None and conn.sock is not None and readable(conn.sock):
+            # A kept-alive connection with something to read before we ask: the server closed it
+            # (idle) or wrote out of turn. Replaced before the request goes out, so no request
+            # needs sending twice.
+            fresh = True
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
@@ -151,6 +159,7 @@ class HttpAgent(Agent):
     ) -> tuple[int, list[tuple[str, str]], bytes]:
         for attempt in (0, 1):
             conn = self.connection(fresh=attempt == 1)
+            reused = conn.sock is not None
             try:
                 conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
                 for name, value in headers:
@@ -159,8 +168,10 @@ class HttpAgent(Agent):
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                # A kept-alive connection the server closed meanwhile: once more on a new one.
-                if attempt == 1:
+                # A kept-alive connection the server closed just as it was reused: once more on a
+                # new one, for a request that may be repeated. On a new connection, or for a POST,
+                # the server may have acted on it: sending it again could do it twice.
+                if attempt == 1 or not reused or method not in IDEMPOTENT:
                     raise
         data = response.read(protocol.MAX_RESPONSE + 1)
         if response.length and len(data) <= protocol.MAX_RESPONSE:
@@ -235,6 +246,15 @@ class HttpAgent(Agent):
             if credentials.get(key):
                 headers.append((name, credentials[key]))
         return headers
+
+
+def readable(sock: socket.socket) -> bool:
+    """Whether a connection has bytes or its end waiting (without waiting)."""
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
 
 
 def forged_cff(name: str) -> bool:
