@@ -56,10 +56,26 @@ BOOTSTRAP = script(
         if op == "pipelined":
             # Two answers for one request in one write: the first is taken, the second is a 409.
             conn = socket.create_connection((HOST, int(PORT)))
-            one = b"POST /v1/runtime/invocation/response/" + rid.encode() + b" HTTP/1.1\\r\\nContent-Length: 5\\r\\n\\r\\n"
+            one = b"POST /v1/runtime/invocation/response/" + rid.encode()
+            one += b" HTTP/1.1\\r\\nContent-Length: 5\\r\\n\\r\\n"
             conn.sendall(one + b"first" + one + b"again")
             HELD.append(conn)
             return None
+        if op == "framing":
+            # Bodies framed to get past the 6 MB limit or the parser: each must be a 400 at once.
+            answers = []
+            head = b"POST /v1/runtime/invocation/response/" + rid.encode() + b" HTTP/1.1\\r\\n"
+            for raw in (head + b"Transfer-Encoding: chunked\\r\\n\\r\\n-1\\r\\n" + b"z" * (7 * 1024 * 1024),
+                        head + b"Content-Length: \\xb2\\r\\n\\r\\nzz"):
+                conn = socket.create_connection((HOST, int(PORT)), timeout=1.5)
+                HELD.append(conn)
+                try:
+                    conn.sendall(raw)
+                    data = conn.recv(65536)
+                    answers.append(data.split(b" ")[1].decode() if data.startswith(b"HTTP/") else "closed")
+                except OSError as exc:
+                    answers.append(type(exc).__name__)
+            return {{"answers": answers}}
         if op == "flood-output":
             chunk = bytes(range(256)) * 4096  # 1 MiB of binary, newlines among it
             for _ in range(event["mb"]):
@@ -131,4 +147,13 @@ def test_output_flood(api: Api, name: str) -> None:
 
 def test_cwd_and_umask_are_the_bootstraps_own(api: Api, name: str) -> None:
     assert api.invoke(name, {"op": "cwd-umask"}).json() == {"cwd": "/"}
+    assert served(api, name)
+
+
+def test_malformed_framing_at_the_api_is_a_400(api: Api, name: str) -> None:
+    # A chunk size of -1 read the connection to its end, past the 6 MB limit (the agent's memory
+    # until the client stopped); a Content-Length of "\xb2" (a digit to str.isdigit) killed the
+    # handler with a ValueError.
+    answers = api.invoke(name, {"op": "framing"}).json()
+    assert answers == {"answers": ["400", "400"]}, answers
     assert served(api, name)
