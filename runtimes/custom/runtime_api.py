@@ -178,6 +178,11 @@ class RuntimeApi(Agent):
             self.finish(request_id, None, FunctionError("Runtime.ResponseTooLarge", refusal.message))
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_error(body: bytes) -> FunctionError:
     try:
         report = json.loads(body)
@@ -272,7 +277,7 @@ def make_handler(api: RuntimeApi) -> type:
             length = self.headers.get("Content-Length")
             if length is None:
                 return b""
-            if not length.isdigit():
+            if not is_number(length):
                 raise Refusal(400, "InvalidRequest", "Content-Length is not a number")
             size = int(length)
             if size > protocol.MAX_RESPONSE:
@@ -286,10 +291,13 @@ def make_handler(api: RuntimeApi) -> type:
             body = bytearray()
             while True:
                 line = self.rfile.readline(1024)
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise Refusal(400, "InvalidRequest", "a malformed chunk in the body") from None
+                digits = line.split(b";", 1)[0].strip()
+                # Hex digits only: int() also takes "-1" (read(-1) reads to the connection's end,
+                # past the limit), "+5", "0x5" and "5_0".
+                if not digits or digits.strip(b"0123456789abcdefABCDEF"):
+                    self.close_connection = True
+                    raise Refusal(400, "InvalidRequest", "a malformed chunk in the body")
+                size = int(digits, 16)
                 if size == 0:
                     while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
                         pass
@@ -315,7 +323,7 @@ def make_handler(api: RuntimeApi) -> type:
 
         def drop_body(self) -> None:
             length = self.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) <= DISCARD_LIMIT:
+            if is_number(length) and int(length) <= DISCARD_LIMIT:
                 self.discard(int(length))
             else:
                 self.close_connection = True

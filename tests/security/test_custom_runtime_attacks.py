@@ -65,7 +65,7 @@ BOOTSTRAP = script(
             # Bodies framed to get past the 6 MB limit or the parser: each must be a 400 at once.
             answers = []
             head = b"POST /v1/runtime/invocation/response/" + rid.encode() + b" HTTP/1.1\\r\\n"
-            for raw in (head + b"Transfer-Encoding: chunked\\r\\n\\r\\n-1\\r\\n" + b"z" * (7 * 1024 * 1024),
+            for raw in (head + b"Transfer-Encoding: chunked\\r\\n\\r\\n-1\\r\\n" + b"z" * 65536,
                         head + b"Content-Length: \\xb2\\r\\n\\r\\nzz"):
                 conn = socket.create_connection((HOST, int(PORT)), timeout=1.5)
                 HELD.append(conn)
