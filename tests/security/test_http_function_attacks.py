@@ -210,3 +210,21 @@ def test_a_kept_alive_connection_the_server_closed_is_replaced(api: Api, route: 
     time.sleep(0.1)
     response = httpx.post(f"{api.daemon.gateway_url}{route}/after", content=b"x")
     assert response.status_code == 200 and response.content == f"{route}/after".encode()
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"httpMethod": "GET", "path": "/caf\u00e9"},
+        {"httpMethod": "GET", "path": "/a\x01b"},
+        {"httpMethod": "GET", "path": "/x", "rawQueryString": "q=\x7f"},
+        {"httpMethod": "GET", "path": "/x", "headers": {"X-Snow": "\u2603"}},
+        {"httpMethod": "GET", "path": "/x", "headers": {"X Space": "v"}},
+    ],
+)
+def test_an_event_http_cannot_carry_is_the_callers_error(api: Api, route: str, event: dict) -> None:
+    # It was Runtime.InvalidResponse ("the server did not answer: InvalidURL/UnicodeEncodeError"),
+    # blaming the function's server for the caller's event.
+    error = api.invoke(route.removeprefix("/atk-"), event).json()
+    assert error["errorType"] == "Runtime.InvalidRequest", error
+    assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
