@@ -76,6 +76,13 @@ BOOTSTRAP = script(
                 except OSError as exc:
                     answers.append(type(exc).__name__)
             return {{"answers": answers}}
+        if op == "abandon":
+            # A GET given up (a client's read timeout): its connection closes while it waits.
+            conn = socket.create_connection((HOST, int(PORT)))
+            conn.sendall(b"GET /v1/runtime/invocation/request HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n")
+            time.sleep(0.1)
+            conn.close()
+            return {{"abandoned": True}}
         if op == "flood-output":
             chunk = bytes(range(256)) * 4096  # 1 MiB of binary, newlines among it
             for _ in range(event["mb"]):
@@ -157,3 +164,12 @@ def test_malformed_framing_at_the_api_is_a_400(api: Api, name: str) -> None:
     answers = api.invoke(name, {"op": "framing"}).json()
     assert answers == {"answers": ["400", "400"]}, answers
     assert served(api, name)
+
+
+def test_an_invocation_is_not_given_to_a_get_whose_client_left(api: Api, name: str) -> None:
+    # The abandoned GET waited first in line: the next invocation was written to its closed
+    # connection (the write succeeds) and waited for its timeout.
+    assert api.invoke(name, {"op": "abandon"}).json() == {"abandoned": True}
+    started = time.monotonic()
+    assert served(api, name)
+    assert time.monotonic() - started < 1.5
