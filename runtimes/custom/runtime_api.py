@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import re
 import socket
 import threading
@@ -178,6 +179,30 @@ class RuntimeApi(Agent):
             self.finish(request_id, None, FunctionError("Runtime.ResponseTooLarge", refusal.message))
 
 
+def _proc_address(address: tuple) -> str:
+    """An IPv4 (host, port) as /proc/net/tcp writes it: the address's 32 bits in host order, hex."""
+    host, port = address[:2]
+    return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+
+
+def peer_is_ours(conn: socket.socket) -> bool:
+    """Whether the process at the other end of `conn` runs as our uid (the bootstrap's, which is
+    the instance's own). Its socket is found in /proc/net/tcp (local = our peer, remote = us);
+    without such a line (no /proc) the connection is let through: inside a network namespace of
+    its own only the instance can reach the API anyway."""
+    try:
+        peer, local = _proc_address(conn.getpeername()), _proc_address(conn.getsockname())
+        with open("/proc/net/tcp") as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                if fields[1] == peer and fields[2] == local:
+                    return int(fields[7]) == os.getuid()
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    return True
+
+
 def is_number(text: str) -> bool:
     """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
     return text.isascii() and text.isdigit()
@@ -225,6 +250,22 @@ def make_handler(api: RuntimeApi) -> type:
         def refuse(self, refusal: Refusal) -> None:
             body = json.dumps({"errorType": refusal.error_type, "errorMessage": refusal.message}).encode()
             self.reply(refusal.status, body)
+
+        def handle(self) -> None:
+            if not peer_is_ours(self.connection):
+                # Another uid's process: on a host without network namespaces the API is on
+                # the host's loopback, where another function's bootstrap could take this
+                # instance's invocations (and its agency's credentials) or answer them.
+                body = json.dumps(
+                    {"errorType": "Forbidden", "errorMessage": "the runtime API serves its own bootstrap only"}
+                ).encode()
+                with contextlib.suppress(OSError):
+                    self.connection.sendall(
+                        b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                return
+            super().handle()
 
         def client_gone(self) -> bool:
             try:
