@@ -83,6 +83,16 @@ BOOTSTRAP = script(
             time.sleep(0.1)
             conn.close()
             return {{"abandoned": True}}
+        if op == "close-output":
+            os.close(1)
+            os.close(2)
+            return {{"closed": True}}
+        if op == "orphan-and-exit":
+            # A child keeps the output pipes open and lives on; the bootstrap exits.
+            import subprocess
+            subprocess.Popen(["sleep", "100"])
+            print("leaving a child behind", flush=True)
+            os._exit(4)
         if op == "flood-output":
             chunk = bytes(range(256)) * 4096  # 1 MiB of binary, newlines among it
             for _ in range(event["mb"]):
@@ -173,3 +183,18 @@ def test_an_invocation_is_not_given_to_a_get_whose_client_left(api: Api, name: s
     started = time.monotonic()
     assert served(api, name)
     assert time.monotonic() - started < 1.5
+
+
+def test_a_bootstrap_without_stdout_and_stderr_still_serves(api: Api, name: str) -> None:
+    assert api.invoke(name, {"op": "close-output"}).json() == {"closed": True}
+    assert served(api, name)
+
+
+def test_a_bootstrap_exiting_with_a_child_holding_its_output(api: Api) -> None:
+    name = deploy(api, "Custom", {"bootstrap": BOOTSTRAP})  # its own: another test closes stdout
+    started = time.monotonic()
+    error = api.invoke(name, {"op": "orphan-and-exit"}).json()
+    assert error["errorType"] == "Runtime.ExitError" and "status 4" in error["errorMessage"], error
+    assert "leaving a child behind" in error["errorMessage"]
+    assert time.monotonic() - started < 2
+    assert served(api, name)
