@@ -56,6 +56,13 @@ SERVER = script(
                 if header in (b"\r\n", b""):
                     break
                 head += header
+            if b"early" in path:
+                # A body too large for it: refused before it is read, as servers do.
+                conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbig")
+                conn.shutdown(socket.SHUT_WR)
+                time.sleep(0.5)
+                conn.close()
+                return
             stream.read(length)
             if b"vanish" in path:
                 # Read the request, then close without a word: a crash mid-request.
@@ -228,3 +235,8 @@ def test_an_event_http_cannot_carry_is_the_callers_error(api: Api, route: str, e
     error = api.invoke(route.removeprefix("/atk-"), event).json()
     assert error["errorType"] == "Runtime.InvalidRequest", error
     assert httpx.get(f"{api.daemon.gateway_url}{route}/next").content == f"{route}/next".encode()
+
+
+def test_an_answer_before_the_body_is_read_reaches_the_client(api: Api, route: str) -> None:
+    response = httpx.post(f"{api.daemon.gateway_url}{route}/early", content=b"x" * (3 * 1024 * 1024), timeout=30)
+    assert response.status_code == 413 and response.content == b"big", response.text[:300]
