@@ -40,6 +40,9 @@ SURROGATES = re.compile("[\ud800-\udfff]")
 # Issue 13: an HTTP function's response headers, bounded so decoding one costs little.
 MAX_HTTP_HEADERS = 1024
 HttpHeaders = Annotated[list[tuple[str, str]], msgspec.Meta(max_length=MAX_HTTP_HEADERS)]
+# Their names and values together: with a 6 MB body they must still fit one frame up
+# (MAX_UP_FRAME leaves 1 MiB beside the body).
+MAX_HTTP_HEADER_BYTES = 256 * 1024
 
 
 class FunctionError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -232,6 +232,12 @@ class LoadedFunction:
         self._handler = handler
         # The agency's credentials; an Invoke frame brings new ones when they were renewed.
         self.credentials = dict(spec.identity.credentials)
+        # Requests (and the initializer) running now. A task or thread a request left behind keeps
+        # its id (its context, its logger) after the request was answered: its output then goes
+        # to the pipes untagged, where the daemon treats it as any late output. A Log frame for an
+        # id the daemon forgot (it remembers 256 finished requests) would be a protocol breach
+        # that drops the instance and the requests it is serving.
+        self.running: set[str] = set()
 
     def context(self, frame: Invoke) -> Context:
         if frame.credentials is not None:
@@ -239,9 +245,19 @@ class LoadedFunction:
         return Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log, self.credentials)
 
     def emit_log(self, request_id: str, level: str, message: str) -> None:
-        self._conn.send(protocol.log_line(request_id, level, message))
+        if request_id in self.running:
+            self._conn.send(protocol.log_line(request_id, level, message))
+        else:
+            late_line(f"[{level}] {message}")
 
     def invoke(self, frame: Invoke) -> Result:
+        self.running.add(frame.request_id)
+        try:
+            return self._invoke(frame)
+        finally:
+            self.running.discard(frame.request_id)
+
+    def _invoke(self, frame: Invoke) -> Result:
         context = self.context(frame)
         try:
             event = json.loads(frame.event) if frame.event else {}
@@ -252,13 +268,17 @@ class LoadedFunction:
 
     async def invoke_async(self, frame: Invoke) -> Result:
         """The same for an `async def handler`, on the instance's event loop."""
-        context = self.context(frame)
+        self.running.add(frame.request_id)
         try:
-            event = json.loads(frame.event) if frame.event else {}
-            value = await self._handler(event, context)
-        except Exception as exc:  # noqa: BLE001
-            return Result(frame.request_id, error=error_from_exception(exc), max_rss_kb=_max_rss_kb())
-        return self.result(frame, value)
+            context = self.context(frame)
+            try:
+                event = json.loads(frame.event) if frame.event else {}
+                value = await self._handler(event, context)
+            except Exception as exc:  # noqa: BLE001
+                return Result(frame.request_id, error=error_from_exception(exc), max_rss_kb=_max_rss_kb())
+            return self.result(frame, value)
+        finally:
+            self.running.discard(frame.request_id)
 
     def result(self, frame: Invoke, value: Any) -> Result:
         try:
@@ -273,6 +293,16 @@ class LoadedFunction:
             )
             return Result(frame.request_id, error=error, max_rss_kb=_max_rss_kb())
         return Result(frame.request_id, body=body, max_rss_kb=_max_rss_kb())
+
+
+def late_line(text: str) -> None:
+    """A line of output that belongs to no running request, to the instance's stdout pipe (the
+    daemon keeps it as output printed outside any request)."""
+    try:
+        sys.__stdout__.write(text + "\n")  # type: ignore[union-attr]
+        sys.__stdout__.flush()  # type: ignore[union-attr]
+    except (OSError, ValueError, AttributeError):
+        pass  # the function closed its stdout: the line is lost, the request it came from is over
 
 
 def _max_rss_kb() -> int:
@@ -291,6 +321,7 @@ def run_initializer(spec: Specialize, instance: LoadedFunction) -> None:
     deadline = time.time() + spec.initializer_timeout
     request_id = spec.initializer_request_id or "initializer"
     context = Context(spec.identity, request_id, deadline, instance.emit_log, instance.credentials)
+    instance.running.add(request_id)
     try:
         init(context)
     except Exception as exc:  # noqa: BLE001
@@ -300,6 +331,8 @@ def run_initializer(spec: Specialize, instance: LoadedFunction) -> None:
             f"initializer {spec.initializer!r} failed: {error.error_type}: {exc}",
             error.stack_trace,
         ) from None
+    finally:
+        instance.running.discard(request_id)
 
 
 def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
