@@ -44,6 +44,8 @@ class Pool:
         self.usual_memory: dict[str, int] = {}
         # Instances killed whose cgroup is not removed yet.
         self._releasing: list[Instance] = []
+        # Set when an instance is queued for release: the poller sleeps on it while none is.
+        self._to_release = trio.Event()
         # Issue 14: the instances' network (fgd.network), set by the daemon; None: loopback only.
         self.network: Network | None = None
         self._nursery: trio.Nursery | None = None
@@ -158,15 +160,18 @@ class Pool:
         """Kill an instance and queue its cgroup for removal."""
         instance.close()
         self._releasing.append(instance)
+        self._to_release.set()
         self._detach_network(instance)
 
     async def _release_cgroups(self) -> None:
         # A cgroup can go only once the kernel has reaped its last process; cgroup v1 gives no
-        # event for that, so the instances that left are polled.
+        # event for that, so the instances that left are polled, and only while there are some.
         while True:
+            if not self._releasing:
+                self._to_release = trio.Event()
+                await self._to_release.wait()
             await trio.sleep(RELEASE_INTERVAL)
-            if self._releasing:
-                self._releasing = [i for i in self._releasing if not i.release()]
+            self._releasing = [i for i in self._releasing if not i.release()]
 
     # Issue 14: the instance's interface (fgd.network) --------------------------------
 

@@ -46,13 +46,20 @@ class Reserved:
 
     async def run(self) -> None:
         """Start each function's reserved instances, replace those that die, retire the surplus."""
+        keeping = True
         while True:
-            with trio.move_on_after(RESERVE_CHECK):
+            if keeping:
+                # Reserved instances may exit on their own: look again every RESERVE_CHECK.
+                with trio.move_on_after(RESERVE_CHECK):
+                    await self._changed.wait()
+            else:
+                # None wanted and none kept: nothing to look at until the reserved counts change.
                 await self._changed.wait()
             self._changed = trio.Event()
             # latest, each published version, each alias (fgd.versions): each keeps its own.
             targets = reserved_targets(self._invoker._store)
             wanted = {qualifier_key(r) for r in targets}
+            keeping = bool(targets) or any(i.reserved for v in self._invoker.instances.values() for i in v)
             for instances in list(self._invoker.instances.values()):
                 for instance in list(instances):
                     # The reserved instances of a version or alias that went, or of an alias that moved.
