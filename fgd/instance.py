@@ -21,7 +21,7 @@ import trio
 from fgd.demux import Demultiplexer
 from fgd.instance_output import InstanceOutput, LogLimits
 from fgd.output import OutputPipe
-from fgd.sandboxing import Sandbox
+from fgd.sandboxing import HostSandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
 from runtimes import protocol
@@ -64,7 +64,7 @@ def _create_and_place(cgroups, name: str, pid: int, limits: Limits) -> None:
 
 
 class Instance:
-    def __init__(self, zygote: Zygote, log_limits: LogLimits, sandbox: Sandbox | None = None) -> None:
+    def __init__(self, zygote: Zygote, log_limits: LogLimits, sandbox: HostSandbox | None = None) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.sandbox = sandbox
         # One cgroup per instance, named so a restarted daemon can tell its own from stale ones.

@@ -38,7 +38,7 @@ from fgd.model import FunctionRecord
 from fgd.network import Network
 from fgd.pool import Pool
 from fgd.reserved import Reserved
-from fgd.sandboxing import Sandbox
+from fgd.sandboxing import HostSandbox
 from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
 from fgd.specialize import Specializer
 from fgd.store import LogLine, Store
@@ -64,7 +64,7 @@ class Invoker:
         logs: LogSink,
         store: Store,
         code: CodeStore,
-        sandbox: Sandbox | None,
+        sandbox: HostSandbox | None,
         dependencies: Dependencies,
         agencies: Agencies | None = None,
     ) -> None:

@@ -18,7 +18,7 @@ from fgd.errors import Unavailable
 from fgd.instance import Instance, InstanceGone, LogLimits, State
 from fgd.network import Network, NetworkError
 from fgd.nodejs import NodeZygote, launch_policy
-from fgd.sandboxing import Sandbox
+from fgd.sandboxing import HostSandbox
 from fgd.store import FunctionRecord
 from fgd.zygote import Zygote, Zygotes, ZygoteUnavailable
 from sandbox.policy import EnterPolicy
@@ -32,7 +32,7 @@ log = logging.getLogger("fgd.pool")
 
 
 class Pool:
-    def __init__(self, config: Config, zygotes: Zygotes, sandbox: Sandbox | None) -> None:
+    def __init__(self, config: Config, zygotes: Zygotes, sandbox: HostSandbox | None) -> None:
         self._config = config
         self.zygotes = zygotes
         self.sandbox = sandbox

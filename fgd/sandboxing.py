@@ -197,8 +197,8 @@ def host_layout() -> tuple[list[Mount], list[tuple[str, str]]]:
     return mounts, links
 
 
-class Sandbox:
-    """Policies and cgroups for instances, as this host allows."""
+class HostSandbox:
+    """Policies and cgroups for instances, as this host allows (the daemon's side of the `sandbox` package)."""
 
     def __init__(
         self, config: SandboxConfig, facts: HostFacts, state_dir: Path, shared_mounts: list[Mount] | None = None

@@ -17,7 +17,7 @@ from fgd.codestore import CodeStore
 from fgd.config import Config
 from fgd.instance import Instance
 from fgd.model import MAX_RESPONSE_BYTES, DependencyVersion, FunctionRecord, cpu_millicores
-from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, Sandbox
+from fgd.sandboxing import CODE_DIR, DEPENDENCY_DIR, WORKDIR, HostSandbox
 from runtimes import protocol
 
 
@@ -75,7 +75,7 @@ def specialize_frame(record: FunctionRecord, code_dir: str) -> protocol.Speciali
 
 
 class Specializer:
-    def __init__(self, config: Config, code: CodeStore, sandbox: Sandbox | None, agencies: Agencies) -> None:
+    def __init__(self, config: Config, code: CodeStore, sandbox: HostSandbox | None, agencies: Agencies) -> None:
         self._config = config
         self._code = code
         self.sandbox = sandbox
