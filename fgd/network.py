@@ -473,6 +473,9 @@ class Network:
             rule("input", from_bridge, {"jump": {"target": "to_node"}}),
             rule("to_node", _match(_meta("nfproto"), "ipv6"), {"drop": None}),
             rule("to_node", ESTABLISHED, ACCEPT),
+            # The same per-instance budget as going out: an allowed node port or the DNS forwarder
+            # must not let one instance fill the node's connection-tracking table.
+            rule("to_node", _match({"ct": {"key": "state"}}, "new", "in"), count_limit, DENY),
             # The DNS forwarder (fgd.dnsforward), when the node's resolvers are on loopback.
             *[
                 rule("to_node", _match(_field("ip", "daddr"), self.gateway), port, ACCEPT)
