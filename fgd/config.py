@@ -223,6 +223,10 @@ class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     veth_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,4}\Z")] = "fgdv"
     # Destinations every instance may reach although the policy denies them (a broker on the LAN).
     allow: Annotated[list[Destination], Meta(max_length=1024)] = []
+    # What a function's own `network.allow` may name (any project's key can create a function):
+    # each of its destinations must lie within one of these (range, protocol, ports). Empty: a
+    # function may allow itself nothing; only `allow` above opens the policy.
+    function_allow_within: Annotated[list[Destination], Meta(max_length=1024)] = []
     # Name servers instances use; empty: those of the node's /etc/resolv.conf. Loopback ones
     # (a local stub such as systemd-resolved) are reached through the daemon's forwarder.
     resolvers: list[Annotated[str, Meta(max_length=64)]] = []

@@ -77,6 +77,22 @@ class FunctionNetwork(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     bandwidth_kbps: Annotated[int, Meta(ge=64, le=100_000_000)] | None = None
 
 
+def within(asked: Destination, grants: list[Destination]) -> bool:
+    """Whether a function's destination lies inside one the operator grants: its range, its
+    protocol, and its ports (a grant without ports grants every port; asking for none asks for all)."""
+    for grant in grants:
+        if asked.protocol != grant.protocol or not asked.network.subnet_of(grant.network):
+            continue
+        if not grant.ports or (asked.ports and set(asked.ports) <= set(grant.ports)):
+            return True
+    return False
+
+
+def ungranted(allow: list[Destination], grants: list[Destination]) -> list[Destination]:
+    """The destinations of a function's allow list that no grant covers."""
+    return [d for d in allow if not within(d, grants)]
+
+
 def effective_mode(network: FunctionNetwork | None, disable_public_network: bool) -> Mode:
     """What the function asked for: disable_public_network wins, then its mode (stored resolved)."""
     if disable_public_network:

@@ -34,7 +34,7 @@ import msgspec
 import psutil
 
 from fgd.config import NetworkConfig
-from fgd.netpolicy import DENIED_V4, NONE, OUTBOUND, Destination, FunctionNetwork, Mode, effective_mode
+from fgd.netpolicy import DENIED_V4, NONE, OUTBOUND, Destination, FunctionNetwork, Mode, effective_mode, within
 from sandbox.policy import EnterPolicy
 
 log = logging.getLogger("fgd.network")
@@ -607,8 +607,12 @@ class Network:
         if mode != OUTBOUND or self._nft is None:
             return False
         commands: list[dict] = []
-        if network is not None and network.allow:
-            lease.elements = [e for d in network.allow for e in destination_elements(d, lease.address)]
+        # Only what the operator still grants (a function stored before the grant was narrowed).
+        allow = [d for d in network.allow if within(d, self.config.function_allow_within)] if network else []
+        if network is not None and len(allow) < len(network.allow):
+            log.warning("function %s: network.allow entries outside [network] function_allow_within ignored", function)
+        if allow:
+            lease.elements = [e for d in allow for e in destination_elements(d, lease.address)]
             commands.append({"add": {"element": self._set("fn_allow", lease.elements)}})
         if network is not None and network.bandwidth_kbps:
             rate = network.bandwidth_kbps * 1000 // 8
