@@ -74,16 +74,16 @@ def heard_from(listener: subprocess.Popen) -> list[str]:
 def test_forged_source_addresses_never_leave_the_instance_port(node_api: Api, lab: Lab) -> None:
     # A function the operator allowed to send to a LAN host's UDP port, and its instance's address.
     allowed = deploy_probe(
-        node_api, network={"allow": [{"cidr": "192.168.77.2/32", "ports": [5999], "protocol": "udp"}]}
+        node_api, network={"allow": [{"cidr": "192.168.77.2/32", "ports": [5997], "protocol": "udp"}]}
     )
     ((address),) = run_steps(node_api, allowed, {"do": "address"})
     victim = address["address"]
     attacker = node_api.deploy(SPOOFER, timeout=30)["func_name"]
-    lan = listen_outside(lab, "192.168.77.2", 5999, 2.0)
+    lan = listen_outside(lab, "192.168.77.2", 5997, 2.0)
     public = listen_outside(lab, "198.51.100.10", 5998, 2.0)
     response = node_api.invoke(
         attacker,
-        {"from_to": [[victim, ["192.168.77.2", 5999]], ["198.51.100.77", ["198.51.100.10", 5998]]]},
+        {"from_to": [[victim, ["192.168.77.2", 5997]], ["198.51.100.77", ["198.51.100.10", 5998]]]},
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -94,9 +94,9 @@ def test_forged_source_addresses_never_leave_the_instance_port(node_api: Api, la
     assert heard_from(lan) == []
     assert heard_from(public) == []
     # The allowed function itself still reaches its destination (masqueraded to the node's address).
-    lan = listen_outside(lab, "192.168.77.2", 5999, 1.5)
+    lan = listen_outside(lab, "192.168.77.2", 5997, 1.5)
     time.sleep(0.1)
-    assert run_steps(node_api, allowed, {"do": "udp_send", "host": "192.168.77.2", "port": 5999, "times": 3}) == [
+    assert run_steps(node_api, allowed, {"do": "udp_send", "host": "192.168.77.2", "port": 5997, "times": 3}) == [
         {"ok": True}
     ]
     assert heard_from(lan) == ["192.168.77.5"]
