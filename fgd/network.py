@@ -230,6 +230,9 @@ class Network:
             removed = self.remove_stale()
             if removed:
                 log.info("removed network objects left by a previous run: %s", ", ".join(removed))
+            forgotten = self.forget_connections(self.subnet)
+            if forgotten:
+                log.info("forgot %d tracked connections of a previous run's instances", forgotten)
             self._check_subnet()
             self._make_bridge()
             self.resolvers = self.config.resolvers or node_resolvers()
@@ -312,6 +315,27 @@ class Network:
                         self._ipr.link("del", index=link["index"])
                         removed.append(name)
         return removed
+
+    def forget_connections(self, network: ipaddress.IPv4Network) -> int:
+        """Delete the connection-tracking entries of instances in `network` (an address, or the
+        whole range at start). The firewall lets through what conntrack calls established: an
+        address given out again must not come with its previous instance's connections, which
+        an instance of another function, sending from the same port, would otherwise use past
+        the policy. How many were deleted."""
+        from pyroute2 import Conntrack
+
+        deleted = 0
+        with Conntrack() as conntrack:
+            # The kernel dumps the whole table (pyroute2 filters here): done off the request path.
+            for entry in list(conntrack.dump_entries()):
+                source = entry.tuple_orig.saddr
+                if entry.tuple_orig.family != 2 or source is None:
+                    continue
+                if ipaddress.IPv4Address(source) in network:
+                    with contextlib.suppress(Exception):  # gone meanwhile
+                        conntrack.delete(entry)
+                        deleted += 1
+        return deleted
 
     def _check_owner(self) -> None:
         """Another live daemon's tables and bridge (the same names, in this network namespace) are
@@ -694,9 +718,12 @@ class Network:
             total = self.totals.setdefault(lease.function, [0, 0, 0, 0])
             for i, value in enumerate(lease.stats):
                 total[i] += value
+        retire = ""
         if lease.elements and self._nft is not None:
-            with contextlib.suppress(Exception):
+            try:
                 self._nft.run([{"delete": {"element": self._set("fn_allow", lease.elements)}}])
+            except Exception as exc:  # noqa: BLE001 - then the address keeps the function's allow list
+                retire = f"its allowed destinations are still in the firewall ({exc})"
         if lease.limited and self._nft is not None:
             for direction in ("out", "in"):
                 name = f"bw_{lease.instance_id}_{direction}"
@@ -707,6 +734,16 @@ class Network:
                             {"delete": {"limit": {"family": "inet", "table": self.config.table, "name": name}}},
                         ]
                     )
+        # After its interface and rules are gone (nothing new can be tracked for it), before the
+        # address can be given to another instance.
+        try:
+            self.forget_connections(ipaddress.IPv4Network(lease.address))
+        except Exception as exc:  # noqa: BLE001 - then its connections would pass for the next one's
+            retire = retire or f"its tracked connections cannot be deleted ({exc})"
+        if retire:
+            # Never given to another instance, which would inherit what this one was allowed.
+            log.error("instance address %s is retired until the daemon restarts: %s", lease.address, retire)
+            return
         self._give_back(lease.address)
 
     # Traffic counters ------------------------------------------------------------------
