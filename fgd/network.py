@@ -65,6 +65,8 @@ class Lease(msgspec.Struct):
     # The function it was given (for the traffic counters), and its own allowed destinations.
     function: tuple[str, str, str] | None = None
     elements: list[dict] = []
+    # Those naming a single address: the only ones that may reach the node itself.
+    node_elements: list[dict] = []
     # Whether it has bandwidth limit objects (bw_<instance>_out, _in).
     limited: bool = False
     # Last counters read: rx/tx bytes and packets of the host end (rx = sent by the instance).
@@ -428,6 +430,10 @@ class Network:
             return {"add": {"set": body}}
 
         node_allow = [e for d in config.allow for e in destination_elements(d)]
+        # The node itself is reached only through an entry naming one address (its own): a range
+        # that happens to contain it (the LAN, 0.0.0.0/0) opens the range, not the node's sshd,
+        # gateway and admin API.
+        node_self = [e for d in config.allow if d.network.prefixlen == 32 for e in destination_elements(d)]
         denied = [_prefix(ipaddress.IPv4Network(n)) for n in DENIED_V4]
         if not any(self.subnet.subnet_of(ipaddress.IPv4Network(n)) for n in DENIED_V4):
             denied.append(_prefix(self.subnet))
@@ -446,6 +452,8 @@ class Network:
             {"add": {"table": {"family": "inet", "name": table}}},
             named_set("node_allow", ["ipv4_addr", "inet_proto", "inet_service"], ["interval"], node_allow),
             named_set("fn_allow", ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], ["interval"], []),
+            named_set("node_allow_self", ["ipv4_addr", "inet_proto", "inet_service"], ["interval"], node_self),
+            named_set("fn_allow_self", ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], ["interval"], []),
             named_set("resolvers", "ipv4_addr", [], [r for r in self.resolvers if not _loopback(r)]),
             named_set("denied", "ipv4_addr", ["interval"], denied),
             # The daemon that owns the tables (a second daemon on the node leaves them alone).
@@ -506,8 +514,8 @@ class Network:
                 for proto, port in dns
                 if self.forwarded and proto == "udp"
             ],
-            rule("to_node", _match(DESTINATION, "@node_allow"), ACCEPT),
-            rule("to_node", _match(SOURCE_DESTINATION, "@fn_allow"), ACCEPT),
+            rule("to_node", _match(DESTINATION, "@node_allow_self"), ACCEPT),
+            rule("to_node", _match(SOURCE_DESTINATION, "@fn_allow_self"), ACCEPT),
             rule("to_node", DENY),
             rule("deny", _match(_meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}}),
             rule("deny", {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
@@ -638,6 +646,10 @@ class Network:
         if allow:
             lease.elements = [e for d in allow for e in destination_elements(d, lease.address)]
             commands.append({"add": {"element": self._set("fn_allow", lease.elements)}})
+            single = [d for d in allow if d.network.prefixlen == 32]
+            lease.node_elements = [e for d in single for e in destination_elements(d, lease.address)]
+            if lease.node_elements:
+                commands.append({"add": {"element": self._set("fn_allow_self", lease.node_elements)}})
         if network is not None and network.bandwidth_kbps:
             rate = network.bandwidth_kbps * 1000 // 8
             for direction in ("out", "in"):
@@ -721,7 +733,10 @@ class Network:
         retire = ""
         if lease.elements and self._nft is not None:
             try:
-                self._nft.run([{"delete": {"element": self._set("fn_allow", lease.elements)}}])
+                deletions = [{"delete": {"element": self._set("fn_allow", lease.elements)}}]
+                if lease.node_elements:
+                    deletions.append({"delete": {"element": self._set("fn_allow_self", lease.node_elements)}})
+                self._nft.run(deletions)
             except Exception as exc:  # noqa: BLE001 - then the address keeps the function's allow list
                 retire = f"its allowed destinations are still in the firewall ({exc})"
         if lease.limited and self._nft is not None:
