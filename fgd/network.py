@@ -643,13 +643,15 @@ class Network:
         allow = [d for d in network.allow if within(d, self.config.function_allow_within)] if network else []
         if network is not None and len(allow) < len(network.allow):
             log.warning("function %s: network.allow entries outside [network] function_allow_within ignored", function)
-        if allow:
-            lease.elements = [e for d in allow for e in destination_elements(d, lease.address)]
-            commands.append({"add": {"element": self._set("fn_allow", lease.elements)}})
-            single = [d for d in allow if d.network.prefixlen == 32]
-            lease.node_elements = [e for d in single for e in destination_elements(d, lease.address)]
-            if lease.node_elements:
-                commands.append({"add": {"element": self._set("fn_allow_self", lease.node_elements)}})
+        # Noted on the lease only once loaded (below): release deletes what the lease names, and
+        # an address whose deletion fails is retired.
+        elements = [e for d in allow for e in destination_elements(d, lease.address)]
+        single = [d for d in allow if d.network.prefixlen == 32]
+        node_elements = [e for d in single for e in destination_elements(d, lease.address)]
+        if elements:
+            commands.append({"add": {"element": self._set("fn_allow", elements)}})
+        if node_elements:
+            commands.append({"add": {"element": self._set("fn_allow_self", node_elements)}})
         if network is not None and network.bandwidth_kbps:
             rate = network.bandwidth_kbps * 1000 // 8
             for direction in ("out", "in"):
@@ -673,7 +675,6 @@ class Network:
                     },
                     {"add": {"element": self._set(f"bandwidth_{direction}", [[lease.address, name]])}},
                 ]
-            lease.limited = True
         if commands:
             from fgd.nft import NftError
 
@@ -681,6 +682,9 @@ class Network:
                 self._nft.run(commands)
             except NftError as exc:
                 raise NetworkError(f"cannot apply the function's network rules: {exc}") from None
+            # One batch: all of it is loaded.
+            lease.elements, lease.node_elements = elements, node_elements
+            lease.limited = bool(network is not None and network.bandwidth_kbps)
         return True
 
     def enter_policy(self, policy: EnterPolicy, keep_interface: bool) -> EnterPolicy:
