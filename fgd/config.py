@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from fgd.netpolicy import Destination, Mode
+from fgd.netpolicy import Destination, Mode, overlap
 from fgd.packages import PackageLimits
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -240,6 +240,13 @@ class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"[network] subnet {self.subnet!r} is not a CIDR (e.g. 10.213.0.0/16)") from None
         if subnet.version != 4 or not subnet.is_private or not 8 <= subnet.prefixlen <= 24:
             raise ValueError(f"[network] subnet {self.subnet}: an IPv4 private range between /8 and /24")
+        for i, one in enumerate(self.allow):
+            for other in self.allow[:i]:
+                if overlap(one, other):
+                    # The firewall's interval set cannot hold both: networking would be unavailable.
+                    raise ValueError(
+                        f"[network] allow: {one.cidr} and {other.cidr} ({one.protocol}) overlap; merge them"
+                    )
         for resolver in self.resolvers:
             try:
                 ipaddress.IPv4Address(resolver)

@@ -28,3 +28,22 @@ def test_outside_is_refused_whatever_overlaps() -> None:
     ]
     assert ungranted(refused, GRANTS) == refused
     assert ungranted([Destination("192.168.10.5", [1883])], []) == [Destination("192.168.10.5", [1883])]
+
+
+def test_overlapping_node_wide_destinations_are_a_config_error() -> None:
+    import msgspec
+    import pytest
+
+    from fgd.config import NetworkConfig
+
+    with pytest.raises(msgspec.ValidationError, match="overlap"):
+        msgspec.convert(
+            {"allow": [{"cidr": "192.168.10.0/24"}, {"cidr": "192.168.10.5", "ports": [1883]}]}, NetworkConfig
+        )
+    ok = {
+        "allow": [
+            {"cidr": "192.168.10.5", "ports": [1883]},
+            {"cidr": "192.168.10.5", "ports": [1883], "protocol": "udp"},
+        ]
+    }
+    assert len(msgspec.convert(ok, NetworkConfig).allow) == 2
