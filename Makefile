@@ -113,7 +113,7 @@ bench: $(STAMP) $(SHIMS) $(NODE_STAMP)
 # Issue 16: the Debian package (debian/, dh; the install step is scripts/install with --destdir),
 # built from this checkout with the build host's Debian python3. Output: $(DEB_OUT)/fgd_*.deb.
 DEB_OUT ?= build/deb
-DEB_BUILD_DEPS := build-essential debhelper dpkg-dev python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 ca-certificates
+DEB_BUILD_DEPS := build-essential debhelper dpkg-dev python3-venv python3-dev gcc libc6-dev libcap-dev libseccomp2 ca-certificates nodejs npm
 
 deb:
 	@PYTHON=/usr/bin/python3 ./scripts/install-system-packages $(DEB_BUILD_DEPS)

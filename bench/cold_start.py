@@ -12,6 +12,9 @@ fresh `node` under `unshare` loading and running the same handler (bench/_nodejs
 Custom (a C bootstrap) and HTTP functions (a small node server) are measured by bench/_custom.py,
 against their own baselines (the bootstrap or server started fresh under `unshare`).
 
+Issue 15: each step of specialisation is reported too (`steps`: "daemon.*" as the daemon timed
+them, "instance.*" as the instance did, from /healthz's `last_cold_start` after each start).
+
 Usage: python bench/cold_start.py [--count 100] [--runtimes python,nodejs,custom]
 (`--count 2` proves it runs without measuring anything worth keeping.)
 """
@@ -58,8 +61,24 @@ def pool_size(daemon: Daemon, runtime: str = PYTHON_RUNTIME) -> int:
         return json.loads(response.read())["pool"].get(runtime, 0)
 
 
+def last_cold_start(daemon: Daemon) -> dict[str, dict[str, float]]:
+    """Each step of the daemon's last cold start, in ms (daemon's view and the instance's)."""
+    with urllib.request.urlopen(f"{daemon.url}/healthz") as response:
+        return json.loads(response.read()).get("last_cold_start", {})
+
+
+def step_percentiles(runs: list[dict[str, dict[str, float]]]) -> dict:
+    """Per step ("daemon.cgroup_limits", "instance.load_handler", ...): its percentiles over the runs."""
+    samples: dict[str, list[float]] = {}
+    for run in runs:
+        for side, steps in run.items():
+            for name, ms in steps.items():
+                samples.setdefault(f"{side}.{name}", []).append(ms)
+    return {name: percentiles(values) for name, values in samples.items()}
+
+
 def cold_invocations(
-    daemon: Daemon, count: int, wait_for_pool: int, runtime: str = PYTHON_RUNTIME
+    daemon: Daemon, count: int, wait_for_pool: int, runtime: str = PYTHON_RUNTIME, steps: list | None = None
 ) -> tuple[list[float], list[float]]:
     if runtime == _nodejs.RUNTIME:
         _nodejs.deploy(daemon, "noop")
@@ -79,6 +98,9 @@ def cold_invocations(
         summary = json.loads(answer["headers"]["x-cff-invoke-summary"])
         assert summary["coldStart"], summary
         init.append(summary["initDuration"])
+        if steps is not None:
+            # Read after the timed request: the steps of the start it caused.
+            steps.append(last_cold_start(daemon))
     return wall, init
 
 
@@ -122,16 +144,18 @@ def measure(results: dict, count: int, runtime: str, code_file: str, base: list[
     """From the pool and without one, for `runtime`, against `base` (the same run's baseline)."""
     daemon = Daemon()
     try:
-        wall, init = cold_invocations(daemon, count, wait_for_pool=2, runtime=runtime)
-        results["from_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
+        steps: list = []
+        wall, init = cold_invocations(daemon, count, wait_for_pool=2, runtime=runtime, steps=steps)
+        results["from_pool"] = {"http": percentiles(wall), "init": percentiles(init), "steps": step_percentiles(steps)}
         results["idle_instance"] = idle_instance_uss(daemon, code_file)
     finally:
         daemon.stop()
 
     daemon = Daemon("[sandbox]\npool_size = 0\n")
     try:
-        wall, init = cold_invocations(daemon, count, wait_for_pool=0, runtime=runtime)
-        results["no_pool"] = {"http": percentiles(wall), "init": percentiles(init)}
+        steps = []
+        wall, init = cold_invocations(daemon, count, wait_for_pool=0, runtime=runtime, steps=steps)
+        results["no_pool"] = {"http": percentiles(wall), "init": percentiles(init), "steps": step_percentiles(steps)}
     finally:
         daemon.stop()
 

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from fgd.netpolicy import Destination, Mode
+from fgd.netpolicy import Destination, Mode, overlap
 from fgd.packages import PackageLimits
 
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -223,6 +223,10 @@ class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     veth_prefix: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,4}\Z")] = "fgdv"
     # Destinations every instance may reach although the policy denies them (a broker on the LAN).
     allow: Annotated[list[Destination], Meta(max_length=1024)] = []
+    # What a function's own `network.allow` may name (any project's key can create a function):
+    # each of its destinations must lie within one of these (range, protocol, ports). Empty: a
+    # function may allow itself nothing; only `allow` above opens the policy.
+    function_allow_within: Annotated[list[Destination], Meta(max_length=1024)] = []
     # Name servers instances use; empty: those of the node's /etc/resolv.conf. Loopback ones
     # (a local stub such as systemd-resolved) are reached through the daemon's forwarder.
     resolvers: list[Annotated[str, Meta(max_length=64)]] = []
@@ -236,6 +240,13 @@ class NetworkConfig(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"[network] subnet {self.subnet!r} is not a CIDR (e.g. 10.213.0.0/16)") from None
         if subnet.version != 4 or not subnet.is_private or not 8 <= subnet.prefixlen <= 24:
             raise ValueError(f"[network] subnet {self.subnet}: an IPv4 private range between /8 and /24")
+        for i, one in enumerate(self.allow):
+            for other in self.allow[:i]:
+                if overlap(one, other):
+                    # The firewall's interval set cannot hold both: networking would be unavailable.
+                    raise ValueError(
+                        f"[network] allow: {one.cidr} and {other.cidr} ({one.protocol}) overlap; merge them"
+                    )
         for resolver in self.resolvers:
             try:
                 ipaddress.IPv4Address(resolver)

@@ -36,7 +36,7 @@ from fgd.logs import LogSink
 from fgd.metrics import Metrics, label_of
 from fgd.network import Network, availability
 from fgd.nodejs import NodeCatalogue, find_node, shim_built
-from fgd.sandboxing import Sandbox, probe
+from fgd.sandboxing import HostSandbox, probe
 from fgd.store import Store
 from fgd.triggers import Triggers
 from fgd.web.api import ApiContext, create_app
@@ -112,17 +112,17 @@ def pool_of(name: str, interpreter_key: str) -> str:
     return custom.POOL if custom.mode_of(name) != "python" else interpreter_key
 
 
-def seccomp_programs(sandbox: Sandbox) -> dict[str, bytes] | None:
+def seccomp_programs(sandbox: HostSandbox) -> dict[str, bytes] | None:
     """Built once here and handed to every zygote (each instance loads one last)."""
     if not sandbox.protections.seccomp:
         return None
     return {profile: seccomp.build(profile) for profile in seccomp.PROFILES}
 
 
-def build_sandbox(config: Config, state_dir: Path, shared_mounts: list[Mount] | None = None) -> Sandbox:
+def build_sandbox(config: Config, state_dir: Path, shared_mounts: list[Mount] | None = None) -> HostSandbox:
     """Probe the host; refuse to start without a protection unless degraded mode is allowed."""
     facts = probe(config.sandbox)
-    sandbox = Sandbox(config.sandbox, facts, state_dir, shared_mounts)
+    sandbox = HostSandbox(config.sandbox, facts, state_dir, shared_mounts)
     if sandbox.degraded:
         if not config.sandbox.allow_degraded:
             raise StartupError(
@@ -228,6 +228,8 @@ async def serve(config: Config) -> None:
             "functions": len(store.functions),
             # Issue 14: whether functions can have `outbound`, and why not.
             "network": network.health(),
+            # Issue 15: each step of the last cold start in ms, daemon's and instance's view (bench/cold_start.py).
+            "last_cold_start": invoker.last_cold_start,
         }
 
     def gauges() -> dict[str, dict[str, float]]:
@@ -375,7 +377,7 @@ async def serve(config: Config) -> None:
     log.info("fgd stopped")
 
 
-def build_network(config: Config, sandbox: Sandbox) -> Network:
+def build_network(config: Config, sandbox: HostSandbox) -> Network:
     """Issue 14: whether instances can have `outbound` here; said once at start when they cannot."""
     root = os.geteuid() == 0
     available, detail = availability(config.network, root=root, namespaces=sandbox.protections.namespaces)

@@ -50,7 +50,7 @@ from fgd.model import (
     settings_of,
     timestamp,
 )
-from fgd.netpolicy import NONE, OUTBOUND, FunctionNetwork
+from fgd.netpolicy import NONE, OUTBOUND, Destination, FunctionNetwork, ungranted
 from fgd.store import Store
 from fgd.versions import Versions, is_latest, lookup
 from fgd.web.uploads import decode_inline
@@ -294,6 +294,16 @@ class Functions:
                 "use mode none or leave it out"
             )
         network = settings.network or FunctionNetwork()
+        # Only what the request adds is judged: a function whose grant the operator narrowed stays
+        # editable (and fgd.network applies only what is still granted).
+        kept = list(current.allow) if current is not None else []
+        refused = ungranted([d for d in network.allow if d not in kept], config.function_allow_within)
+        if refused:
+            granted = ", ".join(_describe(d) for d in config.function_allow_within) or "nothing"
+            raise InvalidParameter(
+                f"network.allow: {', '.join(_describe(d) for d in refused)} is not within what the operator "
+                f"lets functions allow themselves ([network] function_allow_within: {granted})"
+            )
         if network.mode is None:
             # An update that gives only `allow` keeps the mode the function had.
             default = config.default_mode if config.allow_outbound else NONE
@@ -578,3 +588,8 @@ def destinations_answer(config: dict[str, Any]) -> DestinationsAnswer:
             text = param if isinstance(param, str) else msgspec.json.encode(param).decode()
             found[condition] = DestinationAnswer(destination=str(spec.get("destination", "")), param=text)
     return DestinationsAnswer(**found)
+
+
+def _describe(destination: Destination) -> str:
+    ports = ",".join(map(str, destination.ports)) or "every port"
+    return f"{destination.cidr} {destination.protocol} {ports}"

@@ -8,7 +8,6 @@ that was running when the bytes arrived.
 
 from __future__ import annotations
 
-import collections
 import enum
 import os
 import signal
@@ -17,28 +16,20 @@ import time
 import uuid
 from collections.abc import Callable
 
-import msgspec
 import trio
 
-from fgd.output import LINE_COST, LINES_PER_DRAIN, OutputPipe, Transcript, cut_line
-from fgd.sandboxing import Sandbox
+from fgd.demux import Demultiplexer
+from fgd.instance_output import InstanceOutput, LogLimits
+from fgd.output import OutputPipe
+from fgd.sandboxing import HostSandbox
 from fgd.store import LogLine
 from fgd.zygote import Zygote
 from runtimes import protocol
 from sandbox.cgroups import CgroupError, Limits, parse_key_value
 
 READ_CHUNK = 1 << 16
-# Request ids an instance finished lately: a Log frame for one of them is late, not forged.
-RECENT_REQUESTS = 256
-# The request id the runtime gives its initializer's context.
-INITIALIZER = "initializer"
 # How long to wait for the zygote's exit report after the socket closed.
 EXIT_REPORT_WAIT = 0.5
-# What the transcripts of all requests running on one instance hold together (Transcript.cost):
-# up to 1,000 requests share an instance, and each must not bring its own per-invocation limit.
-INSTANCE_LOG_BYTES = 16 * 1024 * 1024
-# Drains of each pipe when a request ends: up to 10,240 lines, the default transcript's 10,000.
-DRAINS_AT_END = 10
 
 
 class State(enum.Enum):
@@ -54,13 +45,6 @@ class InstanceGone(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-class LogLimits(msgspec.Struct, frozen=True):
-    """What one invocation's transcript may hold, and what a function may print between requests."""
-
-    max_lines: int
-    max_bytes: int
 
 
 def signal_name(number: int) -> str:
@@ -80,7 +64,7 @@ def _create_and_place(cgroups, name: str, pid: int, limits: Limits) -> None:
 
 
 class Instance:
-    def __init__(self, zygote: Zygote, log_limits: LogLimits, sandbox: Sandbox | None = None) -> None:
+    def __init__(self, zygote: Zygote, log_limits: LogLimits, sandbox: HostSandbox | None = None) -> None:
         self.id = uuid.uuid4().hex[:16]
         self.sandbox = sandbox
         # One cgroup per instance, named so a restarted daemon can tell its own from stale ones.
@@ -101,43 +85,24 @@ class Instance:
         self.packages: set[str] = set()
         # Kept-open descriptors of cgroup files read per invocation (memory peak, OOM kills).
         self._counter_fds: dict[str, int] = {}
+        # The limits written on its cgroup (None: none yet).
+        self.limits: Limits | None = None
         self._oom_baseline = 0
         self.last_used = time.monotonic()
-        # Requests running on the instance now; output from its pipes goes to the one
-        # running (to none when several run: their prints come tagged as Log frames).
-        self.active: list[str] = []
-        self._transcripts: dict[str, Transcript] = {}
-        # Transcript.cost of every transcript held now, against INSTANCE_LOG_BYTES.
-        self._held = 0
-        # Requests finished lately, oldest first (a dict as an ordered set).
-        self._finished: dict[str, None] = {}
-        # The request that ended last with no other running: output while none runs is its.
-        self._ended_alone = ""
-        # Output that belongs to no running request (printed after its request ended, or by
-        # concurrent requests without a tag) goes straight to the function's log through
-        # `on_late`, at most `log_limits.max_lines` lines between two requests; the rest is counted.
-        self.on_late: Callable[[list[LogLine]], None] | None = None
-        self._late_budget = log_limits.max_lines
-        # Set by begin() and close(): the pipes are read again after a pause. With no request
-        # running and the late allowance used up, output would only be counted: the pipes are left
-        # unread instead, so the instance's writers block and cost the daemon nothing.
-        self._output_wanted = trio.Event()
-        self._late_dropped = 0
+        # Which request each frame from the instance's socket belongs to (sans-IO).
+        self._demux = Demultiplexer(protocol.MAX_UP_FRAME)
+        # Its stdout and stderr, and the transcripts of its requests.
+        self.output = InstanceOutput(self.id, self._demux.running, log_limits)
         self.kill_reason = ""
         # Issue 12: which agency credentials (name, generation) the instance holds (fgd.agencies).
         self.credentials_token: tuple[str, int] = ("", 0)
         # Kept started and warm for the function (reserved instances), never reaped.
         self.reserved = False
-        self._results: dict[str, protocol.Frame] = {}
-        self._waiting: dict[str, trio.Event] = {}
-        self._reading = False
+        # Tasks waiting for their answer while another reads the socket, by request id.
+        self._wakers: dict[str, trio.Event] = {}
         self._gone: str | None = None
         self._send_lock = trio.Lock()
-        self._log_limits = log_limits
         self._socket: trio.socket.SocketType | None = None
-        self._buffer = protocol.FrameBuffer(protocol.MAX_UP_FRAME, from_instance=True)
-        self._frames: collections.deque[protocol.Frame] = collections.deque()
-        self._pipes: list[OutputPipe] = []
 
     # Life cycle ------------------------------------------------------------
 
@@ -148,7 +113,7 @@ class Instance:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
-        self._pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
+        self.output.pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
         self._socket = trio.socket.from_stdlib_socket(ours)
         self.zygote_generation = self.zygote.generation
         try:
@@ -163,16 +128,21 @@ class Instance:
             os.close(out_w)
             os.close(err_w)
 
-    async def contain(self) -> None:
-        """Step 1 (cgroup placement) here, then the generic sandbox steps in the instance."""
+    async def contain(self, memory_size: int | None = None) -> None:
+        """Step 1 (cgroup placement) here, then the generic sandbox steps in the instance.
+
+        With `memory_size`, the cgroup gets that size's limits now, off the request path: a
+        function of that size is specialised without writing any (issue 15)."""
         sandbox = self.sandbox
         if sandbox is None:
             return
         try:
             if self.cgroup is not None and sandbox.cgroups is not None:
                 cgroups, name, pid = sandbox.cgroups, self.cgroup, self.pid
+                limits = sandbox.limits_for(memory_size)
                 # A v1 cgroup move can stall for milliseconds: keep it off the event loop.
-                await trio.to_thread.run_sync(_create_and_place, cgroups, name, pid, sandbox.limits(None))
+                await trio.to_thread.run_sync(_create_and_place, cgroups, name, pid, limits)
+                self.limits = limits
         except CgroupError as exc:
             raise InstanceGone(f"cannot put the instance into its cgroup: {exc}") from None
         if not sandbox.protections.namespaces:
@@ -196,11 +166,15 @@ class Instance:
             raise InstanceGone(f"unexpected {type(reply).__name__} while starting the runtime")
 
     def set_limits(self, limits: Limits) -> None:
+        """The function's limits on the instance's cgroup; nothing is written when they are set already."""
+        if limits == self.limits:
+            return
         if self.cgroup is not None and self.sandbox is not None and self.sandbox.cgroups is not None:
             try:
                 self.sandbox.cgroups.set_limits(self.cgroup, limits)
             except CgroupError as exc:
                 raise InstanceGone(f"cannot set the instance's limits: {exc}") from None
+            self.limits = limits
 
     def oom_kills(self) -> int:
         """The kernel's count of OOM kills in this instance's cgroup (0 without one)."""
@@ -248,108 +222,58 @@ class Instance:
             self.sandbox.release_uid(self.id)
         return gone
 
-    async def pump_output(self) -> None:
-        """Read the output pipes until both are closed (run in the pool's nursery)."""
-        async with trio.open_nursery() as nursery:
-            for pipe in self._pipes:
-                nursery.start_soon(self._pump, pipe)
-
-    async def _pump(self, pipe: OutputPipe) -> None:
-        while not pipe.closed or pipe.pending:
-            if not pipe.closed and not self.active and self._late_budget <= 0:
-                await self._output_wanted.wait()
-                continue
-            if pipe.pending:
-                # Lines already read wait for their turn: let the rest of the daemon run first.
-                await trio.lowlevel.checkpoint()
-            else:
-                try:
-                    await trio.lowlevel.wait_readable(pipe.fd)
-                except (trio.ClosedResourceError, OSError):
-                    return
-            self._collect(pipe.stream, pipe.drain())
-
-    def collect_output(self) -> None:
-        """Take in what the pipes hold right now (called when a request ends)."""
-        for pipe in self._pipes:
-            # What the request printed last is still its own: take up to about one transcript's
-            # worth of lines now (a few ms at worst), not just one turn's.
-            for _ in range(DRAINS_AT_END):
-                if pipe.closed and not pipe.pending:
-                    break
-                lines = pipe.drain()
-                self._collect(pipe.stream, lines)
-                if len(lines) < LINES_PER_DRAIN:
-                    break  # the pipe is empty (or held only long lines, bounded by the reads of one drain)
-            if not pipe.pending:
-                # (With lines still pending, the partial line is not the last one: it waits for them.)
-                self._collect(pipe.stream, pipe.flush_partial())
-
-    def _collect(self, stream: str, lines: list[str]) -> None:
-        for text in lines:
-            self.add_line(stream, text)
-
     @property
-    def request_id(self) -> str:
-        """The request untagged output belongs to: the only one running; with none running, the
-        last one to end if it was running alone then (a background thread it left); else none."""
-        if not self.active:
-            return self._ended_alone
-        return self.active[0] if len(self.active) == 1 else ""
+    def active(self) -> list[str]:
+        """Requests running on the instance now; output from its pipes goes to the one
+        running (to none when several run: their prints come tagged as Log frames)."""
+        return self._demux.running
 
     def begin(self, request_id: str) -> None:
         """`request_id` starts running here: its output is kept from now on."""
         if not self.active:
             # A child killed for memory in an earlier request must not make a later crash an OOM.
             self._oom_baseline = self.oom_kills()
-        if request_id not in self.active:
-            self.active.append(request_id)
-        self._late_budget = self._log_limits.max_lines
-        self._output_wanted.set()
-        self._output_wanted = trio.Event()
-        if self._late_dropped and self.on_late is not None:
-            note = f"{self._late_dropped:,} log lines printed outside any request were dropped"
-            self.on_late([LogLine(time.time(), "", self.id, "platform", note)])
-            self._late_dropped = 0
+        self._demux.begin(request_id)
+        self.output.begin()
 
     def end(self, request_id: str) -> list[LogLine]:
         """`request_id` finished: its transcript; later output for it counts as late."""
-        if request_id in self.active:
-            self.active.remove(request_id)
-        self._ended_alone = "" if self.active else request_id
-        self._finished[request_id] = None
-        if len(self._finished) > RECENT_REQUESTS:
-            del self._finished[next(iter(self._finished))]
-        return self.take_lines(request_id)
+        self._demux.end(request_id)
+        return self.output.end(request_id)
+
+    # What it prints (fgd.instance_output) ----------------------------------------------
+
+    @property
+    def on_late(self) -> Callable[[list[LogLine]], None] | None:
+        return self.output.on_late
+
+    @on_late.setter
+    def on_late(self, on_late: Callable[[list[LogLine]], None] | None) -> None:
+        self.output.on_late = on_late
+
+    async def pump_output(self) -> None:
+        await self.output.pump()
+
+    def collect_output(self) -> None:
+        self.output.collect()
 
     def add_line(self, stream: str, text: str, request_id: str | None = None) -> None:
-        # The initializer runs for the request that caused the cold start: its lines are that request's.
-        owner = self.request_id if request_id is None or request_id == INITIALIZER else request_id
-        line = LogLine(time.time(), owner, self.id, stream, cut_line(text))
-        if owner in self.active:
-            transcript = self._transcripts.get(owner)
-            if transcript is None:
-                transcript = self._transcripts[owner] = Transcript()
-            # (The platform's one summary line per request is never crowded out by the others' output.)
-            if stream != "platform" and self._held + len(line.message) + LINE_COST > INSTANCE_LOG_BYTES:
-                transcript.drop(line)
-            elif transcript.add(line, self._log_limits.max_lines, self._log_limits.max_bytes):
-                self._held += len(line.message) + LINE_COST
-        elif self.on_late is not None and self._late_budget > 0:
-            self._late_budget -= 1
-            self.on_late([line])
-        else:
-            self._late_dropped += 1
+        self.output.add_line(stream, text, request_id)
 
     def take_lines(self, request_id: str = "") -> list[LogLine]:
-        transcript = self._transcripts.pop(request_id, None)
-        if transcript is None:
-            return []
-        self._held -= transcript.cost()
-        return transcript.finish(request_id, self.id)
+        return self.output.take_lines(request_id)
 
     def take_all_lines(self) -> list[LogLine]:
-        return [line for owner in list(self._transcripts) for line in self.take_lines(owner)]
+        return self.output.take_all_lines()
+
+    def exited(self) -> bool:
+        """The zygote reported its exit, or the zygote itself died (and took it along)."""
+        zygote = self.zygote
+        return self.zygote_generation != zygote.generation or self.pid in zygote.exit_codes
+
+    def unusable(self) -> bool:
+        """Known to be unusable: killed, exited, or of a zygote that died (restarting or replaced)."""
+        return self.state is State.DEAD or not self.zygote.ready.is_set() or self.exited()
 
     def kill(self) -> None:
         """Kill every process of the instance (its whole cgroup); idempotent."""
@@ -372,19 +296,12 @@ class Instance:
 
     def close(self) -> None:
         self.kill()
-        self._output_wanted.set()
         for fd in self._counter_fds.values():
             os.close(fd)
         self._counter_fds.clear()
         if self._socket is not None:
             self._socket.close()
-        for pipe in self._pipes:
-            if pipe.fd >= 0:
-                # Wake a pump blocked on this fd before closing it.
-                trio.lowlevel.notify_closing(pipe.fd)
-                os.close(pipe.fd)
-                pipe.fd = -1
-                pipe.closed = True
+        self.output.close()
 
     async def exit_reason(self) -> str:
         """A sentence saying how the process ended, from the zygote's report."""
@@ -414,63 +331,73 @@ class Instance:
 
     async def result(self, request_id: str) -> protocol.Frame:
         """The answer to `request_id`. Whoever waits and finds no one reading reads for everyone."""
+        demux = self._demux
         while True:
-            if request_id in self._results:
-                return self._results.pop(request_id)
+            held = demux.take(request_id)
+            if held is not None:
+                return held
             if self._gone is not None:
                 raise InstanceGone(self._gone)
-            if self._reading:
-                event = self._waiting[request_id] = trio.Event()
+            if demux.reading:
+                event = self._wakers[request_id] = trio.Event()
+                demux.wait(request_id)
                 try:
                     await event.wait()
                 except BaseException:
-                    if self._waiting.get(request_id) is event:
-                        del self._waiting[request_id]
-                    elif not self._reading:
+                    if demux.stop_waiting(request_id):
+                        self._wakers.pop(request_id, None)
+                    elif not demux.reading:
                         self._hand_over()  # we were handed the reading and are leaving: pass it on
                     raise
                 continue
-            self._reading = True
+            demux.reading = True
             try:
                 frame = await self.receive()
                 if not isinstance(frame, protocol.Result):
                     raise InstanceGone(f"the instance answered with an unexpected {type(frame).__name__} frame")
-                if frame.request_id not in self.active or frame.request_id in self._results:
-                    raise InstanceGone(
-                        f"the instance broke the protocol: it answered request {frame.request_id[:64]!r}, "
-                        "which it was not given (or answered it twice)"
-                    )
+                try:
+                    demux.check_answer(frame)
+                except protocol.ProtocolError as exc:
+                    raise InstanceGone(f"the instance broke the protocol: {exc}") from None
                 if frame.request_id == request_id:
                     return frame
-                self._results[frame.request_id] = frame
-                waiter = self._waiting.pop(frame.request_id, None)
-                if waiter is not None:
-                    waiter.set()
+                demux.hold(frame)
+                if demux.answered(frame.request_id):
+                    self._wake(frame.request_id)
             except InstanceGone as gone:
                 self._gone = self.kill_reason or gone.message
                 raise InstanceGone(self._gone) from None
             finally:
-                self._reading = False
+                demux.reading = False
                 self._hand_over()
+
+    def _wake(self, request_id: str) -> None:
+        event = self._wakers.pop(request_id, None)
+        if event is not None:
+            event.set()
 
     def _hand_over(self) -> None:
         """Wake one waiter to read next (or all of them, if the instance is gone)."""
         if self._gone is not None:
-            for waiter in self._waiting.values():
-                waiter.set()
-            self._waiting.clear()
-        elif self._waiting:
-            self._waiting.pop(next(iter(self._waiting))).set()
+            for request_id in self._demux.wake_all():
+                self._wake(request_id)
+        else:
+            request_id = self._demux.next_reader()
+            if request_id is not None:
+                self._wake(request_id)
 
     async def receive(self) -> protocol.Frame:
         """Next frame that is not a Log; Log frames are collected as log lines."""
         assert self._socket is not None
         while True:
-            while self._frames:
-                frame = self._frames.popleft()
-                if isinstance(frame, protocol.Log):
-                    self._log_frame(frame)
-                    continue
+            try:
+                frame = self._demux.next_frame()
+            except protocol.ProtocolError as exc:
+                raise InstanceGone(f"the instance broke the protocol: {exc}") from None
+            if isinstance(frame, protocol.Log):
+                self._log_frame(frame)
+                continue
+            if frame is not None:
                 return frame
             try:
                 data = await self._socket.recv(READ_CHUNK)
@@ -481,18 +408,12 @@ class Instance:
             if not data:
                 raise InstanceGone(self.kill_reason or await self.exit_reason())
             try:
-                self._frames.extend(self._buffer.feed(data))
+                self._demux.feed(data)
             except protocol.ProtocolError as exc:
                 raise InstanceGone(f"the instance broke the protocol: {exc}") from None
 
     def _log_frame(self, frame: protocol.Log) -> None:
-        owner = frame.request_id
-        if owner and owner != INITIALIZER and owner not in self.active and owner not in self._finished:
-            raise InstanceGone(
-                f"the instance broke the protocol: it sent a log line for request {owner[:64]!r}, "
-                "which it was not given"
-            )
         if frame.level in ("stdout", "stderr"):
-            self.add_line(frame.level, frame.message, owner)
+            self.add_line(frame.level, frame.message, frame.request_id)
         else:
-            self.add_line("logger", f"[{frame.level[:16]}] {frame.message}", owner)
+            self.add_line("logger", f"[{frame.level[:16]}] {frame.message}", frame.request_id)

@@ -60,6 +60,8 @@ class Destination(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
             raise ValueError(f"{self.cidr!r} is not an IPv4 address or CIDR") from None
         if network.version != 4:
             raise ValueError(f"{self.cidr!r}: instances have no IPv6, only IPv4 destinations can be allowed")
+        if len(set(self.ports)) != len(self.ports):
+            raise ValueError(f"{self.cidr!r}: a port is listed twice")
 
     @property
     def network(self) -> ipaddress.IPv4Network:
@@ -75,6 +77,39 @@ class FunctionNetwork(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, 
     # Each instance's traffic, each way, in kilobits per second (packets past it are dropped,
     # which TCP takes as congestion); None: no limit.
     bandwidth_kbps: Annotated[int, Meta(ge=64, le=100_000_000)] | None = None
+
+    def __post_init__(self) -> None:
+        # The firewall's interval sets cannot hold two entries that overlap: refused here, not
+        # when every instance fails to start.
+        for i, one in enumerate(self.allow):
+            for other in self.allow[:i]:
+                if overlap(one, other):
+                    raise ValueError(
+                        f"allow: {one.cidr} and {other.cidr} ({one.protocol}) overlap; merge them into one entry"
+                    )
+
+
+def overlap(one: Destination, other: Destination) -> bool:
+    """Whether two destinations share an address, protocol and port (no ports: every port)."""
+    if one.protocol != other.protocol or not one.network.overlaps(other.network):
+        return False
+    return not one.ports or not other.ports or bool(set(one.ports) & set(other.ports))
+
+
+def within(asked: Destination, grants: list[Destination]) -> bool:
+    """Whether a function's destination lies inside one the operator grants: its range, its
+    protocol, and its ports (a grant without ports grants every port; asking for none asks for all)."""
+    for grant in grants:
+        if asked.protocol != grant.protocol or not asked.network.subnet_of(grant.network):
+            continue
+        if not grant.ports or (asked.ports and set(asked.ports) <= set(grant.ports)):
+            return True
+    return False
+
+
+def ungranted(allow: list[Destination], grants: list[Destination]) -> list[Destination]:
+    """The destinations of a function's allow list that no grant covers."""
+    return [d for d in allow if not within(d, grants)]
 
 
 def effective_mode(network: FunctionNetwork | None, disable_public_network: bool) -> Mode:

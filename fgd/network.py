@@ -34,7 +34,7 @@ import msgspec
 import psutil
 
 from fgd.config import NetworkConfig
-from fgd.netpolicy import DENIED_V4, NONE, OUTBOUND, Destination, FunctionNetwork, Mode, effective_mode
+from fgd.netpolicy import DENIED_V4, NONE, OUTBOUND, Destination, FunctionNetwork, Mode, effective_mode, within
 from sandbox.policy import EnterPolicy
 
 log = logging.getLogger("fgd.network")
@@ -65,6 +65,8 @@ class Lease(msgspec.Struct):
     # The function it was given (for the traffic counters), and its own allowed destinations.
     function: tuple[str, str, str] | None = None
     elements: list[dict] = []
+    # Those naming a single address: the only ones that may reach the node itself.
+    node_elements: list[dict] = []
     # Whether it has bandwidth limit objects (bw_<instance>_out, _in).
     limited: bool = False
     # Last counters read: rx/tx bytes and packets of the host end (rx = sent by the instance).
@@ -230,6 +232,9 @@ class Network:
             removed = self.remove_stale()
             if removed:
                 log.info("removed network objects left by a previous run: %s", ", ".join(removed))
+            forgotten = self.forget_connections(self.subnet)
+            if forgotten:
+                log.info("forgot %d tracked connections of a previous run's instances", forgotten)
             self._check_subnet()
             self._make_bridge()
             self.resolvers = self.config.resolvers or node_resolvers()
@@ -312,6 +317,27 @@ class Network:
                         self._ipr.link("del", index=link["index"])
                         removed.append(name)
         return removed
+
+    def forget_connections(self, network: ipaddress.IPv4Network) -> int:
+        """Delete the connection-tracking entries of instances in `network` (an address, or the
+        whole range at start). The firewall lets through what conntrack calls established: an
+        address given out again must not come with its previous instance's connections, which
+        an instance of another function, sending from the same port, would otherwise use past
+        the policy. How many were deleted."""
+        from pyroute2 import Conntrack
+
+        deleted = 0
+        with Conntrack() as conntrack:
+            # The kernel dumps the whole table (pyroute2 filters here): done off the request path.
+            for entry in list(conntrack.dump_entries()):
+                source = entry.tuple_orig.saddr
+                if entry.tuple_orig.family != 2 or source is None:
+                    continue
+                if ipaddress.IPv4Address(source) in network:
+                    with contextlib.suppress(Exception):  # gone meanwhile
+                        conntrack.delete(entry)
+                        deleted += 1
+        return deleted
 
     def _check_owner(self) -> None:
         """Another live daemon's tables and bridge (the same names, in this network namespace) are
@@ -404,6 +430,10 @@ class Network:
             return {"add": {"set": body}}
 
         node_allow = [e for d in config.allow for e in destination_elements(d)]
+        # The node itself is reached only through an entry naming one address (its own): a range
+        # that happens to contain it (the LAN, 0.0.0.0/0) opens the range, not the node's sshd,
+        # gateway and admin API.
+        node_self = [e for d in config.allow if d.network.prefixlen == 32 for e in destination_elements(d)]
         denied = [_prefix(ipaddress.IPv4Network(n)) for n in DENIED_V4]
         if not any(self.subnet.subnet_of(ipaddress.IPv4Network(n)) for n in DENIED_V4):
             denied.append(_prefix(self.subnet))
@@ -422,6 +452,8 @@ class Network:
             {"add": {"table": {"family": "inet", "name": table}}},
             named_set("node_allow", ["ipv4_addr", "inet_proto", "inet_service"], ["interval"], node_allow),
             named_set("fn_allow", ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], ["interval"], []),
+            named_set("node_allow_self", ["ipv4_addr", "inet_proto", "inet_service"], ["interval"], node_self),
+            named_set("fn_allow_self", ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"], ["interval"], []),
             named_set("resolvers", "ipv4_addr", [], [r for r in self.resolvers if not _loopback(r)]),
             named_set("denied", "ipv4_addr", ["interval"], denied),
             # The daemon that owns the tables (a second daemon on the node leaves them alone).
@@ -473,14 +505,17 @@ class Network:
             rule("input", from_bridge, {"jump": {"target": "to_node"}}),
             rule("to_node", _match(_meta("nfproto"), "ipv6"), {"drop": None}),
             rule("to_node", ESTABLISHED, ACCEPT),
+            # The same per-instance budget as going out: an allowed node port or the DNS forwarder
+            # must not let one instance fill the node's connection-tracking table.
+            rule("to_node", _match({"ct": {"key": "state"}}, "new", "in"), count_limit, DENY),
             # The DNS forwarder (fgd.dnsforward), when the node's resolvers are on loopback.
             *[
                 rule("to_node", _match(_field("ip", "daddr"), self.gateway), port, ACCEPT)
                 for proto, port in dns
                 if self.forwarded and proto == "udp"
             ],
-            rule("to_node", _match(DESTINATION, "@node_allow"), ACCEPT),
-            rule("to_node", _match(SOURCE_DESTINATION, "@fn_allow"), ACCEPT),
+            rule("to_node", _match(DESTINATION, "@node_allow_self"), ACCEPT),
+            rule("to_node", _match(SOURCE_DESTINATION, "@fn_allow_self"), ACCEPT),
             rule("to_node", DENY),
             rule("deny", _match(_meta("l4proto"), "tcp"), {"reject": {"type": "tcp reset"}}),
             rule("deny", {"reject": {"type": "icmpx", "expr": "admin-prohibited"}}),
@@ -604,9 +639,19 @@ class Network:
         if mode != OUTBOUND or self._nft is None:
             return False
         commands: list[dict] = []
-        if network is not None and network.allow:
-            lease.elements = [e for d in network.allow for e in destination_elements(d, lease.address)]
-            commands.append({"add": {"element": self._set("fn_allow", lease.elements)}})
+        # Only what the operator still grants (a function stored before the grant was narrowed).
+        allow = [d for d in network.allow if within(d, self.config.function_allow_within)] if network else []
+        if network is not None and len(allow) < len(network.allow):
+            log.warning("function %s: network.allow entries outside [network] function_allow_within ignored", function)
+        # Noted on the lease only once loaded (below): release deletes what the lease names, and
+        # an address whose deletion fails is retired.
+        elements = [e for d in allow for e in destination_elements(d, lease.address)]
+        single = [d for d in allow if d.network.prefixlen == 32]
+        node_elements = [e for d in single for e in destination_elements(d, lease.address)]
+        if elements:
+            commands.append({"add": {"element": self._set("fn_allow", elements)}})
+        if node_elements:
+            commands.append({"add": {"element": self._set("fn_allow_self", node_elements)}})
         if network is not None and network.bandwidth_kbps:
             rate = network.bandwidth_kbps * 1000 // 8
             for direction in ("out", "in"):
@@ -630,7 +675,6 @@ class Network:
                     },
                     {"add": {"element": self._set(f"bandwidth_{direction}", [[lease.address, name]])}},
                 ]
-            lease.limited = True
         if commands:
             from fgd.nft import NftError
 
@@ -638,6 +682,9 @@ class Network:
                 self._nft.run(commands)
             except NftError as exc:
                 raise NetworkError(f"cannot apply the function's network rules: {exc}") from None
+            # One batch: all of it is loaded.
+            lease.elements, lease.node_elements = elements, node_elements
+            lease.limited = bool(network is not None and network.bandwidth_kbps)
         return True
 
     def enter_policy(self, policy: EnterPolicy, keep_interface: bool) -> EnterPolicy:
@@ -687,9 +734,15 @@ class Network:
             total = self.totals.setdefault(lease.function, [0, 0, 0, 0])
             for i, value in enumerate(lease.stats):
                 total[i] += value
+        retire = ""
         if lease.elements and self._nft is not None:
-            with contextlib.suppress(Exception):
-                self._nft.run([{"delete": {"element": self._set("fn_allow", lease.elements)}}])
+            try:
+                deletions = [{"delete": {"element": self._set("fn_allow", lease.elements)}}]
+                if lease.node_elements:
+                    deletions.append({"delete": {"element": self._set("fn_allow_self", lease.node_elements)}})
+                self._nft.run(deletions)
+            except Exception as exc:  # noqa: BLE001 - then the address keeps the function's allow list
+                retire = f"its allowed destinations are still in the firewall ({exc})"
         if lease.limited and self._nft is not None:
             for direction in ("out", "in"):
                 name = f"bw_{lease.instance_id}_{direction}"
@@ -700,6 +753,16 @@ class Network:
                             {"delete": {"limit": {"family": "inet", "table": self.config.table, "name": name}}},
                         ]
                     )
+        # After its interface and rules are gone (nothing new can be tracked for it), before the
+        # address can be given to another instance.
+        try:
+            self.forget_connections(ipaddress.IPv4Network(lease.address))
+        except Exception as exc:  # noqa: BLE001 - then its connections would pass for the next one's
+            retire = retire or f"its tracked connections cannot be deleted ({exc})"
+        if retire:
+            # Never given to another instance, which would inherit what this one was allowed.
+            log.error("instance address %s is retired until the daemon restarts: %s", lease.address, retire)
+            return
         self._give_back(lease.address)
 
     # Traffic counters ------------------------------------------------------------------

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import msgspec
@@ -64,7 +65,19 @@ PROBE_TIMEOUT = 10.0
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 SHIM_SOURCE = SOURCE_ROOT / "runtimes" / "nodejs"
 # What `make` (scripts/build-nodejs) builds: the shim's msgpack codec and the bundled modules.
-BUILD_DIR = SOURCE_ROOT / "build" / "nodejs"
+# In a checkout it is build/nodejs next to the source tree; an installed fgd (scripts/install,
+# `make install`, the .deb) has it in its virtualenv's prefix, next to bundled/ and runtimes/.
+CHECKOUT_BUILD_DIR = SOURCE_ROOT / "build" / "nodejs"
+INSTALLED_BUILD_DIR = Path(sys.prefix) / "nodejs"
+
+
+def default_build_dir() -> Path:
+    """A checkout has its pyproject.toml above the package; an installed fgd is in
+    site-packages, which has none (the same test as fgd.bundled.default_root)."""
+    return CHECKOUT_BUILD_DIR if (SOURCE_ROOT / "pyproject.toml").is_file() else INSTALLED_BUILD_DIR
+
+
+BUILD_DIR = default_build_dir()
 # Where the sandbox shows them (read-only, no host path in mountinfo).
 SHIM_DIR = "/opt/function/runtime/nodejs-shim"
 SHIM_MODULES_DIR = "/opt/function/runtime/nodejs-shim-modules"
@@ -154,7 +167,10 @@ class NodeCatalogue:
         shown = repr(name[:64]) + ("..." if len(name) > 64 else "")
         if self.node is None:
             if self.unbuilt:
-                why = f"the Node.js runtime's npm modules are not built (run `make nodejs`: {shim_codec()} is missing)"
+                why = (
+                    "the Node.js runtime's npm modules are not built "
+                    f"(run `make nodejs`, or reinstall fgd: {shim_codec()} is missing)"
+                )
             elif self.unusable is not None:
                 why = f"its node {self.unusable.version} ({self.unusable.path}) is older than Node.js {OLDEST_MAJOR}"
             else:

@@ -197,8 +197,8 @@ def host_layout() -> tuple[list[Mount], list[tuple[str, str]]]:
     return mounts, links
 
 
-class Sandbox:
-    """Policies and cgroups for instances, as this host allows."""
+class HostSandbox:
+    """Policies and cgroups for instances, as this host allows (the daemon's side of the `sandbox` package)."""
 
     def __init__(
         self, config: SandboxConfig, facts: HostFacts, state_dir: Path, shared_mounts: list[Mount] | None = None
@@ -320,7 +320,10 @@ class Sandbox:
         self.uids.give_back(owner)
 
     def limits(self, record: FunctionRecord | None) -> Limits:
-        if record is None:
+        return self.limits_for(None if record is None else record.settings.memory_size)
+
+    def limits_for(self, memory_size: int | None) -> Limits:
+        """A function of `memory_size` MB's cgroup limits; None: a pooled instance's, before any function."""
+        if memory_size is None:
             return Limits(GENERIC_MEMORY, self.config.pids_max, None)
-        memory = record.settings.memory_size
-        return Limits(memory * 1024 * 1024, self.config.pids_max, min(cpu_millicores(memory), self.cpu_cap))
+        return Limits(memory_size * 1024 * 1024, self.config.pids_max, min(cpu_millicores(memory_size), self.cpu_cap))

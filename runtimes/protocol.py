@@ -23,8 +23,10 @@ HEADER = struct.Struct(">I")
 # Frames down (events, policies) may be large; frames up come from user code and are held to
 # what a legitimate answer needs: the response limit plus room for an error report.
 MAX_FRAME = 64 * 1024 * 1024
-# FunctionGraph's limit on a synchronous response body (RUNTIME_MAX_RESP_BODY_SIZE).
-MAX_RESPONSE = 6 * 1024 * 1024
+# FunctionGraph's 6 MB limit on a synchronous invocation's payload, both ways: the event the daemon
+# accepts (fgd.web.front) and the response body (RUNTIME_MAX_RESP_BODY_SIZE). Defined here only.
+MAX_PAYLOAD = 6 * 1024 * 1024
+MAX_RESPONSE = MAX_PAYLOAD
 MAX_UP_FRAME = MAX_RESPONSE + 1024 * 1024
 # One log line (bytes of UTF-8); longer lines are cut with a marker, on both sides.
 MAX_LOG_LINE = 64 * 1024
@@ -38,6 +40,9 @@ SURROGATES = re.compile("[\ud800-\udfff]")
 # Issue 13: an HTTP function's response headers, bounded so decoding one costs little.
 MAX_HTTP_HEADERS = 1024
 HttpHeaders = Annotated[list[tuple[str, str]], msgspec.Meta(max_length=MAX_HTTP_HEADERS)]
+# Their names and values together: with a 6 MB body they must still fit one frame up
+# (MAX_UP_FRAME leaves 1 MiB beside the body).
+MAX_HTTP_HEADER_BYTES = 256 * 1024
 
 
 class FunctionError(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -118,6 +123,9 @@ class Shutdown(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True
 
 class Ready(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):
     init_ms: float
+    # Issue 15: milliseconds of each step of specialisation as the instance saw them (sandbox
+    # entry, environment, loading the handler, the initializer), for bench/cold_start.py.
+    timings: dict[str, float] = {}
 
 
 class InitError(msgspec.Struct, tag=True, frozen=True, forbid_unknown_fields=True):

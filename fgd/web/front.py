@@ -41,6 +41,7 @@ from fgd.web.api.common import BASE, Operation, path_regex
 from fgd.web.api.invocations import async_event
 from fgd.web.server import header_text
 from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
+from runtimes import protocol
 
 log = logging.getLogger("fgd.web.front")
 
@@ -73,7 +74,7 @@ DEPENDENCY_PATH = path_regex(f"{BASE}/dependencies/version")
 # Async invocations are queued here too (issue 15: Quart cost more than the rest of the path);
 # the route is declared in fgd.web.api.invocations, which shares the checks (async_event).
 ASYNC_PATH = path_regex(f"{BASE}/functions/<urn>/invocations-async")
-MAX_EVENT_BYTES = 6 * 1024 * 1024
+MAX_EVENT_BYTES = protocol.MAX_PAYLOAD
 CODE_FILENAME_MAX = 128
 JSON = b"application/json"
 

@@ -7,7 +7,8 @@ function's `{statusCode, headers, body, isBase64Encoded}` result becomes the
 HTTP response. A result of another shape, a status outside 200-599, a header
 that is not valid HTTP, or a failed function, is a 502 with a message saying
 what was wrong. Headers about the connection or the framing (Content-Length,
-Transfer-Encoding, Connection, ...) are the server's: the function's are dropped.
+Transfer-Encoding, Connection, ...) are the server's: the function's are dropped, and so
+are its copies of fgd's own (X-Cff-*, X-Request-Id, X-Is-Func-Err).
 The node's admin token, if a caller sends it, is removed from the event.
 """
 
@@ -103,12 +104,18 @@ def apig_event(scope: dict, body: bytes, trigger: Trigger, request_id: str, toke
 
 def as_it_came(scope: dict, token: str) -> dict[str, Any]:
     """Issue 13: what an HTTP function's request needs beyond the APIG event to reach its server as
-    it came: the query string untouched and every header with all its values (runtimes/custom/http.py)."""
+    it came: the path and query string untouched and every header with all its values (runtimes/custom/http.py)."""
     headers: dict[str, list[str]] = {}
     for name, value in scope["headers"]:
         if not carries_token(name, value, token):
             headers.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
-    return {"rawQueryString": scope.get("query_string", b"").decode("latin-1"), "multiValueHeaders": headers}
+    return {
+        # The path as sent, percent-encoding kept: the decoded `path` turns %2F into a separator
+        # and %20 into a space no HTTP request line may hold.
+        "rawPath": (scope.get("raw_path") or scope["path"].encode()).decode("latin-1"),
+        "rawQueryString": scope.get("query_string", b"").decode("latin-1"),
+        "multiValueHeaders": headers,
+    }
 
 
 # Headers about this hop or the message's framing: fgd's HTTP server sets these itself, and a
@@ -116,8 +123,20 @@ def as_it_came(scope: dict, token: str) -> dict[str, Any]:
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
 
 
+# fgd's own answer headers (FunctionGraph's X-Cff-*, X-Request-Id): the gateway sets those it
+# sends, and a function's copy would stand beside them (a forged request id, a fake summary).
+OWN_PREFIX = "x-cff-"
+OWN = frozenset({"x-request-id", "x-is-func-err"})
+
+
 def _dropped(name: str, connection_tokens: set[str]) -> bool:
-    return name in HOP_BY_HOP or name.startswith("proxy-") or name in connection_tokens
+    return (
+        name in HOP_BY_HOP
+        or name.startswith("proxy-")
+        or name in connection_tokens
+        or name in OWN
+        or name.startswith(OWN_PREFIX)
+    )
 
 
 def to_http(result: bytes | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

@@ -3,7 +3,7 @@
 The server must listen on 127.0.0.1:8000 (FunctionGraph's rule); the instance is
 ready when that port accepts a connection. An invocation's event is an APIG
 event (`httpMethod`, `path`, `headers`, `queryStringParameters`, `body`,
-`isBase64Encoded`; fgd's gateway adds `rawQueryString` and
+`isBase64Encoded`; fgd's gateway adds `rawPath`, `rawQueryString` and
 `multiValueHeaders` so a request is forwarded exactly as it came); an event of
 another shape is POSTed to `/` as JSON. FunctionGraph's `X-CFF-*` headers are
 added (any the caller sent are removed first: they cannot be forged), and the
@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
+import select
 import socket
 import subprocess
 import threading
@@ -45,6 +47,14 @@ EXIT_GRACE = 0.3
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length", "host"}
 )
+# What a request line and header fields may hold (RFC 9110/9112): the caller's event is checked
+# here, not by http.client, which lets a name with spaces through ("Content-Length : 5", read as
+# a second length by lenient servers) and fails on the rest in ways that would blame the server.
+TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+TARGET = re.compile(r"[\x21-\x7e]*\Z")
+FIELD_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*\Z")
+# Methods a request of may be sent twice with the effect of once (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 CREDENTIAL_HEADERS = {
     "auth_token": "x-cff-auth-token",
     "access_key": "x-cff-security-access-key",
@@ -93,10 +103,12 @@ class HttpAgent(Agent):
             delay = min(delay * 2, LAST_PROBE)
 
     def forward(self, frame: Invoke) -> None:
-        http: tuple[int, list[tuple[str, str]]] = (0, [])
+        # Not named `http`: that would hide the module the except clauses below name, and a
+        # failed exchange would kill this thread (its request unanswered until the timeout).
+        answered: tuple[int, list[tuple[str, str]]] = (0, [])
         try:
             status, headers, body = self.exchange(frame)
-            http, error = (status, headers), None
+            answered, error = (status, headers), None
         except BadEvent as exc:
             body, error = None, FunctionError("Runtime.InvalidRequest", str(exc))
         except BadResponse as exc:
@@ -113,7 +125,7 @@ class HttpAgent(Agent):
         with self.lock:
             if not self.claim(frame.request_id):
                 return  # the bootstrap's exit answers it
-        self.answer(frame.request_id, body=body, error=error, http=http)
+        self.answer(frame.request_id, body=body, error=error, http=answered)
         self.done(frame.request_id)
 
     def exiting(self) -> bool:
@@ -127,6 +139,11 @@ class HttpAgent(Agent):
 
     def connection(self, fresh: bool = False) -> http.client.HTTPConnection:
         conn = getattr(self.local, "conn", None)
+        if conn is not None and conn.sock is not None and readable(conn.sock):
+            # A kept-alive connection with something to read before we ask: the server closed it
+            # (idle) or wrote out of turn. Replaced before the request goes out, so no request
+            # needs sending twice.
+            fresh = True
         if conn is None or fresh:
             if conn is not None:
                 conn.close()
@@ -136,8 +153,20 @@ class HttpAgent(Agent):
     def exchange(self, frame: Invoke) -> tuple[int, list[tuple[str, str]], bytes]:
         """The server's status, headers and body for the invocation's request."""
         method, target, headers, body = self.request_of(frame)
+        try:
+            return self._exchange(method, target, headers, body)
+        except BaseException:
+            # A connection an exchange failed on is in no state for the next request (half an
+            # answer unread, or http.client's "Request-sent"): the next one opens its own.
+            self.connection(fresh=True)
+            raise
+
+    def _exchange(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         for attempt in (0, 1):
             conn = self.connection(fresh=attempt == 1)
+            reused = conn.sock is not None
             try:
                 conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
                 for name, value in headers:
@@ -146,10 +175,16 @@ class HttpAgent(Agent):
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                # A kept-alive connection the server closed meanwhile: once more on a new one.
-                if attempt == 1:
+                # A kept-alive connection the server closed just as it was reused: once more on a
+                # new one, for a request that may be repeated. On a new connection, or for a POST,
+                # the server may have acted on it: sending it again could do it twice.
+                if attempt == 1 or not reused or method not in IDEMPOTENT:
                     raise
         data = response.read(protocol.MAX_RESPONSE + 1)
+        if response.length and len(data) <= protocol.MAX_RESPONSE:
+            # read(n) returns what came before the server closed: a body cut short of its
+            # Content-Length would pass as the whole answer.
+            raise http.client.IncompleteRead(data, response.length)
         if len(data) > protocol.MAX_RESPONSE:
             self.connection(fresh=True)
             raise BadResponse(
@@ -161,6 +196,12 @@ class HttpAgent(Agent):
         headers = [(name, value) for name, value in response.getheaders() if name.lower() not in FRAMING]
         if len(headers) > protocol.MAX_HTTP_HEADERS:
             raise BadResponse(f"the server sent {len(headers)} headers; at most {protocol.MAX_HTTP_HEADERS} pass")
+        size = sum(len(name) + len(value) for name, value in headers)
+        if size > protocol.MAX_HTTP_HEADER_BYTES:
+            # Beside a 6 MB body they would not fit the frame up: the daemon would drop the instance.
+            raise BadResponse(
+                f"the server's response headers total {size:,} bytes; at most {protocol.MAX_HTTP_HEADER_BYTES:,} pass"
+            )
         return response.status, headers, data
 
     def request_of(self, frame: Invoke) -> tuple[str, str, list[tuple[str, str]], bytes]:
@@ -173,22 +214,24 @@ class HttpAgent(Agent):
             pairs: list[tuple[str, str]] = [("content-type", "application/json")]
         else:
             method = str(event.get("httpMethod") or "GET").upper()
-            path = str(event.get("path") or "/")
+            # The gateway's rawPath (percent-encoding kept) is the path as the client sent it.
+            raw_path = event.get("rawPath")
+            path = raw_path if isinstance(raw_path, str) and raw_path else str(event.get("path") or "/")
             query = raw_query(event)
             pairs = header_pairs(event)
             body = event_body(event)
-        if not path.startswith("/") or any(c in path + query for c in " \r\n\t\x00"):
-            raise BadEvent(f"the event's path {path[:200]!r} is not a valid HTTP path")
-        if not method.isalpha() or len(method) > 32:
+        if not path.startswith("/") or not TARGET.match(path + query):
+            raise BadEvent(f"the event's path {path[:200]!r} (with its query) is not a valid HTTP path")
+        if not TOKEN.match(method) or len(method) > 32:
             raise BadEvent(f"the event's httpMethod {method[:40]!r} is not an HTTP method")
-        headers = [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and not n.lower().startswith("x-cff-")]
+        headers = [(n, v) for n, v in pairs if n.lower() not in HOP_BY_HOP and not forged_cff(n)]
         host = next((v for n, v in pairs if n.lower() == "host"), f"{HOST}:{PORT}")
         headers.insert(0, ("Host", host))
         headers += self.cff_headers(frame)
         if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
             headers.append(("Content-Length", str(len(body))))
         for name, value in headers:
-            if not name or any(c in name + value for c in "\r\n\x00") or ":" in name:
+            if not TOKEN.match(name) or not FIELD_VALUE.match(value):
                 raise BadEvent(f"the event's header {name[:100]!r} is not valid HTTP")
         return method, path + (f"?{query}" if query else ""), headers, body
 
@@ -210,6 +253,21 @@ class HttpAgent(Agent):
             if credentials.get(key):
                 headers.append((name, credentials[key]))
         return headers
+
+
+def readable(sock: socket.socket) -> bool:
+    """Whether a connection has bytes or its end waiting (without waiting)."""
+    try:
+        ready, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(ready)
+
+
+def forged_cff(name: str) -> bool:
+    """Whether a caller's header passes for one of FunctionGraph's X-CFF-*: CGI and WSGI servers map
+    `_` and `-` to one name (HTTP_X_CFF_AUTH_TOKEN), so X_Cff_Auth_Token counts too."""
+    return name.lower().replace("_", "-").startswith("x-cff-")
 
 
 class BadResponse(http.client.HTTPException):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
 import re
 import socket
 import threading
@@ -178,6 +179,35 @@ class RuntimeApi(Agent):
             self.finish(request_id, None, FunctionError("Runtime.ResponseTooLarge", refusal.message))
 
 
+def _proc_address(address: tuple) -> str:
+    """An IPv4 (host, port) as /proc/net/tcp writes it: the address's 32 bits in host order, hex."""
+    host, port = address[:2]
+    return f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+
+
+def peer_is_ours(conn: socket.socket) -> bool:
+    """Whether the process at the other end of `conn` runs as our uid (the bootstrap's, which is
+    the instance's own). Its socket is found in /proc/net/tcp (local = our peer, remote = us);
+    without such a line (no /proc) the connection is let through: inside a network namespace of
+    its own only the instance can reach the API anyway."""
+    try:
+        peer, local = _proc_address(conn.getpeername()), _proc_address(conn.getsockname())
+        with open("/proc/net/tcp") as table:
+            next(table)
+            for line in table:
+                fields = line.split()
+                if fields[1] == peer and fields[2] == local:
+                    return int(fields[7]) == os.getuid()
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    return True
+
+
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_error(body: bytes) -> FunctionError:
     try:
         report = json.loads(body)
@@ -220,6 +250,22 @@ def make_handler(api: RuntimeApi) -> type:
         def refuse(self, refusal: Refusal) -> None:
             body = json.dumps({"errorType": refusal.error_type, "errorMessage": refusal.message}).encode()
             self.reply(refusal.status, body)
+
+        def handle(self) -> None:
+            if not peer_is_ours(self.connection):
+                # Another uid's process: on a host without network namespaces the API is on
+                # the host's loopback, where another function's bootstrap could take this
+                # instance's invocations (and its agency's credentials) or answer them.
+                body = json.dumps(
+                    {"errorType": "Forbidden", "errorMessage": "the runtime API serves its own bootstrap only"}
+                ).encode()
+                with contextlib.suppress(OSError):
+                    self.connection.sendall(
+                        b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                return
+            super().handle()
 
         def client_gone(self) -> bool:
             try:
@@ -272,7 +318,7 @@ def make_handler(api: RuntimeApi) -> type:
             length = self.headers.get("Content-Length")
             if length is None:
                 return b""
-            if not length.isdigit():
+            if not is_number(length):
                 raise Refusal(400, "InvalidRequest", "Content-Length is not a number")
             size = int(length)
             if size > protocol.MAX_RESPONSE:
@@ -286,10 +332,13 @@ def make_handler(api: RuntimeApi) -> type:
             body = bytearray()
             while True:
                 line = self.rfile.readline(1024)
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise Refusal(400, "InvalidRequest", "a malformed chunk in the body") from None
+                digits = line.split(b";", 1)[0].strip()
+                # Hex digits only: int() also takes "-1" (read(-1) reads to the connection's end,
+                # past the limit), "+5", "0x5" and "5_0".
+                if not digits or digits.strip(b"0123456789abcdefABCDEF"):
+                    self.close_connection = True
+                    raise Refusal(400, "InvalidRequest", "a malformed chunk in the body")
+                size = int(digits, 16)
                 if size == 0:
                     while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
                         pass
@@ -315,7 +364,7 @@ def make_handler(api: RuntimeApi) -> type:
 
         def drop_body(self) -> None:
             length = self.headers.get("Content-Length", "")
-            if length.isdigit() and int(length) <= DISCARD_LIMIT:
+            if is_number(length) and int(length) <= DISCARD_LIMIT:
                 self.discard(int(length))
             else:
                 self.close_connection = True

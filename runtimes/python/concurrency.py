@@ -5,7 +5,9 @@ on one event loop; module globals are shared, as on FunctionGraph. The main
 thread keeps reading frames. `print` and anything written to sys.stdout or
 sys.stderr from a request's thread or task is sent as a log line carrying
 that request's id, so concurrent requests' logs never mix; output written
-straight to the descriptors (a subprocess's) still goes through the pipes.
+straight to the descriptors (a subprocess's) still goes through the pipes, and
+so does output of a task or thread a request left running after it was
+answered (untagged: the daemon keeps it as late output).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from runtimes import protocol
 from runtimes.protocol import Invoke, Shutdown
 
 if TYPE_CHECKING:
-    from runtimes.python.instance import Connection, Instance
+    from runtimes.python.instance import Connection, LoadedFunction
 
 current_request: contextvars.ContextVar[str] = contextvars.ContextVar("current_request", default="")
 
@@ -31,10 +33,12 @@ current_request: contextvars.ContextVar[str] = contextvars.ContextVar("current_r
 class RequestStream(io.TextIOBase):
     """sys.stdout / sys.stderr: lines of a request go to the daemon tagged with its id."""
 
-    def __init__(self, name: str, fallback: io.TextIOBase, conn: Connection) -> None:
+    def __init__(self, name: str, fallback: io.TextIOBase, conn: Connection, running: set[str]) -> None:
         self._name = name
         self._fallback = fallback
         self._conn = conn
+        # The requests running now (LoadedFunction.running): a finished one's id is no longer tagged.
+        self._running = running
         self._partial: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -43,7 +47,7 @@ class RequestStream(io.TextIOBase):
 
     def write(self, text: str) -> int:
         request_id = current_request.get()
-        if not request_id:
+        if not request_id or request_id not in self._running:
             return self._fallback.write(text)
         with self._lock:
             pending = self._partial.pop(request_id, "") + text
@@ -69,8 +73,11 @@ class RequestStream(io.TextIOBase):
         return self._fallback.fileno()
 
 
-def serve_concurrently(conn: Connection, instance: Instance, slots: int, is_async: bool) -> NoReturn:
-    streams = [RequestStream("stdout", sys.stdout, conn), RequestStream("stderr", sys.stderr, conn)]
+def serve_concurrently(conn: Connection, instance: LoadedFunction, slots: int, is_async: bool) -> NoReturn:
+    streams = [
+        RequestStream("stdout", sys.stdout, conn, instance.running),
+        RequestStream("stderr", sys.stderr, conn, instance.running),
+    ]
     sys.stdout, sys.stderr = streams  # type: ignore[assignment]
 
     def done(request_id: str, result: protocol.Result) -> None:

@@ -222,13 +222,22 @@ def encode_result(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
-class Instance:
+class LoadedFunction:
+    """The function as this process runs it: its handler, identity and credentials (the daemon's
+    view of the same process is fgd.instance.Instance)."""
+
     def __init__(self, conn: Connection, spec: Specialize, handler: Callable[..., Any]) -> None:
         self._conn = conn
         self._spec = spec
         self._handler = handler
         # The agency's credentials; an Invoke frame brings new ones when they were renewed.
         self.credentials = dict(spec.identity.credentials)
+        # Requests (and the initializer) running now. A task or thread a request left behind keeps
+        # its id (its context, its logger) after the request was answered: its output then goes
+        # to the pipes untagged, where the daemon treats it as any late output. A Log frame for an
+        # id the daemon forgot (it remembers 256 finished requests) would be a protocol breach
+        # that drops the instance and the requests it is serving.
+        self.running: set[str] = set()
 
     def context(self, frame: Invoke) -> Context:
         if frame.credentials is not None:
@@ -236,9 +245,19 @@ class Instance:
         return Context(self._spec.identity, frame.request_id, frame.deadline, self.emit_log, self.credentials)
 
     def emit_log(self, request_id: str, level: str, message: str) -> None:
-        self._conn.send(protocol.log_line(request_id, level, message))
+        if request_id in self.running:
+            self._conn.send(protocol.log_line(request_id, level, message))
+        else:
+            late_line(f"[{level}] {message}")
 
     def invoke(self, frame: Invoke) -> Result:
+        self.running.add(frame.request_id)
+        try:
+            return self._invoke(frame)
+        finally:
+            self.running.discard(frame.request_id)
+
+    def _invoke(self, frame: Invoke) -> Result:
         context = self.context(frame)
         try:
             event = json.loads(frame.event) if frame.event else {}
@@ -249,13 +268,17 @@ class Instance:
 
     async def invoke_async(self, frame: Invoke) -> Result:
         """The same for an `async def handler`, on the instance's event loop."""
-        context = self.context(frame)
+        self.running.add(frame.request_id)
         try:
-            event = json.loads(frame.event) if frame.event else {}
-            value = await self._handler(event, context)
-        except Exception as exc:  # noqa: BLE001
-            return Result(frame.request_id, error=error_from_exception(exc), max_rss_kb=_max_rss_kb())
-        return self.result(frame, value)
+            context = self.context(frame)
+            try:
+                event = json.loads(frame.event) if frame.event else {}
+                value = await self._handler(event, context)
+            except Exception as exc:  # noqa: BLE001
+                return Result(frame.request_id, error=error_from_exception(exc), max_rss_kb=_max_rss_kb())
+            return self.result(frame, value)
+        finally:
+            self.running.discard(frame.request_id)
 
     def result(self, frame: Invoke, value: Any) -> Result:
         try:
@@ -272,15 +295,33 @@ class Instance:
         return Result(frame.request_id, body=body, max_rss_kb=_max_rss_kb())
 
 
+def late_line(text: str) -> None:
+    """A line of output that belongs to no running request, to the instance's stdout pipe (the
+    daemon keeps it as output printed outside any request)."""
+    try:
+        sys.__stdout__.write(text + "\n")  # type: ignore[union-attr]
+        sys.__stdout__.flush()  # type: ignore[union-attr]
+    except (OSError, ValueError, AttributeError):
+        pass  # the function closed its stdout: the line is lost, the request it came from is over
+
+
 def _max_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def run_initializer(spec: Specialize, instance: Instance) -> None:
+def _lap(timings: dict[str, float], name: str, since: float) -> float:
+    """Record the ms since `since` as step `name`; the time now, for the next step."""
+    now = time.monotonic()
+    timings[name] = round((now - since) * 1000, 3)
+    return now
+
+
+def run_initializer(spec: Specialize, instance: LoadedFunction) -> None:
     init = resolve(spec.code_dir, spec.initializer, "initializer")
     deadline = time.time() + spec.initializer_timeout
     request_id = spec.initializer_request_id or "initializer"
     context = Context(spec.identity, request_id, deadline, instance.emit_log, instance.credentials)
+    instance.running.add(request_id)
     try:
         init(context)
     except Exception as exc:  # noqa: BLE001
@@ -290,6 +331,8 @@ def run_initializer(spec: Specialize, instance: Instance) -> None:
             f"initializer {spec.initializer!r} failed: {error.error_type}: {exc}",
             error.stack_trace,
         ) from None
+    finally:
+        instance.running.discard(request_id)
 
 
 def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
@@ -319,6 +362,9 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
 
         agent.serve(conn, sock, spec, seccomp_programs)
     started = time.monotonic()
+    # Each step of specialisation, in ms (issue 15: bench/cold_start.py prints them).
+    timings: dict[str, float] = {}
+    step = started
     trees: list[int] = []
     if spec.sandbox is not None:
         try:
@@ -328,16 +374,20 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         except (ContainmentFailed, OSError) as exc:
             conn.send(protocol.InitError(FunctionError("Runtime.InitError", f"sandbox: {exc}")))
             os._exit(71)
+        step = _lap(timings, "enter_sandbox", step)
     apply_environment(spec, trees)
+    step = _lap(timings, "environment", step)
     try:
         handler = resolve(spec.code_dir, spec.handler, "handler")
-        instance = Instance(conn, spec, handler)
+        instance = LoadedFunction(conn, spec, handler)
+        step = _lap(timings, "load_handler", step)
         if spec.initializer:
             run_initializer(spec, instance)
+            _lap(timings, "initializer", step)
     except LoadError as exc:
         conn.send(protocol.InitError(exc.error))
         os._exit(0)
-    conn.send(protocol.Ready((time.monotonic() - started) * 1000))
+    conn.send(protocol.Ready((time.monotonic() - started) * 1000, timings))
     if spec.concurrency > 1 or inspect.iscoroutinefunction(handler):
         serve_concurrently(conn, instance, spec.concurrency, inspect.iscoroutinefunction(handler))
     while True:

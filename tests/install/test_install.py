@@ -167,16 +167,23 @@ def test_installed_fgd_runs_from_the_venv_not_the_checkout(plain: dict) -> None:
     assert helped.returncode == 0, helped.stderr
     assert helped.stdout.startswith("usage: fgd")
     probe = (
-        "import json, fgd, fgd.bundled, fgd.interpreters; print(json.dumps([fgd.__file__, "
-        "str(fgd.bundled.default_root()), fgd.interpreters.default_shim_dir()]))"
+        "import json, fgd, fgd.bundled, fgd.interpreters, fgd.nodejs; print(json.dumps([fgd.__file__, "
+        "str(fgd.bundled.default_root()), fgd.interpreters.default_shim_dir(), str(fgd.nodejs.BUILD_DIR), "
+        "str(fgd.nodejs.SHIM_SOURCE)]))"
     )
     where = subprocess.run([str(venv / "bin/python"), "-c", probe], capture_output=True, text=True, timeout=60, cwd="/")
-    module, bundled, shims = json.loads(where.stdout)
+    module, bundled, shims, node_build, node_shim = json.loads(where.stdout)
     site = venv / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
     assert Path(module).resolve().is_relative_to(site.resolve())
     assert not list(site.glob("__editable__*")) and not list(site.glob("*.egg-link"))
     assert Path(bundled) == venv / "bundled"
     assert Path(shims) == venv / "runtimes"
+    # Issue 13: the Node.js modules are looked for in the prefix, and the shim (instance.js) is
+    # installed with the package, byte for byte the checkout's.
+    assert Path(node_build) == venv / "nodejs"
+    assert Path(node_shim).resolve() == (site / "runtimes" / "nodejs").resolve()
+    for name in ("instance.js", "keeper.py", "package.json", "bundled.json"):
+        assert (Path(node_shim) / name).read_bytes() == (REPO / "runtimes/nodejs" / name).read_bytes()
 
 
 def test_second_install_changes_nothing(plain: dict) -> None:
@@ -246,6 +253,28 @@ def test_runtimes_edited_config_and_state_kept(tmp_path: Path) -> None:
     )
     for tree in (venv / "bundled").iterdir():
         assert (tree / "fgd-bundled.json").is_file()
+    # Issue 13: the Node.js shim's codec and FunctionGraph's bundled Node.js modules, read-only
+    # for everyone but root, and the installed fgd serves the Node.js names with them.
+    codec = venv / "nodejs/runtime/node_modules/@msgpack/msgpack/package.json"
+    assert json.loads(codec.read_text())["name"] == "@msgpack/msgpack"
+    wanted = json.loads((REPO / "runtimes/nodejs/bundled.json").read_text())["dependencies"]
+    assert {name for name in wanted if (venv / "nodejs/bundled/node_modules" / name / "package.json").is_file()} == set(
+        wanted
+    )
+    assert stat.S_IMODE((venv / "nodejs/bundled/node_modules").stat().st_mode) == 0o755
+    served = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "from fgd.nodejs import NodeCatalogue, find_node, shim_built; "
+            "print(shim_built(), 'Node.js18.15' in NodeCatalogue(find_node(), built=shim_built()).names())",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert served.stdout.split() == ["True", "True"], served.stderr
     second = run_install(destdir, "install")
     assert snapshot(destdir) == before
     assert "up to date" in second

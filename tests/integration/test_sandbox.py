@@ -117,16 +117,20 @@ def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -
         memory = Path(path) / "memory.limit_in_bytes"
         if memory.exists() and int(memory.read_text()) == 328 * 1024 * 1024:
             limits.append(path)
-    assert len(limits) == 1
-    base = Path(limits[0]).name
-    cgroup = Path("/sys/fs/cgroup")
-    pids = next(cgroup.glob(f"pids/**/fgd*/{base}"))
-    cpu = next(cgroup.glob(f"cpu/**/fgd*/{base}"))
-    assert (pids / "pids.max").read_text().strip() == "1024"
-    assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 100)
-    assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+    # The instance, and (issue 15) the pool members made since, given this size's limits in advance.
+    assert limits
+    processes = []
+    for path in limits:
+        base = Path(path).name
+        cgroup = Path("/sys/fs/cgroup")
+        pids = next(cgroup.glob(f"pids/**/fgd*/{base}"))
+        cpu = next(cgroup.glob(f"cpu/**/fgd*/{base}"))
+        assert (pids / "pids.max").read_text().strip() == "1024"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 100)
+        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
+        processes.append(len((pids / "cgroup.procs").read_text().split()))
     # Issue 15: two processes, PID 1 of the sandbox (reaped by the zygote) and the worker; no waiter.
-    assert len((pids / "cgroup.procs").read_text().split()) == 2
+    assert set(processes) == {2}, processes
 
 
 def test_all_instances_together_have_a_task_cap(daemon: Daemon) -> None:
@@ -229,3 +233,37 @@ def test_a_fork_bomb_at_128_mb_is_gone_within_a_second_of_its_timeout(fresh_daem
     assert lingered <= 1.0, f"the fork bomb's processes lingered {lingered:.2f} s after the answer"
     # The node still serves.
     assert api.invoke(api.deploy("def handler(e, c):\n    return 'up'\n")["func_name"]).content == b"up"
+
+
+ALLOCATE = "def handler(event, context):\n    blob = b'x' * (event['mb'] << 20)\n    return len(blob) >> 20\n"
+
+
+def test_pool_members_made_for_one_size_still_get_each_functions_own_limits(daemon: Daemon, api: Api) -> None:
+    # Issue 15: pool members get the cgroup limits of the size specialised last when they are made,
+    # so its cold starts write none; a function of another size must still get its own.
+    big = api.deploy(ALLOCATE, memory_size=512, timeout=5)["func_name"]
+    small = api.deploy(ALLOCATE, memory_size=128, timeout=5)["func_name"]
+    assert api.invoke(big, {"mb": 200}).text == "200"
+
+    def pool() -> int | None:
+        return httpx.get(f"{daemon.url}/healthz").json()["pool"].get(RUNTIME)
+
+    assert wait_for(lambda: pool() == 2)  # refilled with 512 MB limits
+    response = api.invoke(small, {"mb": 200})
+    assert response.json()["errorType"] == "Runtime.OutOfMemory", response.text
+    assert wait_for(lambda: pool() == 2)  # refilled with 128 MB limits
+    assert api.invoke(big, {"mb": 200}).text == "200"
+
+
+def test_each_step_of_the_last_cold_start_is_reported(daemon: Daemon, api: Api) -> None:
+    source = "def init(context):\n    pass\ndef handler(event, context):\n    return 1\n"
+    name = api.deploy(source, initializer_handler="index.init", initializer_timeout=5)["func_name"]
+    assert api.invoke(name).status_code == 200
+    steps = httpx.get(f"{daemon.url}/healthz").json()["last_cold_start"]
+    assert {"zygote", "take_pooled", "cgroup_limits", "specialize_frame", "specialize_in_instance"} <= set(
+        steps["daemon"]
+    ), steps
+    assert {"enter_sandbox", "environment", "load_handler", "initializer"} <= set(steps["instance"]), steps
+    assert all(ms >= 0 for side in steps.values() for ms in side.values()), steps
+    # The instance's own steps happen within the daemon's round trip to it.
+    assert sum(steps["instance"].values()) <= steps["daemon"]["specialize_in_instance"] + 1, steps

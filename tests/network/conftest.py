@@ -39,6 +39,13 @@ def lab_config(network: str = "") -> str:
         resolvers = ["198.51.100.53"]
         conntrack_limit = 32
         allow = [{{cidr = "192.168.77.2/32", ports = [1884]}}]
+        function_allow_within = [
+            {{cidr = "192.168.77.0/24"}},
+            {{cidr = "192.168.77.2/32", ports = [5997], protocol = "udp"}},
+            {{cidr = "{NODE_ADDRESS}/32"}},
+            {{cidr = "10.213.0.0/16", protocol = "udp"}},
+            {{cidr = "169.254.169.254/32", ports = [80]}},
+        ]
         """
     ) + textwrap.dedent(network)
 
