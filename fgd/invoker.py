@@ -56,6 +56,10 @@ log = logging.getLogger("fgd.invoker")
 __all__ = ["Invoker", "Outcome", "check_event", "new_request_id"]
 
 
+# The steps of specialisation the runtimes time and report in Ready.timings.
+INSTANCE_STEPS = frozenset({"enter_sandbox", "environment", "load_handler", "initializer"})
+
+
 class Invoker:
     def __init__(
         self,
@@ -451,7 +455,10 @@ class Invoker:
                     frame = await instance.receive()
                     laps.lap("specialize_in_instance")
                     if isinstance(frame, protocol.Ready):
-                        self.last_cold_start = {"daemon": laps.steps, "instance": dict(frame.timings)}
+                        # What the instance says is kept only as far as it names the steps the
+                        # runtimes time (it comes from user code's process, and /healthz serves it).
+                        timings = {k: v for k, v in frame.timings.items() if k in INSTANCE_STEPS}
+                        self.last_cold_start = {"daemon": laps.steps, "instance": timings}
                     if isinstance(frame, protocol.InitError):
                         failure = clean_error(frame.error)
                     elif not isinstance(frame, protocol.Ready):

@@ -223,6 +223,9 @@ class Health(msgspec.Struct, kw_only=True):
     pool: dict[str, int]
     functions: int
     network: NetworkHealth
+    # Issue 15: the steps of the last cold start in ms, as the daemon ("daemon") and the instance
+    # ("instance") timed them; empty before the first one.
+    last_cold_start: dict[str, dict[str, float]] = {}
 
 
 # Request bodies parsed by hand -----------------------------------------------------------------
