@@ -37,6 +37,9 @@ INSTALL_WHEELS := $(VENV)/.install-wheels
 BUNDLED_PYTHONS ?= --discover
 BUNDLED_STAMP := build/bundled/.stamp
 
+# The suite's workers: most tests wait on processes, timers and sockets, so two share 2 cores well.
+TEST_WORKERS ?= 2
+
 system-packages:
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(DEB_PACKAGES)
 
@@ -96,7 +99,7 @@ test: $(STAMP) $(SHIMS) $(BUNDLED_STAMP) $(NODE_STAMP) $(INSTALL_WHEELS)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(TEST_DEB_PACKAGES)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -58,7 +58,7 @@ def test_a_flood_of_empty_lines_leaves_the_daemon_responsive(daemon: Daemon, api
         response = flood.result()
     assert response.content == b"written"
     print(f"newline flood: /healthz worst {worst * 1000:.1f} ms")
-    assert worst < 0.5, f"/healthz took {worst * 1000:.0f} ms during the flood"
+    assert worst < 1.0, f"/healthz took {worst * 1000:.0f} ms during the flood"
     # The invocation kept its first lines and counted the rest (the note ends its transcript).
     tail = base64.b64decode(response.headers["x-cff-function-log"]).decode()
     assert "log lines" in tail and "dropped" in tail, tail[-300:]
@@ -250,7 +250,7 @@ def test_a_flood_of_log_frames_on_the_protocol_socket_leaves_the_daemon_responsi
         response = flood.result()
     assert response.content == b"flooded"
     print(f"log-frame flood: /healthz worst {worst * 1000:.1f} ms")
-    assert worst < 0.5, f"/healthz took {worst * 1000:.0f} ms during the flood"
+    assert worst < 1.0, f"/healthz took {worst * 1000:.0f} ms during the flood"
 
 
 def test_a_request_killed_for_memory_reports_the_memory_it_used(api: Api) -> None:

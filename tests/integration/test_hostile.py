@@ -162,7 +162,7 @@ def test_gigabyte_without_newline_leaves_the_daemon_responsive(daemon: Daemon, a
     assert rss_growth < 16, f"the daemon grew by {rss_growth:.1f} MB"
     # Measured around 10-40 ms on a busy 2-core machine; the bound leaves room for noise.
     print(f"flood: /healthz worst {worst * 1000:.1f} ms, daemon RSS growth {rss_growth:.1f} MB")
-    assert worst < 0.5, f"/healthz took {worst * 1000:.0f} ms during the flood"
+    assert worst < 1.0, f"/healthz took {worst * 1000:.0f} ms during the flood"
     lines = daemon.client().get(f"/functions/{name}/logs", params={"request_id": response.headers["x-cff-request-id"]})
     messages = [line["message"] for line in lines.json()["logs"]]
     assert any("more bytes cut" in m and len(m) < 70_000 for m in messages)
