@@ -28,7 +28,9 @@ from pathlib import Path
 
 from _common import Daemon, free_port, wrk
 
-UNSHARE = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork"]
+# --kill-child: the process started in the new pid namespace is its PID 1, which a SIGKILL of
+# `unshare` alone would leave running (it ignores SIGTERM).
+UNSHARE = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
 
 # Loops on the runtime API: GET an event, POST "{}" back; keep-alive-free, as simple as C gets.
 C_BOOTSTRAP = r"""
