@@ -130,8 +130,9 @@ def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -
         assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
         processes.append(len((pids / "cgroup.procs").read_text().split()))
     # Issue 15: two processes, PID 1 of the sandbox (reaped by the zygote) and the worker; no waiter.
-    # (A pool member being made right now has its cgroup and limits a moment before its process.)
-    assert 2 in processes and set(processes) <= {0, 2}, processes
+    # (A pool member being made right now has its cgroup and limits a moment before its processes:
+    # 0 or 1 there; a waiter would make 3.)
+    assert 2 in processes and max(processes) == 2, processes
 
 
 def test_all_instances_together_have_a_task_cap(daemon: Daemon) -> None:
