@@ -47,6 +47,43 @@ def deploy(api: Api, runtime: str, files: dict[str, str | bytes], **settings: ob
     return response.json()["func_name"]
 
 
+# The runtime API's client for C bootstraps (tests/integration/test_custom_runtime.py,
+# tests/security): put after the program's includes, which must define _GNU_SOURCE first
+# (strcasestr) and include stdio, stdlib, string, unistd, arpa/inet.h and sys/socket.h.
+C_RUNTIME_API_CLIENT = r"""
+/* One HTTP exchange with the runtime API on a fresh connection; returns the whole answer. */
+static char *exchange(const char *request, size_t length, size_t *got) {
+    const char *addr = getenv("RUNTIME_API_ADDR");
+    char host[64];
+    strncpy(host, addr, sizeof host - 1);
+    host[sizeof host - 1] = 0;
+    char *colon = strchr(host, ':');
+    *colon = 0;
+    struct sockaddr_in sa = {0};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(atoi(colon + 1));
+    inet_pton(AF_INET, host, &sa.sin_addr);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) { perror("connect"); exit(9); }
+    write(fd, request, length);
+    size_t cap = 1 << 20, n = 0;
+    char *buf = malloc(cap);
+    ssize_t r;
+    while ((r = read(fd, buf + n, cap - n - 1)) > 0) {
+        n += r;
+        buf[n] = 0;
+        char *end = strstr(buf, "\r\n\r\n");
+        char *cl = strcasestr(buf, "content-length:");
+        if (end && cl && (size_t)(end + 4 - buf) + atoi(cl + 15) <= n) break;
+    }
+    buf[n] = 0;
+    close(fd);
+    *got = n;
+    return buf;
+}
+"""
+
+
 def script(text: str) -> str:
     return textwrap.dedent(text).lstrip()
 

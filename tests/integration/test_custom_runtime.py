@@ -10,7 +10,16 @@ import time
 import pytest
 
 from tests.conftest import Api, b64, make_zip, unique_name
-from tests.integration.custom_support import PYTHON_WORKER, SHELL_ECHO, compile_c, create, deploy, package, script
+from tests.integration.custom_support import (
+    C_RUNTIME_API_CLIENT,
+    PYTHON_WORKER,
+    SHELL_ECHO,
+    compile_c,
+    create,
+    deploy,
+    package,
+    script,
+)
 
 
 def summary(response) -> dict:
@@ -35,7 +44,8 @@ def test_shell_bootstrap_echoes_events(api: Api) -> None:
     assert summary(again)["coldStart"] is False
 
 
-C_ECHO = r"""
+C_ECHO = (
+    r"""
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,37 +54,9 @@ C_ECHO = r"""
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-/* One HTTP exchange with the runtime API on a fresh connection; returns the whole answer. */
-static char *exchange(const char *request, size_t length, size_t *got) {
-    const char *addr = getenv("RUNTIME_API_ADDR");
-    char host[64];
-    strncpy(host, addr, sizeof host - 1);
-    host[sizeof host - 1] = 0;
-    char *colon = strchr(host, ':');
-    *colon = 0;
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(atoi(colon + 1));
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) { perror("connect"); exit(9); }
-    write(fd, request, length);
-    size_t cap = 1 << 20, n = 0;
-    char *buf = malloc(cap);
-    ssize_t r;
-    while ((r = read(fd, buf + n, cap - n - 1)) > 0) {
-        n += r;
-        buf[n] = 0;
-        char *end = strstr(buf, "\r\n\r\n");
-        char *cl = strcasestr(buf, "content-length:");
-        if (end && cl && (size_t)(end + 4 - buf) + atoi(cl + 15) <= n) break;
-    }
-    buf[n] = 0;
-    close(fd);
-    *got = n;
-    return buf;
-}
-
+"""
+    + C_RUNTIME_API_CLIENT
+    + r"""
 int main(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("c bootstrap up\n");
@@ -100,6 +82,7 @@ int main(void) {
     }
 }
 """
+)
 
 
 def test_c_bootstrap(api: Api) -> None:

@@ -12,9 +12,10 @@ import json
 import pytest
 
 from tests.conftest import Api
-from tests.integration.custom_support import compile_c, deploy
+from tests.integration.custom_support import C_RUNTIME_API_CLIENT, compile_c, deploy
 
-ATTACKER = r"""
+ATTACKER = (
+    r"""
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
@@ -46,40 +47,9 @@ static void result(const char *name, long value) {
     add("\"%s\": %d, ", name, value < 0 ? errno : 0);
 }
 
-static int api_socket(void) {
-    const char *addr = getenv("RUNTIME_API_ADDR");
-    char host[64];
-    strncpy(host, addr, sizeof host - 1);
-    host[sizeof host - 1] = 0;
-    char *colon = strchr(host, ':');
-    *colon = 0;
-    struct sockaddr_in sa = {0};
-    sa.sin_family = AF_INET;
-    sa.sin_port = htons(atoi(colon + 1));
-    inet_pton(AF_INET, host, &sa.sin_addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) exit(9);
-    return fd;
-}
-
-static char *exchange(const char *request, size_t length) {
-    int fd = api_socket();
-    write(fd, request, length);
-    static char buf[1 << 16];
-    size_t n = 0;
-    ssize_t r;
-    while ((r = read(fd, buf + n, sizeof buf - n - 1)) > 0) {
-        n += r;
-        buf[n] = 0;
-        char *end = strstr(buf, "\r\n\r\n");
-        char *cl = strcasestr(buf, "content-length:");
-        if (end && cl && (size_t)(end + 4 - buf) + atoi(cl + 15) <= n) break;
-    }
-    buf[n] = 0;
-    close(fd);
-    return buf;
-}
-
+"""
+    + C_RUNTIME_API_CLIENT
+    + r"""
 static int connect_to(int port) {
     struct sockaddr_in sa = {0};
     sa.sin_family = AF_INET;
@@ -181,7 +151,8 @@ static void attack(const char *event) {
 int main(void) {
     for (;;) {
         const char *get = "GET /v1/runtime/invocation/request HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n";
-        char *answer = exchange(get, strlen(get));
+        size_t n;
+        char *answer = exchange(get, strlen(get), &n);
         char *id = strcasestr(answer, "x-cff-request-id: ") + 18;
         char rid[128];
         size_t len = strcspn(id, "\r\n");
@@ -195,10 +166,12 @@ int main(void) {
         int rlen = snprintf(request, sizeof request,
             "POST /v1/runtime/invocation/response/%s HTTP/1.1\r\nHost: api\r\nConnection: close\r\n"
             "Content-Length: %zu\r\n\r\n%s", rid, used, out);
-        exchange(request, rlen);
+        free(answer);
+        free(exchange(request, rlen, &n));
     }
 }
 """
+)
 
 EPERM, ENOENT, EACCES, EROFS, ENOSYS, ECONNREFUSED = 1, 2, 13, 30, 38, 111
 
