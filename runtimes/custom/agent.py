@@ -264,6 +264,18 @@ class Agent:
             time.sleep(0.005)
         os._exit(0)
 
+    def receive_invocations(self, take: Callable[[protocol.Invoke], None]) -> None:
+        """Hand every Invoke from the daemon to `take`, with the lock held and the credentials it
+        carries stored, until a Shutdown (or anything else) ends the instance's work."""
+        while True:
+            frame = self.conn.receive()
+            if not isinstance(frame, protocol.Invoke):
+                return
+            with self.lock:
+                if frame.credentials is not None:
+                    self.credentials = dict(frame.credentials)
+                take(frame)
+
     def holding(self) -> list[str]:
         """Every request the instance was given and has not answered (under the lock)."""
         return [request_id for request_id in self.active if request_id not in self.claimed]

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from runtimes import protocol
 from runtimes.custom.agent import Agent
-from runtimes.protocol import FunctionError, Invoke, Shutdown, Specialize
+from runtimes.protocol import FunctionError, Invoke, Specialize
 
 HOST = "127.0.0.1"
 PORT = 8000
@@ -78,18 +78,12 @@ class HttpAgent(Agent):
         self.wait_listening()
         self.became_ready()
         pool = ThreadPoolExecutor(max_workers=max(1, self.spec.concurrency), thread_name_prefix="forward")
-        while True:
-            frame = self.conn.receive()
-            if isinstance(frame, Invoke):
-                with self.lock:
-                    if frame.credentials is not None:
-                        self.credentials = dict(frame.credentials)
-                    self.active.append(frame.request_id)
-                pool.submit(self.forward, frame)
-            elif isinstance(frame, Shutdown):
-                return
-            else:
-                return
+
+        def take(frame: Invoke) -> None:
+            self.active.append(frame.request_id)
+            pool.submit(self.forward, frame)
+
+        self.receive_invocations(take)
 
     def wait_listening(self) -> None:
         delay = FIRST_PROBE

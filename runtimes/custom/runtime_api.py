@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from runtimes import protocol
 from runtimes.custom.agent import Agent
-from runtimes.protocol import FunctionError, Invoke, Shutdown, Specialize
+from runtimes.protocol import FunctionError, Invoke, Specialize
 
 REQUEST_PATH = "/v1/runtime/invocation/request"
 ANSWER_PATH = re.compile(r"\A/v1/runtime/invocation/(response|error)/([^/?#]+)\Z")
@@ -81,18 +81,12 @@ class RuntimeApi(Agent):
         threading.Thread(target=server.serve_forever, name="runtime-api", daemon=True).start()
         self.start(environ)
         threading.Thread(target=self.watch_init, args=("ask for work (GET " + REQUEST_PATH + ")",), daemon=True).start()
-        while True:
-            frame = self.conn.receive()
-            if isinstance(frame, Invoke):
-                with self.lock:
-                    if frame.credentials is not None:
-                        self.credentials = dict(frame.credentials)
-                    self.queue.append(frame)
-                    self.arrived.notify()
-            elif isinstance(frame, Shutdown):
-                return
-            else:
-                return
+
+        def take(frame: Invoke) -> None:
+            self.queue.append(frame)
+            self.arrived.notify()
+
+        self.receive_invocations(take)
 
     # The API -------------------------------------------------------------------
 
