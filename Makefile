@@ -17,7 +17,7 @@ LISTEN ?= 127.0.0.1:8900
 # iproute2 (ip) are for the operator and tests/network's lab.
 DEB_PACKAGES := gcc libc6-dev libcap-dev libseccomp2 util-linux procps libnftables1 nftables iproute2
 
-.PHONY: run test lint format bench system-packages runtimes clean bundled nodejs install uninstall deb test-install
+.PHONY: run test lint format bench system-packages runtimes clean bundled nodejs install uninstall deb test-install pid1
 
 # `make install` / `make uninstall` (issue 16): fgd as a systemd service in a virtualenv at
 # $(PREFIX), by scripts/install (read its header); DESTDIR= stages the files for a package.
@@ -36,6 +36,15 @@ INSTALL_WHEELS := $(VENV)/.install-wheels
 # the daemon would serve a Python3.x name with, as fgd.interpreters finds them).
 BUNDLED_PYTHONS ?= --discover
 BUNDLED_STAMP := build/bundled/.stamp
+
+# Issue 15: the sandbox's native PID 1 (sandbox/pid1.c), built beside the sandbox package that
+# finds it (sandbox/reaper.py); gcc and libc6-dev come with DEB_PACKAGES ($(STAMP) is made first).
+PID1 := sandbox/fgd-pid1
+
+$(PID1): sandbox/pid1.c scripts/build-pid1
+	./scripts/build-pid1 $@
+
+pid1: $(PID1)
 
 # The suite's workers: most tests wait on processes, timers and sockets, so two share 2 cores well.
 TEST_WORKERS ?= 2
@@ -81,7 +90,7 @@ $(NODE_STAMP): runtimes/nodejs/package.json runtimes/nodejs/bundled.json scripts
 
 nodejs: $(NODE_STAMP)
 
-run: $(STAMP) $(SHIMS) $(BUNDLED_STAMP) $(NODE_STAMP)
+run: $(STAMP) $(PID1) $(SHIMS) $(BUNDLED_STAMP) $(NODE_STAMP)
 	@./scripts/run-banner "$(STATE_DIR)" "$(LISTEN)"
 	@exec $(BIN)/fgd serve --state-dir "$(STATE_DIR)" --listen "$(LISTEN)"
 
@@ -95,7 +104,7 @@ install:
 uninstall:
 	./scripts/install uninstall --prefix "$(PREFIX)" --destdir "$(DESTDIR)" $(INSTALL_FLAGS)
 
-test: $(STAMP) $(SHIMS) $(BUNDLED_STAMP) $(NODE_STAMP) $(INSTALL_WHEELS)
+test: $(STAMP) $(PID1) $(SHIMS) $(BUNDLED_STAMP) $(NODE_STAMP) $(INSTALL_WHEELS)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages $(TEST_DEB_PACKAGES)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -109,7 +118,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(STAMP) $(SHIMS) $(NODE_STAMP)
+bench: $(STAMP) $(PID1) $(SHIMS) $(NODE_STAMP)
 	@PYTHON=$(PYTHON) ./scripts/install-system-packages wrk
 	$(BIN)/python bench/report.py
 
@@ -134,4 +143,4 @@ test-install:
 	@./scripts/test-install --log build/test-install.log
 
 clean:
-	rm -rf $(VENV) .fgd-state .pytest_cache build/bundled $(NODE_BUILD)
+	rm -rf $(VENV) .fgd-state .pytest_cache build/bundled $(NODE_BUILD) $(PID1)

@@ -24,7 +24,7 @@ import psutil
 from fgd.config import SandboxConfig
 from fgd.errors import Unavailable
 from fgd.model import FunctionRecord, cpu_millicores
-from sandbox import namespaces, seccomp
+from sandbox import namespaces, reaper, seccomp
 from sandbox.cgroups import V1, V2, CgroupError, Limits, detect, node_pids_max
 from sandbox.cgroups._base import pid_namespace
 from sandbox.policy import ContainPolicy, EnterPolicy, Mount, Protections
@@ -93,6 +93,11 @@ def probe(config: SandboxConfig, *, check_only: bool = False) -> HostFacts:
                 cgroups = None
     checks.append(Check("seccomp", seccomp.available(), "filters supported" if seccomp.available() else "unsupported"))
     checks.append(uid_check(config, root))
+    # Issue 15: the instances' PID 1 (not a protection: without it, each instance costs more memory).
+    native, where = reaper.check_native()
+    checks.append(Check("pid 1", native, f"native reaper {where}" if native else f"no native reaper: {where}"))
+    if not native and not check_only:
+        log.warning("instances' PID 1 is the Python reaper: no native reaper: %s", where)
     return HostFacts(checks, cgroups if root else None)
 
 

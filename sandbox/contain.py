@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import os
 
-from sandbox import capabilities, credentials, fds, mounts, namespaces, network, rlimits, seccomp
+from sandbox import capabilities, credentials, fds, mounts, namespaces, network, reaper, rlimits, seccomp
 from sandbox.policy import ContainPolicy, EnterPolicy
-from sandbox.reaper import become_reaper
 
 
 class ContainmentFailed(Exception):
@@ -62,9 +61,10 @@ def contain(policy: ContainPolicy) -> None:
         _step("capabilities", capabilities.drop_bounding)
     worker = os.fork()
     if worker:
-        # PID 1 of the sandbox: holds nothing, reaps orphans, exits with the worker.
-        fds.close_all_but({0, 1, 2})
-        become_reaper(worker)
+        # PID 1 of the sandbox: holds nothing, reaps orphans, exits with the worker (as the
+        # native fgd-pid1 it execs, or itself if it cannot).
+        reaper.run_pid1(worker)
+    reaper.forget_native()
     capabilities.die_with_parent(1)
 
 

@@ -32,6 +32,7 @@ import prctl
 
 from runtimes import protocol
 from runtimes.python import instance
+from sandbox import reaper
 from sandbox.namespaces import PidNamespaceForker
 from sandbox.reaper import decode_pid1_exit
 
@@ -162,7 +163,9 @@ def main() -> None:
         if arg.startswith("--preload="):
             for module in arg.partition("=")[2].split(","):
                 importlib.import_module(module)
-    # Issue 15: instances that will be contained are forked as PID 1 of their own pid namespace.
+    # Issue 15: instances that will be contained are forked as PID 1 of their own pid namespace,
+    # which execs the native fgd-pid1 once it has forked its worker (opened here, once, for all).
+    reaper.load_native()
     forker: PidNamespaceForker | None = None
     # Our children that are PID 1 of a sandbox: their exit status is their worker's, encoded.
     namespaced: set[int] = set()
