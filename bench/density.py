@@ -3,17 +3,21 @@
 Starts N warm instances of a no-op function (as reserved instances, so they
 stay), then reports the time to start them all, how many processes an idle
 instance is, the USS of one instance's processes (mean over all; target
-2.5 MiB) and of its PID 1 alone, the
-daemon's RSS, and the scheduler's decision time with N instances (the pure
-scheduler, timed in this process). The baseline, measured in the same run,
-is the USS of a bare `python3 -c 'import time; time.sleep(60)'` process.
+2.5 MiB), of its PID 1 alone (and what PID 1 runs: fgd-pid1, the native
+reaper, or python when it fell back) and of the worker, where the worker's
+private pages are (Private_Dirty by mapping, mean over a sample: the Python
+heap's arenas, the interpreter's data segment, malloc's heap), the daemon's
+RSS, and the scheduler's decision time with N instances (the pure scheduler,
+timed in this process). The baseline, measured in the same run, is the USS of
+a bare `python3 -c 'import time; time.sleep(60)'` process.
 
-Usage: python bench/density.py [--instances 500]
+Usage: python bench/density.py [--instances 500] [--runtime Python3.12]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import statistics
 import subprocess
@@ -36,16 +40,51 @@ def reserved_running(daemon: Daemon) -> int:
     return sum(row["running"] for row in answer["body"]["reservedinstances"])
 
 
+# Where a worker's private pages are: smaps mapping names grouped (the interpreter's own library
+# by its name, so that any Python version's shows as one group).
+SAMPLE_WORKERS = 50
+
+
+def mapping_group(name: str) -> str:
+    if name in ("[heap]", "[stack]"):
+        return name
+    if not name:
+        return "anonymous (Python's arenas, mmap'd buffers)"
+    base = name.rsplit("/", 1)[-1]
+    if base.startswith("libpython"):
+        return "libpython (its data: static objects, runtime state)"
+    return "other libraries and modules"
+
+
+def private_dirty_by_mapping(pid: int) -> dict[str, int]:
+    """KiB of Private_Dirty in each mapping group of process `pid`."""
+    groups: collections.Counter[str] = collections.Counter()
+    name = ""
+    with open(f"/proc/{pid}/smaps") as smaps:
+        for line in smaps:
+            first = line.split(maxsplit=1)[0]
+            if not first.endswith(":"):
+                fields = line.split(maxsplit=5)
+                name = fields[5].strip() if len(fields) > 5 else ""
+            elif first == "Private_Dirty:":
+                groups[mapping_group(name)] += int(line.split()[1])
+    return dict(groups)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=500)
+    parser.add_argument("--runtime", help="the function's runtime (default: the daemon's own Python)")
     args = parser.parse_args()
     count = args.instances
     results: dict = {"benchmark": "density", "instances": count}
+    runtime = {"runtime": args.runtime} if args.runtime else {}
     # One function holds them all: its share of the budget is the whole of it.
     daemon = Daemon(f"[scheduler]\nmemory_budget_mb = {count * 128 + 1024}\nfunction_memory_share = 1.0\n")
     try:
-        daemon.deploy("idle", "def handler(event, context):\n    return {}\n", strategy_config={"concurrency": count})
+        daemon.deploy(
+            "idle", "def handler(event, context):\n    return {}\n", strategy_config={"concurrency": count}, **runtime
+        )
         rss_before = psutil.Process(daemon.process.pid).memory_info().rss
         started = time.monotonic()
         daemon.request("PUT", "/functions/idle/reservedinstances", {"count": count})
@@ -57,17 +96,28 @@ def main() -> None:
         time.sleep(2)
         # Each instance is a child of its zygote (PID 1 of its sandbox) and what runs under it.
         # (The runtime's few pooled, not yet specialised instances are counted among them.)
-        uss, processes, heads = [], [], []
+        uss, processes, heads, workers = [], [], [], []
+        pid1_runs: collections.Counter[str] = collections.Counter()
+        dirty: collections.Counter[str] = collections.Counter()
+        sampled = 0
         for zygote in psutil.Process(daemon.process.pid).children():
             for head in zygote.children():
                 tree = [head, *head.children(recursive=True)]
                 sizes = [p.memory_full_info().uss for p in tree]
                 uss.append(sum(sizes))
                 heads.append(sizes[0])
+                workers.append(sum(sizes[1:]))
                 processes.append(len(tree))
+                pid1_runs[head.name()] += 1
+                if len(tree) > 1 and sampled < SAMPLE_WORKERS:
+                    dirty.update(private_dirty_by_mapping(tree[1].pid))
+                    sampled += 1
         results["processes_per_instance"] = round(statistics.fmean(processes), 2) if processes else None
         # PID 1 of the sandbox (the zygote's child) alone; the rest is the worker.
         results["pid1_uss_mean_kib"] = round(statistics.fmean(heads) / 1024) if heads else None
+        results["pid1_runs"] = dict(pid1_runs)
+        results["worker_uss_mean_kib"] = round(statistics.fmean(workers) / 1024) if workers else None
+        results["worker_private_dirty_kib"] = {group: round(kib / sampled) for group, kib in dirty.most_common()}
         results["instance_uss_mean_kib"] = round(statistics.fmean(uss) / 1024) if uss else None
         results["target_instance_uss_kib"] = 2560
         results["daemon_rss_mb"] = round(psutil.Process(daemon.process.pid).memory_info().rss / 2**20, 1)
