@@ -186,6 +186,23 @@ def test_installed_fgd_runs_from_the_venv_not_the_checkout(plain: dict) -> None:
         assert (Path(node_shim) / name).read_bytes() == (REPO / "runtimes/nodejs" / name).read_bytes()
 
 
+def test_installed_tree_has_the_native_pid1_where_the_sandbox_package_finds_it(plain: dict) -> None:
+    # Issue 15: compiled by scripts/install beside the installed sandbox package, root's, not writable by others.
+    venv = plain["destdir"] / "opt/fgd"
+    site = venv / f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages"
+    native = site / "sandbox" / "fgd-pid1"
+    assert stat.S_IMODE(native.stat().st_mode) == 0o755
+    assert native.read_bytes()[:4] == b"\x7fELF"
+    probe = "import json; from sandbox import reaper; print(json.dumps([reaper.native_path(), reaper.check_native()]))"
+    where = subprocess.run([str(venv / "bin/python"), "-c", probe], capture_output=True, text=True, timeout=60, cwd="/")
+    path, (ok, detail) = json.loads(where.stdout)
+    assert Path(path) == native and ok, detail
+    # Static: it needs nothing from the sandbox it is exec'd in (no program interpreter named).
+    assert b"/ld-linux" not in native.read_bytes()
+    # A usage error, as from the checkout's build: the program runs.
+    assert subprocess.run([str(native)], timeout=5).returncode == 125
+
+
 def test_second_install_changes_nothing(plain: dict) -> None:
     assert plain["before"] == plain["after"]
     assert "installed the default /etc/fgd/fgd.toml" in plain["first"]
