@@ -2,7 +2,7 @@
  *
  * The zygote forks an instance as PID 1 of a new pid namespace; that Python process builds
  * the sandbox, forks the worker (PID 2, the warm process that will run the function), closes
- * every descriptor and execs this program by descriptor (sandbox/reaper.py exec_native_reaper),
+ * every descriptor and execs this program by descriptor (sandbox/reaper.py run_pid1),
  * so an idle instance's PID 1 costs a few pages instead of a forked interpreter. Children
  * survive the exec, so the worker is still ours.
  *

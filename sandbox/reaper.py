@@ -35,6 +35,8 @@ SIGNAL_BASE = 128
 NATIVE_NAME = "fgd-pid1"
 # The descriptor of the native PID 1 in the zygote (and each instance it forks); None: the Python one.
 _native_fd: int | None = None
+# What happens without it, for every message that says it is missing.
+_FALLBACK = "build it with `make`; meanwhile each instance's PID 1 is a forked Python process, about 2 MiB more"
 
 
 def native_path() -> str:
@@ -53,10 +55,6 @@ def check_native(path: str | None = None) -> tuple[bool, str]:
     return True, path
 
 
-# What happens without it, for every message that says it is missing.
-_FALLBACK = "build it with `make`; meanwhile each instance's PID 1 is a forked Python process, about 1 MiB more"
-
-
 def _open_native(path: str) -> int:
     """An O_PATH descriptor of the program, after checking nobody but root could have replaced it."""
     fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -66,7 +64,7 @@ def _open_native(path: str) -> int:
             raise OSError(0, "not an executable file")
         # PID 1 of every sandbox runs it as root: a file others could write is not used.
         if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid not in (0, os.geteuid()):
-            raise OSError(0, "writable by others than root")
+            raise OSError(0, "owned or writable by others than root")
     except BaseException:
         os.close(fd)
         raise

@@ -213,7 +213,7 @@ def test_an_unfit_native_pid1_is_not_used(tmp_path: Path, capsys: pytest.Capture
     writable.write_bytes(Path(reaper.native_path()).read_bytes())
     writable.chmod(0o777)
     ok, why = reaper.check_native(str(writable))
-    assert not ok and why.startswith("writable by others than root")
+    assert not ok and why.startswith("owned or writable by others than root")
     not_executable = tmp_path / "plain"
     not_executable.write_bytes(b"\x7fELF")
     not_executable.chmod(0o644)
