@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -155,6 +156,7 @@ def source_without_native_pid1(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_without_the_native_pid1_the_python_reaper_serves_and_everyone_says_so(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,3 +187,28 @@ def test_without_the_native_pid1_the_python_reaper_serves_and_everyone_says_so(
         assert f"zygote: no native PID 1 (No such file or directory: {source}/sandbox/fgd-pid1)" in log
     finally:
         daemon.stop()
+
+
+def test_when_the_zygote_dies_every_instance_dies_with_it(fresh_daemon: Daemon) -> None:
+    # fgd-pid1 sets its parent-death signal again after the exec: nothing outlives the zygote.
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    name = api.deploy("def handler(e, c):\n    return 1\n")["func_name"]
+    assert api.invoke(name).status_code == 200
+    instances = settled_heads(fresh_daemon, native=True)
+    processes = instances + [worker for head in instances for worker in head.children()]
+    assert len(processes) >= 2 * len(instances) >= 2
+    os.kill(zygote_of(fresh_daemon) or 0, signal.SIGKILL)
+
+    def gone(process: psutil.Process) -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + 5
+    while not all(gone(p) for p in processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p.pid for p in processes if not gone(p)] == []
+    # The daemon starts another zygote, whose instances serve.
+    assert api.invoke(name).status_code == 200
