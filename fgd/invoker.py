@@ -8,6 +8,7 @@ zygote and specialises it.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import time
@@ -81,6 +82,11 @@ class Invoker:
         self._code = code
         self.sandbox = sandbox
         self.instances: dict[tuple[str, str, str], list[Instance]] = {}
+        # Per function: requests running (a slot taken, on a warm or starting instance) and live
+        # reserved instances, kept as they change so the statistics' sample of every invocation
+        # (fgd.metrics) does not walk the function's instances.
+        self.running: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.reserved_live: collections.Counter[tuple[str, str, str]] = collections.Counter()
         # Generic instances forked and contained before a function needs them (fgd.pool).
         self.pool = Pool(config, zygotes, sandbox)
         self.reserved = Reserved(self)
@@ -217,6 +223,10 @@ class Invoker:
         instances = self.instances.get(key)
         if instances and instance in instances:
             instances.remove(instance)
+            if instance.reserved:
+                self.reserved_live[key] -= 1
+                if self.reserved_live[key] <= 0:
+                    del self.reserved_live[key]
             if not instances:
                 del self.instances[key]
 
@@ -328,13 +338,19 @@ class Invoker:
         # A disabled function (max instances 0) is refused by the scheduler, like every other limit.
         check_event(event)
         instance = await self._acquire(record, request_id)
+        key = record.key
+        self.running[key] += 1
         try:
             return await self._run(record, event, request_id, instance)
         except BaseException:
             # Cancelled mid-request (client gone, shutdown): the instance's state is unknown; retire it.
             if instance is not None and instance.state is not State.DEAD:
-                self._discard(record.key, instance)
+                self._discard(key, instance)
             raise
+        finally:
+            self.running[key] -= 1
+            if self.running[key] <= 0:
+                del self.running[key]
 
     async def _run(self, record: FunctionRecord, event: bytes, request_id: str, instance: Instance | None) -> Outcome:
         settings = record.settings

@@ -113,6 +113,7 @@ class Reserved:
             return False
         self._invoker._logs.add(record.key, lines)
         instance.reserved = True
+        self._invoker.reserved_live[record.key] += 1
         self._invoker._by_id[instance.id] = instance
         instance.state = State.IDLE
         handed = self._invoker.scheduler.started(pool_key(record), instance.id, reserved=True, for_request=False)
