@@ -40,7 +40,7 @@ from fgd.network import Network
 from fgd.pool import Pool
 from fgd.reserved import Reserved
 from fgd.sandboxing import HostSandbox
-from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
+from fgd.scheduler import Assign, Quota, Reject, Scheduler, Start
 from fgd.specialize import Specializer
 from fgd.store import LogLine, Store
 from fgd.versions import exact, qualifier_key
@@ -244,8 +244,8 @@ class Invoker:
 
     # Scheduling ----------------------------------------------------------------
 
-    def _limits(self, record: FunctionRecord) -> Limits:
-        return Limits(
+    def _quota(self, record: FunctionRecord) -> Quota:
+        return Quota(
             max_instances=record.effective_max_instances,
             slots=record.settings.strategy_config.concurrent_num,
             memory_mb=record.settings.memory_size,
@@ -254,7 +254,7 @@ class Invoker:
 
     async def _acquire(self, record: FunctionRecord, request_id: str) -> Instance | None:
         """A warm instance with a slot taken for this request, or None: start one (the slot is its first)."""
-        limits = self._limits(record)
+        limits = self._quota(record)
         deadline = trio.current_time() + self._config.scheduler.max_wait
         while True:
             decision = self.scheduler.acquire(pool_key(record), limits, request_id)

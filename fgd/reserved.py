@@ -87,7 +87,7 @@ class Reserved:
                 break
 
     async def _start(self, record: FunctionRecord) -> bool:
-        decision = self._invoker.scheduler.reserve(pool_key(record), self._invoker._limits(record))
+        decision = self._invoker.scheduler.reserve(pool_key(record), self._invoker._quota(record))
         if isinstance(decision, Reject):
             log.warning("cannot keep reserved instances of %s: %s", record.func_name, decision.reason)
             return False

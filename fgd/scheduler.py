@@ -24,8 +24,9 @@ Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
-class Limits:
-    """What the function's config allows: -1 instances means unlimited."""
+class Quota:
+    """What the function's config lets the scheduler give it (not the cgroup limits of an instance,
+    `sandbox.cgroups.Limits`): -1 instances means unlimited."""
 
     max_instances: int
     slots: int
@@ -78,7 +79,7 @@ class _Instance:
 
 @dataclass
 class _Function:
-    limits: Limits
+    limits: Quota
     instances: dict[Hashable, _Instance] = field(default_factory=dict)
     starting: int = 0
     queue: deque[Hashable] = field(default_factory=deque)
@@ -147,7 +148,7 @@ class Scheduler:
 
     # Decisions ----------------------------------------------------------------
 
-    def acquire(self, key: Key, limits: Limits, request: Hashable) -> Decision:
+    def acquire(self, key: Key, limits: Quota, request: Hashable) -> Decision:
         function = self._functions.setdefault(key, _Function(limits))
         function.limits = limits
         if limits.max_instances == 0:
@@ -193,7 +194,7 @@ class Scheduler:
             )
         return Reject("capacity", f"the node's memory budget ({self.memory_budget_mb} MB) is full and its queue too")
 
-    def reserve(self, key: Key, limits: Limits) -> Start | Reject:
+    def reserve(self, key: Key, limits: Quota) -> Start | Reject:
         """May one more reserved instance start now (within max instances and the memory budget)?"""
         function = self._functions.setdefault(key, _Function(limits))
         function.limits = limits
@@ -214,7 +215,7 @@ class Scheduler:
         self._starting_memory += limits.memory_mb
         return Start(evict)
 
-    def _oversized(self, limits: Limits) -> Reject:
+    def _oversized(self, limits: Quota) -> Reject:
         return Reject(
             "oversized",
             f"its instances need {limits.memory_mb} MB, more than the node's whole memory budget for instances "
@@ -222,7 +223,7 @@ class Scheduler:
             "(or X-Cff-Instance-Memory)",
         )
 
-    def _within_share(self, total: int, limits: Limits) -> bool:
+    def _within_share(self, total: int, limits: Quota) -> bool:
         """May a function with `total` instances (running or starting) start one more? Its first always may."""
         return total == 0 or (total + 1) * limits.memory_mb <= self.function_cap_mb
 

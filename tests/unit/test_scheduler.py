@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start, Wait
+from fgd.scheduler import Assign, Quota, Reject, Scheduler, Start, Wait
 
 F1 = ("p", "default", "f1")
 F2 = ("p", "default", "f2")
@@ -22,8 +22,8 @@ class Clock:
         return self.now
 
 
-def limits(max_instances: int = 2, slots: int = 1, memory: int = 128, queue: int = 2) -> Limits:
-    return Limits(max_instances, slots, memory, queue)
+def limits(max_instances: int = 2, slots: int = 1, memory: int = 128, queue: int = 2) -> Quota:
+    return Quota(max_instances, slots, memory, queue)
 
 
 def test_first_request_starts_then_reuses() -> None:
@@ -156,7 +156,7 @@ def test_random_sequences_keep_the_invariants(seed: int) -> None:
     share = rng.choice([1.0, 0.5, 0.25])
     s = Scheduler(clock, budget, share)
     keys = [("p", "d", f"f{n}") for n in range(3)]
-    lims = {k: Limits(rng.choice([-1, 1, 2, 4]), rng.choice([1, 2, 3]), rng.choice([64, 128, 256]), 3) for k in keys}
+    lims = {k: Quota(rng.choice([-1, 1, 2, 4]), rng.choice([1, 2, 3]), rng.choice([64, 128, 256]), 3) for k in keys}
     running: dict[str, str] = {}  # request -> instance
     waiting: dict[str, tuple] = {}  # request -> key
     starting: list[tuple[tuple, str]] = []
@@ -238,7 +238,7 @@ def _linear_choice(s: Scheduler, key: tuple) -> object | None:
 def test_the_per_function_index_chooses_what_a_linear_scan_would(seed: int) -> None:
     rng = random.Random(seed)
     s = Scheduler(Clock(), 10**6)
-    lim = Limits(-1, rng.choice([1, 2, 4]), 128, 0)
+    lim = Quota(-1, rng.choice([1, 2, 4]), 128, 0)
     running: list[tuple[str, str]] = []
     ids = itertools.count()
     for _ in range(300):
@@ -272,7 +272,7 @@ def test_the_per_function_index_chooses_what_a_linear_scan_would(seed: int) -> N
 
 def test_among_500_idle_instances_the_most_recently_used_is_taken() -> None:
     s = Scheduler(Clock(), 10**6)
-    lim = Limits(-1, 1, 128, 0)
+    lim = Quota(-1, 1, 128, 0)
     for n in range(500):
         s.acquire(F1, lim, f"s{n}")
         s.started(F1, f"i{n}")
