@@ -5,7 +5,9 @@ connections. In the same run, two baselines are driven the same way: a bare ASGI
 hypercorn (bench/baseline_app.py, the server fgd used before issue 15) and a bare trio + h11
 echo server (bench/baseline_h11.py, the floor of fgd's own server). Prints JSON: req/s, p50
 and p99 per connection count, and fgd's ratios to each baseline (req/s: higher is better;
-p50 and p99: lower is better).
+p50 and p99: lower is better). With each figure, the CPU the server process spent per request
+(`server_cpu_us_per_request`, the daemon alone for fgd: not its instances), and its ratio
+(`cpu_per_request`, lower is better): it moves far less than req/s when the machine is busy.
 
 Each level is run twice: against a function whose instances take one request at a time
 (`concurrent_num` 1, as many instances as connections) and one whose instances take 16.
@@ -46,6 +48,12 @@ def ratios(fgd: dict, base: dict) -> dict:
         "req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3) if base["req_per_s"] else None,
         "p50": round(fgd["p50_ms"] / base["p50_ms"], 3) if base["p50_ms"] else None,
         "p99": round(fgd["p99_ms"] / base["p99_ms"], 3) if base["p99_ms"] else None,
+        # The server's own CPU per request (daemon vs baseline process): higher is costlier.
+        "cpu_per_request": (
+            round(fgd["server_cpu_us_per_request"] / base["server_cpu_us_per_request"], 3)
+            if fgd.get("server_cpu_us_per_request") and base.get("server_cpu_us_per_request")
+            else None
+        ),
     }
 
 
@@ -110,11 +118,11 @@ def main() -> None:
             daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
             for level in levels:
                 entry: dict = {}
-                for name, (_, url) in baselines.items():
-                    entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
+                for name, (process, url) in baselines.items():
+                    entry[f"baseline_{name}"] = wrk(url, level, args.seconds, server_pid=process.pid)
                 for name in ("noop1", "noop16"):
                     wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
-                    fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
+                    fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token, daemon.process.pid)
                     entry[f"concurrent_num_{name[4:]}"] = {
                         **fgd,
                         **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},
