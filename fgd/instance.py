@@ -429,18 +429,32 @@ class Instance:
                 continue
             if frame is not None:
                 return frame
-            try:
-                data = await self._socket.recv(READ_CHUNK)
-            except trio.ClosedResourceError:
-                raise InstanceGone(self.kill_reason or "the instance was closed") from None
-            except OSError:
-                data = b""
+            data = await self._recv()
             if not data:
                 raise InstanceGone(self.kill_reason or await self.exit_reason())
             try:
                 self._demux.feed(data)
             except protocol.ProtocolError as exc:
                 raise InstanceGone(f"the instance broke the protocol: {exc}") from None
+
+    async def _recv(self) -> bytes:
+        """The next bytes from the instance (b"" once it closed its end). The wait comes first: the
+        answer is never there yet when we start to wait (it needs a round trip through another
+        process), and a read that fails costs a system call and an exception per frame."""
+        raw = self._raw
+        assert raw is not None
+        while True:
+            if raw.fileno() < 0:
+                raise InstanceGone(self.kill_reason or "the instance was closed")
+            try:
+                await trio.lowlevel.wait_readable(raw)
+                return raw.recv(READ_CHUNK)
+            except BlockingIOError:
+                continue  # woken with nothing to read after all
+            except trio.ClosedResourceError:
+                raise InstanceGone(self.kill_reason or "the instance was closed") from None
+            except OSError:
+                return b""
 
     def _log_frame(self, frame: protocol.Log) -> None:
         if frame.level in ("stdout", "stderr"):
