@@ -77,7 +77,9 @@ def measure_nodejs(args: argparse.Namespace, levels: list[int], results: dict) -
             entry: dict = {"baseline_node_http": wrk(f"http://127.0.0.1:{port}/", level, args.seconds)}
             for num in (1, 16):
                 url = daemon.invoke_url(f"nodenoop{num}")
-                wrk(url, level, 1, daemon.token)  # warm up instances
+                # Warm up instances: their zygote starts on first use, and V8 optimises the code
+                # paths over the first thousands of calls (1 s left the p99 of the first runs in seconds).
+                wrk(url, level, 3, daemon.token)
                 fgd = wrk(url, level, args.seconds, daemon.token)
                 entry[f"concurrent_num_{num}"] = {**fgd, "vs_node_http": ratios(fgd, entry["baseline_node_http"])}
             node["levels"][str(level)] = entry

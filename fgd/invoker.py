@@ -316,6 +316,11 @@ class Invoker:
             waiter.instance = instance
             waiter.event.set()
 
+    def _start_failed(self, key: tuple) -> None:
+        """A start failed: the requests queued for its slots ask again (fgd.scheduler)."""
+        self._wake(self.scheduler.start_failed(key), None)
+        self._wake(self.scheduler.waiting_with_nothing_coming(key), None)
+
     def _release(self, instance: Instance) -> None:
         handed = self.scheduler.release(instance.id)
         self._wake(handed, instance)
@@ -362,12 +367,10 @@ class Invoker:
             try:
                 instance, failure = await self._cold_start(record, request_id)
             except BaseException:
-                self.scheduler.start_failed(pool_key(record))
-                self._wake(self.scheduler.waiting_with_nothing_coming(pool_key(record)), None)
+                self._start_failed(pool_key(record))
                 raise
             if failure is not None:
-                self.scheduler.start_failed(pool_key(record))
-                self._wake(self.scheduler.waiting_with_nothing_coming(pool_key(record)), None)
+                self._start_failed(pool_key(record))
                 outcome.error = failure.error
                 outcome.init_ms = failure.init_ms
                 self._finish(record, instance, outcome, healthy=False)

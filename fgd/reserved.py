@@ -99,12 +99,12 @@ class Reserved:
         try:
             instance, failure = await self._invoker._cold_start(record, token)
         except Unavailable as exc:
-            self._invoker.scheduler.start_failed(pool_key(record))
+            self._invoker._start_failed(pool_key(record))
             log.warning("cannot start a reserved instance of %s: %s", record.func_name, exc.message)
             return False
         lines = instance.end(token)
         if failure is not None:
-            self._invoker.scheduler.start_failed(pool_key(record))
+            self._invoker._start_failed(pool_key(record))
             self._invoker._logs.add(record.key, lines)
             self._invoker._discard(record.key, instance)
             # The reason is the function's own text: quoted (no newline of its own) and short in our log.

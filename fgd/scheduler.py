@@ -7,6 +7,8 @@ in milliseconds and check the invariants after every step:
 - an instance never has more busy slots than its capacity (`concurrent_num`);
 - a function never has more instances (running or starting) than its maximum;
 - no request waits in a queue while a slot it could use is free;
+- requests arriving while instances start wait for those instances' spare slots (within the
+  queue's length) rather than starting one instance each;
 - the memory of live and starting instances never exceeds the node's budget;
 - one function's instances never take more than its share of that budget (beyond its first instance).
 
@@ -163,6 +165,12 @@ class Scheduler:
             instance.last_used = self._clock()
             function.index(token, instance)
             return Assign(token)
+        if len(function.queue) < min(function.starting * (limits.slots - 1), limits.queue_length):
+            # The instances starting now take queued requests into their spare slots as they join
+            # (`started`): a burst of requests rides on them rather than starting an instance
+            # each (64 requests at once for 16 slots an instance: 4 starts, not 64).
+            function.queue.append(request)
+            return Wait()
         total = len(function.instances) + function.starting
         if (limits.max_instances < 0 or total < limits.max_instances) and self._within_share(total, limits):
             evict = self._make_room(limits.memory_mb)
@@ -263,10 +271,17 @@ class Scheduler:
         self._live_memory += record.memory_mb
         return self._hand_out(function, instance)
 
-    def start_failed(self, key: Key) -> None:
+    def start_failed(self, key: Key) -> list:
+        """A start failed. Returns the queued requests that were to ride on it (beyond what the
+        starts still under way will take): they must ask again, and may start an instance now."""
         function = self._functions[key]
         function.starting -= 1
         self._starting_memory -= function.limits.memory_mb
+        riding = function.starting * (function.limits.slots - 1)
+        retry = []
+        while len(function.queue) > riding:
+            retry.append(function.queue.pop())
+        return retry
 
     def release(self, instance: Hashable) -> list:
         """A request finished on `instance`; returns the queued requests now given its slot."""

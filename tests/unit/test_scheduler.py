@@ -148,6 +148,40 @@ def test_a_function_larger_than_its_share_still_gets_one_instance() -> None:
     assert s.acquire(F1, lim, "r2") == Wait()
 
 
+def test_a_burst_rides_on_the_instances_starting_for_it() -> None:
+    """64 requests at once for 16 slots an instance start 4 instances, not 64: the others wait
+    for the starting instances' spare slots (found with 64 connections on a Node.js function:
+    64 cold starts at once, most of the burst refused or timed out)."""
+    s = Scheduler(Clock(), 10**6)
+    quota = limits(max_instances=64, slots=16, queue=100)
+    decisions = [s.acquire(F1, quota, f"r{n}") for n in range(64)]
+    starters = [n for n, d in enumerate(decisions) if d == Start()]
+    assert len(starters) == 4
+    assert decisions.count(Wait()) == 60
+    handed = [s.started(F1, f"i{n}") for n in range(4)]
+    assert [len(h) for h in handed] == [15, 15, 15, 15]
+    assert sorted(r for h in handed for r in h) == sorted(f"r{n}" for n in range(64) if n not in starters)
+    assert all(s.busy_slots(f"i{n}") == 16 for n in range(4))
+
+
+def test_riders_of_a_failed_start_ask_again_and_may_start_instead() -> None:
+    s = Scheduler(Clock(), 10**6)
+    quota = limits(max_instances=64, slots=4, queue=100)
+    assert [s.acquire(F1, quota, f"r{n}") for n in range(5)] == [Start(), Wait(), Wait(), Wait(), Start()]
+    # r4 started a second instance; r1-r3 ride on the first. It fails: one start is left, for 3 riders.
+    assert s.start_failed(F1) == []
+    assert s.start_failed(F1) == ["r3", "r2", "r1"]
+    assert s.acquire(F1, quota, "r1") == Start()  # asking again, it may start one itself
+    # With a single slot an instance there is nothing to ride on: each request starts one.
+    assert [s.acquire(F2, limits(max_instances=8, queue=100), f"q{n}") for n in range(3)] == [Start()] * 3
+
+
+def test_no_queue_means_no_riding() -> None:
+    s = Scheduler(Clock(), 10**6)
+    quota = limits(max_instances=8, slots=4, queue=0)
+    assert [s.acquire(F1, quota, f"r{n}") for n in range(3)] == [Start()] * 3
+
+
 @pytest.mark.parametrize("seed", range(500))
 def test_random_sequences_keep_the_invariants(seed: int) -> None:
     rng = random.Random(seed)
@@ -179,8 +213,7 @@ def test_random_sequences_keep_the_invariants(seed: int) -> None:
         elif action < 0.65 and starting:
             key, request = starting.pop(rng.randrange(len(starting)))
             if rng.random() < 0.1:
-                s.start_failed(key)
-                for retry in s.waiting_with_nothing_coming(key):
+                for retry in s.start_failed(key) + s.waiting_with_nothing_coming(key):
                     waiting.pop(retry)
                 continue
             instance = f"i{next(ids)}"
