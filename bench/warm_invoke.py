@@ -3,7 +3,9 @@
 Starts a daemon, deploys a no-op Python function, and drives it with wrk over keep-alive
 connections. In the same run, two baselines are driven the same way: a bare ASGI echo app on
 hypercorn (bench/baseline_app.py, the server fgd used before issue 15) and a bare trio + h11
-echo server (bench/baseline_h11.py, the floor of fgd's own server). Prints JSON: req/s, p50
+echo server (bench/baseline_h11.py, the floor of fgd's own server). A third, the same h11 server
+with one hop per request to a worker process that echoes it (bench/baseline_h11_hop.py), is the
+floor of any design that runs functions in processes of their own. Prints JSON: req/s, p50
 and p99 per connection count, and fgd's ratios to each baseline (req/s: higher is better;
 p50 and p99: lower is better). With each figure, the CPU the server process spent per request
 (`server_cpu_us_per_request`, the daemon alone for fgd: not its instances), and its ratio
@@ -40,7 +42,7 @@ import _nodejs
 from _common import Daemon, free_port, wait_http, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
-BASELINES = {"hypercorn": "baseline_app.py", "h11": "baseline_h11.py"}
+BASELINES = {"hypercorn": "baseline_app.py", "h11": "baseline_h11.py", "h11_hop": "baseline_h11_hop.py"}
 
 
 def ratios(fgd: dict, base: dict) -> dict:
