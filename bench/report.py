@@ -33,6 +33,9 @@ RESULTS = BENCH / "results"
 NOT_BENCHMARKS = {
     "report": "this runner",
     "baseline_app": "the bare ASGI app warm_invoke.py starts as its baseline",
+    "baseline_h11": "the bare trio + h11 echo server warm_invoke.py starts as its baseline",
+    "baseline_h11_hop": "the same with a hop to a worker process, warm_invoke.py's third baseline",
+    "baseline_fgd_server": "the ASGI echo on fgd's own server, for invoke_profile.py --servers",
     "soak": "a 30-minute leak hunt that passes or fails; run it on its own",
 }
 

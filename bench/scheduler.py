@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
-from fgd.scheduler import Limits, Scheduler
+from fgd.scheduler import Quota, Scheduler
 
 KEY = ("p", "default", "f")
 DECISIONS = 2000
@@ -30,7 +30,7 @@ def filled(instances: int) -> Scheduler:
     """A scheduler holding `instances` idle instances of one function."""
     clock = iter(range(10**9)).__next__
     scheduler = Scheduler(lambda: float(clock()), 10**9)
-    limits = Limits(-1, 1, 128, 10)
+    limits = Quota(-1, 1, 128, 10)
     for n in range(instances):
         scheduler.acquire(KEY, limits, f"s{n}")
         scheduler.started(KEY, f"i{n}")
@@ -42,7 +42,7 @@ def filled(instances: int) -> Scheduler:
 def decision_us(instances: int) -> dict:
     """p50 and max of one decision (acquire + release) with `instances` idle instances."""
     scheduler = filled(instances)
-    limits = Limits(-1, 1, 128, 10)
+    limits = Quota(-1, 1, 128, 10)
     samples = []
     for n in range(DECISIONS):
         started = time.perf_counter()

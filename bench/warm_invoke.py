@@ -3,9 +3,13 @@
 Starts a daemon, deploys a no-op Python function, and drives it with wrk over keep-alive
 connections. In the same run, two baselines are driven the same way: a bare ASGI echo app on
 hypercorn (bench/baseline_app.py, the server fgd used before issue 15) and a bare trio + h11
-echo server (bench/baseline_h11.py, the floor of fgd's own server). Prints JSON: req/s, p50
+echo server (bench/baseline_h11.py, the floor of fgd's own server). A third, the same h11 server
+with one hop per request to a worker process that echoes it (bench/baseline_h11_hop.py), is the
+floor of any design that runs functions in processes of their own. Prints JSON: req/s, p50
 and p99 per connection count, and fgd's ratios to each baseline (req/s: higher is better;
-p50 and p99: lower is better).
+p50 and p99: lower is better). With each figure, the CPU the server process spent per request
+(`server_cpu_us_per_request`, the daemon alone for fgd: not its instances), and its ratio
+(`cpu_per_request`, lower is better): it moves far less than req/s when the machine is busy.
 
 Each level is run twice: against a function whose instances take one request at a time
 (`concurrent_num` 1, as many instances as connections) and one whose instances take 16.
@@ -38,7 +42,7 @@ import _nodejs
 from _common import Daemon, free_port, wait_http, wrk
 
 NOOP = "def handler(event, context):\n    return {}\n"
-BASELINES = {"hypercorn": "baseline_app.py", "h11": "baseline_h11.py"}
+BASELINES = {"hypercorn": "baseline_app.py", "h11": "baseline_h11.py", "h11_hop": "baseline_h11_hop.py"}
 
 
 def ratios(fgd: dict, base: dict) -> dict:
@@ -46,6 +50,12 @@ def ratios(fgd: dict, base: dict) -> dict:
         "req_per_s": round(fgd["req_per_s"] / base["req_per_s"], 3) if base["req_per_s"] else None,
         "p50": round(fgd["p50_ms"] / base["p50_ms"], 3) if base["p50_ms"] else None,
         "p99": round(fgd["p99_ms"] / base["p99_ms"], 3) if base["p99_ms"] else None,
+        # The server's own CPU per request (daemon vs baseline process): higher is costlier.
+        "cpu_per_request": (
+            round(fgd["server_cpu_us_per_request"] / base["server_cpu_us_per_request"], 3)
+            if fgd.get("server_cpu_us_per_request") and base.get("server_cpu_us_per_request")
+            else None
+        ),
     }
 
 
@@ -69,7 +79,9 @@ def measure_nodejs(args: argparse.Namespace, levels: list[int], results: dict) -
             entry: dict = {"baseline_node_http": wrk(f"http://127.0.0.1:{port}/", level, args.seconds)}
             for num in (1, 16):
                 url = daemon.invoke_url(f"nodenoop{num}")
-                wrk(url, level, 1, daemon.token)  # warm up instances
+                # Warm up instances: their zygote starts on first use, and V8 optimises the code
+                # paths over the first thousands of calls (1 s left the p99 of the first runs in seconds).
+                wrk(url, level, 3, daemon.token)
                 fgd = wrk(url, level, args.seconds, daemon.token)
                 entry[f"concurrent_num_{num}"] = {**fgd, "vs_node_http": ratios(fgd, entry["baseline_node_http"])}
             node["levels"][str(level)] = entry
@@ -110,11 +122,11 @@ def main() -> None:
             daemon.deploy("noop16", NOOP, strategy_config={"concurrency": max(levels), "concurrent_num": 16})
             for level in levels:
                 entry: dict = {}
-                for name, (_, url) in baselines.items():
-                    entry[f"baseline_{name}"] = wrk(url, level, args.seconds)
+                for name, (process, url) in baselines.items():
+                    entry[f"baseline_{name}"] = wrk(url, level, args.seconds, server_pid=process.pid)
                 for name in ("noop1", "noop16"):
                     wrk(daemon.invoke_url(name), level, 1, daemon.token)  # warm up instances
-                    fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token)
+                    fgd = wrk(daemon.invoke_url(name), level, args.seconds, daemon.token, daemon.process.pid)
                     entry[f"concurrent_num_{name[4:]}"] = {
                         **fgd,
                         **{f"vs_{base}": ratios(fgd, entry[f"baseline_{base}"]) for base in baselines},

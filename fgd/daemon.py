@@ -28,7 +28,6 @@ from fgd.dependencies import Dependencies
 from fgd.dispatch import Dispatcher
 from fgd.functions import Functions
 from fgd.history import Sample
-from fgd.instance import State
 from fgd.interpreters import Catalogue, discover
 from fgd.invoker import Invoker
 from fgd.keys import Keys
@@ -257,11 +256,10 @@ async def serve(config: Config) -> None:
 
     def instances_of(key: tuple[str, str, str]) -> Sample:
         """A function's instances now, sampled into the statistics history as an invocation ends."""
-        live = [i for i in invoker.instances.get(key, ()) if i.state is not State.DEAD]
         return Sample(
-            running=sum(len(i.active) for i in live),
-            instances=len(live),
-            reserved=sum(1 for i in live if i.reserved),
+            running=invoker.running[key],
+            instances=len(invoker.instances.get(key, ())),
+            reserved=invoker.reserved_live[key],
         )
 
     # Refreshed by the dispatcher's loop; reading SQLite from a scrape would block the event loop.

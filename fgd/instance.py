@@ -28,6 +28,8 @@ from runtimes import protocol
 from sandbox.cgroups import CgroupError, Limits, parse_key_value
 
 READ_CHUNK = 1 << 16
+# A memory peak at this share of the limit may come with an OOM kill (fgd.instance._oom_possible).
+OOM_NEAR_LIMIT = 0.9
 # How long to wait for the zygote's exit report after the socket closed.
 EXIT_REPORT_WAIT = 0.5
 
@@ -88,6 +90,8 @@ class Instance:
         # The limits written on its cgroup (None: none yet).
         self.limits: Limits | None = None
         self._oom_baseline = 0
+        # The cgroup's memory peak when last read (None: not read yet, or unreadable).
+        self._peak_bytes: int | None = None
         self.last_used = time.monotonic()
         # Which request each frame from the instance's socket belongs to (sans-IO).
         self._demux = Demultiplexer(protocol.MAX_UP_FRAME)
@@ -103,6 +107,7 @@ class Instance:
         self._gone: str | None = None
         self._send_lock = trio.Lock()
         self._socket: trio.socket.SocketType | None = None
+        self._raw: socket.socket | None = None
 
     # Life cycle ------------------------------------------------------------
 
@@ -115,6 +120,7 @@ class Instance:
             os.set_blocking(fd, False)
         self.output.pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
         self._socket = trio.socket.from_stdlib_socket(ours)
+        self._raw = ours  # the same socket, non-blocking now: for a send that needs no wait
         self.zygote_generation = self.zygote.generation
         try:
             # Issue 15: a contained instance is forked as PID 1 of its own pid namespace.
@@ -189,9 +195,19 @@ class Instance:
         """Peak memory charged to the instance's cgroup."""
         text = self._read_counter("peak", lambda cgroups, name: cgroups.memory_peak_path(name), 32)
         try:
-            return int(text) / (1024 * 1024) if text is not None else None
+            self._peak_bytes = int(text) if text is not None else None
         except ValueError:
-            return None
+            self._peak_bytes = None
+        return self._peak_bytes / (1024 * 1024) if self._peak_bytes is not None else None
+
+    def _oom_possible(self) -> bool:
+        """Whether the OOM killer may have acted since the count was last read. It acts only
+        when the cgroup's memory reaches its limit, so while the peak (read after every request)
+        stays clearly below, the count cannot have moved and is not read again: one cgroup read
+        per invocation instead of two. (A process growing to the limit while the instance is idle
+        is seen by the next request's baseline only once a peak shows it.)"""
+        peak, limits = self._peak_bytes, self.limits
+        return peak is None or limits is None or peak >= limits.memory_bytes * OOM_NEAR_LIMIT
 
     def _read_counter(self, which: str, path_of: Callable, size: int) -> str | None:
         """A cgroup file read on every invocation, through a descriptor kept open (a tenth of the
@@ -230,7 +246,7 @@ class Instance:
 
     def begin(self, request_id: str) -> None:
         """`request_id` starts running here: its output is kept from now on."""
-        if not self.active:
+        if not self.active and self._oom_possible():
             # A child killed for memory in an earlier request must not make a later crash an OOM.
             self._oom_baseline = self.oom_kills()
         self._demux.begin(request_id)
@@ -317,14 +333,28 @@ class Instance:
     # Frames ------------------------------------------------------------------
 
     async def send(self, frame: protocol.Frame) -> None:
-        assert self._socket is not None
+        assert self._socket is not None and self._raw is not None
         data = memoryview(protocol.encode(frame))
+        lock = self._send_lock
         try:
-            # Concurrent requests must not interleave their frames.
-            async with self._send_lock:
+            if lock.locked():
+                await lock.acquire()  # concurrent requests must not interleave their frames
+            else:
+                # Nobody else is sending: almost every frame goes whole at once, with no wait.
+                try:
+                    sent = self._raw.send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = data[sent:]
+                lock.acquire_nowait()  # the rest goes before any other frame
+            try:
                 while data:
                     sent = await self._socket.send(data)
                     data = data[sent:]
+            finally:
+                lock.release()
         except (OSError, trio.ClosedResourceError) as exc:
             # Closed under us (another request's timeout recycled the instance) or the process is gone.
             raise InstanceGone(self.kill_reason or f"cannot write to the instance: {exc}") from None
@@ -399,18 +429,32 @@ class Instance:
                 continue
             if frame is not None:
                 return frame
-            try:
-                data = await self._socket.recv(READ_CHUNK)
-            except trio.ClosedResourceError:
-                raise InstanceGone(self.kill_reason or "the instance was closed") from None
-            except OSError:
-                data = b""
+            data = await self._recv()
             if not data:
                 raise InstanceGone(self.kill_reason or await self.exit_reason())
             try:
                 self._demux.feed(data)
             except protocol.ProtocolError as exc:
                 raise InstanceGone(f"the instance broke the protocol: {exc}") from None
+
+    async def _recv(self) -> bytes:
+        """The next bytes from the instance (b"" once it closed its end). The wait comes first: the
+        answer is never there yet when we start to wait (it needs a round trip through another
+        process), and a read that fails costs a system call and an exception per frame."""
+        raw = self._raw
+        assert raw is not None
+        while True:
+            if raw.fileno() < 0:
+                raise InstanceGone(self.kill_reason or "the instance was closed")
+            try:
+                await trio.lowlevel.wait_readable(raw)
+                return raw.recv(READ_CHUNK)
+            except BlockingIOError:
+                continue  # woken with nothing to read after all
+            except trio.ClosedResourceError:
+                raise InstanceGone(self.kill_reason or "the instance was closed") from None
+            except OSError:
+                return b""
 
     def _log_frame(self, frame: protocol.Log) -> None:
         if frame.level in ("stdout", "stderr"):

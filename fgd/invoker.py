@@ -8,6 +8,7 @@ zygote and specialises it.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import time
@@ -39,7 +40,7 @@ from fgd.network import Network
 from fgd.pool import Pool
 from fgd.reserved import Reserved
 from fgd.sandboxing import HostSandbox
-from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start
+from fgd.scheduler import Assign, Quota, Reject, Scheduler, Start
 from fgd.specialize import Specializer
 from fgd.store import LogLine, Store
 from fgd.versions import exact, qualifier_key
@@ -81,6 +82,11 @@ class Invoker:
         self._code = code
         self.sandbox = sandbox
         self.instances: dict[tuple[str, str, str], list[Instance]] = {}
+        # Per function: requests running (a slot taken, on a warm or starting instance) and live
+        # reserved instances, kept as they change so the statistics' sample of every invocation
+        # (fgd.metrics) does not walk the function's instances.
+        self.running: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self.reserved_live: collections.Counter[tuple[str, str, str]] = collections.Counter()
         # Generic instances forked and contained before a function needs them (fgd.pool).
         self.pool = Pool(config, zygotes, sandbox)
         self.reserved = Reserved(self)
@@ -217,6 +223,10 @@ class Invoker:
         instances = self.instances.get(key)
         if instances and instance in instances:
             instances.remove(instance)
+            if instance.reserved:
+                self.reserved_live[key] -= 1
+                if self.reserved_live[key] <= 0:
+                    del self.reserved_live[key]
             if not instances:
                 del self.instances[key]
 
@@ -234,8 +244,8 @@ class Invoker:
 
     # Scheduling ----------------------------------------------------------------
 
-    def _limits(self, record: FunctionRecord) -> Limits:
-        return Limits(
+    def _quota(self, record: FunctionRecord) -> Quota:
+        return Quota(
             max_instances=record.effective_max_instances,
             slots=record.settings.strategy_config.concurrent_num,
             memory_mb=record.settings.memory_size,
@@ -244,7 +254,7 @@ class Invoker:
 
     async def _acquire(self, record: FunctionRecord, request_id: str) -> Instance | None:
         """A warm instance with a slot taken for this request, or None: start one (the slot is its first)."""
-        limits = self._limits(record)
+        limits = self._quota(record)
         deadline = trio.current_time() + self._config.scheduler.max_wait
         while True:
             decision = self.scheduler.acquire(pool_key(record), limits, request_id)
@@ -306,6 +316,11 @@ class Invoker:
             waiter.instance = instance
             waiter.event.set()
 
+    def _start_failed(self, key: tuple) -> None:
+        """A start failed: the requests queued for its slots ask again (fgd.scheduler)."""
+        self._wake(self.scheduler.start_failed(key), None)
+        self._wake(self.scheduler.waiting_with_nothing_coming(key), None)
+
     def _release(self, instance: Instance) -> None:
         handed = self.scheduler.release(instance.id)
         self._wake(handed, instance)
@@ -328,13 +343,19 @@ class Invoker:
         # A disabled function (max instances 0) is refused by the scheduler, like every other limit.
         check_event(event)
         instance = await self._acquire(record, request_id)
+        key = record.key
+        self.running[key] += 1
         try:
             return await self._run(record, event, request_id, instance)
         except BaseException:
             # Cancelled mid-request (client gone, shutdown): the instance's state is unknown; retire it.
             if instance is not None and instance.state is not State.DEAD:
-                self._discard(record.key, instance)
+                self._discard(key, instance)
             raise
+        finally:
+            self.running[key] -= 1
+            if self.running[key] <= 0:
+                del self.running[key]
 
     async def _run(self, record: FunctionRecord, event: bytes, request_id: str, instance: Instance | None) -> Outcome:
         settings = record.settings
@@ -346,12 +367,10 @@ class Invoker:
             try:
                 instance, failure = await self._cold_start(record, request_id)
             except BaseException:
-                self.scheduler.start_failed(pool_key(record))
-                self._wake(self.scheduler.waiting_with_nothing_coming(pool_key(record)), None)
+                self._start_failed(pool_key(record))
                 raise
             if failure is not None:
-                self.scheduler.start_failed(pool_key(record))
-                self._wake(self.scheduler.waiting_with_nothing_coming(pool_key(record)), None)
+                self._start_failed(pool_key(record))
                 outcome.error = failure.error
                 outcome.init_ms = failure.init_ms
                 self._finish(record, instance, outcome, healthy=False)

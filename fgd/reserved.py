@@ -87,7 +87,7 @@ class Reserved:
                 break
 
     async def _start(self, record: FunctionRecord) -> bool:
-        decision = self._invoker.scheduler.reserve(pool_key(record), self._invoker._limits(record))
+        decision = self._invoker.scheduler.reserve(pool_key(record), self._invoker._quota(record))
         if isinstance(decision, Reject):
             log.warning("cannot keep reserved instances of %s: %s", record.func_name, decision.reason)
             return False
@@ -99,12 +99,12 @@ class Reserved:
         try:
             instance, failure = await self._invoker._cold_start(record, token)
         except Unavailable as exc:
-            self._invoker.scheduler.start_failed(pool_key(record))
+            self._invoker._start_failed(pool_key(record))
             log.warning("cannot start a reserved instance of %s: %s", record.func_name, exc.message)
             return False
         lines = instance.end(token)
         if failure is not None:
-            self._invoker.scheduler.start_failed(pool_key(record))
+            self._invoker._start_failed(pool_key(record))
             self._invoker._logs.add(record.key, lines)
             self._invoker._discard(record.key, instance)
             # The reason is the function's own text: quoted (no newline of its own) and short in our log.
@@ -113,6 +113,7 @@ class Reserved:
             return False
         self._invoker._logs.add(record.key, lines)
         instance.reserved = True
+        self._invoker.reserved_live[record.key] += 1
         self._invoker._by_id[instance.id] = instance
         instance.state = State.IDLE
         handed = self._invoker.scheduler.started(pool_key(record), instance.id, reserved=True, for_request=False)

@@ -7,6 +7,8 @@ in milliseconds and check the invariants after every step:
 - an instance never has more busy slots than its capacity (`concurrent_num`);
 - a function never has more instances (running or starting) than its maximum;
 - no request waits in a queue while a slot it could use is free;
+- requests arriving while instances start wait for those instances' spare slots (within the
+  queue's length) rather than starting one instance each;
 - the memory of live and starting instances never exceeds the node's budget;
 - one function's instances never take more than its share of that budget (beyond its first instance).
 
@@ -24,8 +26,9 @@ Key = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
-class Limits:
-    """What the function's config allows: -1 instances means unlimited."""
+class Quota:
+    """What the function's config lets the scheduler give it (not the cgroup limits of an instance,
+    `sandbox.cgroups.Limits`): -1 instances means unlimited."""
 
     max_instances: int
     slots: int
@@ -78,7 +81,7 @@ class _Instance:
 
 @dataclass
 class _Function:
-    limits: Limits
+    limits: Quota
     instances: dict[Hashable, _Instance] = field(default_factory=dict)
     starting: int = 0
     queue: deque[Hashable] = field(default_factory=deque)
@@ -147,7 +150,7 @@ class Scheduler:
 
     # Decisions ----------------------------------------------------------------
 
-    def acquire(self, key: Key, limits: Limits, request: Hashable) -> Decision:
+    def acquire(self, key: Key, limits: Quota, request: Hashable) -> Decision:
         function = self._functions.setdefault(key, _Function(limits))
         function.limits = limits
         if limits.max_instances == 0:
@@ -162,6 +165,12 @@ class Scheduler:
             instance.last_used = self._clock()
             function.index(token, instance)
             return Assign(token)
+        if len(function.queue) < min(function.starting * (limits.slots - 1), limits.queue_length):
+            # The instances starting now take queued requests into their spare slots as they join
+            # (`started`): a burst of requests rides on them rather than starting an instance
+            # each (64 requests at once for 16 slots an instance: 4 starts, not 64).
+            function.queue.append(request)
+            return Wait()
         total = len(function.instances) + function.starting
         if (limits.max_instances < 0 or total < limits.max_instances) and self._within_share(total, limits):
             evict = self._make_room(limits.memory_mb)
@@ -193,7 +202,7 @@ class Scheduler:
             )
         return Reject("capacity", f"the node's memory budget ({self.memory_budget_mb} MB) is full and its queue too")
 
-    def reserve(self, key: Key, limits: Limits) -> Start | Reject:
+    def reserve(self, key: Key, limits: Quota) -> Start | Reject:
         """May one more reserved instance start now (within max instances and the memory budget)?"""
         function = self._functions.setdefault(key, _Function(limits))
         function.limits = limits
@@ -214,7 +223,7 @@ class Scheduler:
         self._starting_memory += limits.memory_mb
         return Start(evict)
 
-    def _oversized(self, limits: Limits) -> Reject:
+    def _oversized(self, limits: Quota) -> Reject:
         return Reject(
             "oversized",
             f"its instances need {limits.memory_mb} MB, more than the node's whole memory budget for instances "
@@ -222,7 +231,7 @@ class Scheduler:
             "(or X-Cff-Instance-Memory)",
         )
 
-    def _within_share(self, total: int, limits: Limits) -> bool:
+    def _within_share(self, total: int, limits: Quota) -> bool:
         """May a function with `total` instances (running or starting) start one more? Its first always may."""
         return total == 0 or (total + 1) * limits.memory_mb <= self.function_cap_mb
 
@@ -262,10 +271,17 @@ class Scheduler:
         self._live_memory += record.memory_mb
         return self._hand_out(function, instance)
 
-    def start_failed(self, key: Key) -> None:
+    def start_failed(self, key: Key) -> list:
+        """A start failed. Returns the queued requests that were to ride on it (beyond what the
+        starts still under way will take): they must ask again, and may start an instance now."""
         function = self._functions[key]
         function.starting -= 1
         self._starting_memory -= function.limits.memory_mb
+        riding = function.starting * (function.limits.slots - 1)
+        retry = []
+        while len(function.queue) > riding:
+            retry.append(function.queue.pop())
+        return retry
 
     def release(self, instance: Hashable) -> list:
         """A request finished on `instance`; returns the queued requests now given its slot."""

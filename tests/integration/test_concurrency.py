@@ -111,3 +111,23 @@ def test_a_timeout_recycles_the_shared_instance_and_says_why(api: Api) -> None:
     if other.headers["x-is-func-err"] == "true":
         assert "timed out" in other.json()["errorMessage"]
     assert api.invoke(name).headers["x-is-func-err"] == "false"
+
+
+def test_a_burst_during_cold_starts_waits_for_their_slots_instead_of_starting_one_each(api: Api) -> None:
+    """24 requests at once for 8 slots an instance, whose start takes 0.5 s (an initializer): 3
+    instances start and take 8 requests each; before, each request that found no free slot
+    started an instance of its own (24 cold starts)."""
+    source = SLEEPY + "\ndef init(context):\n    time.sleep(0.5)\n"
+    name = api.deploy(
+        source,
+        strategy_config={"concurrency": 24, "concurrent_num": 8},
+        initializer_handler="index.init",
+        initializer_timeout=10,
+        timeout=10,
+    )["func_name"]
+    responses, _ = fire(api, name, 24, {"s": 0.2})
+    assert all(r.status_code == 200 and r.headers["x-is-func-err"] == "false" for r in responses), [
+        r.text for r in responses
+    ]
+    instances = {r.json()["instance"] for r in responses}
+    assert len(instances) == 3, instances

@@ -205,3 +205,35 @@ def test_daemon_restarts_cleanly_after_hostile_instances(fresh_daemon: Daemon) -
     name = api.deploy("def handler(event, context):\n    return 'after restart'\n")["func_name"]
     assert Api(fresh_daemon).invoke(name).content == b"after restart"
     assert "Traceback" not in fresh_daemon.log()
+
+
+# Sent by the function's module as it is imported: a Ready frame before the runtime's own, its
+# timings a map of 2,000 made-up steps and the real step names with values no clock gives.
+FORGED_READY = """
+import math
+steps = [(s("step%d" % i), 1.0) for i in range(2000)]
+steps += [(s("enter_sandbox"), float("nan")), (s("load_handler"), -1e308), (s("initializer"), math.inf)]
+body = b"\\x83" + s("type") + s("Ready") + s("init_ms") + b"\\xcb" + struct.pack(">d", 0.5)
+body += s("timings") + b"\\xde" + struct.pack(">H", len(steps))
+body += b"".join(key + b"\\xcb" + struct.pack(">d", value) for key, value in steps)
+send(frame(body))
+"""
+
+
+def test_a_forged_ready_frame_shows_nothing_but_the_known_steps_on_healthz(api: Api) -> None:
+    """Ready.timings comes from the function's process (issue 15) and /healthz serves it: what a
+    forged one says is kept only under the step names the runtimes time, as numbers or null."""
+    from fgd.invoker import INSTANCE_STEPS
+
+    name = api.deploy(RAW + FORGED_READY + "\ndef handler(event, context):\n    return 'ran'\n")["func_name"]
+    response = api.invoke(name)
+    assert response.status_code == 200
+    health = httpx.get(f"{api.daemon.url}/healthz")
+    assert health.status_code == 200
+    instance_steps = health.json()["last_cold_start"]["instance"]
+    assert set(instance_steps) <= INSTANCE_STEPS
+    # The forged frame was the one read (its values are no clock's), and JSON has no NaN: null.
+    assert instance_steps == {"enter_sandbox": None, "load_handler": -1e308, "initializer": None}, instance_steps
+    # The daemon carries on, and so does the function (a fresh instance if this one broke the protocol).
+    bystander = api.deploy("def handler(event, context):\n    return 'still here'\n")["func_name"]
+    assert api.invoke(bystander).content == b"still here"

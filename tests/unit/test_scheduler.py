@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from fgd.scheduler import Assign, Limits, Reject, Scheduler, Start, Wait
+from fgd.scheduler import Assign, Quota, Reject, Scheduler, Start, Wait
 
 F1 = ("p", "default", "f1")
 F2 = ("p", "default", "f2")
@@ -22,8 +22,8 @@ class Clock:
         return self.now
 
 
-def limits(max_instances: int = 2, slots: int = 1, memory: int = 128, queue: int = 2) -> Limits:
-    return Limits(max_instances, slots, memory, queue)
+def limits(max_instances: int = 2, slots: int = 1, memory: int = 128, queue: int = 2) -> Quota:
+    return Quota(max_instances, slots, memory, queue)
 
 
 def test_first_request_starts_then_reuses() -> None:
@@ -148,6 +148,40 @@ def test_a_function_larger_than_its_share_still_gets_one_instance() -> None:
     assert s.acquire(F1, lim, "r2") == Wait()
 
 
+def test_a_burst_rides_on_the_instances_starting_for_it() -> None:
+    """64 requests at once for 16 slots an instance start 4 instances, not 64: the others wait
+    for the starting instances' spare slots (found with 64 connections on a Node.js function:
+    64 cold starts at once, most of the burst refused or timed out)."""
+    s = Scheduler(Clock(), 10**6)
+    quota = limits(max_instances=64, slots=16, queue=100)
+    decisions = [s.acquire(F1, quota, f"r{n}") for n in range(64)]
+    starters = [n for n, d in enumerate(decisions) if d == Start()]
+    assert len(starters) == 4
+    assert decisions.count(Wait()) == 60
+    handed = [s.started(F1, f"i{n}") for n in range(4)]
+    assert [len(h) for h in handed] == [15, 15, 15, 15]
+    assert sorted(r for h in handed for r in h) == sorted(f"r{n}" for n in range(64) if n not in starters)
+    assert all(s.busy_slots(f"i{n}") == 16 for n in range(4))
+
+
+def test_riders_of_a_failed_start_ask_again_and_may_start_instead() -> None:
+    s = Scheduler(Clock(), 10**6)
+    quota = limits(max_instances=64, slots=4, queue=100)
+    assert [s.acquire(F1, quota, f"r{n}") for n in range(5)] == [Start(), Wait(), Wait(), Wait(), Start()]
+    # r4 started a second instance; r1-r3 ride on the first. It fails: one start is left, for 3 riders.
+    assert s.start_failed(F1) == []
+    assert s.start_failed(F1) == ["r3", "r2", "r1"]
+    assert s.acquire(F1, quota, "r1") == Start()  # asking again, it may start one itself
+    # With a single slot an instance there is nothing to ride on: each request starts one.
+    assert [s.acquire(F2, limits(max_instances=8, queue=100), f"q{n}") for n in range(3)] == [Start()] * 3
+
+
+def test_no_queue_means_no_riding() -> None:
+    s = Scheduler(Clock(), 10**6)
+    quota = limits(max_instances=8, slots=4, queue=0)
+    assert [s.acquire(F1, quota, f"r{n}") for n in range(3)] == [Start()] * 3
+
+
 @pytest.mark.parametrize("seed", range(500))
 def test_random_sequences_keep_the_invariants(seed: int) -> None:
     rng = random.Random(seed)
@@ -156,7 +190,7 @@ def test_random_sequences_keep_the_invariants(seed: int) -> None:
     share = rng.choice([1.0, 0.5, 0.25])
     s = Scheduler(clock, budget, share)
     keys = [("p", "d", f"f{n}") for n in range(3)]
-    lims = {k: Limits(rng.choice([-1, 1, 2, 4]), rng.choice([1, 2, 3]), rng.choice([64, 128, 256]), 3) for k in keys}
+    lims = {k: Quota(rng.choice([-1, 1, 2, 4]), rng.choice([1, 2, 3]), rng.choice([64, 128, 256]), 3) for k in keys}
     running: dict[str, str] = {}  # request -> instance
     waiting: dict[str, tuple] = {}  # request -> key
     starting: list[tuple[tuple, str]] = []
@@ -179,8 +213,7 @@ def test_random_sequences_keep_the_invariants(seed: int) -> None:
         elif action < 0.65 and starting:
             key, request = starting.pop(rng.randrange(len(starting)))
             if rng.random() < 0.1:
-                s.start_failed(key)
-                for retry in s.waiting_with_nothing_coming(key):
+                for retry in s.start_failed(key) + s.waiting_with_nothing_coming(key):
                     waiting.pop(retry)
                 continue
             instance = f"i{next(ids)}"
@@ -238,7 +271,7 @@ def _linear_choice(s: Scheduler, key: tuple) -> object | None:
 def test_the_per_function_index_chooses_what_a_linear_scan_would(seed: int) -> None:
     rng = random.Random(seed)
     s = Scheduler(Clock(), 10**6)
-    lim = Limits(-1, rng.choice([1, 2, 4]), 128, 0)
+    lim = Quota(-1, rng.choice([1, 2, 4]), 128, 0)
     running: list[tuple[str, str]] = []
     ids = itertools.count()
     for _ in range(300):
@@ -272,7 +305,7 @@ def test_the_per_function_index_chooses_what_a_linear_scan_would(seed: int) -> N
 
 def test_among_500_idle_instances_the_most_recently_used_is_taken() -> None:
     s = Scheduler(Clock(), 10**6)
-    lim = Limits(-1, 1, 128, 0)
+    lim = Quota(-1, 1, 128, 0)
     for n in range(500):
         s.acquire(F1, lim, f"s{n}")
         s.started(F1, f"i{n}")
