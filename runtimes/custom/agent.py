@@ -264,9 +264,12 @@ class Agent:
             time.sleep(0.005)
         os._exit(0)
 
-    def receive_invocations(self, take: Callable[[protocol.Invoke], None]) -> None:
+    def receive_invocations(
+        self, take: Callable[[protocol.Invoke], None], then: Callable[[], None] | None = None
+    ) -> None:
         """Hand every Invoke from the daemon to `take`, with the lock held and the credentials it
-        carries stored, until a Shutdown (or anything else) ends the instance's work."""
+        carries stored, then call `then` without the lock, until a Shutdown (or anything else)
+        ends the instance's work."""
         while True:
             frame = self.conn.receive()
             if not isinstance(frame, protocol.Invoke):
@@ -275,6 +278,8 @@ class Agent:
                 if frame.credentials is not None:
                     self.credentials = dict(frame.credentials)
                 take(frame)
+            if then is not None:
+                then()
 
     def holding(self) -> list[str]:
         """Every request the instance was given and has not answered (under the lock)."""
@@ -356,6 +361,9 @@ def listening_socket() -> socket.socket:
     # Port 0: each sandbox has its own loopback, but a node without network namespaces
     # (degraded mode) shares one, where a fixed port would collide.
     listener.bind(("127.0.0.1", 0))
+    # Accepted once the client's request came, not at its handshake: one wake-up of the API's
+    # loop per connection instead of two (runtimes/custom/api_server.py).
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
     listener.listen(64)
     return listener
 
