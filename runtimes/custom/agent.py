@@ -63,6 +63,7 @@ INIT_MARGIN = 0.2
 # How long an exiting instance waits for answers being sent when its bootstrap exited.
 CLAIM_WAIT = 0.5
 RSS_EVERY = 0.1
+LISTEN_BACKLOG = 512
 
 
 def exit_description(returncode: int) -> str:
@@ -380,10 +381,9 @@ def listening_socket() -> socket.socket:
     # Port 0: each sandbox has its own loopback, but a node without network namespaces
     # (degraded mode) shares one, where a fixed port would collide.
     listener.bind(("127.0.0.1", 0))
-    # Accepted once the client's request came, not at its handshake: one wake-up of the API's
-    # loop per connection instead of two (runtimes/custom/api_server.py).
-    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 1)
-    listener.listen(64)
+    # Room for a burst of connects while the agent's loop is behind (it shares the instance's CPU
+    # quota with the bootstrap): a full queue drops SYNs, which the client repeats after 1 s.
+    listener.listen(LISTEN_BACKLOG)
     return listener
 
 

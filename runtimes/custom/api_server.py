@@ -280,8 +280,9 @@ class Server:
             conn = Connection(self, sock)
             self.conns[fd] = conn
             self.epoll.register(fd, READABLE)
-            # The listener defers accepting until the request's first bytes came
-            # (TCP_DEFER_ACCEPT): read them now rather than after another wake-up.
+            # The request often came with the connection: read now rather than after another
+            # wake-up. (TCP_DEFER_ACCEPT would make that sure, but stalls connects by seconds
+            # once a few hundred were accepted and closed: SYN retransmissions.)
             self.receive(conn)
 
     def close(self, conn: Connection) -> None:
