@@ -475,3 +475,14 @@ def test_a_kept_alive_connection_serves_every_invocation_with_pipelined_requests
         response = api.invoke(name, {"n": n})
         assert response.status_code == 200, response.text
         assert response.json() == {"event": {"n": n}, "served": n + 1}, response.text
+
+
+def test_an_event_larger_than_a_socket_buffer_reaches_the_bootstrap_whole(api: Api) -> None:
+    # The agent's first write of a GET's answer takes only what the socket buffer holds; its loop
+    # writes the rest as the bootstrap reads.
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    event = {"op": "echo", "blob": "z" * (5 * 1024 * 1024)}
+    response = api.invoke(name, event)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["event"] == event
+    assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}
