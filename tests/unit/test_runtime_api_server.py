@@ -249,6 +249,7 @@ def test_connections_past_the_limit_close_the_least_recently_active(server, monk
         sock.sendall(b"GET /half HTTP/1.1\r\nHo")  # half a head each, never finished
     time.sleep(0.3)
     assert [closed_by_server(sock) for sock in socks[:10]] == [True] * 10
+    assert handler.closed_conns == 10  # the handler was told of each (a parked GET leaves its list)
     with connect(address) as sock:
         sock.sendall(b"GET /ok HTTP/1.1\r\n\r\n")
         assert read_answers(sock, 1) == [(200, b"GET /ok ")]
