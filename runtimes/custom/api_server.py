@@ -141,7 +141,7 @@ class Connection:
         self.keep_alive = True
         # What the handler wants back if the connection closes before `out` is written (an invocation).
         self.in_flight: object = None
-        self.writing = False  # registered for EVENT_WRITE
+        self.writing: bool | str = False  # registered for EPOLLOUT ("out only": not for reading)
         self.scanned = 0  # how much of a partial head was looked through for its end
 
     # Writing (any thread) ---------------------------------------------------------
@@ -330,9 +330,11 @@ class Server:
         if conn.closed:
             return
         if conn.out:
-            if not conn.writing:
-                conn.writing = True
-                self.epoll.modify(conn.fd, READABLE | select.EPOLLOUT)
+            if not conn.writing or (conn.eof and conn.writing != "out only"):
+                # After the client's end closed, its readiness to read never goes away: polling
+                # for it while an answer waits to be read would spin.
+                conn.writing = "out only" if conn.eof else True
+                self.epoll.modify(conn.fd, select.EPOLLOUT if conn.eof else READABLE | select.EPOLLOUT)
             return
         if conn.writing:
             conn.writing = False

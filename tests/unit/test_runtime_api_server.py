@@ -33,6 +33,9 @@ class Echo:
             with self.lock:
                 self.parked.append(conn)
             return
+        if request.path == "/big":
+            conn.respond(200, b"x" * (8 * 1024 * 1024))
+            return
         conn.respond(200, f"{request.method} {request.target} ".encode() + bytes(request.body))
 
     def on_oversize(self, conn: Connection, request: Request) -> None:
@@ -274,3 +277,16 @@ def test_requests_piped_in_without_reading_answers_are_cut_off(server) -> None:
         except OSError:
             outcome = "closed"
         assert outcome in ("closed", "stalled") and sent < 16 * 1024 * 1024, (outcome, sent)
+
+
+def test_a_client_that_closed_its_end_without_reading_a_long_answer_costs_no_cpu(server) -> None:
+    # Its end closed, the socket stays readable (EOF) for as long as the answer waits: polled for
+    # reading, the loop spun at full speed until the client went.
+    _, address = server
+    with connect(address) as sock:
+        sock.sendall(b"GET /big HTTP/1.1\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.1)
+        started = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - started < 0.1
