@@ -455,6 +455,7 @@ class Server:
         # Empty lines before a request line are ignored (RFC 9112 2.2).
         while buf[:2] == b"\r\n" or buf[:1] == b"\n":
             del buf[: 2 if buf[:1] == b"\r" else 1]
+            conn.scanned = 0
         # From where the last look stopped: a head sent a byte at a time is scanned once.
         match = HEAD_END.search(buf, max(0, conn.scanned - 3), HEAD_LIMIT + 4)
         if match is None:
