@@ -14,6 +14,12 @@ a body that is not what the route takes 400 (the request stays open: the
 bootstrap may still answer it), a body over 6 MB 413 (a response that large
 fails its request with Runtime.ResponseTooLarge, as a Python handler's would),
 anything else on the API 404/405. The first GET makes the instance ready.
+
+The HTTP side is api_server.Server: one thread on epoll, keep-alive, bounded. An
+Invoke is written to the GET waiting longest by the thread that received it from
+the daemon (no hand-over between threads); a POST's answer goes to the daemon from
+the server's thread. The peer's uid is checked per connection only where the
+loopback is the host's (no network namespace): /proc/net/tcp is read for it.
 """
 
 from __future__ import annotations
@@ -117,10 +123,6 @@ class RuntimeApi(Agent):
             self.active.remove(frame.request_id)
             self.queue.appendleft(frame)
         self.hand_out()
-
-    def headers(self, frame: Invoke) -> list[tuple[str, str]]:
-        with self.lock:
-            return self.headers_locked(frame)
 
     def headers_locked(self, frame: Invoke) -> list[tuple[str, str]]:
         identity = self.spec.identity
