@@ -115,6 +115,7 @@ class Connection:
         "in_flight",
         "inbuf",
         "keep_alive",
+        "nodelay",
         "out",
         "request",
         "scanned",
@@ -139,6 +140,7 @@ class Connection:
         self.closed = False
         self.eof = False
         self.keep_alive = True
+        self.nodelay = False
         # What the handler wants back if the connection closes before `out` is written (an invocation).
         self.in_flight: object = None
         self.writing: bool | str = False  # registered for EPOLLOUT ("out only": not for reading)
@@ -158,6 +160,13 @@ class Connection:
                 return False
             if close:
                 self.close_after = True
+            elif not self.nodelay:
+                # Answers are single writes, but on a kept-alive connection the next one would wait
+                # for the ACK of the previous one. Set only then: a connection per call (most
+                # bootstraps) is spared the system call.
+                self.nodelay = True
+                with contextlib.suppress(OSError):
+                    self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.out:
                 self.out += data
             else:
@@ -257,7 +266,9 @@ class Server:
     # Connections coming and going ---------------------------------------------------
 
     def accept(self) -> None:
-        for _ in range(64):
+        # One per wake-up: another waiting keeps the listener readable (epoll is level-triggered),
+        # and a second accept() would most often fail with EAGAIN, a system call per connection.
+        for _ in range(1):
             try:
                 # The C-level accept: socket.accept() builds a socket.socket, whose family and
                 # type properties go through enum conversions (a third of an accept's time).
@@ -274,9 +285,6 @@ class Server:
             while len(self.conns) >= MAX_CONNECTIONS:
                 self.close(next(iter(self.conns.values())))
             sock.setblocking(False)
-            # Answers are single writes; without this a kept-alive connection's next answer waits
-            # for the ACK of the previous one.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(self, sock)
             self.conns[fd] = conn
             self.epoll.register(fd, READABLE)

@@ -247,9 +247,11 @@ def test_a_parked_request_whose_client_left_is_not_delivered(server) -> None:
 def test_connections_past_the_limit_close_the_least_recently_active(server, monkeypatch) -> None:
     handler, address = server
     monkeypatch.setattr(api_server, "MAX_CONNECTIONS", 20)
-    socks = [connect(address) for _ in range(30)]
-    for sock in socks:
-        sock.sendall(b"GET /half HTTP/1.1\r\nHo")  # half a head each, never finished
+    socks = []
+    for _ in range(30):
+        socks.append(connect(address))
+        socks[-1].sendall(b"GET /half HTTP/1.1\r\nHo")  # half a head each, never finished
+        time.sleep(0.01)  # taken in before the next comes: the order of activity is the order here
     time.sleep(0.3)
     assert [closed_by_server(sock) for sock in socks[:10]] == [True] * 10
     assert handler.closed_conns == 10  # the handler was told of each (a parked GET leaves its list)
