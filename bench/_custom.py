@@ -32,7 +32,10 @@ from _common import Daemon, free_port, wrk
 # `unshare` alone would leave running (it ignores SIGTERM).
 UNSHARE = ["unshare", "--mount", "--pid", "--ipc", "--uts", "--fork", "--kill-child"]
 
-# Loops on the runtime API: GET an event, POST "{}" back; keep-alive-free, as simple as C gets.
+# Loops on the runtime API: GET an event, POST "{}" back. Built twice: a connection per call
+# (as simple as C gets, and what shell bootstraps with curl do), and with -DKEEP_ALIVE one
+# kept-alive connection for everything (what libcurl with a reused handle, Go's net/http or
+# Rust's HTTP clients do).
 C_BOOTSTRAP = r"""
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -42,9 +45,16 @@ C_BOOTSTRAP = r"""
 #include <arpa/inet.h>
 #include <sys/socket.h>
 
-static char buf[1 << 16];
+#ifdef KEEP_ALIVE
+#define CONNECTION ""
+#else
+#define CONNECTION "Connection: close\r\n"
+#endif
 
-static char *exchange(const char *request, size_t length) {
+static char buf[1 << 16];
+static int fd = -1;
+
+static int open_api(void) {
     char host[64];
     strncpy(host, getenv("RUNTIME_API_ADDR"), sizeof host - 1);
     char *colon = strchr(host, ':');
@@ -53,9 +63,14 @@ static char *exchange(const char *request, size_t length) {
     sa.sin_family = AF_INET;
     sa.sin_port = htons(atoi(colon + 1));
     inet_pton(AF_INET, host, &sa.sin_addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) exit(9);
-    write(fd, request, length);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&sa, sizeof sa) != 0) exit(9);
+    return s;
+}
+
+static char *exchange(const char *request, size_t length) {
+    if (fd < 0) fd = open_api();
+    if (write(fd, request, length) != (ssize_t)length) exit(7);
     size_t n = 0;
     ssize_t r;
     while ((r = read(fd, buf + n, sizeof buf - n - 1)) > 0) {
@@ -65,14 +80,18 @@ static char *exchange(const char *request, size_t length) {
         char *cl = strcasestr(buf, "content-length:");
         if (end && cl && (size_t)(end + 4 - buf) + atoi(cl + 15) <= n) break;
     }
+    if (r <= 0) exit(8);
     buf[n] = 0;
+#ifndef KEEP_ALIVE
     close(fd);
+    fd = -1;
+#endif
     return buf;
 }
 
 int main(void) {
     for (;;) {
-        const char *get = "GET /v1/runtime/invocation/request HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n";
+        const char *get = "GET /v1/runtime/invocation/request HTTP/1.1\r\nHost: api\r\n" CONNECTION "\r\n";
         char *id = strcasestr(exchange(get, strlen(get)), "x-cff-request-id: ") + 18;
         char rid[128];
         size_t len = strcspn(id, "\r\n");
@@ -80,7 +99,7 @@ int main(void) {
         rid[len] = 0;
         char request[512];
         int n = snprintf(request, sizeof request,
-            "POST /v1/runtime/invocation/response/%s HTTP/1.1\r\nHost: api\r\nConnection: close\r\n"
+            "POST /v1/runtime/invocation/response/%s HTTP/1.1\r\nHost: api\r\n" CONNECTION
             "Content-Length: 2\r\n\r\n{}", rid);
         exchange(request, n);
     }
@@ -98,10 +117,12 @@ require("http").createServer((req, res) => {
 HTTP_BOOTSTRAP = "#!/bin/sh\nexec /opt/function/runtime/nodejs20.15/rtsp/nodejs/bin/node server.js\n"
 
 
-def compile_bootstrap(directory: Path) -> Path:
+def compile_bootstrap(directory: Path, keep_alive: bool = False) -> Path:
     (directory / "main.c").write_text(C_BOOTSTRAP)
-    subprocess.run(["gcc", "-O2", "-o", str(directory / "bootstrap"), str(directory / "main.c")], check=True)
-    return directory / "bootstrap"
+    name = "bootstrap-keepalive" if keep_alive else "bootstrap"
+    flags = ["-DKEEP_ALIVE"] if keep_alive else []
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(directory / name), str(directory / "main.c")], check=True)
+    return directory / name
 
 
 def package(files: dict[str, bytes | str]) -> str:
@@ -277,6 +298,8 @@ def warm_invoke(levels: list[int], seconds: int, baseline_url: str) -> dict:
     try:
         strategy = {"concurrency": max(levels), "concurrent_num": 1}
         deploy(daemon, "c", "Custom", {"bootstrap": bootstrap.read_bytes()}, strategy_config=strategy)
+        kept = compile_bootstrap(work, keep_alive=True)
+        deploy(daemon, "ckeep", "Custom", {"bootstrap": kept.read_bytes()}, strategy_config=strategy)
         if NODE:
             port = free_port()
             direct = subprocess.Popen([NODE, "server.js"], cwd=work, env={**os.environ, "PORT": str(port)})
@@ -297,6 +320,12 @@ def warm_invoke(levels: list[int], seconds: int, baseline_url: str) -> dict:
             wrk(daemon.invoke_url("c"), level, 1, daemon.token)
             fgd = wrk(daemon.invoke_url("c"), level, seconds, daemon.token)
             entry["custom_c"] = {
+                **fgd,
+                "ratio_req_per_s_vs_asgi_baseline": round(fgd["req_per_s"] / base["req_per_s"], 3),
+            }
+            wrk(daemon.invoke_url("ckeep"), level, 1, daemon.token)
+            fgd = wrk(daemon.invoke_url("ckeep"), level, seconds, daemon.token)
+            entry["custom_c_keepalive"] = {
                 **fgd,
                 "ratio_req_per_s_vs_asgi_baseline": round(fgd["req_per_s"] / base["req_per_s"], 3),
             }

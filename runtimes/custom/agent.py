@@ -62,6 +62,8 @@ TAIL_BYTES = 2000
 INIT_MARGIN = 0.2
 # How long an exiting instance waits for answers being sent when its bootstrap exited.
 CLAIM_WAIT = 0.5
+RSS_EVERY = 0.1
+LISTEN_BACKLOG = 512
 
 
 def exit_description(returncode: int) -> str:
@@ -118,8 +120,15 @@ class Output:
     def drain(self) -> None:
         """Take in everything the pipes hold now, partial lines too (before a request's answer)."""
         with self._lock:
+            try:
+                # One system call to learn that nothing is waiting (the common case), rather
+                # than a failed read per pipe.
+                waiting, _, _ = select.select(list(self._pipes), [], [], 0)
+            except (OSError, ValueError):
+                waiting = list(self._pipes)
             for fd in list(self._pipes):
-                self._read(fd)
+                if fd in waiting:
+                    self._read(fd)
                 partial = self._partial.get(fd)
                 if partial:
                     self._line(fd, bytes(partial))
@@ -254,7 +263,7 @@ class Agent:
             self.conn.send(protocol.InitError(protocol.bounded(FunctionError("Runtime.ExitError", message))))
         for request_id in holding:
             error = protocol.bounded(FunctionError("Runtime.ExitError", message))
-            self.conn.send(Result(request_id, error=error, max_rss_kb=max_rss_kb(), fatal=True))
+            self.conn.send(Result(request_id, error=error, max_rss_kb=max_rss_kb(fresh=True), fatal=True))
         # Answers another thread is sending right now go out before the instance ends.
         deadline = time.monotonic() + CLAIM_WAIT
         while time.monotonic() < deadline:
@@ -264,9 +273,12 @@ class Agent:
             time.sleep(0.005)
         os._exit(0)
 
-    def receive_invocations(self, take: Callable[[protocol.Invoke], None]) -> None:
+    def receive_invocations(
+        self, take: Callable[[protocol.Invoke], None], then: Callable[[], None] | None = None
+    ) -> None:
         """Hand every Invoke from the daemon to `take`, with the lock held and the credentials it
-        carries stored, until a Shutdown (or anything else) ends the instance's work."""
+        carries stored, then call `then` without the lock, until a Shutdown (or anything else)
+        ends the instance's work."""
         while True:
             frame = self.conn.receive()
             if not isinstance(frame, protocol.Invoke):
@@ -275,6 +287,8 @@ class Agent:
                 if frame.credentials is not None:
                     self.credentials = dict(frame.credentials)
                 take(frame)
+            if then is not None:
+                then()
 
     def holding(self) -> list[str]:
         """Every request the instance was given and has not answered (under the lock)."""
@@ -342,11 +356,22 @@ class Agent:
         )
 
 
-def max_rss_kb() -> int:
-    # The bootstrap's own peak once reaped; the daemon prefers the cgroup's figure anyway.
-    return max(
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    )
+_rss = [0.0, 0]
+
+
+def max_rss_kb(fresh: bool = False) -> int:
+    # The bootstrap's own peak once reaped; the daemon prefers the cgroup's figure anyway. Looked
+    # up at most every RSS_EVERY seconds: two system calls per answer showed at the CPU quota.
+    now = time.monotonic()
+    if fresh or now - _rss[0] >= RSS_EVERY:
+        _rss[:] = [
+            now,
+            max(
+                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            ),
+        ]
+    return int(_rss[1])
 
 
 def listening_socket() -> socket.socket:
@@ -356,7 +381,9 @@ def listening_socket() -> socket.socket:
     # Port 0: each sandbox has its own loopback, but a node without network namespaces
     # (degraded mode) shares one, where a fixed port would collide.
     listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
+    # Room for a burst of connects while the agent's loop is behind (it shares the instance's CPU
+    # quota with the bootstrap): a full queue drops SYNs, which the client repeats after 1 s.
+    listener.listen(LISTEN_BACKLOG)
     return listener
 
 

@@ -14,6 +14,12 @@ a body that is not what the route takes 400 (the request stays open: the
 bootstrap may still answer it), a body over 6 MB 413 (a response that large
 fails its request with Runtime.ResponseTooLarge, as a Python handler's would),
 anything else on the API 404/405. The first GET makes the instance ready.
+
+The HTTP side is api_server.Server: one thread on epoll, keep-alive, bounded. An
+Invoke is written to the GET waiting longest by the thread that received it from
+the daemon (no hand-over between threads); a POST's answer goes to the daemon from
+the server's thread. The peer's uid is checked per connection only where the
+loopback is the host's (no network namespace): /proc/net/tcp is read for it.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ import re
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from runtimes import protocol
 from runtimes.custom.agent import Agent
+from runtimes.custom.api_server import BadRequest, Connection, Request, Server, response
 from runtimes.protocol import FunctionError, Invoke, Specialize
 
 REQUEST_PATH = "/v1/runtime/invocation/request"
@@ -43,10 +49,7 @@ CREDENTIAL_HEADERS = {
     "security_token": ("X-CFF-Security-Token",),
     "auth_token": ("X-CFF-Auth-Token",),
 }
-# A body refused for its size is read and dropped up to this size; past it the connection closes.
-DISCARD_LIMIT = 64 * 1024 * 1024
-# How long a waiting GET sleeps between looks at whether its client went away.
-POLL = 1.0
+ALLOWED = frozenset({"GET", "POST"})
 
 
 class Refusal(Exception):
@@ -58,6 +61,12 @@ class Refusal(Exception):
 
 
 class RuntimeApi(Agent):
+    """The runtime API's requests (api_server.Server calls these in its one thread) and the
+    invocations waiting for them: each Invoke goes to the GET that waits longest, or waits in
+    `queue` for the next GET."""
+
+    body_limit = protocol.MAX_RESPONSE
+
     def __init__(self, conn, spec: Specialize, code_dir: str, listener: socket.socket | None) -> None:
         super().__init__(conn, spec, code_dir)
         assert listener is not None
@@ -65,53 +74,57 @@ class RuntimeApi(Agent):
         host, port = listener.getsockname()[:2]
         self.address = f"{host}:{port}"
         self.queue: collections.deque[Invoke] = collections.deque()
+        # GETs waiting for an invocation, longest first (their connections, busy).
+        self.waiters: collections.deque[Connection] = collections.deque()
         self.given: dict[str, Invoke] = {}
         self.answered: dict[str, None] = {}
-        self.arrived = threading.Condition(self.lock)
+        # On a host without network namespaces the API listens on the host's loopback: each
+        # connection's peer is checked. In the instance's own namespace only it can connect.
+        sandbox = spec.sandbox
+        self.shared_loopback = sandbox is None or not sandbox.protections.namespaces
 
     def holding(self) -> list[str]:
         return super().holding() + [frame.request_id for frame in self.queue]
 
     def run(self, environ: dict[str, str]) -> None:
         environ["RUNTIME_API_ADDR"] = self.address
-        server = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(self), bind_and_activate=False)
-        server.socket.close()
-        server.socket = self.listener
-        server.daemon_threads = True
+        admit = self.admit if self.shared_loopback else lambda sock: True
+        server = Server(self.listener, self, admit)
         threading.Thread(target=server.serve_forever, name="runtime-api", daemon=True).start()
         self.start(environ)
         threading.Thread(target=self.watch_init, args=("ask for work (GET " + REQUEST_PATH + ")",), daemon=True).start()
+        self.receive_invocations(self.queue.append, self.hand_out)
 
-        def take(frame: Invoke) -> None:
-            self.queue.append(frame)
-            self.arrived.notify()
+    # Invocations and the GETs that wait for them -------------------------------------
 
-        self.receive_invocations(take)
+    def give(self, frame: Invoke) -> None:
+        """(Under the lock.) `frame` goes to a GET: the bootstrap works on it now."""
+        self.given[frame.request_id] = frame
+        self.active.append(frame.request_id)
 
-    # The API -------------------------------------------------------------------
-
-    def next_request(self, gone) -> Invoke | None:
-        """The next invocation for a GET (blocking); None if its client went away meanwhile."""
-        self.became_ready()
-        with self.lock:
-            while not self.queue:
-                self.arrived.wait(POLL)
-                if not self.queue and gone():
-                    return None
-            frame = self.queue.popleft()
-            self.given[frame.request_id] = frame
-            self.active.append(frame.request_id)
-            return frame
+    def hand_out(self) -> None:
+        """Give waiting invocations to waiting GETs, written from this thread (no hand-over)."""
+        while True:
+            with self.lock:
+                if not self.queue or not self.waiters:
+                    return
+                waiter = self.waiters.popleft()
+                frame = self.queue.popleft()
+                self.give(frame)
+                headers = self.headers_locked(frame)
+            if not waiter.deliver(invocation_response(frame, headers, waiter.keep_alive), frame):
+                self.give_back(frame)
 
     def give_back(self, frame: Invoke) -> None:
         """A GET whose client went away before it got its invocation: the next GET gets it."""
         with self.lock:
-            if self.given.pop(frame.request_id, None) is not None:
-                self.active.remove(frame.request_id)
-                self.queue.appendleft(frame)
-                self.arrived.notify()
+            if self.given.pop(frame.request_id, None) is None:
+                return
+            self.active.remove(frame.request_id)
+            self.queue.appendleft(frame)
+        self.hand_out()
 
-    def headers(self, frame: Invoke) -> list[tuple]:
+    def headers_locked(self, frame: Invoke) -> list[tuple[str, str]]:
         identity = self.spec.identity
         headers = [
             ("X-Cff-Request-Id", frame.request_id),
@@ -126,13 +139,85 @@ class RuntimeApi(Agent):
         ]
         if identity.alias:
             headers.append(("X-CFF-Alias", identity.alias))
-        with self.lock:
-            credentials = dict(self.credentials)
+        credentials = self.credentials
         for key, names in CREDENTIAL_HEADERS.items():
             value = credentials.get(key, "")
             if value:
                 headers += [(name, value) for name in names]
         return headers
+
+    # The API (api_server.Handler) ---------------------------------------------------
+
+    def admit(self, sock: socket.socket) -> bool:
+        if peer_is_ours(sock):
+            return True
+        # Another uid's process: on a host without network namespaces the API is on the host's
+        # loopback, where another function's bootstrap could take this instance's invocations
+        # (and its agency's credentials) or answer them.
+        body = json.dumps({"errorType": "Forbidden", "errorMessage": "the runtime API serves its own bootstrap only"})
+        with contextlib.suppress(OSError):
+            sock.sendall(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body.encode())
+            )
+        return False
+
+    def on_request(self, conn: Connection, request: Request) -> None:
+        if request.method == "GET":
+            if request.path != REQUEST_PATH:
+                refuse(conn, Refusal(404, "NotFound", f"no such route: GET {request.target[:200]}"))
+                return
+            self.became_ready()
+            with self.lock:
+                if not self.queue:
+                    conn.busy = True
+                    self.waiters.append(conn)
+                    return
+                frame = self.queue.popleft()
+                self.give(frame)
+                headers = self.headers_locked(frame)
+            conn.busy = True
+            if not conn.deliver(invocation_response(frame, headers, conn.keep_alive), frame):
+                self.give_back(frame)
+            return
+        if request.method not in ALLOWED:
+            # http.server's answer to a method it has no handler for was a 501; to a client of
+            # the API it is a method the API does not have.
+            refuse(conn, Refusal(405, "MethodNotAllowed", f"{request.method} is not a method of the runtime API"), True)
+            return
+        match = ANSWER_PATH.match(request.target)
+        if match is None:
+            refuse(conn, Refusal(404, "NotFound", f"no such route: POST {request.target[:200]}"))
+            return
+        try:
+            self.complete(match.group(1), match.group(2), bytes(request.body))
+        except Refusal as refusal:
+            refuse(conn, refusal)
+            return
+        conn.respond(202, b'{"status":"OK"}')
+
+    def on_oversize(self, conn: Connection, request: Request) -> None:
+        size = f"{request.size:,} bytes" if request.size else "over the limit"
+        refusal = Refusal(413, "BodyTooLarge", f"the body is {size}; the limit is {protocol.MAX_RESPONSE:,}")
+        match = ANSWER_PATH.match(request.target) if request.method == "POST" else None
+        if match is not None:
+            self.too_large_response(match.group(1), match.group(2), refusal)
+        refuse(conn, refusal)
+
+    def on_refused(self, conn: Connection, error: BadRequest) -> None:
+        refuse(conn, Refusal(error.status, "InvalidRequest", error.message), True)
+
+    def closed(self, conn: Connection) -> None:
+        with self.lock:
+            if conn.busy:
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(conn)
+        frame = conn.in_flight
+        if isinstance(frame, Invoke):
+            conn.in_flight = None
+            self.give_back(frame)
+
+    # Answers ---------------------------------------------------------------------------
 
     def complete(self, kind: str, request_id: str, body: bytes) -> None:
         """A response or error for `request_id`; Refusal when it cannot be taken."""
@@ -173,6 +258,15 @@ class RuntimeApi(Agent):
             self.finish(request_id, None, FunctionError("Runtime.ResponseTooLarge", refusal.message))
 
 
+def invocation_response(frame: Invoke, headers: list[tuple[str, str]], keep_alive: bool) -> bytes:
+    return response(200, frame.event, headers, not keep_alive)
+
+
+def refuse(conn: Connection, refusal: Refusal, close: bool = False) -> None:
+    body = json.dumps({"errorType": refusal.error_type, "errorMessage": refusal.message}).encode()
+    conn.respond(refusal.status, body, close=close)
+
+
 def _proc_address(address: tuple) -> str:
     """An IPv4 (host, port) as /proc/net/tcp writes it: the address's 32 bits in host order, hex."""
     host, port = address[:2]
@@ -185,21 +279,18 @@ def peer_is_ours(conn: socket.socket) -> bool:
     without such a line (no /proc) the connection is let through: inside a network namespace of
     its own only the instance can reach the API anyway."""
     try:
-        peer, local = _proc_address(conn.getpeername()), _proc_address(conn.getsockname())
-        with open("/proc/net/tcp") as table:
-            next(table)
-            for line in table:
-                fields = line.split()
-                if fields[1] == peer and fields[2] == local:
-                    return int(fields[7]) == os.getuid()
-    except (OSError, ValueError, IndexError, StopIteration):
+        key = f" {_proc_address(conn.getpeername())} {_proc_address(conn.getsockname())} ".encode()
+        with open("/proc/net/tcp", "rb") as table:
+            # The host's table holds every socket of the node: searched as bytes, not line by line.
+            text = table.read()
+        at = text.find(key)
+        if at < 0:
+            return True
+        fields = text[at : text.find(b"\n", at)].split()
+        return int(fields[6]) == os.getuid()
+    except (OSError, ValueError, IndexError):
         pass
     return True
-
-
-def is_number(text: str) -> bool:
-    """ASCII digits only: str.isdigit() also takes "²", which int() refuses."""
-    return text.isascii() and text.isdigit()
 
 
 def parse_error(body: bytes) -> FunctionError:
@@ -221,170 +312,3 @@ def parse_error(body: bytes) -> FunctionError:
     if not isinstance(stack, list) or not all(isinstance(line, str) for line in stack):
         raise Refusal(400, "InvalidErrorReport", "stackTrace must be a list of strings")
     return protocol.bounded(FunctionError(error_type or "Error", message, stack))
-
-
-def make_handler(api: RuntimeApi) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "fgd-runtime-api"
-        sys_version = ""
-        # The head and the body go out in two writes; with Nagle's algorithm the body waits for
-        # the client's delayed ACK of the head (up to 40 ms on Linux) on a kept-alive connection.
-        disable_nagle_algorithm = True
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass  # the function's log is the bootstrap's, not this server's access log
-
-        def reply(self, status: int, body: bytes, headers: list[tuple] | None = None) -> None:
-            self.send_response(status)
-            for name, value in headers or []:
-                self.send_header(name, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def refuse(self, refusal: Refusal) -> None:
-            body = json.dumps({"errorType": refusal.error_type, "errorMessage": refusal.message}).encode()
-            self.reply(refusal.status, body)
-
-        def handle(self) -> None:
-            if not peer_is_ours(self.connection):
-                # Another uid's process: on a host without network namespaces the API is on
-                # the host's loopback, where another function's bootstrap could take this
-                # instance's invocations (and its agency's credentials) or answer them.
-                body = json.dumps(
-                    {"errorType": "Forbidden", "errorMessage": "the runtime API serves its own bootstrap only"}
-                ).encode()
-                with contextlib.suppress(OSError):
-                    self.connection.sendall(
-                        b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-                    )
-                return
-            super().handle()
-
-        def client_gone(self) -> bool:
-            try:
-                data = self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return False
-            except OSError:
-                return True
-            return data == b""
-
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] != REQUEST_PATH:
-                self.refuse(Refusal(404, "NotFound", f"no such route: GET {self.path[:200]}"))
-                return
-            frame = api.next_request(self.client_gone)
-            if frame is None:
-                self.close_connection = True
-                return
-            try:
-                self.reply(200, frame.event, api.headers(frame))
-                self.wfile.flush()
-            except OSError:
-                api.give_back(frame)
-                self.close_connection = True
-
-        def do_POST(self) -> None:
-            match = ANSWER_PATH.match(self.path)
-            if match is None:
-                self.drop_body()
-                self.refuse(Refusal(404, "NotFound", f"no such route: POST {self.path[:200]}"))
-                return
-            kind, request_id = match.group(1), match.group(2)
-            try:
-                body = self.read_body()
-            except Refusal as refusal:
-                if refusal.status == 413:
-                    api.too_large_response(kind, request_id, refusal)
-                self.refuse(refusal)
-                return
-            try:
-                api.complete(kind, request_id, body)
-            except Refusal as refusal:
-                self.refuse(refusal)
-                return
-            self.reply(202, b'{"status":"OK"}')
-
-        def read_body(self) -> bytes:
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                return self.read_chunked()
-            length = self.headers.get("Content-Length")
-            if length is None:
-                return b""
-            if not is_number(length):
-                raise Refusal(400, "InvalidRequest", "Content-Length is not a number")
-            size = int(length)
-            if size > protocol.MAX_RESPONSE:
-                self.discard(size)
-                raise Refusal(
-                    413, "BodyTooLarge", f"the body is {size:,} bytes; the limit is {protocol.MAX_RESPONSE:,}"
-                )
-            return self.rfile.read(size)
-
-        def read_chunked(self) -> bytes:
-            body = bytearray()
-            while True:
-                line = self.rfile.readline(1024)
-                digits = line.split(b";", 1)[0].strip()
-                # Hex digits only: int() also takes "-1" (read(-1) reads to the connection's end,
-                # past the limit), "+5", "0x5" and "5_0".
-                if not digits or digits.strip(b"0123456789abcdefABCDEF"):
-                    self.close_connection = True
-                    raise Refusal(400, "InvalidRequest", "a malformed chunk in the body")
-                size = int(digits, 16)
-                if size == 0:
-                    while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                        pass
-                    return bytes(body)
-                if len(body) + size > protocol.MAX_RESPONSE:
-                    self.close_connection = True
-                    raise Refusal(413, "BodyTooLarge", f"the body is over the limit of {protocol.MAX_RESPONSE:,} bytes")
-                body += self.rfile.read(size)
-                self.rfile.readline(8)
-
-        def discard(self, size: int) -> None:
-            """Read and drop a body refused for its size, so the client gets its 413 on a connection
-            it can still read (closing mid-upload makes it fail with a broken pipe instead); a body
-            past DISCARD_LIMIT is not worth reading: the connection closes."""
-            if size > DISCARD_LIMIT:
-                self.close_connection = True
-                return
-            while size > 0:
-                chunk = self.rfile.read(min(size, 1 << 16))
-                if not chunk:
-                    break
-                size -= len(chunk)
-
-        def drop_body(self) -> None:
-            length = self.headers.get("Content-Length", "")
-            if is_number(length) and int(length) <= DISCARD_LIMIT:
-                self.discard(int(length))
-            else:
-                self.close_connection = True
-
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-            # A method http.server has no do_<METHOD> for is a 501 there; to a client of the API
-            # it is a method the API does not have.
-            super().send_error(405 if code == 501 else code, message, explain)
-
-        def version_string(self) -> str:
-            return "fgd-runtime-api"
-
-        def do_PUT(self) -> None:
-            self.not_allowed()
-
-        def do_DELETE(self) -> None:
-            self.not_allowed()
-
-        def do_PATCH(self) -> None:
-            self.not_allowed()
-
-        def not_allowed(self) -> None:
-            self.close_connection = True
-            self.refuse(Refusal(405, "MethodNotAllowed", f"{self.command} is not a method of the runtime API"))
-
-    return Handler

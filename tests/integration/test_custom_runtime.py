@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import Api, b64, make_zip, unique_name
 from tests.integration.custom_support import (
     C_RUNTIME_API_CLIENT,
+    PYTHON,
     PYTHON_WORKER,
     SHELL_ECHO,
     compile_c,
@@ -419,3 +420,69 @@ def test_published_version_and_alias(api: Api) -> None:
         headers = {k.lower(): v for k, v in api.invoke(qualifier, {"op": "echo"}).json()["headers"].items()}
         assert headers["x-cff-func-version"] == version
         assert headers.get("x-cff-alias") == alias_name
+
+
+# One kept-alive connection for everything, each answer sent with the next GET in one write.
+KEEP_ALIVE = script(
+    f"""
+    #!{PYTHON}
+    import json, os, socket
+
+    HOST, PORT = os.environ["RUNTIME_API_ADDR"].split(":")
+    GET = b"GET /v1/runtime/invocation/request HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n"
+    conn = socket.create_connection((HOST, int(PORT)))
+    buffer = b""
+
+    def read_answer():
+        global buffer
+        while b"\\r\\n\\r\\n" not in buffer:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise SystemExit("the runtime API closed the kept-alive connection")
+            buffer += chunk
+        head, buffer = buffer.split(b"\\r\\n\\r\\n", 1)
+        lines = head.decode("latin-1").split("\\r\\n")
+        fields = {{name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}}
+        size = int(fields.get("content-length", 0))
+        while len(buffer) < size:
+            buffer += conn.recv(65536)
+        body, buffer = buffer[:size], buffer[size:]
+        return int(lines[0].split()[1]), fields, body
+
+    conn.sendall(GET)
+    served = 0
+    while True:
+        status, fields, event = read_answer()
+        served += 1
+        body = json.dumps({{"event": json.loads(event), "served": served}}).encode()
+        rid = fields["x-cff-request-id"].encode()
+        conn.sendall(
+            b"POST /v1/runtime/invocation/response/" + rid + b" HTTP/1.1\\r\\nHost: api\\r\\n"
+            + b"Content-Length: " + str(len(body)).encode() + b"\\r\\n\\r\\n" + body + GET
+        )
+        status, _, _ = read_answer()
+        if status != 202:
+            raise SystemExit(f"the answer was refused: {{status}}")
+    """
+)
+
+
+def test_a_kept_alive_connection_serves_every_invocation_with_pipelined_requests(api: Api) -> None:
+    # The answer and the next GET arrive in one segment: the 202 goes out first, then the GET
+    # waits for the next invocation; the connection is never closed under the bootstrap.
+    name = deploy(api, "Custom", {"bootstrap": KEEP_ALIVE})
+    for n in range(20):
+        response = api.invoke(name, {"n": n})
+        assert response.status_code == 200, response.text
+        assert response.json() == {"event": {"n": n}, "served": n + 1}, response.text
+
+
+def test_an_event_larger_than_a_socket_buffer_reaches_the_bootstrap_whole(api: Api) -> None:
+    # The agent's first write of a GET's answer takes only what the socket buffer holds; its loop
+    # writes the rest as the bootstrap reads.
+    name = deploy(api, "Custom", {"bootstrap": PYTHON_WORKER})
+    event = {"op": "echo", "blob": "z" * (5 * 1024 * 1024)}
+    response = api.invoke(name, event)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["event"] == event
+    assert api.invoke(name, {"op": "echo"}).json()["event"] == {"op": "echo"}

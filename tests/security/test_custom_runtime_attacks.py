@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from runtimes.custom.api_server import MAX_CONNECTIONS
 from tests.conftest import Api
 from tests.integration.custom_support import PYTHON, deploy, script
 
@@ -83,6 +84,60 @@ BOOTSTRAP = script(
             time.sleep(0.1)
             conn.close()
             return {{"abandoned": True}}
+        if op == "flood-connections":
+            # Connections that send half a request head and are never read, far more than the
+            # agent keeps open: it closes the least recently active ones.
+            flood = []
+            deadline = time.monotonic() + 2
+            for _ in range(event["count"]):
+                if time.monotonic() > deadline:
+                    break
+                conn = socket.create_connection((HOST, int(PORT)))
+                conn.sendall(b"GET /v1/runtime/invocation/request HTTP/1.1\\r\\nHo")
+                flood.append(conn)
+            time.sleep(0.5)
+            closed = 0
+            for conn in flood:
+                try:
+                    closed += conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed += 1
+            HELD.extend(flood)
+            return {{"held": len(flood), "closed": closed}}
+        if op == "unread-answers":
+            # Requests piped in without ever reading an answer: the agent stops taking them once
+            # its answers back up, and closes the connection when the backlog grows past a bound.
+            conn = socket.create_connection((HOST, int(PORT)))
+            conn.settimeout(1)
+            burst = b"GET /nowhere HTTP/1.1\\r\\nHost: api\\r\\n\\r\\n" * 4096
+            sent = 0
+            try:
+                while sent < 64 * 1024 * 1024:
+                    conn.sendall(burst)
+                    sent += len(burst)
+                outcome = "all taken"
+            except socket.timeout:
+                outcome = "stalled"
+            except OSError:
+                outcome = "closed"
+            HELD.append(conn)
+            return {{"outcome": outcome, "mb": sent // (1024 * 1024)}}
+        if op == "expect":
+            # curl sends `Expect: 100-continue` with a body over 1 KB and waits a second for the
+            # 100 before sending it anyway: the agent answers it at once.
+            conn = socket.create_connection((HOST, int(PORT)), timeout=0.5)
+            body = json.dumps({{"expected": "x" * 4000}}).encode()
+            conn.sendall(b"POST /v1/runtime/invocation/response/" + rid.encode() + b" HTTP/1.1\\r\\n"
+                         b"Host: api\\r\\nExpect: 100-continue\\r\\nContent-Length: "
+                         + str(len(body)).encode() + b"\\r\\n\\r\\n")
+            interim = conn.recv(65536)
+            conn.sendall(body)
+            final = conn.recv(65536)
+            conn.close()
+            assert interim.startswith(b"HTTP/1.1 100 ") and final.startswith(b"HTTP/1.1 202 "), (interim, final)
+            return None
         if op == "close-output":
             os.close(1)
             os.close(2)
@@ -183,6 +238,31 @@ def test_an_invocation_is_not_given_to_a_get_whose_client_left(api: Api, name: s
     started = time.monotonic()
     assert served(api, name)
     assert time.monotonic() - started < 1.5
+
+
+def test_a_flood_of_connections_costs_the_bootstrap_its_oldest(api: Api, name: str) -> None:
+    # Before: a thread each, up to the instance's pids limit. Now at most MAX_CONNECTIONS stay
+    # open; the rest are closed, least recently active first, and the instance serves on.
+    report = api.invoke(name, {"op": "flood-connections", "count": 1000}).json()
+    assert report["held"] == 1000, report
+    assert report["closed"] >= 1000 - MAX_CONNECTIONS, report
+    started = time.monotonic()
+    assert served(api, name)
+    assert time.monotonic() - started < 1.5
+
+
+def test_requests_piped_in_without_reading_the_answers_are_bounded(api: Api, name: str) -> None:
+    report = api.invoke(name, {"op": "unread-answers"}).json()
+    # The agent took at most its backlog bound beyond what the socket buffers hold, not 64 MB.
+    assert report["outcome"] in ("closed", "stalled") and report["mb"] < 16, report
+    assert served(api, name)
+
+
+def test_expect_100_continue_is_answered_at_once(api: Api, name: str) -> None:
+    started = time.monotonic()
+    response = api.invoke(name, {"op": "expect"})
+    assert response.json() == {"expected": "x" * 4000}, response.text
+    assert time.monotonic() - started < 1
 
 
 def test_a_bootstrap_without_stdout_and_stderr_still_serves(api: Api, name: str) -> None:
