@@ -66,6 +66,10 @@ def contain(policy: ContainPolicy) -> None:
         fds.close_all_but({0, 1, 2})
         become_reaper(worker)
     capabilities.die_with_parent(1)
+    # Issue 15: what specialisation would do the same for every workload, done now, in the
+    # worker: its own copies of the per-instance /etc files, which `enter` only rewrites.
+    if enabled.mounts:
+        _step("mounts", mounts.stage_etc, policy.etc_files)
 
 
 def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:
@@ -102,8 +106,12 @@ def drop(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> 
     """
     enabled = policy.protections
     parent = os.getppid()
-    if enabled.capabilities:
+    # Root's descriptors to the staged /etc files: never the workload's (a launched child's
+    # drop closes its inherited copies; the worker's enter_mounts has used and closed them).
+    mounts.forget_staged_etc()
+    if enabled.capabilities and not capabilities.bounding_empty:
         # Needs CAP_SETPCAP, so before the uid changes (which empties the other sets anyway).
+        # (A pooled worker's was emptied by its PID 1 before it was forked: step 4.)
         _step("capabilities", capabilities.drop_bounding)
     if enabled.credentials:
         # 5. The instance's own unprivileged uid and gid, no supplementary groups.

@@ -36,6 +36,12 @@ DEPENDENCY_MOUNT = "/opt/function/dependency"
 # Inside the dependency tmpfs, which stays writable until the workload is bound.
 SOURCES = DEPENDENCY_MOUNT + "/.sources"
 DEFAULT_TMP_MB = 512
+# /etc files a workload may be given its own copy of (its uid's user tables, its network's
+# resolv.conf): staged when the pooled worker is made (`stage_etc`), so specialisation only
+# rewrites their content through a descriptor instead of binding a new file over each.
+PER_INSTANCE_ETC = ("passwd", "group", "resolv.conf")
+# name -> read-write descriptor of the staged file bound read-only at /etc/<name> (this process's).
+_staged_etc: dict[str, int] = {}
 
 DEVICES = ["null", "zero", "full", "random", "urandom"]
 DEV_LINKS = {
@@ -163,19 +169,67 @@ def mount_tree_readonly(source: str, target: str) -> None:
     bind_readonly(source, target)
 
 
+def stage_etc(etc_files: dict[str, str]) -> None:
+    """In the pooled worker, before it knows its workload: put a file of its own, with the generic
+    content, over each of `/etc`'s PER_INSTANCE_ETC files, and keep a read-write descriptor to it
+    (root's, closed before anything else runs: `write_staged_etc`, `forget_staged_etc`).
+
+    The files are made on /tmp, bound read-only over the generic ones, and unlinked (the binds
+    keep them; /tmp stays writable, so nothing is left to see): as `enter_root` did at each
+    specialisation before (issue 15), minus the content.
+    """
+    for name in PER_INSTANCE_ETC:
+        if name not in etc_files or name in _staged_etc:
+            continue
+        staging = f"/tmp/.etc-{name}"
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, etc_files[name].encode())
+            os.fchmod(fd, 0o644)
+            bind_readonly(staging, f"/etc/{name}")
+        except OSError:
+            os.close(fd)
+            raise
+        finally:
+            os.unlink(staging)
+        _staged_etc[name] = fd
+
+
+def forget_staged_etc() -> None:
+    """Close the staged files' descriptors this process still holds (before privileges drop)."""
+    while _staged_etc:
+        os.close(_staged_etc.popitem()[1])
+
+
+def _write_staged(fd: int, content: str) -> None:
+    data = content.encode()
+    os.ftruncate(fd, 0)
+    if os.pwrite(fd, data, 0) != len(data):
+        raise OSError("short write to a staged /etc file")
+
+
 def enter_root(binds: list[Mount], tmp_size_mb: int, workdir: str, etc_files: dict[str, str] | None = None) -> None:
     """Mount the workload (sources relative to build_root's `sources`), drop the rest, size /tmp."""
     for item in binds:
         mount_tree_readonly(f"{SOURCES}/{item.source.lstrip('/')}", item.target)
-    # Files for /etc (the instance's own user): written on /tmp, bound over the generic ones,
-    # and unlinked (the binds keep them; /tmp stays writable, so nothing is left to see).
+    # Files for /etc (the instance's own user): those staged with the pooled worker get their
+    # content through the descriptor kept then; any other is written on /tmp, bound over the
+    # generic one and unlinked (the bind keeps it), as `stage_etc` does.
     for name, content in (etc_files or {}).items():
+        fd = _staged_etc.pop(name, None)
+        if fd is not None:
+            try:
+                _write_staged(fd, content)
+            finally:
+                os.close(fd)
+            continue
         staging = f"/tmp/.etc-{name}"
         with open(staging, "w") as handle:
             handle.write(content)
         os.chmod(staging, 0o644)
         bind_readonly(staging, f"/etc/{name}")
         os.unlink(staging)
+    forget_staged_etc()
     umount2(SOURCES, MNT_DETACH)
     os.rmdir(SOURCES)
     mount(None, DEPENDENCY_MOUNT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
