@@ -39,6 +39,9 @@ class _CapData(ctypes.Structure):
 _CapSets = _CapData * 2
 _capget = libc.capget
 _capset = libc.capset
+_prctl = libc["prctl"]  # its own function object: argtypes of its own
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+PR_CAPBSET_DROP = 24
 
 
 def no_new_privs() -> None:
@@ -47,17 +50,31 @@ def no_new_privs() -> None:
 
 def drop_bounding() -> None:
     """Empty the bounding set (needs CAP_SETPCAP, so before the uid changes), ambient and inheritable."""
-    with open(CAP_LAST_CAP_FILE) as handle:
-        last = int(handle.read())
-    for cap in range(last + 1):
-        # A capability this python-prctl does not know is skipped; the check in drop_remaining covers it.
-        with contextlib.suppress(OSError, ValueError):
-            prctl.capbset_drop(cap)
+    for cap in range(_last_cap() + 1):
+        # The raw call (python-prctl's costs ten times more, on the path of every instance made);
+        # a failure is caught by reading the set back below, and by drop_remaining.
+        _prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
     # python-prctl has no ambient API; clear it with the raw prctl.
     raw_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    prctl.cap_inheritable.limit()
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = _CapSets()
+    check(_capget(ctypes.byref(header), data), "capget")
+    for part in data:
+        part.inheritable = 0
+    check(_capset(ctypes.byref(header), data), "capset")
     global bounding_empty
     bounding_empty = _read_sets()["CapBnd"] == 0
+
+
+_LAST_CAP: list[int] = []
+
+
+def _last_cap() -> int:
+    """The highest capability number this kernel has (read once: forked children share it)."""
+    if not _LAST_CAP:
+        with open(CAP_LAST_CAP_FILE) as handle:
+            _LAST_CAP.append(int(handle.read()))
+    return _LAST_CAP[0]
 
 
 def drop_remaining() -> None:
@@ -99,3 +116,9 @@ def die_with_parent(expected_parent: int) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != expected_parent:
         os._exit(1)
+
+
+# Read when the zygote imports this module, so no instance reads it again (if it fails here,
+# it is read, and fails naming why, when a sandbox is built).
+with contextlib.suppress(OSError, ValueError):
+    _last_cap()
