@@ -108,7 +108,7 @@ def drop(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> 
     parent = os.getppid()
     # Root's descriptors to the staged /etc files: never the workload's (a launched child's
     # drop closes its inherited copies; the worker's enter_mounts has used and closed them).
-    mounts.forget_staged_etc()
+    mounts.forget_staged_etc(keep)
     if enabled.capabilities and not capabilities.bounding_empty:
         # Needs CAP_SETPCAP, so before the uid changes (which empties the other sets anyway).
         # (A pooled worker's was emptied by its PID 1 before it was forked: step 4.)

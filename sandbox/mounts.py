@@ -195,10 +195,16 @@ def stage_etc(etc_files: dict[str, str]) -> None:
         _staged_etc[name] = fd
 
 
-def forget_staged_etc() -> None:
-    """Close the staged files' descriptors this process still holds (before privileges drop)."""
+def forget_staged_etc(reused: set[int] | frozenset[int] = frozenset()) -> None:
+    """Close the staged files' descriptors this process still holds (before privileges drop).
+
+    Numbers in `reused` are only forgotten: the caller has put something else there since (a
+    Node.js launch dup2s its sockets onto fixed numbers).
+    """
     while _staged_etc:
-        os.close(_staged_etc.popitem()[1])
+        fd = _staged_etc.popitem()[1]
+        if fd not in reused:
+            os.close(fd)
 
 
 def _write_staged(fd: int, content: str) -> None:
