@@ -66,10 +66,18 @@ def contain(policy: ContainPolicy) -> None:
         fds.close_all_but({0, 1, 2})
         become_reaper(worker)
     capabilities.die_with_parent(1)
-    # Issue 15: what specialisation would do the same for every workload, done now, in the
-    # worker: its own copies of the per-instance /etc files, which `enter` only rewrites.
-    if enabled.mounts:
-        _step("mounts", mounts.stage_etc, policy.etc_files)
+
+
+def prepare(policy: ContainPolicy) -> None:
+    """Step 5, in a contained worker waiting in the pool (issue 15): what specialisation would do
+    the same for every workload, done ahead: its own copies of the per-instance /etc files,
+    which `enter` then only rewrites. Optional: `enter` does without (a start with the pool
+    empty skips it), and a failure here only leaves more for `enter` to do."""
+    if policy.protections.namespaces and policy.protections.mounts:
+        try:
+            mounts.stage_etc(policy.etc_files)
+        except OSError:
+            mounts.forget_staged_etc()
 
 
 def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:

@@ -35,7 +35,7 @@ from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, 
 from runtimes.python import context
 from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
-from sandbox.contain import ContainmentFailed, contain, enter
+from sandbox.contain import ContainmentFailed, contain, enter, prepare
 
 MAX_RESPONSE = protocol.MAX_RESPONSE
 # Resolved while the host filesystem is still visible (the sandbox has no venv symlinks).
@@ -423,8 +423,9 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         # From here on we are the worker inside the sandbox.
         conn.send(protocol.Contained())
         if not conn.waiting(WARM_UP_AFTER):
-            # Waiting in the pool: rehearse now. (A start with the pool empty sends its Specialize,
-            # and a Node.js pool member its Launch, at once: they have no use for it.)
+            # Waiting in the pool: prepare and rehearse now. (A start with the pool empty sends
+            # its Specialize, and a Node.js pool member its Launch, at once: they would only wait.)
+            prepare(spec.policy)
             warm_up(own_tmp=spec.policy.protections.mounts)
         spec = conn.receive()
     if isinstance(spec, protocol.Launch):
