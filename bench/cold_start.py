@@ -15,8 +15,11 @@ against their own baselines (the bootstrap or server started fresh under `unshar
 Issue 15: each step of specialisation is reported too (`steps`: "daemon.*" as the daemon timed
 them, "instance.*" as the instance did, from /healthz's `last_cold_start` after each start).
 
-Usage: python bench/cold_start.py [--count 100] [--runtimes python,nodejs,custom]
-(`--count 2` proves it runs without measuring anything worth keeping.)
+Usage: python bench/cold_start.py [--count 100] [--runtimes python,nodejs,custom] [--in-process]
+(`--count 2` proves it runs without measuring anything worth keeping.) `--in-process` measures
+only the Python instance's specialisation, each step, driven over the real frames without the
+daemon, whose event loop and refills make end-to-end figures noisy on a small busy host
+(bench/_specialise.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import _custom
 import _nodejs
+import _specialise
 from _common import Daemon
 
 NOOP = "def handler(event, context):\n    return {}\n"
@@ -175,9 +179,18 @@ def main() -> None:
     parser.add_argument(
         "--runtimes", default="python,nodejs,custom", help="comma-separated: python, nodejs, custom (Custom and http)"
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="only the Python instance's specialisation, driven without the daemon (bench/_specialise.py)",
+    )
     args = parser.parse_args()
     runtimes = args.runtimes.split(",")
     results: dict = {"benchmark": "cold_start", "count": args.count}
+    if args.in_process:
+        results["python_in_process"] = _specialise.measure(args.count, percentiles)
+        print(json.dumps(results, indent=2))
+        return
     if "custom" in runtimes:
         # Issue 13: Custom with a C bootstrap, http with a small node server (bench/_custom.py).
         results["custom_and_http"] = _custom.cold_start(args.count, percentiles)
