@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from tests.conftest import Api
+from tests.conftest import RUNTIME, Api, b64, make_zip, unique_name
 
 FIRST_LOOK = """
 import errno, os, stat, sys
@@ -101,3 +101,61 @@ def test_the_staged_user_tables_name_the_instance_and_stay_read_only(api: Api) -
     for table in (passwd, group):
         assert table["owner"] == 0 and table["mode"] == "0o644"
         assert table["writable"] in ("EROFS", "EACCES"), table
+
+
+SPLIT_LOOK = """
+import errno, os, sys
+import shared_dependency
+
+def outcome(action):
+    try:
+        return {"ok": True, "value": action()}
+    except OSError as exc:
+        return {"ok": False, "error": errno.errorcode[exc.errno]}
+
+def handler(event, context):
+    dependency = os.path.dirname(os.path.dirname(shared_dependency.__file__))
+    return {
+        "marker": shared_dependency.MARKER,
+        "dependency_dir": os.listdir("/opt/function/dependency"),
+        "code": sorted(os.listdir("/opt/function/code")),
+        "write_code": outcome(lambda: open("/opt/function/code/new.py", "w")),
+        "write_dependency": outcome(lambda: os.mkdir("/opt/function/dependency/new")),
+        "sources": outcome(lambda: os.listdir("/opt/function/dependency/.sources")),
+        "pid1_mountinfo": outcome(lambda: open("/proc/1/mountinfo").read()),
+        "pid1_root": outcome(lambda: os.listdir("/proc/1/root/opt/function/dependency/.sources")),
+        "pid1_ns": outcome(lambda: os.readlink("/proc/1/ns/mnt")),
+        "mountinfo": open("/proc/self/mountinfo").read(),
+    }
+"""
+
+
+def test_a_prepared_worker_gets_its_code_and_no_trace_of_the_sources(api: Api) -> None:
+    """Code and dependencies come from the state dir's bind, which is gone before the function
+    runs, from its own mountinfo and from PID 1's (any process may read another's mountinfo:
+    the bind may not outlive the specialisation in any namespace of the sandbox)."""
+    files = {"shared_dependency/__init__.py": "MARKER = 'from the dependency'\n"}
+    body = {"name": unique_name("dep"), "runtime": RUNTIME, "depend_type": "zip", "depend_file": b64(make_zip(files))}
+    dependency = api.http.post("/dependencies/version", json=body)
+    assert dependency.status_code == 200, dependency.text
+    name = api.deploy(textwrap.dedent(SPLIT_LOOK), depend_version_list=[dependency.json()["id"]])["func_name"]
+    response = from_a_full_pool(api, name)
+    assert response.headers["x-is-func-err"] == "false", response.text
+    seen = response.json()
+    # Code and dependency are there, read-only.
+    assert seen["marker"] == "from the dependency"
+    assert seen["code"] == ["index.py"]
+    assert seen["write_code"] == {"ok": False, "error": "EROFS"}
+    assert seen["write_dependency"]["ok"] is False
+    # The sources' mount point is gone; PID 1's mountinfo names no host path either, and its
+    # root and namespace are closed to the function.
+    assert seen["sources"] == {"ok": False, "error": "ENOENT"}
+    assert seen["pid1_mountinfo"]["ok"] is True
+    assert seen["pid1_root"] == {"ok": False, "error": "EACCES"}
+    assert seen["pid1_ns"] == {"ok": False, "error": "EACCES"}
+    state = api.daemon.state_dir
+    for mountinfo in (seen["mountinfo"], seen["pid1_mountinfo"]["value"]):
+        assert str(state) not in mountinfo and str(state.parent) not in mountinfo
+        assert "/.sources" not in mountinfo
+    code = [line for line in seen["mountinfo"].splitlines() if line.split()[4] == "/opt/function/code"]
+    assert len(code) == 1 and " ro," in f" {code[0].split()[5]},"
