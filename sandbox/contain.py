@@ -11,7 +11,9 @@ Either raises `ContainmentFailed` in whichever process a step failed.
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Iterable
 
 from sandbox import capabilities, credentials, fds, mounts, namespaces, network, rlimits, seccomp
 from sandbox.policy import ContainPolicy, EnterPolicy
@@ -68,11 +70,16 @@ def contain(policy: ContainPolicy) -> None:
     capabilities.die_with_parent(1)
 
 
-def prepare(policy: ContainPolicy) -> None:
+def prepare(policy: ContainPolicy, seccomp_programs: Iterable[bytes] = ()) -> None:
     """Step 5, in a contained worker waiting in the pool (issue 15): what specialisation would do
     the same for every workload, done ahead: its own copies of the per-instance /etc files,
-    which `enter` then only rewrites. Optional: `enter` does without (a start with the pool
-    empty skips it), and a failure here only leaves more for `enter` to do."""
+    which `enter` then only rewrites, and the ctypes array type each seccomp program is loaded
+    through (made once per length, it cost more than the kernel's load of the filter).
+    Optional: `enter` does without (a start with the pool empty skips it), and a failure here
+    only leaves more for `enter` to do."""
+    for program in seccomp_programs:
+        # What seccomp.load makes first; ctypes keeps array types by item type and length.
+        _ = seccomp._SockFilter * (len(program) // ctypes.sizeof(seccomp._SockFilter))
     if policy.protections.namespaces and policy.protections.mounts:
         try:
             mounts.stage_etc(policy.etc_files)

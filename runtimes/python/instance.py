@@ -425,7 +425,7 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         if not conn.waiting(WARM_UP_AFTER):
             # Waiting in the pool: prepare and rehearse now. (A start with the pool empty sends
             # its Specialize, and a Node.js pool member its Launch, at once: they would only wait.)
-            prepare(spec.policy)
+            prepare(spec.policy, seccomp_programs.values())
             warm_up(own_tmp=spec.policy.protections.mounts)
         spec = conn.receive()
     if isinstance(spec, protocol.Launch):
