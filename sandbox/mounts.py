@@ -172,7 +172,8 @@ def mount_tree_readonly(source: str, target: str) -> None:
 def stage_etc(etc_files: dict[str, str]) -> None:
     """In the pooled worker, before it knows its workload: put a file of its own, with the generic
     content, over each of `/etc`'s PER_INSTANCE_ETC files, and keep a read-write descriptor to it
-    (root's, closed before anything else runs: `write_staged_etc`, `forget_staged_etc`).
+    (root's, closed before anything else runs: `enter_root` writes and closes it, `drop` closes
+    what is left: `forget_staged_etc`).
 
     The files are made on /tmp, bound read-only over the generic ones, and unlinked (the binds
     keep them; /tmp stays writable, so nothing is left to see): as `enter_root` did at each

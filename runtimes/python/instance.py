@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import msgspec
@@ -36,6 +36,7 @@ from runtimes.python import context
 from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
 from sandbox.contain import ContainmentFailed, contain, enter, prepare
+from sandbox.policy import ContainPolicy
 
 MAX_RESPONSE = protocol.MAX_RESPONSE
 # Resolved while the host filesystem is still visible (the sandbox has no venv symlinks).
@@ -358,13 +359,16 @@ WARM_UP_AFTER = 0.005
 WARM_SOURCE = "def handler(event, context):\n    return {}\n"
 
 
-def warm_up(own_tmp: bool) -> None:
+def warm_up(own_tmp: bool) -> Iterator[None]:
     """Rehearse, in a pooled worker before it is handed out, the code paths of specialisation
     and of a first invocation that do not depend on the function: decoding a Specialize frame,
     emptying the environment, importing a module from source (only with `own_tmp`, the
     sandbox's own /tmp), an invocation through `LoadedFunction`, encoding its Result and a
     Ready. Nothing of it is left: the environment is empty as it was, the logger's level is
-    unset again (the function's own user data sets it). A failure only loses the head start."""
+    unset again (the function's own user data sets it). A failure only loses the head start.
+
+    A generator: it pauses between parts, where the caller may stop it (`close`) when a frame
+    has come (a worker handed out mid-rehearsal waits for one part at most)."""
     try:
         identity = protocol.FunctionIdentity("", "", "", "", "", 128, 100, 3)
         spec = Specialize("/", "warm.handler", "", 3, {"FGD_WARM": "1"}, identity, sandbox=None)
@@ -375,7 +379,9 @@ def warm_up(own_tmp: bool) -> None:
         os.environ.update(spec.environ)
         os.environ.clear()
         importlib.invalidate_caches()
+        yield
         handler = _warm_import() if own_tmp else (lambda event, context: {})
+        yield
         instance = LoadedFunction(_NoConnection(), spec, handler)  # type: ignore[arg-type]
         frame = protocol.FrameBuffer().feed(protocol.encode(Invoke("warm-up", b"{}", time.time() + 1)))[0]
         assert isinstance(frame, Invoke)
@@ -386,6 +392,19 @@ def warm_up(own_tmp: bool) -> None:
     finally:
         os.environ.clear()
         context.reset_logger_level()
+
+
+def prepare_in_pool(conn: Connection, policy: ContainPolicy, seccomp_programs: dict[str, bytes]) -> None:
+    """Step 5 of containment (`sandbox.contain.prepare`) and the rehearsal (`warm_up`), part by
+    part, as long as no frame comes: a worker handed out meanwhile is specialised at once."""
+    prepare(policy, seccomp_programs.values())
+    rehearsal = warm_up(own_tmp=policy.protections.mounts)
+    try:
+        for _ in rehearsal:
+            if conn.waiting(0):
+                break
+    finally:
+        rehearsal.close()
 
 
 def _warm_import() -> Callable[..., Any]:
@@ -425,8 +444,7 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
         if not conn.waiting(WARM_UP_AFTER):
             # Waiting in the pool: prepare and rehearse now. (A start with the pool empty sends
             # its Specialize, and a Node.js pool member its Launch, at once: they would only wait.)
-            prepare(spec.policy, seccomp_programs.values())
-            warm_up(own_tmp=spec.policy.protections.mounts)
+            prepare_in_pool(conn, spec.policy, seccomp_programs)
         spec = conn.receive()
     if isinstance(spec, protocol.Launch):
         # Issue 13 (nodejs): this worker starts the language's own process and keeps it.
