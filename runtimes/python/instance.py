@@ -400,9 +400,10 @@ def prepare_in_pool(conn: Connection, policy: ContainPolicy, seccomp_programs: d
     prepare(policy, seccomp_programs.values())
     rehearsal = warm_up(own_tmp=policy.protections.mounts)
     try:
-        for _ in rehearsal:
-            if conn.waiting(0):
-                break
+        while not conn.waiting(0):
+            next(rehearsal)
+    except StopIteration:
+        pass
     finally:
         rehearsal.close()
 
