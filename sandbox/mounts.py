@@ -107,25 +107,27 @@ def build_root(
     mount("tmpfs", inside(DEPENDENCY_MOUNT), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     _mkdirs(inside(SOURCES), 0o700)
     mount(sources, inside(SOURCES), None, MS_BIND | MS_REC)
-    # Trees shared by every instance: staged beside the sources now, shown at their targets
-    # after the pivot, when mountinfo can no longer name their host paths.
-    staged = []
-    for index, item in enumerate(shared_trees or []):
+    # Trees shared by every instance: opened now, shown at their targets after the pivot, when
+    # mountinfo can no longer name their host paths, and before the host's tree (which they are
+    # part of) is detached: one detach, whose RCU grace period is paid once (issue 15: each
+    # tree was bound at a stage of its own, unmounted after, a grace period each).
+    shared = []
+    for item in shared_trees or []:
         if os.path.isdir(item.source):
-            stage = f"{SOURCES}-shared{index}"
-            _mkdirs(inside(stage), 0o700)
-            mount(item.source, inside(stage), None, MS_BIND | MS_REC)
-            staged.append((stage, item.target))
+            shared.append((os.open(item.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), item.target))
     _mkdirs(inside(OLD_ROOT))
     os.chdir(new_root)
     pivot_root(".", OLD_ROOT)
     os.chdir("/")
+    try:
+        for fd, target in shared:
+            # /proc is already ours: the descriptor's path walk stays in the old root's tree.
+            mount_tree_readonly(f"/proc/self/fd/{fd}", target)
+    finally:
+        for fd, _ in shared:
+            os.close(fd)
     umount2(OLD_ROOT, MNT_DETACH)
     os.rmdir(OLD_ROOT)
-    for stage, target in staged:
-        mount_tree_readonly(stage, target)
-        umount2(stage, MNT_DETACH)
-        os.rmdir(stage)
     # Only /tmp and /dev/shm stay writable.
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
