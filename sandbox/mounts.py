@@ -8,7 +8,9 @@ Before the old root goes it binds the host directory that workload binds
 will come from at a hidden place in the new root; `enter_root` binds the
 workload's code and dependencies from there, then unmounts and removes it,
 and sizes /tmp. Doing the pivot ahead of time keeps it (and the detach of
-the host's whole mount tree) off the cold-start path.
+the host's whole mount tree) off the cold-start path. Issue 15: `stage_etc`,
+run by a pooled worker while it waits, puts its own /etc user tables in place
+ahead too; `enter_root` then only rewrites them through root's descriptors.
 """
 
 from __future__ import annotations
