@@ -6,6 +6,7 @@ at a time for now, so the simplest loop is also the fastest one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
@@ -13,11 +14,9 @@ import os
 import posix
 import resource
 import select
-import shutil
 import socket
 import sys
 import sysconfig
-import tempfile
 import threading
 import time
 import traceback
@@ -356,6 +355,7 @@ class _NoConnection:
 # fault, about 1 us each) and filled lazily built state. Rehearsed in the pooled worker
 # instead (issue 15), with a function of no consequence, and every trace of it undone.
 WARM_UP_AFTER = 0.005
+WARM_DIR = "/tmp/.fgd-warm-up"
 WARM_SOURCE = "def handler(event, context):\n    return {}\n"
 
 
@@ -410,22 +410,31 @@ def prepare_in_pool(conn: Connection, policy: ContainPolicy, seccomp_programs: d
 
 def _warm_import() -> Callable[..., Any]:
     """Import a module from source as `resolve` will import the function's, from a directory on
-    /tmp (the only writable place) that is gone again afterwards, with every cache entry of it."""
-    directory = tempfile.mkdtemp(prefix=".fgd-warm-up-", dir="/tmp")
+    the sandbox's own /tmp (the only writable place; nothing else runs in the sandbox yet) that
+    is gone again afterwards, with every cache entry of it. Plain system calls, not tempfile or
+    shutil: what the rehearsal touches beyond the real import stays private to every instance."""
+    directory = WARM_DIR
     name = "fgd_warm_up"
+    source = f"{directory}/{name}.py"
+    os.mkdir(directory, 0o700)
     write_bytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = True
     sys.path.insert(0, directory)
     try:
-        with open(os.path.join(directory, f"{name}.py"), "w") as source:
-            source.write(WARM_SOURCE)
+        fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, WARM_SOURCE.encode())
+        finally:
+            os.close(fd)
         return resolve(directory, f"{name}.handler", "handler")
     finally:
         sys.path.remove(directory)
         sys.path_importer_cache.pop(directory, None)
         sys.modules.pop(name, None)
         sys.dont_write_bytecode = write_bytecode
-        shutil.rmtree(directory, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+        os.rmdir(directory)
 
 
 def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:

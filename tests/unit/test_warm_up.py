@@ -35,7 +35,7 @@ def traces() -> dict:
         "level": context._LoggerState.level,
         "modules": [name for name in sys.modules if name == "fgd_warm_up"],
         "path": [p for p in sys.path if "fgd-warm-up" in p],
-        "tmp": glob.glob("/tmp/.fgd-warm-up-*"),
+        "tmp": glob.glob("/tmp/.fgd-warm-up*"),
         "importer_cache": [p for p in sys.path_importer_cache if "fgd-warm-up" in p],
     }
 
@@ -46,7 +46,7 @@ CLEAN = {"environ": {}, "level": None, "modules": [], "path": [], "tmp": [], "im
 def test_a_whole_rehearsal_leaves_nothing_behind() -> None:
     def rehearse() -> dict:
         os.environ["LEFT_BY_THE_ZYGOTE"] = "x"
-        before = set(glob.glob("/tmp/.fgd-warm-up-*"))
+        before = set(glob.glob("/tmp/.fgd-warm-up*"))
         parts = sum(1 for _ in instance.warm_up(own_tmp=True))
         seen = traces()
         seen["tmp"] = sorted(set(seen["tmp"]) - before)
@@ -60,7 +60,7 @@ def test_a_whole_rehearsal_leaves_nothing_behind() -> None:
 def test_a_rehearsal_stopped_between_parts_leaves_nothing_behind() -> None:
     def stopped_after(parts: int) -> Callable[[], dict]:
         def rehearse() -> dict:
-            before = set(glob.glob("/tmp/.fgd-warm-up-*"))
+            before = set(glob.glob("/tmp/.fgd-warm-up*"))
             rehearsal = instance.warm_up(own_tmp=True)
             for _ in range(parts):
                 next(rehearsal)
