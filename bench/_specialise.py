@@ -6,8 +6,9 @@ milliseconds from one run to the next. This drives a real zygote (runtimes/pytho
 as the daemon does, over the same frames: Fork into a new pid namespace, Contain, a wait as in
 the pool, then Specialize, and two Invokes of a no-op handler. It reports each step the
 instance timed (Ready.timings, unfiltered), the round trips as this side saw them, and what the
-first invocation of a fresh instance costs over the second. No cgroups, no network: those are
-the daemon's steps. Needs root (the sandbox is the real one).
+first invocation of a fresh instance costs over the second, and the specialised worker's USS
+(`worker_uss_kib`: its figures are KiB, under the same percentile keys). No cgroups, no
+network: those are the daemon's steps. Needs root (the sandbox is the real one).
 """
 
 from __future__ import annotations
@@ -66,18 +67,19 @@ class _Zygote:
             if isinstance(frame, kind):
                 return frame
 
-    def fork(self, instance_id: str) -> tuple[socket.socket, list[int]]:
+    def fork(self, instance_id: str) -> tuple[socket.socket, list[int], int]:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         packet = protocol.encode_packet(protocol.Fork(instance_id, True))
         fds = array.array("i", [theirs.fileno(), out_w, err_w])
         self.control.sendmsg([packet], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        self._control_frame(protocol.Forked)
+        forked = self._control_frame(protocol.Forked)
+        assert isinstance(forked, protocol.Forked)
         for fd in (theirs.fileno(), out_w, err_w):
             os.close(fd)
         theirs.detach()
-        return ours, [out_r, err_r]
+        return ours, [out_r, err_r], forked.pid
 
     def exited(self) -> None:
         self._control_frame(protocol.Exited)
@@ -95,6 +97,17 @@ def _exchange(sock: socket.socket, buffer: protocol.FrameBuffer, frame: protocol
             return frames[0]
 
 
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def _uss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        fields = dict(line.split(":", 1) for line in handle.read().splitlines()[1:])
+    return sum(int(fields[name].split()[0]) for name in ("Private_Clean", "Private_Dirty"))
+
+
 def measure(count: int, percentiles) -> dict:
     """Per step of specialisation: its percentiles (ms) over `count` fresh pooled instances."""
     state = Path(tempfile.mkdtemp(prefix="fgd-bench-specialise-"))
@@ -107,7 +120,7 @@ def measure(count: int, percentiles) -> dict:
     samples: dict[str, list[float]] = {}
     try:
         for i in range(count):
-            sock, pipes = zygote.fork(f"bench-{i}")
+            sock, pipes, pid1 = zygote.fork(f"bench-{i}")
             buffer = protocol.FrameBuffer(from_instance=True)
             started = time.perf_counter()
             contained = _exchange(sock, buffer, protocol.Contain(zygote.policy))
@@ -130,6 +143,8 @@ def measure(count: int, percentiles) -> dict:
                 result = _exchange(sock, buffer, protocol.Invoke(name, b"{}", time.time() + 3))
                 steps[f"{name}_round_trip"] = (time.perf_counter() - started) * 1000
                 assert isinstance(result, protocol.Result) and result.error is None, result
+            # What the specialised worker (PID 1's child) holds of its own, in KiB.
+            steps["worker_uss_kib"] = _uss_kib(_children(pid1)[0])
             for name, ms in steps.items():
                 samples.setdefault(name, []).append(ms)
             sock.close()

@@ -32,6 +32,7 @@ def test_in_process_mode_reports_every_step_of_specialisation() -> None:
     ):
         assert figures[step]["count"] == 2, step
         assert figures[step]["p50_ms"] > 0, step
+    assert figures["worker_uss_kib"]["p50_ms"] > 0
     # The steps the instance timed fit in the round trip that carried them.
     inside = sum(figures[f"instance.{s}"]["p50_ms"] for s in ("enter_sandbox", "environment", "load_handler"))
     assert inside < figures["specialize_round_trip"]["p99_ms"]
