@@ -11,7 +11,9 @@ Either raises `ContainmentFailed` in whichever process a step failed.
 
 from __future__ import annotations
 
+import ctypes
 import os
+from collections.abc import Iterable
 
 from sandbox import capabilities, credentials, fds, mounts, namespaces, network, reaper, rlimits, seccomp
 from sandbox.policy import ContainPolicy, EnterPolicy
@@ -68,6 +70,23 @@ def contain(policy: ContainPolicy) -> None:
     capabilities.die_with_parent(1)
 
 
+def prepare(policy: ContainPolicy, seccomp_programs: Iterable[bytes] = ()) -> None:
+    """Step 5, in a contained worker waiting in the pool (issue 15): what specialisation would do
+    the same for every workload, done ahead: its own copies of the per-instance /etc files,
+    which `enter` then only rewrites, and the ctypes array type each seccomp program is loaded
+    through (made once per length, it cost more than the kernel's load of the filter).
+    Optional: `enter` does without (a start with the pool empty skips it), and a failure here
+    only leaves more for `enter` to do."""
+    for program in seccomp_programs:
+        # What seccomp.load makes first; ctypes keeps array types by item type and length.
+        _ = seccomp._SockFilter * (len(program) // ctypes.sizeof(seccomp._SockFilter))
+    if policy.protections.namespaces and policy.protections.mounts:
+        try:
+            mounts.stage_etc(policy.etc_files)
+        except OSError:
+            mounts.forget_staged_etc()
+
+
 def enter(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> None:
     """Steps 3 (the workload's read-only binds) and 5-9, in the worker.
 
@@ -102,8 +121,12 @@ def drop(policy: EnterPolicy, keep: set[int], seccomp_program: bytes | None) -> 
     """
     enabled = policy.protections
     parent = os.getppid()
-    if enabled.capabilities:
+    # Root's descriptors to the staged /etc files: never the workload's (a launched child's
+    # drop closes its inherited copies; the worker's enter_mounts has used and closed them).
+    mounts.forget_staged_etc(keep)
+    if enabled.capabilities and not capabilities.bounding_empty:
         # Needs CAP_SETPCAP, so before the uid changes (which empties the other sets anyway).
+        # (A pooled worker's was emptied by its PID 1 before it was forked: step 4.)
         _step("capabilities", capabilities.drop_bounding)
     if enabled.credentials:
         # 5. The instance's own unprivileged uid and gid, no supplementary groups.

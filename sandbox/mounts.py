@@ -8,7 +8,9 @@ Before the old root goes it binds the host directory that workload binds
 will come from at a hidden place in the new root; `enter_root` binds the
 workload's code and dependencies from there, then unmounts and removes it,
 and sizes /tmp. Doing the pivot ahead of time keeps it (and the detach of
-the host's whole mount tree) off the cold-start path.
+the host's whole mount tree) off the cold-start path. Issue 15: `stage_etc`,
+run by a pooled worker while it waits, puts its own /etc user tables in place
+ahead too; `enter_root` then only rewrites them through root's descriptors.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ DEPENDENCY_MOUNT = "/opt/function/dependency"
 # Inside the dependency tmpfs, which stays writable until the workload is bound.
 SOURCES = DEPENDENCY_MOUNT + "/.sources"
 DEFAULT_TMP_MB = 512
+# /etc files a workload may be given its own copy of (its uid's user tables, its network's
+# resolv.conf): staged when the pooled worker is made (`stage_etc`), so specialisation only
+# rewrites their content through a descriptor instead of binding a new file over each.
+PER_INSTANCE_ETC = ("passwd", "group", "resolv.conf")
+# name -> read-write descriptor of the staged file bound read-only at /etc/<name> (this process's).
+_staged_etc: dict[str, int] = {}
 
 DEVICES = ["null", "zero", "full", "random", "urandom"]
 DEV_LINKS = {
@@ -101,25 +109,27 @@ def build_root(
     mount("tmpfs", inside(DEPENDENCY_MOUNT), "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     _mkdirs(inside(SOURCES), 0o700)
     mount(sources, inside(SOURCES), None, MS_BIND | MS_REC)
-    # Trees shared by every instance: staged beside the sources now, shown at their targets
-    # after the pivot, when mountinfo can no longer name their host paths.
-    staged = []
-    for index, item in enumerate(shared_trees or []):
+    # Trees shared by every instance: opened now, shown at their targets after the pivot, when
+    # mountinfo can no longer name their host paths, and before the host's tree (which they are
+    # part of) is detached: one detach, whose RCU grace period is paid once (issue 15: each
+    # tree was bound at a stage of its own, unmounted after, a grace period each).
+    shared = []
+    for item in shared_trees or []:
         if os.path.isdir(item.source):
-            stage = f"{SOURCES}-shared{index}"
-            _mkdirs(inside(stage), 0o700)
-            mount(item.source, inside(stage), None, MS_BIND | MS_REC)
-            staged.append((stage, item.target))
+            shared.append((os.open(item.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC), item.target))
     _mkdirs(inside(OLD_ROOT))
     os.chdir(new_root)
     pivot_root(".", OLD_ROOT)
     os.chdir("/")
+    try:
+        for fd, target in shared:
+            # /proc is already ours: the descriptor's path walk stays in the old root's tree.
+            mount_tree_readonly(f"/proc/self/fd/{fd}", target)
+    finally:
+        for fd, _ in shared:
+            os.close(fd)
     umount2(OLD_ROOT, MNT_DETACH)
     os.rmdir(OLD_ROOT)
-    for stage, target in staged:
-        mount_tree_readonly(stage, target)
-        umount2(stage, MNT_DETACH)
-        os.rmdir(stage)
     # Only /tmp and /dev/shm stay writable.
     mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
@@ -163,19 +173,74 @@ def mount_tree_readonly(source: str, target: str) -> None:
     bind_readonly(source, target)
 
 
+def stage_etc(etc_files: dict[str, str]) -> None:
+    """In the pooled worker, before it knows its workload: put a file of its own, with the generic
+    content, over each of `/etc`'s PER_INSTANCE_ETC files, and keep a read-write descriptor to it
+    (root's, closed before anything else runs: `enter_root` writes and closes it, `drop` closes
+    what is left: `forget_staged_etc`).
+
+    The files are made on /tmp, bound read-only over the generic ones, and unlinked (the binds
+    keep them; /tmp stays writable, so nothing is left to see): as `enter_root` did at each
+    specialisation before (issue 15), minus the content.
+    """
+    for name in PER_INSTANCE_ETC:
+        if name not in etc_files or name in _staged_etc:
+            continue
+        staging = f"/tmp/.etc-{name}"
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, etc_files[name].encode())
+            os.fchmod(fd, 0o644)
+            bind_readonly(staging, f"/etc/{name}")
+        except OSError:
+            os.close(fd)
+            raise
+        finally:
+            os.unlink(staging)
+        _staged_etc[name] = fd
+
+
+def forget_staged_etc(reused: set[int] | frozenset[int] = frozenset()) -> None:
+    """Close the staged files' descriptors this process still holds (before privileges drop).
+
+    Numbers in `reused` are only forgotten: the caller has put something else there since (a
+    Node.js launch dup2s its sockets onto fixed numbers).
+    """
+    while _staged_etc:
+        fd = _staged_etc.popitem()[1]
+        if fd not in reused:
+            os.close(fd)
+
+
+def _write_staged(fd: int, content: str) -> None:
+    data = content.encode()
+    os.ftruncate(fd, 0)
+    if os.pwrite(fd, data, 0) != len(data):
+        raise OSError("short write to a staged /etc file")
+
+
 def enter_root(binds: list[Mount], tmp_size_mb: int, workdir: str, etc_files: dict[str, str] | None = None) -> None:
     """Mount the workload (sources relative to build_root's `sources`), drop the rest, size /tmp."""
     for item in binds:
         mount_tree_readonly(f"{SOURCES}/{item.source.lstrip('/')}", item.target)
-    # Files for /etc (the instance's own user): written on /tmp, bound over the generic ones,
-    # and unlinked (the binds keep them; /tmp stays writable, so nothing is left to see).
+    # Files for /etc (the instance's own user): those staged with the pooled worker get their
+    # content through the descriptor kept then; any other is written on /tmp, bound over the
+    # generic one and unlinked (the bind keeps it), as `stage_etc` does.
     for name, content in (etc_files or {}).items():
+        fd = _staged_etc.pop(name, None)
+        if fd is not None:
+            try:
+                _write_staged(fd, content)
+            finally:
+                os.close(fd)
+            continue
         staging = f"/tmp/.etc-{name}"
         with open(staging, "w") as handle:
             handle.write(content)
         os.chmod(staging, 0o644)
         bind_readonly(staging, f"/etc/{name}")
         os.unlink(staging)
+    forget_staged_etc()
     umount2(SOURCES, MNT_DETACH)
     os.rmdir(SOURCES)
     mount(None, DEPENDENCY_MOUNT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)

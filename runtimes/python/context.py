@@ -43,6 +43,11 @@ class _LoggerState:
     level = None  # type: Optional[int]
 
 
+def reset_logger_level() -> None:
+    """Forget the level (runtimes/python/instance.py's warm-up ran a logger before the function's)."""
+    _LoggerState.level = None
+
+
 def initial_level(user_data: Dict[str, str]) -> int:
     try:
         return parse_level(user_data.get(LOG_LEVEL_VARIABLE, DEFAULT_LEVEL))

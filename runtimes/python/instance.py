@@ -6,19 +6,21 @@ at a time for now, so the simplest loop is also the fastest one.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import json
 import os
 import posix
 import resource
+import select
 import socket
 import sys
 import sysconfig
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import msgspec
@@ -29,9 +31,11 @@ from runtimes import protocol
 # Issue 13 (nodejs): imported now, while fgd's source is visible (the sandbox does not show it).
 from runtimes.nodejs import keeper
 from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, Specialize
+from runtimes.python import context
 from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
-from sandbox.contain import ContainmentFailed, contain, enter
+from sandbox.contain import ContainmentFailed, contain, enter, prepare
+from sandbox.policy import ContainPolicy
 
 MAX_RESPONSE = protocol.MAX_RESPONSE
 # Resolved while the host filesystem is still visible (the sandbox has no venv symlinks).
@@ -74,6 +78,10 @@ class Connection:
         data = protocol.encode(frame)
         with self._send_lock:
             self._sock.sendall(data)
+
+    def waiting(self, timeout: float) -> bool:
+        """Whether a frame (or the end) comes within `timeout` seconds."""
+        return bool(self._pending) or bool(select.select([self._sock], [], [], timeout)[0])
 
     def receive(self) -> protocol.Frame:
         while not self._pending:
@@ -335,6 +343,100 @@ def run_initializer(spec: Specialize, instance: LoadedFunction) -> None:
         instance.running.discard(request_id)
 
 
+class _NoConnection:
+    """Where `warm_up`'s rehearsal sends nothing."""
+
+    def send(self, frame: protocol.Frame) -> None:
+        pass
+
+
+# A function's first invocation in a fresh worker wrote to hundreds of pages it shares with
+# the zygote (each object a code path touches gets its reference count changed: a copy-on-write
+# fault, about 1 us each) and filled lazily built state. Rehearsed in the pooled worker
+# instead (issue 15), with a function of no consequence, and every trace of it undone.
+WARM_UP_AFTER = 0.005
+WARM_DIR = "/tmp/.fgd-warm-up"
+WARM_SOURCE = "def handler(event, context):\n    return {}\n"
+
+
+def warm_up(own_tmp: bool) -> Iterator[None]:
+    """Rehearse, in a pooled worker before it is handed out, the code paths of specialisation
+    and of a first invocation that do not depend on the function: decoding a Specialize frame,
+    emptying the environment, importing a module from source (only with `own_tmp`, the
+    sandbox's own /tmp), an invocation through `LoadedFunction`, encoding its Result and a
+    Ready. Nothing of it is left: the environment is empty as it was, the logger's level is
+    unset again (the function's own user data sets it). A failure only loses the head start.
+
+    A generator: it pauses between parts, where the caller may stop it (`close`) when a frame
+    has come (a worker handed out mid-rehearsal waits for one part at most)."""
+    try:
+        identity = protocol.FunctionIdentity("", "", "", "", "", 128, 100, 3)
+        spec = Specialize("/", "warm.handler", "", 3, {"FGD_WARM": "1"}, identity, sandbox=None)
+        spec = protocol.FrameBuffer().feed(protocol.encode(spec))[0]
+        assert isinstance(spec, Specialize)
+        os.environ.clear()
+        posix.environ.clear()
+        os.environ.update(spec.environ)
+        os.environ.clear()
+        importlib.invalidate_caches()
+        yield
+        handler = _warm_import() if own_tmp else (lambda event, context: {})
+        yield
+        instance = LoadedFunction(_NoConnection(), spec, handler)  # type: ignore[arg-type]
+        frame = protocol.FrameBuffer().feed(protocol.encode(Invoke("warm-up", b"{}", time.time() + 1)))[0]
+        assert isinstance(frame, Invoke)
+        protocol.encode(instance.invoke(frame))
+        protocol.encode(protocol.Ready(0.0, {"enter_sandbox": 0.0}))
+    except Exception:  # noqa: BLE001 - an optimisation: the real specialisation does it all again
+        pass
+    finally:
+        os.environ.clear()
+        context.reset_logger_level()
+
+
+def prepare_in_pool(conn: Connection, policy: ContainPolicy, seccomp_programs: dict[str, bytes]) -> None:
+    """Step 5 of containment (`sandbox.contain.prepare`) and the rehearsal (`warm_up`), part by
+    part, as long as no frame comes: a worker handed out meanwhile is specialised at once."""
+    prepare(policy, seccomp_programs.values())
+    rehearsal = warm_up(own_tmp=policy.protections.mounts)
+    try:
+        while not conn.waiting(0):
+            next(rehearsal)
+    except StopIteration:
+        pass
+    finally:
+        rehearsal.close()
+
+
+def _warm_import() -> Callable[..., Any]:
+    """Import a module from source as `resolve` will import the function's, from a directory on
+    the sandbox's own /tmp (the only writable place; nothing else runs in the sandbox yet) that
+    is gone again afterwards, with every cache entry of it. Plain system calls, not tempfile or
+    shutil: what the rehearsal touches beyond the real import stays private to every instance."""
+    directory = WARM_DIR
+    name = "fgd_warm_up"
+    source = f"{directory}/{name}.py"
+    os.mkdir(directory, 0o700)
+    write_bytecode = sys.dont_write_bytecode
+    sys.dont_write_bytecode = True
+    sys.path.insert(0, directory)
+    try:
+        fd = os.open(source, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, WARM_SOURCE.encode())
+        finally:
+            os.close(fd)
+        return resolve(directory, f"{name}.handler", "handler")
+    finally:
+        sys.path.remove(directory)
+        sys.path_importer_cache.pop(directory, None)
+        sys.modules.pop(name, None)
+        sys.dont_write_bytecode = write_bytecode
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(source)
+        os.rmdir(directory)
+
+
 def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
     """Entry point of a freshly forked instance; never returns."""
     for stream in (sys.stdout, sys.stderr):
@@ -349,6 +451,10 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
             os._exit(71)
         # From here on we are the worker inside the sandbox.
         conn.send(protocol.Contained())
+        if not conn.waiting(WARM_UP_AFTER):
+            # Waiting in the pool: prepare and rehearse now. (A start with the pool empty sends
+            # its Specialize, and a Node.js pool member its Launch, at once: they would only wait.)
+            prepare_in_pool(conn, spec.policy, seccomp_programs)
         spec = conn.receive()
     if isinstance(spec, protocol.Launch):
         # Issue 13 (nodejs): this worker starts the language's own process and keeps it.
