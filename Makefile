@@ -41,7 +41,7 @@ BUNDLED_STAMP := build/bundled/.stamp
 # finds it (sandbox/reaper.py); gcc and libc6-dev come with DEB_PACKAGES ($(STAMP) is made first).
 PID1 := sandbox/fgd-pid1
 
-$(PID1): sandbox/pid1.c scripts/build-pid1
+$(PID1): sandbox/pid1.c scripts/build-pid1 | $(STAMP)
 	./scripts/build-pid1 $@
 
 pid1: $(PID1)
