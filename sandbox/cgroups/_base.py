@@ -12,11 +12,7 @@ from pathlib import Path
 import msgspec
 
 FGD_SUBTREE = "fgd"
-# The CFS bandwidth period of an instance's CPU share (FunctionGraph's millicores per memory
-# size). An instance over its quota waits for the next period: at the kernel's default of
-# 100 ms, a Custom function at 128 MB (300 millicores) stalled 30-70 ms per throttled period
-# (p99 33 ms at ~850 req/s); at 10 ms the same load had p99 6 ms and the same throughput.
-CPU_PERIOD_US = 10_000
+CPU_PERIOD_US = 100_000
 # A v1 limit this high (the kernel's PAGE_COUNTER_MAX in bytes, rounded) means "no limit".
 UNLIMITED = 1 << 60
 

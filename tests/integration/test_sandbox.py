@@ -126,9 +126,8 @@ def test_instance_cgroup_carries_the_function_limits(daemon: Daemon, api: Api) -
         pids = next(cgroup.glob(f"pids/**/fgd*/{base}"))
         cpu = next(cgroup.glob(f"cpu/**/fgd*/{base}"))
         assert (pids / "pids.max").read_text().strip() == "1024"
-        # The function's CPU share over a 10 ms period (a throttled instance stalls 10 ms at most).
-        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 10)
-        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "10000"
+        assert (cpu / "cpu.cfs_quota_us").read_text().strip() == str((328 * 100 // 128 + 200) * 100)
+        assert (cpu / "cpu.cfs_period_us").read_text().strip() == "100000"
         processes.append(len((pids / "cgroup.procs").read_text().split()))
     # Issue 15: two processes, PID 1 of the sandbox (reaped by the zygote) and the worker; no waiter.
     # (A pool member being made right now has its cgroup and limits a moment before its processes:

@@ -69,7 +69,7 @@ def test_v2_instance_limits_and_counters(tmp_path) -> None:
     assert (path / "memory.swap.max").read_text() == "0"
     assert (path / "memory.oom.group").read_text() == "1"
     assert (path / "pids.max").read_text() == "1024"
-    assert (path / "cpu.max").read_text() == "4000 10000"
+    assert (path / "cpu.max").read_text() == "40000 100000"
     backend.place("123-abc", 4242)
     assert (path / "cgroup.procs").read_text() == "4242"
     (path / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\noom_group_kill 0\n")
@@ -80,7 +80,7 @@ def test_v2_instance_limits_and_counters(tmp_path) -> None:
     backend.kill("123-abc")
     assert (path / "cgroup.kill").read_text() == "1"
     # The quota went first: a throttled cgroup would spend its exit in it.
-    assert (path / "cpu.max").read_text() == "max 10000"
+    assert (path / "cpu.max").read_text() == "max 100000"
 
 
 def test_v2_unlimited_cpu(tmp_path) -> None:
@@ -91,7 +91,7 @@ def test_v2_unlimited_cpu(tmp_path) -> None:
     backend.setup()
     backend.create("i")
     backend.set_limits("i", Limits(MIB, 10, None))
-    assert (mount / "x/fgd/i/cpu.max").read_text() == "max 10000"
+    assert (mount / "x/fgd/i/cpu.max").read_text() == "max 100000"
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "..", ".hidden", "fgd"])
