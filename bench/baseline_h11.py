@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Awaitable, Callable
 
 import h11
 import trio
@@ -17,7 +18,8 @@ import trio
 MAX_RECV = 64 * 1024
 
 
-async def serve(stream: trio.SocketStream) -> None:
+async def serve(stream: trio.SocketStream, answer: Callable[[bytes], Awaitable[bytes]] | None = None) -> None:
+    """One connection: each request's body is echoed, or what `answer` makes of it."""
     conn = h11.Connection(h11.SERVER)
     body = b""
     try:
@@ -28,6 +30,8 @@ async def serve(stream: trio.SocketStream) -> None:
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
+                if answer is not None:
+                    body = await answer(body)
                 headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
                 await stream.send_all(
                     conn.send(h11.Response(status_code=200, headers=headers))

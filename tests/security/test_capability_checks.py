@@ -5,34 +5,14 @@ Each case runs in a forked child of this (root) test process, so nothing it drop
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable
 
 import pytest
 
 from sandbox import capabilities
+from tests.forked import in_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="dropping capabilities needs root")
-
-
-def in_child(action: Callable[[], object]) -> dict:
-    """Run `action` in a forked child; what it returned, or the error it raised."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            outcome = {"ok": True, "value": action()}
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
-            outcome = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        os.write(write, json.dumps(outcome).encode())
-        os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as answer:
-        data = answer.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
 
 
 def cap_sets() -> dict[str, str]:

@@ -4,29 +4,12 @@ whether it runs to the end or is stopped between parts (a frame came)."""
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 from collections.abc import Callable
 
 from runtimes.python import context, instance
-
-
-def in_child(action: Callable[[], object]) -> object:
-    """Run `action` in a forked child (the rehearsal empties the environment)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read)
-        try:
-            os.write(write, json.dumps(action()).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read) as answer:
-        data = answer.read()
-    os.waitpid(pid, 0)
-    return json.loads(data)
+from tests.forked import in_child
 
 
 def traces() -> dict:
@@ -52,7 +35,9 @@ def test_a_whole_rehearsal_leaves_nothing_behind() -> None:
         seen["tmp"] = sorted(set(seen["tmp"]) - before)
         return {"parts": parts, "traces": seen}
 
-    result = in_child(rehearse)
+    outcome = in_child(rehearse)
+    assert outcome["ok"], outcome
+    result = outcome["value"]
     assert result["parts"] == 2
     assert result["traces"] == CLEAN
 
@@ -72,4 +57,4 @@ def test_a_rehearsal_stopped_between_parts_leaves_nothing_behind() -> None:
         return rehearse
 
     for parts in (1, 2):
-        assert in_child(stopped_after(parts)) == CLEAN, parts
+        assert in_child(stopped_after(parts)) == {"ok": True, "value": CLEAN}, parts
