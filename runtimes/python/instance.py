@@ -430,7 +430,13 @@ def _warm_import() -> Callable[..., Any]:
     finally:
         sys.path.remove(directory)
         sys.path_importer_cache.pop(directory, None)
-        sys.modules.pop(name, None)
+        module = sys.modules.pop(name, None)
+        if module is not None:
+            # The module's dict and its function refer to each other: a cycle only the cyclic GC
+            # would free, so the function's first invocation could still find the rehearsal's
+            # handler in gc.get_objects() (the attacker pass found it). Emptied, the module and
+            # its function go with the rehearsal's last reference (the handler needs no globals).
+            module.__dict__.clear()
         sys.dont_write_bytecode = write_bytecode
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)
