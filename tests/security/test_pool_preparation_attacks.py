@@ -13,9 +13,11 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import os
+import shutil
 import textwrap
 
 import httpx
+import pytest
 
 from runtimes.python import instance
 from tests.conftest import Api
@@ -180,3 +182,66 @@ def test_the_rehearsals_module_is_freed_without_waiting_for_the_cyclic_gc() -> N
         return [repr(o) for o in gc.get_objects() if getattr(o, "__module__", None) == "fgd_warm_up"]
 
     assert in_child(rehearse) == []
+
+
+# A Node.js pool member: its keeper (PID 2, root) may have staged the /etc files before its
+# Launch came; node (PID 3, the function's uid) must hold none of their descriptors (the
+# launched child dup2s its sockets onto 3 and 4, where a staged one may have been).
+NODE_LOOK = r"""
+const fs = require('fs');
+function outcome(action) {
+  try { action(); return 'ok'; } catch (error) { return error.code || error.name; }
+}
+exports.handler = async () => {
+  const fds = {};
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    try {
+      const flags = parseInt(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8').split('flags:')[1], 8);
+      fds[fd] = {link: fs.readlinkSync(`/proc/self/fd/${fd}`), writable: (flags & 3) !== 0};
+    } catch (error) {}
+  }
+  const etc = {};
+  for (const name of ['passwd', 'group', 'resolv.conf']) {
+    if (fs.existsSync(`/etc/${name}`)) {
+      etc[name] = {
+        write: outcome(() => fs.closeSync(fs.openSync(`/etc/${name}`, 'r+'))),
+        chmod: outcome(() => fs.chmodSync(`/etc/${name}`, 0o666)),
+      };
+    }
+  }
+  const others = {};
+  for (const pid of [1, 2]) {
+    others[pid] = {
+      fd: outcome(() => fs.readdirSync(`/proc/${pid}/fd`)),
+      kill: outcome(() => process.kill(pid, 'SIGKILL')),
+      stop: outcome(() => process.kill(pid, 'SIGSTOP')),
+    };
+  }
+  return {uid: process.getuid(), pid: process.pid, fds, etc, others, tmp: fs.readdirSync('/tmp')};
+};
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no `node` on this machine (make installs it)")
+def test_a_nodejs_pool_member_hands_node_no_staged_descriptor(api: Api) -> None:
+    from tests.integration.test_nodejs import deploy_js
+
+    first = deploy_js(api, NODE_LOOK)
+    assert api.invoke(first).status_code == 200  # the Node.js pool exists from now on
+    name = deploy_js(api, NODE_LOOK)
+    response = from_a_full_pool(api, name)
+    assert response.status_code == 200 and response.headers["x-is-func-err"] == "false", response.text
+    seen = response.json()
+    assert seen["uid"] != 0 and seen["pid"] == 3, seen
+    for fd, info in seen["fds"].items():
+        # Pipes, sockets, node's own anonymous descriptors (epoll, eventfd), never a file of /etc
+        # or the staging area, and nothing written to but those.
+        assert not info["link"].startswith(("/etc", "/tmp", "/proc/", "/.")), (fd, info)
+        if info["writable"]:
+            assert info["link"].startswith(("pipe:", "socket:", "anon_inode:", "/dev/null")), (fd, info)
+    for name_, tried in seen["etc"].items():
+        assert tried == {"write": tried["write"], "chmod": tried["chmod"]}
+        assert tried["write"] in ("EROFS", "EACCES") and tried["chmod"] in ("EROFS", "EPERM"), (name_, tried)
+    for pid, tried in seen["others"].items():
+        assert tried == {"fd": "EACCES", "kill": "EPERM", "stop": "EPERM"}, (pid, tried)
+    assert seen["tmp"] == []
