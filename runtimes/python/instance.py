@@ -34,6 +34,7 @@ from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, 
 from runtimes.python import context
 from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
+from sandbox import reaper
 from sandbox.contain import ContainmentFailed, contain, enter, prepare
 from sandbox.policy import ContainPolicy
 
@@ -462,6 +463,9 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
             # its Specialize, and a Node.js pool member its Launch, at once: they would only wait.)
             prepare_in_pool(conn, spec.policy, seccomp_programs)
         spec = conn.receive()
+    else:
+        # Not contained at all: no PID 1 of ours will exec the zygote's descriptor of fgd-pid1.
+        reaper.forget_native()
     if isinstance(spec, protocol.Launch):
         # Issue 13 (nodejs): this worker starts the language's own process and keeps it.
         keeper.launch(sock, spec, seccomp_programs)

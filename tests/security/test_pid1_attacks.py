@@ -14,7 +14,9 @@ import time
 
 import httpx
 import psutil
+import pytest
 
+from sandbox import reaper
 from tests.conftest import Api, Daemon
 
 # Every way to reach PID 1 from inside, each recorded as ok/errno.
@@ -192,3 +194,37 @@ def test_processes_a_function_leaves_do_not_outlive_its_worker(daemon: Daemon, a
         assert gone_within(tag, 5), code
     assert httpx.get(f"{daemon.url}/healthz").status_code == 200
     assert api.invoke(name, {"tag": tag, "count": 0}).status_code == 200
+
+
+FDS = """
+import os
+
+def handler(event, context):
+    found = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return found
+"""
+
+
+def test_without_namespaces_or_fd_closing_the_worker_holds_no_descriptor_of_fgd_pid1(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The zygote's descriptor of fgd-pid1 is for PID 1 of a pid namespace; an instance forked
+    without one (namespaces off) has no PID 1 of its own and must not keep it, even when
+    descriptors are not closed either (before: the worker held an O_PATH descriptor of the
+    program, /proc/self/fd/N, an executable of the host outside its reach otherwise)."""
+    config = '[sandbox]\nallow_degraded = true\ndisable = ["namespaces", "fds"]\n'
+    daemon = Daemon(tmp_path_factory.mktemp("no-ns-fds") / "state", config)
+    daemon.start()
+    try:
+        api = Api(daemon)
+        response = api.invoke(api.deploy(FDS)["func_name"])
+        assert response.status_code == 200, response.text
+        links = response.json()
+        assert not [link for link in links.values() if link.endswith(reaper.NATIVE_NAME)], links
+    finally:
+        daemon.stop()
