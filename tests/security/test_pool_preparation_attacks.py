@@ -11,15 +11,21 @@ instance has its own /tmp, so nothing planted may reach another: the tests asser
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import gc
+import json
 import os
 import shutil
+import socket
+import stat
 import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
 
 from runtimes.python import instance
+from sandbox import mounts
 from tests.conftest import Api
 from tests.security.test_pool_preparation import from_a_full_pool
 from tests.unit.test_warm_up import in_child
@@ -245,3 +251,54 @@ def test_a_nodejs_pool_member_hands_node_no_staged_descriptor(api: Api) -> None:
     for pid, tried in seen["others"].items():
         assert tried == {"fd": "EACCES", "kill": "EPERM", "stop": "EPERM"}, (pid, tried)
     assert seen["tmp"] == []
+
+
+def test_a_launched_childs_sockets_on_3_and_4_survive_the_staged_descriptors_being_forgotten(
+    tmp_path: Path,
+) -> None:
+    """A Node.js pool member prepared before its Launch came holds staged /etc descriptors,
+    often 3 and 4; its launched child dup2s node's sockets onto 3 and 4 and then forgets the
+    staged ones (`drop`): it must close the other staged ones, not node's sockets."""
+
+    def launched_child() -> dict:
+        staged = {}
+        for name, number in (("passwd", 3), ("group", 4), ("resolv.conf", 5)):
+            # Staged on 3, 4 and 5 exactly (pytest's own descriptors there are only the child's).
+            fd = os.open(tmp_path / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            os.dup2(fd, number, inheritable=False)
+            os.close(fd)
+            staged[name] = number
+        ours, theirs = socket.socketpair()
+        mounts._staged_etc.update(staged)
+        sockets = {3: ours.fileno(), 4: theirs.fileno()}
+        for target, source in sockets.items():
+            os.dup2(source, target)  # as runtimes/nodejs/keeper.py's _become_launched does
+        mounts.forget_staged_etc({3, 4})
+        kinds = {}
+        for fd in (3, 4, *staged.values()):
+            try:
+                kinds[str(fd)] = "socket" if stat.S_ISSOCK(os.fstat(fd).st_mode) else "file"
+            except OSError:
+                kinds[str(fd)] = "closed"
+        return {"kinds": kinds, "staged": staged, "left": dict(mounts._staged_etc)}
+
+    read, write = os.pipe()
+    # The answer's pipe far above the staged numbers.
+    high = fcntl.fcntl(write, fcntl.F_DUPFD_CLOEXEC, 100)
+    os.close(write)
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            os.write(high, json.dumps(launched_child()).encode())
+        finally:
+            os._exit(0)
+    os.close(high)
+    with os.fdopen(read) as answer:
+        seen = json.loads(answer.read())
+    os.waitpid(pid, 0)
+    assert seen["left"] == {}
+    assert seen["kinds"]["3"] == "socket" and seen["kinds"]["4"] == "socket", seen
+    for fd in seen["staged"].values():
+        if fd not in (3, 4):
+            assert seen["kinds"][str(fd)] == "closed", seen
