@@ -302,3 +302,13 @@ def test_a_launched_childs_sockets_on_3_and_4_survive_the_staged_descriptors_bei
     for fd in seen["staged"].values():
         if fd not in (3, 4):
             assert seen["kinds"][str(fd)] == "closed", seen
+
+
+def test_a_function_whose_module_has_the_rehearsals_name_gets_its_own(api: Api) -> None:
+    """The rehearsal imports `fgd_warm_up`; a function shipping a module of that name (its handler
+    in it) must import its own code, not anything the rehearsal cached."""
+    source = "import os\ndef handler(event, context):\n    return {'mine': __file__, 'cwd': os.getcwd()}\n"
+    name = api.deploy("", files={"fgd_warm_up.py": source}, handler="fgd_warm_up.handler")["func_name"]
+    response = from_a_full_pool(api, name)
+    assert response.status_code == 200 and response.headers["x-is-func-err"] == "false", response.text
+    assert response.json()["mine"] == "/opt/function/code/fgd_warm_up.py"
