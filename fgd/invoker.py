@@ -256,8 +256,10 @@ class Invoker:
         """A warm instance with a slot taken for this request, or None: start one (the slot is its first)."""
         limits = self._quota(record)
         deadline = trio.current_time() + self._config.scheduler.max_wait
+        # Given back once (the start it waited for failed): it starts its own from then on.
+        ride = True
         while True:
-            decision = self.scheduler.acquire(pool_key(record), limits, request_id)
+            decision = self.scheduler.acquire(pool_key(record), limits, request_id, ride=ride)
             if isinstance(decision, Assign):
                 instance = self._by_id[decision.instance]
                 if instance.unusable():
@@ -282,6 +284,7 @@ class Invoker:
             instance = await self._wait_for_slot(record, request_id, deadline)
             if instance is not None:
                 return instance
+            ride = False
 
     async def _wait_for_slot(self, record: FunctionRecord, request_id: str, deadline: float) -> Instance | None:
         """Queued: the instance we are handed, or None to ask again (what we waited for went away)."""

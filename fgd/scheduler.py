@@ -8,7 +8,8 @@ in milliseconds and check the invariants after every step:
 - a function never has more instances (running or starting) than its maximum;
 - no request waits in a queue while a slot it could use is free;
 - requests arriving while instances start wait for those instances' spare slots (within the
-  queue's length) rather than starting one instance each;
+  queue's length) rather than starting one instance each; given back by a failed start, they
+  do not ride again (`acquire(ride=False)`);
 - the memory of live and starting instances never exceeds the node's budget;
 - one function's instances never take more than its share of that budget (beyond its first instance).
 
@@ -150,7 +151,12 @@ class Scheduler:
 
     # Decisions ----------------------------------------------------------------
 
-    def acquire(self, key: Key, limits: Quota, request: Hashable) -> Decision:
+    def acquire(self, key: Key, limits: Quota, request: Hashable, *, ride: bool = True) -> Decision:
+        """`ride=False`: the request was given back by a failed start (`start_failed`) and asks
+        again; it may not ride on a start once more, but starts one itself (or queues as usual).
+        Riding again, the riders of an initializer that hangs until its timeout went one start
+        at a time, each start taking one of them, until max_wait told the rest (429) that the
+        function's instances "stayed busy" (the attacker pass found it)."""
         function = self._functions.setdefault(key, _Function(limits))
         function.limits = limits
         if limits.max_instances == 0:
@@ -165,7 +171,7 @@ class Scheduler:
             instance.last_used = self._clock()
             function.index(token, instance)
             return Assign(token)
-        if len(function.queue) < min(function.starting * (limits.slots - 1), limits.queue_length):
+        if ride and len(function.queue) < min(function.starting * (limits.slots - 1), limits.queue_length):
             # The instances starting now take queued requests into their spare slots as they join
             # (`started`): a burst of requests rides on them rather than starting an instance
             # each (64 requests at once for 16 slots an instance: 4 starts, not 64).

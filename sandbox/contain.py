@@ -34,6 +34,9 @@ def contain(policy: ContainPolicy) -> None:
     """Steps 2-4. Called after the parent has put this process into its cgroup (step 1)."""
     enabled = policy.protections
     if not enabled.namespaces:
+        # No pid namespace, so no PID 1 of ours to exec: the zygote's descriptor of fgd-pid1 must
+        # not stay with the worker (with `fds` off too, nothing else would close it; attacker pass).
+        reaper.forget_native()
         return
     # 2. New mount, net, ipc, uts and cgroup namespaces. The pid namespace is already ours: the
     # zygote forked us as its PID 1 (after step 1, so the cgroup namespace's root is our cgroup).

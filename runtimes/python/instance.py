@@ -34,6 +34,7 @@ from runtimes.protocol import Contain, FunctionError, Invoke, Result, Shutdown, 
 from runtimes.python import context
 from runtimes.python.concurrency import serve_concurrently
 from runtimes.python.context import Context
+from sandbox import reaper
 from sandbox.contain import ContainmentFailed, contain, enter, prepare
 from sandbox.policy import ContainPolicy
 
@@ -430,7 +431,13 @@ def _warm_import() -> Callable[..., Any]:
     finally:
         sys.path.remove(directory)
         sys.path_importer_cache.pop(directory, None)
-        sys.modules.pop(name, None)
+        module = sys.modules.pop(name, None)
+        if module is not None:
+            # The module's dict and its function refer to each other: a cycle only the cyclic GC
+            # would free, so the function's first invocation could still find the rehearsal's
+            # handler in gc.get_objects() (the attacker pass found it). Emptied, the module and
+            # its function go with the rehearsal's last reference (the handler needs no globals).
+            module.__dict__.clear()
         sys.dont_write_bytecode = write_bytecode
         with contextlib.suppress(FileNotFoundError):
             os.unlink(source)
@@ -456,6 +463,9 @@ def serve(sock: socket.socket, seccomp_programs: dict[str, bytes]) -> NoReturn:
             # its Specialize, and a Node.js pool member its Launch, at once: they would only wait.)
             prepare_in_pool(conn, spec.policy, seccomp_programs)
         spec = conn.receive()
+    else:
+        # Not contained at all: no PID 1 of ours will exec the zygote's descriptor of fgd-pid1.
+        reaper.forget_native()
     if isinstance(spec, protocol.Launch):
         # Issue 13 (nodejs): this worker starts the language's own process and keeps it.
         keeper.launch(sock, spec, seccomp_programs)
