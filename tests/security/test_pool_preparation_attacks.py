@@ -27,8 +27,8 @@ import pytest
 from runtimes.python import instance
 from sandbox import mounts
 from tests.conftest import Api
+from tests.forked import in_child
 from tests.security.test_pool_preparation import from_a_full_pool
-from tests.unit.test_warm_up import in_child
 
 # Plants everything the preparation would trip over in a worker that shared its /tmp: the
 # rehearsal's directory with a module that marks whoever imports it, the staging names as
@@ -187,7 +187,7 @@ def test_the_rehearsals_module_is_freed_without_waiting_for_the_cyclic_gc() -> N
             pass
         return [repr(o) for o in gc.get_objects() if getattr(o, "__module__", None) == "fgd_warm_up"]
 
-    assert in_child(rehearse) == []
+    assert in_child(rehearse) == {"ok": True, "value": []}
 
 
 # A Node.js pool member: its keeper (PID 2, root) may have staged the /etc files before its
