@@ -55,13 +55,23 @@ static void close_every_descriptor(void) {
         close((int)fd);
 }
 
+/* The kernel's struct sigaction for rt_sigaction(2). With SIG_DFL, no flags and an empty mask,
+ * every field after the handler is zero, so the layouts with and without sa_restorer agree. */
+struct kernel_sigaction {
+    void (*handler)(int);
+    unsigned long flags;
+    void (*restorer)(void);
+    unsigned long mask;
+};
+
 static void default_signals(void) {
-    struct sigaction action = {0};
-    action.sa_handler = SIG_DFL;
-    sigemptyset(&action.sa_mask);
-    /* SIGCHLD above all: ignored, the kernel would reap the worker before we saw its status. */
-    for (int sig = 1; sig < NSIG; sig++)
-        sigaction(sig, &action, NULL); /* EINVAL for SIGKILL, SIGSTOP and libc's own: fine */
+    /* Through the system call, not libc's sigaction: libc refuses the signals it keeps for
+     * itself (32 and 33), and an ignored disposition of those survives the exec from whatever
+     * started the daemon. SIGCHLD above all must be SIG_DFL: ignored, the kernel would reap the
+     * worker before we saw its status. */
+    struct kernel_sigaction dfl = {SIG_DFL, 0, NULL, 0};
+    for (int sig = 1; sig <= 64; sig++)
+        syscall(SYS_rt_sigaction, sig, &dfl, NULL, sizeof dfl.mask); /* EINVAL for SIGKILL, SIGSTOP: fine */
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);

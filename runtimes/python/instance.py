@@ -10,6 +10,7 @@ import contextlib
 import importlib
 import inspect
 import json
+import linecache
 import os
 import posix
 import resource
@@ -220,6 +221,12 @@ def apply_environment(spec: Specialize, trees: list[int]) -> None:
         sys.path[:0] = [spec.code_dir, *spec.dependency_dirs]
         if bundled:
             sys.path.append(bundled)
+    # Finders and source lines the zygote cached name the daemon's tree (the venv, runtimes/):
+    # host paths the function has no business seeing. Kept: what lies under its import path.
+    roots = tuple(p.rstrip("/") + "/" for p in sys.path if p)
+    for path in [p for p in sys.path_importer_cache if p not in sys.path and not p.startswith(roots)]:
+        del sys.path_importer_cache[path]
+    linecache.clearcache()
     importlib.invalidate_caches()
 
 

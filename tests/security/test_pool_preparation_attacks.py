@@ -114,8 +114,13 @@ def handler(event, context):
         "etc": etc,
         "writable_fds": sorted(fd for fd, f in flags.items() if f & 3),
         "fds": sorted(flags),
-        "importer_cache": [k for k in sys.path_importer_cache if "warm" in k or k.startswith("/tmp")],
-        "linecache": [k for k in linecache.cache if "warm" in k or k.startswith("/tmp")],
+        # Anything outside the function's own import path (the zygote's: host paths of the
+        # daemon's tree, wherever it is checked out), and anything of the rehearsal's.
+        "importer_cache": [
+            k for k in sys.path_importer_cache
+            if "warm" in k or not (k in sys.path or k.startswith(tuple(p.rstrip("/") + "/" for p in sys.path if p)))
+        ],
+        "linecache": [k for k in linecache.cache if "warm" in k or not k.startswith(tuple(p for p in sys.path if p))],
         "loggers": [k for k in logging.Logger.manager.loggerDict if "warm" in k],
         "modules": [k for k in sys.modules if "warm" in k],
         "environ": [k for k in os.environ if "WARM" in k],

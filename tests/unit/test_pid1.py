@@ -6,6 +6,7 @@ that forks a worker and then does what an instance's PID 1 does (sandbox.reaper.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import stat
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -46,7 +48,7 @@ def native_built() -> None:
     assert os.access(reaper.native_path(), os.X_OK)
 
 
-def start_pid1(kind: str, worker: str) -> subprocess.Popen:
+def start_pid1(kind: str, worker: str, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen:
     """`unshare` with PID 1 under it; its exit status is PID 1's (a signal death as 128 + n)."""
     argv = [
         "unshare",
@@ -60,7 +62,7 @@ def start_pid1(kind: str, worker: str) -> subprocess.Popen:
         kind,
         textwrap.dedent(worker),
     ]
-    return subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(argv, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, preexec_fn=preexec_fn)
 
 
 def pid1_of(unshare: subprocess.Popen, *, exe: str | None = None, within: float = 5.0) -> psutil.Process:
@@ -141,8 +143,23 @@ def test_pid1_reaps_every_orphan(kind: str, tmp_path: Path) -> None:
         process.wait(5)
 
 
-def test_native_pid1_holds_nothing_and_names_no_host_path() -> None:
-    process = start_pid1("native", "time.sleep(30)")
+# rt_sigaction(2)'s number, to set what libc's sigaction refuses (its own signals 32 and 33).
+RT_SIGACTION = {"x86_64": 13, "aarch64": 134}
+
+
+def ignore_libcs_signals() -> None:
+    """In the child before exec: ignore signals 32 and 33, as a parent of the daemon may have
+    (a clean-clone CI run found fgd-pid1 with 32 ignored, which libc's sigaction cannot reset)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ignore = (ctypes.c_ulong * 4)(1, 0, 0, 0)  # SIG_IGN, no flags, no restorer, empty mask
+    for signum in (32, 33):
+        if libc.syscall(RT_SIGACTION[os.uname().machine], signum, ignore, None, 8) != 0:
+            os._exit(99)
+
+
+@pytest.mark.parametrize("inherited", ["defaults", "libc's signals ignored"])
+def test_native_pid1_holds_nothing_and_names_no_host_path(inherited: str) -> None:
+    process = start_pid1("native", "time.sleep(30)", ignore_libcs_signals if inherited != "defaults" else None)
     try:
         pid1 = pid1_of(process, exe="fgd-pid1")
         # Settled: waiting for its children (the exec is seen before its first steps are done).
