@@ -174,6 +174,9 @@ def main() -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     sys.stdout.flush()
     sys.stderr.flush()
+    # What instances will import from is the stdlib (and the function's own trees): the finders
+    # this process cached for fgd's tree go now, once, rather than in every instance.
+    instance.forget_other_paths([p for p in sys.path if p.startswith(sys.base_prefix) and "site-packages" not in p])
     gc.collect()
     gc.freeze()
     gc.disable()
