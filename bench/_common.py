@@ -132,16 +132,17 @@ class Daemon:
                 body = raw.decode(errors="replace")  # a function's plain string result
             return {"headers": headers, "body": body}
 
-    def deploy(self, name: str, source: str, **settings) -> None:
+    def deploy(self, name: str, source: str, *, runtime: str = "", file_name: str = "index.py", **settings) -> None:
+        """A function whose code is `source` in `file_name` (default: Python, this interpreter's version)."""
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
-            archive.writestr("index.py", source)
+            archive.writestr(file_name, source)
         self.request(
             "POST",
             "/functions",
             {
                 "func_name": name,
-                "runtime": f"Python{sys.version_info.major}.{sys.version_info.minor}",
+                "runtime": runtime or f"Python{sys.version_info.major}.{sys.version_info.minor}",
                 "handler": "index.handler",
                 "code_type": "zip",
                 "func_code": {"file": base64.b64encode(buffer.getvalue()).decode()},

@@ -8,15 +8,12 @@ handler behind a bare node `http` server.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 from _common import Daemon
@@ -31,21 +28,7 @@ def available() -> bool:
 
 
 def deploy(daemon: Daemon, name: str, source: str = NOOP, **settings) -> None:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("index.js", source)
-    daemon.request(
-        "POST",
-        "/functions",
-        {
-            "func_name": name,
-            "runtime": RUNTIME,
-            "handler": "index.handler",
-            "code_type": "zip",
-            "func_code": {"file": base64.b64encode(buffer.getvalue()).decode()},
-            **settings,
-        },
-    )
+    daemon.deploy(name, source, runtime=RUNTIME, file_name="index.js", **settings)
 
 
 def _code_dir() -> Path:
