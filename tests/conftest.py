@@ -254,6 +254,20 @@ class Api:
         )
 
 
+def assert_tail_is_this_invocations(response) -> str:
+    """X-Cff-Log-Type: tail on the second of two invocations of a function that prints "to stdout
+    <n>", "to stderr", logs "from logger <n>" and runs a child that echoes "from a child process":
+    the log header holds this invocation's lines (all four sources) and not the first's. Returns it."""
+    text = base64.b64decode(response.headers["x-cff-function-log"]).decode()
+    assert "to stdout 2" in text
+    assert "to stderr" in text
+    assert "[INFO] from logger 2" in text
+    assert "from a child process" in text
+    assert "to stdout 1" not in text
+    assert f"RequestId: {response.headers['x-cff-request-id']}" in text
+    return text
+
+
 def skip_unless_served(api: Api, runtime: str, *, exact: bool = False) -> None:
     """Skip, saying why, when no interpreter on this machine serves `runtime` (exactly, if asked).
 

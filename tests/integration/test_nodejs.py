@@ -5,7 +5,6 @@ Every test runs a real daemon (the session's) and a real `node` in the full sand
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import json
 import shutil
@@ -16,7 +15,16 @@ import time
 
 import pytest
 
-from tests.conftest import Api, Daemon, b64, make_zip, marker, unique_name, wait_none_with
+from tests.conftest import (
+    Api,
+    Daemon,
+    assert_tail_is_this_invocations,
+    b64,
+    make_zip,
+    marker,
+    unique_name,
+    wait_none_with,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="no `node` on this machine (make installs it)")
 
@@ -491,13 +499,7 @@ def test_tail_log_header_and_summary(api: Api) -> None:
     name = deploy_js(api, source)
     api.invoke(name, {"n": 1})
     response = api.invoke(name, {"n": 2}, headers={"X-Cff-Log-Type": "tail"})
-    text = base64.b64decode(response.headers["x-cff-function-log"]).decode()
-    assert "to stdout 2" in text
-    assert "to stderr" in text
-    assert "[INFO] from logger 2" in text
-    assert "from a child process" in text
-    assert "to stdout 1" not in text
-    assert f"RequestId: {response.headers['x-cff-request-id']}" in text
+    assert_tail_is_this_invocations(response)
     summary = json.loads(response.headers["x-cff-invoke-summary"])
     assert summary["coldStart"] is False
     assert 5 <= summary["memoryUsed"] <= 128, summary
