@@ -118,7 +118,7 @@ class Instance:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         for fd in (out_r, err_r):
             os.set_blocking(fd, False)
-        self.output.pipes = [OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")]
+        self.output.attach([OutputPipe(out_r, "stdout"), OutputPipe(err_r, "stderr")])
         self._socket = trio.socket.from_stdlib_socket(ours)
         self._raw = ours  # the same socket, non-blocking now: for a send that needs no wait
         self.zygote_generation = self.zygote.generation

@@ -10,6 +10,7 @@ there is nothing to keep, so the instance's writers block and cost the daemon no
 from __future__ import annotations
 
 import os
+import select
 import time
 from collections.abc import Callable
 
@@ -41,6 +42,9 @@ class InstanceOutput:
         self._running = running
         self._log_limits = log_limits
         self.pipes: list[OutputPipe] = []
+        # Both pipes in one poll set: a request's end asks once whether either holds anything
+        # (almost always not) instead of a failing read of each (issue 15).
+        self._poll = select.poll()
         self._transcripts: dict[str, Transcript] = {}
         # Transcript.cost of every transcript held now, against INSTANCE_LOG_BYTES.
         self._held = 0
@@ -58,6 +62,12 @@ class InstanceOutput:
         self._late_dropped = 0
 
     # Pipes --------------------------------------------------------------------------
+
+    def attach(self, pipes: list[OutputPipe]) -> None:
+        """The instance's stdout and stderr pipes (non-blocking read ends)."""
+        self.pipes = pipes
+        for pipe in pipes:
+            self._poll.register(pipe.fd, select.POLLIN)
 
     async def pump(self) -> None:
         """Read the output pipes until both are closed (run in the pool's nursery)."""
@@ -82,16 +92,19 @@ class InstanceOutput:
 
     def collect(self) -> None:
         """Take in what the pipes hold right now (called when a request ends)."""
+        # Readable, closed by their writers, or with lines read but not split yet.
+        ready = {fd for fd, _ in self._poll.poll(0)}
         for pipe in self.pipes:
-            # What the request printed last is still its own: take up to about one transcript's
-            # worth of lines now (a few ms at worst), not just one turn's.
-            for _ in range(DRAINS_AT_END):
-                if pipe.closed and not pipe.pending:
-                    break
-                lines = pipe.drain()
-                self._collect(pipe.stream, lines)
-                if len(lines) < LINES_PER_DRAIN:
-                    break  # the pipe is empty (or held only long lines, bounded by the reads of one drain)
+            if pipe.fd in ready or pipe.pending:
+                # What the request printed last is still its own: take up to about one transcript's
+                # worth of lines now (a few ms at worst), not just one turn's.
+                for _ in range(DRAINS_AT_END):
+                    if pipe.closed and not pipe.pending:
+                        break
+                    lines = pipe.drain()
+                    self._collect(pipe.stream, lines)
+                    if len(lines) < LINES_PER_DRAIN:
+                        break  # the pipe is empty (or held only long lines, bounded by the reads of one drain)
             if not pipe.pending:
                 # (With lines still pending, the partial line is not the last one: it waits for them.)
                 self._collect(pipe.stream, pipe.flush_partial())
@@ -107,6 +120,7 @@ class InstanceOutput:
             if pipe.fd >= 0:
                 # Wake a pump blocked on this fd before closing it.
                 trio.lowlevel.notify_closing(pipe.fd)
+                self._poll.unregister(pipe.fd)
                 os.close(pipe.fd)
                 pipe.fd = -1
                 pipe.closed = True

@@ -384,7 +384,7 @@ class Connection:
             (self.slots.waiting if started else self.slots.idle)[self] = None
             try:
                 while True:
-                    data = await self.sock.recv(HEAD_RECV)
+                    data = await self._receive_head_piece()
                     if not started and data:
                         started = True
                         wait.deadline = min(wait.deadline, trio.current_time() + limits.header_timeout)
@@ -402,6 +402,19 @@ class Connection:
                 self._wait = None
                 self._forget()
         return None  # timed out, or evicted: closed without an answer
+
+    async def _receive_head_piece(self) -> bytes:
+        """The next bytes of a head (b"" once the client closed). On a kept-alive connection the
+        wait comes first: the client sends its next request only after it has read this answer,
+        so a read straight away would fail, at the cost of a system call and an exception."""
+        raw = self.raw
+        if self.served:
+            await trio.lowlevel.wait_readable(raw)
+        while True:
+            try:
+                return raw.recv(HEAD_RECV)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
 
     async def _next_cycle(self) -> bool:
         """Ready the connection for the next request: read and drop what is left of this one's body."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+import fgd.output
+from fgd.instance_output import InstanceOutput, LogLimits
 from fgd.output import LINES_PER_DRAIN, LineSplitter, OutputPipe, Transcript, cut_line
 from fgd.store import LogLine
 from runtimes.protocol import MAX_LOG_LINE
@@ -86,3 +88,44 @@ def test_one_drain_splits_a_bounded_number_of_lines_and_keeps_the_rest() -> None
     finally:
         os.close(read)
         os.close(write)
+
+
+def _instance_output() -> tuple[InstanceOutput, list[str], int, int]:
+    """An InstanceOutput over a real pipe (its write end returned), one request running."""
+    running = ["r1"]
+    output = InstanceOutput("i1", running, LogLimits(max_lines=100, max_bytes=100_000))
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    os.set_blocking(read_end, False)
+    output.attach([OutputPipe(read_end, "stdout")])
+    return output, running, read_end, write_end
+
+
+async def test_a_request_end_reads_an_empty_pipe_not_at_all(monkeypatch) -> None:
+    """Issue 15: one poll of the instance's pipes per request end, not a failing read of each."""
+    output, _, _, write_end = _instance_output()
+    reads: list[int] = []
+    real_read = os.read
+    monkeypatch.setattr(fgd.output.os, "read", lambda fd, n: reads.append(fd) or real_read(fd, n))
+    output.collect()
+    assert reads == []
+    assert output.take_lines("r1") == []
+    os.write(write_end, b"printed\nno newline at the end")
+    output.collect()
+    assert len(reads) >= 1
+    assert [line.message for line in output.take_lines("r1")] == ["printed", "no newline at the end"]
+    output.close()
+    os.close(write_end)
+
+
+async def test_a_closed_pipe_is_seen_and_its_last_line_kept() -> None:
+    output, _, _, write_end = _instance_output()
+    os.write(write_end, b"last words")
+    os.close(write_end)
+    output.collect()
+    assert [line.message for line in output.take_lines("r1")] == ["last words"]
+    assert output.pipes[0].closed
+    output.collect()  # and nothing more comes of it
+    assert output.take_lines("r1") == []
+    output.close()
+    output.collect()  # after close: no descriptor is polled or read
+    assert output.pipes[0].fd == -1
