@@ -59,6 +59,8 @@ class InstanceOutput:
         # running and the late allowance used up, output would only be counted: the pipes are left
         # unread instead.
         self._wanted = trio.Event()
+        # Pumps waiting on _wanted: begin() replaces the event only when one waits (issue 15).
+        self._parked = 0
         self._late_dropped = 0
 
     # Pipes --------------------------------------------------------------------------
@@ -78,7 +80,11 @@ class InstanceOutput:
     async def _pump(self, pipe: OutputPipe) -> None:
         while not pipe.closed or pipe.pending:
             if not pipe.closed and not self._running and self._late_budget <= 0:
-                await self._wanted.wait()
+                self._parked += 1
+                try:
+                    await self._wanted.wait()
+                finally:
+                    self._parked -= 1
                 continue
             if pipe.pending:
                 # Lines already read wait for their turn: let the rest of the daemon run first.
@@ -138,8 +144,9 @@ class InstanceOutput:
     def begin(self) -> None:
         """A request starts running: output is kept again, and what was dropped meanwhile is said."""
         self._late_budget = self._log_limits.max_lines
-        self._wanted.set()
-        self._wanted = trio.Event()
+        if self._parked:
+            self._wanted.set()
+            self._wanted = trio.Event()
         if self._late_dropped and self.on_late is not None:
             note = f"{self._late_dropped:,} log lines printed outside any request were dropped"
             self.on_late([LogLine(time.time(), "", self._instance_id, "platform", note)])

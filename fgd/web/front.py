@@ -7,6 +7,7 @@ per request than bare ASGI, so this handler parses only what it needs.
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import re
 import urllib.parse
@@ -39,6 +40,7 @@ from fgd.web import auth
 from fgd.web.api.answers import AsyncAccepted, InvokeAnswerHeaders, InvokeHeaders
 from fgd.web.api.common import BASE, Operation, path_regex
 from fgd.web.api.invocations import async_event
+from fgd.web.connection import DirectHandler
 from fgd.web.server import header_text
 from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
 from runtimes import protocol
@@ -173,8 +175,32 @@ async def read_body(
             budget.used -= size
 
 
-async def _respond(send: Callable[[dict], Awaitable[None]], status: int, headers: list, body: bytes) -> None:
+def whole_body(
+    body: bytes, limit: int = MAX_EVENT_BYTES, what: str = "the event", budget: BodyBudget | None = None
+) -> bytes:
+    """`read_body` for a body that arrived whole with its head: the same refusals."""
+    if len(body) > limit:
+        raise TooLarge(f"{what} is over {limit:,} bytes, the limit")
+    if budget is not None:
+        budget.take(len(body), what)
+        budget.used -= len(body)
+    return body
+
+
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+
+
+def _answer(status: int, headers: list, body: bytes) -> Answer:
     headers.append((b"content-length", str(len(body)).encode()))
+    return status, headers, body
+
+
+def _error_answer(error: FgdError) -> Answer:
+    return _answer(error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
+
+
+async def _respond(send: Callable[[dict], Awaitable[None]], status: int, headers: list, body: bytes) -> None:
+    status, headers, body = _answer(status, headers, body)
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -244,21 +270,23 @@ class Inflight:
 
     def __init__(self) -> None:
         self.count = 0
-        self._idle = trio.Event()
-        self._idle.set()
+        # Made when shutdown waits, set when the count reaches 0 (not an event per request).
+        self._idle: trio.Event | None = None
 
     def __enter__(self) -> None:
         self.count += 1
-        if self.count == 1:
-            self._idle = trio.Event()
 
     def __exit__(self, *exc: object) -> None:
         self.count -= 1
-        if self.count == 0:
+        if self.count == 0 and self._idle is not None:
             self._idle.set()
+            self._idle = None
 
     async def drained(self) -> None:
-        await self._idle.wait()
+        if self.count:
+            if self._idle is None:
+                self._idle = trio.Event()
+            await self._idle.wait()
 
     def wrap(self, app: ASGIApp) -> ASGIApp:
         """Count the requests of another app too (the gateway), so shutdown waits for them."""
@@ -303,7 +331,7 @@ def build_front(
     bodies: BodyBudget | None = None,
     dispatcher: Dispatcher | None = None,
     async_config: AsyncConfig | None = None,
-) -> ASGIApp:
+) -> Front:
     code = functions.packager.code
 
     async def upload(scope: dict, receive: Callable, send: Callable, match: re.Match) -> None:
@@ -339,39 +367,64 @@ def build_front(
             return
         await _respond(send, 200, [(b"content-type", JSON)], _encoder.encode(answer))
 
-    async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
-        headers = _headers(scope)
+    async def invoke_answer(
+        path: str,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        event: Callable[[bytes | None], Awaitable[bytes]],
+        project_id: str,
+        urn: str,
+    ) -> Answer:
+        """A sync invocation's answer; `event` reads the body (given its Content-Length)."""
+        named = dict(headers)
         record = None
         try:
-            admission = authenticator.start_asgi(scope)
+            admission = authenticator.start("POST", path, query, headers)
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             # An alias's weights or header rules pick the version this request runs (fgd.versions).
-            record = route(functions.store, record, header_getter(headers))
-            event = await read_body(receive, headers.get(b"content-length"), budget=bodies)
+            record = route(functions.store, record, header_getter(named))
+            body = await event(named.get(b"content-length"))
             # A signature covers the event too.
-            admission.update(event)
+            admission.update(body)
             admission.finish()
-            memory = instance_memory(headers.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
+            memory = instance_memory(named.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
             try:
-                outcome = await invoker.invoke(record, event, new_request_id(), memory)
+                outcome = await invoker.invoke(record, body, new_request_id(), memory)
             except (Throttled, Unavailable) as refusal:
                 metrics.refused(record.key, "capacity" if isinstance(refusal, Unavailable) else "throttled")
                 raise
             metrics.invoked(record.key, outcome)
         except FgdError as error:
-            await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
-            return
+            return _error_answer(error)
         except Exception:
             log.exception("unexpected error invoking %s", urn)
             if record is not None:
                 metrics.system_error(record.key)
-            error = InternalError("internal error while invoking the function; see the daemon's log")
-            await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
-            return
-        log_tail = headers.get(b"x-cff-log-type", b"").lower() == b"tail"
-        version = headers.get(b"x-cff-request-version", b"v0").lower()
-        await _respond(send, 200, _outcome_headers(outcome, log_tail), _outcome_body(outcome, version))
+            return _error_answer(InternalError("internal error while invoking the function; see the daemon's log"))
+        log_tail = named.get(b"x-cff-log-type", b"").lower() == b"tail"
+        version = named.get(b"x-cff-request-version", b"v0").lower()
+        return _answer(200, _outcome_headers(outcome, log_tail), _outcome_body(outcome, version))
+
+    async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
+        async def event(declared: bytes | None) -> bytes:
+            return await read_body(receive, declared, budget=bodies)
+
+        answer = await invoke_answer(scope["path"], scope["query_string"], scope["headers"], event, project_id, urn)
+        await send({"type": "http.response.start", "status": answer[0], "headers": answer[1]})
+        await send({"type": "http.response.body", "body": answer[2]})
+
+    async def invoke_direct(
+        match: re.Match, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> Answer:
+        """The sync invocation of a request whose body came whole with its head (almost every
+        one): answered without the ASGI messages (fgd.web.connection.Direct)."""
+
+        async def event(declared: bytes | None) -> bytes:
+            return whole_body(body, budget=bodies)
+
+        with inflight:
+            return await invoke_answer(path, query, headers, event, match[1], match[2])
 
     async def invoke_async(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         assert dispatcher is not None and async_config is not None
@@ -401,6 +454,11 @@ def build_front(
         answer_headers = [(b"content-type", JSON), (b"x-cff-request-id", event.request_id.encode())]
         await _respond(send, 202, answer_headers, _encoder.encode(AsyncAccepted(request_id=event.request_id)))
 
+    def direct(method: str, path: str) -> DirectHandler | None:
+        if method == "POST" and (match := INVOKE_PATH.match(path)) is not None:
+            return functools.partial(invoke_direct, match)
+        return None
+
     async def front(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await api(scope, receive, send)
@@ -423,4 +481,16 @@ def build_front(
                     return
             await api(scope, receive, send)
 
-    return front
+    return Front(front, direct)
+
+
+class Front:
+    """The API listener's app: ASGI for every route, and the sync invoke of a request that
+    arrived whole also without it (`direct`, which fgd.web.connection asks first)."""
+
+    def __init__(self, asgi: ASGIApp, direct: Callable[[str, str], DirectHandler | None]) -> None:
+        self._asgi = asgi
+        self.direct = direct
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self._asgi(scope, receive, send)

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from fgd.config import ServerConfig
-from fgd.web.connection import MAX_HEAD
+from fgd.web.connection import MAX_HEAD, DirectHandler
 from fgd.web.server import lifespan, serve_http
 
 LIMITS = ServerConfig(header_timeout=0.5, body_timeout=0.5, keep_alive_timeout=1.0, send_timeout=1.0)
@@ -484,6 +484,78 @@ async def test_one_request_id_the_cff_one_when_the_answer_has_it(nursery: trio.N
     raw.close()
     ids = [line for line in answer.lower().split(b"\r\n") if line.startswith(b"x-request-id:")]
     assert ids == [b"x-request-id: cff-id"]
+
+
+# -- direct routes (the sync invoke's, fgd.web.front) ----------------------------------------------
+
+
+class DirectEcho:
+    """`echo` through ASGI, and POST /direct/... answered directly when its body came whole."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bytes, bytes]] = []
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await echo(scope, receive, send)
+
+    def direct(self, method: str, path: str) -> DirectHandler | None:
+        if method != "POST" or not path.startswith("/direct"):
+            return None
+        return self.answer
+
+    async def answer(self, path: str, query: bytes, headers: list, body: bytes) -> tuple[int, list, bytes]:
+        self.calls.append((path, query, body))
+        await trio.lowlevel.checkpoint()
+        if path == "/direct/fail":
+            raise RuntimeError("a bug in a direct route")
+        if path == "/direct/bad-header":
+            return 200, [(b"x-bad", b"line\r\nbreak"), (b"content-length", b"0")], b""
+        answer = json.dumps({"via": "direct", "path": path, "body": body.decode()}).encode()
+        return 200, [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())], answer
+
+
+async def test_a_body_that_came_whole_is_answered_directly_one_that_streams_through_the_app(
+    nursery: trio.Nursery,
+) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    # Pipelined: each whole, answered in order by the direct route, the GET by the app.
+    requests = [post(f"/direct/{n}?q={n}", f"event {n}".encode()) for n in range(5)]
+    requests.insert(2, b"GET /direct/get HTTP/1.1\r\nHost: x\r\n\r\n")
+    await client.send(b"".join(requests))
+    answers = [json.loads((await client.response())[2]) for _ in requests]
+    assert [a.get("via", "app") for a in answers] == ["direct", "direct", "app", "direct", "direct", "direct"]
+    assert [a["body"] for a in answers if a.get("via")] == [f"event {n}" for n in range(5)]
+    assert app.calls[0] == ("/direct/0", b"q=0", b"event 0")
+    # A body still on its way when the head is read goes through the app, as before.
+    await client.send(post("/direct/slow", b"0123456789")[:-5])
+    await trio.sleep(0.1)
+    await client.send(b"56789")
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body) == {"method": "POST", "path": "/direct/slow", "body": "0123456789"}
+    client.close()
+
+
+async def test_a_direct_route_that_fails_is_500_and_the_listener_goes_on(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    listener = await listen(nursery, DirectEcho())
+    for path in ("/direct/fail", "/direct/bad-header"):
+        client = Client(listener.port)
+        await client.send(post(path, b"x"))
+        status, headers, body = await client.response()
+        assert status == 500 and json.loads(body)["error_code"] == "FSS.0500"
+        assert "x-bad" not in headers
+        request_id(headers)
+        client.close()
+        other = Client(listener.port)
+        await other.send(post("/direct/fine", b"y"))
+        status, _, body = await other.response()
+        assert status == 200 and json.loads(body)["via"] == "direct"
+        other.close()
+    assert any("a bug in a direct route" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+    assert any("invalid response" in r.getMessage() for r in caplog.records)
 
 
 # -- shutdown --------------------------------------------------------------------------------------
