@@ -380,6 +380,21 @@ class Connection:
             return event
         if event is not h11.NEED_DATA or self.slots.closing:
             return None
+        # Under load the next head is in already by the time the answer is written (measured: 9
+        # times in 10): it is read and parsed without arming a timeout for a wait that never comes.
+        try:
+            first: bytes | None = self.raw.recv(HEAD_RECV)
+        except BlockingIOError:
+            first = None
+        except OSError:
+            return None
+        if first is not None:
+            conn.receive_data(first)
+            event = self._next_head_event()
+            if type(event) is h11.Request:
+                return event
+            if event is not h11.NEED_DATA:
+                return None  # closed before a request began
         limits = self.limits
         # A fresh connection, or one with part of a head already in: header_timeout. An idle
         # kept-alive connection: keep_alive_timeout until its next head's first byte.
@@ -410,15 +425,15 @@ class Connection:
         return None  # timed out, or evicted: closed without an answer
 
     async def _receive_head_piece(self) -> bytes:
-        """The next bytes of a head (b"" once the client closed). Read at once: measured under
-        load, the next request of a kept-alive connection is already in nine times out of ten
-        by the time its answer is written (and trio's own read would add a scheduling round)."""
+        """The next bytes of a head (b"" once the client closed), waited for: called when a read
+        found nothing (trio's own read would try once more first, and add a scheduling round)."""
         raw = self.raw
         while True:
+            await trio.lowlevel.wait_readable(raw)
             try:
                 return raw.recv(HEAD_RECV)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(raw)
+                continue
 
     async def _next_cycle(self) -> bool:
         """Ready the connection for the next request: read and drop what is left of this one's body."""
