@@ -389,6 +389,9 @@ class Connection:
         except OSError:
             return None
         if first is not None:
+            # As trio's read would: let the other tasks run, so a client whose requests keep
+            # coming (pipelined, refused at once) cannot keep the event loop to itself.
+            await trio.lowlevel.checkpoint()
             conn.receive_data(first)
             event = self._next_head_event()
             if type(event) is h11.Request:

@@ -492,8 +492,9 @@ async def test_one_request_id_the_cff_one_when_the_answer_has_it(nursery: trio.N
 class DirectEcho:
     """`echo` through ASGI, and POST /direct/... answered directly when its body came whole."""
 
-    def __init__(self) -> None:
+    def __init__(self, awaits: bool = True) -> None:
         self.calls: list[tuple[str, bytes, bytes]] = []
+        self.awaits = awaits  # False: answers without a single await (as a refusal does)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         await echo(scope, receive, send)
@@ -505,7 +506,8 @@ class DirectEcho:
 
     async def answer(self, path: str, query: bytes, headers: list, body: bytes) -> tuple[int, list, bytes]:
         self.calls.append((path, query, body))
-        await trio.lowlevel.checkpoint()
+        if self.awaits:
+            await trio.lowlevel.checkpoint()
         if path == "/direct/fail":
             raise RuntimeError("a bug in a direct route")
         if path == "/direct/bad-header":
@@ -556,6 +558,39 @@ async def test_a_direct_route_that_fails_is_500_and_the_listener_goes_on(
         other.close()
     assert any("a bug in a direct route" in str(r.exc_info[1]) for r in caplog.records if r.exc_info)
     assert any("invalid response" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_client_pipelining_requests_answered_at_once_does_not_keep_the_event_loop(
+    nursery: trio.Nursery,
+) -> None:
+    """Requests answered without a wait (refusals, a direct route that awaits nothing) and always
+    in already: the connection still lets the other tasks run after each read of them."""
+    app = DirectEcho(awaits=False)
+    listener = await listen(nursery, app)
+    count = 3000
+    burst = b"".join(post(f"/direct/{n}", b"") for n in range(count))
+    client = Client(listener.port)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    seen_mid_burst = 0
+
+    async def watch() -> None:
+        nonlocal seen_mid_burst
+        while len(app.calls) < count:
+            if app.calls:
+                seen_mid_burst += 1
+            await trio.sleep(0)
+
+    async def read_all() -> None:
+        for _ in range(count):
+            assert (await client.response())[0] == 200
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(watch)
+        inner.start_soon(read_all)
+        await client.send(burst)
+    assert len(app.calls) == count
+    assert seen_mid_burst >= 3, seen_mid_burst
+    client.close()
 
 
 # -- shutdown --------------------------------------------------------------------------------------
