@@ -93,6 +93,7 @@ _DISCONNECT = {"type": "http.disconnect"}
 _LAST_EMPTY = {"type": "http.request", "body": b"", "more_body": False}
 _CONTINUE = h11.InformationalResponse(status_code=100, headers=[])
 _NO_BODY_STATUSES = frozenset({204, 304})
+_MORE = object()  # a request head is not whole yet
 _encoder = msgspec.json.Encoder()
 
 
@@ -392,12 +393,9 @@ class Connection:
             # As trio's read would: let the other tasks run, so a client whose requests keep
             # coming (pipelined, refused at once) cannot keep the event loop to itself.
             await trio.lowlevel.checkpoint()
-            conn.receive_data(first)
-            event = self._next_head_event()
-            if type(event) is h11.Request:
-                return event
-            if event is not h11.NEED_DATA:
-                return None  # closed before a request began
+            head = self._head_with(first)
+            if head is not _MORE:
+                return head
         limits = self.limits
         # A fresh connection, or one with part of a head already in: header_timeout. An idle
         # kept-alive connection: keep_alive_timeout until its next head's first byte.
@@ -414,18 +412,24 @@ class Connection:
                         wait.deadline = min(wait.deadline, trio.current_time() + limits.header_timeout)
                         self.slots.idle.pop(self, None)
                         self.slots.waiting[self] = None
-                    conn.receive_data(data)
-                    event = self._next_head_event()
-                    if type(event) is h11.Request:
-                        return event
-                    if event is not h11.NEED_DATA:
-                        return None  # closed before a request began
+                    head = self._head_with(data)
+                    if head is not _MORE:
+                        return head
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
             finally:
                 self._wait = None
                 self._forget()
         return None  # timed out, or evicted: closed without an answer
+
+    def _head_with(self, data: bytes) -> Any:
+        """h11 given `data` (b"": the client closed): the request whose head is now whole, None if
+        the connection ended before one began, or _MORE while the head is incomplete."""
+        self.h11.receive_data(data)
+        event = self._next_head_event()
+        if type(event) is h11.Request:
+            return event
+        return _MORE if event is h11.NEED_DATA else None
 
     async def _receive_head_piece(self) -> bytes:
         """The next bytes of a head (b"" once the client closed), waited for: called when a read
