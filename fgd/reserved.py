@@ -10,12 +10,13 @@ so one at a time left a core idle.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from typing import TYPE_CHECKING
 
 import trio
 
-from fgd.errors import Unavailable
+from fgd.errors import NotFound, Unavailable
 from fgd.instance import State
 from fgd.invocation import pool_key
 from fgd.model import FunctionRecord
@@ -26,11 +27,14 @@ if TYPE_CHECKING:
     from fgd.invoker import Invoker
 
 RESERVE_CHECK = 0.5
-# Issue 15: reserved instances started at once (of all functions together). Each start is a fork, the
-# containment and the specialisation (about 11 ms, mostly in the zygote and the instance), so one
-# at a time kept one of the 2 test host's cores idle. bench/density.py, 1,000 instances on 2 cores:
-# FIGURES.
-RESERVED_STARTS = 3
+# Issue 15: reserved instances started at once (of all functions together): one per core and one
+# more. One at a time left a core idle: a start is the zygote's fork, the containment and the
+# instance's specialisation (page faults of copy-on-write, imports), the daemon's part about a
+# tenth of it. bench/density.py, 1,000 instances on the 2-core test host (noisy: another
+# benchmark ran; the least disturbed of 3-6 runs each): one at a time 13.9 s, 2 at once 10.7 s,
+# 3 at once 9.6 s (the cores 90-94 % busy, 55-60 % of it in the kernel), 4 at once 7.6-10.7 s,
+# 6 at once 12.2 s. More cannot help once the cores are busy.
+RESERVED_STARTS = len(os.sched_getaffinity(0)) + 1
 
 log = logging.getLogger("fgd.reserved")
 
@@ -169,12 +173,14 @@ class Reserved:
         token = f"reserved-{uuid.uuid4().hex[:8]}"
         try:
             instance, failure = await self._invoker._cold_start(record, token)
-        except Unavailable as exc:
+        except (Unavailable, NotFound) as exc:
+            # The node cannot start one now, or the function (or a dependency of it) went while
+            # this start waited for its slot: the next round knows.
             self._invoker._start_failed(pool_key(record))
             log.warning("cannot start a reserved instance of %s: %s", record.func_name, exc.message)
             return False
         except BaseException:
-            # Shutdown mid-start, or the function went (the cold start discarded its instance): the
+            # Shutdown mid-start or anything unexpected (the cold start discarded its instance): the
             # scheduler stops counting this start too, or it would hold a place under max instances.
             self._invoker._start_failed(pool_key(record))
             raise

@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 
+from fgd.errors import NotFound
 from fgd.instance import State
 from fgd.invocation import ColdStartFailure, pool_key
 from fgd.invoker import Invoker
@@ -89,6 +90,9 @@ class FakeInvoker:
         self.reserved.changed()
 
     async def _cold_start(self, record: FunctionRecord, request_id: str) -> tuple[FakeInstance, object]:
+        if record.key not in self._store.functions:
+            # As the real one: a function deleted while its start waited starts nothing.
+            raise NotFound(f"function {record.func_name} was deleted")
         instance = FakeInstance(next(self._numbers), record)
         # As the real one: the starting instance is among the function's from the start.
         self.instances.setdefault(record.key, []).append(instance)
@@ -313,3 +317,15 @@ async def test_a_hanging_initializer_does_not_hold_up_other_functions(
         nursery.cancel_scope.cancel()
     assert took < 10 * others * START_SECONDS, took
     assert invoker.attempts["hangs"] == 1
+
+
+async def test_a_function_deleted_before_its_start_is_given_back(autojump_clock: trio.testing.MockClock) -> None:
+    # Its upkeep waited for a slot while the function was deleted: the start fails quietly (a
+    # warning, no traceback) and the scheduler no longer counts it as starting.
+    record = function("deleted", 3)
+    invoker = FakeInvoker(record)
+    del invoker._store.functions[record.key]
+    await invoker.reserved._keep(record)
+    assert invoker.attempts["deleted"] == 0
+    assert invoker.scheduler.memory_used_mb == 0
+    assert not invoker.instances
