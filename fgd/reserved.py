@@ -29,11 +29,11 @@ if TYPE_CHECKING:
 RESERVE_CHECK = 0.5
 # Issue 15: reserved instances started at once (of all functions together): one per core and one
 # more. One at a time left a core idle: a start is the zygote's fork, the containment and the
-# instance's specialisation (page faults of copy-on-write, imports), the daemon's part about a
-# tenth of it. bench/density.py, 1,000 instances on the 2-core test host (noisy: another
-# benchmark ran; the least disturbed of 3-6 runs each): one at a time 13.9 s, 2 at once 10.7 s,
-# 3 at once 9.6 s (the cores 90-94 % busy, 55-60 % of it in the kernel), 4 at once 7.6-10.7 s,
-# 6 at once 12.2 s. More cannot help once the cores are busy.
+# instance's specialisation (page faults of copy-on-write, imports), the daemon's part under a
+# fifth of it. bench/density.py, 1,000 instances on the 2-core test host while another benchmark
+# ran (median of 5-11 runs each): one at a time 20.3 s (best 13.3 s), 2 at once 13.9 s, 3 at once
+# 10.2 s (best 9.6 s; the cores then 90-94 % busy, 55-60 % of it in the kernel), 4 at once 10.2 s,
+# 6 at once 12.2 s: more cannot help once the cores are busy.
 RESERVED_STARTS = len(os.sched_getaffinity(0)) + 1
 
 log = logging.getLogger("fgd.reserved")
