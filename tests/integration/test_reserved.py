@@ -143,3 +143,24 @@ def test_shutdown_mid_start_leaves_no_instance_behind(fresh_daemon: Daemon) -> N
     assert fresh_daemon.stop() == 0
     assert wait_none_with(mark)
     assert instance_cgroups(fresh_daemon.process.pid) == []
+
+
+def test_lowering_the_count_mid_start_leaves_the_new_count(api: Api) -> None:
+    # Lowered while instances start: no more start, and those that were starting go once up.
+    mark = marker()
+    source = BACKGROUND_SLEEP + SLOW_INIT
+    name = api.deploy(source, initializer_handler="index.init", user_data={"FGD_TEST_MARK": mark})["func_name"]
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 40})
+    deadline = time.monotonic() + 10
+    while running(api, name) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 2}).status_code == 200
+    assert wait_running(api, name, 2)
+    time.sleep(1.5)  # the starts that were under way have ended and their surplus gone
+    assert running(api, name) == 2
+    # Each kept instance has its marked `sleep`; none of the retired ones is left.
+    deadline = time.monotonic() + 3
+    while len(pids_with(mark)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pids_with(mark)) == 2
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
