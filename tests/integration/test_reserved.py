@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.conftest import BACKGROUND_SLEEP, Api, marker, pids_with
+from tests.conftest import BACKGROUND_SLEEP, Api, Daemon, instance_cgroups, marker, pids_with, wait_none_with
 
 SOURCE = BACKGROUND_SLEEP + "def handler(e, c):\n    return 'reserved'\n"
 
@@ -83,3 +83,84 @@ def test_config_max_instance_shortcut(api: Api) -> None:
     assert response.status_code == 200
     assert response.json()["strategy_config"]["concurrency"] == 7
     assert api.http.put(f"/functions/{name}/config-max-instance", json={"max_instance_num": 5000}).status_code == 400
+
+
+# Issue 15: reserved instances start RESERVED_STARTS at a time (fgd.reserved), the first alone.
+
+SLOW_INIT = "import time\ndef init(context):\n    time.sleep(0.6)\ndef handler(e, c):\n    return 'slow'\n"
+
+
+def test_reserved_instances_start_several_at_once(api: Api) -> None:
+    name = api.deploy(SLOW_INIT, initializer_handler="index.init", initializer_timeout=10)["func_name"]
+    began = time.monotonic()
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 7}).status_code == 200
+    assert wait_running(api, name, 7)
+    took = time.monotonic() - began
+    # One at a time: 7 initializers of 0.6 s, 4.2 s. Three at a time after the first: 1.8 s.
+    assert took < 3.6, took
+    assert not is_cold(api, name)
+
+
+def test_a_failing_initializer_is_tried_once_a_round(api: Api) -> None:
+    # Each round (RESERVE_CHECK, 0.5 s) tries one start, not RESERVED_STARTS: no storm of failures.
+    source = "def init(context):\n    raise RuntimeError('no database')\ndef handler(e, c):\n    return 1\n"
+    name = api.deploy(source, initializer_handler="index.init")["func_name"]
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 20}).status_code == 200
+    time.sleep(3)
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
+    failures = [line for line in api.daemon.log().splitlines() if f"reserved instance of {name} failed" in line]
+    assert 1 <= len(failures) <= 10, len(failures)
+    assert running(api, name) == 0
+
+
+def test_a_hanging_initializer_does_not_hold_up_other_functions(api: Api) -> None:
+    # The attacker's initializer hangs until its timeout; the other function's reserved instances
+    # start meanwhile (one at a time, all functions' rounds waited the 30 s for it).
+    hang = "import time\ndef init(context):\n    time.sleep(1000)\ndef handler(e, c):\n    return 1\n"
+    attacker = api.deploy(hang, initializer_handler="index.init", initializer_timeout=30)["func_name"]
+    assert api.http.put(f"/functions/{attacker}/reservedinstances", json={"count": 5}).status_code == 200
+    time.sleep(0.5)
+    victim = api.deploy(SOURCE)["func_name"]
+    assert api.http.put(f"/functions/{victim}/reservedinstances", json={"count": 2}).status_code == 200
+    assert wait_running(api, victim, 2, within=8)
+    api.http.put(f"/functions/{attacker}/reservedinstances", json={"count": 0})
+    assert running(api, attacker) == 0
+
+
+def test_shutdown_mid_start_leaves_no_instance_behind(fresh_daemon: Daemon) -> None:
+    # Stopped while reserved instances start three at a time: those under way go with the rest.
+    fresh_daemon.start()
+    api = Api(fresh_daemon)
+    mark = marker()
+    source = BACKGROUND_SLEEP + SLOW_INIT
+    name = api.deploy(source, initializer_handler="index.init", user_data={"FGD_TEST_MARK": mark})["func_name"]
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 30})
+    deadline = time.monotonic() + 10
+    while running(api, name) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # Some are up, some are in their initializer (each leaves a marked `sleep` from its import).
+    assert len(pids_with(mark)) > running(api, name) >= 2
+    assert fresh_daemon.stop() == 0
+    assert wait_none_with(mark)
+    assert instance_cgroups(fresh_daemon.process.pid) == []
+
+
+def test_lowering_the_count_mid_start_leaves_the_new_count(api: Api) -> None:
+    # Lowered while instances start: no more start, and those that were starting go once up.
+    mark = marker()
+    source = BACKGROUND_SLEEP + SLOW_INIT
+    name = api.deploy(source, initializer_handler="index.init", user_data={"FGD_TEST_MARK": mark})["func_name"]
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 40})
+    deadline = time.monotonic() + 10
+    while running(api, name) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 2}).status_code == 200
+    assert wait_running(api, name, 2)
+    time.sleep(1.5)  # the starts that were under way have ended and their surplus gone
+    assert running(api, name) == 2
+    # Each kept instance has its marked `sleep`; none of the retired ones is left.
+    deadline = time.monotonic() + 3
+    while len(pids_with(mark)) != 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(pids_with(mark)) == 2
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
