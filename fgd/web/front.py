@@ -225,8 +225,9 @@ def _outcome_headers(outcome: Outcome, log_tail: bool) -> list[tuple[bytes, byte
     ]
     if outcome.error:
         # The function chooses its error type (any exception class name); in a header it is
-        # printable ASCII only, CR and LF included as '?'. The body carries it unchanged.
-        headers.append((b"x-func-err-code", header_text(outcome.error.error_type)))
+        # printable ASCII only, CR and LF included as '?', and no space at its edges (a value with
+        # edge whitespace is not valid HTTP: the answer would be a 500). The body carries it unchanged.
+        headers.append((b"x-func-err-code", header_text(outcome.error.error_type).strip(b" ")))
     if log_tail:
         headers.append((b"x-cff-function-log", base64.b64encode(tail(outcome.logs))))
     return headers
