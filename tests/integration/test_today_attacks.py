@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 
 from tests.conftest import Api, b64, make_zip
@@ -24,3 +25,103 @@ def test_an_update_while_a_reserved_instance_starts_runs_the_new_code(api: Api) 
     assert response.status_code == 200, response.text
     assert response.text == "new"
     api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
+
+
+# -- the instance's output pipes, attacked from inside the function (fgd.instance_output) ----------
+
+
+def tail_of(response) -> str:
+    return base64.b64decode(response.headers["x-cff-function-log"]).decode()
+
+
+def logs_of(api: Api, name: str, request_id: str) -> list[tuple[str, str]]:
+    logs = api.http.get(f"/functions/{name}/logs", params={"request_id": request_id}).json()["logs"]
+    return [(line["stream"], line["message"]) for line in logs]
+
+
+TAIL = {"X-Cff-Log-Type": "tail"}
+
+CLOSER = """
+import os, sys
+
+def handler(event, context):
+    how = event["how"]
+    if how == "close":
+        print("before closing", flush=True)
+        os.close(1)
+        os.close(2)
+        # A file now takes fd 1: what the function writes there is not the pipe's.
+        fd = os.open("/tmp/out.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.write(fd, b"into the file\\n")
+        return fd
+    if how == "dup":
+        os.dup2(2, 1)
+        os.write(1, b"stdout onto stderr\\n")
+        return "dup"
+    if how == "partial":
+        os.write(1, b"no newline at the end")
+        return "partial"
+    return "plain"
+"""
+
+
+def test_a_function_that_closes_or_swaps_its_output_keeps_its_lines_and_the_daemon(api: Api) -> None:
+    name = api.deploy(CLOSER)["func_name"]
+    first = api.invoke(name, {"how": "close"}, headers=TAIL)
+    assert first.status_code == 200 and first.text == "1"  # fd 1 reused by the file
+    assert "before closing" in tail_of(first) and "into the file" not in tail_of(first)
+    # The same instance, its output pipes closed: it still answers; nothing it printed before is
+    # anyone else's.
+    second = api.invoke(name, {"how": "plain"}, headers=TAIL)
+    assert second.status_code == 200 and second.text == "plain"
+    assert "before closing" not in tail_of(second)
+    assert api.http.get("/functions").status_code == 200
+
+    name = api.deploy(CLOSER)["func_name"]
+    swapped = api.invoke(name, {"how": "dup"}, headers=TAIL)
+    assert swapped.status_code == 200
+    assert "stdout onto stderr" in tail_of(swapped)
+    name = api.deploy(CLOSER)["func_name"]
+    partial = api.invoke(name, {"how": "partial"}, headers=TAIL)
+    assert "no newline at the end" in tail_of(partial)
+    after = api.invoke(name, {"how": "plain"}, headers=TAIL)
+    assert after.status_code == 200 and "no newline" not in tail_of(after)
+    assert ("stdout", "no newline at the end") in logs_of(api, name, partial.headers["x-cff-request-id"])
+
+
+LINGERING = """
+import os, subprocess, sys
+
+def handler(event, context):
+    if event.get("child"):
+        # A child that keeps the pipes and writes once the request has ended, without a newline.
+        subprocess.Popen(["sh", "-c", "sleep 0.4; printf 'late from the child'; echo ' and done' >&2"])
+        return "left"
+    if event.get("die"):
+        os.write(1, b"dying words")
+        os._exit(3)
+    return "next"
+"""
+
+
+def test_a_child_writing_after_its_request_and_a_dying_write_are_attributed(api: Api) -> None:
+    name = api.deploy(LINGERING)["func_name"]
+    left = api.invoke(name, {"child": True}, headers=TAIL)
+    assert left.status_code == 200 and "late from the child" not in tail_of(left)
+    time.sleep(1.0)
+    # Printed while no request ran, after one that ran alone: that request's, in the function's log.
+    owner = left.headers["x-cff-request-id"]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        lines = logs_of(api, name, owner)
+        if ("stderr", " and done") in lines:
+            break
+        time.sleep(0.1)
+    assert ("stderr", " and done") in lines
+    # The partial stdout line waits for its end, which comes with the next request's end at the latest.
+    nxt = api.invoke(name, {}, headers=TAIL)
+    assert nxt.status_code == 200
+    died = api.invoke(name, {"die": True}, headers=TAIL)
+    assert died.status_code == 200 and died.headers["x-is-func-err"] == "true"
+    assert "dying words" in tail_of(died)
+    assert api.invoke(name, {}).text == "next"
