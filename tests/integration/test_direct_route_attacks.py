@@ -8,6 +8,7 @@ import base64
 import json
 import signal
 import socket
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -221,3 +222,63 @@ def test_sigterm_during_a_direct_invocation_lets_it_finish(tmp_path) -> None:
         assert daemon.process.wait(15) == 0
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{daemon.url}/healthz", timeout=1)
+
+
+def test_a_client_flooding_pipelined_refusals_does_not_keep_the_daemon_from_others(api: Api) -> None:
+    # 20,000 invocations with a wrong token, pipelined on one connection as fast as the daemon
+    # answers them (each refused at once, by the direct route): health and a real invocation on
+    # other connections are still answered promptly.
+    name = api.deploy(ECHO)["func_name"]
+    api.invoke(name, {"n": 0})
+    one = post(invoke_path(name), b'{"n": 1}', {"X-Auth-Token": "y" * 40})
+    flood = one * 20_000
+    stop = threading.Event()
+    refused = 0
+
+    def attacker() -> None:
+        nonlocal refused
+        with socket.create_connection(("127.0.0.1", api.daemon.port)) as sock:
+            sock.settimeout(5)
+            sender = threading.Thread(target=sock.sendall, args=(flood,), daemon=True)
+            sender.start()
+            tail = b""
+            while not stop.is_set() and refused < 20_000:
+                try:
+                    chunk = sock.recv(1 << 20)
+                except TimeoutError:
+                    return
+                if not chunk:
+                    return
+                # (A status line may be split between two reads.)
+                refused += (tail + chunk).count(b"HTTP/1.1 401")
+                tail = chunk[-11:]  # shorter than a status line: none counted twice
+
+    thread = threading.Thread(target=attacker, daemon=True)
+    thread.start()
+    slowest = 0.0
+    try:
+        time.sleep(0.2)
+        for _ in range(20):
+            began = time.monotonic()
+            assert httpx.get(f"{api.daemon.url}/healthz", timeout=5).status_code == 200
+            assert api.invoke(name, {"n": 2}).json() == {"n": 2}
+            slowest = max(slowest, time.monotonic() - began)
+    finally:
+        stop.set()
+        thread.join(15)
+    assert refused > 1000  # the flood was being answered meanwhile
+    assert slowest < 0.5, slowest
+
+
+def test_a_partial_next_head_is_held_to_header_timeout_not_keep_alive(tmp_path) -> None:
+    config = "[server]\nheader_timeout = 1.0\nkeep_alive_timeout = 20.0\n"
+    with running(tmp_path / "state", config) as daemon:
+        api = Api(daemon)
+        name = api.deploy(ECHO)["func_name"]
+        first = post(invoke_path(name), b'{"n": 1}', {"X-Auth-Token": daemon.token})
+        second = post(invoke_path(name), b'{"n": 2}', {"X-Auth-Token": daemon.token})
+        began = time.monotonic()
+        # The first request whole, then the start of the next one's head, which never ends.
+        got = answers(exchange(daemon.port, [first + second[:30]]))
+        assert [s for s, _, _ in got] == [200]
+        assert time.monotonic() - began < 5

@@ -1,11 +1,15 @@
-"""Attacks on issue 15's warm path (direct invoke route, output poll, reserved starts at once)."""
+"""Attacks on issue 15's warm path from inside functions: reserved starts several at once (fgd.reserved) and the output pipes polled at a request's end (fgd.instance_output)."""
 
 from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
 
-from tests.conftest import Api, b64, make_zip
+import httpx
+import pytest
+
+from tests.conftest import Api, b64, make_zip, marker, running, wait_none_with
 
 SLOW_INIT_V = "import time\ndef init(context):\n    time.sleep(1.0)\ndef handler(e, c):\n    return '{v}'\n"
 
@@ -125,3 +129,72 @@ def test_a_child_writing_after_its_request_and_a_dying_write_are_attributed(api:
     assert died.status_code == 200 and died.headers["x-is-func-err"] == "true"
     assert "dying words" in tail_of(died)
     assert api.invoke(name, {}).text == "next"
+
+
+# -- reserved instances started several at once (fgd.reserved) --------------------------------------
+
+FORK_BOMB = """
+import os, time
+
+def init(context):
+    for _ in range(10_000):
+        try:
+            if os.fork() == 0:
+                time.sleep(1000)
+                os._exit(0)
+        except OSError:
+            break
+    time.sleep(1000)
+
+def handler(event, context):
+    return "never"
+"""
+QUICK = "import time\ndef init(context):\n    time.sleep(0.3)\ndef handler(e, c):\n    return 'quick'\n"
+
+
+def reserved_running(api: Api) -> dict[str, int]:
+    rows = api.http.get("/functions/reservedinstances").json()["reservedinstances"]
+    return {r["func_urn"].split(":")[-2]: r["running"] for r in rows}
+
+
+@pytest.mark.slow
+def test_many_functions_huge_counts_and_a_fork_bomb_initializer_keep_the_daemon_within_its_limits(
+    tmp_path: Path,
+) -> None:
+    # A budget of 8 instances of 128 MB, 4 of them at most for one function; three functions ask
+    # for 40 reserved instances each, a fourth's initializer forks until its pids limit and hangs.
+    config = "[scheduler]\nmemory_budget_mb = 1024\n[sandbox]\npids_max = 32\n"
+    with running(tmp_path / "state", config) as daemon:
+        api = Api(daemon)
+        victim = api.deploy("def handler(e, c):\n    return 'victim'\n")["func_name"]
+        assert api.http.put(f"/functions/{victim}/reservedinstances", json={"count": 1}).status_code == 200
+        mark = marker()
+        bomb = api.deploy(
+            FORK_BOMB, initializer_handler="index.init", initializer_timeout=2, user_data={"FGD_TEST_MARK": mark}
+        )["func_name"]
+        greedy = [api.deploy(QUICK, initializer_handler="index.init")["func_name"] for _ in range(3)]
+        assert api.invoke(victim).text == "victim"
+        assert api.http.put(f"/functions/{bomb}/reservedinstances", json={"count": 3}).status_code == 200
+        for name in greedy:
+            assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 40}).status_code == 200
+        slowest = 0.0
+        most = 0
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            began = time.monotonic()
+            assert httpx.get(f"{daemon.url}/healthz", timeout=5).status_code == 200
+            assert api.invoke(victim).text == "victim"
+            counts = reserved_running(api)
+            slowest = max(slowest, time.monotonic() - began)
+            most = max(most, sum(counts.values()))
+            assert all(counts.get(name, 0) <= 4 for name in greedy), counts
+            time.sleep(0.1)
+        assert slowest < 1.5, slowest
+        assert most <= 8, most
+        counts = reserved_running(api)
+        assert counts.get(bomb, 0) == 0
+        assert sum(counts.get(name, 0) for name in greedy) >= 4  # the others did start meanwhile
+        for name in [bomb, *greedy]:
+            assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0}).status_code == 200
+        assert wait_none_with(mark, within=5)
+        assert "Traceback" not in daemon.log()
