@@ -1,4 +1,5 @@
-"""Attacks on issue 15's warm path from inside functions: reserved starts several at once (fgd.reserved) and the output pipes polled at a request's end (fgd.instance_output)."""
+"""Attacks on issue 15's warm path from inside functions: reserved starts several at once
+(fgd.reserved) and the output pipes polled once at a request's end (fgd.instance_output)."""
 
 from __future__ import annotations
 
