@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import Api, Daemon, running, unique_name
 from tests.integration.test_keys import signed
+from tests.integration.test_metrics import scrape
 
 ECHO = "def handler(event, context):\n    print('printed', event.get('n'))\n    return {'n': event.get('n')}\n"
 
@@ -282,3 +283,21 @@ def test_a_partial_next_head_is_held_to_header_timeout_not_keep_alive(tmp_path) 
         got = answers(exchange(daemon.port, [first + second[:30]]))
         assert [s for s, _, _ in got] == [200]
         assert time.monotonic() - began < 5
+
+
+def test_metrics_count_direct_invocations(api: Api) -> None:
+    source = "def handler(e, c):\n    if e.get('fail'):\n        raise ValueError('x')\n    return 1\n"
+    name = api.deploy(source)["func_name"]
+    disabled = api.deploy(source, strategy_config={"concurrency": 0})["func_name"]
+    token = {"X-Auth-Token": api.daemon.token}
+    burst = [post(invoke_path(name), b"{}", token) for _ in range(3)]
+    burst += [post(invoke_path(name), b'{"fail": true}', token), post(invoke_path(disabled), b"{}", token, close=True)]
+    got = answers(exchange(api.daemon.port, [b"".join(burst)]))
+    assert [s for s, _, _ in got] == [200, 200, 200, 200, 429]
+    assert json.loads(got[4][2])["error_code"] == "FSS.0429"
+    values = scrape(api.daemon)
+    label = f'function="default/default:{name}"'
+    assert values[f'fgd_invocations_total{{{label},outcome="success"}}'] == 3
+    assert values[f'fgd_invocations_total{{{label},outcome="function_error"}}'] == 1
+    assert values[f"fgd_cold_starts_total{{{label}}}"] == 1
+    assert values[f'fgd_throttles_total{{function="default/default:{disabled}",reason="throttled"}}'] == 1

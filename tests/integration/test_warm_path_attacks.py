@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Api, b64, make_zip, marker, running, wait_none_with
+from tests.conftest import BACKGROUND_SLEEP, Api, b64, make_zip, marker, pids_with, running, wait_none_with
 
 SLOW_INIT_V = "import time\ndef init(context):\n    time.sleep(1.0)\ndef handler(e, c):\n    return '{v}'\n"
 
@@ -199,3 +199,52 @@ def test_many_functions_huge_counts_and_a_fork_bomb_initializer_keep_the_daemon_
             assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0}).status_code == 200
         assert wait_none_with(mark, within=5)
         assert "Traceback" not in daemon.log()
+
+
+SLOW_MARKED = (
+    BACKGROUND_SLEEP + "import time\ndef init(context):\n    time.sleep(0.3)\ndef handler(e, c):\n    return 1\n"
+)
+
+
+def marked_function(api: Api) -> tuple[str, str]:
+    mark = marker()
+    name = api.deploy(SLOW_MARKED, initializer_handler="index.init", user_data={"FGD_TEST_MARK": mark})["func_name"]
+    return name, mark
+
+
+def settle(mark: str, count: int, within: float = 6.0) -> int:
+    deadline = time.monotonic() + within
+    while len(pids_with(mark)) != count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return len(pids_with(mark))
+
+
+def test_counts_changed_rapidly_end_with_the_last_count_and_no_stray_instance(api: Api) -> None:
+    name, mark = marked_function(api)
+    for count in [5, 0, 7, 1, 6, 0, 4, 9, 2, 8, 0, 5] * 2 + [3]:
+        assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": count}).status_code == 200
+        time.sleep(0.03)
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and not (running_of(api, name) == 3 and len(pids_with(mark)) == 3):
+        time.sleep(0.1)
+    time.sleep(1.0)  # starts under way then have ended, their surplus gone
+    assert running_of(api, name) == 3
+    assert settle(mark, 3) == 3  # one marked `sleep` per instance kept, none of the others
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
+    assert settle(mark, 0) == 0
+
+
+def test_a_function_deleted_while_its_reserved_instances_start_leaves_nothing(api: Api) -> None:
+    name, mark = marked_function(api)
+    assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 12}).status_code == 200
+    time.sleep(0.5)  # some up, some in their initializer, others waiting for a slot
+    assert pids_with(mark)
+    assert api.http.delete(f"/functions/{name}").status_code in (200, 204)
+    assert settle(mark, 0) == 0
+    time.sleep(1.0)  # no start after the deletion either
+    assert pids_with(mark) == []
+    assert api.http.get(f"/functions/{name}/config").status_code == 404
+
+
+def running_of(api: Api, name: str) -> int:
+    return reserved_running(api).get(name, 0)
