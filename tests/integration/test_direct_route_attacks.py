@@ -301,3 +301,28 @@ def test_metrics_count_direct_invocations(api: Api) -> None:
     assert values[f'fgd_invocations_total{{{label},outcome="function_error"}}'] == 1
     assert values[f"fgd_cold_starts_total{{{label}}}"] == 1
     assert values[f'fgd_throttles_total{{function="default/default:{disabled}",reason="throttled"}}'] == 1
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_direct_invocation_with_a_large_answer_delivers_all_of_it(tmp_path) -> None:
+    # The answer does not fit the socket's buffers: writing it takes several rounds, and shutdown
+    # must wait for them as it does for the invocation itself.
+    size = 5_000_000
+    with running(tmp_path / "state") as daemon:
+        api = Api(daemon)
+        source = f"import time\ndef handler(e, c):\n    time.sleep(1.0)\n    return 'x' * {size}\n"
+        name = api.deploy(source)["func_name"]
+        api.invoke(name)  # warm, so the next one is all in the handler's sleep
+        with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
+            sock.sendall(post(invoke_path(name), b"{}", {"X-Auth-Token": daemon.token}, close=True))
+            time.sleep(0.5)
+            assert daemon.process is not None
+            daemon.process.send_signal(signal.SIGTERM)
+            sock.settimeout(10)
+            answer = b""
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+        ((status, _, body),) = answers(answer)
+        assert status == 200
+        assert len(body) == size
+        assert daemon.process.wait(15) == 0
