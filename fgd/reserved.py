@@ -21,7 +21,7 @@ from fgd.instance import State
 from fgd.invocation import pool_key
 from fgd.model import FunctionRecord
 from fgd.scheduler import Reject
-from fgd.versions import qualifier_key, reserved_targets
+from fgd.versions import exact, qualifier_key, reserved_targets
 
 if TYPE_CHECKING:
     from fgd.invoker import Invoker
@@ -194,6 +194,14 @@ class Reserved:
             log.warning("reserved instance of %s failed to start: %r", record.func_name, reason)
             return False
         self._invoker._logs.add(record.key, lines)
+        current = exact(self._invoker._store, record)
+        if current is None or current.revision != instance.revision:
+            # The function changed (or went) while this instance started: it runs code the function
+            # no longer has, so no request may be handed it. The requests that waited for its slot
+            # ask again; the next round starts one of the new revision.
+            self._invoker._start_failed(pool_key(record))
+            self._invoker._discard(record.key, instance)
+            return False
         instance.reserved = True
         self._invoker.reserved_live[record.key] += 1
         self._invoker._by_id[instance.id] = instance

@@ -52,10 +52,13 @@ log = logging.getLogger("fgd.http")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 # A route answered without ASGI (fgd.web.front: the sync invoke, the hot path): called with the
-# decoded path, the query, the headers (names lower-case) and the whole body, it returns the
-# answer's status, headers and body. An app offers such routes with a `direct(method, path)`
-# method that returns the handler, or None to have the request go through ASGI.
-DirectHandler = Callable[[str, bytes, list[tuple[bytes, bytes]], bytes], Awaitable[tuple[int, list, bytes]]]
+# decoded path, the query, the headers (names lower-case), the whole body and `respond`, which
+# writes the answer's status, headers and body (once the handler returns, its answer is out: a
+# shutdown that waits on the handler waits for the answer's writing too). An app offers such
+# routes with a `direct(method, path)` method that returns the handler, or None to have the
+# request go through ASGI.
+Respond = Callable[[int, list, bytes], Awaitable[None]]
+DirectHandler = Callable[[str, bytes, list[tuple[bytes, bytes]], bytes, Respond], Awaitable[None]]
 
 # The largest request head (request line and headers); over it the answer is 431 (hypercorn's
 # h11_max_incomplete_size, which the listeners used before).
@@ -610,13 +613,21 @@ class Connection:
         self.pending = None
         self.scope = {"method": method, "raw_path": raw_path}  # what the log says of it
         try:
-            status, answer_headers, answer = await handler(path, query, headers, body)
+            await handler(path, query, headers, body, self._respond)
         except Exception:
             log.exception("error answering %s %s", method, _logged_path(self.scope))
             await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
             return
-        await self._start(status, answer_headers)
-        await self._send_body(answer, more=False)
+        if not self.started:
+            log.error("%s %s: the daemon sent no answer", method, _logged_path(self.scope))
+            await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
+
+    async def _respond(self, status: int, headers: list, body: bytes) -> None:
+        """A direct route's whole answer (`Respond`)."""
+        if self.started:
+            return
+        await self._start(status, headers)
+        await self._send_body(body, more=False)
 
     def _data_message(self, data: bytes) -> dict:
         """An http.request message for `data` and whatever more of the body h11 already holds;

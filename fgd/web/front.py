@@ -40,7 +40,7 @@ from fgd.web import auth
 from fgd.web.api.answers import AsyncAccepted, InvokeAnswerHeaders, InvokeHeaders
 from fgd.web.api.common import BASE, Operation, path_regex
 from fgd.web.api.invocations import async_event
-from fgd.web.connection import DirectHandler
+from fgd.web.connection import DirectHandler, Respond
 from fgd.web.server import header_text
 from fgd.web.uploads import is_raw_zip, raw_limit, receive_to_file
 from runtimes import protocol
@@ -225,8 +225,9 @@ def _outcome_headers(outcome: Outcome, log_tail: bool) -> list[tuple[bytes, byte
     ]
     if outcome.error:
         # The function chooses its error type (any exception class name); in a header it is
-        # printable ASCII only, CR and LF included as '?'. The body carries it unchanged.
-        headers.append((b"x-func-err-code", header_text(outcome.error.error_type)))
+        # printable ASCII only, CR and LF included as '?', and no space at its edges (a value with
+        # edge whitespace is not valid HTTP: the answer would be a 500). The body carries it unchanged.
+        headers.append((b"x-func-err-code", header_text(outcome.error.error_type).strip(b" ")))
     if log_tail:
         headers.append((b"x-cff-function-log", base64.b64encode(tail(outcome.logs))))
     return headers
@@ -415,16 +416,18 @@ def build_front(
         await send({"type": "http.response.body", "body": answer[2]})
 
     async def invoke_direct(
-        match: re.Match, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> Answer:
+        match: re.Match, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes, respond: Respond
+    ) -> None:
         """The sync invocation of a request whose body came whole with its head (almost every
-        one): answered without the ASGI messages (fgd.web.connection.Direct)."""
+        one): answered without the ASGI messages (fgd.web.connection.DirectHandler)."""
 
         async def event(declared: bytes | None) -> bytes:
             return whole_body(body, budget=bodies)
 
+        # Counted until the answer is written, as on the ASGI route: shutdown waits for an answer
+        # too large for the socket's buffers to be out (else it is cut when the listeners stop).
         with inflight:
-            return await invoke_answer(path, query, headers, event, match[1], match[2])
+            await respond(*await invoke_answer(path, query, headers, event, match[1], match[2]))
 
     async def invoke_async(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         assert dispatcher is not None and async_config is not None

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from fgd.config import ServerConfig
-from fgd.web.connection import MAX_HEAD, DirectHandler
+from fgd.web.connection import MAX_HEAD, DirectHandler, Respond
 from fgd.web.server import lifespan, serve_http
 
 LIMITS = ServerConfig(header_timeout=0.5, body_timeout=0.5, keep_alive_timeout=1.0, send_timeout=1.0)
@@ -504,16 +504,20 @@ class DirectEcho:
             return None
         return self.answer
 
-    async def answer(self, path: str, query: bytes, headers: list, body: bytes) -> tuple[int, list, bytes]:
+    async def answer(self, path: str, query: bytes, headers: list, body: bytes, respond: Respond) -> None:
         self.calls.append((path, query, body))
         if self.awaits:
             await trio.lowlevel.checkpoint()
         if path == "/direct/fail":
             raise RuntimeError("a bug in a direct route")
+        if path == "/direct/silent":
+            return  # a bug too: no answer
         if path == "/direct/bad-header":
-            return 200, [(b"x-bad", b"line\r\nbreak"), (b"content-length", b"0")], b""
+            await respond(200, [(b"x-bad", b"line\r\nbreak"), (b"content-length", b"0")], b"")
+            return
         answer = json.dumps({"via": "direct", "path": path, "body": body.decode()}).encode()
-        return 200, [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())], answer
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        await respond(200, headers, answer)
 
 
 async def test_a_body_that_came_whole_is_answered_directly_one_that_streams_through_the_app(
@@ -543,7 +547,7 @@ async def test_a_direct_route_that_fails_is_500_and_the_listener_goes_on(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     listener = await listen(nursery, DirectEcho())
-    for path in ("/direct/fail", "/direct/bad-header"):
+    for path in ("/direct/fail", "/direct/silent", "/direct/bad-header"):
         client = Client(listener.port)
         await client.send(post(path, b"x"))
         status, headers, body = await client.response()

@@ -62,7 +62,11 @@ class FakeInvoker:
     _quota = Invoker._quota
 
     def __init__(self, *records: FunctionRecord, budget_mb: int = 1_000_000) -> None:
-        self._store = SimpleNamespace(functions={r.key: r for r in records}, versions={}, aliases={})
+        self._store = store = SimpleNamespace(functions={r.key: r for r in records}, versions={}, aliases={})
+        # As Store.version: latest or a published version, as stored.
+        store.version = lambda key, name: (
+            store.functions.get(key) if name == "latest" else store.versions.get(key, {}).get(name)
+        )
         self._config = SimpleNamespace(scheduler=SimpleNamespace(queue_length=10))
         self.scheduler = Scheduler(trio.current_time, budget_mb)
         self.instances: dict[tuple[str, str, str], list] = {}
