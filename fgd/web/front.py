@@ -312,6 +312,16 @@ async def _body_chunks(receive: Callable[[], Awaitable[dict]]) -> AsyncIterator[
             return
 
 
+async def signed_body(
+    admission: auth.Admission, read: Callable[[bytes | None], Awaitable[bytes]], headers: dict[bytes, bytes]
+) -> bytes:
+    """A signed request's body, read whole and its signature checked (Unauthorized if it fails)."""
+    body = await read(headers.get(b"content-length"))
+    admission.update(body)
+    admission.finish()
+    return body
+
+
 def _admit(admission: auth.Admission, path: Path) -> None:
     """Finish a streamed upload's signature check; a refused upload's staging file goes."""
     try:
@@ -348,14 +358,28 @@ def build_front(
             if declared is not None and declared.isdigit() and int(declared) > raw_limit(code):
                 raise TooLarge(f"the zip is {int(declared):,} bytes; the limit is {raw_limit(code):,}")
             if match.re is CODE_PATH:
-                record = functions.get(parse_function_ref(project_id, match[2], functions.region))
-                # A published version's code never changes: refused before the body is read.
-                functions.latest_only(record, "the code")
-                if len(query.get("code_filename", "")) > CODE_FILENAME_MAX:
-                    # The JSON form's limit (UpdateCode.code_filename), checked before the body comes.
-                    raise InvalidParameter(f"code_filename may be {CODE_FILENAME_MAX} characters at most")
-                path = await receive_to_file(admission.hashing(_body_chunks(receive)), code)
-                _admit(admission, path)
+                # A signed upload is checked whole before the function is looked up (a wrong
+                # signature learns nothing of which functions exist); the admin token's is refused
+                # from its head when it can be, before the body comes.
+                staged = None
+                if admission.signed:
+                    staged = await receive_to_file(admission.hashing(_body_chunks(receive)), code)
+                    _admit(admission, staged)
+                try:
+                    record = functions.get(parse_function_ref(project_id, match[2], functions.region))
+                    # A published version's code never changes.
+                    functions.latest_only(record, "the code")
+                    if len(query.get("code_filename", "")) > CODE_FILENAME_MAX:
+                        # The JSON form's limit (UpdateCode.code_filename).
+                        raise InvalidParameter(f"code_filename may be {CODE_FILENAME_MAX} characters at most")
+                except BaseException:
+                    if staged is not None:
+                        staged.unlink(missing_ok=True)
+                    raise
+                path = staged
+                if path is None:
+                    path = await receive_to_file(admission.hashing(_body_chunks(receive)), code)
+                    _admit(admission, path)
                 record = await functions.update_code_file(record, path, query.get("code_filename", ""))
                 answer: Any = functions.config(record)
             else:
@@ -381,14 +405,15 @@ def build_front(
         record = None
         try:
             admission = authenticator.start("POST", path, query, headers)
+            # A signature covers the event too: a signed request is checked whole before anything is
+            # looked up (else a wrong signature could learn which functions exist: 404 against 401).
+            body = await signed_body(admission, event, named) if admission.signed else None
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             # An alias's weights or header rules pick the version this request runs (fgd.versions).
             record = route(functions.store, record, header_getter(named))
-            body = await event(named.get(b"content-length"))
-            # A signature covers the event too.
-            admission.update(body)
-            admission.finish()
+            if body is None:
+                body = await event(named.get(b"content-length"))
             memory = instance_memory(named.get(b"x-cff-instance-memory"), record.settings.enable_dynamic_memory)
             try:
                 outcome = await invoker.invoke(record, body, new_request_id(), memory)
@@ -432,15 +457,18 @@ def build_front(
     async def invoke_async(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
         assert dispatcher is not None and async_config is not None
         headers = _headers(scope)
+
+        async def read(declared: bytes | None) -> bytes:
+            return await read_body(receive, declared, async_config.max_payload, "the event", bodies)
+
         try:
             admission = authenticator.start_asgi(scope)
+            # As for a sync invocation: a signed request is checked whole before any lookup.
+            data = await signed_body(admission, read, headers) if admission.signed else None
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
-            data = await read_body(
-                receive, headers.get(b"content-length"), async_config.max_payload, "the event", bodies
-            )
-            admission.update(data)
-            admission.finish()
+            if data is None:
+                data = await read(headers.get(b"content-length"))
             event = async_event(functions.store, dispatcher, async_config, record, data)
             # Durable before we answer: 202 means it will run (at least once). Invocations arriving
             # together share one transaction (fgd.groupcommit); none is answered before it commits.
