@@ -127,17 +127,24 @@ def test_a_hanging_initializer_does_not_hold_up_other_functions(api: Api) -> Non
     assert running(api, attacker) == 0
 
 
+def start_slow_reserved(api: Api, *, count: int, until: int) -> tuple[str, str]:
+    """A function whose instances take a while to start (and leave a marked `sleep` each), with
+    `count` reserved; returns (name, mark) once `until` of them run (or 10 s passed)."""
+    mark = marker()
+    source = BACKGROUND_SLEEP + SLOW_INIT
+    name = api.deploy(source, initializer_handler="index.init", user_data={"FGD_TEST_MARK": mark})["func_name"]
+    api.http.put(f"/functions/{name}/reservedinstances", json={"count": count})
+    deadline = time.monotonic() + 10
+    while running(api, name) < until and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return name, mark
+
+
 def test_shutdown_mid_start_leaves_no_instance_behind(fresh_daemon: Daemon) -> None:
     # Stopped while reserved instances start three at a time: those under way go with the rest.
     fresh_daemon.start()
     api = Api(fresh_daemon)
-    mark = marker()
-    source = BACKGROUND_SLEEP + SLOW_INIT
-    name = api.deploy(source, initializer_handler="index.init", user_data={"FGD_TEST_MARK": mark})["func_name"]
-    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 30})
-    deadline = time.monotonic() + 10
-    while running(api, name) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    name, mark = start_slow_reserved(api, count=30, until=2)
     # Some are up, some are in their initializer (each leaves a marked `sleep` from its import).
     assert len(pids_with(mark)) > running(api, name) >= 2
     assert fresh_daemon.stop() == 0
@@ -147,13 +154,7 @@ def test_shutdown_mid_start_leaves_no_instance_behind(fresh_daemon: Daemon) -> N
 
 def test_lowering_the_count_mid_start_leaves_the_new_count(api: Api) -> None:
     # Lowered while instances start: no more start, and those that were starting go once up.
-    mark = marker()
-    source = BACKGROUND_SLEEP + SLOW_INIT
-    name = api.deploy(source, initializer_handler="index.init", user_data={"FGD_TEST_MARK": mark})["func_name"]
-    api.http.put(f"/functions/{name}/reservedinstances", json={"count": 40})
-    deadline = time.monotonic() + 10
-    while running(api, name) < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    name, mark = start_slow_reserved(api, count=40, until=4)
     assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": 2}).status_code == 200
     assert wait_running(api, name, 2)
     time.sleep(1.5)  # the starts that were under way have ended and their surplus gone

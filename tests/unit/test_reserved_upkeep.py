@@ -187,19 +187,37 @@ async def test_starts_stop_at_the_first_failure_beyond_those_under_way(autojump_
     assert invoker.under_way == 0
 
 
-async def test_lowering_the_count_mid_start_converges_to_the_new_count(autojump_clock: trio.testing.MockClock) -> None:
-    record = function("lowered", 1000)
-    invoker = FakeInvoker(record)
+async def run_upkeep(invoker: FakeInvoker, seconds: float) -> None:
+    """The upkeep run for `seconds` (of the autojump clock) after a change."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(invoker.reserved.run)
         invoker.reserved.changed()
-        assert await wait_for(lambda: len(invoker.live(record)) >= 30, 60)
-        lowered = msgspec.structs.replace(record, reserved=10)
-        invoker.set(lowered)
-        # The surplus goes at the next round; the starts under way then finish and go too.
-        assert await wait_for(lambda: len(invoker.live(lowered)) == 10, 2 * (RESERVE_CHECK + START_SECONDS))
+        await trio.sleep(seconds)
+        nursery.cancel_scope.cancel()
+
+
+async def change_count_mid_start(invoker: FakeInvoker, record, *, once_live: int, to: int, within: float):
+    """Start `record`'s reserved instances, change the count to `to` once `once_live` run; the
+    changed record, once `to` run (within `within` s) and a few more rounds passed."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(invoker.reserved.run)
+        invoker.reserved.changed()
+        assert await wait_for(lambda: len(invoker.live(record)) >= once_live, 60)
+        changed = msgspec.structs.replace(record, reserved=to)
+        invoker.set(changed)
+        assert await wait_for(lambda: len(invoker.live(changed)) == to, within)
         await trio.sleep(5 * RESERVE_CHECK)
         nursery.cancel_scope.cancel()
+    return changed
+
+
+async def test_lowering_the_count_mid_start_converges_to_the_new_count(autojump_clock: trio.testing.MockClock) -> None:
+    record = function("lowered", 1000)
+    invoker = FakeInvoker(record)
+    # The surplus goes at the next round; the starts under way then finish and go too.
+    lowered = await change_count_mid_start(
+        invoker, record, once_live=30, to=10, within=2 * (RESERVE_CHECK + START_SECONDS)
+    )
     assert len(invoker.live(lowered)) == 10
     assert invoker.attempts["lowered"] <= 30 + 2 * RESERVED_STARTS, invoker.attempts
     assert invoker.scheduler.instances(pool_key(record)) == 10
@@ -208,15 +226,7 @@ async def test_lowering_the_count_mid_start_converges_to_the_new_count(autojump_
 async def test_raising_the_count_mid_start_reaches_the_new_count(autojump_clock: trio.testing.MockClock) -> None:
     record = function("raised", 10)
     invoker = FakeInvoker(record)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
-        assert await wait_for(lambda: len(invoker.live(record)) >= 4, 60)
-        raised = msgspec.structs.replace(record, reserved=25)
-        invoker.set(raised)
-        assert await wait_for(lambda: len(invoker.live(raised)) == 25, 60)
-        await trio.sleep(5 * RESERVE_CHECK)
-        nursery.cancel_scope.cancel()
+    await change_count_mid_start(invoker, record, once_live=4, to=25, within=60)
     assert invoker.attempts["raised"] == 25
     assert invoker.scheduler.instances(pool_key(record)) == 25
 
@@ -226,11 +236,7 @@ async def test_max_instances_is_never_exceeded(autojump_clock: trio.testing.Mock
     # running) leave fewer places: starts under way count against it as they are admitted.
     record = function("capped", 30, max_instances=7)
     invoker = FakeInvoker(record)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
-        await trio.sleep(20 * (RESERVE_CHECK + START_SECONDS))
-        nursery.cancel_scope.cancel()
+    await run_upkeep(invoker, 20 * (RESERVE_CHECK + START_SECONDS))
     assert len(invoker.live(record)) == 7
     assert invoker.most_instances["capped"] == 7
     assert invoker.attempts["capped"] == 7
@@ -239,11 +245,7 @@ async def test_max_instances_is_never_exceeded(autojump_clock: trio.testing.Mock
 async def test_the_memory_budget_is_never_exceeded(autojump_clock: trio.testing.MockClock) -> None:
     record = function("budget", 30)  # 128 MB instances
     invoker = FakeInvoker(record, budget_mb=128 * 5)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
-        await trio.sleep(20 * (RESERVE_CHECK + START_SECONDS))
-        nursery.cancel_scope.cancel()
+    await run_upkeep(invoker, 20 * (RESERVE_CHECK + START_SECONDS))
     assert len(invoker.live(record)) == 5
     assert invoker.most_instances["budget"] == 5
 
