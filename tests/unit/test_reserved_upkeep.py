@@ -8,7 +8,9 @@ can count how many starts are under way at once and what each round starts, in m
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import msgspec
@@ -160,11 +162,8 @@ async def test_a_failing_start_costs_one_start_a_round(autojump_clock: trio.test
     record = function("broken", 40)
     invoker = FakeInvoker(record)
     invoker.failing.add("broken")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
+    async with upkeep(invoker):
         await trio.sleep(20 * RESERVE_CHECK)
-        nursery.cancel_scope.cancel()
     # One start a round (a round every RESERVE_CHECK), not RESERVED_STARTS: never a storm.
     assert 1 <= invoker.attempts["broken"] <= 21, invoker.attempts
     assert invoker.most_under_way == 1
@@ -187,27 +186,31 @@ async def test_starts_stop_at_the_first_failure_beyond_those_under_way(autojump_
     assert invoker.under_way == 0
 
 
-async def run_upkeep(invoker: FakeInvoker, seconds: float) -> None:
-    """The upkeep run for `seconds` (of the autojump clock) after a change."""
+@contextlib.asynccontextmanager
+async def upkeep(invoker: FakeInvoker) -> AsyncIterator[None]:
+    """The upkeep running for the block (told of a change as it starts), stopped at its end."""
     async with trio.open_nursery() as nursery:
         nursery.start_soon(invoker.reserved.run)
         invoker.reserved.changed()
-        await trio.sleep(seconds)
+        yield
         nursery.cancel_scope.cancel()
+
+
+async def run_upkeep(invoker: FakeInvoker, seconds: float) -> None:
+    """The upkeep run for `seconds` (of the autojump clock) after a change."""
+    async with upkeep(invoker):
+        await trio.sleep(seconds)
 
 
 async def change_count_mid_start(invoker: FakeInvoker, record, *, once_live: int, to: int, within: float):
     """Start `record`'s reserved instances, change the count to `to` once `once_live` run; the
     changed record, once `to` run (within `within` s) and a few more rounds passed."""
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
+    async with upkeep(invoker):
         assert await wait_for(lambda: len(invoker.live(record)) >= once_live, 60)
         changed = msgspec.structs.replace(record, reserved=to)
         invoker.set(changed)
         assert await wait_for(lambda: len(invoker.live(changed)) == to, within)
         await trio.sleep(5 * RESERVE_CHECK)
-        nursery.cancel_scope.cancel()
     return changed
 
 
@@ -253,9 +256,7 @@ async def test_the_memory_budget_is_never_exceeded(autojump_clock: trio.testing.
 async def test_an_instance_started_for_an_old_revision_is_replaced(autojump_clock: trio.testing.MockClock) -> None:
     record = function("changed", 12)
     invoker = FakeInvoker(record)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
+    async with upkeep(invoker):
         assert await wait_for(lambda: invoker.under_way > 0 and len(invoker.live(record)) >= 3, 60)
         # The config changed while some started (Invoker.retire discards only the idle ones).
         newer = msgspec.structs.replace(record, revision=2)
@@ -264,7 +265,6 @@ async def test_an_instance_started_for_an_old_revision_is_replaced(autojump_cloc
         invoker.set(newer)
         assert await wait_for(lambda: len(invoker.live(newer)) == 12, 60)
         await trio.sleep(5 * RESERVE_CHECK)
-        nursery.cancel_scope.cancel()
     kept = [i for i in invoker.instances[record.key] if i.state is not State.DEAD]
     assert [i.revision for i in kept] == [2] * 12
     assert invoker.scheduler.instances(pool_key(record)) == 12
@@ -273,11 +273,8 @@ async def test_an_instance_started_for_an_old_revision_is_replaced(autojump_cloc
 async def test_shutdown_mid_start_leaves_nothing_starting(autojump_clock: trio.testing.MockClock) -> None:
     record = function("shutdown", 50)
     invoker = FakeInvoker(record)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
+    async with upkeep(invoker):
         assert await wait_for(lambda: invoker.under_way == RESERVED_STARTS, 60)
-        nursery.cancel_scope.cancel()
     assert invoker.under_way == 0
     # No half-started instance is left, and the scheduler counts only the instances that started.
     started = [i for i in invoker.instances[record.key] if i.state is not State.DEAD]
@@ -296,11 +293,8 @@ async def test_one_functions_exception_does_not_stop_the_others(autojump_clock: 
         return await real(record, request_id)
 
     invoker._cold_start = cold_start  # type: ignore[method-assign]
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
+    async with upkeep(invoker):
         assert await wait_for(lambda: len(invoker.live(fine)) == 5, 60)
-        nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("others", [1, 3])
@@ -314,13 +308,10 @@ async def test_a_hanging_initializer_does_not_hold_up_other_functions(
     invoker = FakeInvoker(hanging, *records)
     invoker.start_seconds["hangs"] = 300.0
     invoker.failing.add("hangs")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(invoker.reserved.run)
-        invoker.reserved.changed()
+    async with upkeep(invoker):
         began = trio.current_time()
         assert await wait_for(lambda: all(len(invoker.live(r)) == 10 for r in records), 60)
         took = trio.current_time() - began
-        nursery.cancel_scope.cancel()
     assert took < 10 * others * START_SECONDS, took
     assert invoker.attempts["hangs"] == 1
 
