@@ -68,10 +68,21 @@ def _create_and_place(cgroups, name: str, pid: int, limits: Limits) -> dict[str,
     cgroups.set_limits(name, limits)
     cgroups.place(name, pid)
     counters: dict[str, int] = {}
-    for which, path in (("oom", cgroups.oom_events_path(name)), ("peak", cgroups.memory_peak_path(name))):
+    for which in COUNTERS:
         with contextlib.suppress(OSError):  # else opened when first read (None if it cannot be)
-            counters[which] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            counters[which] = _open_counter(cgroups, name, which)
     return counters
+
+
+# The cgroup files read on every invocation: the OOM kills (flat-keyed, `oom_kill`) and the memory peak.
+COUNTERS = {
+    "oom": lambda cgroups, name: cgroups.oom_events_path(name),
+    "peak": lambda cgroups, name: cgroups.memory_peak_path(name),
+}
+
+
+def _open_counter(cgroups, name: str, which: str) -> int:
+    return os.open(COUNTERS[which](cgroups, name), os.O_RDONLY | os.O_CLOEXEC)
 
 
 class Instance:
@@ -199,7 +210,7 @@ class Instance:
 
     def oom_kills(self) -> int:
         """The kernel's count of OOM kills in this instance's cgroup (0 without one)."""
-        text = self._read_counter("oom", lambda cgroups, name: cgroups.oom_events_path(name), 256)
+        text = self._read_counter("oom", 256)
         return parse_key_value(text, "oom_kill") if text is not None else 0
 
     def oom_killed(self) -> bool:
@@ -208,7 +219,7 @@ class Instance:
 
     def memory_peak_mb(self) -> float | None:
         """Peak memory charged to the instance's cgroup."""
-        text = self._read_counter("peak", lambda cgroups, name: cgroups.memory_peak_path(name), 32)
+        text = self._read_counter("peak", 32)
         try:
             self._peak_bytes = int(text) if text is not None else None
         except ValueError:
@@ -224,7 +235,7 @@ class Instance:
         peak, limits = self._peak_bytes, self.limits
         return peak is None or limits is None or peak >= limits.memory_bytes * OOM_NEAR_LIMIT
 
-    def _read_counter(self, which: str, path_of: Callable, size: int) -> str | None:
+    def _read_counter(self, which: str, size: int) -> str | None:
         """A cgroup file read on every invocation, through a descriptor kept open (a tenth of the
         cost of opening it each time); None without a cgroup or once it is gone."""
         if self.cgroup is None or self.sandbox is None or self.sandbox.cgroups is None:
@@ -232,9 +243,7 @@ class Instance:
         try:
             fd = self._counter_fds.get(which)
             if fd is None:
-                fd = self._counter_fds[which] = os.open(
-                    path_of(self.sandbox.cgroups, self.cgroup), os.O_RDONLY | os.O_CLOEXEC
-                )
+                fd = self._counter_fds[which] = _open_counter(self.sandbox.cgroups, self.cgroup, which)
             return os.pread(fd, size, 0).decode()
         except (OSError, CgroupError):
             return None
