@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, Daemon, running
 
 FLAKY = """
 import json, os
@@ -31,10 +31,10 @@ def handler(event, context):
 
 @pytest.fixture(scope="module")
 def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    daemon = Daemon(tmp_path_factory.mktemp("async") / "state", "[async_invoke]\nretry_base = 0.05\nconcurrency = 4\n")
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(
+        tmp_path_factory.mktemp("async") / "state", "[async_invoke]\nretry_base = 0.05\nconcurrency = 4\n"
+    ) as daemon:
+        yield Api(daemon)
 
 
 @contextlib.contextmanager

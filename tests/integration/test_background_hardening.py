@@ -24,7 +24,7 @@ import pytest
 
 from fgd.asyncqueue import MAX_LEASES, AsyncEvent
 from fgd.store import Store
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, Daemon, running
 from tests.integration.test_async import status, submit, wait_final
 from tests.integration.test_triggers import ECHO, fired, timer
 
@@ -206,10 +206,8 @@ def fair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         retry_base = 0.05
         concurrency = 4
     """
-    daemon = Daemon(tmp_path_factory.mktemp("fair") / "state", config)
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(tmp_path_factory.mktemp("fair") / "state", config) as daemon:
+        yield Api(daemon)
 
 
 def test_a_webhook_answering_garbage_does_not_stop_the_dispatcher(fair: Api) -> None:
@@ -250,10 +248,8 @@ def test_a_flooding_function_does_not_delay_another_functions_event(fair: Api) -
 def short_retention(tmp_path: Path) -> Iterator[Api]:
     # retention_days = 0.00005: about 4.3 s. A daemon of its own: with so short a retention,
     # other tests' finished events would vanish before they could be read.
-    daemon = Daemon(tmp_path / "state", "[async_invoke]\nretention_days = 0.00005\n")
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(tmp_path / "state", "[async_invoke]\nretention_days = 0.00005\n") as daemon:
+        yield Api(daemon)
 
 
 @pytest.mark.slow

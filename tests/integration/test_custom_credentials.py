@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, running
 from tests.integration.custom_support import HTTP_FILES, PYTHON_WORKER, deploy
 
 VALUES = {name: f"{name}-{uuid.uuid4().hex}" for name in ("access_key", "secret_key", "security_token", "auth_token")}
@@ -17,10 +17,8 @@ VALUES = {name: f"{name}-{uuid.uuid4().hex}" for name in ("access_key", "secret_
 @pytest.fixture(scope="module")
 def agency_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     config = "[agencies.writer]\n" + "".join(f'{key} = "{value}"\n' for key, value in VALUES.items())
-    daemon = Daemon(tmp_path_factory.mktemp("custom-agency") / "state", config)
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(tmp_path_factory.mktemp("custom-agency") / "state", config) as daemon:
+        yield Api(daemon)
 
 
 def test_custom_gets_credentials_in_the_runtime_api_headers(agency_api: Api) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, running
 from tests.integration.custom_support import HTTP_SERVER, SHELL_ECHO, deploy
 
 
@@ -18,10 +18,8 @@ def degraded_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     # Credentials off too: the code's host path is under the state dir, which a function uid
     # could not traverse (as in tests/integration/test_bundled.py).
     config = '[sandbox]\nallow_degraded = true\ndisable = ["mounts", "credentials"]\n'
-    daemon = Daemon(Path(tmp_path_factory.mktemp("custom-degraded")) / "state", config)
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(Path(tmp_path_factory.mktemp("custom-degraded")) / "state", config) as daemon:
+        yield Api(daemon)
 
 
 def test_custom_without_mounts(degraded_api: Api) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import INSTANCE_TOKEN, Api, Daemon
+from tests.conftest import INSTANCE_TOKEN, Api, Daemon, running
 
 SLEEPER = INSTANCE_TOKEN + "import time\ndef handler(e, c):\n    time.sleep(e.get('s', 0))\n    return INSTANCE\n"
 
@@ -18,10 +18,8 @@ SLEEPER = INSTANCE_TOKEN + "import time\ndef handler(e, c):\n    time.sleep(e.ge
 @pytest.fixture(scope="module")
 def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     config = "[scheduler]\nqueue_length = 1\nmax_wait = 3.0\nmemory_budget_mb = 256\n[sandbox]\npool_size = 1\n"
-    daemon = Daemon(tmp_path_factory.mktemp("tight") / "state", config)
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(tmp_path_factory.mktemp("tight") / "state", config) as daemon:
+        yield Api(daemon)
 
 
 def parallel(api: Api, name: str, events: list[dict]) -> list:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, running
 from tests.integration.custom_support import compile_c, deploy
 from tests.integration.test_custom_runtime import C_ECHO
 
@@ -81,10 +81,8 @@ int main(void) {
 @pytest.fixture(scope="module")
 def shared_loopback(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     config = '[sandbox]\nallow_degraded = true\ndisable = ["namespaces"]\n'
-    daemon = Daemon(Path(tmp_path_factory.mktemp("custom-shared-loopback")) / "state", config)
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(Path(tmp_path_factory.mktemp("custom-shared-loopback")) / "state", config) as daemon:
+        yield Api(daemon)
 
 
 def test_another_functions_bootstrap_cannot_take_an_instances_invocations(shared_loopback: Api) -> None:

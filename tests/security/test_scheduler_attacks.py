@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from fgd.scheduler import Quota, Scheduler, Start, Wait
-from tests.conftest import Api, Daemon
+from tests.conftest import Api, running
 
 F1 = ("default", "f1", "latest")
 F2 = ("default", "f2", "latest")
@@ -57,10 +57,10 @@ def test_riders_given_back_queue_as_usual_when_the_function_is_at_its_maximum() 
 
 @pytest.fixture(scope="module")
 def short_wait(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    daemon = Daemon(tmp_path_factory.mktemp("riders") / "state", "[scheduler]\nqueue_length = 60\nmax_wait = 4.0\n")
-    daemon.start()
-    yield Api(daemon)
-    daemon.stop()
+    with running(
+        tmp_path_factory.mktemp("riders") / "state", "[scheduler]\nqueue_length = 60\nmax_wait = 4.0\n"
+    ) as daemon:
+        yield Api(daemon)
 
 
 FAILING = {
