@@ -165,3 +165,43 @@ def test_lowering_the_count_mid_start_leaves_the_new_count(api: Api) -> None:
         time.sleep(0.05)
     assert len(pids_with(mark)) == 2
     api.http.put(f"/functions/{name}/reservedinstances", json={"count": 0})
+
+
+def test_hostile_reserved_counts_read_back_at_start_do_not_stop_the_daemon(tmp_path: Path) -> None:
+    """Stored reserved counts are read back at every start: a function whose initializer fails, one
+    whose initializer hangs and one with a count far over the node's memory, left by a daemon killed
+    (-9) while their instances started. The next daemon starts, serves at once, keeps a healthy
+    function's reserved instances, and stops cleanly; the one after that too."""
+    config = "[scheduler]\nmemory_budget_mb = 1024\n"
+    state = tmp_path / "state"
+    daemon = Daemon(state, config)
+    daemon.start()
+    api = Api(daemon)
+    failing = api.deploy(
+        "def init(context):\n    raise RuntimeError('no')\ndef handler(e, c):\n    return 1\n",
+        initializer_handler="index.init",
+    )["func_name"]
+    hanging = api.deploy(
+        "import time\ndef init(context):\n    time.sleep(600)\ndef handler(e, c):\n    return 1\n",
+        initializer_handler="index.init",
+        initializer_timeout=30,
+    )["func_name"]
+    huge = api.deploy(SLOW_INIT, initializer_handler="index.init")["func_name"]
+    healthy = api.deploy(SOURCE)["func_name"]
+    plain = api.deploy("def handler(e, c):\n    return 'plain'\n")["func_name"]
+    for name, count in ((failing, 5), (hanging, 3), (huge, 200), (healthy, 2)):
+        assert api.http.put(f"/functions/{name}/reservedinstances", json={"count": count}).status_code == 200
+    time.sleep(1.0)  # starts under way
+    daemon.stop(signal.SIGKILL)
+    for _ in range(2):
+        daemon.start()
+        api = Api(daemon)
+        started = time.monotonic()
+        answer = api.invoke(plain)
+        assert answer.status_code == 200 and answer.text == "plain", answer.text
+        assert time.monotonic() - started < 5
+        assert wait_running(api, healthy, 2, within=20)
+        assert api.http.get("/functions/reservedinstances").status_code == 200
+        assert daemon.stop() == 0
+    log = daemon.log()
+    assert "Traceback" not in log, log[-3000:]
