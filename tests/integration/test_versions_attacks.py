@@ -9,12 +9,13 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Api, Daemon, b64, make_zip, unique_name
+from tests.conftest import Api, Daemon, b64, make_zip, running, unique_name
 from tests.integration.test_versions import (
     alias,
     deploy,
@@ -201,8 +202,17 @@ def handler(event, context):
 """
 
 
-def test_a_waiting_retry_of_a_deleted_version_fails_with_the_reason(api: Api) -> None:
+@pytest.fixture(scope="module")
+def slow_retries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    # A first retry 2.5-7.5 s after the failure: the version is deleted while the event surely
+    # waits (with the default 0.5-1.5 s, a busy host let the retry start first).
+    with running(tmp_path_factory.mktemp("slow-retries") / "state", "[async_invoke]\nretry_base = 5.0\n") as daemon:
+        yield Api(daemon)
+
+
+def test_a_waiting_retry_of_a_deleted_version_fails_with_the_reason(slow_retries: Api) -> None:
     """An event waiting for its retry when its version is deleted settles FAIL, saying so, once."""
+    api = slow_retries
     name = unique_name("delw")
     api.deploy(FAILER, name=name)
     published(api, name, "v1")
@@ -220,7 +230,7 @@ def test_a_waiting_retry_of_a_deleted_version_fails_with_the_reason(api: Api) ->
     # Failed once, waiting for its retry: the version goes now.
     assert wait_for(lambda: row()["attempts"] == 1 and row()["status"] == "WAIT", within=10), row()
     assert api.http.delete(f"/functions/{name}:v1").status_code == 204
-    assert wait_for(lambda: row()["status"] != "WAIT", within=10), row()
+    assert wait_for(lambda: row()["status"] != "WAIT", within=15), row()
     settled = row()
     assert (settled["status"], settled["error_type"]) == ("FAIL", "FSS.1052"), settled
     assert "v1" in settled["error_message"] and "deleted" in settled["error_message"], settled
