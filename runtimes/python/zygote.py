@@ -180,42 +180,47 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     gc.disable()
-    while True:
-        readable, _, _ = select.select([control, wakeup_r], [], [])
-        if wakeup_r in readable:
-            os.read(wakeup_r, 4096)
-            reap(control, namespaced)
-        if control not in readable:
-            continue
-        received = receive_fork(control)
-        if received is None:
-            return
-        frame, fds = received
-        if not isinstance(frame, protocol.Fork) or len(fds) != MAX_FDS:
+    # The daemon closing its end while frames were still unread (killed, or stopping while it
+    # started instances) is a reset, not an end of file, on a read or a write: the same news.
+    try:
+        while True:
+            readable, _, _ = select.select([control, wakeup_r], [], [])
+            if wakeup_r in readable:
+                os.read(wakeup_r, 4096)
+                reap(control, namespaced)
+            if control not in readable:
+                continue
+            received = receive_fork(control)
+            if received is None:
+                return
+            frame, fds = received
+            if not isinstance(frame, protocol.Fork) or len(fds) != MAX_FDS:
+                for fd in fds:
+                    os.close(fd)
+                continue
+            pid = -1
+            if frame.pid_namespace:
+                try:
+                    if forker is None:
+                        forker = PidNamespaceForker()
+                    pid = forker.fork()
+                except OSError as exc:
+                    # Forked plainly instead: its Contain step fails and says why.
+                    print(f"zygote: cannot fork into a new pid namespace: {exc}", file=sys.stderr)
+            if pid < 0:
+                pid = os.fork()
+            elif pid > 0:
+                namespaced.add(pid)
+            if pid == 0:
+                os._exit(run_child(control, wakeup_r, fds, programs))
             for fd in fds:
                 os.close(fd)
-            continue
-        pid = -1
-        if frame.pid_namespace:
-            try:
-                if forker is None:
-                    forker = PidNamespaceForker()
-                pid = forker.fork()
-            except OSError as exc:
-                # Forked plainly instead: its Contain step fails and says why.
-                print(f"zygote: cannot fork into a new pid namespace: {exc}", file=sys.stderr)
-        if pid < 0:
-            pid = os.fork()
-        elif pid > 0:
-            namespaced.add(pid)
-        if pid == 0:
-            os._exit(run_child(control, wakeup_r, fds, programs))
-        for fd in fds:
-            os.close(fd)
-        # The child does it too; whichever runs first wins the race harmlessly.
-        with contextlib.suppress(OSError):
-            os.setpgid(pid, pid)
-        control.send(protocol.encode_packet(protocol.Forked(frame.instance_id, pid)))
+            # The child does it too; whichever runs first wins the race harmlessly.
+            with contextlib.suppress(OSError):
+                os.setpgid(pid, pid)
+            control.send(protocol.encode_packet(protocol.Forked(frame.instance_id, pid)))
+    except ConnectionError:
+        return
 
 
 if __name__ == "__main__":
