@@ -195,13 +195,15 @@ def test_hostile_reserved_counts_read_back_at_start_do_not_stop_the_daemon(tmp_p
     daemon.stop(signal.SIGKILL)
     for _ in range(2):
         daemon.start()
-        api = Api(daemon)
-        started = time.monotonic()
-        answer = api.invoke(plain)
-        assert answer.status_code == 200 and answer.text == "plain", answer.text
-        assert time.monotonic() - started < 5
-        assert wait_running(api, healthy, 2, within=20)
-        assert api.http.get("/functions/reservedinstances").status_code == 200
-        assert daemon.stop() == 0
+        try:
+            api = Api(daemon)
+            started = time.monotonic()
+            answer = api.invoke(plain)
+            assert answer.status_code == 200 and answer.text == "plain", answer.text
+            assert time.monotonic() - started < 5
+            assert wait_running(api, healthy, 2, within=20)
+            assert api.http.get("/functions/reservedinstances").status_code == 200
+        finally:
+            assert daemon.stop() == 0
     log = daemon.log()
     assert "Traceback" not in log, log[log.find("Traceback") - 200 : log.find("Traceback") + 2500]
