@@ -5,7 +5,9 @@ A request is read, the app is called with an http scope and `receive`/`send` fun
 read from and write to the socket directly, and the next request on the connection is read
 when the answer is complete (pipelined requests wait in h11's buffer, so they are answered in
 order). No task is started per request and no queue stands between the socket and the app: a
-request costs the parse, the app, and one write of the whole answer.
+request costs the parse, the app, and one write of the whole answer. A plain request (one
+shape of HTTP/1.1 request, fgd.web.plain) for a direct route is read and answered without
+h11; any other request, and whatever follows a plain one in the same read, goes through h11.
 
 What it keeps of the hardening work (see fgd.web.server for the limits themselves):
 - a request head must arrive within `header_timeout` of the connection opening or of its
@@ -36,7 +38,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import h11
@@ -46,6 +48,7 @@ import trio
 from fgd.config import ListenerConfig
 from fgd.errors import ErrorBody
 from fgd.invoker import new_request_id
+from fgd.web.plain import PlainRequest, plain_request
 from fgd.web.requestid import CFF_REQUEST_ID, REQUEST_ID
 
 log = logging.getLogger("fgd.http")
@@ -229,11 +232,20 @@ def _response_headers(status: object, raw: Any, closing: bool) -> Any:
 
     Built as h11's own header list when it can be (the checks h11 would make, with checked
     names remembered), so h11 does not check every header again for every response."""
+    items, checked = _checked_items(status, raw, closing)
+    if checked and _Headers is not None:
+        return _Headers(items)
+    return [(name, value) for name, _, value in items]
+
+
+def _checked_items(status: object, raw: Any, closing: bool) -> tuple[list[tuple[bytes, bytes, bytes]], bool]:
+    """A response's headers checked, as (name, lower-case name, value), and whether their framing
+    (Content-Length, Transfer-Encoding) is plain enough to skip h11's own check."""
     if type(status) is not int or not 200 <= status <= 599:
         raise _Invalid(f"status {status!r} is not a final HTTP status (200-599)")
     items: list[tuple[bytes, bytes, bytes]] = []
     request_id = None
-    checked = _Headers is not None
+    checked = True
     length_seen = False
     for name, value in raw:
         if type(name) is not bytes or type(value) is not bytes:
@@ -262,9 +274,35 @@ def _response_headers(status: object, raw: Any, closing: bool) -> Any:
     items.append(_Date.now())
     if closing:
         items.append(_CLOSE)
-    if checked:
-        return _Headers(items)
-    return [(name, value) for name, _, value in items]
+    return items, checked
+
+
+def _check_length(items: list[tuple[bytes, bytes, bytes]], body: bytes) -> None:
+    """_Invalid unless the headers frame `body` by one Content-Length that is its length."""
+    lengths = [value for _, name, value in items if name in (b"content-length", b"transfer-encoding")]
+    if lengths != [b"%d" % len(body)]:
+        raise _Invalid(f"the answer's framing {lengths!r} does not give its body's {len(body)} bytes")
+
+
+def _head_bytes(status: int, items: Any) -> bytes:
+    """A response head as h11 writes it: the status with an empty reason, the headers in order.
+    `items` hold each header's name first and its value last (already checked)."""
+    lines = [b"HTTP/1.1 %d \r\n" % status]
+    for item in items:
+        lines.append(item[0] + b": " + item[-1] + b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class _Direct(NamedTuple):
+    """A plain request a direct route takes."""
+
+    handler: DirectHandler
+    request: PlainRequest
+    method: str
+    path: bytes  # as sent
+    decoded: str
+    query: bytes
 
 
 class Connection:
@@ -322,6 +360,8 @@ class Connection:
         self.body_error: h11.RemoteProtocolError | None = None
         self.app_scope: trio.CancelScope | None = None
         self._finished_event: trio.Event | None = None
+        # A plain request (fgd.web.plain), read without h11: answered without it too.
+        self.plain = False
 
     # -- the connection's loop ------------------------------------------------------------------
 
@@ -335,7 +375,10 @@ class Connection:
                     return
                 if request is None:
                     return
-                await self._serve(request)
+                if type(request) is _Direct:
+                    await self._serve_plain(request)
+                else:
+                    await self._serve(request)
                 if not await self._next_cycle():
                     return
         finally:
@@ -376,7 +419,7 @@ class Connection:
             raise _head_too_large()
         return event
 
-    async def _next_request(self) -> h11.Request | None:
+    async def _next_request(self) -> h11.Request | _Direct | None:
         """The next request's head, or None if the client closed, was too slow, or was evicted."""
         conn = self.h11
         event = self._next_head_event()
@@ -427,12 +470,34 @@ class Connection:
 
     def _head_with(self, data: bytes) -> Any:
         """h11 given `data` (b"": the client closed): the request whose head is now whole, None if
-        the connection ended before one began, or _MORE while the head is incomplete."""
+        the connection ended before one began, or _MORE while the head is incomplete. A plain
+        request for a direct route that `data` begins with is taken without h11 (a _Direct)."""
+        if data and self.direct is not None and self._buffer is not None and not len(self._buffer):
+            direct = self._direct_request(data)
+            if direct is not None:
+                return direct
         self.h11.receive_data(data)
         event = self._next_head_event()
         if type(event) is h11.Request:
             return event
         return _MORE if event is h11.NEED_DATA else None
+
+    def _direct_request(self, data: bytes) -> _Direct | None:
+        """The plain request `data` begins with, if a direct route takes it; h11 is given what
+        follows it (a pipelined request). None leaves `data` to h11 whole."""
+        request = plain_request(data, MAX_HEAD)
+        if request is None:
+            return None
+        path, _, query = request.target.partition(b"?")
+        method = request.method.decode("ascii")
+        decoded = unquote(path.decode("ascii"))
+        assert self.direct is not None
+        handler = self.direct(method, decoded)
+        if handler is None:
+            return None
+        if request.end < len(data):
+            self.h11.receive_data(data[request.end :])
+        return _Direct(handler, request, method, path, decoded, query)
 
     async def _receive_head_piece(self) -> bytes:
         """The next bytes of a head (b"" once the client closed), waited for: called when a read
@@ -448,6 +513,13 @@ class Connection:
     async def _next_cycle(self) -> bool:
         """Ready the connection for the next request: read and drop what is left of this one's body."""
         conn = self.h11
+        if self.plain:
+            # h11 saw none of it: it still waits for a request.
+            if self.gone or self.slots.closing or not self.finished:
+                return False
+            self.served = True
+            self._reset_request()
+            return True
         if self.gone or self.slots.closing or conn.our_state is not h11.DONE:
             return False
         if conn.their_state is h11.SEND_BODY and not await self._drain():
@@ -480,7 +552,12 @@ class Connection:
     async def _close(self) -> None:
         conn = self.h11
         try:
-            if self.finished and not self.gone and conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED):
+            if (
+                self.finished
+                and not self.gone
+                and not self.plain
+                and conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED)
+            ):
                 # An answer is out, its request maybe not all in: stop sending, then take what the
                 # client still sends for a moment (see LINGER_SECONDS). Evictable meanwhile.
                 self.sock.shutdown(trio.socket.SHUT_WR)
@@ -551,7 +628,10 @@ class Connection:
         if self.body_done and self.direct is not None:
             handler = self.direct(method, decoded)
             if handler is not None:
-                await self._serve_directly(handler, method, path, decoded, query, headers)
+                assert self.pending is not None
+                body = self.pending["body"]
+                self.pending = None
+                await self._serve_directly(handler, method, path, decoded, query, headers, body)
                 return
         self.scope = scope = {
             "type": "http",
@@ -605,12 +685,10 @@ class Connection:
         path: str,
         query: bytes,
         headers: list[tuple[bytes, bytes]],
+        body: bytes,
     ) -> None:
         """Answer a request whose body came whole with its head through a direct route: the
         checks of a response start, as for the app's, but no ASGI messages."""
-        assert self.pending is not None
-        body = self.pending["body"]
-        self.pending = None
         self.scope = {"method": method, "raw_path": raw_path}  # what the log says of it
         try:
             await handler(path, query, headers, body, self._respond)
@@ -622,9 +700,22 @@ class Connection:
             log.error("%s %s: the daemon sent no answer", method, _logged_path(self.scope))
             await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))
 
+    async def _serve_plain(self, direct: _Direct) -> None:
+        """A plain request (read without h11) through its direct route."""
+        self.plain = True
+        self.body_done = True
+        self.no_body = direct.method == "HEAD"
+        request = direct.request
+        await self._serve_directly(
+            direct.handler, direct.method, direct.path, direct.decoded, direct.query, request.headers, request.body
+        )
+
     async def _respond(self, status: int, headers: list, body: bytes) -> None:
         """A direct route's whole answer (`Respond`)."""
         if self.started:
+            return
+        if self.plain:
+            await self._respond_plain(status, headers, body)
             return
         await self._start(status, headers)
         await self._send_body(body, more=False)
@@ -760,17 +851,33 @@ class Connection:
             # After the write: quart-trio stops its request task when it sees http.disconnect.
             self._finished_event.set()
 
+    async def _respond_plain(self, status: int, raw_headers: list, body: bytes) -> None:
+        """The answer to a plain request, framed here as h11 would (h11 saw no request to answer)."""
+        try:
+            items = _checked_items(status, raw_headers, self._closing_after())[0]
+            if self.no_body or status in _NO_BODY_STATUSES:
+                body = b""  # as h11 frames them: the head alone
+            else:
+                _check_length(items, body)
+        except _Invalid as error:
+            self._invalid_response(error)
+            await self._error(500, "FSS.0500", "the daemon produced an invalid HTTP response; see its log")
+            return
+        self.started = self.finished = True
+        await self._write(_head_bytes(status, items) + body)
+
+    def _invalid_response(self, error: Exception) -> None:
+        scope = self.scope or {}
+        log.error("refused to send an invalid response to %s %s: %s", scope.get("method"), _logged_path(scope), error)
+        self.started = True  # the app's answer is replaced: what it sends next is dropped
+        self.finished = True
+
     async def _start(self, status: object, raw_headers: Any) -> None:
         try:
             headers = _response_headers(status, raw_headers, self._closing_after())
             head = self.h11.send(h11.Response(status_code=status, headers=headers))  # type: ignore[arg-type]
         except (_Invalid, h11.LocalProtocolError) as error:
-            scope = self.scope or {}
-            log.error(
-                "refused to send an invalid response to %s %s: %s", scope.get("method"), _logged_path(scope), error
-            )
-            self.started = True  # the app's answer is replaced: what it sends next is dropped
-            self.finished = True
+            self._invalid_response(error)
             await self._error(500, "FSS.0500", "the daemon produced an invalid HTTP response; see its log")
             return
         self.started = True
@@ -810,6 +917,12 @@ class Connection:
             _Date.now()[::2],
             (b"connection", b"close"),
         ]
+        if self.plain:
+            self.head = None
+            self.finished = True
+            await self._write(_head_bytes(status, headers) + (b"" if self.no_body else body))
+            self.gone = True  # as the answer says: h11 closes after it (MUST_CLOSE), so does this
+            return
         conn = self.h11
         try:
             out = conn.send(h11.Response(status_code=status, headers=headers))

@@ -18,6 +18,7 @@ import trio
 
 from fgd.config import ServerConfig
 from fgd.web.connection import MAX_HEAD, DirectHandler, Respond
+from fgd.web.plain import plain_request
 from fgd.web.server import lifespan, serve_http
 
 LIMITS = ServerConfig(header_timeout=0.5, body_timeout=0.5, keep_alive_timeout=1.0, send_timeout=1.0)
@@ -594,6 +595,146 @@ async def test_a_client_pipelining_requests_answered_at_once_does_not_keep_the_e
         await client.send(burst)
     assert len(app.calls) == count
     assert seen_mid_burst >= 3, seen_mid_burst
+    client.close()
+
+
+def normalised(answer: bytes) -> bytes:
+    """An answer with its request id and date (which differ between two answers) blanked."""
+    lines = [
+        line.split(b":")[0] + b": -" if line.lower().startswith((b"x-request-id:", b"date:")) else line
+        for line in answer.split(b"\r\n")
+    ]
+    return b"\r\n".join(lines)
+
+
+async def raw_answer(port: int, data: bytes) -> bytes:
+    """Everything the server sends for `data` (a request that asks for a close) until it closes."""
+    client = Client(port)
+    await client.send(data)
+    answer = b""
+    while chunk := await client._recv():
+        answer += chunk
+    client.close()
+    return answer
+
+
+async def test_a_plain_request_skips_h11_and_its_answer_is_the_bytes_h11_would_write(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain request (fgd.web.plain) is read and answered without h11; the same request in a
+    shape h11 must read (a Connection header) reaches the same direct route through h11; the
+    answers are the same bytes."""
+    from fgd.web import connection
+
+    taken: list[bytes] = []
+
+    def spy(data: bytes, max_head: int) -> object:
+        request = plain_request(data, max_head)
+        if request is not None:
+            taken.append(request.target)
+        return request
+
+    monkeypatch.setattr(connection, "plain_request", spy)
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    listener_stop = listener.stop
+    # Each answer is followed by the close the second request asks for, so each is read whole.
+    close = b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    plain = await raw_answer(listener.port, post("/direct/a?b=1", b"event") + close)
+    through_h11 = await raw_answer(listener.port, post("/direct/a?b=1", b"event", "Connection: keep-alive\r\n") + close)
+    assert taken == [b"/direct/a?b=1"]  # the second went through h11
+    assert app.calls == [("/direct/a", b"b=1", b"event")] * 2
+    assert plain.startswith(b"HTTP/1.1 200 \r\ncontent-type: application/json\r\n")
+    assert normalised(plain) == normalised(through_h11)
+    assert plain.count(b"x-request-id:") == 2 and plain.count(b"date:") == 2
+    listener_stop.set()
+
+
+async def test_plain_and_h11_requests_pipelined_in_any_order_are_answered_in_order(nursery: trio.Nursery) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    shapes = [
+        post("/direct/0", b"plain"),
+        post("/direct/1", b"h11", "Connection: keep-alive\r\n"),
+        post("/direct/2", b"plain"),
+        b"POST /direct/3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nchunk\r\n0\r\n\r\n",
+        post("/direct/4", b"plain"),
+        post("/other/5", b"app"),
+        post("/direct/6", b"plain"),
+    ]
+    for burst in (b"".join(shapes), *shapes):  # all in one packet, then one at a time
+        await client.send(burst)
+        for _ in range(len(shapes) if len(burst) > len(shapes[0]) * 2 else 1):
+            assert (await client.response())[0] == 200
+    paths = [call[0] for call in app.calls]
+    assert paths == ["/direct/0", "/direct/1", "/direct/2", "/direct/3", "/direct/4", "/direct/6"] * 2
+    assert [call[2] for call in app.calls][:6] == [b"plain", b"h11", b"plain", b"chunk", b"plain", b"plain"]
+    client.close()
+
+
+async def test_a_plain_request_whose_route_fails_is_500_and_the_connection_closes_as_it_says(
+    nursery: trio.Nursery,
+) -> None:
+    listener = await listen(nursery, DirectEcho())
+    for path in ("/direct/fail", "/direct/silent", "/direct/bad-header"):
+        client = Client(listener.port)
+        # A second request behind it is not served: the 500 says the connection closes.
+        await client.send(post(path, b"x") + post("/direct/next", b"y"))
+        status, headers, _ = await client.response()
+        assert status == 500 and headers["connection"] == "close"
+        assert client.buffer == b""
+        assert await client.closed_within(1) is not None, path
+        client.close()
+
+
+async def test_a_plain_request_of_exactly_the_head_limit_is_served_one_byte_more_is_431(
+    nursery: trio.Nursery,
+) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    for size, expected in ((MAX_HEAD, 200), (MAX_HEAD + 1, 431)):
+        start = b"POST /direct/limit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Padding: "
+        head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+        assert len(head) == size
+        client = Client(listener.port)
+        await client.send(head)
+        status, _, body = await client.response()
+        assert status == expected, size
+        client.close()
+    assert json.loads(body)["error_code"] == "FSS.0431"
+    assert app.calls == [("/direct/limit", b"", b"")]
+
+
+async def test_a_plain_request_answered_during_shutdown_is_closed_at_once_not_lingered_on(
+    nursery: trio.Nursery,
+) -> None:
+    """Its request was read whole: nothing of it is left to take before the close."""
+    entered = trio.Event()
+    release = trio.Event()
+
+    class Held(DirectEcho):
+        async def answer(self, path: str, query: bytes, headers: list, body: bytes, respond: Respond) -> None:
+            entered.set()
+            await release.wait()
+            await super().answer(path, query, headers, body, respond)
+
+    listener = await listen(nursery, Held())
+    client = Client(listener.port)
+    await client.send(post("/direct/held", b"x"))
+    with trio.fail_after(2):
+        await entered.wait()
+    listener.stop.set()
+    await trio.sleep(0.1)
+    release.set()
+    released = time.monotonic()
+    status, headers, body = await client.response()
+    assert status == 200 and headers["connection"] == "close" and json.loads(body)["via"] == "direct"
+    assert await client.closed_within(2) is not None
+    with trio.fail_after(2):
+        await listener.stopped.wait()
+    # A close that lingered (LINGER_SECONDS) would have held the listener's stop for a second.
+    assert time.monotonic() - released < 0.5
     client.close()
 
 
