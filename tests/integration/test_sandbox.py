@@ -225,7 +225,9 @@ def test_a_fork_bomb_at_128_mb_is_gone_within_a_second_of_its_timeout(fresh_daem
     done.set()
     sampler.join()
     assert response.json()["errorType"] == "Runtime.Timeout"
-    assert peak[0] > 200, f"the bomb only reached {peak[0]} tasks"
+    # That it was a bomb: at 300 millicores it reaches 150-500 tasks within its second (sampled
+    # every 50 ms; 196-200 seen on a slow host, so the bar is not the host's speed).
+    assert peak[0] > 100, f"the bomb only reached {peak[0]} tasks"
     assert answered - started < 1.5  # cold start + the 1 s deadline: the kill does not hold the answer
     while _instance_tasks(fresh_daemon.process.pid) > pool and time.monotonic() - answered < 10:
         time.sleep(0.01)
