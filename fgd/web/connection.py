@@ -342,6 +342,8 @@ class Connection:
         self._wait: trio.CancelScope | None = None
         # Where it waits for its client to take an answer (the app may read and write at once).
         self._send_wait: trio.CancelScope | None = None
+        # A plain request's head (and what came of its body) held for the rest of the body.
+        self._held = b""
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -444,9 +446,11 @@ class Connection:
                 return head
         limits = self.limits
         # A fresh connection, or one with part of a head already in: header_timeout. An idle
-        # kept-alive connection: keep_alive_timeout until its next head's first byte.
-        started = not self.served or bool(conn.trailing_data[0])
-        deadline = trio.current_time() + (limits.header_timeout if started else limits.keep_alive_timeout)
+        # kept-alive connection: keep_alive_timeout until its next head's first byte. A plain
+        # head held for its body: body_timeout, as for any pause in a body.
+        started = not self.served or bool(conn.trailing_data[0]) or bool(self._held)
+        timeout = limits.header_timeout if started else limits.keep_alive_timeout
+        deadline = trio.current_time() + (limits.body_timeout if self._held else timeout)
         with trio.CancelScope(deadline=deadline) as wait:
             self._wait = wait
             (self.slots.waiting if started else self.slots.idle)[self] = None
@@ -461,19 +465,41 @@ class Connection:
                     head = self._head_with(data)
                     if head is not _MORE:
                         return head
+                    if self._held:
+                        wait.deadline = trio.current_time() + limits.body_timeout
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
             finally:
                 self._wait = None
                 self._forget()
+        if self._held:
+            # The body of a held plain head stalled (or the wait was evicted): answered as h11's
+            # path answers a body that stalls (408, then the connection closes).
+            self.h11.receive_data(self._held)
+            self._held = b""
+            if type(self._next_head_event()) is h11.Request:  # always: the head was whole
+                raise self._stalled()
         return None  # timed out, or evicted: closed without an answer
 
     def _head_with(self, data: bytes) -> Any:
         """h11 given `data` (b"": the client closed): the request whose head is now whole, None if
         the connection ended before one began, or _MORE while the head is incomplete. A plain
         request for a direct route that `data` begins with is taken without h11 (a _Direct)."""
-        if data and self.direct is not None and self._buffer is not None and not len(self._buffer):
-            direct = self._direct_request(data)
+        held = self._held
+        if held:
+            # A plain head held for its body: this read is the one that may complete it.
+            self._held = b""
+            if not data:
+                # The client closed: h11 takes what came, and the app's read of the body finds
+                # the close, as when h11 had it all along.
+                data = held
+            else:
+                data = held + data
+                direct = self._direct_request(data, hold=False)
+                if direct is not None:
+                    return direct
+        elif data and self.direct is not None and self._buffer is not None and not len(self._buffer):
+            direct = self._direct_request(data, hold=True)
             if direct is not None:
                 return direct
         self.h11.receive_data(data)
@@ -482,9 +508,11 @@ class Connection:
             return event
         return _MORE if event is h11.NEED_DATA else None
 
-    def _direct_request(self, data: bytes) -> _Direct | None:
+    def _direct_request(self, data: bytes, hold: bool) -> Any:
         """The plain request `data` begins with, if a direct route takes it; h11 is given what
-        follows it (a pipelined request). None leaves `data` to h11 whole."""
+        follows it (a pipelined request). None leaves `data` to h11 whole. With `hold`, a plain
+        head whose body is not all in (Python's http.client, and so the SDK, sends the body
+        after the head) is held for one more read: _MORE."""
         request = plain_request(data, MAX_HEAD)
         if request is None:
             return None
@@ -495,6 +523,11 @@ class Connection:
         handler = self.direct(method, decoded)
         if handler is None:
             return None
+        if request.body is None:
+            if not hold or request.end - len(data) > HEAD_RECV:
+                return None
+            self._held = data
+            return _MORE
         if request.end < len(data):
             self.h11.receive_data(data[request.end :])
         return _Direct(handler, request, method, path, decoded, query)

@@ -1,10 +1,10 @@
 """The plain request: the one shape of HTTP/1.1 request that is read without h11 (sans-IO).
 
 Almost every invocation is a request of one shape: HTTP/1.1, an origin-form target, a Host
-header, a Content-Length and the whole body in the same read as its head, and no header that
-changes how the connection or the body is framed. `plain_request` recognises exactly that
-shape and nothing more; anything else (a chunked body, `Expect`, `Connection`, HTTP/1.0, an
-incomplete body, obs-fold, a byte h11 would refuse or a header h11 would merge) is None, and
+header, a Content-Length, and no header that changes how the connection or the body is
+framed. `plain_request` recognises exactly that
+shape and nothing more; anything else (a chunked body, `Expect`, `Connection`, HTTP/1.0,
+obs-fold, a byte h11 would refuse or a header h11 would merge) is None, and
 the connection hands the same bytes to h11, which then answers or refuses them as before.
 
 So there are not two HTTP parsers that could disagree on where a request ends (the root of
@@ -39,12 +39,14 @@ class PlainRequest(NamedTuple):
     method: bytes
     target: bytes
     headers: list[tuple[bytes, bytes]]  # (lower-case name, value), in order, as h11 gives them
-    body: bytes
-    end: int  # where the request ends in the bytes it was read from
+    body: bytes | None  # None: not all in yet
+    end: int  # where the request ends in the bytes it was read from (beyond them: not all in)
 
 
 def plain_request(data: bytes, max_head: int) -> PlainRequest | None:
-    """The request at the start of `data` if it is a plain one, whole; else None."""
+    """The request at the start of `data` if it is a plain one; else None. Its head is whole;
+    its body may not be (None: a client that sends the head and then the body, as Python's
+    http.client does, is read in two pieces)."""
     # The head, its blank line included, within max_head bytes (h11's path: 431 past it).
     head_end = data.find(b"\r\n\r\n", 0, max_head)
     if head_end < 0:
@@ -77,6 +79,5 @@ def plain_request(data: bytes, max_head: int) -> PlainRequest | None:
         return None
     body_start = head_end + 4
     end = body_start + length
-    if end > len(data):
-        return None
-    return PlainRequest(line[1], line[2], headers, data[body_start:end], end)
+    body = data[body_start:end] if end <= len(data) else None
+    return PlainRequest(line[1], line[2], headers, body, end)

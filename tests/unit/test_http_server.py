@@ -535,10 +535,13 @@ async def test_a_body_that_came_whole_is_answered_directly_one_that_streams_thro
     assert [a.get("via", "app") for a in answers] == ["direct", "direct", "app", "direct", "direct", "direct"]
     assert [a["body"] for a in answers if a.get("via")] == [f"event {n}" for n in range(5)]
     assert app.calls[0] == ("/direct/0", b"q=0", b"event 0")
-    # A body still on its way when the head is read goes through the app, as before.
+    # A body still on its way when the head is read, and not all in with the next read, goes
+    # through the app, as before (one that the next read completes is read directly too).
     await client.send(post("/direct/slow", b"0123456789")[:-5])
     await trio.sleep(0.1)
-    await client.send(b"56789")
+    await client.send(b"567")
+    await trio.sleep(0.1)
+    await client.send(b"89")
     status, _, body = await client.response()
     assert status == 200 and json.loads(body) == {"method": "POST", "path": "/direct/slow", "body": "0123456789"}
     client.close()
@@ -619,22 +622,11 @@ async def raw_answer(port: int, data: bytes) -> bytes:
 
 
 async def test_a_plain_request_skips_h11_and_its_answer_is_the_bytes_h11_would_write(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+    nursery: trio.Nursery, plain_targets: list[bytes]
 ) -> None:
     """A plain request (fgd.web.plain) is read and answered without h11; the same request in a
     shape h11 must read (a Connection header) reaches the same direct route through h11; the
     answers are the same bytes."""
-    from fgd.web import connection
-
-    taken: list[bytes] = []
-
-    def spy(data: bytes, max_head: int) -> object:
-        request = plain_request(data, max_head)
-        if request is not None:
-            taken.append(request.target)
-        return request
-
-    monkeypatch.setattr(connection, "plain_request", spy)
     app = DirectEcho()
     listener = await listen(nursery, app)
     listener_stop = listener.stop
@@ -642,7 +634,7 @@ async def test_a_plain_request_skips_h11_and_its_answer_is_the_bytes_h11_would_w
     close = b"GET /bye HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     plain = await raw_answer(listener.port, post("/direct/a?b=1", b"event") + close)
     through_h11 = await raw_answer(listener.port, post("/direct/a?b=1", b"event", "Connection: keep-alive\r\n") + close)
-    assert taken == [b"/direct/a?b=1"]  # the second went through h11
+    assert plain_targets == [b"/direct/a?b=1"]  # the second went through h11
     assert app.calls == [("/direct/a", b"b=1", b"event")] * 2
     assert plain.startswith(b"HTTP/1.1 200 \r\ncontent-type: application/json\r\n")
     assert normalised(plain) == normalised(through_h11)
@@ -686,6 +678,117 @@ async def test_a_plain_request_whose_route_fails_is_500_and_the_connection_close
         assert client.buffer == b""
         assert await client.closed_within(1) is not None, path
         client.close()
+
+
+@pytest.fixture
+def plain_targets(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The targets of the requests read without h11, whole."""
+    from fgd.web import connection
+
+    taken: list[bytes] = []
+
+    def spy(data: bytes, max_head: int) -> object:
+        request = plain_request(data, max_head)
+        if request is not None and request.body is not None:
+            taken.append(request.target)
+        return request
+
+    monkeypatch.setattr(connection, "plain_request", spy)
+    return taken
+
+
+async def test_a_plain_head_whose_body_comes_in_the_next_read_is_still_read_without_h11(
+    nursery: trio.Nursery, plain_targets: list[bytes]
+) -> None:
+    """Python's http.client (and so the FunctionGraph SDK) sends a head, then its body."""
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    for n in range(3):
+        request = post(f"/direct/{n}", b'{"n": %d}' % n)
+        head, _, body = request.partition(b"\r\n\r\n")
+        await client.send(head + b"\r\n\r\n")
+        await trio.sleep(0.05)
+        # The body and a pipelined request behind it, in one piece: the second goes through h11.
+        await client.send(body + post(f"/direct/next{n}", b"x"))
+        for expected in (f"/direct/{n}", f"/direct/next{n}"):
+            status, _, answer = await client.response()
+            assert status == 200 and json.loads(answer)["path"] == expected
+    assert plain_targets == [b"/direct/0", b"/direct/1", b"/direct/2"]
+    assert [call[2] for call in app.calls] == [b'{"n": 0}', b"x", b'{"n": 1}', b"x", b'{"n": 2}', b"x"]
+    client.close()
+
+
+async def test_a_plain_head_whose_body_stalls_is_408_after_body_timeout_as_through_h11(
+    nursery: trio.Nursery, plain_targets: list[bytes]
+) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    for sent in (b"", b"{"):
+        client = Client(listener.port)
+        start = time.monotonic()
+        await client.send(b"POST /direct/stall HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n" + sent)
+        status, headers, body = await client.response()
+        waited = time.monotonic() - start
+        assert status == 408 and headers["connection"] == "close" and b"stalled" in body
+        assert LIMITS.body_timeout - 0.1 < waited < LIMITS.body_timeout + 0.5, waited
+        request_id(headers)
+        assert await client.closed_within(2) is not None
+        client.close()
+    assert app.calls == [] and plain_targets == []
+
+
+async def test_a_plain_head_whose_body_takes_more_than_one_read_goes_through_h11_whole(
+    nursery: trio.Nursery, plain_targets: list[bytes]
+) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(b"POST /direct/pieces HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab")
+    for piece in (b"cd", b"ef"):
+        await trio.sleep(0.05)
+        await client.send(piece)
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body) == {"method": "POST", "path": "/direct/pieces", "body": "abcdef"}
+    # A body larger than one more read could bring is not held at all.
+    big = b"x" * (MAX_HEAD * 2)
+    request = post("/direct/big", big)
+    await client.send(request[: request.index(b"\r\n\r\n") + 4])
+    await trio.sleep(0.05)
+    await client.send(big)
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body)["body"] == big.decode()
+    assert plain_targets == [] and app.calls == []  # both through h11 and the app (streamed)
+    client.close()
+
+
+@pytest.mark.parametrize("hold", [True, False], ids=["held", "through-h11"])
+async def test_a_plain_head_whose_client_closes_before_its_body_is_a_disconnect_for_the_app_as_before(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, hold: bool
+) -> None:
+    from fgd.web import connection
+
+    if not hold:  # how h11's path took it: the same, before plain heads were held
+        monkeypatch.setattr(connection, "plain_request", lambda data, max_head: None)
+    seen: list[dict] = []
+
+    class Reader(DirectEcho):
+        async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+            if scope["type"] == "lifespan":
+                await lifespan(receive, send)
+                return
+            while (message := await receive())["type"] == "http.request":
+                seen.append(message)
+            seen.append(message)
+
+    listener = await listen(nursery, Reader())
+    client = Client(listener.port)
+    await client.send(b"POST /direct/gone HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc")
+    await trio.sleep(0.05)
+    client.sock.shutdown(socket.SHUT_WR)
+    assert await client._recv() == b""  # no answer: the app gave none
+    assert [bytes(m.get("body", b"-")) for m in seen] == [b"abc", b"-"] and seen[-1]["type"] == "http.disconnect"
+    client.close()
 
 
 async def test_a_plain_request_of_exactly_the_head_limit_is_served_one_byte_more_is_431(
