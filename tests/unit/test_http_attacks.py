@@ -21,7 +21,7 @@ import trio
 
 from fgd.web.connection import MAX_HEAD
 from fgd.web.server import lifespan
-from tests.unit.test_http_server import LIMITS, Client, echo, listen, post, request_id
+from tests.unit.test_http_server import LIMITS, Client, DirectEcho, echo, listen, post, request_id
 
 
 @pytest.fixture
@@ -83,16 +83,27 @@ async def test_head_over_the_limit_pipelined_behind_a_body_is_431(nursery: trio.
     client.close()
 
 
-async def test_head_of_exactly_the_limit_is_served_one_byte_more_is_431(nursery: trio.Nursery) -> None:
-    listener = await listen(nursery, echo)
+@pytest.mark.parametrize("plain", [False, True], ids=["through-h11", "plain"])
+async def test_head_of_exactly_the_limit_is_served_one_byte_more_is_431(nursery: trio.Nursery, plain: bool) -> None:
+    # A plain request (fgd.web.plain: a POST with its length, for a direct route) is held to the
+    # same limit as one h11 reads.
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    start = (
+        b"POST /direct/limit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+        if plain
+        else b"GET / HTTP/1.1\r\nHost: x\r\n"
+    )
     for size, expected in ((MAX_HEAD, 200), (MAX_HEAD + 1, 431)):
-        start = b"GET / HTTP/1.1\r\nHost: x\r\nX-Padding: "
-        head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+        head = start + b"X-Padding: " + b"a" * (size - len(start) - 15) + b"\r\n\r\n"
         assert len(head) == size
         client = Client(listener.port)
         await client.send(head)
-        assert (await client.response())[0] == expected, size
+        status, _, body = await client.response()
+        assert status == expected, size
         client.close()
+    assert json.loads(body)["error_code"] == "FSS.0431"
+    assert app.calls == ([("/direct/limit", b"", b"")] if plain else [])
 
 
 # -- methods ---------------------------------------------------------------------------------------

@@ -791,24 +791,6 @@ async def test_a_plain_head_whose_client_closes_before_its_body_is_a_disconnect_
     client.close()
 
 
-async def test_a_plain_request_of_exactly_the_head_limit_is_served_one_byte_more_is_431(
-    nursery: trio.Nursery,
-) -> None:
-    app = DirectEcho()
-    listener = await listen(nursery, app)
-    for size, expected in ((MAX_HEAD, 200), (MAX_HEAD + 1, 431)):
-        start = b"POST /direct/limit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nX-Padding: "
-        head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
-        assert len(head) == size
-        client = Client(listener.port)
-        await client.send(head)
-        status, _, body = await client.response()
-        assert status == expected, size
-        client.close()
-    assert json.loads(body)["error_code"] == "FSS.0431"
-    assert app.calls == [("/direct/limit", b"", b"")]
-
-
 async def test_a_plain_request_answered_during_shutdown_is_closed_at_once_not_lingered_on(
     nursery: trio.Nursery,
 ) -> None:
