@@ -9,6 +9,8 @@ route, and the same end of the connection.
 
 from __future__ import annotations
 
+import json
+import random
 import socket
 import time
 
@@ -18,7 +20,8 @@ import trio
 from fgd.web import connection
 from fgd.web.connection import Respond
 from fgd.web.plain import plain_request
-from tests.unit.test_http_server import DirectEcho, listen, normalised, post
+from tests.unit.test_http_server import Client, DirectEcho, listen, normalised, post, request_id
+from tests.unit.test_plain_request import mutations
 
 
 def exchange(port: int, pieces: list[bytes], pause: float = 0.02) -> bytes:
@@ -81,3 +84,101 @@ async def test_a_direct_answer_that_says_close_ends_the_connection_as_h11_would(
     assert through_h11[1] == [("/direct/a", b"", b"x")]
     assert plain == through_h11
     assert plain[0].count(b"HTTP/1.1 200") == 1
+
+
+def stream(rng: random.Random) -> tuple[bytes, list[int]]:
+    """A hostile byte stream: pipelined requests (plain ones first, then of every other shape),
+    mutated, and cut into reads at random places."""
+    plain = [
+        post("/direct/a?q=1", b'{"n": 1}'),
+        b"POST /direct/b HTTP/1.1\r\nhost:h\r\ncontent-length:3\r\nX-A: \t v \t\r\n\r\nabc",
+        post("/direct/c", b""),
+    ]
+    other = [
+        post("/direct/d", b"zz", "Expect: 100-continue\r\n"),
+        post("/direct/e", b"zz", "Connection: close\r\n"),
+        b"POST /direct/f HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nzz\r\n0\r\n\r\n",
+        b"POST /direct/g HTTP/1.0\r\nContent-Length: 1\r\n\r\nz",
+        b"GET /other HTTP/1.1\r\nHost: h\r\n\r\n",
+        post("/direct/h", b"z", "Content-Length: 1\r\n"),
+    ]
+    data = b"".join(rng.sample(plain, rng.randint(1, 3)) + rng.sample(other, rng.randint(0, 2)))
+    data = mutations(rng, data)
+    cuts = sorted(rng.sample(range(1, len(data)), rng.choice([0, 0, 1, 2])))
+    return data, cuts
+
+
+async def test_hostile_streams_are_answered_the_same_with_the_plain_path_on_and_off(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    rng = random.Random(1515)
+    plain_taken = 0
+    for _ in range(100):
+        data, cuts = stream(rng)
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+        plain, through_h11 = await both_ways(monkeypatch, app, listener.port, pieces)
+        assert plain == through_h11, (data, cuts)
+        plain_taken += plain_request(pieces[0], connection.MAX_HEAD) is not None
+    assert plain_taken > 10  # the plain path was taken, not only refused
+
+
+async def test_a_plain_request_then_a_malformed_one_is_200_then_400_and_closed(nursery: trio.Nursery) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(post("/direct/a", b"x") + b"POST /direct/b HTTP/1.1\r\nHost: x\r\nX-Bad : a\r\n\r\n")
+    first = await client.response()
+    second = await client.response()
+    assert first[0] == 200 and json.loads(first[2])["via"] == "direct"
+    assert second[0] == 400 and second[1]["connection"] == "close"
+    assert json.loads(second[2])["error_code"] == "FSS.0400"
+    assert request_id(first[1]) != request_id(second[1])
+    assert await client.closed_within(1) is not None
+    assert [call[0] for call in app.calls] == ["/direct/a"]
+    client.close()
+
+
+async def test_a_plain_request_then_part_of_a_head_then_a_half_close_is_200_then_400(nursery: trio.Nursery) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    answer = await trio.to_thread.run_sync(exchange, listener.port, [post("/direct/a", b"x") + b"POST /direct/b HT"])
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert answer.count(b"HTTP/1.1 400 ") == 1 and b"peer unexpectedly closed" in answer
+    assert [call[0] for call in app.calls] == ["/direct/a"]
+
+
+async def test_100_continue_for_a_request_pipelined_after_a_plain_one_comes_after_the_plain_answer(
+    nursery: trio.Nursery,
+) -> None:
+    app = DirectEcho()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(post("/direct/a", b"x") + post("/direct/b", b"yz", "Expect: 100-continue\r\n")[:-2])
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body)["body"] == "x"
+    assert (await client.response(head_only=True))[0] == 100
+    await client.send(b"yz")
+    status, _, body = await client.response()
+    assert status == 200 and json.loads(body)["body"] == "yz"
+    client.close()
+
+
+async def test_a_path_with_a_line_break_does_not_forge_a_log_line(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Failing(DirectEcho):
+        async def answer(self, path: str, query: bytes, headers: list, body: bytes, respond: Respond) -> None:
+            self.calls.append((path, query, body))
+            raise RuntimeError("a bug")
+
+    app = Failing()
+    listener = await listen(nursery, app)
+    client = Client(listener.port)
+    await client.send(post("/direct/x%0d%0aFORGED%20line", b"x"))
+    assert (await client.response())[0] == 500
+    client.close()
+    assert app.calls[0][0] == "/direct/x\r\nFORGED line"  # the route had it decoded
+    logged = [r.getMessage() for r in caplog.records if "error answering" in r.getMessage()]
+    assert logged == ["error answering POST /direct/x%0d%0aFORGED%20line"]
