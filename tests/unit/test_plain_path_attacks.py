@@ -21,7 +21,7 @@ from fgd.web import connection
 from fgd.web.connection import Respond
 from fgd.web.plain import plain_request
 from tests.unit.test_http_server import Client, DirectEcho, listen, normalised, post, request_id
-from tests.unit.test_plain_request import mutations
+from tests.unit.test_plain_request import assert_as_h11_reads, mutations
 
 
 def exchange(port: int, pieces: list[bytes], pause: float = 0.02) -> bytes:
@@ -182,3 +182,64 @@ async def test_a_path_with_a_line_break_does_not_forge_a_log_line(
     assert app.calls[0][0] == "/direct/x\r\nFORGED line"  # the route had it decoded
     logged = [r.getMessage() for r in caplog.records if "error answering" in r.getMessage()]
     assert logged == ["error answering POST /direct/x%0d%0aFORGED%20line"]
+
+
+# Bytes the parser-level fuzz (tests/unit/test_plain_request.py) does not try: whitespace that
+# str.isspace or Unicode would take (\x0b \x0c \x1c \x85 \xa0), the blank lines h11 ends a head
+# at (bare LF), continuation lines, lengths with leading zeros and tabs, version and request-line
+# pieces, and every framing header.
+HOSTILE = [
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b" ",
+    b"\t",
+    b":",
+    b"\x00",
+    b"\x0b",
+    b"\x0c",
+    b"\x1c",
+    b"\x85",
+    b"\xa0",
+    b"\x7f",
+    b"\xff",
+    b"a",
+    b"0",
+    b",",
+    b"%",
+    b"Host:",
+    b"Host: y\r\n",
+    b"host:\r\n",
+    b"content-length:00\r\n",
+    b"Content-Length:\t3 \r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"\r\n\r\n",
+    b"\n\r\n",
+    b"\n\n",
+    b"\r\n ",
+    b"\r\n\t",
+    b"HTTP/1.0",
+    b" HTTP/1.1\r\n",
+    b"POST / HTTP/1.1\r\n",
+    b"Connection: close\r\n",
+    b"Expect: 100-continue\r\n",
+    b"Upgrade: h2c\r\n",
+]
+
+
+def test_mutations_with_hostile_whitespace_and_line_ends_are_left_to_h11_or_read_as_h11_reads_them() -> None:
+    rng = random.Random(150)
+    seeds = [
+        post("/a", b'{"n": 1}', "X-A: b\r\n"),
+        post("/a", b"") + post("/b", b"abc"),
+        b"POST /a HTTP/1.1\r\nhost:h\r\ncontent-length:0\r\n\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+    ]
+    taken = 0
+    for _ in range(20_000):
+        data = rng.choice(seeds)
+        for _ in range(rng.randint(1, 5)):
+            at = rng.randint(0, len(data))
+            cut = at + (rng.randint(1, 6) if rng.random() < 0.3 else 0)
+            data = data[:at] + (b"" if cut > at and rng.random() < 0.5 else rng.choice(HOSTILE)) + data[cut:]
+        taken += assert_as_h11_reads(data) is not None
+    assert 1_000 < taken < 19_000, taken
