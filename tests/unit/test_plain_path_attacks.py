@@ -14,13 +14,14 @@ import random
 import socket
 import time
 
+import msgspec
 import pytest
 import trio
 
 from fgd.web import connection
 from fgd.web.connection import Respond
 from fgd.web.plain import plain_request
-from tests.unit.test_http_server import Client, DirectEcho, listen, normalised, post, request_id
+from tests.unit.test_http_server import LIMITS, Client, DirectEcho, listen, normalised, post, request_id
 from tests.unit.test_plain_request import assert_as_h11_reads, mutations
 
 
@@ -243,3 +244,26 @@ def test_mutations_with_hostile_whitespace_and_line_ends_are_left_to_h11_or_read
             data = data[:at] + (b"" if cut > at and rng.random() < 0.5 else rng.choice(HOSTILE)) + data[cut:]
         taken += assert_as_h11_reads(data) is not None
     assert 1_000 < taken < 19_000, taken
+
+
+async def test_connections_kept_alive_after_plain_requests_are_evicted_when_full_and_closed_on_shutdown(
+    nursery: trio.Nursery,
+) -> None:
+    # A plain request is answered without h11: the connection must still wait for its next
+    # request where the listener can evict it (oldest idle first) and shutdown can close it.
+    limits = msgspec.structs.replace(LIMITS, keep_alive_timeout=10.0, max_connections=2)
+    listener = await listen(nursery, DirectEcho(), limits)
+    clients = []
+    for n in range(3):
+        client = Client(listener.port)
+        await client.send(post(f"/direct/{n}", b"x"))
+        assert (await client.response())[0] == 200
+        clients.append(client)
+    assert await clients[0].closed_within(1) is not None  # evicted for the third
+    listener.stop.set()
+    for client in clients[1:]:
+        closed = await client.closed_within(1)
+        assert closed is not None and closed < 0.5
+        client.close()
+    with trio.fail_after(1):
+        await listener.stopped.wait()
