@@ -284,6 +284,14 @@ def _check_length(items: list[tuple[bytes, bytes, bytes]], body: bytes) -> None:
         raise _Invalid(f"the answer's framing {lengths!r} does not give its body's {len(body)} bytes")
 
 
+def _says_close(items: list[tuple[bytes, bytes, bytes]]) -> bool:
+    """Whether a response's Connection header holds `close` (h11's own test, a comma list)."""
+    return any(
+        name == b"connection" and b"close" in (token.strip().lower() for token in value.split(b","))
+        for _, name, value in items
+    )
+
+
 def _head_bytes(status: int, items: Any) -> bytes:
     """A response head as h11 writes it: the status with an empty reason, the headers in order.
     `items` hold each header's name first and its value last (already checked)."""
@@ -898,6 +906,10 @@ class Connection:
             return
         self.started = self.finished = True
         await self._write(_head_bytes(status, items) + body)
+        if _says_close(items):
+            # As h11 would after an answer that says so (MUST_CLOSE): a request pipelined behind
+            # this one is not served, as the client, told "close", takes it (and may send again).
+            self.gone = True
 
     def _invalid_response(self, error: Exception) -> None:
         scope = self.scope or {}
