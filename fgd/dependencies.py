@@ -23,7 +23,7 @@ log = logging.getLogger("fgd.dependencies")
 
 MAX_PER_FUNCTION = 20
 PUBLIC_PROJECT = "*"
-_PUBLIC_FILE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.]*?)(?:-(?P<version>\d+))?\.zip$")
+_PUBLIC_FILE = re.compile(r"^(?P<name>[A-Za-z][A-Za-z0-9_.]*?)(?:-(?P<version>\d+))?\.zip\Z")
 _NAMESPACE = uuid.UUID("6f1c1f0e-6a55-4c59-9f5e-3a0f0e1d2c3b")
 
 

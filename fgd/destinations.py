@@ -37,7 +37,7 @@ log = logging.getLogger("fgd.destinations")
 WEBHOOK_ATTEMPTS = 3
 WEBHOOK_TIMEOUT = 10.0
 MAX_URL = 2048
-_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
 def _param(value: Any, field: str = "param") -> dict:

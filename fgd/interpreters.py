@@ -55,7 +55,7 @@ SHIM_MIN = (3, 9)
 # ASCII digits, at most 4 of each (\d also takes other scripts' digits, and int() refuses more
 # than 4,300 of them: "Python3." + 5,000 digits was an uncaught ValueError).
 NAME = re.compile(r"Python([0-9]{1,4})\.([0-9]{1,4})\Z")
-EXECUTABLE = re.compile(r"^python3\.\d+$")
+EXECUTABLE = re.compile(r"^python3\.\d+\Z")
 PYTHON2 = (
     "FunctionGraph's Python 2 runtime is not offered: Python 2 reached its end of life in "
     "January 2020 and gets no security fixes; port the function to Python 3"

@@ -30,7 +30,7 @@ ACCESS_ALPHABET = string.ascii_uppercase + string.digits
 SECRET_ALPHABET = string.ascii_letters + string.digits
 ACCESS_LENGTH = 20
 SECRET_LENGTH = 40
-ACCESS_RE = re.compile(rf"^[A-Z0-9]{{{ACCESS_LENGTH}}}$")
+ACCESS_RE = re.compile(rf"^[A-Z0-9]{{{ACCESS_LENGTH}}}\Z")
 DESCRIPTION_MAX = 255
 MAX_KEYS_PER_PROJECT = 100
 # last_used is written at most this often per key (seconds).

@@ -22,7 +22,7 @@ from croniter import CroniterError, croniter
 
 from fgd.errors import InvalidParameter
 
-_RATE = re.compile(r"^(\d+)([mhd])$")
+_RATE = re.compile(r"^(\d+)([mhd])\Z")
 _RATE_RANGES = {"m": (60, 1, 60, "minutes"), "h": (3600, 1, 24, "hours"), "d": (86400, 1, 30, "days")}
 _EVERY_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}

@@ -47,11 +47,11 @@ REQUIRED_SIGNED = ("host", DATE_HEADER)
 MAX_AUTHORIZATION = 4096
 MAX_SIGNED_HEADERS = 64
 
-_DATE_RE = re.compile(r"^\d{8}T\d{6}Z$")
-_ACCESS_RE = re.compile(r"^[A-Za-z0-9]{1,128}$")
-_SIGNATURE_RE = re.compile(r"^[0-9a-f]{64}$")
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^`|~0-9a-z-]+$")
-_HEX_HASH_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+_DATE_RE = re.compile(r"^\d{8}T\d{6}Z\Z")
+_ACCESS_RE = re.compile(r"^[A-Za-z0-9]{1,128}\Z")
+_SIGNATURE_RE = re.compile(r"^[0-9a-f]{64}\Z")
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^`|~0-9a-z-]+\Z")
+_HEX_HASH_RE = re.compile(r"^[0-9a-fA-F]{64}\Z")
 
 
 class SigningKey(Protocol):

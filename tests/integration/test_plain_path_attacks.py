@@ -147,3 +147,19 @@ def test_sigterm_during_a_plain_invocation_with_a_large_answer_delivers_all_of_i
         assert dict(headers)["connection"] == "close"
         assert daemon.process.wait(15) == 0
         assert "Traceback" not in daemon.log()
+
+
+@pytest.mark.parametrize("end", ["%0A", "%0D%0A", "%0a"])
+def test_an_invocation_path_with_an_encoded_line_break_after_it_runs_nothing(api: Api, end: str) -> None:
+    # was: the route's `$` matched before the decoded path's final newline, so
+    # `.../invocations%0A` ran the function (a path filter in front of the daemon refusing that
+    # path could be passed by).
+    name = api.deploy(ECHO)["func_name"]
+    token = {"X-Auth-Token": api.daemon.token}
+    with socket.create_connection(("127.0.0.1", api.daemon.port), timeout=10) as sock:
+        sock.sendall(post(invoke_path(name) + end, b'{"n": 1}', token))
+        status, _, body = one_answer(sock)
+        assert status == 404, body
+        sock.sendall(post(invoke_path(name), b'{"n": 2}', token))
+        status, _, body = one_answer(sock)
+        assert status == 200 and json.loads(body) == {"n": 2}

@@ -259,7 +259,7 @@ class PageQuery(msgspec.Struct, kw_only=True):
 
 class FunctionListQuery(msgspec.Struct, kw_only=True):
     # A part of a function name (any case).
-    func_name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,60}$")] | None = None
+    func_name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,60}\Z")] | None = None
     package_name: Annotated[str, Meta(pattern=PACKAGE_RE)] | None = None
     marker: Annotated[int, Meta(ge=0, le=MARKER_MAX)] = 0
     # None, 0 or over 400 means 400.

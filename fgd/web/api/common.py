@@ -276,4 +276,4 @@ def route(app: Any, method: str, path: str, **fields: Any) -> Callable[[Callable
 def path_regex(rule: str) -> re.Pattern[str]:
     """A Quart rule as a regular expression with one group per argument (for fgd.web.front)."""
     pattern = re.sub(r"<(?:[a-z]+:)?[A-Za-z_]+>", "([^/]+)", re.escape(rule))
-    return re.compile(f"^{pattern}$")
+    return re.compile(f"^{pattern}\\Z")

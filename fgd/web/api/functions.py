@@ -47,7 +47,7 @@ from fgd.web.api.common import (
 )
 
 # What a `func_name` filter may hold: a part of a function name (FuncName's characters).
-NAME_FILTER = re.compile(r"^[A-Za-z0-9_-]{1,60}$")
+NAME_FILTER = re.compile(r"^[A-Za-z0-9_-]{1,60}\Z")
 RESERVED_CONFIGS_MAX = 500
 
 
