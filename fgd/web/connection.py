@@ -350,8 +350,6 @@ class Connection:
         self._wait: trio.CancelScope | None = None
         # Where it waits for its client to take an answer (the app may read and write at once).
         self._send_wait: trio.CancelScope | None = None
-        # A plain request's head (and what came of its body) held for the rest of the body.
-        self._held = b""
         self._reset_request()
 
     def _reset_request(self) -> None:
@@ -454,11 +452,9 @@ class Connection:
                 return head
         limits = self.limits
         # A fresh connection, or one with part of a head already in: header_timeout. An idle
-        # kept-alive connection: keep_alive_timeout until its next head's first byte. A plain
-        # head held for its body: body_timeout, as for any pause in a body.
-        started = not self.served or bool(conn.trailing_data[0]) or bool(self._held)
-        timeout = limits.header_timeout if started else limits.keep_alive_timeout
-        deadline = trio.current_time() + (limits.body_timeout if self._held else timeout)
+        # kept-alive connection: keep_alive_timeout until its next head's first byte.
+        started = not self.served or bool(conn.trailing_data[0])
+        deadline = trio.current_time() + (limits.header_timeout if started else limits.keep_alive_timeout)
         with trio.CancelScope(deadline=deadline) as wait:
             self._wait = wait
             (self.slots.waiting if started else self.slots.idle)[self] = None
@@ -473,41 +469,19 @@ class Connection:
                     head = self._head_with(data)
                     if head is not _MORE:
                         return head
-                    if self._held:
-                        wait.deadline = trio.current_time() + limits.body_timeout
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
                 return None
             finally:
                 self._wait = None
                 self._forget()
-        if self._held:
-            # The body of a held plain head stalled (or the wait was evicted): answered as h11's
-            # path answers a body that stalls (408, then the connection closes).
-            self.h11.receive_data(self._held)
-            self._held = b""
-            if type(self._next_head_event()) is h11.Request:  # always: the head was whole
-                raise self._stalled()
         return None  # timed out, or evicted: closed without an answer
 
     def _head_with(self, data: bytes) -> Any:
         """h11 given `data` (b"": the client closed): the request whose head is now whole, None if
         the connection ended before one began, or _MORE while the head is incomplete. A plain
         request for a direct route that `data` begins with is taken without h11 (a _Direct)."""
-        held = self._held
-        if held:
-            # A plain head held for its body: this read is the one that may complete it.
-            self._held = b""
-            if not data:
-                # The client closed: h11 takes what came, and the app's read of the body finds
-                # the close, as when h11 had it all along.
-                data = held
-            else:
-                data = held + data
-                direct = self._direct_request(data, hold=False)
-                if direct is not None:
-                    return direct
-        elif data and self.direct is not None and self._buffer is not None and not len(self._buffer):
-            direct = self._direct_request(data, hold=True)
+        if data and self.direct is not None and self._buffer is not None and not len(self._buffer):
+            direct = self._direct_request(data)
             if direct is not None:
                 return direct
         self.h11.receive_data(data)
@@ -516,13 +490,15 @@ class Connection:
             return event
         return _MORE if event is h11.NEED_DATA else None
 
-    def _direct_request(self, data: bytes, hold: bool) -> Any:
-        """The plain request `data` begins with, if a direct route takes it; h11 is given what
-        follows it (a pipelined request). None leaves `data` to h11 whole. With `hold`, a plain
-        head whose body is not all in (Python's http.client, and so the SDK, sends the body
-        after the head) is held for one more read: _MORE."""
+    def _direct_request(self, data: bytes) -> _Direct | None:
+        """The plain request `data` begins with, whole, if a direct route takes it; h11 is given
+        what follows it (a pipelined request). None leaves `data` to h11 whole.
+
+        A body not all in goes through h11 and the app, which read it as it comes: a request can
+        be refused from its head (401, 404, 413) before its body is sent, and a client that
+        waits for that answer before it sends the body (some do) gets it at once."""
         request = plain_request(data, MAX_HEAD)
-        if request is None:
+        if request is None or request.body is None:
             return None
         path, _, query = request.target.partition(b"?")
         method = request.method.decode("ascii")
@@ -531,11 +507,6 @@ class Connection:
         handler = self.direct(method, decoded)
         if handler is None:
             return None
-        if request.body is None:
-            if not hold or request.end - len(data) > HEAD_RECV:
-                return None
-            self._held = data
-            return _MORE
         if request.end < len(data):
             self.h11.receive_data(data[request.end :])
         return _Direct(handler, request, method, path, decoded, query)
@@ -747,6 +718,7 @@ class Connection:
         self.body_done = True
         self.no_body = direct.method == "HEAD"
         request = direct.request
+        assert request.body is not None  # whole: _direct_request takes no other
         await self._serve_directly(
             direct.handler, direct.method, direct.path, direct.decoded, direct.query, request.headers, request.body
         )

@@ -45,8 +45,8 @@ class PlainRequest(NamedTuple):
 
 def plain_request(data: bytes, max_head: int) -> PlainRequest | None:
     """The request at the start of `data` if it is a plain one; else None. Its head is whole;
-    its body may not be (None: a client that sends the head and then the body, as Python's
-    http.client does, is read in two pieces)."""
+    its body may not be (None: the connection then leaves it to h11, which reads the body as it
+    comes)."""
     # The head, its blank line included, within max_head bytes (h11's path: 431 past it).
     head_end = data.find(b"\r\n\r\n", 0, max_head)
     if head_end < 0:

@@ -535,13 +535,10 @@ async def test_a_body_that_came_whole_is_answered_directly_one_that_streams_thro
     assert [a.get("via", "app") for a in answers] == ["direct", "direct", "app", "direct", "direct", "direct"]
     assert [a["body"] for a in answers if a.get("via")] == [f"event {n}" for n in range(5)]
     assert app.calls[0] == ("/direct/0", b"q=0", b"event 0")
-    # A body still on its way when the head is read, and not all in with the next read, goes
-    # through the app, as before (one that the next read completes is read directly too).
+    # A body still on its way when the head is read goes through the app, as before.
     await client.send(post("/direct/slow", b"0123456789")[:-5])
     await trio.sleep(0.1)
-    await client.send(b"567")
-    await trio.sleep(0.1)
-    await client.send(b"89")
+    await client.send(b"56789")
     status, _, body = await client.response()
     assert status == 200 and json.loads(body) == {"method": "POST", "path": "/direct/slow", "body": "0123456789"}
     client.close()
@@ -682,7 +679,7 @@ async def test_a_plain_request_whose_route_fails_is_500_and_the_connection_close
 
 @pytest.fixture
 def plain_targets(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The targets of the requests read without h11, whole."""
+    """The targets of the requests read without h11."""
     from fgd.web import connection
 
     taken: list[bytes] = []
@@ -697,97 +694,20 @@ def plain_targets(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return taken
 
 
-async def test_a_plain_head_whose_body_comes_in_the_next_read_is_still_read_without_h11(
+async def test_a_plain_head_whose_body_is_not_all_in_goes_through_h11_and_the_app(
     nursery: trio.Nursery, plain_targets: list[bytes]
 ) -> None:
-    """Python's http.client (and so the FunctionGraph SDK) sends a head, then its body."""
-    app = DirectEcho()
-    listener = await listen(nursery, app)
-    client = Client(listener.port)
-    for n in range(3):
-        request = post(f"/direct/{n}", b'{"n": %d}' % n)
-        head, _, body = request.partition(b"\r\n\r\n")
-        await client.send(head + b"\r\n\r\n")
-        await trio.sleep(0.05)
-        # The body and a pipelined request behind it, in one piece: the second goes through h11.
-        await client.send(body + post(f"/direct/next{n}", b"x"))
-        for expected in (f"/direct/{n}", f"/direct/next{n}"):
-            status, _, answer = await client.response()
-            assert status == 200 and json.loads(answer)["path"] == expected
-    assert plain_targets == [b"/direct/0", b"/direct/1", b"/direct/2"]
-    assert [call[2] for call in app.calls] == [b'{"n": 0}', b"x", b'{"n": 1}', b"x", b'{"n": 2}', b"x"]
-    client.close()
-
-
-async def test_a_plain_head_whose_body_stalls_is_408_after_body_timeout_as_through_h11(
-    nursery: trio.Nursery, plain_targets: list[bytes]
-) -> None:
-    app = DirectEcho()
-    listener = await listen(nursery, app)
-    for sent in (b"", b"{"):
-        client = Client(listener.port)
-        start = time.monotonic()
-        await client.send(b"POST /direct/stall HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n" + sent)
-        status, headers, body = await client.response()
-        waited = time.monotonic() - start
-        assert status == 408 and headers["connection"] == "close" and b"stalled" in body
-        assert LIMITS.body_timeout - 0.1 < waited < LIMITS.body_timeout + 0.5, waited
-        request_id(headers)
-        assert await client.closed_within(2) is not None
-        client.close()
-    assert app.calls == [] and plain_targets == []
-
-
-async def test_a_plain_head_whose_body_takes_more_than_one_read_goes_through_h11_whole(
-    nursery: trio.Nursery, plain_targets: list[bytes]
-) -> None:
+    """So a request can be refused from its head before its body is sent (some clients wait for
+    that answer before they send the body); the app reads the body as it comes."""
     app = DirectEcho()
     listener = await listen(nursery, app)
     client = Client(listener.port)
     await client.send(b"POST /direct/pieces HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\nab")
-    for piece in (b"cd", b"ef"):
-        await trio.sleep(0.05)
-        await client.send(piece)
+    await trio.sleep(0.05)
+    await client.send(b"cdef")
     status, _, body = await client.response()
     assert status == 200 and json.loads(body) == {"method": "POST", "path": "/direct/pieces", "body": "abcdef"}
-    # A body larger than one more read could bring is not held at all.
-    big = b"x" * (MAX_HEAD * 2)
-    request = post("/direct/big", big)
-    await client.send(request[: request.index(b"\r\n\r\n") + 4])
-    await trio.sleep(0.05)
-    await client.send(big)
-    status, _, body = await client.response()
-    assert status == 200 and json.loads(body)["body"] == big.decode()
-    assert plain_targets == [] and app.calls == []  # both through h11 and the app (streamed)
-    client.close()
-
-
-@pytest.mark.parametrize("hold", [True, False], ids=["held", "through-h11"])
-async def test_a_plain_head_whose_client_closes_before_its_body_is_a_disconnect_for_the_app_as_before(
-    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch, hold: bool
-) -> None:
-    from fgd.web import connection
-
-    if not hold:  # how h11's path took it: the same, before plain heads were held
-        monkeypatch.setattr(connection, "plain_request", lambda data, max_head: None)
-    seen: list[dict] = []
-
-    class Reader(DirectEcho):
-        async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-            if scope["type"] == "lifespan":
-                await lifespan(receive, send)
-                return
-            while (message := await receive())["type"] == "http.request":
-                seen.append(message)
-            seen.append(message)
-
-    listener = await listen(nursery, Reader())
-    client = Client(listener.port)
-    await client.send(b"POST /direct/gone HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc")
-    await trio.sleep(0.05)
-    client.sock.shutdown(socket.SHUT_WR)
-    assert await client._recv() == b""  # no answer: the app gave none
-    assert [bytes(m.get("body", b"-")) for m in seen] == [b"abc", b"-"] and seen[-1]["type"] == "http.disconnect"
+    assert plain_targets == [] and app.calls == []
     client.close()
 
 
