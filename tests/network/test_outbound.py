@@ -106,9 +106,11 @@ def test_bandwidth_limit_per_function(node_api: Api) -> None:
     (fast,) = run_steps(node_api, free, {"do": "download", "host": "198.51.100.10", "size": size})
     assert slow["bytes"] >= size
     assert fast["bytes"] >= size
-    # 1.5 MB at 500 kB/s: about 3 s (less its burst); unlimited, a small fraction of that (a
-    # ratio, not a bound: a loaded machine slows the unlimited download too).
-    assert slow["seconds"] > 2.0, slow
+    # 1.5 MB at 500 kB/s: 3 s nominal; TCP through the policer averages up to about 1.4 times the
+    # rate (2.1-2.5 s measured alone, 1.998 s once in a full parallel run), so the bound is twice
+    # the rate; unlimited, a small fraction of that (a ratio, not a bound: a loaded machine slows
+    # the unlimited download too).
+    assert slow["seconds"] > 1.5, slow
     assert fast["seconds"] < slow["seconds"] / 3, (fast, slow)
 
 
