@@ -162,6 +162,19 @@ class LogLine(msgspec.Struct, frozen=True):
 # request_id, instance_id, stream, message). Plain tuples keep the write
 # thread in C (executemany) and off the GIL.
 LogRow = tuple[float, str, str, str, str, str, str, str]
+_LOG_COLUMNS = "time, project_id, package, func_name, request_id, instance_id, stream, message, size"
+# A batch of log lines is one statement over a JSON array of them: SQLite walks it without the
+# GIL, where executemany takes the GIL back after every row (the writer thread then contends
+# with the event loop some 600 times per flush under load).
+_INSERT_LOGS_JSON = (
+    f"INSERT INTO logs ({_LOG_COLUMNS}) SELECT t, p, k, f, r, i, s, m, "
+    + line_size_sql("p", "k", "f", "r", "i", "s", "m")
+    + " FROM (SELECT value->>0 AS t, value->>1 AS p, value->>2 AS k, value->>3 AS f, value->>4 AS r,"
+    " value->>5 AS i, value->>6 AS s, value->>7 AS m FROM json_each(?))"
+)
+# SQLite's JSON text ends at an escaped NUL: a batch with one goes row by row.
+_JSON_NUL = b"\\u0000"
+_log_rows = msgspec.json.Encoder()
 
 
 _record_decoder = msgspec.json.Decoder(FunctionRecord)
@@ -560,14 +573,17 @@ class Store:
             rows = [row for row in rows if row[1:4] not in self._deleted]
         with self._db:
             (last_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM logs").fetchone()
-            self._db.executemany(
-                "INSERT INTO logs"
-                " (time, project_id, package, func_name, request_id, instance_id, stream, message, size)"
-                " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-                + line_size_sql("?2", "?3", "?4", "?5", "?6", "?7", "?8")
-                + ")",
-                rows,
-            )
+            rows = rows if isinstance(rows, list) else list(rows)
+            batch = _log_rows.encode(rows)
+            if _JSON_NUL not in batch:
+                self._db.execute(_INSERT_LOGS_JSON, (batch,))
+            else:
+                self._db.executemany(
+                    f"INSERT INTO logs ({_LOG_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+                    + line_size_sql("?2", "?3", "?4", "?5", "?6", "?7", "?8")
+                    + ")",
+                    rows,
+                )
             # Only the rows just written (a range of the primary key), summed in SQLite.
             # NOT INDEXED: else SQLite picks the function index for the GROUP BY and scans all of it.
             added = self._db.execute(

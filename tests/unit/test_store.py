@@ -105,6 +105,30 @@ def test_log_bytes_are_counted_per_function_and_survive_reopen(tmp_path) -> None
     assert Store(tmp_path / "fgd.db").log_bytes == {a: stored_bytes(tmp_path / "fgd.db")[a][0], b: ANY}
 
 
+def test_log_lines_come_back_exactly_as_written_whatever_their_text(tmp_path) -> None:
+    """A batch is written as one JSON array (fgd.store._INSERT_LOGS_JSON); a batch with a NUL in
+    it, which SQLite's JSON text would end at, row by row: both store every character, the
+    time, and the size the caps count (fgd.logs.line_size)."""
+    from fgd.logs import line_size
+
+    store = Store(tmp_path / "fgd.db")
+    key = ("p", "default", "a")
+    texts = ["plain", 'quotes " and \\ backslash', "tab\tline\nbreak\r", "é€😀\u2028", "", " " * 3]
+    with_nul = ["before\x00after", "\x00"]
+    for batch in (texts, with_nul, texts + with_nul):
+        rows = [(1733100000.25 + n, *key, f"r{n}", "inst", "stdout", text) for n, text in enumerate(batch)]
+        before = dict(store.log_bytes)
+        store.write_logs(rows)
+        read = store.read_logs(key, request_id=None, since=None, after_id=0, limit=100)[-len(rows) :]
+        assert [(line.time, line.request_id, line.message) for _, line in read] == [
+            (row[0], row[4], row[7]) for row in rows
+        ]
+        added = sum(line_size(row) for row in rows)
+        assert store.log_bytes[key] - before.get(key, 0) == added
+    assert {k: v[0] for k, v in stored_bytes(tmp_path / "fgd.db").items()} == store.log_bytes
+    store.close()
+
+
 def test_trimming_a_function_drops_only_its_oldest_lines(tmp_path) -> None:
     store = Store(tmp_path / "fgd.db")
     a, b = ("p", "default", "a"), ("p", "default", "b")
