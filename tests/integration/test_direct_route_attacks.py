@@ -304,10 +304,13 @@ def test_metrics_count_direct_invocations(api: Api) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("route", ["direct", "asgi"])
+@pytest.mark.parametrize("route", ["plain", "direct", "asgi"])
 def test_sigterm_during_an_invocation_with_a_large_answer_delivers_all_of_it(tmp_path, route: str) -> None:
     # The answer does not fit the socket's buffers: writing it takes several rounds, and shutdown
-    # must wait for them as it does for the invocation itself.
+    # must wait for them as it does for the invocation itself. "plain": read and answered without
+    # h11 (fgd.web.plain), with a second request behind it in the same read that is not served,
+    # as the answer's `Connection: close` says; "direct": the same route through h11 (the request
+    # asks for a close); "asgi": the body comes a moment after the head.
     size = 5_000_000
     with running(tmp_path / "state") as daemon:
         api = Api(daemon)
@@ -315,14 +318,13 @@ def test_sigterm_during_an_invocation_with_a_large_answer_delivers_all_of_it(tmp
         name = api.deploy(source)["func_name"]
         api.invoke(name)  # warm, so the next one is all in the handler's sleep
         with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
-            request = post(invoke_path(name), b"{}", {"X-Auth-Token": daemon.token}, close=True)
+            request = post(invoke_path(name), b"{}", {"X-Auth-Token": daemon.token}, close=route != "plain")
             if route == "asgi":
-                # The body a moment after the head: the ASGI route reads it.
                 sock.sendall(request[:-2])
                 time.sleep(0.05)
                 sock.sendall(request[-2:])
             else:
-                sock.sendall(request)
+                sock.sendall(request + request if route == "plain" else request)
             time.sleep(0.5)
             assert daemon.process is not None
             daemon.process.send_signal(signal.SIGTERM)
@@ -330,7 +332,9 @@ def test_sigterm_during_an_invocation_with_a_large_answer_delivers_all_of_it(tmp
             answer = b""
             while chunk := sock.recv(1 << 20):
                 answer += chunk
-        ((status, _, body),) = answers(answer)
+        ((status, headers, body),) = answers(answer)
         assert status == 200
         assert len(body) == size
+        assert dict(headers)["connection"] == "close"
         assert daemon.process.wait(15) == 0
+        assert "Traceback" not in daemon.log()

@@ -7,14 +7,13 @@ which sends their requests through h11)."""
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import time
 
 import psutil
 import pytest
 
-from tests.conftest import Api, running, unique_name
+from tests.conftest import Api, unique_name
 from tests.integration.test_direct_route_attacks import ECHO, answers, exchange, invoke_path, post, request_ids
 from tests.unit.test_plain_request import MAX_HEAD
 
@@ -120,33 +119,6 @@ def test_clients_that_drop_plain_invocations_mid_answer_leave_no_connection_open
         time.sleep(0.1)
     assert open_connections() == 0
     assert "Traceback" not in api.daemon.log()[log_start:]
-
-
-@pytest.mark.slow
-def test_sigterm_during_a_plain_invocation_with_a_large_answer_delivers_all_of_it_then_closes(tmp_path) -> None:
-    # The tests of test_direct_route_attacks.py ask for a close (read by h11); this one is plain.
-    size = 5_000_000
-    with running(tmp_path / "state") as daemon:
-        api = Api(daemon)
-        source = f"import time\ndef handler(e, c):\n    time.sleep(1.0)\n    return 'x' * {size}\n"
-        name = api.deploy(source)["func_name"]
-        api.invoke(name)  # warm, so the next one is all in the handler's sleep
-        with socket.create_connection(("127.0.0.1", daemon.port)) as sock:
-            request = post(invoke_path(name), b"{}", {"X-Auth-Token": daemon.token})
-            # A second one behind it in the same read: not served, as the first's answer says.
-            sock.sendall(request + request)
-            time.sleep(0.5)
-            assert daemon.process is not None
-            daemon.process.send_signal(signal.SIGTERM)
-            sock.settimeout(10)
-            answer = b""
-            while chunk := sock.recv(1 << 20):
-                answer += chunk
-        ((status, headers, body),) = answers(answer)
-        assert status == 200 and len(body) == size
-        assert dict(headers)["connection"] == "close"
-        assert daemon.process.wait(15) == 0
-        assert "Traceback" not in daemon.log()
 
 
 @pytest.mark.parametrize("end", ["%0A", "%0D%0A", "%0a"])

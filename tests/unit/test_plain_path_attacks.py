@@ -22,7 +22,7 @@ from fgd.web import connection
 from fgd.web.connection import Respond
 from fgd.web.plain import plain_request
 from tests.unit.test_http_server import LIMITS, Client, DirectEcho, listen, normalised, post, request_id
-from tests.unit.test_plain_request import assert_as_h11_reads, mutations
+from tests.unit.test_plain_request import ALPHABET, assert_as_h11_reads, mutations
 
 
 def exchange(port: int, pieces: list[bytes], pause: float = 0.02) -> bytes:
@@ -190,31 +190,17 @@ async def test_a_path_with_a_line_break_does_not_forge_a_log_line(
 # at (bare LF), continuation lines, lengths with leading zeros and tabs, version and request-line
 # pieces, and every framing header.
 HOSTILE = [
-    b"\r",
-    b"\n",
-    b"\r\n",
-    b" ",
-    b"\t",
-    b":",
-    b"\x00",
+    *ALPHABET,
     b"\x0b",
     b"\x0c",
     b"\x1c",
     b"\x85",
     b"\xa0",
-    b"\x7f",
-    b"\xff",
-    b"a",
-    b"0",
-    b",",
     b"%",
     b"Host:",
-    b"Host: y\r\n",
     b"host:\r\n",
     b"content-length:00\r\n",
     b"Content-Length:\t3 \r\n",
-    b"Transfer-Encoding: chunked\r\n",
-    b"\r\n\r\n",
     b"\n\r\n",
     b"\n\n",
     b"\r\n ",
