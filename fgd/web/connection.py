@@ -54,14 +54,15 @@ from fgd.web.requestid import CFF_REQUEST_ID, REQUEST_ID
 log = logging.getLogger("fgd.http")
 
 ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
-# A route answered without ASGI (fgd.web.front: the sync invoke, the hot path): called with the
-# decoded path, the query, the headers (names lower-case), the whole body and `respond`, which
+# A route answered without ASGI (fgd.web.front: the sync invoke, the hot path; fgd.web.gateway:
+# the trigger routes): called with the decoded path, the path as sent, the query, the headers
+# (names lower-case), the whole body and `respond`, which
 # writes the answer's status, headers and body (once the handler returns, its answer is out: a
 # shutdown that waits on the handler waits for the answer's writing too). An app offers such
 # routes with a `direct(method, path)` method that returns the handler, or None to have the
 # request go through ASGI.
 Respond = Callable[[int, list, bytes], Awaitable[None]]
-DirectHandler = Callable[[str, bytes, list[tuple[bytes, bytes]], bytes, Respond], Awaitable[None]]
+DirectHandler = Callable[[str, bytes, bytes, list[tuple[bytes, bytes]], bytes, Respond], Awaitable[None]]
 
 # The largest request head (request line and headers); over it the answer is 431 (hypercorn's
 # h11_max_incomplete_size, which the listeners used before).
@@ -498,8 +499,8 @@ class Connection:
         be refused from its head (401, 404, 413) before its body is sent, and a client that
         waits for that answer before it sends the body (some do) gets it at once."""
         request = plain_request(data, MAX_HEAD)
-        if request is None or request.body is None:
-            return None
+        if request is None or request.body is None or request.method == b"CONNECT":
+            return None  # (CONNECT: refused on h11's path, 501)
         path, _, query = request.target.partition(b"?")
         method = request.method.decode("ascii")
         decoded = unquote(path.decode("ascii"))
@@ -703,7 +704,7 @@ class Connection:
         checks of a response start, as for the app's, but no ASGI messages."""
         self.scope = {"method": method, "raw_path": raw_path}  # what the log says of it
         try:
-            await handler(path, query, headers, body, self._respond)
+            await handler(path, raw_path, query, headers, body, self._respond)
         except Exception:
             log.exception("error answering %s %s", method, _logged_path(self.scope))
             await self._refuse(_Refused(500, "FSS.0500", "internal error; see the daemon's log"))

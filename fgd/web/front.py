@@ -289,8 +289,9 @@ class Inflight:
                 self._idle = trio.Event()
             await self._idle.wait()
 
-    def wrap(self, app: ASGIApp) -> ASGIApp:
-        """Count the requests of another app too (the gateway), so shutdown waits for them."""
+    def wrap(self, app: Front) -> Front:
+        """Count the requests of another app too (the gateway), so shutdown waits for them: those
+        through ASGI and those its direct routes answer."""
 
         async def counted(scope: dict, receive: Callable, send: Callable) -> None:
             if scope["type"] != "http":
@@ -299,7 +300,18 @@ class Inflight:
             with self:
                 await app(scope, receive, send)
 
-        return counted
+        def direct(method: str, path: str) -> DirectHandler | None:
+            handler = app.direct(method, path)
+            if handler is None:
+                return None
+
+            async def counted_directly(*request: Any) -> None:
+                with self:
+                    await handler(*request)
+
+            return counted_directly
+
+        return Front(counted, direct)
 
 
 async def _body_chunks(receive: Callable[[], Awaitable[dict]]) -> AsyncIterator[bytes]:
@@ -441,7 +453,13 @@ def build_front(
         await send({"type": "http.response.body", "body": answer[2]})
 
     async def invoke_direct(
-        match: re.Match, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes, respond: Respond
+        match: re.Match,
+        path: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        respond: Respond,
     ) -> None:
         """The sync invocation of a request whose body came whole with its head (almost every
         one): answered without the ASGI messages (fgd.web.connection.DirectHandler)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hmac
 import logging
 import urllib.parse
@@ -32,7 +33,8 @@ from fgd.store import Store
 from fgd.triggers import trigger_ref
 from fgd.versions import lookup, route
 from fgd.web import auth
-from fgd.web.front import BodyBudget, header_getter, read_body
+from fgd.web.connection import DirectHandler, Respond
+from fgd.web.front import BodyBudget, Front, header_getter, read_body
 from fgd.web.server import header_problem, lifespan
 
 log = logging.getLogger("fgd.web.gateway")
@@ -186,7 +188,7 @@ def http_parts(status: int, items: list[tuple[str, str]], body: bytes) -> tuple[
 
 def build_gateway(
     store: Store, invoker: Invoker, token: str, metrics: Metrics, bodies: BodyBudget | None = None
-) -> Callable:
+) -> Front:
     async def respond(send: Callable, status: int, headers: list, body: bytes) -> None:
         if status not in (204, 304):
             headers = [*headers, (b"content-length", str(len(body)).encode())]
@@ -204,7 +206,48 @@ def build_gateway(
             return
         if scope["type"] != "http":
             return
-        trigger = route_for(store, scope["path"], scope["method"])
+        await serve(scope, receive, send, route_for(store, scope["path"], scope["method"]))
+
+    def direct(method: str, path: str) -> DirectHandler | None:
+        trigger = route_for(store, path, method)
+        if trigger is None:
+            return None  # the 404, through ASGI as before
+        return functools.partial(serve_directly, method, trigger)
+
+    async def serve_directly(
+        method: str,
+        trigger: Trigger,
+        path: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        respond_directly: Respond,
+    ) -> None:
+        """A trigger route's request that came whole (fgd.web.connection's direct routes, a plain
+        request mostly): the same `serve`, given its body at once, its answer written whole as
+        it is sent (so a response held for a client that does not read it stays counted)."""
+        scope = {"type": "http", "method": method, "path": path, "raw_path": raw_path, "query_string": query}
+        scope["headers"] = headers
+        start: dict = {}
+        given = False
+
+        async def receive() -> dict:
+            nonlocal given
+            if given:
+                return {"type": "http.disconnect"}
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                await respond_directly(start["status"], list(start.get("headers", ())), message.get("body", b""))
+
+        await serve(scope, receive, send, trigger)
+
+    async def serve(scope: dict, receive: Callable, send: Callable, trigger: Trigger | None) -> None:
         try:
             if trigger is None:
                 raise NotFound(f"no route for {scope['method']} {scope['path']}")
@@ -264,4 +307,4 @@ def build_gateway(
         finally:
             bodies.used -= len(body)
 
-    return gateway
+    return Front(gateway, direct)

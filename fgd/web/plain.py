@@ -1,8 +1,8 @@
 """The plain request: the one shape of HTTP/1.1 request that is read without h11 (sans-IO).
 
 Almost every invocation is a request of one shape: HTTP/1.1, an origin-form target, a Host
-header, a Content-Length, and no header that changes how the connection or the body is
-framed. `plain_request` recognises exactly that
+header, a Content-Length or none (no body, as RFC 9112 frames a request without one), and no
+header that changes how the connection or the body is framed. `plain_request` recognises exactly that
 shape and nothing more; anything else (a chunked body, `Expect`, `Connection`, HTTP/1.0,
 obs-fold, a byte h11 would refuse or a header h11 would merge) is None, and
 the connection hands the same bytes to h11, which then answers or refuses them as before.
@@ -75,8 +75,10 @@ def plain_request(data: bytes, max_head: int) -> PlainRequest | None:
         elif name in _FRAMING:
             return None
         headers.append((name, value))
-    if length is None or host != 1:
+    if host != 1:
         return None
+    if length is None:
+        length = 0  # a request with neither Content-Length nor Transfer-Encoding has no body
     body_start = head_end + 4
     end = body_start + length
     body = data[body_start:end] if end <= len(data) else None

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import socket
+import time
+import urllib.parse
 
 import httpx
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, running
 
 ECHO = """
 import base64, json
@@ -253,3 +258,77 @@ def test_admin_token_never_reaches_the_function(api: Api) -> None:
     )
     seen = response.json()["event"]["headers"]
     assert seen["authorization"] == "Basic dXNlcjpwdw==" and seen["x-auth-token"] == "the app's own"
+
+
+# -- the plain path (fgd.web.plain): trigger routes answered without h11 ---------------------------
+
+
+def exchange_closed(port: int, *pieces: bytes) -> bytes:
+    """The pieces of a request (a pause between them), then a request asking for a close (so the
+    answer is read whole): all that is answered."""
+    closing = b"GET /-/nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        for piece in pieces[:-1]:
+            sock.sendall(piece)
+            time.sleep(0.05)
+        sock.sendall(pieces[-1] + closing)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def blanked(answer: bytes) -> bytes:
+    """An answer with what differs between two answers (request ids, dates) blanked."""
+    return re.sub(rb"(?im)^(x-request-id|x-cff-request-id|date): .*$", rb"\1: -", answer)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "GET {path}?status=201&headers=%7B%22X-A%22%3A%22b%22%7D HTTP/1.1\r\nHost: x\r\n{extra}\r\n",
+        "HEAD {path}?body=abc HTTP/1.1\r\nHost: x\r\n{extra}\r\n",
+        "GET {path}?status=204 HTTP/1.1\r\nHost: x\r\n{extra}\r\n",
+        "POST {path}/sub?body=%C3%A9 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n{extra}\r\nhello",
+        "GET {path}?status=%22x%22 HTTP/1.1\r\nHost: x\r\n{extra}\r\n",  # a 502 of the gateway's own
+    ],
+)
+def test_a_trigger_route_answers_a_plain_request_with_the_bytes_it_answers_through_h11(api: Api, shape: str) -> None:
+    """A request of the plain shape reaches the route without h11; the same request with a
+    Connection header goes through h11 to the same direct route, and a body sent after its head
+    through h11 and the ASGI app: the answers are the same bytes."""
+    path = urllib.parse.urlsplit(shaped_route(api)).path
+    port = api.daemon.gateway_port
+    plain = exchange_closed(port, shape.format(path=path, extra="").encode())
+    assert plain.startswith(b"HTTP/1.1 "), plain[:200]
+    assert plain.count(b"HTTP/1.1 ") == 2  # the route's answer, then the 404 that closes
+    through_h11 = exchange_closed(port, shape.format(path=path, extra="Connection: keep-alive\r\n").encode())
+    assert blanked(plain) == blanked(through_h11)
+    if shape.startswith("POST"):
+        head, _, body = shape.format(path=path, extra="").encode().partition(b"\r\n\r\n")
+        through_asgi = exchange_closed(port, head + b"\r\n\r\n", body)
+        assert blanked(plain) == blanked(through_asgi)
+
+
+@pytest.mark.slow
+def test_sigterm_waits_for_a_trigger_route_answering_a_plain_request(tmp_path) -> None:
+    """Shutdown counts a trigger route's requests answered without ASGI too: the one in flight is
+    answered whole (and says close) before the daemon exits."""
+    with running(tmp_path / "state") as daemon:
+        api = Api(daemon)
+        answer_source = "return {'statusCode': 200, 'body': 'x' * 3000000}"
+        source = f"import time\ndef handler(e, c):\n    time.sleep(1.0)\n    {answer_source}\n"
+        name = api.deploy(source)["func_name"]
+        assert api.route(name, f"/slow-{name}").status_code == 201
+        with socket.create_connection(("127.0.0.1", daemon.gateway_port), timeout=10) as sock:
+            sock.sendall(f"GET /slow-{name} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            time.sleep(0.5)
+            assert daemon.process is not None
+            daemon.process.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := sock.recv(1 << 20):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" in head.lower()
+        assert body == b"x" * 3000000
+        assert daemon.process.wait(15) == 0

@@ -505,7 +505,9 @@ class DirectEcho:
             return None
         return self.answer
 
-    async def answer(self, path: str, query: bytes, headers: list, body: bytes, respond: Respond) -> None:
+    async def answer(
+        self, path: str, raw_path: bytes, query: bytes, headers: list, body: bytes, respond: Respond
+    ) -> None:
         self.calls.append((path, query, body))
         if self.awaits:
             await trio.lowlevel.checkpoint()
@@ -719,10 +721,12 @@ async def test_a_plain_request_answered_during_shutdown_is_closed_at_once_not_li
     release = trio.Event()
 
     class Held(DirectEcho):
-        async def answer(self, path: str, query: bytes, headers: list, body: bytes, respond: Respond) -> None:
+        async def answer(
+            self, path: str, raw_path: bytes, query: bytes, headers: list, body: bytes, respond: Respond
+        ) -> None:
             entered.set()
             await release.wait()
-            await super().answer(path, query, headers, body, respond)
+            await super().answer(path, raw_path, query, headers, body, respond)
 
     listener = await listen(nursery, Held())
     client = Client(listener.port)

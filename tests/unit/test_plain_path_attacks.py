@@ -66,7 +66,9 @@ async def both_ways(
 class Closing(DirectEcho):
     """A direct route whose answer says `Connection: close`."""
 
-    async def answer(self, path: str, query: bytes, headers: list, body: bytes, respond: Respond) -> None:
+    async def answer(
+        self, path: str, raw_path: bytes, query: bytes, headers: list, body: bytes, respond: Respond
+    ) -> None:
         self.calls.append((path, query, body))
         await respond(200, [(b"Connection", b"Keep-Alive, Close"), (b"content-length", b"2")], b"ok")
 
@@ -170,7 +172,9 @@ async def test_a_path_with_a_line_break_does_not_forge_a_log_line(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     class Failing(DirectEcho):
-        async def answer(self, path: str, query: bytes, headers: list, body: bytes, respond: Respond) -> None:
+        async def answer(
+            self, path: str, raw_path: bytes, query: bytes, headers: list, body: bytes, respond: Respond
+        ) -> None:
             self.calls.append((path, query, body))
             raise RuntimeError("a bug")
 

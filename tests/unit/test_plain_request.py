@@ -96,6 +96,8 @@ def test_an_invocation_as_clients_send_it_is_plain_and_read_as_h11_reads_it() ->
         request(body=b"x" * 10_000),
         request(body=b"", extra=b""),
         request().replace(b"Content-Length: 8", b"content-LENGTH: 0008"),
+        b"GET /x?a=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",  # no length: no body
+        b"POST /x HTTP/1.1\r\nHost: x\r\n\r\nGET /y HTTP/1.1\r\n",  # what follows is the next request
     ],
 )
 def test_plain_requests_are_read_as_h11_reads_them(data: bytes) -> None:
@@ -114,7 +116,6 @@ def test_plain_requests_are_read_as_h11_reads_them(data: bytes) -> None:
         request(extra=b"Connection: keep-alive\r\n"),
         request(extra=b"Upgrade: websocket\r\n"),
         request(extra=b"TE: trailers\r\n"),
-        b"POST /x HTTP/1.1\r\nHost: x\r\n\r\n",  # no length: no body, but h11 decides
         b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n",  # head not all in
         b"POST /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",  # no Host
         b"POST /x HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 0\r\n\r\n",
@@ -222,6 +223,7 @@ def test_thousands_of_mutated_requests_are_either_left_to_h11_or_read_as_h11_rea
         request(b"", extra=b"X-A: b\r\n") + request(b"abc"),
         b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcPOST /b HTTP/1.1\r\n\r\n",
         b"GET /a HTTP/1.1\r\nhost:h\r\ncontent-length:0\r\n\r\n",
+        b"GET /a?q HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\nHEAD /b HTTP/1.1\r\nHost: h\r\n\r\n",
     ]
     taken = 0
     for _ in range(20_000):
