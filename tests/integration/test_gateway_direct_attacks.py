@@ -232,3 +232,15 @@ def test_bytes_after_a_request_without_content_length_are_the_next_request(api: 
     assert answer.count(b"HTTP/1.1 201 ") == 2 and answer.count(b"HTTP/1.1 404 ") == 1, answer[:600]
     first, second = re.findall(rb'"path": "([^"]*)"[^\r]*?"body": "([^"]*)"', answer)
     assert first == (path.encode(), b"") and second == (f"{path}/smuggled".encode(), b"")
+
+
+@pytest.mark.parametrize("tail", [b"\xff", b"?a=\xe9", b"?a=\x7f", b"/\x01"])
+def test_a_route_target_with_a_byte_outside_visible_ascii_is_a_clean_400(api: Api, tail: bytes) -> None:
+    """Neither the plain parser nor h11 takes such a target to the route (no decode error there)."""
+    name = api.deploy(ECHO)["func_name"]
+    assert api.route(name, f"/bytes-{name}").status_code == 201
+    answer = exchange_closed(
+        api.daemon.gateway_port, f"GET /bytes-{name}".encode() + tail + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 400 ") and b"FSS.0400" in answer, answer[:300]
+    assert "Traceback" not in api.daemon.log()
