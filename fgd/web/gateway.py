@@ -125,10 +125,11 @@ def as_it_came(scope: dict, token: str) -> dict[str, Any]:
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "content-length"})
 
 
-# fgd's own answer headers (FunctionGraph's X-Cff-*, X-Request-Id): the gateway sets those it
-# sends, and a function's copy would stand beside them (a forged request id, a fake summary).
+# fgd's own answer headers (FunctionGraph's X-Cff-*, X-Request-Id, and the Date the server sets
+# on every answer): the gateway sets those it sends, and a function's copy would stand beside
+# them (a forged request id, a fake summary, a second Date from an HTTP function's server).
 OWN_PREFIX = "x-cff-"
-OWN = frozenset({"x-request-id", "x-is-func-err"})
+OWN = frozenset({"x-request-id", "x-is-func-err", "date"})
 
 
 def _dropped(name: str, connection_tokens: set[str]) -> bool:
@@ -176,7 +177,9 @@ def http_parts(status: int, items: list[tuple[str, str]], body: bytes) -> tuple[
     for name, value in items:
         if _dropped(name, connection_tokens):
             continue
-        encoded = (name.encode("latin-1", "replace"), value.encode("latin-1", "replace"))
+        # A value's edge spaces and tabs are not part of it (RFC 9110 5.5), and HTTP cannot send
+        # them: trimmed, as a proxy would (sent as they were, the whole answer was a 500).
+        encoded = (name.encode("latin-1", "replace"), value.strip(" \t").encode("latin-1", "replace"))
         problem = header_problem(*encoded)
         if problem is not None:
             raise ValueError(f"the function's response header is refused: {problem}")

@@ -196,6 +196,19 @@ def test_hop_by_hop_and_framing_headers_from_the_function_are_dropped(api: Api) 
     assert_still_serving(api, url)
 
 
+def test_a_function_header_value_is_trimmed_and_its_date_is_the_daemons_alone(api: Api) -> None:
+    # was: " padded " made the whole answer a 500 (not valid HTTP as sent), and a function's own
+    # Date (an HTTP function's server sends one) went out beside the daemon's.
+    url = shaped_route(api)
+    headers = {"X-Padded": " \tpadded value \t", "Date": "Mon, 01 Jan 2001 00:00:00 GMT", "X-Kept": "yes"}
+    with httpx.Client(timeout=10) as client:
+        response = client.get(url, params={"headers": json.dumps(headers)})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-padded"] == "padded value"
+    assert len(response.headers.get_list("date")) == 1 and "2001" not in response.headers["date"]
+    assert response.headers["x-kept"] == "yes"
+
+
 @pytest.mark.parametrize(
     "headers",
     [
