@@ -7,6 +7,7 @@ import contextlib
 import io
 import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -50,10 +51,30 @@ def _test_process_keeps_its_namespaces() -> Iterator[None]:
 _names = itertools.count()
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_ports = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range: a daemon restarts on its ports, and one in
+    that range could meanwhile be any socket's local port (another test's client connection; a
+    clean-clone run lost a restart to "Address already in use" so)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = _ports.randrange(10000, low) if low > 10001 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 class Daemon:
