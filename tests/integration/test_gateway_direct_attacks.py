@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import Api, Daemon
-from tests.integration.test_gateway import ECHO, blanked, exchange_closed
+from tests.integration.test_gateway import ECHO, SHAPED, blanked, exchange_closed
 
 
 def echo_path(api: Api) -> str:
@@ -74,18 +74,6 @@ def test_the_three_paths_answer_hostile_shapes_alike(api: Api) -> None:
             differ.append((shape, plain, through_h11, through_asgi))
     assert not differ, differ
 
-
-SHAPED = """
-import json
-
-def handler(event, context):
-    query = event["queryStringParameters"]
-    return {
-        "statusCode": json.loads(query.get("status", "200")),
-        "headers": json.loads(query.get("headers", "{}")),
-        "body": query.get("body", "shaped"),
-    }
-"""
 
 PIPELINES = [
     # bytes that look like a body after a request without Content-Length: the next request
