@@ -174,6 +174,11 @@ _INSERT_LOGS_JSON = (
 )
 # SQLite's JSON text ends at an escaped NUL: a batch with one goes row by row.
 _JSON_NUL = b"\\u0000"
+_INSERT_LOG_ROW = (
+    f"INSERT INTO logs ({_LOG_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
+    + line_size_sql("?2", "?3", "?4", "?5", "?6", "?7", "?8")
+    + ")"
+)
 _log_rows = msgspec.json.Encoder()
 
 
@@ -578,12 +583,7 @@ class Store:
             if _JSON_NUL not in batch:
                 self._db.execute(_INSERT_LOGS_JSON, (batch,))
             else:
-                self._db.executemany(
-                    f"INSERT INTO logs ({_LOG_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, "
-                    + line_size_sql("?2", "?3", "?4", "?5", "?6", "?7", "?8")
-                    + ")",
-                    rows,
-                )
+                self._db.executemany(_INSERT_LOG_ROW, rows)
             # Only the rows just written (a range of the primary key), summed in SQLite.
             # NOT INDEXED: else SQLite picks the function index for the GROUP BY and scans all of it.
             added = self._db.execute(

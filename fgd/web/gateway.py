@@ -230,8 +230,14 @@ def build_gateway(
         """A trigger route's request that came whole (fgd.web.connection's direct routes, a plain
         request mostly): the same `serve`, given its body at once, its answer written whole as
         it is sent (so a response held for a client that does not read it stays counted)."""
-        scope = {"type": "http", "method": method, "path": path, "raw_path": raw_path, "query_string": query}
-        scope["headers"] = headers
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": headers,
+        }
         start: dict = {}
         given = False
 
