@@ -154,8 +154,9 @@ class Instance:
             os.close(out_w)
             os.close(err_w)
 
-    async def contain(self, memory_size: int | None = None) -> None:
-        """Step 1 (cgroup placement) here, then the generic sandbox steps in the instance.
+    async def contain(self, memory_size: int | None = None, lap: Callable[[str], None] = lambda step: None) -> None:
+        """Step 1 (cgroup placement) here, then the generic sandbox steps in the instance; `lap`
+        is told when each is done.
 
         With `memory_size`, the cgroup gets that size's limits now, off the request path: a
         function of that size is specialised without writing any (issue 15)."""
@@ -177,6 +178,7 @@ class Instance:
                 self.limits = limits
         except CgroupError as exc:
             raise InstanceGone(f"cannot put the instance into its cgroup: {exc}") from None
+        lap("cgroup_place")
         if not sandbox.protections.namespaces:
             return
         # Per interpreter: its own library is bound into the sandbox (fgd.zygote, issue 12).
@@ -186,6 +188,7 @@ class Instance:
             raise InstanceGone(f"the sandbox could not be built: {frame.message}")
         if not isinstance(frame, protocol.Contained):
             raise InstanceGone(f"unexpected {type(frame).__name__} while building the sandbox")
+        lap("contain")
 
     async def launch(self, frame: protocol.Launch) -> None:
         """Issue 13 (nodejs): start the language's own process in the contained instance and

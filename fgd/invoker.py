@@ -438,10 +438,9 @@ class Invoker:
         laps.lap("take_pooled")
         if instance is None:
             try:
-                instance = await self.pool.new_instance(zygote)
+                instance = await self.pool.new_instance(zygote, laps.lap)
             except InstanceGone as gone:
                 raise Unavailable(f"cannot start an instance of {record.func_name}: {gone.message}") from None
-            laps.lap("fork_and_contain")
         instance.revision = record.revision
         instance.key = record.key
         instance.qualifier = qualifier_key(record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -134,8 +135,9 @@ class Pool:
             self.retire(instance)
         return None
 
-    async def new_instance(self, zygote: Zygote) -> Instance:
-        """Fork a generic instance and contain it (cgroup, namespaces, mounts)."""
+    async def new_instance(self, zygote: Zygote, lap: Callable[[str], None] = lambda step: None) -> Instance:
+        """Fork a generic instance and contain it (cgroup, namespaces, mounts). A cold start
+        with the pool empty times each step with `lap` (fgd.invoker.Laps)."""
         logs = self._config.logs
         instance = Instance(
             zygote, LogLimits(logs.max_lines_per_invocation, logs.max_bytes_per_invocation), self.sandbox
@@ -145,13 +147,16 @@ class Pool:
                 # A zygote being restarted is back within moments: wait for it rather than fail.
                 await zygote.ready.wait()
                 await instance.start()
+                lap("fork")
                 assert self._nursery is not None
                 self._nursery.start_soon(instance.pump_output)
-                await instance.contain(self.usual_memory.get(zygote.runtime))
+                await instance.contain(self.usual_memory.get(zygote.runtime), lap)
                 await self._attach_network(instance)
+                lap("attach_network")
                 if isinstance(zygote, NodeZygote):
                     # Issue 13 (nodejs): a Node pool member runs its node from the start, as its own uid.
                     await instance.launch(zygote.launch(launch_policy(self.sandbox, instance.id)))
+                    lap("launch")
         except BaseException as exc:
             # Whatever stopped it (a dead zygote, a deadline, shutdown mid-start), it leaves nothing behind.
             self.retire(instance)

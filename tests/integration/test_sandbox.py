@@ -13,7 +13,17 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import BACKGROUND_SLEEP, RUNTIME, Api, Daemon, instance_cgroups, marker, wait_none_with, zygote_of
+from tests.conftest import (
+    BACKGROUND_SLEEP,
+    RUNTIME,
+    Api,
+    Daemon,
+    instance_cgroups,
+    marker,
+    running,
+    wait_none_with,
+    zygote_of,
+)
 
 # Root-level subtrees carry the pid namespace of their daemon (the tests share it).
 PIDNS = os.stat("/proc/self/ns/pid").st_ino
@@ -271,3 +281,17 @@ def test_each_step_of_the_last_cold_start_is_reported(daemon: Daemon, api: Api) 
     assert all(ms >= 0 for side in steps.values() for ms in side.values()), steps
     # The instance's own steps happen within the daemon's round trip to it.
     assert sum(steps["instance"].values()) <= steps["daemon"]["specialize_in_instance"] + 1, steps
+
+
+def test_a_start_with_the_pool_empty_reports_the_fork_the_cgroup_and_the_containment_apart(tmp_path: Path) -> None:
+    # With no pool, the instance is made on the request path; placing it into its cgroup can wait
+    # for a kernel grace period (docs/performance.md), so it is a step of its own.
+    with running(tmp_path / "state", "[sandbox]\npool_size = 0\n") as daemon:
+        api = Api(daemon)
+        name = api.deploy("def handler(event, context):\n    return 1\n")["func_name"]
+        assert api.invoke(name).status_code == 200
+        health = httpx.get(f"{daemon.url}/healthz").json()
+        steps = health["last_cold_start"]["daemon"]
+    assert health["pool"].get(RUNTIME, 0) == 0
+    assert list(steps)[:6] == ["zygote", "take_pooled", "fork", "cgroup_place", "contain", "attach_network"], steps
+    assert all(ms >= 0 for ms in steps.values()), steps
