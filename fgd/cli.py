@@ -83,7 +83,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     from fgd import config as config_module
     from fgd.sandboxing import probe, protections_for
-    from sandbox.cgroups import memory_limit
+    from sandbox.cgroups import favors_dynamic_moves, memory_limit
 
     try:
         config = config_module.load(args.config)
@@ -100,6 +100,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     allowed = f"; this cgroup allows {limit // 2**20} MB" if limit is not None else ""
     print(f"{'ok':<8} {'memory':<18} {memory.available // 2**20} MB free of {memory.total // 2**20} MB{allowed}")
     print(f"{'ok':<8} {'instance pool':<18} {config.sandbox.pool_size} pre-contained instances per runtime")
+    if favors_dynamic_moves():
+        print(f"{'ok':<8} {'cgroup moves':<18} favordynmods: an instance is moved into its cgroup without waiting")
+    else:
+        print(
+            f"{'info':<8} {'cgroup moves':<18} without favordynmods, a start with the pool empty can wait "
+            "10-20 ms for the kernel after a quiet spell (docs/performance.md)"
+        )
     usable_runtimes = _doctor_interpreters(config)
     # Each protection that would be off, and why (a missing check above, or [sandbox] disable).
     _protections, off = protections_for(facts, config.sandbox.disable)

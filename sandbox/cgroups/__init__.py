@@ -25,6 +25,7 @@ __all__ = [
     "CgroupError",
     "Limits",
     "detect",
+    "favors_dynamic_moves",
     "memory_limit",
     "node_pids_max",
     "parse_key_value",
@@ -68,6 +69,22 @@ def parse_mountinfo(text: str) -> list[CgroupMount]:
         elif fstype == "cgroup":
             mounts.append(CgroupMount(fields[4], 1, frozenset(options.split(","))))
     return mounts
+
+
+def favors_dynamic_moves(mountinfo: str | None = None) -> bool:
+    """Whether the host's cgroups are mounted with `favordynmods` (set as a v2 mount option, or
+    for v1 and v2 by the boot option `cgroup_favordynmods=true`). Without it, moving a process
+    into a cgroup after a quiet spell waits for an RCU grace period (docs/performance.md)."""
+    mountinfo = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        separator = fields.index("-")
+        cgroup = len(fields) > separator + 3 and fields[separator + 1] in ("cgroup", "cgroup2")
+        if cgroup and "favordynmods" in fields[separator + 3].split(","):
+            return True
+    return False
 
 
 def detect(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from sandbox.cgroups import favors_dynamic_moves
 from tests.conftest import (
     BACKGROUND_SLEEP,
     RUNTIME,
@@ -81,6 +82,12 @@ def test_doctor_reports_each_protection_and_exit_status(tmp_path: Path) -> None:
     names = [line.split()[1] for line in good.stdout.splitlines()[:-1]]
     for name in ("root", "namespace", "cgroups", "seccomp", "function", "memory", "instance"):
         assert name in names
+    # Without favordynmods (this host's case), the doctor says what that costs.
+    moves = next(line for line in good.stdout.splitlines() if line.split()[1:3] == ["cgroup", "moves"])
+    if favors_dynamic_moves():
+        assert moves.startswith("ok") and "without waiting" in moves, moves
+    else:
+        assert moves.startswith("info") and "pool empty" in moves, moves
     assert good.stdout.strip().endswith("fgd serve can start with every protection")
     (tmp_path / "fgd.toml").write_text(NO_CGROUPS)
     bad = run_fgd("doctor", "--config", str(tmp_path / "fgd.toml"))

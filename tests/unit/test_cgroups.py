@@ -17,6 +17,7 @@ from sandbox.cgroups import (
     CgroupError,
     Limits,
     detect,
+    favors_dynamic_moves,
     memory_limit,
     node_pids_max,
     parse_mountinfo,
@@ -139,6 +140,22 @@ def test_parse_mountinfo() -> None:
     mounts = parse_mountinfo(HYBRID_MOUNTINFO)
     assert mounts[0].version == 2 and mounts[0].path == "/sys/fs/cgroup/unified"
     assert {"cpu", "cpuacct"} <= mounts[3].controllers
+
+
+def test_favordynmods_is_read_from_the_cgroup_mounts_only() -> None:
+    assert not favors_dynamic_moves(HYBRID_MOUNTINFO)
+    assert not favors_dynamic_moves("")
+    v2 = "30 25 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate,favordynmods,memory_recursiveprot\n"
+    assert favors_dynamic_moves(v2)
+    v1 = HYBRID_MOUNTINFO.replace("cgroup rw,memory", "cgroup rw,memory,favordynmods")
+    assert v1 != HYBRID_MOUNTINFO and favors_dynamic_moves(v1)
+    # The word anywhere else (a path, another file system's options, a malformed line) is not it.
+    others = (
+        "40 25 0:40 / /mnt/favordynmods rw - tmpfs tmpfs rw,favordynmods\n"
+        "41 25 0:41 / /sys/fs/cgroup/favordynmods rw - cgroup2 cgroup2\n"
+        "favordynmods - cgroup2\n"
+    )
+    assert not favors_dynamic_moves(others)
 
 
 def test_detect_hybrid_uses_v1(tmp_path) -> None:
