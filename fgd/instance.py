@@ -337,6 +337,13 @@ class Instance:
             except PermissionError:
                 os.kill(self.pid, signal.SIGKILL)
 
+    def interrupt(self) -> None:
+        """Wake every task waiting to read or write the instance's socket: each finds the
+        instance gone (with `kill_reason`). The socket stays open until `close`."""
+        raw = self._raw
+        if raw is not None and raw.fileno() >= 0:
+            trio.lowlevel.notify_closing(raw)
+
     def close(self) -> None:
         self.kill()
         for fd in self._counter_fds.values():

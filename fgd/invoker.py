@@ -43,6 +43,7 @@ from fgd.sandboxing import HostSandbox
 from fgd.scheduler import Assign, Quota, Reject, Scheduler, Start
 from fgd.specialize import Specializer
 from fgd.store import LogLine, Store
+from fgd.timeouts import Timeouts
 from fgd.versions import exact, qualifier_key
 from fgd.zygote import Zygotes
 from runtimes import protocol
@@ -101,6 +102,8 @@ class Invoker:
         # Issue 15: the steps of the last successful cold start, in ms, as the daemon and the
         # instance saw them (served on /healthz for bench/cold_start.py).
         self.last_cold_start: dict[str, dict[str, float]] = {}
+        # Issue 15: every invocation's timeout, kept by one task (fgd.timeouts).
+        self.timeouts = Timeouts(self._timed_out)
 
     @property
     def network(self) -> Network | None:
@@ -140,6 +143,7 @@ class Invoker:
                 self._nursery = nursery
                 await self.pool.run(nursery)
                 nursery.start_soon(self.reserved.run)
+                nursery.start_soon(self.timeouts.run)
                 task_status.started()
                 while True:
                     await trio.sleep(REAP_INTERVAL)
@@ -384,32 +388,51 @@ class Invoker:
         instance.begin(request_id)
         started = trio.current_time()
         healthy = True
-        with trio.move_on_at(started + settings.timeout) as scope:
-            try:
-                credentials = self.specializer.renewed_credentials(record, instance)
-                await instance.send(
-                    protocol.Invoke(request_id, event, time.time() + settings.timeout, credentials=credentials)
-                )
-                result = await instance.result(request_id)
-                assert isinstance(result, protocol.Result)
-                outcome.body, outcome.error = checked_answer(result)
-                if result.http_status and outcome.error is None:
-                    raw = outcome.body or b""
-                    outcome.http_response = (result.http_status, list(result.http_headers), raw)
-                    outcome.body = custom.apig_answer(result.http_status, list(result.http_headers), raw)
-                if result.fatal:
-                    # Issue 13: its bootstrap exited; the instance is not reused (an OOM kill says so).
+        answered = False
+        # The timeout: on an instance that serves one request at a time, one entry for the
+        # daemon's timeout task (fgd.timeouts), which ends this request alone since nothing else
+        # waits on the instance. With requests sharing the instance (or while that task does not
+        # run: starting, stopping), a cancel scope: the others keep what they were sent.
+        if self.timeouts.running and settings.strategy_config.concurrent_num == 1:
+            deadline = self.timeouts.watch(started + settings.timeout, (instance, outcome))
+            scope = _WATCHED
+        else:
+            deadline = None
+            scope = trio.move_on_at(started + settings.timeout)
+        try:
+            with scope:
+                try:
+                    credentials = self.specializer.renewed_credentials(record, instance)
+                    await instance.send(
+                        protocol.Invoke(request_id, event, time.time() + settings.timeout, credentials=credentials)
+                    )
+                    result = await instance.result(request_id)
+                    assert isinstance(result, protocol.Result)
+                    answered = True
+                    outcome.body, outcome.error = checked_answer(result)
+                    if result.http_status and outcome.error is None:
+                        raw = outcome.body or b""
+                        outcome.http_response = (result.http_status, list(result.http_headers), raw)
+                        outcome.body = custom.apig_answer(result.http_status, list(result.http_headers), raw)
+                    if result.fatal:
+                        # Issue 13: its bootstrap exited; the instance is not reused (an OOM kill says so).
+                        healthy = False
+                        if instance.oom_killed():
+                            outcome.error = gone_error(instance, InstanceGone(""), settings.memory_size)
+                    outcome.max_memory_mb = instance.memory_peak_mb() or max(result.max_rss_kb, 0) / 1024
+                except InstanceGone as gone:
                     healthy = False
-                    if instance.oom_killed():
-                        outcome.error = gone_error(instance, InstanceGone(""), settings.memory_size)
-                outcome.max_memory_mb = instance.memory_peak_mb() or max(result.max_rss_kb, 0) / 1024
-            except InstanceGone as gone:
-                healthy = False
-                outcome.error = gone_error(instance, gone, settings.memory_size)
-        if scope.cancelled_caught:
+                    outcome.error = gone_error(instance, gone, settings.memory_size)
+        finally:
+            fired = deadline is not None and self.timeouts.finished(deadline)
+        if fired:
+            # Its instance was recycled at the deadline. An answer that had come in by then (the
+            # deadline's task ran before this one) still stands, as with a cancel scope.
+            healthy = False
+        if (fired and not answered) or scope.cancelled_caught:
             healthy = False
             # The whole instance goes: requests sharing it learn why.
-            instance.kill_reason = f"the instance was recycled because request {request_id} on it timed out"
+            instance.kill_reason = _timed_out_reason(request_id)
             outcome.error = FunctionError(
                 "Runtime.Timeout", f"the function did not finish within its timeout of {settings.timeout} s"
             )
@@ -502,6 +525,17 @@ class Invoker:
             return instance, ColdStartFailure(failure, init_ms)
         return instance, None
 
+    def _timed_out(self, subject: tuple[Instance, Outcome]) -> None:
+        """An invocation's deadline passed (fgd.timeouts): its instance goes now, and the task
+        waiting on it (the only one: an instance serving one request at a time) is woken to find
+        it gone at once, not when its processes have died (one stuck in the kernel could take long)."""
+        instance, outcome = subject
+        # What it used still counts (read before the kill).
+        outcome.max_memory_mb = instance.memory_peak_mb() or 0.0
+        instance.kill_reason = _timed_out_reason(outcome.request_id)
+        instance.kill()
+        instance.interrupt()
+
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
         # Issue 13 (nodejs): a Node instance was run by its zygote's node.
         served_by = getattr(instance.zygote, "node", None) or instance.zygote.interpreter
@@ -533,6 +567,25 @@ class Invoker:
             self._release(instance)
         else:
             self._discard(record.key, instance)
+
+
+def _timed_out_reason(request_id: str) -> str:
+    return f"the instance was recycled because request {request_id} on it timed out"
+
+
+class _Watched:
+    """The scope of an invocation whose deadline the timeout task keeps: no cancel scope."""
+
+    cancelled_caught = False
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+
+_WATCHED = _Watched()
 
 
 class Laps:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
+
+import httpx
 
 from tests.conftest import Api, marker, wait_none_with
 
@@ -61,3 +64,42 @@ def test_cpu_spin_times_out(api: Api) -> None:
     started = time.monotonic()
     assert api.invoke(name).json()["errorType"] == "Runtime.Timeout"
     assert time.monotonic() - started < 1.8
+
+
+def test_a_short_timeout_fires_on_time_while_longer_ones_are_pending(api: Api) -> None:
+    # Timeouts are kept by one task (fgd.timeouts) that sleeps until the earliest deadline: one
+    # that starts later with an earlier deadline must wake it; the longer ones are not disturbed.
+    sleeper = """
+        import time
+
+        def handler(event, context):
+            time.sleep(event["sleep"])
+            return "slept"
+    """
+    patient = api.deploy(sleeper, timeout=30)["func_name"]
+    hasty = api.deploy(sleeper, timeout=1)["func_name"]
+    assert api.invoke(hasty, {"sleep": 0}).content == b"slept"  # both warm: no cold start in the timings
+    assert api.invoke(patient, {"sleep": 0}).content == b"slept"
+    answers: dict[str, tuple[float, httpx.Response]] = {}
+
+    def call(key: str, name: str, sleep: float) -> None:
+        started = time.monotonic()
+        response = api.invoke(name, {"sleep": sleep})
+        answers[key] = (time.monotonic() - started, response)
+
+    long_ones = [threading.Thread(target=call, args=(f"patient{i}", patient, 4)) for i in range(3)]
+    for thread in long_ones:
+        thread.start()
+    time.sleep(0.5)
+    short_ones = [threading.Thread(target=call, args=(f"hasty{i}", hasty, 100)) for i in range(8)]
+    for thread in short_ones:
+        thread.start()
+    for thread in short_ones + long_ones:
+        thread.join(30)
+    for i in range(8):
+        elapsed, response = answers[f"hasty{i}"]
+        assert response.json()["errorType"] == "Runtime.Timeout", response.text
+        assert 1.0 <= elapsed < 1.8, elapsed
+    for i in range(3):
+        elapsed, response = answers[f"patient{i}"]
+        assert response.content == b"slept" and 4.0 <= elapsed < 6.0, (elapsed, response.text)
