@@ -533,8 +533,10 @@ class Invoker:
         # What it used still counts (read before the kill).
         outcome.max_memory_mb = instance.memory_peak_mb() or 0.0
         instance.kill_reason = _timed_out_reason(outcome.request_id)
-        instance.kill()
-        instance.interrupt()
+        try:
+            instance.kill()
+        finally:
+            instance.interrupt()  # whatever the kill did, the request ends now
 
     def _finish(self, record: FunctionRecord, instance: Instance, outcome: Outcome, *, healthy: bool) -> None:
         # Issue 13 (nodejs): a Node instance was run by its zygote's node.

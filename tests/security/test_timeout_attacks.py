@@ -12,11 +12,12 @@ from __future__ import annotations
 import concurrent.futures
 import shutil
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Api, make_zip, marker, wait_none_with
+from tests.conftest import Api, make_zip, marker, running, wait_none_with
 from tests.integration.custom_support import deploy as deploy_custom
 from tests.integration.custom_support import script
 
@@ -344,3 +345,56 @@ def test_custom_runtime_that_never_answers_times_out(api: Api) -> None:
     assert 1.0 <= elapsed < 4.0, elapsed  # a cold start first
     assert wait_none_with(mark)
     assert_healthy(api)
+
+
+@pytest.fixture(scope="module")
+def no_cgroups_api(tmp_path_factory: pytest.TempPathFactory):
+    # A host without cgroups (degraded): a kill reaches the instance's process group only, so a
+    # child in its own session outlives it and keeps the instance's socket open.
+    config = '[sandbox]\nallow_degraded = true\ndisable = ["cgroups", "namespaces", "mounts", "credentials"]\n'
+    with running(Path(tmp_path_factory.mktemp("timeouts-no-cgroups")) / "state", config) as daemon:
+        yield Api(daemon)
+
+
+FLOOD_WITH_A_KEEPER = """
+    import os, time
+
+    def handler(event, context):
+        if event.get("ok"):
+            return "fine"
+        if os.fork() == 0:
+            os.setsid()  # out of the instance's process group, the protocol socket still open
+            time.sleep(20)
+            os._exit(0)
+        logger = context.getLogger()
+        line = "k" * 3000
+        while True:
+            logger.info(line)
+"""
+
+
+@pytest.mark.slow
+def test_timeout_ends_the_request_even_when_the_socket_outlives_the_kill(no_cgroups_api: Api) -> None:
+    # The invocation task is usually runnable (its socket always readable) when the deadline
+    # passes: waking only the tasks already waiting on the socket misses it, and it would then
+    # wait for an end of file the child never lets come.
+    api = no_cgroups_api
+    names = [api.deploy(FLOOD_WITH_A_KEEPER, timeout=1)["func_name"] for _ in range(4)]
+    for name in names:
+        assert api.invoke(name, {"ok": 1}).content == b"fine"
+
+    def call(name: str) -> tuple[float, httpx.Response | str]:
+        started = time.monotonic()
+        try:
+            response = api.http.post(f"/functions/{name}/invocations", json={}, timeout=6)
+        except httpx.TimeoutException:
+            return time.monotonic() - started, "no answer within 6 s"
+        return time.monotonic() - started, response
+
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        answers = list(pool.map(call, names * 3))
+    for elapsed, response in answers:
+        assert not isinstance(response, str), response
+        assert response.status_code == 200, response.text[:300]
+        assert response.json().get("errorType") == "Runtime.Timeout", response.text[:300]
+        assert elapsed < 1.0 + LATE + 1.0, elapsed  # a cold start each time after the first
