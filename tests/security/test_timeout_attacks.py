@@ -11,12 +11,18 @@ from __future__ import annotations
 
 import concurrent.futures
 import shutil
+import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
+import trio
 
+from fgd.instance import Instance, InstanceGone
+from fgd.instance_output import LogLimits
+from runtimes import protocol
 from tests.conftest import Api, make_zip, marker, running, wait_none_with
 from tests.integration.custom_support import deploy as deploy_custom
 from tests.integration.custom_support import script
@@ -398,3 +404,35 @@ def test_timeout_ends_the_request_even_when_the_socket_outlives_the_kill(no_cgro
         assert response.status_code == 200, response.text[:300]
         assert response.json().get("errorType") == "Runtime.Timeout", response.text[:300]
         assert elapsed < 1.0 + LATE + 1.0, elapsed  # a cold start each time after the first
+
+
+def _instance_on(ours: socket.socket) -> Instance:
+    """An Instance talking over `ours` (its process stands for whoever holds the other end)."""
+    instance = Instance(SimpleNamespace(generation=0), LogLimits(max_lines=100, max_bytes=100_000))
+    instance._socket = trio.socket.from_stdlib_socket(ours)
+    instance._raw = ours
+    return instance
+
+
+@pytest.mark.parametrize("direction", ["read", "write"])
+def test_an_interrupt_stops_a_task_that_was_not_waiting_at_that_moment(direction: str) -> None:
+    # The timeout task interrupts while the invocation task is in the run queue (woken by data
+    # in the same batch), not waiting on the socket: the next wait must not begin, since the
+    # other end may stay open (here: it does) long after the kill.
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    instance = _instance_on(ours)
+    instance.kill_reason = "the instance was recycled because request r1 on it timed out"
+
+    async def main() -> None:
+        instance.interrupt()
+        with trio.fail_after(2), pytest.raises(InstanceGone, match="r1 on it timed out"):
+            if direction == "read":
+                await instance.receive()
+            else:
+                await instance.send(protocol.Invoke("r2", b"e" * 8_000_000, time.time() + 1))
+
+    try:
+        trio.run(main)
+    finally:
+        ours.close()
+        theirs.close()
