@@ -10,6 +10,7 @@ promptly, no process may be left, and the daemon must serve the next request.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import shutil
 import socket
 import time
@@ -49,12 +50,15 @@ def assert_healthy(api: Api) -> None:
     assert httpx.get(f"{api.daemon.url}/healthz", timeout=5).status_code == 200
 
 
+# Each hostile function starts an exec'd child (`sleep`): its environment carries the test's
+# marker, so wait_none_with sees whether the instance's processes went.
 ECHO_OR_FLOOD = """
-    import logging, os, sys
+    import subprocess, sys
 
     def handler(event, context):
         if event.get("ok"):
             return "fine"
+        subprocess.Popen(["sleep", "100"])
         logger = context.getLogger()
         line = "x" * 4000
         while True:
@@ -96,9 +100,10 @@ def test_several_flooders_time_out_together(api: Api) -> None:
 
 
 HALF_FRAME = """
-    import os, socket, stat, struct, time
+    import os, socket, stat, struct, subprocess, time
 
     def handler(event, context):
+        subprocess.Popen(["sleep", "100"])
         # The instance's own protocol socket: announce a frame of 5 MB, send part of it, stall.
         for fd in sorted(int(name) for name in os.listdir("/proc/self/fd")):
             try:
@@ -137,6 +142,7 @@ BIG_AT_THE_DEADLINE = """
 """
 
 
+@pytest.mark.slow
 def test_large_result_at_the_deadline_is_whole_or_a_timeout(api: Api) -> None:
     mark = marker()
     name = api.deploy(BIG_AT_THE_DEADLINE, timeout=1, memory_size=512, user_data={"FGD_TEST_MARK": mark})["func_name"]
@@ -161,7 +167,7 @@ def test_large_result_at_the_deadline_is_whole_or_a_timeout(api: Api) -> None:
 
 
 GIL_HOG = """
-    import threading, time
+    import subprocess, threading, time
 
     def hog():
         time.sleep(0.3)  # the answer is sent and the instance waits for the next request
@@ -169,6 +175,7 @@ GIL_HOG = """
 
     def handler(event, context):
         if event.get("hog"):
+            subprocess.Popen(["sleep", "100"])
             threading.Thread(target=hog, daemon=True).start()
         return "fine"
 """
@@ -226,9 +233,11 @@ def test_children_holding_the_socket_do_not_delay_the_answer(api: Api) -> None:
 
 
 SLEEPY = """
-    import time
+    import subprocess, time
 
     def handler(event, context):
+        if event["sleep"] > 5:
+            subprocess.Popen(["sleep", "100"])
         time.sleep(event["sleep"])
         return "slept %s" % event["sleep"]
 """
@@ -304,6 +313,7 @@ def test_async_invocation_that_times_out_is_recorded_as_a_timeout(api: Api) -> N
 NODE_SPINNER = """
 exports.handler = async (event, context) => {
   if (event.ok) return 'fine';
+  require('child_process').spawn('sleep', ['100'], { stdio: 'ignore' });
   const log = context.getLogger();
   for (;;) { log.info('y'.repeat(2000)); console.log('z'.repeat(2000)); }
 };
@@ -370,7 +380,7 @@ FLOOD_WITH_A_KEEPER = """
             return "fine"
         if os.fork() == 0:
             os.setsid()  # out of the instance's process group, the protocol socket still open
-            time.sleep(20)
+            time.sleep(8)
             os._exit(0)
         logger = context.getLogger()
         line = "k" * 3000
@@ -436,3 +446,19 @@ def test_an_interrupt_stops_a_task_that_was_not_waiting_at_that_moment(direction
     finally:
         ours.close()
         theirs.close()
+
+
+def test_callers_that_hang_up_before_the_deadline_leave_nothing_behind(api: Api) -> None:
+    # Each hang-up cancels its invocation, whose deadline entry must end with it: no late
+    # timeout may then recycle the instance that serves the next request.
+    mark = marker()
+    name = api.deploy(SLEEPY, timeout=1, user_data={"FGD_TEST_MARK": mark})["func_name"]
+    for _ in range(3):
+        with pytest.raises(httpx.TimeoutException):
+            api.http.post(f"/functions/{name}/invocations", json={"sleep": 30}, timeout=0.5)
+    assert wait_none_with(mark)
+    # Past the abandoned requests' deadlines, a warm instance serves request after request.
+    for _ in range(3):
+        response = api.invoke(name, {"sleep": 0.3})
+        assert response.headers["x-is-func-err"] == "false", response.text[:300]
+    assert json.loads(api.invoke(name, {"sleep": 0}).headers["x-cff-invoke-summary"])["coldStart"] is False
