@@ -363,7 +363,9 @@ class Instance:
             return "the runtime's zygote exited and took the instance with it"
         code = await self.zygote.wait_exit(self.pid, EXIT_REPORT_WAIT)
         if code is None:
-            return "the function's process ended unexpectedly"
+            # Its end of the socket closed, yet no exit was reported: it closed the descriptor
+            # itself and may still run (it is killed with its instance).
+            return f"the function's process closed its connection to fgd and had not exited {EXIT_REPORT_WAIT} s later"
         if code < 0:
             return f"the function's process was killed by signal {signal_name(-code)}"
         return f"the function's process exited with status {code}"

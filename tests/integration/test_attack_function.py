@@ -82,6 +82,39 @@ def test_death_by_a_real_time_signal_is_an_exit_error_not_a_500(api: Api) -> Non
     assert response.json()["errorType"] == "Runtime.ExitError"
 
 
+CLOSES_ITS_SOCKET = """
+import os, stat, time
+
+def handler(event, context):
+    for fd in range(3, 256):
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
+    time.sleep(5)
+"""
+
+
+def test_a_function_that_closes_its_connection_and_keeps_running_is_told_so(api: Api) -> None:
+    # Its end of the socket closes while its process runs on: the error must not say it ended.
+    name = api.deploy(CLOSES_ITS_SOCKET, timeout=10)["func_name"]
+    started = time.monotonic()
+    response = api.invoke(name)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert response.headers["x-is-func-err"] == "true"
+    body = response.json()
+    assert body["errorType"] == "Runtime.ExitError", body
+    assert "closed its connection to fgd" in body["errorMessage"], body
+    assert "ended" not in body["errorMessage"], body
+    assert elapsed < 4, elapsed  # neither its sleep nor its timeout
+    # Its instance was recycled with it: the next request starts a fresh one.
+    response = api.invoke(name)
+    assert "closed its connection to fgd" in response.json()["errorMessage"]
+    assert json.loads(response.headers["x-cff-invoke-summary"])["coldStart"] is True
+
+
 def test_lone_surrogates_in_logs_and_errors_are_replaced_not_fatal(api: Api) -> None:
     # Python strings may hold lone surrogates (os.fsdecode of a bad file name); msgpack may not.
     name = api.deploy(
