@@ -40,6 +40,8 @@ class CgroupMount(msgspec.Struct, frozen=True):
     path: str
     version: int
     controllers: frozenset[str]
+    # The hierarchy's super options (a v1 hierarchy's controllers among them).
+    options: frozenset[str] = frozenset()
 
 
 def parse_proc_cgroup(text: str) -> dict[str, str]:
@@ -60,14 +62,16 @@ def parse_mountinfo(text: str) -> list[CgroupMount]:
     mounts = []
     for line in text.splitlines():
         fields = line.split()
-        if " - " not in line:
+        if "-" not in fields:
             continue
         separator = fields.index("-")
-        fstype, options = fields[separator + 1], fields[separator + 3]
+        if separator < 5 or len(fields) < separator + 4:
+            continue  # not a mountinfo line
+        fstype, options = fields[separator + 1], frozenset(fields[separator + 3].split(","))
         if fstype == "cgroup2":
-            mounts.append(CgroupMount(fields[4], 2, frozenset()))
+            mounts.append(CgroupMount(fields[4], 2, frozenset(), options))
         elif fstype == "cgroup":
-            mounts.append(CgroupMount(fields[4], 1, frozenset(options.split(","))))
+            mounts.append(CgroupMount(fields[4], 1, options, options))
     return mounts
 
 
@@ -76,15 +80,7 @@ def favors_dynamic_moves(mountinfo: str | None = None) -> bool:
     for v1 and v2 by the boot option `cgroup_favordynmods=true`). Without it, moving a process
     into a cgroup after a quiet spell waits for an RCU grace period (docs/performance.md)."""
     mountinfo = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
-    for line in mountinfo.splitlines():
-        fields = line.split()
-        if "-" not in fields:
-            continue
-        separator = fields.index("-")
-        cgroup = len(fields) > separator + 3 and fields[separator + 1] in ("cgroup", "cgroup2")
-        if cgroup and "favordynmods" in fields[separator + 3].split(","):
-            return True
-    return False
+    return any("favordynmods" in mount.options for mount in parse_mountinfo(mountinfo))
 
 
 def detect(
