@@ -124,10 +124,9 @@ class Instance:
         self.reserved = False
         # Tasks waiting for their answer while another reads the socket, by request id.
         self._wakers: dict[str, trio.Event] = {}
+        # Why the instance is gone, once its reader learnt it or `interrupt` said so: no task
+        # waits on its socket again (one already woken by data when `interrupt` came included).
         self._gone: str | None = None
-        # Set by `interrupt`: a task that was not waiting on the socket at that moment (already
-        # woken by data, in the run queue) must not wait on it again (see `_recv`).
-        self._interrupted = False
         self._send_lock = trio.Lock()
         self._socket: trio.socket.SocketType | None = None
         self._raw: socket.socket | None = None
@@ -343,7 +342,7 @@ class Instance:
     def interrupt(self) -> None:
         """Wake every task waiting to read or write the instance's socket: each finds the
         instance gone (with `kill_reason`). The socket stays open until `close`."""
-        self._interrupted = True
+        self._gone = self.kill_reason or "the instance was interrupted"
         raw = self._raw
         if raw is not None and raw.fileno() >= 0:
             trio.lowlevel.notify_closing(raw)
@@ -391,8 +390,8 @@ class Instance:
                 lock.acquire_nowait()  # the rest goes before any other frame
             try:
                 while data:
-                    if self._interrupted:
-                        raise InstanceGone(self.kill_reason or "the instance was interrupted")
+                    if self._gone is not None:
+                        raise InstanceGone(self._gone)
                     sent = await self._socket.send(data)
                     data = data[sent:]
             finally:
@@ -486,10 +485,12 @@ class Instance:
         raw = self._raw
         assert raw is not None
         while True:
-            if raw.fileno() < 0 or self._interrupted:
+            if self._gone is not None:
                 # Interrupted while this task was not waiting (woken by data in the same batch as
                 # the timeout task): the end of file may never come, if a process that escaped the
                 # kill (no cgroups) still holds the instance's end of the socket.
+                raise InstanceGone(self._gone)
+            if raw.fileno() < 0:
                 raise InstanceGone(self.kill_reason or "the instance was closed")
             try:
                 await trio.lowlevel.wait_readable(raw)
