@@ -481,7 +481,11 @@ class Invoker:
         instance.state = State.BUSY
         failure: FunctionError | None = None
         try:
-            with trio.move_on_at(started + limit) as scope:
+            # The limit is the function's: it runs from the specialisation, not from the start of
+            # the zygote or the pool member this start may have waited for (bounded by
+            # `spawn_timeout` each). The agent of a Custom or http function keeps the same count
+            # to report a bootstrap's late start with its output, just before this deadline.
+            with trio.move_on_after(limit) as scope:
                 try:
                     if self.sandbox is not None:
                         # (No write at all when the pool member was made with this size's limits.)
