@@ -16,7 +16,9 @@ that is not HTTP is reported as before (`BadStatusLine`, `IncompleteRead`, `Line
   connection; a HEAD, a 1xx, 204 or 304 answer has none;
 - a body is read up to `limit` + 1 bytes: the caller refuses a longer one;
 - the connection is reused unless the answer says it ends (HTTP/1.0 without keep-alive,
-  `Connection: close`, a body that runs to the end), or bytes come before a request is sent.
+  `Connection: close`, a body that runs to the end), the request could not be sent whole
+  (an answer that came before the server closed is still read), or bytes come before a
+  request is sent.
 
 Runs on the daemon's interpreter only, but keeps to Python 3.9 like the rest of the
 instance side.
@@ -50,6 +52,7 @@ class Upstream:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = bytearray()
         self.answered = 0  # answers read whole: a connection that has had one was kept alive
+        self.cut = False  # the server stopped taking the request before all of it was sent
 
     def close(self) -> None:
         self.sock.close()
@@ -71,12 +74,21 @@ class Upstream:
         lines = [f"{method} {target} HTTP/1.1"]
         lines += [f"{name}: {value}" for name, value in headers]
         lines.append("\r\n")
-        self.sock.sendall("\r\n".join(lines).encode("latin-1") + body)
+        try:
+            self.sock.sendall("\r\n".join(lines).encode("latin-1") + body)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server closed before it had the whole request: it may have answered first (a
+            # 413 after the headers of a large body), and that answer is still there to read.
+            # Without one, `receive` fails as on a closed connection (RemoteDisconnected, or the
+            # reset), and the caller decides whether the request may go out again.
+            self.cut = True
 
     def receive(self, method: str, limit: int) -> Answer:
         """The answer to the request sent; its body is cut at `limit` + 1 bytes."""
         answer = self._answer(method, limit)
         self.answered += 1
+        if self.cut:
+            answer.will_close = True  # the rest of the request would be read as the next one
         return answer
 
     def _answer(self, method: str, limit: int) -> Answer:
