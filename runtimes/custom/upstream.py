@@ -10,7 +10,8 @@ that is not HTTP is reported as before (`BadStatusLine`, `IncompleteRead`, `Line
 
 - the status line is `HTTP/1.x` and a three-digit status; interim answers (1xx but 101)
   are read and dropped;
-- at most 100 header lines of at most 64 KiB each (http.client's limits);
+- at most 100 header lines of at most 64 KiB each (http.client's limits), none with a CR
+  or NUL inside (RFC 9110 5.5); an obsolete line folding is joined with a space;
 - the body is chunked (the last transfer coding), or as long as one Content-Length (several
   that differ, or one that is not a number, is an error), or runs to the end of the
   connection; a HEAD, a 1xx, 204 or 304 answer has none;
@@ -150,6 +151,10 @@ class Upstream:
             if lines > MAX_HEADERS:
                 raise http.client.HTTPException(f"got more than {MAX_HEADERS} headers")
             text = line.decode("latin-1").rstrip("\r\n")
+            if "\r" in text or "\x00" in text:
+                # RFC 9110 5.5: rejected (or made spaces). Kept, the API returned it to the caller
+                # as it came; a bare CR may end a line for some readers (http.client split there).
+                raise http.client.HTTPException(f"a header line with a CR or NUL in it: {text[:100]!r}")
             if text[:1] in (" ", "\t") and fields:
                 # An obsolete line folding: the value goes on (RFC 9112 5.2 lets a client join it).
                 name, value = fields[-1]
