@@ -16,6 +16,8 @@ that is not HTTP is reported as before (`BadStatusLine`, `IncompleteRead`, `Line
   that differ, or one that is not a number, is an error), or runs to the end of the
   connection; a HEAD, a 1xx, 204 or 304 answer has none;
 - a body is read up to `limit` + 1 bytes: the caller refuses a longer one;
+- a close or reset before any of the answer is RemoteDisconnected or ConnectionResetError
+  (a request the caller may send again); within it, IncompleteRead (the request arrived);
 - the connection is reused unless the answer says it ends (HTTP/1.0 without keep-alive,
   `Connection: close`, a body that runs to the end), the request could not be sent whole
   (an answer that came before the server closed is still read), or bytes come before a
@@ -54,6 +56,7 @@ class Upstream:
         self.buffer = bytearray()
         self.answered = 0  # answers read whole: a connection that has had one was kept alive
         self.cut = False  # the server stopped taking the request before all of it was sent
+        self.began = False  # a line of the answer to the request sent has come
 
     def close(self) -> None:
         self.sock.close()
@@ -86,7 +89,15 @@ class Upstream:
 
     def receive(self, method: str, limit: int) -> Answer:
         """The answer to the request sent; its body is cut at `limit` + 1 bytes."""
-        answer = self._answer(method, limit)
+        self.began = False
+        try:
+            answer = self._answer(method, limit)
+        except ConnectionResetError:
+            if self.began or self.buffer:
+                # Reset in the middle of an answer: the server had the request, so this is no
+                # request lost on a connection closed as it was reused (which may go out again).
+                raise http.client.IncompleteRead(bytes(self.buffer)) from None
+            raise
         self.answered += 1
         if self.cut:
             answer.will_close = True  # the rest of the request would be read as the next one
@@ -97,6 +108,7 @@ class Upstream:
         while True:
             line = self._line(first)
             first = False
+            self.began = True
             version, status = status_of(line)
             fields = self._fields()
             if 100 <= status < 200 and status != 101:

@@ -26,7 +26,7 @@ from tests.integration.custom_support import deploy, script
 SMUGGLED = b"SMUGGLED"
 SERVER = script(
     r"""
-    import random, socket, threading, time
+    import random, socket, struct, threading, time
 
     SEEN = []  # "METHOD path" of every request read, in order
     SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
@@ -90,6 +90,13 @@ SERVER = script(
                 conn.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
             elif method == b"HEAD":
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED)
+            elif b"reset-mid" in path:
+                # Half an answer, then a reset (SO_LINGER 0): a crash while answering.
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart")
+                time.sleep(0.05)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                return
             elif b"hints" in path:
                 conn.sendall(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n" * 50 + reply(echo))
             elif b"interim-flood" in path:
@@ -243,6 +250,21 @@ def test_a_lost_idempotent_request_is_repeated_once_and_a_post_never(hostile: tu
     assert response.status_code == 502
     assert "RemoteDisconnected" in response.json()["error_msg"]
     assert count(url, word) == 1
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_a_request_whose_answer_was_cut_by_a_reset_is_not_sent_again(hostile: tuple[str, str], method: str) -> None:
+    # The server had the request (it began to answer): only a request that got no answer at all
+    # on a reused connection may go out again. The reset was taken for an idle close and the
+    # GET or PUT sent a second time (http.client read the body outside that retry).
+    _, url = hostile
+    own(url)
+    word = f"reset-mid-{tag()}"
+    response = httpx.request(method, f"{url}/{word}", content=b"v" if method == "PUT" else b"", timeout=10)
+    assert response.status_code == 502
+    assert "Runtime.InvalidResponse" in response.json()["error_msg"], response.text[:300]
+    assert count(url, word) == 1
+    own(url)
 
 
 def test_a_server_closing_kept_alive_connections_at_random_loses_no_request(hostile: tuple[str, str]) -> None:

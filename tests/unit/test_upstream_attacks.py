@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -134,6 +135,47 @@ def test_two_answers_in_separate_writes_are_seen_before_the_next_request(server)
     assert conn.receive("GET", LIMIT).body == b"ok"
     assert not conn.stale()  # nothing yet: the second answer is 50 ms away
     assert waits(conn)
+
+
+def reset(conn: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0), as a crashed server's kernel may."""
+    time.sleep(0.05)  # what was sent is in first
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize(
+    "part",
+    [
+        b"H",
+        b"HTTP/1.1 200 OK\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npart",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npart\r\n",
+    ],
+)
+def test_a_reset_in_the_middle_of_an_answer_is_no_lost_request(server, part: bytes) -> None:
+    # The server had the request: a ConnectionResetError here made the agent send a GET or PUT
+    # again on a new connection, as if the server had closed an idle connection.
+    def half(conn: socket.socket) -> None:
+        read_head(conn)
+        conn.sendall(part)
+        reset(conn)
+
+    conn = server(half)
+    conn.send("GET", "/", [("Host", "h")], b"")
+    with pytest.raises(http.client.IncompleteRead):
+        conn.receive("GET", LIMIT)
+
+
+def test_a_reset_before_any_answer_is_a_lost_request(server) -> None:
+    def drop(conn: socket.socket) -> None:
+        read_head(conn)
+        reset(conn)
+
+    conn = server(drop)
+    conn.send("GET", "/", [("Host", "h")], b"")
+    with pytest.raises(ConnectionResetError):
+        conn.receive("GET", LIMIT)
 
 
 def test_an_interim_answer_then_a_close_is_no_lost_request(server) -> None:
