@@ -36,21 +36,20 @@ SERVER = script(
 
     def handle(conn):
         stream = conn.makefile("rb")
-        served = 0
         while True:
             line = stream.readline()
             if not line:
                 return
             method, path = line.split(b" ")[:2]
-            length = 0
+            length, head = 0, b""
             while True:
                 header = stream.readline()
                 if header.lower().startswith(b"content-length:"):
                     length = int(header.split(b":")[1])
                 if header in (b"\r\n", b""):
                     break
+                head += header
             SEEN.append(method + b" " + path)
-            served += 1
             if b"/count/" in path:
                 tag = path.split(b"/count/")[1]
                 count = b"%d" % sum(tag in seen for seen in SEEN[:-1])
@@ -73,7 +72,9 @@ SERVER = script(
             if b"vanish-once" in path and sum(path == seen.split(b" ")[1] for seen in SEEN) == 1:
                 conn.close()  # read it, then closed without a word (a crash) the first time only
                 return
-            if b"extra" in path:
+            if b"heads" in path:
+                conn.sendall(reply(head))
+            elif b"extra" in path:
                 conn.sendall(reply(echo) + SMUGGLED)  # two answers to one request
             elif b"late" in path:
                 conn.sendall(reply(echo))
@@ -329,14 +330,23 @@ def test_a_callers_framing_headers_cannot_smuggle_a_second_request(api: Api, hos
     name, url = hostile
     word = f"smuggled-{tag()}"
     inner = f"GET /{word} HTTP/1.1\r\nHost: x\r\n\r\n"
-    for headers, body in [
+    framing = [
         ({"Content-Length": "0"}, inner),
         ({"Transfer-Encoding": "chunked"}, "0\r\n\r\n" + inner),
-        ({"Content-Length": ["0", "5"]}, inner),
-    ]:
+        ({"Content-Length": ["0", "5"], "content-length": "1", "Host": ["a", "b"]}, inner),
+    ]
+    for headers, body in framing:
         event = {"httpMethod": "POST", "path": "/front", "multiValueHeaders": headers, "body": body}
         answer = api.invoke(name, event).json()
         assert answer["body"] == f"POST /front {len(body)}", answer
+        # The server saw one Host and the one Content-Length the agent computed, nothing else.
+        event["path"] = "/heads"
+        lines = api.invoke(name, event).json()["body"].lower().splitlines()
+        framing_lines = [
+            line for line in lines if line.split(":")[0] in ("host", "content-length", "transfer-encoding")
+        ]
+        assert sorted(framing_lines) == sorted([f"content-length: {len(body)}", lines[0]]), lines
+        assert lines[0].startswith("host: ") and lines[0] != "host: b", lines
     assert count(url, word) == 0
 
 
