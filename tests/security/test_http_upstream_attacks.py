@@ -29,6 +29,8 @@ SERVER = script(
     import random, socket, struct, threading, time
 
     SEEN = []  # "METHOD path" of every request read, in order
+    FULL = 6 * 1024 * 1024
+    BIG = bytes(range(256)) * (FULL // 256)
     SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
 
     def reply(body, status=b"200 OK", extra=b""):
@@ -72,7 +74,14 @@ SERVER = script(
             if b"vanish-once" in path and sum(path == seen.split(b" ")[1] for seen in SEEN) == 1:
                 conn.close()  # read it, then closed without a word (a crash) the first time only
                 return
-            if b"heads" in path:
+            if b"dribble-full" in path:
+                # A full 6 MB answer, its head and first 20,000 bytes a byte per write.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                data = b"HTTP/1.1 200 OK\r\nX-Slow: yes\r\nContent-Length: %d\r\n\r\n" % FULL + BIG
+                for i in range(len(data) - FULL + 20000):
+                    conn.send(data[i : i + 1])
+                conn.sendall(data[len(data) - FULL + 20000 :])
+            elif b"heads" in path:
                 conn.sendall(reply(head))
             elif b"extra" in path:
                 conn.sendall(reply(echo) + SMUGGLED)  # two answers to one request
@@ -186,6 +195,16 @@ def test_an_answer_the_server_sends_out_of_turn_reaches_no_caller(
     # is replaced before they go out.
     own(url, "GET")
     own(url, "POST", b"pay 10")
+
+
+def test_a_full_size_answer_dribbled_a_byte_at_a_time_arrives_whole(hostile: tuple[str, str]) -> None:
+    _, url = hostile
+    started = time.monotonic()
+    response = httpx.get(f"{url}/dribble-full", timeout=10)
+    assert response.status_code == 200 and response.headers["x-slow"] == "yes"
+    assert response.content == bytes(range(256)) * (6 * 1024 * 1024 // 256)
+    assert time.monotonic() - started < TIMEOUT
+    own(url)
 
 
 def test_a_head_or_204_answer_with_a_body_does_not_shift_the_answers(api: Api, hostile: tuple[str, str]) -> None:
