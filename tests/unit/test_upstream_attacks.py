@@ -5,6 +5,7 @@ the request is still being sent, and answers dribbled a byte at a time."""
 from __future__ import annotations
 
 import http.client
+import random
 import socket
 import struct
 import threading
@@ -272,3 +273,53 @@ def test_chunks_past_the_limit_stop_the_read_at_once(server) -> None:
     conn.send("GET", "/", [("Host", "h")], b"")
     assert len(conn.receive("GET", LIMIT).body) == LIMIT + 1
     conn.close()
+
+
+def framed(rng: random.Random, n: int) -> tuple[bytes, bytes, int]:
+    """A well-formed answer in a random framing, its body, and its status."""
+    body = b"%d:" % n + bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 5, 300, 5000])))
+    status = rng.choice([200, 201, 404, 500])
+    name = rng.choice([b"Content-Length", b"content-length", b"CONTENT-LENGTH"])
+    head = b"HTTP/1.1 %d X\r\n" % status + b"X-N: %d\r\n" % n
+    interim = rng.choice([b"", b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 103 Hints\r\nLink: <x>\r\n\r\n"])
+    if rng.random() < 0.5:
+        return interim + head + name + b":%s%d \r\n\r\n" % (b" " * rng.randrange(3), len(body)) + body, body, status
+    chunks, rest = b"", body
+    while rest:
+        size = rng.randrange(1, len(rest) + 1)
+        ext = rng.choice([b"", b";a=b", b" ;x"])
+        chunks += b"%x%s\r\n" % (size, ext) + rest[:size] + b"\r\n"
+        rest = rest[size:]
+    trailer = rng.choice([b"", b"X-T: t\r\n"])
+    coding = rng.choice([b"chunked", b"Chunked", b"gzip, chunked"])
+    return (
+        interim + head + b"Transfer-Encoding: " + coding + b"\r\n\r\n" + chunks + b"0\r\n" + trailer + b"\r\n",
+        body,
+        status,
+    )
+
+
+def test_many_answers_on_one_connection_in_random_framings_and_pieces_stay_in_step(server) -> None:
+    # 300 answers in turn on one kept-alive connection, each framed at random (Content-Length
+    # or chunks with extensions and trailers, after interim answers) and written in random
+    # pieces: each request gets exactly its own body, and nothing is left over between them.
+    rng = random.Random(15)
+    answers = [framed(rng, n) for n in range(300)]
+
+    def serve_all(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for data, _, _ in answers:
+            read_head(conn)
+            while data:
+                size = rng.choice([1, 7, 100, 4096, len(data)])
+                conn.sendall(data[:size])
+                data = data[size:]
+
+    conn = server(serve_all)
+    for n, (_, body, status) in enumerate(answers):
+        assert not conn.stale()
+        conn.send("GET", f"/{n}", [("Host", "h")], b"")
+        answer = conn.receive("GET", LIMIT)
+        assert (answer.status, answer.body, answer.will_close) == (status, body, False), n
+        assert ("X-N", str(n)) in answer.headers
+        assert not conn.buffer
