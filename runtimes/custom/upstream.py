@@ -53,6 +53,10 @@ class Upstream:
     def __init__(self, host: str, port: int) -> None:
         self.sock = socket.create_connection((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # poll, not select: select cannot watch a descriptor of 1024 or more (a forwarding thread's
+        # connection with concurrent_num in the hundreds), which then counted as stale every time.
+        self.poller = select.poll()
+        self.poller.register(self.sock, select.POLLIN)
         self.buffer = bytearray()
         self.answered = 0  # answers read whole: a connection that has had one was kept alive
         self.cut = False  # the server stopped taking the request before all of it was sent
@@ -67,10 +71,9 @@ class Upstream:
         if self.buffer:
             return True
         try:
-            ready, _, _ = select.select([self.sock], [], [], 0)
+            return bool(self.poller.poll(0))  # bytes, the end, an error, or a closed descriptor
         except (OSError, ValueError):
             return True
-        return bool(ready)
 
     def send(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> None:
         """The request in one write. Names and values were checked by the caller (tokens, no

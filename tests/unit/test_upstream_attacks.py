@@ -5,7 +5,9 @@ the request is still being sent, and answers dribbled a byte at a time."""
 from __future__ import annotations
 
 import http.client
+import os
 import random
+import resource
 import socket
 import struct
 import threading
@@ -323,3 +325,34 @@ def test_many_answers_on_one_connection_in_random_framings_and_pieces_stay_in_st
         assert (answer.status, answer.body, answer.will_close) == (status, body, False), n
         assert ("X-N", str(n)) in answer.headers
         assert not conn.buffer
+
+
+def test_a_connection_numbered_past_selects_limit_is_still_kept_alive(server) -> None:
+    # With concurrent_num in the hundreds (up to 1,000, and 2,048 open files in the sandbox) a
+    # forwarding thread's connection may be descriptor 1024 or above, which select() cannot watch:
+    # it was "stale" before every request, so each one opened a new connection.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(2048, hard), hard))
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+
+        def two_then_close(conn: socket.socket) -> None:
+            for body in (b"a", b"b"):
+                read_head(conn)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + body)
+
+        conn = server(two_then_close)
+        assert conn.sock.fileno() >= 1024
+        assert not conn.stale()
+        conn.send("GET", "/", [("Host", "h")], b"")
+        assert conn.receive("GET", LIMIT).body == b"a"
+        assert not conn.stale()
+        conn.send("GET", "/", [("Host", "h")], b"")
+        assert conn.receive("GET", LIMIT).body == b"b"
+        assert waits(conn)  # the server closed it: seen as before
+        conn.close()
+        assert conn.stale()
+    finally:
+        for fd in filler:
+            os.close(fd)
