@@ -59,7 +59,9 @@ SERVER = script(
                 continue
             if b"hold-early" in path:
                 # Refused as below, but the connection neither read on nor closed: a server that
-                # breaks HTTP (it must read the body or close).
+                # breaks HTTP (it must read the body or close). Its receive buffer stays small, so
+                # the kernels cannot take the whole body in its stead.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
                 conn.sendall(reply(b"too big", b"413 Payload Too Large"))
                 time.sleep(60)
                 return
@@ -385,13 +387,13 @@ def test_an_early_answer_to_a_large_body_reaches_the_caller(hostile: tuple[str, 
 
 def test_an_early_answer_the_server_holds_ends_at_the_timeout(api: Api, hostile: tuple[str, str]) -> None:
     # The server answers after the headers and then neither reads the body nor closes: the agent
-    # is still sending it (4 MB is more than the kernel buffers) and reads nothing until it is
-    # all sent, as with http.client. The function's timeout ends it and the instance is replaced.
-    _, url = hostile
+    # is still sending it (5.5 MB is more than the kernels' buffers take) and reads nothing until
+    # it is all sent, as with http.client. The function's timeout ends it; a new instance serves.
+    name, url = hostile
     started = time.monotonic()
-    response = httpx.post(f"{url}/hold-early", content=b"x" * (4 * 1024 * 1024), timeout=30)
-    assert response.status_code == 502
-    assert "Runtime.Timeout" in response.json()["error_msg"], response.text[:300]
+    event = {"httpMethod": "POST", "path": "/hold-early", "body": "x" * (5_500_000)}
+    error = api.invoke(name, event).json()
+    assert error["errorType"] == "Runtime.Timeout", str(error)[:300]
     assert time.monotonic() - started < TIMEOUT + 2
     own(url)
 
@@ -444,3 +446,22 @@ def test_with_requests_sharing_an_instance_each_caller_gets_its_own_answer(concu
     for n in range(40):
         seen = count(url, f"{word}-{n}-end")
         assert seen == 1 if method_of(n) == "POST" else seen >= 1, (n, seen)
+
+
+def test_a_request_that_never_ends_beside_others_ends_at_the_timeout_alone(concurrent: str) -> None:
+    # One forwarding thread reads interim answers without end; the others keep their own
+    # connections and answers. The timeout ends the endless one (with its instance) in time.
+    url = concurrent
+    prefix = url.split("/", 3)[3]
+    flood: list[httpx.Response] = []
+    started = time.monotonic()
+    thread = threading.Thread(target=lambda: flood.append(httpx.get(f"{url}/interim-flood", timeout=30)))
+    thread.start()
+    time.sleep(0.2)
+    for n in range(5):
+        response = httpx.post(f"{url}/sleep-{n}", content=b"abc", timeout=10)
+        assert response.content == f"POST /{prefix}/sleep-{n} 3".encode(), response.text[:300]
+    thread.join()
+    assert flood[0].status_code == 502 and "Runtime.Timeout" in flood[0].json()["error_msg"]
+    assert time.monotonic() - started < TIMEOUT + 2
+    own(url)
