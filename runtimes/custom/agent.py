@@ -276,19 +276,24 @@ class Agent:
     def receive_invocations(
         self, take: Callable[[protocol.Invoke], None], then: Callable[[], None] | None = None
     ) -> None:
-        """Hand every Invoke from the daemon to `take`, with the lock held and the credentials it
-        carries stored, then call `then` without the lock, until a Shutdown (or anything else)
-        ends the instance's work."""
-        while True:
-            frame = self.conn.receive()
-            if not isinstance(frame, protocol.Invoke):
-                return
-            with self.lock:
-                if frame.credentials is not None:
-                    self.credentials = dict(frame.credentials)
-                take(frame)
+        """Hand every Invoke from the daemon to `take` (see `receive_invocation`), then call `then`
+        without the lock, until a Shutdown (or anything else) ends the instance's work."""
+        while self.receive_invocation(take):
             if then is not None:
                 then()
+
+    def receive_invocation(self, take: Callable[[protocol.Invoke], None]) -> bool:
+        """Hand the next Invoke from the daemon to `take`, with the lock held and the credentials
+        it carries stored; False when a Shutdown (or anything else) ends the instance's work.
+        One thread at a time reads the daemon's socket."""
+        frame = self.conn.receive()
+        if not isinstance(frame, protocol.Invoke):
+            return False
+        with self.lock:
+            if frame.credentials is not None:
+                self.credentials = dict(frame.credentials)
+            take(frame)
+        return True
 
     def holding(self) -> list[str]:
         """Every request the instance was given and has not answered (under the lock)."""
