@@ -268,7 +268,10 @@ def test_a_client_flooding_pipelined_refusals_does_not_keep_the_daemon_from_othe
         stop.set()
         thread.join(15)
     assert refused > 1000  # the flood was being answered meanwhile
-    assert slowest < 0.5, slowest
+    # A daemon kept from others would answer a round after the flood: the flood alone lasts
+    # 1.7 s on a quiet host, longer under load. A round took 0.11-0.16 s on a quiet host and up to
+    # 0.51 s in a full-suite run beside another worker.
+    assert slowest < 1.0, slowest
 
 
 def test_a_partial_next_head_is_held_to_header_timeout_not_keep_alive(tmp_path) -> None:
