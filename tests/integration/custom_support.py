@@ -88,6 +88,21 @@ def script(text: str) -> str:
     return textwrap.dedent(text).lstrip()
 
 
+# How a hostile test server of an HTTP function ends: listen on 127.0.0.1:8000 (FunctionGraph's
+# rule) and give each connection to the script's `handle(conn)` on a thread of its own.
+THREAD_PER_CONNECTION = """
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", 8000))
+server.listen(64)
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
+# Its bootstrap: the script as server.py, on the sandbox's path of FunctionGraph's Python 3.9.
+PYTHON_SERVER_BOOTSTRAP = "#!/bin/sh\nexec /opt/function/runtime/python3.9/rtsp/python/bin/python3 -u server.py\n"
+
+
 def compile_c(source: str) -> bytes:
     """A static executable built from `source` with the host's gcc (skip without one)."""
     gcc = shutil.which("gcc")

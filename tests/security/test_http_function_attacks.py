@@ -15,12 +15,13 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.integration.custom_support import deploy, script
+from tests.integration.custom_support import PYTHON_SERVER_BOOTSTRAP, THREAD_PER_CONNECTION, deploy, script
 
 # Answers by the request's path: the answer's raw bytes, chosen by a word in the path; anything
 # else is echoed (the request line as the server got it).
-SERVER = script(
-    r"""
+SERVER = (
+    script(
+        r"""
     import socket, threading, time
 
     VANISHED = []
@@ -89,17 +90,11 @@ SERVER = script(
             if b"cut-short" in path:
                 conn.close()  # mid-answer: 95 bytes of the body never come
                 return
-
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", 8000))
-    server.listen(64)
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
     """
+    )
+    + THREAD_PER_CONNECTION
 )
-BOOTSTRAP = "#!/bin/sh\nexec /opt/function/runtime/python3.9/rtsp/python/bin/python3 -u server.py\n"
+BOOTSTRAP = PYTHON_SERVER_BOOTSTRAP
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,13 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.integration.custom_support import deploy, script
+from tests.integration.custom_support import PYTHON_SERVER_BOOTSTRAP, THREAD_PER_CONNECTION, deploy, script
 
 # A second answer the server sends where none was asked for: no caller may ever see it.
 SMUGGLED = b"SMUGGLED"
-SERVER = script(
-    r"""
+SERVER = (
+    script(
+        r"""
     import random, socket, struct, threading, time
 
     SEEN = []  # "METHOD path" of every request read, in order
@@ -143,17 +144,11 @@ SERVER = script(
                 if b"sleep" in path:
                     time.sleep(random.random() * 0.05)
                 conn.sendall(reply(echo))
-
-    server = socket.socket()
-    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", 8000))
-    server.listen(64)
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
     """
+    )
+    + THREAD_PER_CONNECTION
 )
-BOOTSTRAP = "#!/bin/sh\nexec /opt/function/runtime/python3.9/rtsp/python/bin/python3 -u server.py\n"
+BOOTSTRAP = PYTHON_SERVER_BOOTSTRAP
 # The function's timeout (s): what ends a server that never finishes its answer.
 TIMEOUT = 2
 
