@@ -433,6 +433,10 @@ class Connection:
         conn = self.h11
         event = self._next_head_event()
         if type(event) is h11.Request:
+            # Pipelined behind the last one and in already: the other tasks run first, as after a
+            # read. A read holds hundreds of small requests; answered at once (refused), they kept
+            # the event loop for tens of milliseconds at a time, at each step of others' requests.
+            await trio.lowlevel.checkpoint()
             return event
         if event is not h11.NEED_DATA or self.slots.closing:
             return None

@@ -600,6 +600,39 @@ async def test_a_client_pipelining_requests_answered_at_once_does_not_keep_the_e
     client.close()
 
 
+async def test_other_tasks_run_between_any_two_pipelined_requests_not_only_after_a_read(
+    nursery: trio.Nursery,
+) -> None:
+    """A read holds hundreds of small pipelined requests: each one taken from what was read lets
+    the other tasks run before it is served, as a read does."""
+    app = DirectEcho(awaits=False)
+    listener = await listen(nursery, app)
+    count = 3000
+    burst = b"".join(post(f"/direct/{n}", b"") for n in range(count))
+    client = Client(listener.port)
+    client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    # How many requests were served between two turns of another task, at most.
+    longest, last = 0, 0
+
+    async def watch() -> None:
+        nonlocal longest, last
+        while len(app.calls) < count:
+            longest = max(longest, len(app.calls) - last)
+            last = len(app.calls)
+            await trio.sleep(0)
+
+    async def read_all() -> None:
+        for _ in range(count):
+            assert (await client.response())[0] == 200
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(watch)
+        inner.start_soon(read_all)
+        await client.send(burst)
+    assert len(app.calls) == count
+    assert longest <= 2, longest
+
+
 def normalised(answer: bytes) -> bytes:
     """An answer with its request id and date (which differ between two answers) blanked."""
     lines = [
