@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.integration.custom_support import PYTHON_SERVER_BOOTSTRAP, THREAD_PER_CONNECTION, deploy, script
+from tests.integration.custom_support import (
+    PYTHON_SERVER_BOOTSTRAP,
+    READ_REQUEST,
+    THREAD_PER_CONNECTION,
+    deploy,
+    script,
+)
 
 # Answers by the request's path: the answer's raw bytes, chosen by a word in the path; anything
 # else is echoed (the request line as the server got it).
@@ -46,17 +52,11 @@ SERVER = (
     def handle(conn):
         stream = conn.makefile("rb")
         while True:
-            line = stream.readline()
-            if not line:
+            request = read_request(stream)
+            if request is None:
                 return
-            path, length, head = line.split(b" ")[1], 0, b""
-            while True:
-                header = stream.readline()
-                if header.lower().startswith(b"content-length:"):
-                    length = int(header.split(b":")[1])
-                if header in (b"\r\n", b""):
-                    break
-                head += header
+            line, length, head = request
+            path = line.split(b" ")[1]
             if b"early" in path:
                 # A body too large for it: refused before it is read, as servers do.
                 conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\nConnection: close\r\nContent-Length: 3\r\n\r\nbig")
@@ -92,6 +92,7 @@ SERVER = (
                 return
     """
     )
+    + READ_REQUEST
     + THREAD_PER_CONNECTION
 )
 BOOTSTRAP = PYTHON_SERVER_BOOTSTRAP

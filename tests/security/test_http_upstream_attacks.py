@@ -20,7 +20,13 @@ import httpx
 import pytest
 
 from tests.conftest import Api
-from tests.integration.custom_support import PYTHON_SERVER_BOOTSTRAP, THREAD_PER_CONNECTION, deploy, script
+from tests.integration.custom_support import (
+    PYTHON_SERVER_BOOTSTRAP,
+    READ_REQUEST,
+    THREAD_PER_CONNECTION,
+    deploy,
+    script,
+)
 
 # A second answer the server sends where none was asked for: no caller may ever see it.
 SMUGGLED = b"SMUGGLED"
@@ -40,18 +46,11 @@ SERVER = (
     def handle(conn):
         stream = conn.makefile("rb")
         while True:
-            line = stream.readline()
-            if not line:
+            request = read_request(stream)
+            if request is None:
                 return
+            line, length, head = request
             method, path = line.split(b" ")[:2]
-            length, head = 0, b""
-            while True:
-                header = stream.readline()
-                if header.lower().startswith(b"content-length:"):
-                    length = int(header.split(b":")[1])
-                if header in (b"\r\n", b""):
-                    break
-                head += header
             SEEN.append(method + b" " + path)
             if b"/count/" in path:
                 tag = path.split(b"/count/")[1]
@@ -146,6 +145,7 @@ SERVER = (
                 conn.sendall(reply(echo))
     """
     )
+    + READ_REQUEST
     + THREAD_PER_CONNECTION
 )
 BOOTSTRAP = PYTHON_SERVER_BOOTSTRAP
