@@ -88,21 +88,23 @@ def script(text: str) -> str:
     return textwrap.dedent(text).lstrip()
 
 
-# What a hostile test server of an HTTP function reads a request's head with: the request line,
-# its Content-Length and its other header lines, or None once the client closed.
+# How a hostile test server of an HTTP function reads requests: for each, the request line, its
+# Content-Length and its other header lines (the body is left in `stream`), until the client closes.
 READ_REQUEST = """
-def read_request(stream):
-    line = stream.readline()
-    if not line:
-        return None
-    length, head = 0, b""
+def requests(stream):
     while True:
-        header = stream.readline()
-        if header.lower().startswith(b"content-length:"):
-            length = int(header.split(b":")[1])
-        if header in (b"\\r\\n", b""):
-            return line, length, head
-        head += header
+        line = stream.readline()
+        if not line:
+            return
+        length, head = 0, b""
+        while True:
+            header = stream.readline()
+            if header.lower().startswith(b"content-length:"):
+                length = int(header.split(b":")[1])
+            if header in (b"\\r\\n", b""):
+                break
+            head += header
+        yield line, length, head
 """
 # How a hostile test server of an HTTP function ends: listen on 127.0.0.1:8000 (FunctionGraph's
 # rule) and give each connection to the script's `handle(conn)` on a thread of its own.

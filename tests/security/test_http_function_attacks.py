@@ -51,11 +51,7 @@ SERVER = (
 
     def handle(conn):
         stream = conn.makefile("rb")
-        while True:
-            request = read_request(stream)
-            if request is None:
-                return
-            line, length, head = request
+        for line, length, head in requests(stream):
             path = line.split(b" ")[1]
             if b"early" in path:
                 # A body too large for it: refused before it is read, as servers do.

@@ -45,11 +45,7 @@ SERVER = (
 
     def handle(conn):
         stream = conn.makefile("rb")
-        while True:
-            request = read_request(stream)
-            if request is None:
-                return
-            line, length, head = request
+        for line, length, head in requests(stream):
             method, path = line.split(b" ")[:2]
             SEEN.append(method + b" " + path)
             if b"/count/" in path:
