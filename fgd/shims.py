@@ -75,7 +75,10 @@ def build_one(interpreter: str, version: str, target: Path, wheelhouse: Path) ->
     offline = subprocess.run(install, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False)
     if offline.returncode != 0:
         # Not in the wheelhouse yet: fetch (and build) the wheels once, then install from it.
-        fetch = [*pip, "wheel", "--wheel-dir", str(wheelhouse), "-r", str(REQUIREMENTS)]
+        # --use-pep517: python-prctl is an sdist, and an interpreter without the `wheel` package
+        # (pyenv's 3.9 and 3.10 come with only pip and setuptools) cannot run its setup.py
+        # bdist_wheel; a PEP 517 build fetches what it needs into an isolated environment.
+        fetch = [*pip, "wheel", "--use-pep517", "--wheel-dir", str(wheelhouse), "-r", str(REQUIREMENTS)]
         fetched = subprocess.run(fetch, capture_output=True, text=True, timeout=PIP_TIMEOUT, check=False)
         if fetched.returncode != 0:
             shutil.rmtree(staging, ignore_errors=True)
