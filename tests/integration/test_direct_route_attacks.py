@@ -256,31 +256,40 @@ while refused < count:
 def test_a_client_flooding_pipelined_refusals_does_not_keep_the_daemon_from_others(api: Api) -> None:
     # 20,000 invocations with a wrong token, pipelined on one connection as fast as the daemon
     # answers them (each refused at once, by the direct route): health and a real invocation on
-    # other connections are still answered promptly.
+    # other connections are answered promptly, while the flood is, not after it.
+    # The rounds use raw sockets: an httpx client costs the test 30-50 ms of its own CPU a round,
+    # which a loaded machine stretched past any fixed bar, whatever the daemon did.
     name = api.deploy(ECHO)["func_name"]
     api.invoke(name, {"n": 0})
+    port = api.daemon.port
     one = post(invoke_path(name), b'{"n": 1}', {"X-Auth-Token": "y" * 40})
+    good = post(invoke_path(name), b'{"n": 2}', {"X-Auth-Token": api.daemon.token}, close=True)
+    health = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
     flood = subprocess.Popen(
-        [sys.executable, "-c", FLOOD, str(api.daemon.port), "20000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        [sys.executable, "-c", FLOOD, str(port), "20000"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
     )
     flood.stdin.write(one)
     flood.stdin.close()
-    slowest = 0.0
+    rounds = []
     try:
-        time.sleep(0.2)
+        first = flood.stdout.readline()
+        assert first.strip() == b"1000", first  # the flood is being answered
         for _ in range(20):
             began = time.monotonic()
-            assert httpx.get(f"{api.daemon.url}/healthz", timeout=5).status_code == 200
-            assert api.invoke(name, {"n": 2}).json() == {"n": 2}
-            slowest = max(slowest, time.monotonic() - began)
+            assert [status for status, _, _ in answers(exchange(port, [health]))] == [200]
+            assert [(status, json.loads(body)) for status, _, body in answers(exchange(port, [good]))] == [
+                (200, {"n": 2})
+            ]
+            rounds.append(time.monotonic() - began)
+        flooding = flood.poll() is None
     finally:
         flood.terminate()
         printed = flood.stdout.read().split()
         flood.wait(timeout=15)
-    refused = int(printed[-1]) if printed else 0
-    assert refused >= 1000  # the flood was being answered meanwhile
-    # A daemon kept from others would answer a round only after the flood (1.7 s alone).
-    assert slowest < 0.5, slowest
+    # A daemon kept from others would answer them only after the flood (1.7 s alone): the rounds
+    # (2-16 ms each, also beside two CPU hogs) would end after it, each taking hundreds of ms.
+    assert flooding and int(printed[-1] if printed else first) < 20000, printed[-1:]
+    assert sorted(rounds)[len(rounds) // 2] < 0.1, rounds
 
 
 def test_a_partial_next_head_is_held_to_header_timeout_not_keep_alive(tmp_path) -> None:
