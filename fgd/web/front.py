@@ -472,40 +472,74 @@ def build_front(
         with inflight:
             await respond(*await invoke_answer(path, query, headers, event, match[1], match[2]))
 
-    async def invoke_async(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
+    async def async_answer(
+        path: str,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        read: Callable[[bytes | None], Awaitable[bytes]],
+        project_id: str,
+        urn: str,
+    ) -> Answer:
+        """An async invocation's answer: 202 once its event is on disk; `read` reads the body."""
         assert dispatcher is not None and async_config is not None
-        headers = _headers(scope)
-
-        async def read(declared: bytes | None) -> bytes:
-            return await read_body(receive, declared, async_config.max_payload, "the event", bodies)
-
+        named = dict(headers)
         try:
-            admission = authenticator.start_asgi(scope)
+            admission = authenticator.start("POST", path, query, headers)
             # As for a sync invocation: a signed request is checked whole before any lookup.
-            data = await signed_body(admission, read, headers) if admission.signed else None
+            data = await signed_body(admission, read, named) if admission.signed else None
             check_project(project_id)
             record = functions.get(parse_function_ref(project_id, urn, functions.region))
             if data is None:
-                data = await read(headers.get(b"content-length"))
+                data = await read(named.get(b"content-length"))
             event = async_event(functions.store, dispatcher, async_config, record, data)
             # Durable before we answer: 202 means it will run (at least once). Invocations arriving
             # together share one transaction (fgd.groupcommit); none is answered before it commits.
             await dispatcher.enqueue(event)
         except FgdError as error:
-            await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
-            return
+            return _error_answer(error)
         except Exception:
             log.exception("unexpected error queueing an invocation of %s", urn)
-            error = InternalError("internal error while queueing the invocation; see the daemon's log")
-            await _respond(send, error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
-            return
+            return _error_answer(InternalError("internal error while queueing the invocation; see the daemon's log"))
         # As on a sync invocation: the answer's X-Request-Id (fgd.web.requestid) is the event's id.
         answer_headers = [(b"content-type", JSON), (b"x-cff-request-id", event.request_id.encode())]
-        await _respond(send, 202, answer_headers, _encoder.encode(AsyncAccepted(request_id=event.request_id)))
+        return _answer(202, answer_headers, _encoder.encode(AsyncAccepted(request_id=event.request_id)))
+
+    async def invoke_async(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
+        assert async_config is not None
+
+        async def read(declared: bytes | None) -> bytes:
+            return await read_body(receive, declared, async_config.max_payload, "the event", bodies)
+
+        answer = await async_answer(scope["path"], scope["query_string"], scope["headers"], read, project_id, urn)
+        await send({"type": "http.response.start", "status": answer[0], "headers": answer[1]})
+        await send({"type": "http.response.body", "body": answer[2]})
+
+    async def invoke_async_direct(
+        match: re.Match,
+        path: str,
+        raw_path: bytes,
+        query: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        respond: Respond,
+    ) -> None:
+        """An async invocation whose body came whole with its head, answered without ASGI (as
+        `invoke_direct`)."""
+        assert async_config is not None
+
+        async def read(declared: bytes | None) -> bytes:
+            return whole_body(body, async_config.max_payload, "the event", bodies)
+
+        with inflight:
+            await respond(*await async_answer(path, query, headers, read, match[1], match[2]))
 
     def direct(method: str, path: str) -> DirectHandler | None:
-        if method == "POST" and (match := INVOKE_PATH.match(path)) is not None:
+        if method != "POST":
+            return None
+        if (match := INVOKE_PATH.match(path)) is not None:
             return functools.partial(invoke_direct, match)
+        if dispatcher is not None and (match := ASYNC_PATH.match(path)) is not None:
+            return functools.partial(invoke_async_direct, match)
         return None
 
     async def front(scope: dict[str, Any], receive: Callable, send: Callable) -> None:
@@ -534,8 +568,8 @@ def build_front(
 
 
 class Front:
-    """The API listener's app: ASGI for every route, and the sync invoke of a request that
-    arrived whole also without it (`direct`, which fgd.web.connection asks first)."""
+    """The API listener's app: ASGI for every route, and the sync and async invokes of a
+    request that arrived whole also without it (`direct`, which fgd.web.connection asks first)."""
 
     def __init__(self, asgi: ASGIApp, direct: Callable[[str, str], DirectHandler | None]) -> None:
         self._asgi = asgi
