@@ -188,6 +188,11 @@ def whole_body(
 
 
 Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
+# An invoke route's answer from the request's path, query, headers, a reader of its body (given
+# its Content-Length), project and function (`invoke_answer`, `async_answer` in build_front).
+AnswerOf = Callable[
+    [str, bytes, list[tuple[bytes, bytes]], Callable[[bytes | None], Awaitable[bytes]], str, str], Awaitable[Answer]
+]
 
 
 def _answer(status: int, headers: list, body: bytes) -> Answer:
@@ -444,34 +449,6 @@ def build_front(
         version = named.get(b"x-cff-request-version", b"v0").lower()
         return _answer(200, _outcome_headers(outcome, log_tail), _outcome_body(outcome, version))
 
-    async def invoke(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
-        async def event(declared: bytes | None) -> bytes:
-            return await read_body(receive, declared, budget=bodies)
-
-        answer = await invoke_answer(scope["path"], scope["query_string"], scope["headers"], event, project_id, urn)
-        await send({"type": "http.response.start", "status": answer[0], "headers": answer[1]})
-        await send({"type": "http.response.body", "body": answer[2]})
-
-    async def invoke_direct(
-        match: re.Match,
-        path: str,
-        raw_path: bytes,
-        query: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        respond: Respond,
-    ) -> None:
-        """The sync invocation of a request whose body came whole with its head (almost every
-        one): answered without the ASGI messages (fgd.web.connection.DirectHandler)."""
-
-        async def event(declared: bytes | None) -> bytes:
-            return whole_body(body, budget=bodies)
-
-        # Counted until the answer is written, as on the ASGI route: shutdown waits for an answer
-        # too large for the socket's buffers to be out (else it is cut when the listeners stop).
-        with inflight:
-            await respond(*await invoke_answer(path, query, headers, event, match[1], match[2]))
-
     async def async_answer(
         path: str,
         query: bytes,
@@ -504,34 +481,49 @@ def build_front(
         answer_headers = [(b"content-type", JSON), (b"x-cff-request-id", event.request_id.encode())]
         return _answer(202, answer_headers, _encoder.encode(AsyncAccepted(request_id=event.request_id)))
 
-    async def invoke_async(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
-        assert async_config is not None
+    def served_by_asgi(answer: AnswerOf, limit: int) -> Callable[..., Awaitable[None]]:
+        """An invoke route through ASGI: its body read as it comes, refused past `limit`."""
 
-        async def read(declared: bytes | None) -> bytes:
-            return await read_body(receive, declared, async_config.max_payload, "the event", bodies)
+        async def serve(scope: dict, receive: Callable, send: Callable, project_id: str, urn: str) -> None:
+            async def read(declared: bytes | None) -> bytes:
+                return await read_body(receive, declared, limit, "the event", bodies)
 
-        answer = await async_answer(scope["path"], scope["query_string"], scope["headers"], read, project_id, urn)
-        await send({"type": "http.response.start", "status": answer[0], "headers": answer[1]})
-        await send({"type": "http.response.body", "body": answer[2]})
+            status, headers, body = await answer(
+                scope["path"], scope["query_string"], scope["headers"], read, project_id, urn
+            )
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
 
-    async def invoke_async_direct(
-        match: re.Match,
-        path: str,
-        raw_path: bytes,
-        query: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        respond: Respond,
-    ) -> None:
-        """An async invocation whose body came whole with its head, answered without ASGI (as
-        `invoke_direct`)."""
-        assert async_config is not None
+        return serve
 
-        async def read(declared: bytes | None) -> bytes:
-            return whole_body(body, async_config.max_payload, "the event", bodies)
+    def served_directly(answer: AnswerOf, limit: int) -> Callable[..., Awaitable[None]]:
+        """An invoke route for a request whose body came whole with its head (almost every one):
+        answered without the ASGI messages (fgd.web.connection.DirectHandler), with the same checks."""
 
-        with inflight:
-            await respond(*await async_answer(path, query, headers, read, match[1], match[2]))
+        async def serve(
+            match: re.Match,
+            path: str,
+            raw_path: bytes,
+            query: bytes,
+            headers: list[tuple[bytes, bytes]],
+            body: bytes,
+            respond: Respond,
+        ) -> None:
+            async def read(declared: bytes | None) -> bytes:
+                return whole_body(body, limit, "the event", bodies)
+
+            # Counted until the answer is written, as on the ASGI route: shutdown waits for an answer
+            # too large for the socket's buffers to be out (else it is cut when the listeners stop).
+            with inflight:
+                await respond(*await answer(path, query, headers, read, match[1], match[2]))
+
+        return serve
+
+    invoke = served_by_asgi(invoke_answer, MAX_EVENT_BYTES)
+    invoke_direct = served_directly(invoke_answer, MAX_EVENT_BYTES)
+    async_limit = async_config.max_payload if async_config is not None else MAX_EVENT_BYTES
+    invoke_async = served_by_asgi(async_answer, async_limit)
+    invoke_async_direct = served_directly(async_answer, async_limit)
 
     def direct(method: str, path: str) -> DirectHandler | None:
         if method != "POST":
