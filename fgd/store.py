@@ -20,7 +20,7 @@ from typing import TypeVar
 import msgspec
 import trio
 
-from fgd.asyncqueue import SCHEMA, SCHEMA_LEASES, SqliteQueue
+from fgd.asyncqueue import SCHEMA, SCHEMA_LEASES, SCHEMA_STATUS, SqliteQueue
 from fgd.model import MAX_VERSIONS, AliasRecord, DependencyVersion, FunctionRecord, Trigger
 
 T = TypeVar("T")
@@ -147,6 +147,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE async_events ADD COLUMN version TEXT NOT NULL DEFAULT 'latest';
     ALTER TABLE async_events ADD COLUMN alias TEXT NOT NULL DEFAULT '';
     """,
+    SCHEMA_STATUS,
 ]
 
 

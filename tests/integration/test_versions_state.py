@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from fgd.store import MIGRATIONS
 from tests.conftest import Api, Daemon, b64, make_zip, unique_name
 from tests.integration.test_versions import alias, deploy, gateway_source, published, run, set_code, source
 
@@ -165,7 +166,7 @@ def test_a_store_of_the_previous_release_migrates(tmp_path: Path) -> None:
     finally:
         daemon.stop()
     with sqlite3.connect(state / "fgd.db") as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 8
+        assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert db.execute("SELECT version FROM versions").fetchall() == [("v1",)]
 
 

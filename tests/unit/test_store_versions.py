@@ -7,7 +7,7 @@ from pathlib import Path
 import msgspec
 
 from fgd.model import AliasRecord, CodeRef, Trigger
-from fgd.store import Store
+from fgd.store import MIGRATIONS, Store
 from tests.unit.test_store import record
 
 KEY = ("p", "default", "fn")
@@ -149,7 +149,7 @@ async def test_migration_8_runs_once_and_a_migrated_store_opens_again(tmp_path: 
     path = tmp_path / "fgd.db"
     path.write_bytes(fixture.read_bytes())
     store = Store(path)
-    assert store.schema_version == 8
+    assert store.schema_version == len(MIGRATIONS)
     legacy = next(key for key in store.functions if key[2] == "legacy")
     assert store.versions == {} and store.aliases == {}
     await store.put(msgspec.structs.replace(record("fn"), version="latest"))
@@ -157,7 +157,7 @@ async def test_migration_8_runs_once_and_a_migrated_store_opens_again(tmp_path: 
     store.close()
     for _ in range(2):
         store = Store(path)
-        assert store.schema_version == 8
+        assert store.schema_version == len(MIGRATIONS)
         assert legacy in store.functions and list(store.versions[KEY]) == ["v1"]
         columns = [row[1] for row in store._db.execute("PRAGMA table_info(async_events)")]
         assert columns.count("version") == 1 and columns.count("alias") == 1
