@@ -10,6 +10,7 @@ import pytest
 
 from fgd.asyncqueue import MAX_LEASES, AsyncEvent
 from fgd.store import MIGRATIONS, Store
+from tests.unit.test_store import sqlite_steps
 
 SLOW = ("p", "default", "slow")
 FAST = ("p", "default", "fast")
@@ -175,18 +176,11 @@ def test_listing_one_status_reads_a_range_not_every_event_of_the_function(store:
     # finding its one waiting event, that none is running or failed, does about as much work
     # (SQLite's virtual-machine steps) as with none: it used to walk all 20,000.
     def steps(status: str) -> tuple[list[str], int]:
-        count = [0]
-
-        def tick() -> int:
-            count[0] += 1
-            return 0
-
-        store._db.set_progress_handler(tick, 100)
-        try:
-            found = [event.request_id for event in store.queue.find(SLOW, None, status, 10)]
-        finally:
-            store._db.set_progress_handler(None, 0)
-        return found, count[0]
+        found: list[str] = []
+        count = sqlite_steps(
+            store, lambda: found.extend(e.request_id for e in store.queue.find(SLOW, None, status, 10))
+        )
+        return found, count
 
     queue_events(store, SLOW, 1)
     alone = {status: steps(status) for status in ("WAIT", "RUNNING", "FAIL")}
