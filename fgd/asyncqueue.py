@@ -183,7 +183,7 @@ CREATE INDEX async_finished ON async_events (end_time) WHERE status IN ('SUCCESS
 # at 12,000 of them, 35 ms at max_finished's 100,000, holding the store's thread): now a range
 # of this index. It costs each event a few microseconds of SQLite's work as its status changes.
 SCHEMA_STATUS = """
-CREATE INDEX async_by_status ON async_events (project_id, package, func_name, status, created);
+CREATE INDEX IF NOT EXISTS async_by_status ON async_events (project_id, package, func_name, status, created);
 """
 
 # The condition of the async_finished index, written the same way so queries can use it.

@@ -195,3 +195,26 @@ def test_listing_one_status_reads_a_range_not_every_event_of_the_function(store:
         assert now <= before + 2, (status, before, now)
     # The finished ones are listed as before, newest first.
     assert [event.request_id for event in store.queue.find(SLOW, None, "SUCCESS", 2)] == ["done-19999", "done-19998"]
+
+
+@pytest.mark.parametrize("made_by_hand", [False, True])
+def test_a_version_8_database_gains_the_status_index_and_keeps_its_events(tmp_path: Path, made_by_hand: bool) -> None:
+    # A store of the previous schema with events in it; one whose operator already made an index
+    # of that name (by hand, or a start that stopped midway) opens as well.
+    path = tmp_path / "fgd.db"
+    store = Store(path)
+    queue_events(store, SLOW, 3)
+    (done,) = store.queue.find(SLOW, "slow-1", None, 1)
+    done.status = "SUCCESS"
+    store.queue.settle(done)
+    store.close()
+    db = sqlite3.connect(path)
+    db.executescript("BEGIN; DROP INDEX async_by_status; PRAGMA user_version=8; COMMIT;")
+    if made_by_hand:
+        db.execute("CREATE INDEX async_by_status ON async_events (status)")
+    db.close()
+    store = Store(path)
+    assert store.schema_version == len(MIGRATIONS)
+    assert [event.request_id for event in store.queue.find(SLOW, None, "WAIT", 10)] == ["slow-2", "slow-0"]
+    assert [event.request_id for event in store.queue.find(SLOW, None, "SUCCESS", 10)] == ["slow-1"]
+    store.close()
