@@ -147,6 +147,18 @@ class Daemon:
         )
 
 
+def read_head(sock: socket.socket) -> bytes:
+    """What `sock` receives up to the end of an HTTP head (and whatever came with it), or until
+    the peer closes."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
 def make_zip(files: dict[str, str | bytes]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:

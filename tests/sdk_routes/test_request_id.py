@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Api, Daemon, running, unique_name
+from tests.conftest import Api, Daemon, read_head, running, unique_name
 
 ECHO = "def handler(event, context):\n    return event\n"
 SHAPED = """
@@ -83,12 +83,7 @@ def test_the_listeners_own_timeout_answer_has_a_request_id(quick_daemon: Daemon)
             b"POST /v2/default/fgs/functions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"X-Auth-Token: " + quick_daemon.token.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
         )
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            answer += chunk
+        answer = read_head(sock)
     head = answer.split(b"\r\n\r\n")[0].decode().lower()
     assert head.startswith("http/1.1 408")
     ids = [line.split(":", 1)[1].strip() for line in head.split("\r\n") if line.startswith("x-request-id:")]

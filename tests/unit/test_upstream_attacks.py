@@ -17,19 +17,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from runtimes.custom.upstream import Upstream
+from tests.conftest import read_head
 
 LIMIT = 6 * 1024 * 1024
 SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"
-
-
-def read_head(conn: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @pytest.fixture
