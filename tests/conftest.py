@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import itertools
+import json
 import os
 import random
 import signal
@@ -285,6 +286,12 @@ class Api:
         return self.http.post(
             f"/functions/{name}/invocations", json=event if event is not None else {}, headers=headers
         )
+
+
+def ran_ms(response: httpx.Response) -> float:
+    """How long the invocation ran by the daemon's account (X-Cff-Invoke-Summary), from the
+    event's handover to its end: a timeout's lateness without the cold start before it."""
+    return json.loads(response.headers["x-cff-invoke-summary"])["duration"]
 
 
 def assert_tail_is_this_invocations(response) -> str:

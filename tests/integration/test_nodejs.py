@@ -22,6 +22,7 @@ from tests.conftest import (
     b64,
     make_zip,
     marker,
+    ran_ms,
     unique_name,
     wait_none_with,
 )
@@ -349,7 +350,8 @@ def test_timeout_kills_node_and_the_child_it_spawned(api: Api) -> None:
         elapsed = time.monotonic() - started
         body = response.json()
         assert body["errorType"] == "Runtime.Timeout", body
-        assert 1.0 <= elapsed < 1.6
+        assert 1000 <= ran_ms(response) < 1600
+        assert 1.0 <= elapsed < 4.0, elapsed  # a cold start first
         assert wait_none_with(mark)
     works = deploy_js(api, "exports.handler = async () => 'after';\n")
     assert api.invoke(works).content == b"after"

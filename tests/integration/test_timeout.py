@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from tests.conftest import Api, marker, wait_none_with
+from tests.conftest import Api, marker, ran_ms, wait_none_with
 
 SLEEPER = """
     import subprocess, time
@@ -31,7 +31,8 @@ def test_sleeping_handler_times_out_and_is_killed(api: Api) -> None:
     body = response.json()
     assert body["errorType"] == "Runtime.Timeout"
     assert "1 s" in body["errorMessage"]
-    assert 1.0 <= elapsed < 1.5
+    assert 1000 <= ran_ms(response) < 1500
+    assert 1.0 <= elapsed < 4.0, elapsed  # a cold start first
     assert wait_none_with(mark)
 
 
@@ -62,8 +63,10 @@ def test_function_works_again_after_a_timeout(api: Api) -> None:
 def test_cpu_spin_times_out(api: Api) -> None:
     name = api.deploy("def handler(e, c):\n    while True:\n        pass\n", timeout=1)["func_name"]
     started = time.monotonic()
-    assert api.invoke(name).json()["errorType"] == "Runtime.Timeout"
-    assert time.monotonic() - started < 1.8
+    response = api.invoke(name)
+    assert response.json()["errorType"] == "Runtime.Timeout"
+    assert 1000 <= ran_ms(response) < 1800
+    assert time.monotonic() - started < 4.0  # a cold start first
 
 
 def test_a_short_timeout_fires_on_time_while_longer_ones_are_pending(api: Api) -> None:
@@ -81,11 +84,13 @@ def test_a_short_timeout_fires_on_time_while_longer_ones_are_pending(api: Api) -
     assert api.invoke(hasty, {"sleep": 0}).content == b"slept"  # both warm: no cold start in the timings
     assert api.invoke(patient, {"sleep": 0}).content == b"slept"
     answers: dict[str, tuple[float, httpx.Response]] = {}
+    ended: dict[str, float] = {}
 
     def call(key: str, name: str, sleep: float) -> None:
         started = time.monotonic()
         response = api.invoke(name, {"sleep": sleep})
         answers[key] = (time.monotonic() - started, response)
+        ended[key] = time.monotonic()
 
     long_ones = [threading.Thread(target=call, args=(f"patient{i}", patient, 4)) for i in range(3)]
     for thread in long_ones:
@@ -96,10 +101,14 @@ def test_a_short_timeout_fires_on_time_while_longer_ones_are_pending(api: Api) -
         thread.start()
     for thread in short_ones + long_ones:
         thread.join(30)
+    # Seven of the eight short ones start an instance first, which a loaded machine can make
+    # slow: their timeout is judged by the run the daemon reports (from the event's handover,
+    # as FunctionGraph's timeout counts), and all of them end before the first long one does.
     for i in range(8):
         elapsed, response = answers[f"hasty{i}"]
         assert response.json()["errorType"] == "Runtime.Timeout", response.text
-        assert 1.0 <= elapsed < 1.8, elapsed
+        assert 1000 <= ran_ms(response) < 1800, (ran_ms(response), elapsed)
     for i in range(3):
         elapsed, response = answers[f"patient{i}"]
         assert response.content == b"slept" and 4.0 <= elapsed < 6.0, (elapsed, response.text)
+    assert max(ended[f"hasty{i}"] for i in range(8)) < min(ended[f"patient{i}"] for i in range(3))
