@@ -228,7 +228,8 @@ def test_sigterm_during_a_direct_invocation_lets_it_finish(tmp_path) -> None:
 
 # The flood's client, in a process of its own: a thread of the test's process would hold the GIL
 # while it counts answers, and the test's own requests would wait for it (5 ms at each switch),
-# which measured the test, not the daemon. Prints how many were refused, every 1,000.
+# which measured the test, not the daemon. Prints how many were refused so far each time the count
+# passes a multiple of 1,000 (a read may bring several answers: 1,004 rather than 1,000).
 FLOOD = r"""
 import socket, sys, threading
 port, count = int(sys.argv[1]), int(sys.argv[2])
@@ -273,7 +274,7 @@ def test_a_client_flooding_pipelined_refusals_does_not_keep_the_daemon_from_othe
     rounds = []
     try:
         first = flood.stdout.readline()
-        assert first.strip() == b"1000", first  # the flood is being answered
+        assert 1000 <= int(first) < 20000, first  # the flood is being answered, not over
         for _ in range(20):
             began = time.monotonic()
             assert [status for status, _, _ in answers(exchange(port, [health]))] == [200]
