@@ -204,10 +204,15 @@ def _error_answer(error: FgdError) -> Answer:
     return _answer(error.status, [(b"content-type", JSON)], _encoder.encode(error.body()))
 
 
-async def _respond(send: Callable[[dict], Awaitable[None]], status: int, headers: list, body: bytes) -> None:
-    status, headers, body = _answer(status, headers, body)
+async def _send_answer(send: Callable[[dict], Awaitable[None]], answer: Answer) -> None:
+    """An answer as the two ASGI messages."""
+    status, headers, body = answer
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _respond(send: Callable[[dict], Awaitable[None]], status: int, headers: list, body: bytes) -> None:
+    await _send_answer(send, _answer(status, headers, body))
 
 
 def _outcome_headers(outcome: Outcome, log_tail: bool) -> list[tuple[bytes, bytes]]:
@@ -488,11 +493,9 @@ def build_front(
             async def read(declared: bytes | None) -> bytes:
                 return await read_body(receive, declared, limit, "the event", bodies)
 
-            status, headers, body = await answer(
-                scope["path"], scope["query_string"], scope["headers"], read, project_id, urn
+            await _send_answer(
+                send, await answer(scope["path"], scope["query_string"], scope["headers"], read, project_id, urn)
             )
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
 
         return serve
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.conftest import Api, Daemon, running, unique_name
-from tests.integration.test_direct_route_attacks import ECHO, answers, exchange, post, request_ids
+from tests.integration.test_direct_route_attacks import ECHO, answers, exchange, invoke_path, post, request_ids
 from tests.integration.test_keys import signed
 
 
@@ -53,7 +53,7 @@ def test_pipelined_async_invocations_keep_refusals_order_and_run(api: Api) -> No
         post(async_path(name), b'{"n": 3}', {"X-Auth-Token": "x" * 40}),
         post(async_path(unique_name("gone")), b'{"n": 4}', token),
         post(async_path(name), b'{"n": ', token),
-        post(f"/v2/default/fgs/functions/{name}/invocations", b'{"n": 6}', token),
+        post(invoke_path(name), b'{"n": 6}', token),
         post(async_path(name), b'{"n": 7}', token, close=True),
     ]
     got = answers(exchange(api.daemon.port, [b"".join(burst)]))
